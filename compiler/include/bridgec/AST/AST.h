@@ -1,0 +1,249 @@
+//===- AST.h - syntax tree of .bridge files ----------------------*- C++ -*-===//
+//
+// Our own AST: no ANTLR type appears here. Every node carries the source
+// range it was parsed from, so every later diagnostic can point at it.
+// The tree is built once by Parse/ and only read afterwards.
+//
+//===----------------------------------------------------------------------===//
+#ifndef BRIDGEC_AST_AST_H
+#define BRIDGEC_AST_AST_H
+
+#include "llvm/Support/SMLoc.h"
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace bridgec::ast {
+
+using llvm::SMRange;
+
+struct Expr;
+using ExprP = std::shared_ptr<const Expr>;
+
+/// An expression over HF config fields (hf.a.b), Megatron config fields and
+/// loop variables (bare names), literals, calls of builtins and operators.
+struct Expr {
+  enum Kind { Int, Float, String, Bool, Null, HFPath, Name, Call, List, Unary, Binary, Coalesce, Ternary };
+  Kind K;
+  SMRange Range;
+  int64_t IntVal = 0;
+  double FloatVal = 0;
+  bool BoolVal = false;
+  std::string Text;              ///< string value, name, callee, operator spelling, or number spelling
+  std::vector<std::string> Path; ///< HFPath segments after 'hf.'
+  std::vector<ExprP> Ops;        ///< operands / call arguments / list items
+};
+
+/// A piece of a tensor-name pattern. Literal pieces hold text including
+/// dots ("model.layers."), captures hold an expression ("{i}", "{k + n}"),
+/// alternatives hold names ("{q,k,v}").
+struct PatternPiece {
+  enum Kind { Literal, Capture, Alternatives };
+  Kind K;
+  SMRange Range;
+  std::string Text;
+  ExprP E;
+  std::vector<std::string> Alts;
+};
+
+struct Pattern {
+  SMRange Range;
+  std::vector<PatternPiece> Pieces;
+};
+
+struct Source;
+using SourceP = std::shared_ptr<const Source>;
+
+struct OpArg {
+  SMRange Range;
+  std::string Param; ///< non-empty for 'name = expr'
+  SMRange ParamRange;
+  ExprP Value;       ///< for named params
+  SourceP Src;       ///< for tensor inputs
+};
+
+/// The right-hand side of a weight rule: a tensor pattern or an op applied to
+/// inputs ('qkv(...)', '@custom(...)').
+struct Source {
+  enum Kind { PatternRef, Op };
+  Kind K;
+  SMRange Range;
+  Pattern Pat;
+  std::string OpName;
+  SMRange OpNameRange;
+  bool Escape = false; ///< '@name(...)': a registered runtime transform
+  std::vector<OpArg> Args;
+};
+
+struct TensorRule {
+  SMRange Range;
+  bool Optional = false;
+  bool Override = false;
+  Pattern Target;
+  SourceP Src;
+  std::string Style; ///< empty when not written
+  SMRange StyleRange;
+  ExprP When;
+};
+
+struct IgnoreRule {
+  SMRange Range;
+  Pattern Pat;
+  ExprP When;
+};
+
+struct TieRule {
+  SMRange Range;
+  Pattern Copy; ///< the HF tensor that duplicates ...
+  Pattern Of;   ///< ... this one
+  ExprP When;
+};
+
+struct ForBlock;
+struct WeightItem {
+  enum Kind { TensorItem, IgnoreItem, TieItem, ForItem };
+  Kind K;
+  std::shared_ptr<const TensorRule> Tensor;
+  std::shared_ptr<const IgnoreRule> Ignore;
+  std::shared_ptr<const TieRule> Tie;
+  std::shared_ptr<const ForBlock> For;
+};
+
+struct ForBlock {
+  SMRange Range;
+  std::string Var;
+  SMRange VarRange;
+  std::string RangeName; ///< named range ('layers'); empty when bounds are given
+  SMRange RangeNameRange;
+  ExprP Begin, End;      ///< 'a .. b' (half-open)
+  ExprP Where;
+  std::vector<WeightItem> Items;
+};
+
+struct MatchDecl {
+  SMRange Range;
+  std::string Key;
+  SMRange KeyRange;
+  std::string Value;
+};
+
+struct ConfigAssign {
+  SMRange Range;
+  bool Override = false;
+  std::string Field;
+  SMRange FieldRange;
+  ExprP Value;
+  ExprP When;
+};
+
+struct ExportAssign {
+  SMRange Range;
+  bool Override = false;
+  std::vector<std::string> Path; ///< HF path after 'hf.'
+  SMRange PathRange;
+  ExprP Value;
+  ExprP When;
+};
+
+struct NameRef {
+  std::string Name;
+  SMRange Range;
+};
+
+struct BridgeDecl {
+  SMRange Range;
+  bool IsFragment = false;
+  std::string Name;
+  SMRange NameRange;
+  std::vector<NameRef> Bases;
+  std::vector<MatchDecl> Matches;
+  std::vector<ConfigAssign> Config;
+  std::vector<ExportAssign> Export;
+  std::vector<WeightItem> Weights;
+};
+
+// ---- schema -------------------------------------------------------------------
+struct TypeRef {
+  SMRange Range;
+  std::string Name;                ///< int, float, bool, string, enum, int_list, float_list, list
+  std::vector<std::string> Values; ///< enum values
+  bool Optional = false;
+};
+
+struct FieldDecl {
+  SMRange Range;
+  std::string Name;
+  SMRange NameRange;
+  TypeRef Type;
+  ExprP Default;
+};
+
+struct RangeDecl {
+  SMRange Range;
+  std::string Name;
+  std::string Var; ///< the capture name schema patterns use for it
+  ExprP Count;
+};
+
+struct ParamDecl {
+  SMRange Range;
+  Pattern Local;
+  std::vector<ExprP> Shape;
+  std::string Style;
+  SMRange StyleRange;
+  bool HasTE = false;
+  Pattern TE;
+  bool Expert = false;
+  ExprP When;
+};
+
+struct UseDecl {
+  SMRange Range;
+  std::string Block;
+  SMRange BlockRange;
+  Pattern At;
+  ExprP When;
+};
+
+struct BlockDecl {
+  SMRange Range;
+  std::string Name;
+  std::vector<ParamDecl> Params;
+  std::vector<UseDecl> Uses;
+};
+
+struct SchemaDecl {
+  SMRange Range;
+  std::string Name;
+  std::vector<FieldDecl> Fields;
+  std::vector<RangeDecl> Ranges;
+  std::vector<BlockDecl> Blocks;
+  std::vector<ParamDecl> Params;
+  std::vector<UseDecl> Uses;
+};
+
+struct ImportDecl {
+  SMRange Range;
+  std::string Path;
+};
+
+/// A '#' comment, kept so the formatter can reprint it.
+struct Comment {
+  llvm::SMLoc Loc;
+  std::string Text;
+};
+
+struct File {
+  std::string Path;
+  std::vector<Comment> Comments; ///< in source order
+  unsigned BufferID = 0;
+  std::vector<ImportDecl> Imports;
+  std::vector<BridgeDecl> Bridges;
+  std::vector<SchemaDecl> Schemas;
+};
+
+} // namespace bridgec::ast
+
+#endif

@@ -1,0 +1,222 @@
+//===- Formatter.cpp - canonical form of a .bridge file ------------------===//
+//
+// '--format': one item per line, two-space indentation, sections in a fixed
+// order (match, config, export, weights), the fewest parentheses, and every
+// comment kept, placed before the item that followed it. The output parses
+// to the same model (tested in tests/compiler/format).
+//
+//===----------------------------------------------------------------------===//
+#include "bridgec/Emit/Emitters.h"
+
+#include "bridgec/AST/Print.h"
+
+using namespace bridgec;
+using namespace bridgec::ast;
+
+namespace {
+class Formatter {
+public:
+  Formatter(const File &F, llvm::raw_ostream &OS) : F(F), OS(OS) {}
+
+  void run() {
+    for (auto &I : F.Imports) {
+      comments(I.Range.Start, 0);
+      OS << "import " << quote(I.Path) << ";\n";
+    }
+    // Top-level declarations in source order.
+    size_t B = 0, S = 0;
+    while (B < F.Bridges.size() || S < F.Schemas.size()) {
+      bool TakeBridge = S == F.Schemas.size() ||
+                        (B < F.Bridges.size() &&
+                         F.Bridges[B].Range.Start.getPointer() < F.Schemas[S].Range.Start.getPointer());
+      if (!F.Imports.empty() || B + S > 0)
+        OS << "\n";
+      if (TakeBridge)
+        bridgeDecl(F.Bridges[B++]);
+      else
+        schemaDecl(F.Schemas[S++]);
+    }
+    comments(llvm::SMLoc(), 0); // the rest
+  }
+
+private:
+  const File &F;
+  llvm::raw_ostream &OS;
+  size_t NextComment = 0;
+
+  void indent(unsigned N) { OS.indent(2 * N); }
+
+  /// Prints the comments that come before \p Before (all when invalid).
+  void comments(llvm::SMLoc Before, unsigned Depth) {
+    while (NextComment < F.Comments.size() &&
+           (!Before.isValid() || F.Comments[NextComment].Loc.getPointer() < Before.getPointer())) {
+      indent(Depth);
+      OS << F.Comments[NextComment++].Text << "\n";
+    }
+  }
+
+  std::string when(const ExprP &W, const char *Kw = " when ") { return W ? Kw + print(*W) : ""; }
+
+  void bridgeDecl(const BridgeDecl &B) {
+    comments(B.Range.Start, 0);
+    OS << (B.IsFragment ? "fragment " : "bridge ") << B.Name;
+    for (size_t I = 0; I < B.Bases.size(); ++I)
+      OS << (I ? ", " : " : ") << B.Bases[I].Name;
+    OS << " {\n";
+    for (auto &M : B.Matches) {
+      comments(M.Range.Start, 1);
+      indent(1);
+      OS << "match " << M.Key << " " << quote(M.Value) << ";\n";
+    }
+    if (!B.Config.empty()) {
+      indent(1);
+      OS << "config {\n";
+      for (auto &A : B.Config) {
+        comments(A.Range.Start, 2);
+        indent(2);
+        OS << (A.Override ? "override " : "") << A.Field << " = " << print(*A.Value) << when(A.When) << ";\n";
+      }
+      indent(1);
+      OS << "}\n";
+    }
+    if (!B.Export.empty()) {
+      indent(1);
+      OS << "export {\n";
+      for (auto &A : B.Export) {
+        comments(A.Range.Start, 2);
+        indent(2);
+        OS << (A.Override ? "override " : "") << "hf";
+        for (auto &P : A.Path)
+          OS << "." << P;
+        OS << " = " << print(*A.Value) << when(A.When) << ";\n";
+      }
+      indent(1);
+      OS << "}\n";
+    }
+    if (!B.Weights.empty()) {
+      indent(1);
+      OS << "weights {\n";
+      for (auto &It : B.Weights)
+        item(It, 2);
+      indent(1);
+      OS << "}\n";
+    }
+    comments(B.Range.End, 1);
+    OS << "}\n";
+  }
+
+  std::string source(const Source &S) {
+    if (S.K == Source::PatternRef)
+      return print(S.Pat);
+    std::string Out = (S.Escape ? "@" : "") + S.OpName + "(";
+    for (size_t I = 0; I < S.Args.size(); ++I) {
+      const OpArg &A = S.Args[I];
+      Out += I ? ", " : "";
+      Out += A.Src ? source(*A.Src) : A.Param + " = " + print(*A.Value);
+    }
+    return Out + ")";
+  }
+
+  void item(const WeightItem &It, unsigned Depth) {
+    switch (It.K) {
+    case WeightItem::TensorItem: {
+      const TensorRule &T = *It.Tensor;
+      comments(T.Range.Start, Depth);
+      indent(Depth);
+      OS << (T.Optional ? "optional " : "") << (T.Override ? "override " : "") << print(T.Target) << " <- "
+         << source(*T.Src) << (T.Style.empty() ? "" : " : " + T.Style) << when(T.When) << ";\n";
+      return;
+    }
+    case WeightItem::IgnoreItem:
+      comments(It.Ignore->Range.Start, Depth);
+      indent(Depth);
+      OS << "ignore " << print(It.Ignore->Pat) << when(It.Ignore->When) << ";\n";
+      return;
+    case WeightItem::TieItem:
+      comments(It.Tie->Range.Start, Depth);
+      indent(Depth);
+      OS << "tie " << print(It.Tie->Copy) << " = " << print(It.Tie->Of) << when(It.Tie->When) << ";\n";
+      return;
+    case WeightItem::ForItem: {
+      const ForBlock &B = *It.For;
+      comments(B.Range.Start, Depth);
+      indent(Depth);
+      OS << "for " << B.Var << " in "
+         << (B.RangeName.empty() ? print(*B.Begin) + " .. " + print(*B.End) : B.RangeName) << when(B.Where, " where ")
+         << " {\n";
+      for (auto &Sub : B.Items)
+        item(Sub, Depth + 1);
+      comments(B.Range.End, Depth + 1);
+      indent(Depth);
+      OS << "}\n";
+      return;
+    }
+    }
+  }
+
+  void param(const ParamDecl &P, unsigned Depth) {
+    comments(P.Range.Start, Depth);
+    indent(Depth);
+    OS << "param " << print(P.Local) << " [";
+    for (size_t I = 0; I < P.Shape.size(); ++I)
+      OS << (I ? ", " : "") << print(*P.Shape[I]);
+    OS << "] : " << P.Style;
+    if (P.HasTE)
+      OS << " te " << print(P.TE);
+    if (P.Expert)
+      OS << " expert";
+    OS << when(P.When) << ";\n";
+  }
+
+  void use(const UseDecl &U, unsigned Depth) {
+    comments(U.Range.Start, Depth);
+    indent(Depth);
+    OS << "use " << U.Block << " at " << print(U.At) << when(U.When) << ";\n";
+  }
+
+  void schemaDecl(const SchemaDecl &S) {
+    comments(S.Range.Start, 0);
+    OS << "schema " << S.Name << " {\n";
+    for (auto &Fd : S.Fields) {
+      comments(Fd.Range.Start, 1);
+      indent(1);
+      OS << "field " << Fd.Name << " : " << Fd.Type.Name;
+      if (!Fd.Type.Values.empty()) {
+        OS << "(";
+        for (size_t I = 0; I < Fd.Type.Values.size(); ++I)
+          OS << (I ? ", " : "") << Fd.Type.Values[I];
+        OS << ")";
+      }
+      OS << (Fd.Type.Optional ? "?" : "");
+      if (Fd.Default)
+        OS << " = " << print(*Fd.Default);
+      OS << ";\n";
+    }
+    for (auto &R : S.Ranges) {
+      comments(R.Range.Start, 1);
+      indent(1);
+      OS << "range " << R.Name << "(" << R.Var << ") = " << print(*R.Count) << ";\n";
+    }
+    for (auto &B : S.Blocks) {
+      comments(B.Range.Start, 1);
+      indent(1);
+      OS << "block " << B.Name << " {\n";
+      for (auto &P : B.Params)
+        param(P, 2);
+      for (auto &U : B.Uses)
+        use(U, 2);
+      comments(B.Range.End, 2);
+      indent(1);
+      OS << "}\n";
+    }
+    for (auto &P : S.Params)
+      param(P, 1);
+    for (auto &U : S.Uses)
+      use(U, 1);
+    comments(S.Range.End, 1);
+    OS << "}\n";
+  }
+};
+} // namespace
+
+void bridgec::formatFile(const File &F, const llvm::SourceMgr &, llvm::raw_ostream &OS) { Formatter(F, OS).run(); }

@@ -1,0 +1,594 @@
+//===- ASTBuilder.cpp - ANTLR parse tree to our AST ----------------------===//
+//
+// Walks the parse tree once and builds ast::File. After a syntax error ANTLR
+// leaves holes (null children); every accessor is checked and incomplete
+// constructs are dropped, since the error was already reported.
+//
+//===----------------------------------------------------------------------===//
+#include "ParseImpl.h"
+
+#include <cerrno>
+#include <cstdlib>
+#include <optional>
+
+using namespace bridgec;
+using P = ::bridge::grammar::BridgeParser;
+
+namespace {
+
+class ASTBuilder {
+public:
+  explicit ASTBuilder(ParseContext &Ctx) : Ctx(Ctx) {}
+
+  std::unique_ptr<ast::File> build(P::FileContext *C) {
+    auto F = std::make_unique<ast::File>();
+    if (!C)
+      return F;
+    for (auto *I : C->importDecl()) {
+      if (!I->STRING())
+        continue;
+      F->Imports.push_back({Ctx.range(I), unquote(I->STRING()->getText())});
+    }
+    for (auto *T : C->topDecl()) {
+      if (T->bridgeDecl())
+        if (auto B = bridge(T->bridgeDecl()))
+          F->Bridges.push_back(std::move(*B));
+      if (T->schemaDecl())
+        F->Schemas.push_back(schema(T->schemaDecl()));
+    }
+    return F;
+  }
+
+private:
+  ParseContext &Ctx;
+
+  llvm::SMRange R(antlr4::ParserRuleContext *C) { return Ctx.range(C); }
+  llvm::SMRange R(antlr4::tree::TerminalNode *N) { return Ctx.tokenRange(N->getSymbol()); }
+
+  static std::string unquote(const std::string &S) {
+    std::string Out;
+    for (size_t I = 1; I + 1 < S.size(); ++I) {
+      char C = S[I];
+      if (C == '\\' && I + 2 < S.size()) {
+        char N = S[++I];
+        Out += N == 'n' ? '\n' : N == 't' ? '\t' : N;
+      } else {
+        Out += C;
+      }
+    }
+    return Out;
+  }
+
+  std::string text(P::NameContext *N) { return N ? N->getText() : std::string(); }
+
+  // ---- bridges --------------------------------------------------------------
+  std::optional<ast::BridgeDecl> bridge(P::BridgeDeclContext *C) {
+    if (!C->name())
+      return std::nullopt;
+    ast::BridgeDecl B;
+    B.Range = R(C);
+    B.IsFragment = C->kind && C->kind->getType() == P::FRAGMENT;
+    B.Name = text(C->name());
+    B.NameRange = R(C->name());
+    if (auto *BL = C->baseList())
+      for (auto *N : BL->name())
+        B.Bases.push_back({N->getText(), R(N)});
+    for (auto *I : C->bridgeItem()) {
+      if (auto *M = I->matchDecl()) {
+        if (M->name() && M->STRING())
+          B.Matches.push_back({R(M), M->name()->getText(), R(M->name()), unquote(M->STRING()->getText())});
+      } else if (auto *CB = I->configBlock()) {
+        for (auto *A : CB->configAssign()) {
+          auto Es = A->expr();
+          if (!A->name() || Es.empty())
+            continue;
+          ast::ConfigAssign CA;
+          CA.Range = R(A);
+          CA.Override = A->OVERRIDE() != nullptr;
+          CA.Field = A->name()->getText();
+          CA.FieldRange = R(A->name());
+          CA.Value = expr(Es[0]);
+          if (Es.size() > 1)
+            CA.When = expr(Es[1]);
+          if (CA.Value)
+            B.Config.push_back(std::move(CA));
+        }
+      } else if (auto *EB = I->exportBlock()) {
+        for (auto *A : EB->exportAssign()) {
+          auto Es = A->expr();
+          if (!A->hfPath() || Es.empty())
+            continue;
+          ast::ExportAssign EA;
+          EA.Range = R(A);
+          EA.Override = A->OVERRIDE() != nullptr;
+          for (auto *N : A->hfPath()->name())
+            EA.Path.push_back(N->getText());
+          EA.PathRange = R(A->hfPath());
+          EA.Value = expr(Es[0]);
+          if (Es.size() > 1)
+            EA.When = expr(Es[1]);
+          if (EA.Value && !EA.Path.empty())
+            B.Export.push_back(std::move(EA));
+        }
+      } else if (auto *WB = I->weightsBlock()) {
+        for (auto *W : WB->weightItem())
+          if (auto It = weightItem(W))
+            B.Weights.push_back(std::move(*It));
+      }
+    }
+    return B;
+  }
+
+  std::optional<ast::WeightItem> weightItem(P::WeightItemContext *C) {
+    ast::WeightItem It;
+    if (auto *T = C->tensorRule()) {
+      auto Pat = T->pattern();
+      if (!Pat || !T->source())
+        return std::nullopt;
+      auto TR = std::make_shared<ast::TensorRule>();
+      TR->Range = R(T);
+      TR->Optional = T->OPTIONAL() != nullptr;
+      TR->Override = T->OVERRIDE() != nullptr;
+      TR->Target = pattern(Pat);
+      TR->Src = source(T->source());
+      if (T->name()) {
+        TR->Style = T->name()->getText();
+        TR->StyleRange = R(T->name());
+      }
+      if (T->expr())
+        TR->When = expr(T->expr());
+      if (!TR->Src)
+        return std::nullopt;
+      It.K = ast::WeightItem::TensorItem;
+      It.Tensor = TR;
+      return It;
+    }
+    if (auto *I = C->ignoreRule()) {
+      if (!I->pattern())
+        return std::nullopt;
+      auto IR = std::make_shared<ast::IgnoreRule>();
+      IR->Range = R(I);
+      IR->Pat = pattern(I->pattern());
+      if (I->expr())
+        IR->When = expr(I->expr());
+      It.K = ast::WeightItem::IgnoreItem;
+      It.Ignore = IR;
+      return It;
+    }
+    if (auto *T = C->tieRule()) {
+      auto Ps = T->pattern();
+      if (Ps.size() != 2)
+        return std::nullopt;
+      auto TR = std::make_shared<ast::TieRule>();
+      TR->Range = R(T);
+      TR->Copy = pattern(Ps[0]);
+      TR->Of = pattern(Ps[1]);
+      if (T->expr())
+        TR->When = expr(T->expr());
+      It.K = ast::WeightItem::TieItem;
+      It.Tie = TR;
+      return It;
+    }
+    if (auto *F = C->forBlock()) {
+      if (!F->name() || !F->rangeSpec())
+        return std::nullopt;
+      auto FB = std::make_shared<ast::ForBlock>();
+      FB->Range = R(F);
+      FB->Var = F->name()->getText();
+      FB->VarRange = R(F->name());
+      if (auto *Named = dynamic_cast<P::RangeNamedContext *>(F->rangeSpec())) {
+        if (!Named->name())
+          return std::nullopt;
+        FB->RangeName = Named->name()->getText();
+        FB->RangeNameRange = R(Named->name());
+      } else if (auto *Bounds = dynamic_cast<P::RangeBoundsContext *>(F->rangeSpec())) {
+        auto Es = Bounds->expr();
+        if (Es.size() != 2)
+          return std::nullopt;
+        FB->Begin = expr(Es[0]);
+        FB->End = expr(Es[1]);
+        if (!FB->Begin || !FB->End)
+          return std::nullopt;
+      }
+      if (F->expr())
+        FB->Where = expr(F->expr());
+      for (auto *W : F->weightItem())
+        if (auto Sub = weightItem(W))
+          FB->Items.push_back(std::move(*Sub));
+      It.K = ast::WeightItem::ForItem;
+      It.For = FB;
+      return It;
+    }
+    return std::nullopt;
+  }
+
+  ast::SourceP source(P::SourceContext *C) {
+    if (!C)
+      return nullptr;
+    auto S = std::make_shared<ast::Source>();
+    S->Range = R(C);
+    if (auto *PC = dynamic_cast<P::SourcePatternContext *>(C)) {
+      if (!PC->pattern())
+        return nullptr;
+      S->K = ast::Source::PatternRef;
+      S->Pat = pattern(PC->pattern());
+      return S;
+    }
+    auto *OC = dynamic_cast<P::SourceOpContext *>(C);
+    if (!OC || !OC->name())
+      return nullptr;
+    S->K = ast::Source::Op;
+    S->Escape = OC->AT() != nullptr;
+    S->OpName = OC->name()->getText();
+    S->OpNameRange = R(OC->name());
+    if (S->Escape) // the range of '@name'
+      S->OpNameRange.Start = Ctx.tokenRange(OC->AT()->getSymbol()).Start;
+    for (auto *A : OC->opArg()) {
+      ast::OpArg Arg;
+      Arg.Range = R(A);
+      if (auto *PP = dynamic_cast<P::OpParamContext *>(A)) {
+        if (!PP->name() || !PP->expr())
+          continue;
+        Arg.Param = PP->name()->getText();
+        Arg.ParamRange = R(PP->name());
+        Arg.Value = expr(PP->expr());
+        if (!Arg.Value)
+          continue;
+      } else if (auto *SP = dynamic_cast<P::OpSourceContext *>(A)) {
+        Arg.Src = source(SP->source());
+        if (!Arg.Src)
+          continue;
+      }
+      S->Args.push_back(std::move(Arg));
+    }
+    return S;
+  }
+
+  /// Builds a pattern, merging names, numbers and dots into literal text,
+  /// and rejects blanks or comments inside the name (BR0102).
+  ast::Pattern pattern(P::PatternContext *C) {
+    ast::Pattern Pat;
+    Pat.Range = R(C);
+    bool Blank = false;
+    if (C->getStart() && C->getStop())
+      for (size_t I = C->getStart()->getTokenIndex(); I <= C->getStop()->getTokenIndex() && I < Ctx.Tokens->size(); ++I)
+        if (Ctx.Tokens->get(I)->getChannel() != antlr4::Token::DEFAULT_CHANNEL)
+          Blank = true;
+    auto AddLiteral = [&](const std::string &T, llvm::SMRange Rg) {
+      if (!Pat.Pieces.empty() && Pat.Pieces.back().K == ast::PatternPiece::Literal) {
+        Pat.Pieces.back().Text += T;
+        Pat.Pieces.back().Range.End = Rg.End;
+        return;
+      }
+      ast::PatternPiece Pc;
+      Pc.K = ast::PatternPiece::Literal;
+      Pc.Range = Rg;
+      Pc.Text = T;
+      Pat.Pieces.push_back(std::move(Pc));
+    };
+    bool First = true;
+    for (auto *Seg : C->segment()) {
+      if (!First)
+        AddLiteral(".", {Seg->getStart() ? Ctx.loc(Seg->getStart()->getStartIndex() - 1) : llvm::SMLoc(),
+                         Seg->getStart() ? Ctx.loc(Seg->getStart()->getStartIndex()) : llvm::SMLoc()});
+      First = false;
+      auto Brace = [&](P::BracePieceContext *B) {
+        if (auto *A = dynamic_cast<P::PieceAlternativesContext *>(B)) {
+          ast::PatternPiece Pp;
+          Pp.K = ast::PatternPiece::Alternatives;
+          Pp.Range = R(A);
+          for (auto *N : A->name())
+            Pp.Alts.push_back(N->getText());
+          Pat.Pieces.push_back(std::move(Pp));
+        } else if (auto *Cap = dynamic_cast<P::PieceCaptureContext *>(B)) {
+          ast::PatternPiece Pp;
+          Pp.K = ast::PatternPiece::Capture;
+          Pp.Range = R(Cap);
+          Pp.E = expr(Cap->expr());
+          if (Pp.E)
+            Pat.Pieces.push_back(std::move(Pp));
+        }
+      };
+      if (auto *H = Seg->segmentHead()) {
+        if (H->bracePiece())
+          Brace(H->bracePiece());
+        else
+          AddLiteral(H->getText(), R(H));
+      }
+      for (auto *M : Seg->segmentMore()) {
+        if (M->bracePiece())
+          Brace(M->bracePiece());
+        else
+          AddLiteral(M->getText(), R(M));
+      }
+    }
+    if (Blank) {
+      std::string Compact;
+      for (auto &Pc : Pat.Pieces)
+        Compact += Pc.K == ast::PatternPiece::Literal ? Pc.Text : "{...}";
+      Ctx.Diags.emit(DiagId::BlankInsideName, Pat.Range, Compact);
+    }
+    return Pat;
+  }
+
+  // ---- schema -----------------------------------------------------------------
+  ast::SchemaDecl schema(P::SchemaDeclContext *C) {
+    ast::SchemaDecl S;
+    S.Range = R(C);
+    S.Name = text(C->name());
+    for (auto *I : C->schemaItem()) {
+      if (auto *F = I->fieldDecl()) {
+        if (!F->name() || !F->typeRef())
+          continue;
+        ast::FieldDecl FD;
+        FD.Range = R(F);
+        FD.Name = F->name()->getText();
+        FD.NameRange = R(F->name());
+        auto *T = F->typeRef();
+        auto Ns = T->name();
+        if (Ns.empty())
+          continue;
+        FD.Type.Range = R(T);
+        FD.Type.Name = Ns[0]->getText();
+        for (size_t K = 1; K < Ns.size(); ++K)
+          FD.Type.Values.push_back(Ns[K]->getText());
+        FD.Type.Optional = T->QUESTION() != nullptr;
+        if (F->expr())
+          FD.Default = expr(F->expr());
+        S.Fields.push_back(std::move(FD));
+      } else if (auto *RD = I->rangeDecl()) {
+        if (RD->name().size() != 2 || !RD->expr())
+          continue;
+        S.Ranges.push_back({R(RD), RD->name(0)->getText(), RD->name(1)->getText(), expr(RD->expr())});
+      } else if (auto *B = I->blockDecl()) {
+        ast::BlockDecl BD;
+        BD.Range = R(B);
+        BD.Name = text(B->name());
+        for (auto *PD : B->paramDecl())
+          if (auto Prm = param(PD))
+            BD.Params.push_back(std::move(*Prm));
+        for (auto *U : B->useDecl())
+          if (auto Us = use(U))
+            BD.Uses.push_back(std::move(*Us));
+        S.Blocks.push_back(std::move(BD));
+      } else if (auto *PD = I->paramDecl()) {
+        if (auto Prm = param(PD))
+          S.Params.push_back(std::move(*Prm));
+      } else if (auto *U = I->useDecl()) {
+        if (auto Us = use(U))
+          S.Uses.push_back(std::move(*Us));
+      }
+    }
+    return S;
+  }
+
+  std::optional<ast::ParamDecl> param(P::ParamDeclContext *C) {
+    if (!C->pattern() || !C->name())
+      return std::nullopt;
+    ast::ParamDecl PD;
+    PD.Range = R(C);
+    PD.Local = pattern(C->pattern());
+    auto Es = C->expr();
+    size_t NumDims = Es.size();
+    if (C->WHEN()) {
+      PD.When = expr(Es.back());
+      --NumDims;
+    }
+    for (size_t I = 0; I < NumDims; ++I)
+      PD.Shape.push_back(expr(Es[I]));
+    PD.Style = C->name()->getText();
+    PD.StyleRange = R(C->name());
+    for (auto *A : C->paramAttr()) {
+      if (auto *TE = dynamic_cast<P::AttrTEContext *>(A)) {
+        if (!TE->pattern())
+          continue;
+        PD.HasTE = true;
+        PD.TE = pattern(TE->pattern());
+      } else if (dynamic_cast<P::AttrExpertContext *>(A)) {
+        PD.Expert = true;
+      }
+    }
+    return PD;
+  }
+
+  std::optional<ast::UseDecl> use(P::UseDeclContext *C) {
+    if (!C->name() || !C->pattern())
+      return std::nullopt;
+    ast::UseDecl U;
+    U.Range = R(C);
+    U.Block = C->name()->getText();
+    U.BlockRange = R(C->name());
+    U.At = pattern(C->pattern());
+    if (C->expr())
+      U.When = expr(C->expr());
+    return U;
+  }
+
+  // ---- expressions --------------------------------------------------------------
+  std::shared_ptr<ast::Expr> make(ast::Expr::Kind K, llvm::SMRange Rg) {
+    auto E = std::make_shared<ast::Expr>();
+    E->K = K;
+    E->Range = Rg;
+    return E;
+  }
+
+  ast::ExprP binaryChain(const std::vector<ast::ExprP> &Operands, const std::vector<antlr4::Token *> &Ops) {
+    if (Operands.empty())
+      return nullptr;
+    ast::ExprP Acc = Operands[0];
+    for (size_t I = 1; I < Operands.size(); ++I) {
+      if (!Acc || !Operands[I])
+        return nullptr;
+      auto E = make(ast::Expr::Binary, {Acc->Range.Start, Operands[I]->Range.End});
+      E->Text = I - 1 < Ops.size() ? Ops[I - 1]->getText() : "?";
+      E->Ops = {Acc, Operands[I]};
+      Acc = E;
+    }
+    return Acc;
+  }
+
+  template <typename Ctx, typename F> std::vector<ast::ExprP> all(const std::vector<Ctx *> &Cs, F Fn) {
+    std::vector<ast::ExprP> Out;
+    for (auto *C : Cs)
+      Out.push_back(C ? (this->*Fn)(C) : nullptr);
+    return Out;
+  }
+
+  /// Tokens of one kind set that separate the operands of a chain context.
+  std::vector<antlr4::Token *> separators(antlr4::ParserRuleContext *C, std::initializer_list<size_t> Types) {
+    std::vector<antlr4::Token *> Out;
+    for (auto *Ch : C->children)
+      if (auto *T = dynamic_cast<antlr4::tree::TerminalNode *>(Ch))
+        for (size_t Ty : Types)
+          if (T->getSymbol()->getType() == Ty)
+            Out.push_back(T->getSymbol());
+    return Out;
+  }
+
+public:
+  ast::ExprP expr(P::ExprContext *C) {
+    if (!C || !C->cond)
+      return nullptr;
+    ast::ExprP Cond = coalesce(C->cond);
+    if (!C->QUESTION())
+      return Cond;
+    ast::ExprP Then = expr(C->thenE), Else = expr(C->elseE);
+    if (!Cond || !Then || !Else)
+      return nullptr;
+    auto E = make(ast::Expr::Ternary, R(C));
+    E->Ops = {Cond, Then, Else};
+    return E;
+  }
+
+private:
+  ast::ExprP coalesce(P::CoalesceExprContext *C) {
+    auto Ops = all(C->orExpr(), &ASTBuilder::orE);
+    if (Ops.size() == 1)
+      return Ops[0];
+    for (auto &O : Ops)
+      if (!O)
+        return nullptr;
+    auto E = make(ast::Expr::Coalesce, R(C));
+    E->Text = "??";
+    E->Ops = Ops;
+    return E;
+  }
+  ast::ExprP orE(P::OrExprContext *C) {
+    return binaryChain(all(C->andExpr(), &ASTBuilder::andE), separators(C, {P::OROR}));
+  }
+  ast::ExprP andE(P::AndExprContext *C) {
+    return binaryChain(all(C->cmpExpr(), &ASTBuilder::cmpE), separators(C, {P::ANDAND}));
+  }
+  ast::ExprP cmpE(P::CmpExprContext *C) {
+    return binaryChain(all(C->addExpr(), &ASTBuilder::addE), C->op ? std::vector<antlr4::Token *>{C->op} : std::vector<antlr4::Token *>{});
+  }
+  ast::ExprP addE(P::AddExprContext *C) { return binaryChain(all(C->mulExpr(), &ASTBuilder::mulE), C->op); }
+  ast::ExprP mulE(P::MulExprContext *C) { return binaryChain(all(C->unaryExpr(), &ASTBuilder::unaryE), C->op); }
+  ast::ExprP unaryE(P::UnaryExprContext *C) {
+    if (C->primary())
+      return primary(C->primary());
+    ast::ExprP Sub = C->unaryExpr() ? unaryE(C->unaryExpr()) : nullptr;
+    if (!Sub || !C->op)
+      return nullptr;
+    // Fold '-<number>' so that literals stay literals (shapes, defaults).
+    if (C->op->getType() == P::MINUS && (Sub->K == ast::Expr::Int || Sub->K == ast::Expr::Float)) {
+      auto E = std::make_shared<ast::Expr>(*Sub);
+      E->Range = R(C);
+      E->IntVal = -Sub->IntVal;
+      E->FloatVal = -Sub->FloatVal;
+      E->Text = "-" + Sub->Text;
+      return E;
+    }
+    auto E = make(ast::Expr::Unary, R(C));
+    E->Text = C->op->getText();
+    E->Ops = {Sub};
+    return E;
+  }
+
+  ast::ExprP primary(P::PrimaryContext *C) {
+    if (auto *I = dynamic_cast<P::LitIntContext *>(C)) {
+      auto E = make(ast::Expr::Int, R(C));
+      E->Text = I->getText();
+      errno = 0;
+      char *End = nullptr;
+      E->IntVal = std::strtoll(E->Text.c_str(), &End, 10);
+      if (errno == ERANGE)
+        Ctx.Diags.emit(DiagId::BadNumber, E->Range, E->Text);
+      return E;
+    }
+    if (auto *F = dynamic_cast<P::LitFloatContext *>(C)) {
+      auto E = make(ast::Expr::Float, R(C));
+      E->Text = F->getText();
+      errno = 0;
+      E->FloatVal = std::strtod(E->Text.c_str(), nullptr);
+      if (errno == ERANGE)
+        Ctx.Diags.emit(DiagId::BadNumber, E->Range, E->Text);
+      return E;
+    }
+    if (auto *S = dynamic_cast<P::LitStringContext *>(C)) {
+      auto E = make(ast::Expr::String, R(C));
+      E->Text = unquote(S->getText());
+      return E;
+    }
+    if (dynamic_cast<P::LitTrueContext *>(C) || dynamic_cast<P::LitFalseContext *>(C)) {
+      auto E = make(ast::Expr::Bool, R(C));
+      E->BoolVal = dynamic_cast<P::LitTrueContext *>(C) != nullptr;
+      E->Text = E->BoolVal ? "true" : "false";
+      return E;
+    }
+    if (dynamic_cast<P::LitNullContext *>(C)) {
+      auto E = make(ast::Expr::Null, R(C));
+      E->Text = "null";
+      return E;
+    }
+    if (auto *H = dynamic_cast<P::RefHFContext *>(C)) {
+      if (!H->hfPath())
+        return nullptr;
+      auto E = make(ast::Expr::HFPath, R(C));
+      for (auto *N : H->hfPath()->name())
+        E->Path.push_back(N->getText());
+      if (E->Path.empty())
+        return nullptr;
+      return E;
+    }
+    if (auto *Call = dynamic_cast<P::CallContext *>(C)) {
+      if (!Call->name())
+        return nullptr;
+      auto E = make(ast::Expr::Call, R(C));
+      E->Text = Call->name()->getText();
+      for (auto *A : Call->expr()) {
+        auto Arg = expr(A);
+        if (!Arg)
+          return nullptr;
+        E->Ops.push_back(Arg);
+      }
+      return E;
+    }
+    if (auto *N = dynamic_cast<P::RefNameContext *>(C)) {
+      if (!N->name())
+        return nullptr;
+      auto E = make(ast::Expr::Name, R(C));
+      E->Text = N->name()->getText();
+      return E;
+    }
+    if (auto *L = dynamic_cast<P::ListContext *>(C)) {
+      auto E = make(ast::Expr::List, R(C));
+      for (auto *A : L->expr()) {
+        auto Item = expr(A);
+        if (!Item)
+          return nullptr;
+        E->Ops.push_back(Item);
+      }
+      return E;
+    }
+    if (auto *Pa = dynamic_cast<P::ParenContext *>(C))
+      return expr(Pa->expr());
+    return nullptr;
+  }
+};
+
+} // namespace
+
+std::unique_ptr<ast::File> bridgec::buildAST(ParseContext &Ctx, P::FileContext *Tree) {
+  return ASTBuilder(Ctx).build(Tree);
+}

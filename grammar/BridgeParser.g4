@@ -1,0 +1,89 @@
+// BridgeParser.g4 - syntax of .bridge files (mappings, fragments, the schema).
+// Only the syntax lives here; names, types and shapes are checked by Sema on
+// our own AST (compiler/lib/Sema), never on ANTLR's parse tree.
+parser grammar BridgeParser;
+options { tokenVocab = BridgeLexer; }
+
+file        : importDecl* topDecl* EOF ;
+importDecl  : IMPORT STRING SEMI ;
+topDecl     : bridgeDecl | schemaDecl ;
+
+bridgeDecl  : kind=(BRIDGE | FRAGMENT) name baseList? LBRACE bridgeItem* RBRACE ;
+baseList    : COLON name (COMMA name)* ;
+bridgeItem  : matchDecl | configBlock | exportBlock | weightsBlock ;
+matchDecl   : MATCH name STRING SEMI ;
+
+configBlock : CONFIG LBRACE configAssign* RBRACE ;
+configAssign: OVERRIDE? name ASSIGN expr (WHEN expr)? SEMI ;
+exportBlock : EXPORT LBRACE exportAssign* RBRACE ;
+exportAssign: OVERRIDE? hfPath ASSIGN expr (WHEN expr)? SEMI ;
+
+weightsBlock: WEIGHTS LBRACE weightItem* RBRACE ;
+weightItem  : forBlock | tensorRule | ignoreRule | tieRule ;
+forBlock    : FOR name IN rangeSpec (WHERE expr)? LBRACE weightItem* RBRACE ;
+rangeSpec   : expr DOTDOT expr   # rangeBounds
+            | name               # rangeNamed
+            ;
+tensorRule  : OPTIONAL? OVERRIDE? pattern LARROW source (COLON name)? (WHEN expr)? SEMI ;
+ignoreRule  : IGNORE pattern (WHEN expr)? SEMI ;
+tieRule     : TIE pattern ASSIGN pattern (WHEN expr)? SEMI ;
+
+source      : AT? name LPAREN opArg (COMMA opArg)* RPAREN   # sourceOp
+            | pattern                                       # sourcePattern
+            ;
+opArg       : name ASSIGN expr   # opParam
+            | source             # opSource
+            ;
+
+// A tensor name: dot-separated segments, each a name or number followed by
+// captures glued to plain names ('weight{e}', '{q,k,v}_proj'). After a
+// capture only a plain IDENT continues the segment, so a following soft
+// keyword ('when', 'te', 'expert') ends the name. Blanks inside a name are
+// rejected when the AST is built (BR0102).
+pattern     : segment (DOT segment)* ;
+segment     : segmentHead segmentMore* ;
+segmentHead : name | INT | bracePiece ;
+segmentMore : bracePiece | IDENT | INT ;
+bracePiece  : LBRACE name COMMA name (COMMA name)* RBRACE  # pieceAlternatives
+            | LBRACE expr RBRACE                           # pieceCapture
+            ;
+
+// ---- schema -----------------------------------------------------------------
+schemaDecl  : SCHEMA name LBRACE schemaItem* RBRACE ;
+schemaItem  : fieldDecl | rangeDecl | blockDecl | paramDecl | useDecl ;
+fieldDecl   : FIELD name COLON typeRef (ASSIGN expr)? SEMI ;
+typeRef     : name (LPAREN name (COMMA name)* RPAREN)? QUESTION? ;
+rangeDecl   : RANGE name LPAREN name RPAREN ASSIGN expr SEMI ;
+blockDecl   : BLOCK name LBRACE (paramDecl | useDecl)* RBRACE ;
+useDecl     : USE name AT_KW pattern (WHEN expr)? SEMI ;
+paramDecl   : PARAM pattern LBRACK expr (COMMA expr)* RBRACK COLON name paramAttr* (WHEN expr)? SEMI ;
+paramAttr   : TE pattern   # attrTE
+            | EXPERT       # attrExpert
+            ;
+
+// ---- expressions ---------------------------------------------------------------
+expr        : cond=coalesceExpr (QUESTION thenE=expr COLON elseE=expr)? ;
+coalesceExpr: orExpr (COALESCE orExpr)* ;
+orExpr      : andExpr (OROR andExpr)* ;
+andExpr     : cmpExpr (ANDAND cmpExpr)* ;
+cmpExpr     : addExpr (op=(EQ | NE | LT | LE | GT | GE) addExpr)? ;
+addExpr     : mulExpr (op+=(PLUS | MINUS) mulExpr)* ;
+mulExpr     : unaryExpr (op+=(STAR | SLASH | SLASHSLASH | PERCENT) unaryExpr)* ;
+unaryExpr   : op=(MINUS | BANG) unaryExpr | primary ;
+primary     : INT                                     # litInt
+            | FLOAT                                   # litFloat
+            | STRING                                  # litString
+            | KW_TRUE                                   # litTrue
+            | KW_FALSE                                  # litFalse
+            | KW_NULL                                   # litNull
+            | hfPath                                  # refHF
+            | name LPAREN (expr (COMMA expr)*)? RPAREN  # call
+            | name                                    # refName
+            | LBRACK (expr (COMMA expr)*)? RBRACK     # list
+            | LPAREN expr RPAREN                      # paren
+            ;
+hfPath      : HF (DOT name)+ ;
+
+name        : IDENT | IMPORT | BRIDGE | FRAGMENT | SCHEMA | MATCH | CONFIG | EXPORT
+            | WEIGHTS | FOR | IN | WHERE | WHEN | OPTIONAL | OVERRIDE | IGNORE | TIE
+            | FIELD | PARAM | BLOCK | USE | AT_KW | RANGE | TE | EXPERT ;

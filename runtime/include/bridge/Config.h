@@ -1,0 +1,84 @@
+//===- Config.h - evaluating the generated tables ----------------*- C++ -*-===//
+//
+// Config import (HF config.json -> Megatron model config), config export (the
+// reverse), and the expansion of weight rules over layers and experts into
+// concrete tensor names. Values are JSON values; expressions are the
+// bytecode bridgec emitted. Errors name the .bridge line that failed.
+//
+//===----------------------------------------------------------------------===//
+#ifndef BRIDGE_CONFIG_H
+#define BRIDGE_CONFIG_H
+
+#include "bridge/Table.h"
+
+#include <nlohmann/json.hpp>
+
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace bridge {
+
+using Json = nlohmann::ordered_json;
+
+/// A failure with a message meant for users; already names the file/line.
+class Error : public std::runtime_error {
+public:
+  using std::runtime_error::runtime_error;
+};
+
+/// What an expression may read.
+struct EvalEnv {
+  const Json *HF = nullptr;               ///< config.json; null during export
+  const std::vector<Json> *Fields = nullptr; ///< Megatron config, by schema index
+  const SchemaTable *Schema = nullptr;
+  const std::vector<int64_t> *Vars = nullptr; ///< loop variables / captures
+};
+
+/// Evaluates \p E; throws Error with \p Where prepended.
+Json evaluate(const Expr &E, const EvalEnv &Env, const std::string &Where);
+/// Evaluates a condition: a bool, or null meaning false. An absent
+/// expression is true.
+bool evaluateCondition(const Expr &E, const EvalEnv &Env, const std::string &Where);
+
+std::string describe(const SourceLoc &L);
+
+/// HF config.json -> Megatron model config (every schema field, defaults
+/// applied), in schema order.
+std::vector<Json> importConfig(const MappingTable &T, const SchemaTable &S, const Json &HF);
+/// The Megatron config as a JSON object (null fields left out).
+Json configToJson(const SchemaTable &S, const std::vector<Json> &Fields);
+/// The inverse: a JSON object back to schema-ordered fields.
+std::vector<Json> configFromJson(const SchemaTable &S, const Json &Obj);
+/// Megatron model config -> the HF config.json the export writes.
+Json exportConfig(const MappingTable &T, const SchemaTable &S, const std::vector<Json> &Fields);
+
+/// One Megatron tensor of a concrete model and where it comes from.
+struct PlannedTensor {
+  std::string Name;      ///< the name written (TE spelling by default)
+  std::string LocalName; ///< the local-spec spelling
+  std::vector<int64_t> Shape;
+  Style ParallelStyle;
+  bool Expert;
+  std::string Recipe;             ///< e.g. "qkv(a, b, c)"
+  std::vector<std::string> Sources; ///< HF tensors read, in op order
+  bool Optional;
+  const TensorRule *Rule;
+};
+
+struct Plan {
+  std::vector<PlannedTensor> Tensors;
+  std::vector<std::string> IgnoredPatterns; ///< concrete names that may be absent
+  std::vector<std::pair<std::string, std::string>> Ties; ///< HF copy -> HF original
+};
+
+/// Expands every rule over its loops and checks that each tensor the schema
+/// requires for this config is produced exactly once. \p UseTENames picks the
+/// spelling of written names.
+Plan expandPlan(const MappingTable &T, const SchemaTable &S, const std::vector<Json> &Fields, bool UseTENames = true);
+
+const char *styleName(Style S);
+
+} // namespace bridge
+
+#endif

@@ -1,0 +1,384 @@
+//===- ConfigMap.cpp - config import/export and rule expansion ------------===//
+#include "bridge/Config.h"
+
+#include <cmath>
+#include <functional>
+#include <map>
+#include <set>
+
+namespace bridge {
+namespace {
+
+std::string kindName(ValueKind K) {
+  switch (K) {
+  case ValueKind::Int:
+    return "int";
+  case ValueKind::Float:
+    return "float";
+  case ValueKind::Bool:
+    return "bool";
+  case ValueKind::String:
+    return "string";
+  case ValueKind::IntList:
+    return "int_list";
+  case ValueKind::FloatList:
+    return "float_list";
+  case ValueKind::List:
+    return "list";
+  case ValueKind::Any:
+    return "any";
+  }
+  return "?";
+}
+
+/// Converts \p V to the field's type, or explains why it cannot be.
+bool coerce(const FieldInfo &F, Json &V, std::string &Why) {
+  switch (F.Kind) {
+  case ValueKind::Int:
+    if (V.is_number_integer())
+      return true;
+    if (V.is_number_float() && V.get<double>() == std::floor(V.get<double>())) {
+      V = static_cast<int64_t>(V.get<double>());
+      return true;
+    }
+    break;
+  case ValueKind::Float:
+    if (V.is_number()) {
+      V = V.get<double>();
+      return true;
+    }
+    break;
+  case ValueKind::Bool:
+    if (V.is_boolean())
+      return true;
+    break;
+  case ValueKind::String:
+    if (V.is_string()) {
+      if (F.EnumValues.empty())
+        return true;
+      std::string Options;
+      for (const char *E : F.EnumValues) {
+        if (V.get<std::string>() == E)
+          return true;
+        Options += (Options.empty() ? "" : ", ") + std::string(E);
+      }
+      Why = V.dump() + " is not one of: " + Options;
+      return false;
+    }
+    break;
+  case ValueKind::IntList:
+    if (V.is_array()) {
+      for (auto &X : V)
+        if (!X.is_number_integer())
+          break;
+      return true;
+    }
+    break;
+  case ValueKind::FloatList:
+  case ValueKind::List:
+    if (V.is_array())
+      return true;
+    break;
+  case ValueKind::Any:
+    return true;
+  }
+  Why = V.dump() + " is not a " + kindName(F.Kind);
+  return false;
+}
+
+void setPath(Json &Root, const std::string &Path, const Json &V) {
+  Json *Cur = &Root;
+  size_t Start = 0;
+  while (true) {
+    size_t Dot = Path.find('.', Start);
+    std::string Key = Path.substr(Start, Dot == std::string::npos ? std::string::npos : Dot - Start);
+    if (Dot == std::string::npos) {
+      (*Cur)[Key] = V;
+      return;
+    }
+    Json &Next = (*Cur)[Key];
+    if (!Next.is_object())
+      Next = Json::object();
+    Cur = &Next;
+    Start = Dot + 1;
+  }
+}
+
+std::string renderPattern(Span<PatternPiece> P, const EvalEnv &Env, const std::string &Where) {
+  std::string S;
+  for (const PatternPiece &Pc : P) {
+    if (Pc.Literal) {
+      S += Pc.Literal;
+      continue;
+    }
+    Json V = evaluate(Pc.Index, Env, Where);
+    if (!V.is_number_integer() || V.get<int64_t>() < 0)
+      throw Error(Where + ": error: tensor index '" + (Pc.Index.Text ? Pc.Index.Text : "") + "' is " + V.dump() +
+                  ", not a non-negative int");
+    S += std::to_string(V.get<int64_t>());
+  }
+  return S;
+}
+
+/// Runs \p Body for every assignment of \p Loops (with 'where' filters).
+void forEachIteration(Span<Loop> Loops, const SchemaTable &S, const std::vector<Json> &Fields,
+                      const std::string &Where, const std::function<void(const std::vector<int64_t> &)> &Body) {
+  std::vector<int64_t> Vars;
+  std::function<void(uint32_t)> Rec = [&](uint32_t Depth) {
+    if (Depth == Loops.Size) {
+      Body(Vars);
+      return;
+    }
+    const Loop &L = Loops[Depth];
+    EvalEnv Env{nullptr, &Fields, &S, &Vars};
+    int64_t Begin = 0, End = 0;
+    if (L.Range >= 0) {
+      Json N = evaluate(S.Ranges[L.Range].Count, Env, Where);
+      End = N.is_number_integer() ? N.get<int64_t>() : 0;
+    } else {
+      Json B = evaluate(L.Begin, Env, Where), E = evaluate(L.End, Env, Where);
+      if (!B.is_number_integer() || !E.is_number_integer())
+        throw Error(Where + ": error: loop bounds of '" + L.Var + "' are " + B.dump() + " and " + E.dump());
+      Begin = B.get<int64_t>();
+      End = E.get<int64_t>();
+    }
+    for (int64_t I = Begin; I < End; ++I) {
+      Vars.push_back(I);
+      EvalEnv Inner{nullptr, &Fields, &S, &Vars};
+      if (evaluateCondition(L.Where, Inner, Where))
+        Rec(Depth + 1);
+      Vars.pop_back();
+    }
+  };
+  Rec(0);
+}
+
+std::string nameOf(Span<PatternPiece> P, const std::vector<int64_t> &Captures) {
+  std::string S;
+  for (const PatternPiece &Pc : P) {
+    if (Pc.Literal)
+      S += Pc.Literal;
+    else
+      S += std::to_string(Captures[Pc.Index.Code[0].A]);
+  }
+  return S;
+}
+
+} // namespace
+
+std::vector<Json> importConfig(const MappingTable &T, const SchemaTable &S, const Json &HF) {
+  std::vector<Json> Fields(S.Fields.Size);
+  std::vector<bool> Set(S.Fields.Size, false);
+  EvalEnv Env{&HF, &Fields, &S, nullptr};
+  for (const ConfigRule &R : T.Config) {
+    std::string Where = describe(R.Loc);
+    if (!evaluateCondition(R.When, Env, Where))
+      continue;
+    Json V = evaluate(R.Value, Env, Where);
+    const FieldInfo &F = S.Fields[R.Field];
+    if (V.is_null())
+      continue; // the schema default applies, checked below
+    std::string Why;
+    if (!coerce(F, V, Why))
+      throw Error(Where + ": error: config field '" + F.Name + "': " + Why + " (from '" + R.Value.Text + "')");
+    Fields[R.Field] = V;
+    Set[R.Field] = true;
+  }
+  for (uint32_t I = 0; I < S.Fields.Size; ++I) {
+    if (Set[I])
+      continue;
+    const FieldInfo &F = S.Fields[I];
+    if (!F.Default.Code.empty()) {
+      Json V = evaluate(F.Default, Env, std::string("schema default of '") + F.Name + "'");
+      std::string Why;
+      if (!V.is_null() && !coerce(F, V, Why))
+        throw Error(std::string("schema default of '") + F.Name + "': " + Why);
+      Fields[I] = V;
+    }
+    if (Fields[I].is_null() && !F.Optional)
+      throw Error(std::string("error: Megatron config field '") + F.Name + "' has no value: mapping '" + T.Name +
+                  "' (" + T.SourceFile + ") sets none from this config.json and the schema has no default");
+  }
+  return Fields;
+}
+
+Json configToJson(const SchemaTable &S, const std::vector<Json> &Fields) {
+  Json Out = Json::object();
+  for (uint32_t I = 0; I < S.Fields.Size; ++I)
+    if (!Fields[I].is_null())
+      Out[S.Fields[I].Name] = Fields[I];
+  return Out;
+}
+
+std::vector<Json> configFromJson(const SchemaTable &S, const Json &Obj) {
+  std::vector<Json> Fields(S.Fields.Size);
+  for (uint32_t I = 0; I < S.Fields.Size; ++I) {
+    auto It = Obj.find(S.Fields[I].Name);
+    if (It != Obj.end())
+      Fields[I] = *It;
+  }
+  for (auto It = Obj.begin(); It != Obj.end(); ++It) {
+    bool Known = false;
+    for (const FieldInfo &F : S.Fields)
+      Known |= It.key() == F.Name;
+    if (!Known)
+      throw Error("error: unknown Megatron config field '" + It.key() + "'");
+  }
+  return Fields;
+}
+
+Json exportConfig(const MappingTable &T, const SchemaTable &S, const std::vector<Json> &Fields) {
+  Json HF = Json::object();
+  if (T.Architectures.Size)
+    HF["architectures"] = Json::array({T.Architectures[0]});
+  if (T.ModelTypes.Size)
+    HF["model_type"] = T.ModelTypes[0];
+  EvalEnv Env{nullptr, &Fields, &S, nullptr};
+  for (const ExportRule &R : T.Export) {
+    std::string Where = describe(R.Loc);
+    if (!evaluateCondition(R.When, Env, Where))
+      continue;
+    setPath(HF, R.HFPath, evaluate(R.Value, Env, Where));
+  }
+  return HF;
+}
+
+Plan expandPlan(const MappingTable &T, const SchemaTable &S, const std::vector<Json> &Fields, bool UseTENames) {
+  Plan P;
+  // What the schema requires for this config: name -> (param, captures).
+  struct Required {
+    uint32_t Param;
+    std::vector<int64_t> Captures;
+  };
+  std::map<std::string, Required> Needed;
+  for (uint32_t PI = 0; PI < S.Params.Size; ++PI) {
+    const ParamInfo &Prm = S.Params[PI];
+    std::vector<int64_t> Counts;
+    for (const char *C : Prm.Captures) {
+      int64_t N = 0;
+      for (const RangeInfo &R : S.Ranges)
+        if (std::string(R.Var) == C) {
+          EvalEnv Env{nullptr, &Fields, &S, nullptr};
+          Json V = evaluate(R.Count, Env, std::string("range ") + R.Name);
+          N = V.is_number_integer() ? V.get<int64_t>() : 0;
+        }
+      Counts.push_back(N);
+    }
+    std::vector<int64_t> Caps;
+    std::function<void(size_t)> Rec = [&](size_t D) {
+      if (D == Counts.size()) {
+        EvalEnv Env{nullptr, &Fields, &S, &Caps};
+        for (const Expr &C : Prm.Conditions)
+          if (!evaluateCondition(C, Env, describe(Prm.Loc)))
+            return;
+        Needed[nameOf(Prm.Local, Caps)] = {PI, Caps};
+        return;
+      }
+      for (int64_t I = 0; I < Counts[D]; ++I) {
+        Caps.push_back(I);
+        Rec(D + 1);
+        Caps.pop_back();
+      }
+    };
+    Rec(0);
+  }
+
+  std::map<std::string, std::string> ProducedBy;
+  for (const TensorRule &R : T.Tensors) {
+    std::string Where = describe(R.Loc);
+    forEachIteration(R.Loops, S, Fields, Where, [&](const std::vector<int64_t> &Vars) {
+      EvalEnv Env{nullptr, &Fields, &S, &Vars};
+      if (!evaluateCondition(R.When, Env, Where))
+        return;
+      // The target's captures, then the schema declaration that applies.
+      std::vector<int64_t> Caps;
+      for (const PatternPiece &Pc : R.Target)
+        if (!Pc.Literal)
+          Caps.push_back(evaluate(Pc.Index, Env, Where).get<int64_t>());
+      const ParamInfo *Prm = nullptr;
+      for (uint32_t C : R.Params) {
+        const ParamInfo &Cand = S.Params[C];
+        EvalEnv CEnv{nullptr, &Fields, &S, &Caps};
+        bool Holds = true;
+        for (const Expr &Cond : Cand.Conditions)
+          Holds = Holds && evaluateCondition(Cond, CEnv, describe(Cand.Loc));
+        if (Holds) {
+          Prm = &Cand;
+          break;
+        }
+      }
+      std::string Written = renderPattern(R.Target, Env, Where);
+      if (!Prm)
+        throw Error(Where + ": error: Megatron tensor '" + Written +
+                    "' does not exist in this model configuration (its schema conditions do not hold)");
+      std::string Local = nameOf(Prm->Local, Caps);
+      auto [It, New] = ProducedBy.emplace(Local, Where);
+      if (!New)
+        throw Error(Where + ": error: Megatron tensor '" + Local + "' is also produced by the rule at " + It->second);
+      PlannedTensor PT;
+      PT.LocalName = Local;
+      PT.Name = UseTENames ? nameOf(Prm->TE, Caps) : Local;
+      for (const Expr &D : Prm->Shape) {
+        Json V = evaluate(D, EvalEnv{nullptr, &Fields, &S, &Caps}, describe(Prm->Loc));
+        PT.Shape.push_back(V.is_number_integer() ? V.get<int64_t>() : -1);
+      }
+      PT.ParallelStyle = Prm->ParallelStyle;
+      PT.Expert = Prm->Expert;
+      PT.Optional = R.Optional;
+      PT.Rule = &R;
+      std::vector<std::string> Stack;
+      for (const OpNode &N : R.Nodes) {
+        if (N.IsSource) {
+          std::string Src = renderPattern(N.Source, Env, Where);
+          PT.Sources.push_back(Src);
+          Stack.push_back(Src);
+          continue;
+        }
+        std::string Call;
+        static const char *OpNames[] = {
+#define BRIDGE_OP(Id, Name, MinIn, MaxIn, Params, Ranks, Style, Inverse) Name,
+#include "bridge/Ops.def"
+        };
+        Call = OpNames[static_cast<int>(N.Kind)];
+        std::string Args;
+        for (uint16_t K = 0; K < N.NumInputs; ++K)
+          Args += (K ? ", " : "") + Stack[Stack.size() - N.NumInputs + K];
+        for (const OpParam &Pm : N.Params)
+          Args += (Args.empty() ? "" : ", ") + std::string(Pm.Name) + " = " + evaluate(Pm.Value, Env, Where).dump();
+        Stack.resize(Stack.size() - N.NumInputs);
+        Stack.push_back(Call + "(" + Args + ")");
+      }
+      PT.Recipe = Stack.back();
+      P.Tensors.push_back(std::move(PT));
+    });
+  }
+  // Every required tensor must be produced.
+  std::vector<std::string> Missing;
+  for (auto &[Name, Req] : Needed)
+    if (!ProducedBy.count(Name))
+      Missing.push_back(Name);
+  if (!Missing.empty()) {
+    std::string List;
+    for (size_t I = 0; I < Missing.size() && I < 20; ++I)
+      List += "\n  " + Missing[I];
+    if (Missing.size() > 20)
+      List += "\n  ... and " + std::to_string(Missing.size() - 20) + " more";
+    throw Error(std::string("error: mapping '") + T.Name + "' (" + T.SourceFile + ") produces no rule for " +
+                std::to_string(Missing.size()) + " Megatron tensor(s) this configuration needs:" + List);
+  }
+  for (const IgnoreRule &R : T.Ignores)
+    forEachIteration(R.Loops, S, Fields, describe(R.Loc), [&](const std::vector<int64_t> &Vars) {
+      EvalEnv Env{nullptr, &Fields, &S, &Vars};
+      if (evaluateCondition(R.When, Env, describe(R.Loc)))
+        P.IgnoredPatterns.push_back(renderPattern(R.Pattern, Env, describe(R.Loc)));
+    });
+  for (const TieRule &R : T.Ties)
+    forEachIteration(R.Loops, S, Fields, describe(R.Loc), [&](const std::vector<int64_t> &Vars) {
+      EvalEnv Env{nullptr, &Fields, &S, &Vars};
+      if (evaluateCondition(R.When, Env, describe(R.Loc)))
+        P.Ties.push_back({renderPattern(R.Copy, Env, describe(R.Loc)), renderPattern(R.Of, Env, describe(R.Loc))});
+    });
+  return P;
+}
+
+} // namespace bridge

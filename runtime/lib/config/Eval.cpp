@@ -1,0 +1,339 @@
+//===- Eval.cpp - the expression stack machine ------------------------------===//
+//
+// Runs the bytecode of bridge::ExprOp. Integers stay integers ('/' on two
+// integers must divide exactly; '//' floors), a missing HF key reads as null,
+// and arithmetic on null is an error naming the expression.
+//
+//===----------------------------------------------------------------------===//
+#include "bridge/Config.h"
+
+#include <cmath>
+#include <sstream>
+
+namespace bridge {
+namespace {
+
+std::string show(const Json &V) { return V.dump(); }
+
+[[noreturn]] void fail(const std::string &Where, const Expr &E, const std::string &Msg) {
+  throw Error(Where + ": error: " + Msg + (E.Text ? std::string(" in '") + E.Text + "'" : std::string()));
+}
+
+const Json *lookupPath(const Json &Root, const char *Path) {
+  const Json *Cur = &Root;
+  std::string P = Path;
+  size_t Start = 0;
+  while (true) {
+    size_t Dot = P.find('.', Start);
+    std::string Key = P.substr(Start, Dot == std::string::npos ? std::string::npos : Dot - Start);
+    if (!Cur->is_object())
+      return nullptr;
+    auto It = Cur->find(Key);
+    if (It == Cur->end())
+      return nullptr;
+    Cur = &*It;
+    if (Dot == std::string::npos)
+      return Cur;
+    Start = Dot + 1;
+  }
+}
+
+bool isNum(const Json &V) { return V.is_number(); }
+
+Json arith(ExprOp Op, const Json &L, const Json &R, const std::string &Where, const Expr &E) {
+  if (Op == ExprOp::Add && L.is_string() && R.is_string())
+    return L.get<std::string>() + R.get<std::string>();
+  if (Op == ExprOp::Add && L.is_array() && R.is_array()) {
+    Json Out = L;
+    for (auto &X : R)
+      Out.push_back(X);
+    return Out;
+  }
+  if (!isNum(L) || !isNum(R))
+    fail(Where, E, "arithmetic on " + show(L) + " and " + show(R));
+  bool Ints = L.is_number_integer() && R.is_number_integer();
+  if (Ints) {
+    int64_t A = L.get<int64_t>(), B = R.get<int64_t>();
+    switch (Op) {
+    case ExprOp::Add:
+      return A + B;
+    case ExprOp::Sub:
+      return A - B;
+    case ExprOp::Mul:
+      return A * B;
+    case ExprOp::Div:
+      if (B == 0 || A % B != 0)
+        fail(Where, E, std::to_string(A) + " is not divisible by " + std::to_string(B));
+      return A / B;
+    case ExprOp::FloorDiv:
+    case ExprOp::Mod: {
+      if (B == 0)
+        fail(Where, E, "division by zero");
+      int64_t Q = A / B, M = A % B;
+      if (M != 0 && ((M < 0) != (B < 0))) {
+        --Q;
+        M += B;
+      }
+      return Op == ExprOp::FloorDiv ? Q : M;
+    }
+    default:
+      break;
+    }
+  }
+  double A = L.get<double>(), B = R.get<double>();
+  switch (Op) {
+  case ExprOp::Add:
+    return A + B;
+  case ExprOp::Sub:
+    return A - B;
+  case ExprOp::Mul:
+    return A * B;
+  case ExprOp::Div:
+    if (B == 0)
+      fail(Where, E, "division by zero");
+    return A / B;
+  case ExprOp::FloorDiv:
+    return std::floor(A / B);
+  case ExprOp::Mod:
+    return A - B * std::floor(A / B);
+  default:
+    return nullptr;
+  }
+}
+
+bool equalValues(const Json &L, const Json &R) {
+  if (isNum(L) && isNum(R))
+    return L.get<double>() == R.get<double>();
+  return L == R;
+}
+
+Json callBuiltin(const std::string &Name, std::vector<Json> &Args, const EvalEnv &Env, const std::string &Where,
+                 const Expr &E) {
+  if (Name == "has")
+    return !Args[0].is_null();
+  if (Name == "min" || Name == "max") {
+    Json Best = Args[0];
+    for (auto &A : Args) {
+      if (!isNum(A))
+        fail(Where, E, Name + "() of " + show(A));
+      if ((Name == "min") == (A.get<double>() < Best.get<double>()))
+        Best = A;
+    }
+    return Best;
+  }
+  if (Name == "len") {
+    if (Args[0].is_array())
+      return static_cast<int64_t>(Args[0].size());
+    if (Args[0].is_string())
+      return static_cast<int64_t>(Args[0].get<std::string>().size());
+    fail(Where, E, "len() of " + show(Args[0]));
+  }
+  if (Name == "at") {
+    if (!Args[0].is_array() || !Args[1].is_number_integer())
+      fail(Where, E, "at() needs a list and an int, not " + show(Args[0]) + " and " + show(Args[1]));
+    int64_t I = Args[1].get<int64_t>();
+    if (I < 0 || I >= static_cast<int64_t>(Args[0].size()))
+      fail(Where, E, "index " + std::to_string(I) + " is outside " + show(Args[0]));
+    return Args[0][I];
+  }
+  if (Name == "repeat") {
+    if (!Args[1].is_number_integer() || Args[1].get<int64_t>() < 0)
+      fail(Where, E, "repeat() needs a count, not " + show(Args[1]));
+    Json Out = Json::array();
+    for (int64_t I = 0; I < Args[1].get<int64_t>(); ++I)
+      Out.push_back(Args[0]);
+    return Out;
+  }
+  if (Name == "int") {
+    if (Args[0].is_number_integer())
+      return Args[0];
+    if (Args[0].is_number_float() && Args[0].get<double>() == std::floor(Args[0].get<double>()))
+      return static_cast<int64_t>(Args[0].get<double>());
+    fail(Where, E, "int() of " + show(Args[0]));
+  }
+  if (Name == "float") {
+    if (!isNum(Args[0]))
+      fail(Where, E, "float() of " + show(Args[0]));
+    return Args[0].get<double>();
+  }
+  if (Name == "is_moe_layer") {
+    if (!Env.Fields || !Env.Schema)
+      fail(Where, E, "is_moe_layer() needs the Megatron config");
+    const Json *Experts = nullptr, *Freq = nullptr;
+    for (uint32_t I = 0; I < Env.Schema->Fields.Size; ++I) {
+      std::string N = Env.Schema->Fields[I].Name;
+      if (N == "num_moe_experts")
+        Experts = &(*Env.Fields)[I];
+      if (N == "moe_layer_freq")
+        Freq = &(*Env.Fields)[I];
+    }
+    if (!Experts || Experts->is_null())
+      return false;
+    int64_t Layer = Args[0].get<int64_t>();
+    if (!Freq || Freq->is_null())
+      return true;
+    if (Freq->is_number_integer())
+      return Freq->get<int64_t>() > 0 && Layer % Freq->get<int64_t>() == 0;
+    if (Freq->is_array()) {
+      if (Layer < 0 || Layer >= static_cast<int64_t>(Freq->size()))
+        fail(Where, E, "moe_layer_freq has no entry for layer " + std::to_string(Layer));
+      return (*Freq)[Layer] == 1;
+    }
+    fail(Where, E, "moe_layer_freq must be an int or a list, not " + show(*Freq));
+  }
+  fail(Where, E, "unknown builtin '" + Name + "'");
+}
+
+} // namespace
+
+Json evaluate(const Expr &E, const EvalEnv &Env, const std::string &Where) {
+  std::vector<Json> Stack;
+  auto Pop = [&]() {
+    if (Stack.empty())
+      fail(Where, E, "malformed expression table");
+    Json V = std::move(Stack.back());
+    Stack.pop_back();
+    return V;
+  };
+  auto Truth = [&](const Json &V) {
+    if (V.is_null())
+      return false;
+    if (!V.is_boolean())
+      fail(Where, E, "expected true or false, got " + show(V));
+    return V.get<bool>();
+  };
+  for (uint32_t PC = 0; PC < E.Code.Size; ++PC) {
+    const Insn &I = E.Code[PC];
+    switch (I.Op) {
+    case ExprOp::PushInt:
+      Stack.push_back(I.A);
+      break;
+    case ExprOp::PushFloat:
+      Stack.push_back(I.F);
+      break;
+    case ExprOp::PushBool:
+      Stack.push_back(I.A != 0);
+      break;
+    case ExprOp::PushString:
+      Stack.push_back(std::string(I.S));
+      break;
+    case ExprOp::PushNull:
+      Stack.push_back(nullptr);
+      break;
+    case ExprOp::LoadHF: {
+      if (!Env.HF)
+        fail(Where, E, std::string("hf.") + I.S + " is not available here");
+      const Json *V = lookupPath(*Env.HF, I.S);
+      Stack.push_back(V ? *V : Json());
+      break;
+    }
+    case ExprOp::LoadField:
+      if (!Env.Fields || I.A < 0 || static_cast<size_t>(I.A) >= Env.Fields->size())
+        fail(Where, E, std::string("config field '") + I.S + "' is not available here");
+      Stack.push_back((*Env.Fields)[I.A]);
+      break;
+    case ExprOp::LoadVar:
+      if (!Env.Vars || I.A < 0 || static_cast<size_t>(I.A) >= Env.Vars->size())
+        fail(Where, E, "loop variable out of range");
+      Stack.push_back((*Env.Vars)[I.A]);
+      break;
+    case ExprOp::MakeList: {
+      Json L = Json::array();
+      std::vector<Json> Items;
+      for (int64_t K = 0; K < I.A; ++K)
+        Items.push_back(Pop());
+      for (auto It = Items.rbegin(); It != Items.rend(); ++It)
+        L.push_back(*It);
+      Stack.push_back(L);
+      break;
+    }
+    case ExprOp::Neg: {
+      Json V = Pop();
+      if (V.is_number_integer())
+        Stack.push_back(-V.get<int64_t>());
+      else if (V.is_number())
+        Stack.push_back(-V.get<double>());
+      else
+        fail(Where, E, "negation of " + show(V));
+      break;
+    }
+    case ExprOp::Not:
+      Stack.push_back(!Truth(Pop()));
+      break;
+    case ExprOp::Add:
+    case ExprOp::Sub:
+    case ExprOp::Mul:
+    case ExprOp::Div:
+    case ExprOp::FloorDiv:
+    case ExprOp::Mod: {
+      Json R = Pop(), L = Pop();
+      Stack.push_back(arith(I.Op, L, R, Where, E));
+      break;
+    }
+    case ExprOp::Eq:
+    case ExprOp::Ne: {
+      Json R = Pop(), L = Pop();
+      bool Eq = equalValues(L, R);
+      Stack.push_back(I.Op == ExprOp::Eq ? Eq : !Eq);
+      break;
+    }
+    case ExprOp::Lt:
+    case ExprOp::Le:
+    case ExprOp::Gt:
+    case ExprOp::Ge: {
+      Json R = Pop(), L = Pop();
+      if (!isNum(L) || !isNum(R))
+        fail(Where, E, "comparison of " + show(L) + " and " + show(R));
+      double A = L.get<double>(), B = R.get<double>();
+      bool V = I.Op == ExprOp::Lt ? A < B : I.Op == ExprOp::Le ? A <= B : I.Op == ExprOp::Gt ? A > B : A >= B;
+      Stack.push_back(V);
+      break;
+    }
+    case ExprOp::ToBool:
+      Stack.push_back(Truth(Pop()));
+      break;
+    case ExprOp::JumpIfFalse:
+      if (!Truth(Pop()))
+        PC += static_cast<uint32_t>(I.A);
+      break;
+    case ExprOp::JumpIfTrue:
+      if (Truth(Pop()))
+        PC += static_cast<uint32_t>(I.A);
+      break;
+    case ExprOp::JumpIfNotNull:
+      if (Stack.empty())
+        fail(Where, E, "malformed expression table");
+      if (!Stack.back().is_null())
+        PC += static_cast<uint32_t>(I.A);
+      else
+        Stack.pop_back();
+      break;
+    case ExprOp::Jump:
+      PC += static_cast<uint32_t>(I.A);
+      break;
+    case ExprOp::Call: {
+      std::vector<Json> Args(static_cast<size_t>(I.A));
+      for (int64_t K = I.A; K-- > 0;)
+        Args[K] = Pop();
+      Stack.push_back(callBuiltin(I.S, Args, Env, Where, E));
+      break;
+    }
+    }
+  }
+  if (Stack.size() != 1)
+    fail(Where, E, "malformed expression table");
+  return Stack.back();
+}
+
+bool evaluateCondition(const Expr &E, const EvalEnv &Env, const std::string &Where) {
+  if (E.Code.empty())
+    return true;
+  Json V = evaluate(E, Env, Where);
+  if (V.is_null())
+    return false;
+  if (!V.is_boolean())
+    throw Error(Where + ": error: condition '" + (E.Text ? E.Text : "") + "' is " + V.dump() + ", not true or false");
+  return V.get<bool>();
+}
+
+} // namespace bridge

@@ -1,0 +1,235 @@
+//===- bridge-run.cpp - the conversion driver ------------------------------===//
+//
+// bridge-run list
+// bridge-run config --hf DIR|config.json [--json]
+// bridge-run plan   --hf DIR|config.json [--json] [--local-names]
+//
+// Exit codes: 0 success, 1 the input cannot be converted (message says why),
+// 2 usage or I/O error.
+//
+//===----------------------------------------------------------------------===//
+#include "bridge/Config.h"
+#include "bridge/Registry.h"
+
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+#include <string>
+#include <sys/stat.h>
+
+using namespace bridge;
+
+namespace {
+
+const char *Usage =
+    "usage: bridge-run <command> [options]\n"
+    "\n"
+    "commands:\n"
+    "  list                      the model families this build converts\n"
+    "  config --hf PATH          the Megatron model config for an HF config.json,\n"
+    "                            and the config.json export would write back\n"
+    "  plan   --hf PATH          every Megatron tensor: its HF sources, op, global\n"
+    "                            shape and parallel style (no weights are read)\n"
+    "\n"
+    "options:\n"
+    "  --hf PATH                 an HF checkpoint directory or its config.json\n"
+    "  --json                    machine-readable output\n"
+    "  --local-names             name tensors as the local layer spec does\n"
+    "                            (default: Transformer Engine names)\n"
+    "  -h, --help                this text\n";
+
+struct Options {
+  std::string Command, HF;
+  bool AsJson = false, LocalNames = false;
+};
+
+[[noreturn]] void usageError(const std::string &Msg) {
+  std::cerr << "bridge-run: error: " << Msg << "\n\n" << Usage;
+  std::exit(2);
+}
+
+Json readConfig(const std::string &Path) {
+  std::string File = Path;
+  struct stat St;
+  if (stat(Path.c_str(), &St) == 0 && S_ISDIR(St.st_mode))
+    File = Path + "/config.json";
+  std::ifstream In(File);
+  if (!In) {
+    std::cerr << "bridge-run: error: cannot open '" << File << "': " << std::strerror(errno) << "\n";
+    std::exit(2);
+  }
+  try {
+    return Json::parse(In);
+  } catch (const std::exception &E) {
+    std::cerr << "bridge-run: error: '" << File << "' is not valid JSON: " << E.what() << "\n";
+    std::exit(2);
+  }
+}
+
+std::string supported() {
+  std::string S;
+  for (const RegistryEntry &E : allMappings())
+    for (const char *M : E.Table->ModelTypes)
+      S += (S.empty() ? "" : ", ") + std::string(M);
+  return S;
+}
+
+const MappingTable &pickMapping(const Json &HF) {
+  if (HF.contains("model_type") && HF["model_type"].is_string())
+    if (const MappingTable *T = findMappingByModelType(HF["model_type"].get<std::string>()))
+      return *T;
+  if (HF.contains("architectures") && HF["architectures"].is_array())
+    for (auto &A : HF["architectures"])
+      if (A.is_string())
+        if (const MappingTable *T = findMappingByArchitecture(A.get<std::string>()))
+          return *T;
+  std::string MT = HF.contains("model_type") ? HF["model_type"].dump() : "(none)";
+  throw Error("error: no mapping for model_type " + MT + "; supported: " + supported());
+}
+
+std::string shapeText(const std::vector<int64_t> &Shape) {
+  std::string S = "[";
+  for (size_t I = 0; I < Shape.size(); ++I)
+    S += (I ? ", " : "") + std::to_string(Shape[I]);
+  return S + "]";
+}
+
+int cmdList(const Options &O) {
+  Json Out = Json::array();
+  for (const RegistryEntry &E : allMappings()) {
+    Json Row;
+    Row["name"] = E.Name;
+    Row["source"] = E.Table->SourceFile;
+    Row["model_types"] = Json::array();
+    for (const char *M : E.Table->ModelTypes)
+      Row["model_types"].push_back(M);
+    Row["architectures"] = Json::array();
+    for (const char *A : E.Table->Architectures)
+      Row["architectures"].push_back(A);
+    Row["config_rules"] = E.Table->Config.Size;
+    Row["tensor_rules"] = E.Table->Tensors.Size;
+    Out.push_back(Row);
+  }
+  if (O.AsJson) {
+    std::cout << Out.dump(2) << "\n";
+    return 0;
+  }
+  std::printf("%-10s %-28s %-24s %6s %6s\n", "mapping", "architectures", "source", "config", "rules");
+  for (auto &R : Out) {
+    std::string Archs;
+    for (auto &A : R["architectures"])
+      Archs += (Archs.empty() ? "" : ",") + A.get<std::string>();
+    std::printf("%-10s %-28s %-24s %6d %6d\n", R["name"].get<std::string>().c_str(), Archs.c_str(),
+                R["source"].get<std::string>().c_str(), R["config_rules"].get<int>(), R["tensor_rules"].get<int>());
+  }
+  return 0;
+}
+
+int cmdConfig(const Options &O) {
+  Json HF = readConfig(O.HF);
+  const MappingTable &T = pickMapping(HF);
+  std::vector<Json> Fields = importConfig(T, schema(), HF);
+  Json Back = exportConfig(T, schema(), Fields);
+  if (O.AsJson) {
+    Json Out;
+    Out["mapping"] = T.Name;
+    Out["megatron"] = configToJson(schema(), Fields);
+    Out["export"] = Back;
+    std::cout << Out.dump(2) << "\n";
+    return 0;
+  }
+  std::cout << "mapping " << T.Name << " (" << T.SourceFile << ")\n\nMegatron model config:\n";
+  for (auto &[K, V] : configToJson(schema(), Fields).items())
+    std::printf("  %-40s %s\n", K.c_str(), V.dump().c_str());
+  std::cout << "\nconfig.json written on export:\n" << Back.dump(2) << "\n";
+  return 0;
+}
+
+int cmdPlan(const Options &O) {
+  Json HF = readConfig(O.HF);
+  const MappingTable &T = pickMapping(HF);
+  std::vector<Json> Fields = importConfig(T, schema(), HF);
+  Plan P = expandPlan(T, schema(), Fields, !O.LocalNames);
+  int64_t Elements = 0;
+  for (auto &PT : P.Tensors) {
+    int64_t N = 1;
+    for (int64_t D : PT.Shape)
+      N *= D;
+    Elements += N;
+  }
+  if (O.AsJson) {
+    Json Out;
+    Out["mapping"] = T.Name;
+    Out["tensors"] = Json::array();
+    for (auto &PT : P.Tensors)
+      Out["tensors"].push_back({{"name", PT.Name},
+                                {"local_name", PT.LocalName},
+                                {"shape", PT.Shape},
+                                {"style", styleName(PT.ParallelStyle)},
+                                {"expert", PT.Expert},
+                                {"recipe", PT.Recipe},
+                                {"sources", PT.Sources}});
+    Out["ignored"] = P.IgnoredPatterns;
+    Out["ties"] = Json::array();
+    for (auto &[Copy, Of] : P.Ties)
+      Out["ties"].push_back({{"copy", Copy}, {"of", Of}});
+    Out["parameters"] = Elements;
+    std::cout << Out.dump(2) << "\n";
+    return 0;
+  }
+  std::cout << "mapping " << T.Name << " (" << T.SourceFile << ")\n\n";
+  std::printf("%-58s %-16s %-10s %s\n", "Megatron tensor", "global shape", "style", "from HF");
+  for (auto &PT : P.Tensors)
+    std::printf("%-58s %-16s %-10s %s\n", PT.Name.c_str(), shapeText(PT.Shape).c_str(), styleName(PT.ParallelStyle),
+                PT.Recipe.c_str());
+  for (auto &[Copy, Of] : P.Ties)
+    std::printf("tied: %s duplicates %s when present\n", Copy.c_str(), Of.c_str());
+  std::printf("\n%zu Megatron tensors, %lld parameters; every tensor the schema requires is produced once\n",
+              P.Tensors.size(), static_cast<long long>(Elements));
+  return 0;
+}
+
+} // namespace
+
+int main(int argc, char **argv) {
+  Options O;
+  for (int I = 1; I < argc; ++I) {
+    std::string A = argv[I];
+    if (A == "-h" || A == "--help") {
+      std::cout << Usage;
+      return 0;
+    }
+    if (A == "--hf") {
+      if (++I >= argc)
+        usageError("--hf needs a path");
+      O.HF = argv[I];
+    } else if (A == "--json") {
+      O.AsJson = true;
+    } else if (A == "--local-names") {
+      O.LocalNames = true;
+    } else if (!A.empty() && A[0] == '-') {
+      usageError("unknown option '" + A + "'");
+    } else if (O.Command.empty()) {
+      O.Command = A;
+    } else {
+      usageError("unexpected argument '" + A + "'");
+    }
+  }
+  if (O.Command.empty())
+    usageError("no command");
+  try {
+    if (O.Command == "list")
+      return cmdList(O);
+    if (O.Command == "config" || O.Command == "plan") {
+      if (O.HF.empty())
+        usageError(O.Command + " needs --hf PATH");
+      return O.Command == "config" ? cmdConfig(O) : cmdPlan(O);
+    }
+    usageError("unknown command '" + O.Command + "'");
+  } catch (const Error &E) {
+    std::cerr << "bridge-run: " << E.what() << "\n";
+    return 1;
+  }
+}
