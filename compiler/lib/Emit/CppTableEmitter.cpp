@@ -70,9 +70,13 @@ public:
     return "{" + Name + ", " + std::to_string(Items.size()) + "}";
   }
 
-  std::string loc(llvm::SMRange R, const std::string &File) {
+  /// The location as file:line:col, naming the file that holds it (an
+  /// imported fragment, not the bridge that inherits it).
+  std::string loc(llvm::SMRange R, const std::string &Fallback) {
     if (!R.Start.isValid())
-      return "{" + cstr(File) + ", 0, 0}";
+      return "{" + cstr(Fallback) + ", 0, 0}";
+    unsigned Buf = SM.FindBufferContainingLoc(R.Start);
+    std::string File = Buf ? SM.getMemoryBuffer(Buf)->getBufferIdentifier().str() : Fallback;
     auto [Line, Col] = SM.getLineAndColumn(R.Start);
     return "{" + cstr(File) + ", " + std::to_string(Line) + ", " + std::to_string(Col) + "}";
   }

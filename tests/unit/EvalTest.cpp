@@ -1,0 +1,139 @@
+//===- EvalTest.cpp - the expression machine and config import/export ----===//
+//
+// Runs the generated tables of the shipped mappings on hand-made config.json
+// values. The expected values are Megatron-Bridge's config semantics
+// (shared/reference/megatron-bridge-semantics.md, section 7).
+//
+//===----------------------------------------------------------------------===//
+#include "bridge/Config.h"
+#include "bridge/Registry.h"
+
+#include <doctest/doctest.h>
+
+using namespace bridge;
+
+namespace {
+Json fieldOf(const std::vector<Json> &Fields, const char *Name) {
+  for (uint32_t I = 0; I < schema().Fields.Size; ++I)
+    if (std::string(schema().Fields[I].Name) == Name)
+      return Fields[I];
+  FAIL("no field " << Name);
+  return nullptr;
+}
+
+Json tinyLlama() {
+  return Json::parse(R"({
+    "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+    "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
+    "num_key_value_heads": 2, "num_hidden_layers": 2, "vocab_size": 256,
+    "max_position_embeddings": 2048, "rms_norm_eps": 1e-05, "rope_theta": 500000.0,
+    "tie_word_embeddings": true, "torch_dtype": "bfloat16", "hidden_act": "silu",
+    "rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                     "original_max_position_embeddings": 8192, "rope_type": "llama3"}})");
+}
+} // namespace
+
+TEST_CASE("llama config: renames, derived kv_channels, defaults, llama3 rope scaling") {
+  const MappingTable *T = findMappingByModelType("llama");
+  REQUIRE(T);
+  auto F = importConfig(*T, schema(), tinyLlama());
+  CHECK(fieldOf(F, "num_layers") == 2);
+  CHECK(fieldOf(F, "num_query_groups") == 2);
+  CHECK(fieldOf(F, "kv_channels") == 16); // 64 / 4, head_dim absent
+  CHECK(fieldOf(F, "normalization") == "RMSNorm");
+  CHECK(fieldOf(F, "gated_linear_unit") == true);
+  CHECK(fieldOf(F, "share_embeddings_and_output_weights") == true);
+  CHECK(fieldOf(F, "rope_scaling") == true);
+  CHECK(fieldOf(F, "rope_scaling_factor") == 32.0);
+  CHECK(fieldOf(F, "rotary_base") == 500000.0);
+  CHECK(fieldOf(F, "params_dtype") == "bfloat16");
+  CHECK(fieldOf(F, "bf16") == true); // schema default over another field
+  CHECK(fieldOf(F, "add_bias_linear") == false);
+  CHECK(fieldOf(F, "num_moe_experts").is_null());
+}
+
+TEST_CASE("llama config export writes back what import read") {
+  const MappingTable *T = findMappingByModelType("llama");
+  Json HF = tinyLlama();
+  Json Back = exportConfig(*T, schema(), importConfig(*T, schema(), HF));
+  for (const char *K : {"hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
+                        "num_hidden_layers", "vocab_size", "max_position_embeddings", "rms_norm_eps",
+                        "rope_theta", "tie_word_embeddings", "torch_dtype", "hidden_act", "rope_scaling",
+                        "model_type", "architectures"})
+    // Key order is not part of the contract.
+    CHECK_MESSAGE(nlohmann::json::parse(Back[K].dump()) == nlohmann::json::parse(HF[K].dump()), K);
+  CHECK(Back["head_dim"] == 16);
+}
+
+TEST_CASE("a config that is not exactly divisible is an error naming the rule") {
+  const MappingTable *T = findMappingByModelType("llama");
+  Json HF = tinyLlama();
+  HF["num_attention_heads"] = 5;
+  try {
+    importConfig(*T, schema(), HF);
+    FAIL("expected an error");
+  } catch (const Error &E) {
+    std::string M = E.what();
+    CHECK(M.find("gpt_decoder.bridge:") != std::string::npos);
+    CHECK(M.find("64 is not divisible by 5") != std::string::npos);
+  }
+}
+
+TEST_CASE("a missing required HF field names the Megatron field") {
+  const MappingTable *T = findMappingByModelType("llama");
+  Json HF = tinyLlama();
+  HF.erase("num_hidden_layers");
+  CHECK_THROWS_WITH_AS(importConfig(*T, schema(), HF),
+                       doctest::Contains("Megatron config field 'num_layers' has no value"), Error);
+}
+
+TEST_CASE("mistral sliding window maps to window_size and back") {
+  const MappingTable *T = findMappingByModelType("mistral");
+  REQUIRE(T);
+  Json HF = tinyLlama();
+  HF["model_type"] = "mistral";
+  HF.erase("rope_scaling");
+  HF["sliding_window"] = 4096;
+  auto F = importConfig(*T, schema(), HF);
+  CHECK(fieldOf(F, "window_size") == Json::array({4095, 0}));
+  CHECK(exportConfig(*T, schema(), F)["sliding_window"] == 4096);
+  HF["sliding_window"] = nullptr;
+  auto G = importConfig(*T, schema(), HF);
+  CHECK(fieldOf(G, "window_size").is_null());
+  CHECK(exportConfig(*T, schema(), G)["sliding_window"].is_null());
+}
+
+TEST_CASE("plan: every tensor once, TE and local names, tied output layer") {
+  const MappingTable *T = findMappingByModelType("llama");
+  auto F = importConfig(*T, schema(), tinyLlama());
+  Plan P = expandPlan(*T, schema(), F, /*UseTENames=*/true);
+  CHECK(P.Tensors.size() == 2 + 6 * 2); // tied: no output_layer
+  bool SawTE = false;
+  for (auto &PT : P.Tensors)
+    if (PT.Name == "decoder.layers.1.self_attention.linear_qkv.layer_norm_weight") {
+      SawTE = true;
+      CHECK(PT.LocalName == "decoder.layers.1.input_layernorm.weight");
+      CHECK(PT.Shape == std::vector<int64_t>{64});
+    }
+  CHECK(SawTE);
+  REQUIRE(P.Ties.size() == 1);
+  CHECK(P.Ties[0].first == "lm_head.weight");
+}
+
+TEST_CASE("plan: qwen2 has qkv biases with the interleaved global shape") {
+  const MappingTable *T = findMappingByModelType("qwen2");
+  REQUIRE(T);
+  Json HF = tinyLlama();
+  HF["model_type"] = "qwen2";
+  HF.erase("rope_scaling");
+  auto F = importConfig(*T, schema(), HF);
+  Plan P = expandPlan(*T, schema(), F);
+  int Biases = 0;
+  for (auto &PT : P.Tensors)
+    if (PT.Name.find("linear_qkv.bias") != std::string::npos) {
+      ++Biases;
+      CHECK(PT.Shape == std::vector<int64_t>{(4 + 2 * 2) * 16});
+      CHECK(PT.Sources.size() == 3);
+    }
+  CHECK(Biases == 2);
+}
