@@ -8,6 +8,7 @@ BRIDGE    : 'bridge';
 FRAGMENT  : 'fragment';
 SCHEMA    : 'schema';
 MATCH     : 'match';
+ALIAS     : 'alias';
 CONFIG    : 'config';
 EXPORT    : 'export';
 WEIGHTS   : 'weights';

@@ -10,8 +10,12 @@ topDecl     : bridgeDecl | schemaDecl ;
 
 bridgeDecl  : kind=(BRIDGE | FRAGMENT) name baseList? LBRACE bridgeItem* RBRACE ;
 baseList    : COLON name (COMMA name)* ;
-bridgeItem  : matchDecl | configBlock | exportBlock | weightsBlock ;
+bridgeItem  : matchDecl | aliasDecl | configBlock | exportBlock | weightsBlock ;
 matchDecl   : MATCH name STRING SEMI ;
+// Two spellings of one HF config field (transformers 5 renamed some):
+// import reads the second when the first is absent; export writes the one
+// the source config used.
+aliasDecl   : ALIAS hfPath ASSIGN hfPath SEMI ;
 
 configBlock : CONFIG LBRACE configAssign* RBRACE ;
 configAssign: OVERRIDE? name ASSIGN expr (WHEN expr)? SEMI ;
@@ -84,6 +88,6 @@ primary     : INT                                     # litInt
             ;
 hfPath      : HF (DOT name)+ ;
 
-name        : IDENT | IMPORT | BRIDGE | FRAGMENT | SCHEMA | MATCH | CONFIG | EXPORT
+name        : IDENT | IMPORT | BRIDGE | FRAGMENT | SCHEMA | MATCH | ALIAS | CONFIG | EXPORT
             | WEIGHTS | FOR | IN | WHERE | WHEN | OPTIONAL | OVERRIDE | IGNORE | TIE
             | FIELD | PARAM | BLOCK | USE | AT_KW | RANGE | TE | EXPERT ;

@@ -68,6 +68,17 @@ private:
       indent(1);
       OS << "match " << M.Key << " " << quote(M.Value) << ";\n";
     }
+    for (auto &A : B.Aliases) {
+      comments(A.Range.Start, 1);
+      indent(1);
+      OS << "alias hf";
+      for (auto &P : A.Primary)
+        OS << "." << P;
+      OS << " = hf";
+      for (auto &P : A.Alternative)
+        OS << "." << P;
+      OS << ";\n";
+    }
     if (!B.Config.empty()) {
       indent(1);
       OS << "config {\n";

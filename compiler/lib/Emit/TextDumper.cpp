@@ -62,6 +62,8 @@ void bridgec::dumpModel(const model::MappingSet &Set, llvm::raw_ostream &OS) {
       OS << "  match model_type " << ast::quote(M) << "\n";
     for (auto &M : B.Architectures)
       OS << "  match architecture " << ast::quote(M) << "\n";
+    for (auto &[Primary, Alt] : B.Aliases)
+      OS << "  alias hf." << Primary << " = hf." << Alt << "\n";
     for (auto &C : B.Config) {
       OS << "  config " << S.Fields[C.Field].Name << " = " << ast::print(*C.Value);
       if (C.When)

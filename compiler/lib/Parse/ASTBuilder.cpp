@@ -77,6 +77,17 @@ private:
       if (auto *M = I->matchDecl()) {
         if (M->name() && M->STRING())
           B.Matches.push_back({R(M), M->name()->getText(), R(M->name()), unquote(M->STRING()->getText())});
+      } else if (auto *AD = I->aliasDecl()) {
+        auto Ps = AD->hfPath();
+        if (Ps.size() != 2)
+          continue;
+        ast::AliasDecl A;
+        A.Range = R(AD);
+        for (auto *N : Ps[0]->name())
+          A.Primary.push_back(N->getText());
+        for (auto *N : Ps[1]->name())
+          A.Alternative.push_back(N->getText());
+        B.Aliases.push_back(std::move(A));
       } else if (auto *CB = I->configBlock()) {
         for (auto *A : CB->configAssign()) {
           auto Es = A->expr();

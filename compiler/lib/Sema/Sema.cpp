@@ -249,6 +249,7 @@ struct Resolved {
   std::vector<model::IgnoreRule> Ignores;
   std::vector<model::TieRule> Ties;
   std::vector<std::string> ModelTypes, Architectures;
+  std::vector<std::pair<std::string, std::string>> Aliases;
 };
 
 class Analyzer {
@@ -703,6 +704,8 @@ public:
       else
         D.emit(DiagId::BadMatchKey, M.KeyRange, M.Key);
     }
+    for (const ast::AliasDecl &A : B.Aliases)
+      R.Aliases.push_back({llvm::join(A.Primary, "."), llvm::join(A.Alternative, ".")});
     for (const ast::ConfigAssign &A : B.Config) {
       const model::Field *F = S.field(A.Field);
       std::vector<std::string> Names;
@@ -1010,10 +1013,18 @@ public:
     std::string Key = llvm::join(Literals, "{}");
     auto PIt = S.ParamByKey.find(Key);
     if (PIt == S.ParamByKey.end()) {
-      std::vector<std::string> Keys;
-      for (auto &[K, _] : S.ParamByKey)
-        Keys.push_back(K);
-      D.emit(DiagId::UnknownTarget, T.Target.Range, ast::print(T.Target), didYouMean(Key, Keys));
+      // Suggest schema names spelled with the schema's capture names.
+      std::vector<std::string> Names;
+      for (const model::Param &Prm : S.Params)
+        for (auto *Lits : {&Prm.LocalLiterals, &Prm.TELiterals}) {
+          std::string N = (*Lits)[0];
+          for (size_t K = 1; K < Lits->size(); ++K)
+            N += "{" + Prm.Captures[K - 1] + "}" + (*Lits)[K];
+          if (std::find(Names.begin(), Names.end(), N) == Names.end())
+            Names.push_back(N);
+        }
+      std::string Written = ast::print(T.Target);
+      D.emit(DiagId::UnknownTarget, T.Target.Range, Written, didYouMean(Written, Names));
       return;
     }
     TR.Params = PIt->second;
@@ -1259,6 +1270,9 @@ std::unique_ptr<model::MappingSet> Compilation::analyze() {
         MB.ModelTypes.push_back(M);
       for (auto &M : R.Architectures)
         MB.Architectures.push_back(M);
+      for (auto &A : R.Aliases)
+        if (std::find(MB.Aliases.begin(), MB.Aliases.end(), A) == MB.Aliases.end())
+          MB.Aliases.push_back(A);
       for (size_t I = 0; I < R.Config.size(); ++I) {
         auto &C = R.Config[I];
         auto It = ConfigAt.find(C.Field);
@@ -1449,6 +1463,10 @@ std::unique_ptr<model::MappingSet> Compilation::analyze() {
       {
         for (auto &[Path, Loc] : FinalReads) {
           std::string P = llvm::join(Path, ".");
+          // A read through an alias is covered by writing the primary spelling.
+          for (auto &[Primary, Alt] : MB.Aliases)
+            if (P == Alt || llvm::StringRef(P).startswith(Alt + "."))
+              P = Primary + P.substr(Alt.size());
           bool Covered = P == "model_type" || P == "architectures";
           for (auto &E : Export) {
             std::string W = E.path();

@@ -33,6 +33,7 @@ struct EvalEnv {
   const std::vector<Json> *Fields = nullptr; ///< Megatron config, by schema index
   const SchemaTable *Schema = nullptr;
   const std::vector<int64_t> *Vars = nullptr; ///< loop variables / captures
+  Span<HFAlias> Aliases;                    ///< other spellings of HF fields
 };
 
 /// Evaluates \p E; throws Error with \p Where prepended.
@@ -50,8 +51,11 @@ std::vector<Json> importConfig(const MappingTable &T, const SchemaTable &S, cons
 Json configToJson(const SchemaTable &S, const std::vector<Json> &Fields);
 /// The inverse: a JSON object back to schema-ordered fields.
 std::vector<Json> configFromJson(const SchemaTable &S, const Json &Obj);
-/// Megatron model config -> the HF config.json the export writes.
-Json exportConfig(const MappingTable &T, const SchemaTable &S, const std::vector<Json> &Fields);
+/// Megatron model config -> the HF config.json the export writes. With a
+/// \p Reference (the source config.json), fields with aliases are spelled
+/// as the reference spelled them.
+Json exportConfig(const MappingTable &T, const SchemaTable &S, const std::vector<Json> &Fields,
+                  const Json *Reference = nullptr);
 
 /// One Megatron tensor of a concrete model and where it comes from.
 struct PlannedTensor {

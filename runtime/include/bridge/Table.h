@@ -194,11 +194,18 @@ struct ExportRule {
   SourceLoc Loc;
 };
 
+/// Two spellings of one HF config field (dotted paths).
+struct HFAlias {
+  const char *Primary;
+  const char *Alternative;
+};
+
 struct MappingTable {
   const char *Name;
   const char *SourceFile;
   Span<const char *> ModelTypes;
   Span<const char *> Architectures;
+  Span<HFAlias> Aliases;
   Span<ConfigRule> Config;  ///< in dependency order
   Span<ExportRule> Export;
   Span<TensorRule> Tensors;

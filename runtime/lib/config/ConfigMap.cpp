@@ -169,7 +169,7 @@ std::string nameOf(Span<PatternPiece> P, const std::vector<int64_t> &Captures) {
 std::vector<Json> importConfig(const MappingTable &T, const SchemaTable &S, const Json &HF) {
   std::vector<Json> Fields(S.Fields.Size);
   std::vector<bool> Set(S.Fields.Size, false);
-  EvalEnv Env{&HF, &Fields, &S, nullptr};
+  EvalEnv Env{&HF, &Fields, &S, nullptr, T.Aliases};
   for (const ConfigRule &R : T.Config) {
     std::string Where = describe(R.Loc);
     if (!evaluateCondition(R.When, Env, Where))
@@ -227,7 +227,32 @@ std::vector<Json> configFromJson(const SchemaTable &S, const Json &Obj) {
   return Fields;
 }
 
-Json exportConfig(const MappingTable &T, const SchemaTable &S, const std::vector<Json> &Fields) {
+namespace {
+Json *findPath(Json &Root, const std::string &Path) {
+  Json *Cur = &Root;
+  size_t Start = 0;
+  while (true) {
+    size_t Dot = Path.find('.', Start);
+    std::string Key = Path.substr(Start, Dot == std::string::npos ? std::string::npos : Dot - Start);
+    if (!Cur->is_object() || !Cur->contains(Key))
+      return nullptr;
+    Cur = &(*Cur)[Key];
+    if (Dot == std::string::npos)
+      return Cur;
+    Start = Dot + 1;
+  }
+}
+
+void erasePath(Json &Root, const std::string &Path) {
+  size_t Dot = Path.rfind('.');
+  Json *Parent = Dot == std::string::npos ? &Root : findPath(Root, Path.substr(0, Dot));
+  if (Parent && Parent->is_object())
+    Parent->erase(Dot == std::string::npos ? Path : Path.substr(Dot + 1));
+}
+} // namespace
+
+Json exportConfig(const MappingTable &T, const SchemaTable &S, const std::vector<Json> &Fields,
+                  const Json *Reference) {
   Json HF = Json::object();
   if (T.Architectures.Size)
     HF["architectures"] = Json::array({T.Architectures[0]});
@@ -239,6 +264,34 @@ Json exportConfig(const MappingTable &T, const SchemaTable &S, const std::vector
     if (!evaluateCondition(R.When, Env, Where))
       continue;
     setPath(HF, R.HFPath, evaluate(R.Value, Env, Where));
+  }
+  // Spell aliased fields the way the source config did.
+  if (Reference) {
+    Json Ref = *Reference;
+    for (const HFAlias &A : T.Aliases) {
+      if (findPath(Ref, A.Primary) || !findPath(Ref, A.Alternative))
+        continue;
+      Json *V = findPath(HF, A.Primary);
+      if (!V)
+        continue;
+      Json Value = *V;
+      erasePath(HF, A.Primary);
+      if (Value.is_null())
+        continue;
+      Json *Existing = findPath(HF, A.Alternative);
+      if (Existing && Existing->is_object() && Value.is_object())
+        Existing->update(Value);
+      else
+        setPath(HF, A.Alternative, Value);
+      // A dict the source kept under the other name may hold keys Megatron
+      // does not model (rope_type "default"); keep the source's.
+      Json *Out = findPath(HF, A.Alternative);
+      const Json *RefV = findPath(Ref, A.Alternative);
+      if (Out && Out->is_object() && RefV->is_object())
+        for (auto It = RefV->begin(); It != RefV->end(); ++It)
+          if (!Out->contains(It.key()))
+            (*Out)[It.key()] = It.value();
+    }
   }
   return HF;
 }

@@ -224,6 +224,14 @@ Json evaluate(const Expr &E, const EvalEnv &Env, const std::string &Where) {
       if (!Env.HF)
         fail(Where, E, std::string("hf.") + I.S + " is not available here");
       const Json *V = lookupPath(*Env.HF, I.S);
+      // Absent: try the other spellings of the path or of a prefix of it.
+      for (const HFAlias &A : Env.Aliases) {
+        if (V)
+          break;
+        std::string P = I.S, Pr = A.Primary;
+        if (P == Pr || P.rfind(Pr + ".", 0) == 0)
+          V = lookupPath(*Env.HF, (A.Alternative + P.substr(Pr.size())).c_str());
+      }
       Stack.push_back(V ? *V : Json());
       break;
     }

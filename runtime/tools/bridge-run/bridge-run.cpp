@@ -131,7 +131,7 @@ int cmdConfig(const Options &O) {
   Json HF = readConfig(O.HF);
   const MappingTable &T = pickMapping(HF);
   std::vector<Json> Fields = importConfig(T, schema(), HF);
-  Json Back = exportConfig(T, schema(), Fields);
+  Json Back = exportConfig(T, schema(), Fields, &HF);
   if (O.AsJson) {
     Json Out;
     Out["mapping"] = T.Name;

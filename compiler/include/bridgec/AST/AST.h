@@ -129,6 +129,12 @@ struct MatchDecl {
   std::string Value;
 };
 
+/// 'alias hf.a = hf.b;': two spellings of one HF config field.
+struct AliasDecl {
+  SMRange Range;
+  std::vector<std::string> Primary, Alternative;
+};
+
 struct ConfigAssign {
   SMRange Range;
   bool Override = false;
@@ -159,6 +165,7 @@ struct BridgeDecl {
   SMRange NameRange;
   std::vector<NameRef> Bases;
   std::vector<MatchDecl> Matches;
+  std::vector<AliasDecl> Aliases;
   std::vector<ConfigAssign> Config;
   std::vector<ExportAssign> Export;
   std::vector<WeightItem> Weights;

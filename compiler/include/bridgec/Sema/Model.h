@@ -148,6 +148,8 @@ struct Bridge {
   std::string File;
   SMRange Loc;
   std::vector<std::string> ModelTypes, Architectures;
+  /// HF config spellings: (primary, alternative) dotted paths.
+  std::vector<std::pair<std::string, std::string>> Aliases;
   std::vector<ConfigRule> Config; ///< dependency order
   std::vector<ExportRule> Export;
   std::vector<TensorRule> Tensors;

@@ -1,0 +1,270 @@
+"""Tiny Hugging Face checkpoints for the oracle tests, built by transformers.
+
+Each family starts from a real published ``config.json`` (``/work/shared/hf-configs``,
+or the directory in ``$BRIDGE_HF_CONFIGS``) and is shrunk to tiny dimensions while
+keeping what defines the family: biases, the tie flag, rope scaling, sliding
+window, GQA, whether ``head_dim`` is spelled out. When the published configs are
+not on this machine (CI), the transformers config class defaults for the
+family's ``model_type`` are shrunk the same way, plus the family's ``traits``.
+
+The model is instantiated by transformers with random weights under
+``torch.manual_seed`` and written with ``save_pretrained``, so tensor names,
+shapes and the ``config.json`` layout are whatever the real library produces.
+
+This module also wraps the ``bridge-run`` binary (``BridgeRun``).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import os
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SHARED_HF_CONFIGS = Path(os.environ.get("BRIDGE_HF_CONFIGS", "/work/shared/hf-configs"))
+
+# The tiny dimensions every family is shrunk to.
+TINY_HIDDEN = 64
+TINY_LAYERS = 2
+TINY_HEADS = 4
+TINY_KV_HEADS_GQA = 2  # used when the published model has fewer kv heads than heads
+TINY_HEAD_DIM = 16  # = TINY_HIDDEN / TINY_HEADS, so it is also the derived value
+TINY_INTERMEDIATE = 128
+TINY_VOCAB = 256
+
+
+@dataclass(frozen=True)
+class Family:
+    id: str  # pytest id
+    mapping: str  # the mapping bridge-run must pick
+    model_type: str
+    published: str  # file name under SHARED_HF_CONFIGS
+    what: str  # what this family exercises
+    # Keys that define the family. In the published config they are already
+    # there; in the class-default fallback they are added so that the fallback
+    # still exercises the same path (e.g. the tied Llama).
+    traits: dict[str, Any] = field(default_factory=dict)
+
+
+FAMILIES: list[Family] = [
+    Family(
+        "llama3.2-1b",
+        "llama",
+        "llama",
+        "meta-llama__Llama-3.2-1B.json",
+        "tied embeddings, llama3 rope scaling, explicit head_dim",
+        traits={
+            "tie_word_embeddings": True,
+            "rope_scaling": {
+                "rope_type": "llama3",
+                "factor": 32.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 8192,
+            },
+            "rope_theta": 500000.0,
+        },
+    ),
+    Family(
+        "llama3.1-8b",
+        "llama",
+        "llama",
+        "meta-llama__Llama-3.1-8B.json",
+        "untied output layer, head_dim absent",
+        traits={"tie_word_embeddings": False},
+    ),
+    Family(
+        "mistral-7b",
+        "mistral",
+        "mistral",
+        "mistralai__Mistral-7B-v0.1.json",
+        "sliding window",
+        traits={"sliding_window": 4096, "tie_word_embeddings": False},
+    ),
+    Family(
+        "qwen2.5-7b",
+        "qwen2",
+        "qwen2",
+        "Qwen__Qwen2.5-7B.json",
+        "q/k/v biases",
+        traits={"tie_word_embeddings": False},
+    ),
+    Family(
+        "qwen3-8b",
+        "qwen3",
+        "qwen3",
+        "Qwen__Qwen3-8B.json",
+        "per-head q/k RMSNorm",
+        traits={"tie_word_embeddings": False},
+    ),
+]
+
+FAMILY_BY_ID = {f.id: f for f in FAMILIES}
+
+
+def family_ids() -> list[str]:
+    return [f.id for f in FAMILIES]
+
+
+def have_published_configs() -> bool:
+    return all((SHARED_HF_CONFIGS / f.published).is_file() for f in FAMILIES)
+
+
+def published_config(family: Family) -> dict | None:
+    """The published config.json as a dict, or None when it is not on this machine."""
+    path = SHARED_HF_CONFIGS / family.published
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())
+
+
+def _shrink(d: dict) -> dict:
+    """Tiny dims on a config dict; keeps every other key (biases, tie, rope...)."""
+    d = copy.deepcopy(d)
+    heads = d.get("num_attention_heads") or TINY_HEADS
+    kv = d.get("num_key_value_heads")
+    gqa = kv is not None and kv < heads
+    d["hidden_size"] = TINY_HIDDEN
+    d["num_hidden_layers"] = TINY_LAYERS
+    d["num_attention_heads"] = TINY_HEADS
+    if kv is not None:
+        # Grouped-query stays grouped-query, multi-head stays multi-head.
+        d["num_key_value_heads"] = TINY_KV_HEADS_GQA if gqa else TINY_HEADS
+    if d.get("head_dim") is not None:
+        d["head_dim"] = TINY_HEAD_DIM  # only where the source spells it out
+    d["intermediate_size"] = TINY_INTERMEDIATE
+    d["vocab_size"] = TINY_VOCAB
+    if "max_window_layers" in d:
+        d["max_window_layers"] = min(d["max_window_layers"], TINY_LAYERS)
+    if isinstance(d.get("layer_types"), list):
+        d["layer_types"] = d["layer_types"][:TINY_LAYERS]
+    # Special-token ids must lie inside the tiny vocabulary (not architecture).
+    for i, key in enumerate(("bos_token_id", "eos_token_id", "pad_token_id")):
+        if isinstance(d.get(key), int) and d[key] >= TINY_VOCAB:
+            d[key] = i + 1
+    return d
+
+
+def tiny_config_dict(family: Family) -> tuple[dict, str]:
+    """(config dict, origin). The dict is in the layout of its origin:
+    the published file's (transformers 4 names: rope_theta, rope_scaling,
+    torch_dtype) or, in the fallback, the transformers class defaults."""
+    pub = published_config(family)
+    if pub is not None:
+        return _shrink(pub), f"published {family.published}"
+    import transformers
+
+    base = transformers.AutoConfig.for_model(family.model_type).to_dict()
+    for junk in ("transformers_version", "_name_or_path", "id2label", "label2id"):
+        base.pop(junk, None)
+    d = _shrink(base)
+    # Class defaults carry the modern rope_parameters; traits use the
+    # published (rope_theta / rope_scaling) spelling, which transformers folds in.
+    if "rope_theta" in family.traits or "rope_scaling" in family.traits:
+        d.pop("rope_parameters", None)
+    d.update(copy.deepcopy(family.traits))
+    return d, f"transformers {family.model_type} class defaults (no {SHARED_HF_CONFIGS})"
+
+
+def tiny_hf_config(family: Family):
+    """The transformers config object for the tiny model."""
+    import transformers
+
+    d, _ = tiny_config_dict(family)
+    d = dict(d)
+    model_type = d.pop("model_type", family.model_type)
+    d.pop("transformers_version", None)
+    return transformers.AutoConfig.for_model(model_type, **d)
+
+
+@dataclass
+class TinyCheckpoint:
+    family: Family
+    path: Path  # save_pretrained output (config.json written by transformers)
+    origin: str
+    tensors: dict[str, tuple[int, ...]]  # safetensors key -> shape
+    num_parameters: int  # transformers' own count (tied weights once)
+
+    @property
+    def config_json(self) -> dict:
+        return json.loads((self.path / "config.json").read_text())
+
+
+def _read_safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    from safetensors import safe_open
+
+    files = sorted(path.glob("*.safetensors"))
+    assert files, f"no safetensors written in {path}"
+    out: dict[str, tuple[int, ...]] = {}
+    for f in files:
+        with safe_open(str(f), framework="pt") as st:
+            for k in st.keys():
+                assert k not in out, f"{k} stored in two shards"
+                out[k] = tuple(st.get_slice(k).get_shape())
+    return out
+
+
+def build_tiny_checkpoint(family: Family, out_dir: Path, seed: int = 0) -> TinyCheckpoint:
+    """Instantiate the tiny model with transformers (random init) and save it."""
+    import torch
+    import transformers
+
+    _, origin = tiny_config_dict(family)
+    cfg = tiny_hf_config(family)
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(cfg)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    return TinyCheckpoint(
+        family=family,
+        path=out_dir,
+        origin=origin,
+        tensors=_read_safetensors_shapes(out_dir),
+        num_parameters=model.num_parameters(),
+    )
+
+
+def write_config_dir(config: dict, out_dir: Path) -> Path:
+    """A directory holding only config.json (bridge-run config/plan read no weights)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return out_dir
+
+
+class BridgeRunError(RuntimeError):
+    pass
+
+
+class BridgeRun:
+    """The bridge-run binary; JSON answers are cached per (command, directory)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def _run(self, *args: str) -> dict:
+        proc = subprocess.run(
+            [str(self.path), *args], capture_output=True, text=True, timeout=120
+        )
+        if proc.returncode != 0:
+            raise BridgeRunError(
+                f"bridge-run {' '.join(args)} exited {proc.returncode}: "
+                f"{proc.stderr.strip() or proc.stdout.strip()}"
+            )
+        return json.loads(proc.stdout)
+
+    @functools.lru_cache(maxsize=None)
+    def config(self, hf_dir: str) -> dict:
+        return self._run("config", "--hf", str(hf_dir), "--json")
+
+    @functools.lru_cache(maxsize=None)
+    def plan(self, hf_dir: str, local_names: bool = False) -> dict:
+        args = ["plan", "--hf", str(hf_dir), "--json"]
+        if local_names:
+            args.append("--local-names")
+        return self._run(*args)
