@@ -260,11 +260,19 @@ private:
   ast::Pattern pattern(P::PatternContext *C) {
     ast::Pattern Pat;
     Pat.Range = R(C);
+    // Blanks are allowed inside '{...}' ('{k + n}'), nowhere else.
     bool Blank = false;
+    int Depth = 0;
     if (C->getStart() && C->getStop())
-      for (size_t I = C->getStart()->getTokenIndex(); I <= C->getStop()->getTokenIndex() && I < Ctx.Tokens->size(); ++I)
-        if (Ctx.Tokens->get(I)->getChannel() != antlr4::Token::DEFAULT_CHANNEL)
+      for (size_t I = C->getStart()->getTokenIndex(); I <= C->getStop()->getTokenIndex() && I < Ctx.Tokens->size(); ++I) {
+        antlr4::Token *T = Ctx.Tokens->get(I);
+        if (T->getType() == P::LBRACE)
+          ++Depth;
+        else if (T->getType() == P::RBRACE)
+          --Depth;
+        else if (T->getChannel() != antlr4::Token::DEFAULT_CHANNEL && Depth == 0)
           Blank = true;
+      }
     auto AddLiteral = [&](const std::string &T, llvm::SMRange Rg) {
       if (!Pat.Pieces.empty() && Pat.Pieces.back().K == ast::PatternPiece::Literal) {
         Pat.Pieces.back().Text += T;

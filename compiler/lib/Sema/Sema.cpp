@@ -127,6 +127,7 @@ const BuiltinInfo Builtins[] = {
     {"max", 2, 8, "max(a, b, ...)"},
     {"len", 1, 1, "len(list or string)"},
     {"at", 2, 2, "at(list, i): item i of a list"},
+    {"count", 2, 2, "count(list, value): how many items equal value"},
     {"repeat", 2, 2, "repeat(value, n): a list of n copies"},
     {"int", 1, 1, "int(x)"},
     {"float", 1, 1, "float(x)"},
@@ -426,7 +427,7 @@ public:
       return {Args[0].K == ValueKind::IntList ? ValueKind::Int
               : Args[0].K == ValueKind::FloatList ? ValueKind::Float
                                                   : ValueKind::Any};
-    if (N == "len" || N == "int")
+    if (N == "len" || N == "int" || N == "count")
       return {ValueKind::Int};
     if (N == "float")
       return {ValueKind::Float};

@@ -1,7 +1,10 @@
 //===- ConfigMap.cpp - config import/export and rule expansion ------------===//
 #include "bridge/Config.h"
 
+#include <algorithm>
+#include <cctype>
 #include <cmath>
+#include <tuple>
 #include <functional>
 #include <map>
 #include <set>
@@ -419,6 +422,24 @@ Plan expandPlan(const MappingTable &T, const SchemaTable &S, const std::vector<J
     throw Error(std::string("error: mapping '") + T.Name + "' (" + T.SourceFile + ") produces no rule for " +
                 std::to_string(Missing.size()) + " Megatron tensor(s) this configuration needs:" + List);
   }
+  // Megatron-Bridge's order: non-layer tensors first, then by layer, expert
+  // and name (its collective-safe global order).
+  auto Key = [](const std::string &N) {
+    auto Num = [&](const std::string &Tag) -> int64_t {
+      size_t P = N.find(Tag);
+      if (P == std::string::npos)
+        return -1;
+      P += Tag.size();
+      size_t E = P;
+      while (E < N.size() && std::isdigit(static_cast<unsigned char>(N[E])))
+        ++E;
+      return E > P ? std::stoll(N.substr(P, E - P)) : -1;
+    };
+    int64_t Expert = Num("local_experts.");
+    return std::make_tuple(N.rfind("mtp.", 0) == 0 ? 1 : 0, Num("layers."), Expert, N);
+  };
+  std::stable_sort(P.Tensors.begin(), P.Tensors.end(),
+                   [&](const PlannedTensor &A, const PlannedTensor &B) { return Key(A.LocalName) < Key(B.LocalName); });
   for (const IgnoreRule &R : T.Ignores)
     forEachIteration(R.Loops, S, Fields, describe(R.Loc), [&](const std::vector<int64_t> &Vars) {
       EvalEnv Env{nullptr, &Fields, &S, &Vars};

@@ -136,6 +136,14 @@ Json callBuiltin(const std::string &Name, std::vector<Json> &Args, const EvalEnv
       fail(Where, E, "index " + std::to_string(I) + " is outside " + show(Args[0]));
     return Args[0][I];
   }
+  if (Name == "count") {
+    if (!Args[0].is_array())
+      fail(Where, E, "count() needs a list, not " + show(Args[0]));
+    int64_t N = 0;
+    for (auto &X : Args[0])
+      N += equalValues(X, Args[1]) ? 1 : 0;
+    return N;
+  }
   if (Name == "repeat") {
     if (!Args[1].is_number_integer() || Args[1].get<int64_t>() < 0)
       fail(Where, E, "repeat() needs a count, not " + show(Args[1]));

@@ -180,9 +180,9 @@ int cmdPlan(const Options &O) {
     return 0;
   }
   std::cout << "mapping " << T.Name << " (" << T.SourceFile << ")\n\n";
-  std::printf("%-58s %-16s %-10s %s\n", "Megatron tensor", "global shape", "style", "from HF");
+  std::printf("%-62s %-16s %-10s %s\n", "Megatron tensor", "global shape", "style", "from HF");
   for (auto &PT : P.Tensors)
-    std::printf("%-58s %-16s %-10s %s\n", PT.Name.c_str(), shapeText(PT.Shape).c_str(), styleName(PT.ParallelStyle),
+    std::printf("%-62s %-16s %-10s %s\n", PT.Name.c_str(), shapeText(PT.Shape).c_str(), styleName(PT.ParallelStyle),
                 PT.Recipe.c_str());
   for (auto &[Copy, Of] : P.Ties)
     std::printf("tied: %s duplicates %s when present\n", Copy.c_str(), Of.c_str());

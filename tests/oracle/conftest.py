@@ -1,0 +1,97 @@
+"""Oracle tests: our mappings and schema against the real transformers and
+megatron-core. Run with
+
+    python3 -m pytest -q tests/oracle --bridge-run build/runtime/bridge-run
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+# Megatron-Core and transformers only run on the CPU here; hide any GPU so that
+# a machine with one behaves like CI.
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+import tiny_models  # noqa: E402
+
+DEFAULT_BRIDGE_RUN = "/work/main/build/runtime/bridge-run"
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--bridge-run",
+        action="store",
+        default=DEFAULT_BRIDGE_RUN,
+        metavar="PATH",
+        help=f"the bridge-run binary to test (default {DEFAULT_BRIDGE_RUN})",
+    )
+
+
+@pytest.fixture(scope="session")
+def bridge_run(pytestconfig) -> tiny_models.BridgeRun:
+    path = Path(pytestconfig.getoption("--bridge-run")).resolve()
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        pytest.skip(f"bridge-run not found or not executable at {path} (pass --bridge-run PATH)")
+    return tiny_models.BridgeRun(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory):
+    """family id -> TinyCheckpoint, each built once per session on first use."""
+    cache: dict[str, tiny_models.TinyCheckpoint] = {}
+    root = tmp_path_factory.mktemp("tiny-hf")
+
+    def get(family_id: str) -> tiny_models.TinyCheckpoint:
+        if family_id not in cache:
+            fam = tiny_models.FAMILY_BY_ID[family_id]
+            cache[family_id] = tiny_models.build_tiny_checkpoint(fam, root / family_id)
+        return cache[family_id]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def published_format_dirs(tmp_path_factory):
+    """family id -> directory with the shrunk config in the published file's
+    layout (transformers 4 key names: rope_theta, rope_scaling, torch_dtype),
+    written as is, not re-saved by transformers."""
+    cache: dict[str, Path] = {}
+    root = tmp_path_factory.mktemp("tiny-published-format")
+
+    def get(family_id: str) -> Path:
+        if family_id not in cache:
+            fam = tiny_models.FAMILY_BY_ID[family_id]
+            d, _ = tiny_models.tiny_config_dict(fam)
+            cache[family_id] = tiny_models.write_config_dir(d, root / family_id)
+        return cache[family_id]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def mcore():
+    """megatron-core set up on the CPU (1-process gloo world), or a skip that
+    carries the precise error."""
+    import megatron_oracle
+
+    try:
+        return megatron_oracle.setup_cpu()
+    except megatron_oracle.MegatronUnavailable as e:
+        pytest.skip(f"megatron-core cannot run on this machine: {e}")
+
+
+@pytest.fixture(scope="session")
+def mcore_classes():
+    import megatron_oracle
+
+    try:
+        return megatron_oracle.import_megatron_classes()
+    except megatron_oracle.MegatronUnavailable as e:
+        pytest.skip(f"megatron-core cannot be imported: {e}")

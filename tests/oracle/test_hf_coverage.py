@@ -1,0 +1,139 @@
+"""(b) The HF side of every plan against a checkpoint written by transformers.
+
+Every tensor in the saved safetensors must be consumed exactly once by the plan
+(as a source of a Megatron tensor, a tie's copy, or an ignored name); every
+plan source must exist in the checkpoint; and the shapes of the sources must
+compose to the Megatron global shape the plan states.
+
+Each test runs on two config layouts of the same tiny model:
+  * "saved": the config.json that transformers' save_pretrained wrote;
+  * "published": the shrunk published config.json, written as is (the layout
+    of the real Hub files: rope_theta, rope_scaling, torch_dtype).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import pytest
+
+import tiny_models
+
+FORMATS = ["saved", "published"]
+
+
+def _config_dir(fmt, family_id, tiny_checkpoints, published_format_dirs):
+    if fmt == "saved":
+        return tiny_checkpoints(family_id).path
+    if not tiny_models.published_config(tiny_models.FAMILY_BY_ID[family_id]):
+        pytest.skip(f"no published config in {tiny_models.SHARED_HF_CONFIGS}")
+    return published_format_dirs(family_id)
+
+
+def _recipe_op(tensor: dict) -> str | None:
+    """None for an identity copy, else the op name of 'op(a, b, ...)'."""
+    recipe = tensor["recipe"]
+    if "(" not in recipe:
+        assert tensor["sources"] == [recipe], tensor
+        return None
+    return recipe.split("(", 1)[0].strip()
+
+
+@pytest.fixture(params=tiny_models.family_ids())
+def family_id(request):
+    return request.param
+
+
+@pytest.fixture(params=FORMATS)
+def fmt(request):
+    return request.param
+
+
+def test_plan_consumes_every_hf_tensor_exactly_once(
+    bridge_run, tiny_checkpoints, published_format_dirs, family_id, fmt
+):
+    ckpt = tiny_checkpoints(family_id)
+    plan = bridge_run.plan(str(_config_dir(fmt, family_id, tiny_checkpoints, published_format_dirs)))
+    assert plan["mapping"] == ckpt.family.mapping
+
+    uses = Counter()
+    for t in plan["tensors"]:
+        uses.update(t["sources"])
+    uses.update(tie["copy"] for tie in plan["ties"])
+    uses.update(plan["ignored"])
+
+    twice = sorted(k for k, n in uses.items() if n > 1)
+    assert not twice, f"HF names used more than once by the plan: {twice}"
+
+    keys = set(ckpt.tensors)
+    unconsumed = sorted(keys - set(uses))
+    assert not unconsumed, f"checkpoint tensors the plan never reads: {unconsumed}"
+
+    sources = {s for t in plan["tensors"] for s in t["sources"]}
+    missing = sorted(sources - keys)
+    assert not missing, f"plan sources absent from the checkpoint: {missing}"
+
+    for tie in plan["ties"]:
+        assert tie["of"] in sources, f"tie {tie} copies a tensor that no Megatron tensor reads"
+        if tie["copy"] in keys:  # a tied checkpoint may still carry the copy
+            assert ckpt.tensors[tie["copy"]] == ckpt.tensors[tie["of"]], tie
+
+    # The tie flag of the HF model decides whether lm_head is a tie or a tensor.
+    tied = ckpt.config_json.get("tie_word_embeddings")
+    tie_copies = {tie["copy"] for tie in plan["ties"]}
+    assert ("lm_head.weight" in tie_copies) == bool(tied), (plan["ties"], tied)
+
+
+def test_plan_shapes_compose_from_hf_shapes(
+    bridge_run, tiny_checkpoints, published_format_dirs, family_id, fmt
+):
+    ckpt = tiny_checkpoints(family_id)
+    cdir = str(_config_dir(fmt, family_id, tiny_checkpoints, published_format_dirs))
+    plan = bridge_run.plan(cdir)
+    meg = bridge_run.config(cdir)["megatron"]
+    q_rows = meg["num_attention_heads"] * meg["kv_channels"]
+    kv_rows = meg["num_query_groups"] * meg["kv_channels"]
+
+    errors = []
+    for t in plan["tensors"]:
+        shape = tuple(t["shape"])
+        src = [ckpt.tensors.get(s) for s in t["sources"]]
+        if any(s is None for s in src):
+            continue  # reported by the coverage test
+        op = _recipe_op(t)
+        where = f"{t['name']} {shape} <- {t['recipe']} {src}"
+        if op is None:
+            if src[0] != shape:
+                errors.append(f"identity shape differs: {where}")
+        elif op == "qkv":
+            q, k, v = src
+            if not (len(q) == len(k) == len(v) == len(shape)):
+                errors.append(f"qkv ranks differ: {where}")
+            elif not (q[1:] == k[1:] == v[1:] == shape[1:]):
+                errors.append(f"qkv trailing dims differ: {where}")
+            elif q[0] + k[0] + v[0] != shape[0]:
+                errors.append(f"qkv rows do not add up: {where}")
+            elif (q[0], k[0], v[0]) != (q_rows, kv_rows, kv_rows):
+                errors.append(
+                    f"qkv rows are not heads*kv_channels={q_rows} / "
+                    f"groups*kv_channels={kv_rows}: {where}"
+                )
+        elif op == "gated_mlp":
+            g, u = src
+            if g != u:
+                errors.append(f"gate and up differ: {where}")
+            elif g[1:] != shape[1:] or g[0] + u[0] != shape[0]:
+                errors.append(f"gated_mlp rows do not add up: {where}")
+        else:
+            errors.append(f"no shape rule in this test for recipe op {op!r}: {where}")
+    assert not errors, "\n".join(errors)
+
+
+def test_plan_parameter_count_matches_transformers(bridge_run, tiny_checkpoints, family_id):
+    ckpt = tiny_checkpoints(family_id)
+    plan = bridge_run.plan(str(ckpt.path))
+    total = sum(math.prod(t["shape"]) for t in plan["tensors"])
+    assert plan["parameters"] == total
+    # transformers counts a tied embedding once, as Megatron does.
+    assert plan["parameters"] == ckpt.num_parameters
