@@ -9,6 +9,7 @@ FRAGMENT  : 'fragment';
 SCHEMA    : 'schema';
 MATCH     : 'match';
 ALIAS     : 'alias';
+REQUIRE   : 'require';
 CONFIG    : 'config';
 EXPORT    : 'export';
 WEIGHTS   : 'weights';

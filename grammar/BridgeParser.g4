@@ -17,7 +17,9 @@ matchDecl   : MATCH name STRING SEMI ;
 // the source config used.
 aliasDecl   : ALIAS hfPath ASSIGN hfPath SEMI ;
 
-configBlock : CONFIG LBRACE configAssign* RBRACE ;
+configBlock : CONFIG LBRACE (configAssign | requireStmt)* RBRACE ;
+// A condition the HF config must meet, or conversion stops with the message.
+requireStmt : REQUIRE expr COMMA STRING SEMI ;
 configAssign: OVERRIDE? name ASSIGN expr (WHEN expr)? SEMI ;
 exportBlock : EXPORT LBRACE exportAssign* RBRACE ;
 exportAssign: OVERRIDE? hfPath ASSIGN expr (WHEN expr)? SEMI ;
@@ -56,7 +58,8 @@ bracePiece  : LBRACE name COMMA name (COMMA name)* RBRACE  # pieceAlternatives
 schemaDecl  : SCHEMA name LBRACE schemaItem* RBRACE ;
 schemaItem  : fieldDecl | rangeDecl | blockDecl | paramDecl | useDecl ;
 fieldDecl   : FIELD name COLON typeRef (ASSIGN expr)? SEMI ;
-typeRef     : name (LPAREN name (COMMA name)* RPAREN)? QUESTION? ;
+typeRef     : name (LPAREN enumValue (COMMA enumValue)* RPAREN)? QUESTION? ;
+enumValue   : name | STRING ;
 rangeDecl   : RANGE name LPAREN name RPAREN ASSIGN expr SEMI ;
 blockDecl   : BLOCK name LBRACE (paramDecl | useDecl)* RBRACE ;
 useDecl     : USE name AT_KW pattern (WHEN expr)? SEMI ;
@@ -88,6 +91,6 @@ primary     : INT                                     # litInt
             ;
 hfPath      : HF (DOT name)+ ;
 
-name        : IDENT | IMPORT | BRIDGE | FRAGMENT | SCHEMA | MATCH | ALIAS | CONFIG | EXPORT
+name        : IDENT | IMPORT | BRIDGE | FRAGMENT | SCHEMA | MATCH | ALIAS | REQUIRE | CONFIG | EXPORT
             | WEIGHTS | FOR | IN | WHERE | WHEN | OPTIONAL | OVERRIDE | IGNORE | TIE
             | FIELD | PARAM | BLOCK | USE | AT_KW | RANGE | TE | EXPERT ;

@@ -24,6 +24,13 @@ import tiny_models  # noqa: E402
 DEFAULT_BRIDGE_RUN = "/work/main/build/runtime/bridge-run"
 
 
+def pytest_configure(config):
+    # megatron-core without Transformer Engine/Apex warns about its fallbacks
+    # and deprecations on every build; they say nothing about the mappings.
+    for category in ("UserWarning", "DeprecationWarning", "FutureWarning"):
+        config.addinivalue_line("filterwarnings", f"ignore::{category}:megatron")
+
+
 def pytest_addoption(parser):
     parser.addoption(
         "--bridge-run",

@@ -243,13 +243,6 @@ def route_megatron_config(meg: dict, *, megatron_compatible: bool = True) -> Rou
         raise KeyError(
             f"bridge-run megatron keys with no place in megatron-core {sorted(unknown)}"
         )
-    if megatron_compatible and r.tc_kwargs.get("num_moe_experts") is None:
-        # megatron-core asserts "moe_ffn_hidden_size must be None when
-        # num_experts is not set" (TransformerConfig.__post_init__); bridge-run
-        # fills it with ffn_hidden_size on dense models
-        # (test_dense_config_accepted_verbatim reports it).
-        if r.tc_kwargs.pop("moe_ffn_hidden_size", None) is not None:
-            r.dropped["moe_ffn_hidden_size"] = "dense model (megatron-core asserts None)"
     # Local spec arguments (what Megatron-Bridge's local_layer_spec passes).
     r.spec_kwargs = dict(
         num_experts=meg.get("num_moe_experts"),

@@ -389,12 +389,16 @@ void bridgec::emitMappingTables(const model::MappingSet &Set, const llvm::Source
       Ties.push_back("{" + Copy + ", " + Of + ", " + Loops + ", " + W.expr(T.When, Vars) + ", " +
                      W.loc(T.Loc, B.File) + "}");
     }
+    std::vector<std::string> Requires;
+    for (auto &Rq : B.Requires)
+      Requires.push_back("{" + W.expr(Rq.Cond, {}) + ", " + cstr(Rq.Message) + ", " + W.loc(Rq.Loc, B.File) + "}");
     std::vector<std::string> Aliases;
     for (auto &[Primary, Alt] : B.Aliases)
       Aliases.push_back("{" + cstr(Primary) + ", " + cstr(Alt) + "}");
     std::string Table = "constexpr bridge::MappingTable kTable = {\n  " + cstr(B.Name) + ", " + cstr(B.File) + ",\n  " +
                         W.strings(B.ModelTypes) + ", " + W.strings(B.Architectures) + ",\n  " +
                         W.array("bridge::HFAlias", "kAliases", Aliases) + ",\n  " +
+                        W.array("bridge::Requirement", "kRequires", Requires) + ",\n  " +
                         W.array("bridge::ConfigRule", "kConfig", Config) + ",\n  " +
                         W.array("bridge::ExportRule", "kExport", Export) + ",\n  " +
                         W.array("bridge::TensorRule", "kTensors", Tensors) + ",\n  " +

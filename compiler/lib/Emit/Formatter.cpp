@@ -10,6 +10,8 @@
 
 #include "bridgec/AST/Print.h"
 
+#include <cctype>
+
 using namespace bridgec;
 using namespace bridgec::ast;
 
@@ -79,9 +81,14 @@ private:
         OS << "." << P;
       OS << ";\n";
     }
-    if (!B.Config.empty()) {
+    if (!B.Config.empty() || !B.Requires.empty()) {
       indent(1);
       OS << "config {\n";
+      for (auto &Rq : B.Requires) {
+        comments(Rq.Range.Start, 2);
+        indent(2);
+        OS << "require " << print(*Rq.Cond) << ", " << quote(Rq.Message) << ";\n";
+      }
       for (auto &A : B.Config) {
         comments(A.Range.Start, 2);
         indent(2);
@@ -194,8 +201,13 @@ private:
       OS << "field " << Fd.Name << " : " << Fd.Type.Name;
       if (!Fd.Type.Values.empty()) {
         OS << "(";
-        for (size_t I = 0; I < Fd.Type.Values.size(); ++I)
-          OS << (I ? ", " : "") << Fd.Type.Values[I];
+        for (size_t I = 0; I < Fd.Type.Values.size(); ++I) {
+          const std::string &V = Fd.Type.Values[I];
+          bool Plain = !V.empty() && !std::isdigit(static_cast<unsigned char>(V[0]));
+          for (char C : V)
+            Plain &= std::isalnum(static_cast<unsigned char>(C)) || C == '_';
+          OS << (I ? ", " : "") << (Plain ? V : quote(V));
+        }
         OS << ")";
       }
       OS << (Fd.Type.Optional ? "?" : "");

@@ -64,6 +64,8 @@ void bridgec::dumpModel(const model::MappingSet &Set, llvm::raw_ostream &OS) {
       OS << "  match architecture " << ast::quote(M) << "\n";
     for (auto &[Primary, Alt] : B.Aliases)
       OS << "  alias hf." << Primary << " = hf." << Alt << "\n";
+    for (auto &Rq : B.Requires)
+      OS << "  require " << ast::print(*Rq.Cond) << ", " << ast::quote(Rq.Message) << "\n";
     for (auto &C : B.Config) {
       OS << "  config " << S.Fields[C.Field].Name << " = " << ast::print(*C.Value);
       if (C.When)

@@ -89,6 +89,10 @@ private:
           A.Alternative.push_back(N->getText());
         B.Aliases.push_back(std::move(A));
       } else if (auto *CB = I->configBlock()) {
+        for (auto *Rq : CB->requireStmt())
+          if (Rq->expr() && Rq->STRING())
+            if (auto Cond = expr(Rq->expr()))
+              B.Requires.push_back({R(Rq), Cond, unquote(Rq->STRING()->getText())});
         for (auto *A : CB->configAssign()) {
           auto Es = A->expr();
           if (!A->name() || Es.empty())
@@ -344,13 +348,12 @@ private:
         FD.Name = F->name()->getText();
         FD.NameRange = R(F->name());
         auto *T = F->typeRef();
-        auto Ns = T->name();
-        if (Ns.empty())
+        if (!T->name())
           continue;
         FD.Type.Range = R(T);
-        FD.Type.Name = Ns[0]->getText();
-        for (size_t K = 1; K < Ns.size(); ++K)
-          FD.Type.Values.push_back(Ns[K]->getText());
+        FD.Type.Name = T->name()->getText();
+        for (auto *V : T->enumValue())
+          FD.Type.Values.push_back(V->STRING() ? unquote(V->STRING()->getText()) : V->getText());
         FD.Type.Optional = T->QUESTION() != nullptr;
         if (F->expr())
           FD.Default = expr(F->expr());

@@ -251,6 +251,7 @@ struct Resolved {
   std::vector<model::TieRule> Ties;
   std::vector<std::string> ModelTypes, Architectures;
   std::vector<std::pair<std::string, std::string>> Aliases;
+  std::vector<model::Requirement> Requires;
 };
 
 class Analyzer {
@@ -707,6 +708,13 @@ public:
     }
     for (const ast::AliasDecl &A : B.Aliases)
       R.Aliases.push_back({llvm::join(A.Primary, "."), llvm::join(A.Alternative, ".")});
+    for (const ast::RequireStmt &Rq : B.Requires) {
+      Scope Sc;
+      Sc.AllowHF = true;
+      Sc.What = "a requirement";
+      expectBool(*Rq.Cond, check(*Rq.Cond, Sc), "'require'");
+      R.Requires.push_back({Rq.Cond, Rq.Message, Rq.Range});
+    }
     for (const ast::ConfigAssign &A : B.Config) {
       const model::Field *F = S.field(A.Field);
       std::vector<std::string> Names;
@@ -1274,6 +1282,8 @@ std::unique_ptr<model::MappingSet> Compilation::analyze() {
       for (auto &A : R.Aliases)
         if (std::find(MB.Aliases.begin(), MB.Aliases.end(), A) == MB.Aliases.end())
           MB.Aliases.push_back(A);
+      for (auto &Rq : R.Requires)
+        MB.Requires.push_back(Rq);
       for (size_t I = 0; I < R.Config.size(); ++I) {
         auto &C = R.Config[I];
         auto It = ConfigAt.find(C.Field);

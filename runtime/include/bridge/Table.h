@@ -200,12 +200,20 @@ struct HFAlias {
   const char *Alternative;
 };
 
+/// A condition the HF config must meet.
+struct Requirement {
+  Expr Cond;
+  const char *Message;
+  SourceLoc Loc;
+};
+
 struct MappingTable {
   const char *Name;
   const char *SourceFile;
   Span<const char *> ModelTypes;
   Span<const char *> Architectures;
   Span<HFAlias> Aliases;
+  Span<Requirement> Requires;
   Span<ConfigRule> Config;  ///< in dependency order
   Span<ExportRule> Export;
   Span<TensorRule> Tensors;

@@ -179,8 +179,13 @@ std::vector<Json> importConfig(const MappingTable &T, const SchemaTable &S, cons
       continue;
     Json V = evaluate(R.Value, Env, Where);
     const FieldInfo &F = S.Fields[R.Field];
-    if (V.is_null())
-      continue; // the schema default applies, checked below
+    if (V.is_null()) {
+      // An optional field takes the null (DeepSeek-V2-Lite's q_lora_rank);
+      // a required one falls back to the schema default, checked below.
+      if (F.Optional)
+        Set[R.Field] = true;
+      continue;
+    }
     std::string Why;
     if (!coerce(F, V, Why))
       throw Error(Where + ": error: config field '" + F.Name + "': " + Why + " (from '" + R.Value.Text + "')");
@@ -202,14 +207,20 @@ std::vector<Json> importConfig(const MappingTable &T, const SchemaTable &S, cons
       throw Error(std::string("error: Megatron config field '") + F.Name + "' has no value: mapping '" + T.Name +
                   "' (" + T.SourceFile + ") sets none from this config.json and the schema has no default");
   }
+  // Requirements see the HF config and the finished Megatron config.
+  for (const Requirement &Rq : T.Requires)
+    if (!evaluateCondition(Rq.Cond, Env, describe(Rq.Loc)))
+      throw Error(describe(Rq.Loc) + ": error: " + Rq.Message + " (mapping '" + T.Name + "' requires '" +
+                  Rq.Cond.Text + "')");
   return Fields;
 }
 
 Json configToJson(const SchemaTable &S, const std::vector<Json> &Fields) {
   Json Out = Json::object();
+  // Every field, nulls included: an optional field set to null (no query
+  // LoRA) differs from Megatron-Core's default (512).
   for (uint32_t I = 0; I < S.Fields.Size; ++I)
-    if (!Fields[I].is_null())
-      Out[S.Fields[I].Name] = Fields[I];
+    Out[S.Fields[I].Name] = Fields[I];
   return Out;
 }
 

@@ -144,6 +144,13 @@ struct ConfigAssign {
   ExprP When;
 };
 
+/// 'require cond, "message";' in a config block.
+struct RequireStmt {
+  SMRange Range;
+  ExprP Cond;
+  std::string Message;
+};
+
 struct ExportAssign {
   SMRange Range;
   bool Override = false;
@@ -167,6 +174,7 @@ struct BridgeDecl {
   std::vector<MatchDecl> Matches;
   std::vector<AliasDecl> Aliases;
   std::vector<ConfigAssign> Config;
+  std::vector<RequireStmt> Requires;
   std::vector<ExportAssign> Export;
   std::vector<WeightItem> Weights;
 };

@@ -134,6 +134,12 @@ struct ConfigRule {
   SMRange Loc;
 };
 
+struct Requirement {
+  ast::ExprP Cond;
+  std::string Message;
+  SMRange Loc;
+};
+
 struct ExportRule {
   std::vector<std::string> Path;
   ast::ExprP Value, When;
@@ -150,6 +156,7 @@ struct Bridge {
   std::vector<std::string> ModelTypes, Architectures;
   /// HF config spellings: (primary, alternative) dotted paths.
   std::vector<std::pair<std::string, std::string>> Aliases;
+  std::vector<Requirement> Requires; ///< checked before the config map
   std::vector<ConfigRule> Config; ///< dependency order
   std::vector<ExportRule> Export;
   std::vector<TensorRule> Tensors;

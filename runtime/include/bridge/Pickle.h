@@ -1,0 +1,68 @@
+//===- Pickle.h - emitting Python pickles and torch.save archives --*- C++ -*-===//
+//
+// What Megatron-Core and PyTorch read from a checkpoint is Python pickles:
+// the DCP '.metadata', torch.save zip archives (tensor records, common.pt,
+// train_state.pt). These are written opcode by opcode (protocol 2, no memo),
+// never by running Python. See shared/reference/megatron-checkpoint-format.md
+// sections 2.3, 2.5 and 6.
+//
+//===----------------------------------------------------------------------===//
+#ifndef BRIDGE_PICKLE_H
+#define BRIDGE_PICKLE_H
+
+#include "bridge/DType.h"
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace bridge {
+
+class PickleWriter {
+public:
+  PickleWriter();
+  void global(std::string_view Module, std::string_view Name);
+  void none();
+  void boolean(bool V);
+  void integer(int64_t V);
+  void float64(double V);
+  void str(std::string_view S);
+  void mark();
+  void tuple(); ///< MARK ... TUPLE
+  void emptyTuple();
+  void emptyDict();
+  void setItems(); ///< MARK k v ... SETITEMS
+  void emptyList();
+  void appends(); ///< MARK x ... APPENDS
+  void newObj();  ///< cls args -> cls.__new__(cls, *args)
+  void build();
+  void reduce();
+  void persistentId(); ///< BINPERSID
+  /// torch.Size((dims...))
+  void torchSize(const std::vector<int64_t> &Dims);
+  /// A tensor rebuilt from storage \p Key (torch._utils._rebuild_tensor_v2),
+  /// contiguous, as torch.save writes it.
+  void tensor(DType Type, const std::string &Key, int64_t Numel, const std::vector<int64_t> &Shape);
+  /// Appends STOP and returns the bytes.
+  std::string finish();
+
+private:
+  std::string Out;
+};
+
+/// One storage of a torch.save archive.
+struct StorageBytes {
+  std::string Key;
+  const uint8_t *Data;
+  size_t Size;
+};
+
+/// A torch.save zip archive: 'archive/data.pkl' holding \p Pickle, one
+/// 'archive/data/<key>' per storage (64-byte aligned, stored), byteorder,
+/// version. ZIP64 where sizes or offsets need it.
+std::string torchSaveArchive(const std::string &Pickle, const std::vector<StorageBytes> &Storages);
+
+} // namespace bridge
+
+#endif

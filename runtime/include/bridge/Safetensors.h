@@ -1,0 +1,112 @@
+//===- Safetensors.h - safetensors checkpoints, read and written --*- C++ -*-===//
+//
+// Reading maps each file read-only and validates the whole header before any
+// tensor is used: header length within the file, JSON without duplicate keys,
+// known dtypes, shapes that match byte lengths, offsets inside the data area
+// and not overlapping. A sharded checkpoint is read through
+// model.safetensors.index.json, whose file names must stay inside the
+// checkpoint directory. Every error names the file and the tensor.
+//
+//===----------------------------------------------------------------------===//
+#ifndef BRIDGE_SAFETENSORS_H
+#define BRIDGE_SAFETENSORS_H
+
+#include "bridge/DType.h"
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace bridge {
+
+struct TensorView {
+  std::string Name;
+  DType Type;
+  std::vector<int64_t> Shape;
+  const uint8_t *Data = nullptr; ///< into the mapping; valid while the file is open
+  size_t Bytes = 0;
+  std::string File;              ///< the file it lives in (for messages)
+  int64_t numel() const;
+};
+
+/// One mapped .safetensors file.
+class SafetensorsFile {
+public:
+  /// Maps and validates \p Path; throws bridge::Error.
+  explicit SafetensorsFile(const std::string &Path);
+  ~SafetensorsFile();
+  SafetensorsFile(const SafetensorsFile &) = delete;
+  SafetensorsFile &operator=(const SafetensorsFile &) = delete;
+
+  const std::string &path() const { return Path; }
+  const std::map<std::string, TensorView> &tensors() const { return Tensors; }
+  const std::map<std::string, std::string> &metadata() const { return Metadata; }
+
+private:
+  std::string Path;
+  void *Map = nullptr;
+  size_t Size = 0;
+  std::map<std::string, TensorView> Tensors;
+  std::map<std::string, std::string> Metadata;
+};
+
+/// A checkpoint directory: model.safetensors, or the shards named by
+/// model.safetensors.index.json (each tensor in exactly the file it names).
+class SafetensorsCheckpoint {
+public:
+  explicit SafetensorsCheckpoint(const std::string &Dir);
+  /// Null when absent.
+  const TensorView *find(const std::string &Name) const;
+  std::vector<std::string> names() const;
+  /// Source file of each tensor, relative to the directory.
+  const std::map<std::string, std::string> &fileOf() const { return FileOf; }
+  bool sharded() const { return Sharded; }
+
+private:
+  std::vector<std::unique_ptr<SafetensorsFile>> Files;
+  std::map<std::string, const TensorView *> ByName;
+  std::map<std::string, std::string> FileOf;
+  bool Sharded = false;
+};
+
+/// A tensor to write: name, type, shape and its bytes (little-endian,
+/// contiguous).
+struct TensorToWrite {
+  std::string Name;
+  DType Type;
+  std::vector<int64_t> Shape;
+  std::vector<uint8_t> Bytes;
+};
+
+/// Writes one .safetensors file (header padded to 8 bytes, tensors in name
+/// order) through a temporary file renamed into place.
+void writeSafetensors(const std::string &Path, const std::vector<const TensorToWrite *> &Tensors,
+                      const std::map<std::string, std::string> &Metadata = {});
+
+/// Writes a checkpoint directory shard by shard, each tensor into the file
+/// the source checkpoint had it in (\p FileOf), as soon as every tensor of
+/// that file has been added; so memory holds at most one shard. finish()
+/// fails, naming them, if expected tensors never came, and writes
+/// model.safetensors.index.json when \p WriteIndex.
+class SafetensorsWriter {
+public:
+  SafetensorsWriter(std::string Dir, std::map<std::string, std::string> FileOf, bool WriteIndex);
+  void add(TensorToWrite T);
+  void finish();
+  uint64_t bytesWritten() const { return Written; }
+
+private:
+  void flush(const std::string &File);
+  std::string Dir;
+  std::map<std::string, std::string> FileOf;
+  bool WriteIndex;
+  std::map<std::string, size_t> Remaining; ///< per file
+  std::map<std::string, std::vector<TensorToWrite>> Pending;
+  uint64_t Written = 0, TotalTensorBytes = 0;
+};
+
+} // namespace bridge
+
+#endif

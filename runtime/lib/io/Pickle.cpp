@@ -1,0 +1,272 @@
+//===- Pickle.cpp - pickle opcodes and torch.save zip archives -------------===//
+#include "bridge/Pickle.h"
+
+#include <cstring>
+#include <zlib.h>
+
+namespace bridge {
+
+PickleWriter::PickleWriter() { Out += "\x80\x02"; }
+
+void PickleWriter::global(std::string_view Module, std::string_view Name) {
+  Out += 'c';
+  Out += Module;
+  Out += '\n';
+  Out += Name;
+  Out += '\n';
+}
+
+void PickleWriter::none() { Out += 'N'; }
+void PickleWriter::boolean(bool V) { Out += V ? '\x88' : '\x89'; }
+
+void PickleWriter::integer(int64_t V) {
+  if (V >= 0 && V < 256) {
+    Out += 'K';
+    Out += static_cast<char>(V);
+  } else if (V >= 0 && V < 65536) {
+    Out += 'M';
+    Out += static_cast<char>(V & 0xff);
+    Out += static_cast<char>(V >> 8);
+  } else if (V >= INT32_MIN && V <= INT32_MAX) {
+    Out += 'J';
+    uint32_t U = static_cast<uint32_t>(static_cast<int32_t>(V));
+    for (int I = 0; I < 4; ++I)
+      Out += static_cast<char>((U >> (8 * I)) & 0xff);
+  } else {
+    // LONG1: little-endian two's complement, 8 bytes is always enough.
+    Out += '\x8a';
+    Out += '\x08';
+    uint64_t U = static_cast<uint64_t>(V);
+    for (int I = 0; I < 8; ++I)
+      Out += static_cast<char>((U >> (8 * I)) & 0xff);
+  }
+}
+
+void PickleWriter::float64(double V) {
+  Out += 'G';
+  uint64_t U;
+  std::memcpy(&U, &V, 8);
+  for (int I = 7; I >= 0; --I) // big-endian
+    Out += static_cast<char>((U >> (8 * I)) & 0xff);
+}
+
+void PickleWriter::str(std::string_view S) {
+  Out += 'X';
+  uint32_t N = static_cast<uint32_t>(S.size());
+  for (int I = 0; I < 4; ++I)
+    Out += static_cast<char>((N >> (8 * I)) & 0xff);
+  Out += S;
+}
+
+void PickleWriter::mark() { Out += '('; }
+void PickleWriter::tuple() { Out += 't'; }
+void PickleWriter::emptyTuple() { Out += ')'; }
+void PickleWriter::emptyDict() { Out += '}'; }
+void PickleWriter::setItems() { Out += 'u'; }
+void PickleWriter::emptyList() { Out += ']'; }
+void PickleWriter::appends() { Out += 'e'; }
+void PickleWriter::newObj() { Out += '\x81'; }
+void PickleWriter::build() { Out += 'b'; }
+void PickleWriter::reduce() { Out += 'R'; }
+void PickleWriter::persistentId() { Out += 'Q'; }
+
+void PickleWriter::torchSize(const std::vector<int64_t> &Dims) {
+  global("torch", "Size");
+  mark();
+  mark();
+  for (int64_t D : Dims)
+    integer(D);
+  tuple();
+  tuple();
+  reduce();
+}
+
+void PickleWriter::tensor(DType Type, const std::string &Key, int64_t Numel, const std::vector<int64_t> &Shape) {
+  global("torch._utils", "_rebuild_tensor_v2");
+  mark();
+  // The persistent id of the storage: ('storage', <Storage class>, key, location, numel).
+  mark();
+  str("storage");
+  global("torch", storageName(Type));
+  str(Key);
+  str("cpu");
+  integer(Numel);
+  tuple();
+  persistentId();
+  integer(0); // storage offset
+  mark();
+  for (int64_t D : Shape)
+    integer(D);
+  tuple();
+  // Contiguous strides.
+  std::vector<int64_t> Strides(Shape.size());
+  int64_t S = 1;
+  for (size_t I = Shape.size(); I-- > 0;) {
+    Strides[I] = S;
+    S *= Shape[I] ? Shape[I] : 1;
+  }
+  mark();
+  for (int64_t St : Strides)
+    integer(St);
+  tuple();
+  boolean(false); // requires_grad
+  global("collections", "OrderedDict");
+  emptyTuple();
+  reduce(); // backward hooks
+  tuple();
+  reduce();
+}
+
+std::string PickleWriter::finish() {
+  Out += '.';
+  return std::move(Out);
+}
+
+// ---- zip ---------------------------------------------------------------------------
+namespace {
+void put16(std::string &S, uint32_t V) {
+  S += static_cast<char>(V & 0xff);
+  S += static_cast<char>((V >> 8) & 0xff);
+}
+void put32(std::string &S, uint32_t V) {
+  for (int I = 0; I < 4; ++I)
+    S += static_cast<char>((V >> (8 * I)) & 0xff);
+}
+void put64(std::string &S, uint64_t V) {
+  for (int I = 0; I < 8; ++I)
+    S += static_cast<char>((V >> (8 * I)) & 0xff);
+}
+
+struct Entry {
+  std::string Name;
+  const uint8_t *Data;
+  uint64_t Size;
+  uint32_t Crc;
+  uint64_t HeaderOffset;
+};
+
+uint32_t crc(const uint8_t *D, uint64_t N) {
+  uLong C = crc32(0L, Z_NULL, 0);
+  while (N) {
+    uInt Chunk = static_cast<uInt>(N > (1u << 30) ? (1u << 30) : N);
+    C = crc32(C, D, Chunk);
+    D += Chunk;
+    N -= Chunk;
+  }
+  return static_cast<uint32_t>(C);
+}
+} // namespace
+
+std::string torchSaveArchive(const std::string &Pickle, const std::vector<StorageBytes> &Storages) {
+  static const char Version[] = "3\n";
+  static const char ByteOrder[] = "little";
+  static const char SerializationId[] = "0000000000000000000000000000000000000000";
+  std::vector<Entry> Entries;
+  auto Add = [&](std::string Name, const void *Data, uint64_t Size) {
+    const uint8_t *P = static_cast<const uint8_t *>(Data);
+    Entries.push_back({"archive/" + Name, P, Size, crc(P, Size), 0});
+  };
+  Add("data.pkl", Pickle.data(), Pickle.size());
+  Add("byteorder", ByteOrder, sizeof(ByteOrder) - 1);
+  Add("version", Version, sizeof(Version) - 1);
+  Add(".data/serialization_id", SerializationId, sizeof(SerializationId) - 1);
+  for (const StorageBytes &S : Storages)
+    Add("data/" + S.Key, S.Data, S.Size);
+
+  std::string Z;
+  for (Entry &E : Entries) {
+    E.HeaderOffset = Z.size();
+    bool Big = E.Size >= 0xFFFFFFFFull;
+    // Local header length before the extra field, to align data at 64 bytes.
+    size_t Fixed = 30 + E.Name.size() + (Big ? 20 : 0);
+    size_t Pad = (64 - (Z.size() + Fixed + 4) % 64) % 64;
+    put32(Z, 0x04034b50);
+    put16(Z, Big ? 45 : 20);
+    put16(Z, 0);      // flags
+    put16(Z, 0);      // stored
+    put16(Z, 0);      // time
+    put16(Z, 0x21);   // date: 1980-01-01
+    put32(Z, E.Crc);
+    put32(Z, Big ? 0xFFFFFFFFu : static_cast<uint32_t>(E.Size));
+    put32(Z, Big ? 0xFFFFFFFFu : static_cast<uint32_t>(E.Size));
+    put16(Z, static_cast<uint32_t>(E.Name.size()));
+    put16(Z, static_cast<uint32_t>((Big ? 20 : 0) + 4 + Pad));
+    Z += E.Name;
+    if (Big) {
+      put16(Z, 0x0001);
+      put16(Z, 16);
+      put64(Z, E.Size);
+      put64(Z, E.Size);
+    }
+    put16(Z, 0x4246); // "FB": padding, as torch.save aligns storages
+    put16(Z, static_cast<uint32_t>(Pad));
+    Z.append(Pad, 'Z');
+    Z.append(reinterpret_cast<const char *>(E.Data), E.Size);
+  }
+  uint64_t CdOffset = Z.size();
+  for (const Entry &E : Entries) {
+    bool BigSize = E.Size >= 0xFFFFFFFFull, BigOff = E.HeaderOffset >= 0xFFFFFFFFull;
+    std::string Extra;
+    if (BigSize || BigOff) {
+      put16(Extra, 0x0001);
+      put16(Extra, (BigSize ? 16 : 0) + (BigOff ? 8 : 0));
+      if (BigSize) {
+        put64(Extra, E.Size);
+        put64(Extra, E.Size);
+      }
+      if (BigOff)
+        put64(Extra, E.HeaderOffset);
+    }
+    put32(Z, 0x02014b50);
+    put16(Z, 45); // made by
+    put16(Z, (BigSize || BigOff) ? 45 : 20);
+    put16(Z, 0);
+    put16(Z, 0);
+    put16(Z, 0);
+    put16(Z, 0x21);
+    put32(Z, E.Crc);
+    put32(Z, BigSize ? 0xFFFFFFFFu : static_cast<uint32_t>(E.Size));
+    put32(Z, BigSize ? 0xFFFFFFFFu : static_cast<uint32_t>(E.Size));
+    put16(Z, static_cast<uint32_t>(E.Name.size()));
+    put16(Z, static_cast<uint32_t>(Extra.size()));
+    put16(Z, 0); // comment
+    put16(Z, 0); // disk
+    put16(Z, 0); // internal attributes
+    put32(Z, 0); // external attributes
+    put32(Z, BigOff ? 0xFFFFFFFFu : static_cast<uint32_t>(E.HeaderOffset));
+    Z += E.Name;
+    Z += Extra;
+  }
+  uint64_t CdSize = Z.size() - CdOffset;
+  bool Zip64 = CdOffset >= 0xFFFFFFFFull;
+  for (const Entry &E : Entries)
+    Zip64 |= E.Size >= 0xFFFFFFFFull;
+  if (Zip64) {
+    uint64_t Eocd64 = Z.size();
+    put32(Z, 0x06064b50);
+    put64(Z, 44);
+    put16(Z, 45);
+    put16(Z, 45);
+    put32(Z, 0);
+    put32(Z, 0);
+    put64(Z, Entries.size());
+    put64(Z, Entries.size());
+    put64(Z, CdSize);
+    put64(Z, CdOffset);
+    put32(Z, 0x07064b50); // locator
+    put32(Z, 0);
+    put64(Z, Eocd64);
+    put32(Z, 1);
+  }
+  put32(Z, 0x06054b50);
+  put16(Z, 0);
+  put16(Z, 0);
+  put16(Z, static_cast<uint32_t>(Entries.size()));
+  put16(Z, static_cast<uint32_t>(Entries.size()));
+  put32(Z, Zip64 ? 0xFFFFFFFFu : static_cast<uint32_t>(CdSize));
+  put32(Z, Zip64 ? 0xFFFFFFFFu : static_cast<uint32_t>(CdOffset));
+  put16(Z, 0);
+  return Z;
+}
+
+} // namespace bridge

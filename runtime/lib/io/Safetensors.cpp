@@ -1,0 +1,361 @@
+//===- Safetensors.cpp - safetensors reader and writer ---------------------===//
+#include "bridge/Safetensors.h"
+
+#include "bridge/Config.h" // bridge::Error
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <fcntl.h>
+#include <set>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+namespace bridge {
+
+int64_t TensorView::numel() const {
+  int64_t N = 1;
+  for (int64_t D : Shape)
+    N *= D;
+  return N;
+}
+
+namespace {
+
+[[noreturn]] void fail(const std::string &File, const std::string &Msg) {
+  throw Error("error: " + File + ": " + Msg);
+}
+
+/// Parses JSON, rejecting duplicate keys in any object (the last one would
+/// silently win otherwise).
+nlohmann::json parseStrictJson(const std::string &Text, const std::string &File, const char *What) {
+  std::vector<std::set<std::string>> Keys;
+  std::string Duplicate;
+  auto Callback = [&](int, nlohmann::json::parse_event_t Event, nlohmann::json &Parsed) {
+    switch (Event) {
+    case nlohmann::json::parse_event_t::object_start:
+      Keys.emplace_back();
+      break;
+    case nlohmann::json::parse_event_t::object_end:
+      Keys.pop_back();
+      break;
+    case nlohmann::json::parse_event_t::key:
+      if (!Keys.back().insert(Parsed.get<std::string>()).second && Duplicate.empty())
+        Duplicate = Parsed.get<std::string>();
+      break;
+    default:
+      break;
+    }
+    return true;
+  };
+  nlohmann::json J;
+  try {
+    J = nlohmann::json::parse(Text, Callback);
+  } catch (const std::exception &E) {
+    fail(File, std::string(What) + " is not valid JSON: " + E.what());
+  }
+  if (!Duplicate.empty())
+    fail(File, std::string(What) + " has the key '" + Duplicate + "' twice");
+  return J;
+}
+
+std::string readFile(const std::string &Path) {
+  FILE *F = std::fopen(Path.c_str(), "rb");
+  if (!F)
+    fail(Path, std::string("cannot open: ") + std::strerror(errno));
+  std::string S;
+  char Buf[1 << 16];
+  size_t N;
+  while ((N = std::fread(Buf, 1, sizeof Buf, F)) > 0)
+    S.append(Buf, N);
+  std::fclose(F);
+  return S;
+}
+
+bool isPlainFileName(const std::string &N) {
+  return !N.empty() && N.find('/') == std::string::npos && N != "." && N != ".." && N.find('\0') == std::string::npos;
+}
+
+} // namespace
+
+SafetensorsFile::SafetensorsFile(const std::string &P) : Path(P) {
+  int FD = ::open(Path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (FD < 0)
+    fail(Path, std::string("cannot open: ") + std::strerror(errno));
+  struct stat St;
+  if (::fstat(FD, &St) != 0 || !S_ISREG(St.st_mode)) {
+    ::close(FD);
+    fail(Path, "not a regular file");
+  }
+  Size = static_cast<size_t>(St.st_size);
+  if (Size < 8) {
+    ::close(FD);
+    fail(Path, "truncated: " + std::to_string(Size) + " bytes, shorter than the 8-byte header length");
+  }
+  Map = ::mmap(nullptr, Size, PROT_READ, MAP_PRIVATE, FD, 0);
+  ::close(FD);
+  if (Map == MAP_FAILED) {
+    Map = nullptr;
+    fail(Path, std::string("cannot map: ") + std::strerror(errno));
+  }
+  const uint8_t *Base = static_cast<const uint8_t *>(Map);
+  uint64_t HeaderLen = 0;
+  for (int I = 7; I >= 0; --I)
+    HeaderLen = (HeaderLen << 8) | Base[I];
+  if (HeaderLen > Size - 8)
+    fail(Path, "header length " + std::to_string(HeaderLen) + " runs past the end of the file (" +
+                   std::to_string(Size) + " bytes)");
+  std::string HeaderText(reinterpret_cast<const char *>(Base + 8), HeaderLen);
+  nlohmann::json Header = parseStrictJson(HeaderText, Path, "the header");
+  if (!Header.is_object())
+    fail(Path, "the header is not a JSON object");
+  const uint8_t *Data = Base + 8 + HeaderLen;
+  size_t DataSize = Size - 8 - HeaderLen;
+  std::vector<std::pair<size_t, size_t>> Ranges;
+  for (auto It = Header.begin(); It != Header.end(); ++It) {
+    const std::string &Name = It.key();
+    if (Name == "__metadata__") {
+      if (!It->is_object())
+        fail(Path, "__metadata__ is not an object");
+      for (auto M = It->begin(); M != It->end(); ++M) {
+        if (!M->is_string())
+          fail(Path, "__metadata__ value of '" + M.key() + "' is not a string");
+        Metadata[M.key()] = M->get<std::string>();
+      }
+      continue;
+    }
+    const nlohmann::json &E = *It;
+    if (!E.is_object() || !E.contains("dtype") || !E.contains("shape") || !E.contains("data_offsets"))
+      fail(Path, "tensor '" + Name + "' lacks dtype, shape or data_offsets");
+    if (!E["dtype"].is_string())
+      fail(Path, "tensor '" + Name + "' has a non-string dtype");
+    auto T = dtypeFromSafetensors(E["dtype"].get<std::string>());
+    if (!T)
+      fail(Path, "tensor '" + Name + "' has unknown dtype '" + E["dtype"].get<std::string>() + "'");
+    TensorView V;
+    V.Name = Name;
+    V.Type = *T;
+    V.File = Path;
+    if (!E["shape"].is_array())
+      fail(Path, "tensor '" + Name + "' has a shape that is not a list");
+    __int128 Numel = 1;
+    for (auto &D : E["shape"]) {
+      if (!D.is_number_unsigned())
+        fail(Path, "tensor '" + Name + "' has a negative or non-integer dimension");
+      V.Shape.push_back(D.get<int64_t>());
+      Numel *= D.get<uint64_t>();
+      if (Numel > (__int128(1) << 62))
+        fail(Path, "tensor '" + Name + "' is impossibly large");
+    }
+    const nlohmann::json &Off = E["data_offsets"];
+    if (!Off.is_array() || Off.size() != 2 || !Off[0].is_number_unsigned() || !Off[1].is_number_unsigned())
+      fail(Path, "tensor '" + Name + "' has malformed data_offsets");
+    uint64_t Begin = Off[0].get<uint64_t>(), End = Off[1].get<uint64_t>();
+    if (Begin > End || End > DataSize)
+      fail(Path, "tensor '" + Name + "' has data_offsets [" + std::to_string(Begin) + ", " + std::to_string(End) +
+                     "] outside the data area of " + std::to_string(DataSize) + " bytes");
+    uint64_t Expected = static_cast<uint64_t>(Numel) * dtypeSize(V.Type);
+    if (End - Begin != Expected)
+      fail(Path, "tensor '" + Name + "' holds " + std::to_string(End - Begin) + " bytes but its dtype and shape need " +
+                     std::to_string(Expected));
+    V.Data = Data + Begin;
+    V.Bytes = End - Begin;
+    Ranges.push_back({Begin, End});
+    Tensors.emplace(Name, std::move(V));
+  }
+  std::sort(Ranges.begin(), Ranges.end());
+  for (size_t I = 1; I < Ranges.size(); ++I)
+    if (Ranges[I].first < Ranges[I - 1].second)
+      fail(Path, "two tensors overlap at bytes [" + std::to_string(Ranges[I].first) + ", " +
+                     std::to_string(Ranges[I - 1].second) + ") of the data area");
+}
+
+SafetensorsFile::~SafetensorsFile() {
+  if (Map)
+    ::munmap(Map, Size);
+}
+
+SafetensorsCheckpoint::SafetensorsCheckpoint(const std::string &Dir) {
+  std::string Index = Dir + "/model.safetensors.index.json";
+  struct stat St;
+  std::vector<std::string> Shards;
+  std::map<std::string, std::string> WeightMap;
+  if (::stat(Index.c_str(), &St) == 0) {
+    Sharded = true;
+    nlohmann::json J = parseStrictJson(readFile(Index), Index, "the index");
+    if (!J.is_object() || !J.contains("weight_map") || !J["weight_map"].is_object())
+      fail(Index, "has no weight_map object");
+    std::set<std::string> Seen;
+    for (auto It = J["weight_map"].begin(); It != J["weight_map"].end(); ++It) {
+      if (!It->is_string())
+        fail(Index, "weight_map entry '" + It.key() + "' is not a file name");
+      std::string F = It->get<std::string>();
+      if (!isPlainFileName(F))
+        fail(Index, "weight_map entry '" + It.key() + "' names '" + F + "', outside the checkpoint directory");
+      WeightMap[It.key()] = F;
+      if (Seen.insert(F).second)
+        Shards.push_back(F);
+    }
+  } else if (::stat((Dir + "/model.safetensors").c_str(), &St) == 0) {
+    Shards.push_back("model.safetensors");
+  } else {
+    fail(Dir, "has neither model.safetensors nor model.safetensors.index.json");
+  }
+  std::sort(Shards.begin(), Shards.end());
+  for (const std::string &S : Shards) {
+    std::string P = Dir + "/" + S;
+    // A symlink may not lead out of the checkpoint directory.
+    char *Real = ::realpath(P.c_str(), nullptr), *RealDir = ::realpath(Dir.c_str(), nullptr);
+    bool Inside = Real && RealDir && std::string(Real).rfind(std::string(RealDir) + "/", 0) == 0;
+    std::free(Real);
+    std::free(RealDir);
+    if (!Inside && ::lstat(P.c_str(), &St) == 0)
+      fail(P, "resolves outside the checkpoint directory " + Dir);
+    Files.push_back(std::make_unique<SafetensorsFile>(P));
+    for (auto &[Name, View] : Files.back()->tensors()) {
+      if (ByName.count(Name))
+        fail(P, "tensor '" + Name + "' is also in " + FileOf[Name]);
+      if (Sharded) {
+        auto W = WeightMap.find(Name);
+        if (W == WeightMap.end())
+          fail(P, "tensor '" + Name + "' is not listed in model.safetensors.index.json");
+        if (W->second != S)
+          fail(P, "tensor '" + Name + "' is listed in the index under '" + W->second + "'");
+      }
+      ByName[Name] = &View;
+      FileOf[Name] = S;
+    }
+  }
+  for (auto &[Name, F] : WeightMap)
+    if (!ByName.count(Name))
+      fail(Dir + "/" + F, "tensor '" + Name + "' is listed in the index but missing from the file");
+}
+
+const TensorView *SafetensorsCheckpoint::find(const std::string &Name) const {
+  auto It = ByName.find(Name);
+  return It == ByName.end() ? nullptr : It->second;
+}
+
+std::vector<std::string> SafetensorsCheckpoint::names() const {
+  std::vector<std::string> N;
+  for (auto &[K, _] : ByName)
+    N.push_back(K);
+  return N;
+}
+
+void writeSafetensors(const std::string &Path, const std::vector<const TensorToWrite *> &Tensors,
+                      const std::map<std::string, std::string> &Metadata) {
+  std::vector<const TensorToWrite *> Sorted = Tensors;
+  std::sort(Sorted.begin(), Sorted.end(), [](auto *A, auto *B) { return A->Name < B->Name; });
+  nlohmann::ordered_json Header = nlohmann::ordered_json::object();
+  if (!Metadata.empty())
+    Header["__metadata__"] = Metadata;
+  uint64_t Offset = 0;
+  for (const TensorToWrite *T : Sorted) {
+    int64_t Numel = 1;
+    for (int64_t D : T->Shape)
+      Numel *= D;
+    if (static_cast<uint64_t>(Numel) * dtypeSize(T->Type) != T->Bytes.size())
+      throw Error("error: internal: tensor '" + T->Name + "' has " + std::to_string(T->Bytes.size()) +
+                  " bytes for its shape");
+    Header[T->Name] = {{"dtype", std::string(safetensorsName(T->Type))},
+                       {"shape", T->Shape},
+                       {"data_offsets", {Offset, Offset + T->Bytes.size()}}};
+    Offset += T->Bytes.size();
+  }
+  std::string Text = Header.dump();
+  while ((8 + Text.size()) % 8 != 0) // tensors start 8-byte aligned
+    Text += ' ';
+  std::string Tmp = Path + ".tmp";
+  FILE *F = std::fopen(Tmp.c_str(), "wb");
+  if (!F)
+    throw Error("error: cannot write " + Tmp + ": " + std::strerror(errno));
+  uint8_t Len[8];
+  for (int I = 0; I < 8; ++I)
+    Len[I] = static_cast<uint8_t>(static_cast<uint64_t>(Text.size()) >> (8 * I));
+  bool OK = std::fwrite(Len, 1, 8, F) == 8 && std::fwrite(Text.data(), 1, Text.size(), F) == Text.size();
+  for (const TensorToWrite *T : Sorted)
+    OK = OK && std::fwrite(T->Bytes.data(), 1, T->Bytes.size(), F) == T->Bytes.size();
+  OK = (std::fclose(F) == 0) && OK;
+  if (!OK) {
+    std::remove(Tmp.c_str());
+    throw Error("error: writing " + Path + " failed: " + std::strerror(errno));
+  }
+  if (std::rename(Tmp.c_str(), Path.c_str()) != 0)
+    throw Error("error: cannot rename " + Tmp + " to " + Path + ": " + std::strerror(errno));
+}
+
+SafetensorsWriter::SafetensorsWriter(std::string D, std::map<std::string, std::string> F, bool WI)
+    : Dir(std::move(D)), FileOf(std::move(F)), WriteIndex(WI) {
+  for (auto &[Name, File] : FileOf)
+    ++Remaining[File];
+}
+
+void SafetensorsWriter::add(TensorToWrite T) {
+  auto It = FileOf.find(T.Name);
+  if (It == FileOf.end())
+    throw Error("error: export produced '" + T.Name + "', which the source checkpoint does not have");
+  const std::string File = It->second;
+  if (Remaining[File] == 0)
+    throw Error("error: export produced '" + T.Name + "' twice");
+  auto &P = Pending[File];
+  for (auto &Existing : P)
+    if (Existing.Name == T.Name)
+      throw Error("error: export produced '" + T.Name + "' twice");
+  TotalTensorBytes += T.Bytes.size();
+  P.push_back(std::move(T));
+  if (--Remaining[File] == 0)
+    flush(File);
+}
+
+void SafetensorsWriter::flush(const std::string &File) {
+  std::vector<const TensorToWrite *> Ptrs;
+  for (auto &T : Pending[File])
+    Ptrs.push_back(&T);
+  std::map<std::string, std::string> Meta{{"format", "pt"}};
+  writeSafetensors(Dir + "/" + File, Ptrs, Meta);
+  for (auto &T : Pending[File])
+    Written += T.Bytes.size();
+  Pending.erase(File);
+}
+
+void SafetensorsWriter::finish() {
+  std::vector<std::string> Missing;
+  for (auto &[Name, File] : FileOf)
+    if (Remaining[File] != 0) {
+      bool Have = false;
+      for (auto &T : Pending[File])
+        Have |= T.Name == Name;
+      if (!Have)
+        Missing.push_back(Name);
+    }
+  if (!Missing.empty()) {
+    std::string List;
+    for (size_t I = 0; I < Missing.size() && I < 20; ++I)
+      List += "\n  " + Missing[I];
+    throw Error("error: export did not produce " + std::to_string(Missing.size()) +
+                " tensor(s) of the source checkpoint:" + List);
+  }
+  if (WriteIndex) {
+    nlohmann::ordered_json Index;
+    Index["metadata"] = {{"total_size", TotalTensorBytes}};
+    nlohmann::ordered_json Map = nlohmann::ordered_json::object();
+    for (auto &[Name, File] : FileOf)
+      Map[Name] = File;
+    Index["weight_map"] = Map;
+    std::string Path = Dir + "/model.safetensors.index.json";
+    FILE *F = std::fopen(Path.c_str(), "wb");
+    if (!F)
+      throw Error("error: cannot write " + Path + ": " + std::strerror(errno));
+    std::string Text = Index.dump(2) + "\n";
+    bool OK = std::fwrite(Text.data(), 1, Text.size(), F) == Text.size();
+    if ((std::fclose(F) != 0) || !OK)
+      throw Error("error: writing " + Path + " failed");
+  }
+}
+
+} // namespace bridge

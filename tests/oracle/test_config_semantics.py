@@ -1,0 +1,76 @@
+"""The "megatron" config against what transformers makes of the same checkpoint.
+
+The expected value of each Megatron field comes from the transformers config
+object (AutoConfig.from_pretrained, which resolves defaults and derived values
+such as head_dim) or from the tensors transformers actually wrote (a bias or a
+q/k norm exists only if the HF model has it). Nothing is hand-written.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import tiny_models
+
+
+@pytest.fixture(params=tiny_models.family_ids())
+def family_id(request):
+    return request.param
+
+
+def _expected(ckpt: tiny_models.TinyCheckpoint) -> dict:
+    import transformers
+
+    cfg = transformers.AutoConfig.from_pretrained(ckpt.path)
+    keys = ckpt.tensors
+    rope = dict(getattr(cfg, "rope_parameters", None) or {})
+    heads = cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    # The attention's real q rows / heads (what the HF module uses).
+    q_rows = keys["model.layers.0.self_attn.q_proj.weight"][0]
+    assert q_rows == heads * head_dim
+    exp = dict(
+        num_layers=cfg.num_hidden_layers,
+        hidden_size=cfg.hidden_size,
+        ffn_hidden_size=cfg.intermediate_size,
+        num_attention_heads=heads,
+        num_query_groups=cfg.num_key_value_heads,
+        kv_channels=head_dim,
+        vocab_size=cfg.vocab_size,
+        layernorm_epsilon=cfg.rms_norm_eps,
+        activation_func=cfg.hidden_act,
+        share_embeddings_and_output_weights=bool(cfg.tie_word_embeddings),
+        add_qkv_bias="model.layers.0.self_attn.q_proj.bias" in keys,
+        add_bias_linear="model.layers.0.self_attn.o_proj.bias" in keys,
+        qk_layernorm="model.layers.0.self_attn.q_norm.weight" in keys,
+        rotary_base=rope.get("rope_theta"),
+        params_dtype=str(cfg.dtype).replace("torch.", "") if cfg.dtype else "float32",
+    )
+    rope_type = rope.get("rope_type", "default")
+    exp["rope_scaling"] = rope_type == "llama3"
+    if rope_type == "llama3":
+        exp["rope_scaling_factor"] = rope["factor"]
+    elif rope_type != "default":
+        raise AssertionError(f"no expectation written for rope_type {rope_type!r}")
+    # transformers 5 resolves whether the sliding window is used (Qwen2 with
+    # use_sliding_window=false has sliding_window None). HF's window counts the
+    # current token; Megatron's (left, right) excludes it.
+    window = getattr(cfg, "sliding_window", None)
+    exp["window_size"] = [window - 1, 0] if window else None
+    return exp
+
+
+def test_megatron_config_agrees_with_transformers(bridge_run, tiny_checkpoints, family_id):
+    ckpt = tiny_checkpoints(family_id)
+    meg = bridge_run.config(str(ckpt.path))["megatron"]
+    errors = []
+    for key, want in _expected(ckpt).items():
+        got = meg.get(key)
+        same = (
+            float(got) == float(want)
+            if isinstance(want, float) and isinstance(got, (int, float))
+            else got == want
+        )
+        if not same:
+            errors.append(f"{key}: bridge-run {got!r}, transformers {want!r}")
+    assert not errors, "\n".join(errors)
