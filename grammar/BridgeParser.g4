@@ -30,7 +30,7 @@ forBlock    : FOR name IN rangeSpec (WHERE expr)? LBRACE weightItem* RBRACE ;
 rangeSpec   : expr DOTDOT expr   # rangeBounds
             | name               # rangeNamed
             ;
-tensorRule  : OPTIONAL? OVERRIDE? pattern LARROW source (COLON name)? (WHEN expr)? SEMI ;
+tensorRule  : (OPTIONAL | OVERRIDE)* pattern LARROW source (COLON name)? (WHEN expr)? SEMI ;
 ignoreRule  : IGNORE pattern (WHEN expr)? SEMI ;
 tieRule     : TIE pattern ASSIGN pattern (WHEN expr)? SEMI ;
 
@@ -48,11 +48,14 @@ opArg       : name ASSIGN expr   # opParam
 // rejected when the AST is built (BR0102).
 pattern     : segment (DOT segment)* ;
 segment     : segmentHead segmentMore* ;
-segmentHead : name | INT | bracePiece ;
-segmentMore : bracePiece | IDENT | INT ;
-bracePiece  : LBRACE name COMMA name (COMMA name)* RBRACE  # pieceAlternatives
+// 'layers.0.1' lexes '0.1' as a FLOAT; in a name it is just text.
+segmentHead : name | INT | FLOAT | bracePiece ;
+segmentMore : bracePiece | IDENT | INT | FLOAT ;
+bracePiece  : LBRACE altItem COMMA altItem (COMMA altItem)* RBRACE  # pieceAlternatives
             | LBRACE expr RBRACE                           # pieceCapture
             ;
+
+altItem     : name | INT ;
 
 // ---- schema -----------------------------------------------------------------
 schemaDecl  : SCHEMA name LBRACE schemaItem* RBRACE ;

@@ -78,7 +78,8 @@ struct Printer {
     case Expr::Int:
       return std::to_string(E.IntVal);
     case Expr::Float:
-      return floatText(E.FloatVal);
+      // The source spelling reads back to the same value; keep it.
+      return E.Text.empty() ? floatText(E.FloatVal) : E.Text;
     case Expr::String:
       return quote(E.Text);
     case Expr::Bool:

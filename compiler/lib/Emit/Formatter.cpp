@@ -24,6 +24,7 @@ public:
     for (auto &I : F.Imports) {
       comments(I.Range.Start, 0);
       OS << "import " << quote(I.Path) << ";\n";
+      ended(I.Range.End);
     }
     // Top-level declarations in source order.
     size_t B = 0, S = 0;
@@ -31,8 +32,6 @@ public:
       bool TakeBridge = S == F.Schemas.size() ||
                         (B < F.Bridges.size() &&
                          F.Bridges[B].Range.Start.getPointer() < F.Schemas[S].Range.Start.getPointer());
-      if (!F.Imports.empty() || B + S > 0)
-        OS << "\n";
       if (TakeBridge)
         bridgeDecl(F.Bridges[B++]);
       else
@@ -45,16 +44,59 @@ private:
   const File &F;
   llvm::raw_ostream &OS;
   size_t NextComment = 0;
+  const char *LastEnd = nullptr; ///< end of the last item or comment printed
 
   void indent(unsigned N) { OS.indent(2 * N); }
 
-  /// Prints the comments that come before \p Before (all when invalid).
+  /// Keeps one blank line where the source had at least one before \p Next.
+  void gap(const char *Next) {
+    if (LastEnd && Next && Next > LastEnd) {
+      // An empty line: a newline, then only blanks up to the next newline.
+      bool Blank = false;
+      for (const char *P = LastEnd; P < Next && !Blank; ++P) {
+        if (*P != '\n')
+          continue;
+        const char *Q = P + 1;
+        while (Q < Next && (*Q == ' ' || *Q == '\t' || *Q == '\r'))
+          ++Q;
+        Blank = Q < Next && *Q == '\n';
+      }
+      if (Blank)
+        OS << "\n";
+    }
+    LastEnd = Next;
+  }
+  void ended(llvm::SMLoc End) {
+    if (End.isValid())
+      LastEnd = End.getPointer();
+  }
+
+  /// Prints the comments that come before \p Before (all when invalid), then
+  /// the blank line the item had before it.
   void comments(llvm::SMLoc Before, unsigned Depth) {
     while (NextComment < F.Comments.size() &&
            (!Before.isValid() || F.Comments[NextComment].Loc.getPointer() < Before.getPointer())) {
+      const Comment &C = F.Comments[NextComment++];
+      gap(C.Loc.getPointer());
       indent(Depth);
-      OS << F.Comments[NextComment++].Text << "\n";
+      OS << C.Text << "\n";
+      LastEnd = C.Loc.getPointer() + C.Text.size();
     }
+    if (Before.isValid())
+      gap(Before.getPointer());
+  }
+
+  /// Breaks a long line before \p Tail, which goes on the next line with
+  /// two more levels of indentation.
+  void line(unsigned Depth, const std::string &Head, const std::string &Sep, const std::string &Tail) {
+    indent(Depth);
+    if (2 * Depth + Head.size() + Sep.size() + Tail.size() <= 120) {
+      OS << Head << Sep << Tail << "\n";
+      return;
+    }
+    OS << Head << (Sep == ", " ? "," : "") << "\n";
+    indent(Depth + 2);
+    OS << (Sep == ", " ? "" : llvm::StringRef(Sep).ltrim().str()) << Tail << "\n";
   }
 
   std::string when(const ExprP &W, const char *Kw = " when ") { return W ? Kw + print(*W) : ""; }
@@ -69,6 +111,7 @@ private:
       comments(M.Range.Start, 1);
       indent(1);
       OS << "match " << M.Key << " " << quote(M.Value) << ";\n";
+      ended(M.Range.End);
     }
     for (auto &A : B.Aliases) {
       comments(A.Range.Start, 1);
@@ -86,13 +129,14 @@ private:
       OS << "config {\n";
       for (auto &Rq : B.Requires) {
         comments(Rq.Range.Start, 2);
-        indent(2);
-        OS << "require " << print(*Rq.Cond) << ", " << quote(Rq.Message) << ";\n";
+        line(2, "require " + print(*Rq.Cond), ", ", quote(Rq.Message) + ";");
+        ended(Rq.Range.End);
       }
       for (auto &A : B.Config) {
         comments(A.Range.Start, 2);
         indent(2);
         OS << (A.Override ? "override " : "") << A.Field << " = " << print(*A.Value) << when(A.When) << ";\n";
+        ended(A.Range.End);
       }
       indent(1);
       OS << "}\n";
@@ -107,6 +151,7 @@ private:
         for (auto &P : A.Path)
           OS << "." << P;
         OS << " = " << print(*A.Value) << when(A.When) << ";\n";
+        ended(A.Range.End);
       }
       indent(1);
       OS << "}\n";
@@ -121,6 +166,7 @@ private:
     }
     comments(B.Range.End, 1);
     OS << "}\n";
+    ended(B.Range.End);
   }
 
   std::string source(const Source &S) {
@@ -140,20 +186,22 @@ private:
     case WeightItem::TensorItem: {
       const TensorRule &T = *It.Tensor;
       comments(T.Range.Start, Depth);
-      indent(Depth);
-      OS << (T.Optional ? "optional " : "") << (T.Override ? "override " : "") << print(T.Target) << " <- "
-         << source(*T.Src) << (T.Style.empty() ? "" : " : " + T.Style) << when(T.When) << ";\n";
+      line(Depth, std::string(T.Optional ? "optional " : "") + (T.Override ? "override " : "") + print(T.Target),
+           " <- ", source(*T.Src) + (T.Style.empty() ? "" : " : " + T.Style) + when(T.When) + ";");
+      ended(T.Range.End);
       return;
     }
     case WeightItem::IgnoreItem:
       comments(It.Ignore->Range.Start, Depth);
       indent(Depth);
       OS << "ignore " << print(It.Ignore->Pat) << when(It.Ignore->When) << ";\n";
+      ended(It.Ignore->Range.End);
       return;
     case WeightItem::TieItem:
       comments(It.Tie->Range.Start, Depth);
       indent(Depth);
       OS << "tie " << print(It.Tie->Copy) << " = " << print(It.Tie->Of) << when(It.Tie->When) << ";\n";
+      ended(It.Tie->Range.End);
       return;
     case WeightItem::ForItem: {
       const ForBlock &B = *It.For;
@@ -167,6 +215,7 @@ private:
       comments(B.Range.End, Depth + 1);
       indent(Depth);
       OS << "}\n";
+      ended(B.Range.End);
       return;
     }
     }
@@ -184,12 +233,14 @@ private:
     if (P.Expert)
       OS << " expert";
     OS << when(P.When) << ";\n";
+    ended(P.Range.End);
   }
 
   void use(const UseDecl &U, unsigned Depth) {
     comments(U.Range.Start, Depth);
     indent(Depth);
     OS << "use " << U.Block << " at " << print(U.At) << when(U.When) << ";\n";
+    ended(U.Range.End);
   }
 
   void schemaDecl(const SchemaDecl &S) {
@@ -214,11 +265,13 @@ private:
       if (Fd.Default)
         OS << " = " << print(*Fd.Default);
       OS << ";\n";
+      ended(Fd.Range.End);
     }
     for (auto &R : S.Ranges) {
       comments(R.Range.Start, 1);
       indent(1);
       OS << "range " << R.Name << "(" << R.Var << ") = " << print(*R.Count) << ";\n";
+      ended(R.Range.End);
     }
     for (auto &B : S.Blocks) {
       comments(B.Range.Start, 1);
@@ -231,6 +284,7 @@ private:
       comments(B.Range.End, 2);
       indent(1);
       OS << "}\n";
+      ended(B.Range.End);
     }
     for (auto &P : S.Params)
       param(P, 1);
@@ -238,6 +292,7 @@ private:
       use(U, 1);
     comments(S.Range.End, 1);
     OS << "}\n";
+    ended(S.Range.End);
   }
 };
 } // namespace

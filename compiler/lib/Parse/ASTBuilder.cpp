@@ -142,8 +142,8 @@ private:
         return std::nullopt;
       auto TR = std::make_shared<ast::TensorRule>();
       TR->Range = R(T);
-      TR->Optional = T->OPTIONAL() != nullptr;
-      TR->Override = T->OVERRIDE() != nullptr;
+      TR->Optional = !T->OPTIONAL().empty();
+      TR->Override = !T->OVERRIDE().empty();
       TR->Target = pattern(Pat);
       TR->Src = source(T->source());
       if (T->name()) {
@@ -300,7 +300,7 @@ private:
           ast::PatternPiece Pp;
           Pp.K = ast::PatternPiece::Alternatives;
           Pp.Range = R(A);
-          for (auto *N : A->name())
+          for (auto *N : A->altItem())
             Pp.Alts.push_back(N->getText());
           Pat.Pieces.push_back(std::move(Pp));
         } else if (auto *Cap = dynamic_cast<P::PieceCaptureContext *>(B)) {

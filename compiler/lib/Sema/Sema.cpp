@@ -17,6 +17,7 @@
 #include "llvm/Support/MemoryBuffer.h"
 #include "llvm/Support/Path.h"
 
+#include <cstring>
 #include <functional>
 #include <optional>
 #include <set>
@@ -383,6 +384,9 @@ public:
       return {ValueKind::Bool};
     }
     // Arithmetic.
+    if (Op == "/" && E.Ops[0]->K == ast::Expr::Int && E.Ops[1]->K == ast::Expr::Int &&
+        (E.Ops[1]->IntVal == 0 || E.Ops[0]->IntVal % E.Ops[1]->IntVal != 0))
+      D.emit(DiagId::InexactDivision, E.Range, E.Ops[0]->IntVal, E.Ops[1]->IntVal);
     if (Dyn(L) || Dyn(R))
       return {Dyn(L) ? R.K : L.K};
     if (isNumeric(L.K) && isNumeric(R.K)) {
@@ -394,8 +398,9 @@ public:
       return L;
     if (Op == "+" && isList(L.K) && isList(R.K))
       return {ValueKind::List};
-    D.emit(DiagId::TypeMismatch, E.Range, "the left operand", L.str(), "operator '" + Op + "' with a '" + R.str() + "'",
-           "int or float");
+    bool LeftBad = !isNumeric(L.K);
+    D.emit(DiagId::TypeMismatch, (LeftBad ? E.Ops[0] : E.Ops[1])->Range, LeftBad ? "the left operand" : "the right operand",
+           (LeftBad ? L : R).str(), "operator '" + Op + "'", "int or float");
     return {};
   }
 
@@ -422,6 +427,24 @@ public:
       return {};
     }
     std::string N = E.Text;
+    // Argument kinds: 'n' number, 'i' int, 'l' list, 's' list or string, '*' anything.
+    static const std::pair<const char *, const char *> Kinds[] = {
+        {"min", "n"}, {"max", "n"}, {"len", "s"}, {"repeat", "*i"}, {"int", "n"}, {"float", "n"},
+        {"is_moe_layer", "i"}, {"at", "li"}, {"count", "l*"}, {"has", "*"}};
+    for (auto &[Fn, Spec] : Kinds) {
+      if (N != Fn)
+        continue;
+      for (size_t I = 0; I < Args.size(); ++I) {
+        char K = Spec[std::min(I, std::strlen(Spec) - 1)];
+        ValueKind A = Args[I].K;
+        bool OK = A == ValueKind::Any || K == '*' || (K == 'n' && isNumeric(A)) || (K == 'i' && A == ValueKind::Int) ||
+                  (K == 'l' && isList(A)) || (K == 's' && (isList(A) || A == ValueKind::String));
+        if (!OK && !Args[I].Null)
+          D.emit(DiagId::TypeMismatch, E.Ops[I]->Range, "argument " + std::to_string(I + 1), Args[I].str(),
+                 "'" + N + "'",
+                 K == 'n' ? "int or float" : K == 'i' ? "int" : K == 'l' ? "a list" : "a list or string");
+      }
+    }
     if (N == "has" || N == "is_moe_layer")
       return {ValueKind::Bool};
     if (N == "at")
@@ -548,7 +571,9 @@ public:
         }
       if (!Known)
         D.emit(DiagId::SchemaError, F.Type.Range, "unknown type '" + F.Type.Name + "'");
-      if ((F.Type.Name == "enum") != !F.Type.Values.empty())
+      if (F.Type.Name == "enum" && F.Type.Values.empty())
+        D.emit(DiagId::SchemaError, F.Type.Range, "'enum' needs a list of values, like 'enum(a, b)'");
+      else if (F.Type.Name != "enum" && !F.Type.Values.empty())
         D.emit(DiagId::SchemaError, F.Type.Range, "only 'enum' takes a list of values");
       MF.Ty.EnumValues = F.Type.Values;
       MF.Ty.Optional = F.Type.Optional;
@@ -811,8 +836,10 @@ public:
     model::Loop L;
     L.Var = F.Var;
     L.Loc = F.Range;
-    if (Sc.hasVar(F.Var) || S.field(F.Var))
+    if (Sc.hasVar(F.Var))
       D.emit(DiagId::DuplicateLoopVar, F.VarRange, F.Var);
+    else if (S.field(F.Var))
+      D.emit(DiagId::LoopVarIsField, F.VarRange, F.Var);
     if (!F.RangeName.empty()) {
       auto It = S.RangeIndex.find(F.RangeName);
       if (It == S.RangeIndex.end()) {
@@ -912,7 +939,7 @@ public:
         Named.push_back(&A);
     }
     if (Inputs < MinIn || Inputs > MaxIn) {
-      D.emit(DiagId::OpArity, Src.OpNameRange, Src.OpName,
+      D.emit(DiagId::OpArity, Src.OpNameRange, (Src.Escape ? "@" : "") + Src.OpName,
              MinIn == MaxIn ? std::to_string(MinIn) : std::to_string(MinIn) + "-" + std::to_string(MaxIn), Inputs);
       OK = false;
     }
@@ -1045,7 +1072,8 @@ public:
     if (!OK)
       return;
     if (Produced != 1) {
-      D.emit(DiagId::OpArity, T.Src->Range, "identity", 1, Produced);
+      // A plain source (a rename) names one tensor; alternatives made more.
+      D.emit(DiagId::OpArity, T.Src->Range, "rename", 1, Produced);
       return;
     }
     if (T.When) {
@@ -1307,7 +1335,7 @@ std::unique_ptr<model::MappingSet> Compilation::analyze() {
         auto It = ExportAt.find(E.path());
         if (It != ExportAt.end()) {
           if (!E.Override) {
-            Diags.emit(DiagId::DuplicateConfigField, E.Loc, "hf." + E.path());
+            Diags.emit(DiagId::DuplicateExport, E.Loc, E.path());
             Diags.note(DiagId::NotePreviousHere, Export[It->second].Loc);
             continue;
           }
@@ -1348,10 +1376,16 @@ std::unique_ptr<model::MappingSet> Compilation::analyze() {
     MB.Tensors = std::move(Tensors);
     if (MB.ModelTypes.empty())
       Diags.emit(DiagId::NoMatch, B.NameRange, B.Name);
-    for (auto &M : MB.ModelTypes) {
-      auto [It, New] = MatchedBy.emplace("model_type:" + M, B.Name);
-      if (!New)
-        Diags.emit(DiagId::DuplicateMatch, B.NameRange, "model_type", M, It->second);
+    {
+      std::set<std::string> Own;
+      for (const ast::BridgeDecl *D : Order)
+        for (const ast::MatchDecl &M : D->Matches) {
+          if (M.Key != "model_type")
+            continue;
+          auto [It, New] = MatchedBy.emplace("model_type:" + M.Value, B.Name);
+          if (!New || !Own.insert(M.Value).second)
+            Diags.emit(DiagId::DuplicateMatch, M.Range, "model_type", M.Value, It->second);
+        }
     }
 
     // HF tensors claimed twice, among all rules, ignores and ties.

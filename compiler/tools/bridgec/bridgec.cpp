@@ -81,6 +81,7 @@ static int writeDepFile(const std::vector<std::string> &Inputs) {
   for (auto &I : Inputs) {
     SmallString<256> Abs(I);
     sys::fs::make_absolute(Abs);
+    sys::path::remove_dots(Abs, /*remove_dot_dot=*/true);
     std::string Esc;
     for (char C : Abs.str()) {
       if (C == ' ')
@@ -102,8 +103,11 @@ static int writeDepFile(const std::vector<std::string> &Inputs) {
 
 int main(int argc, char **argv) {
   cl::HideUnrelatedOptions(Cat);
-  cl::ParseCommandLineOptions(argc, argv,
-                              "bridgec: compiles .bridge mappings (HF <-> Megatron-Core) into C++ tables\n");
+  // Usage errors exit 2, not LLVM's 1 (which means "diagnostics" here).
+  if (!cl::ParseCommandLineOptions(argc, argv,
+                                   "bridgec: compiles .bridge mappings (HF <-> Megatron-Core) into C++ tables\n",
+                                   &errs()))
+    return 2;
   if (ListDiags) {
     for (const bridgec::DiagInfo &I : bridgec::allDiagInfos())
       outs() << formatv("BR{0:d4} {1} {2}\n", I.Code, I.Name, I.Format);
@@ -167,10 +171,8 @@ int main(int argc, char **argv) {
     return writeDepFile(Extra);
   }
 
-  if (!C.loadMain(Input)) {
-    if (!sys::fs::exists(Input))
-      return 2;
-  }
+  if (!C.loadMain(Input))
+    return 2; // the main file could not be read
   auto Set = C.analyze();
   if (!Set || Diags.hasErrors())
     return 1;

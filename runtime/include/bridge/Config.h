@@ -13,6 +13,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <functional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -34,6 +35,9 @@ struct EvalEnv {
   const SchemaTable *Schema = nullptr;
   const std::vector<int64_t> *Vars = nullptr; ///< loop variables / captures
   Span<HFAlias> Aliases;                    ///< other spellings of HF fields
+  /// When set, reads Megatron fields through it (config import applies a
+  /// field's schema default the first time a rule reads it unset).
+  const std::function<Json(uint32_t)> *ResolveField = nullptr;
 };
 
 /// Evaluates \p E; throws Error with \p Where prepended.
@@ -68,6 +72,8 @@ struct PlannedTensor {
   std::vector<std::string> Sources; ///< HF tensors read, in op order
   bool Optional;
   const TensorRule *Rule;
+  const ParamInfo *Param;         ///< the schema declaration that applies
+  std::vector<int64_t> Captures;  ///< values of Param->Captures
 };
 
 struct Plan {

@@ -72,8 +72,10 @@ bool coerce(const FieldInfo &F, Json &V, std::string &Why) {
   case ValueKind::IntList:
     if (V.is_array()) {
       for (auto &X : V)
-        if (!X.is_number_integer())
-          break;
+        if (!X.is_number_integer()) {
+          Why = V.dump() + " is not a list of ints";
+          return false;
+        }
       return true;
     }
     break;
@@ -171,8 +173,25 @@ std::string nameOf(Span<PatternPiece> P, const std::vector<int64_t> &Captures) {
 
 std::vector<Json> importConfig(const MappingTable &T, const SchemaTable &S, const Json &HF) {
   std::vector<Json> Fields(S.Fields.Size);
-  std::vector<bool> Set(S.Fields.Size, false);
+  std::vector<bool> Set(S.Fields.Size, false), Defaulting(S.Fields.Size, false);
   EvalEnv Env{&HF, &Fields, &S, nullptr, T.Aliases};
+  // A field no rule has set takes its schema default when first read. Rules
+  // run in dependency order (bridgec sorts them), so a rule that could set
+  // the field has already run.
+  std::function<Json(uint32_t)> Resolve = [&](uint32_t I) -> Json {
+    if (Set[I] || Defaulting[I] || S.Fields[I].Default.Code.empty())
+      return Fields[I];
+    Defaulting[I] = true;
+    Json V = evaluate(S.Fields[I].Default, Env, std::string("schema default of '") + S.Fields[I].Name + "'");
+    Defaulting[I] = false;
+    std::string Why;
+    if (!V.is_null() && !coerce(S.Fields[I], V, Why))
+      throw Error(std::string("error: schema default of '") + S.Fields[I].Name + "': " + Why);
+    Fields[I] = V;
+    Set[I] = true;
+    return V;
+  };
+  Env.ResolveField = &Resolve;
   for (const ConfigRule &R : T.Config) {
     std::string Where = describe(R.Loc);
     if (!evaluateCondition(R.When, Env, Where))
@@ -196,13 +215,7 @@ std::vector<Json> importConfig(const MappingTable &T, const SchemaTable &S, cons
     if (Set[I])
       continue;
     const FieldInfo &F = S.Fields[I];
-    if (!F.Default.Code.empty()) {
-      Json V = evaluate(F.Default, Env, std::string("schema default of '") + F.Name + "'");
-      std::string Why;
-      if (!V.is_null() && !coerce(F, V, Why))
-        throw Error(std::string("schema default of '") + F.Name + "': " + Why);
-      Fields[I] = V;
-    }
+    Resolve(I);
     if (Fields[I].is_null() && !F.Optional)
       throw Error(std::string("error: Megatron config field '") + F.Name + "' has no value: mapping '" + T.Name +
                   "' (" + T.SourceFile + ") sets none from this config.json and the schema has no default");
@@ -297,11 +310,14 @@ Json exportConfig(const MappingTable &T, const SchemaTable &S, const std::vector
         Existing->update(Value);
       else
         setPath(HF, A.Alternative, Value);
-      // A dict the source kept under the other name may hold keys Megatron
-      // does not model (rope_type "default"); keep the source's.
-      Json *Out = findPath(HF, A.Alternative);
-      const Json *RefV = findPath(Ref, A.Alternative);
-      if (Out && Out->is_object() && RefV->is_object())
+    }
+    // A dict the source kept under the other spelling may hold keys Megatron
+    // does not model (rope_type "default"); keep the source's.
+    for (const HFAlias &A : T.Aliases) {
+      std::string Root = std::string(A.Alternative).substr(0, std::string(A.Alternative).find('.'));
+      Json *Out = findPath(HF, Root);
+      const Json *RefV = findPath(Ref, Root);
+      if (Out && RefV && Out->is_object() && RefV->is_object())
         for (auto It = RefV->begin(); It != RefV->end(); ++It)
           if (!Out->contains(It.key()))
             (*Out)[It.key()] = It.value();
@@ -379,6 +395,9 @@ Plan expandPlan(const MappingTable &T, const SchemaTable &S, const std::vector<J
         throw Error(Where + ": error: Megatron tensor '" + Written +
                     "' does not exist in this model configuration (its schema conditions do not hold)");
       std::string Local = nameOf(Prm->Local, Caps);
+      if (!Needed.count(Local))
+        throw Error(Where + ": error: Megatron tensor '" + Local +
+                    "' does not exist in this model configuration (an index outside its range?)");
       auto [It, New] = ProducedBy.emplace(Local, Where);
       if (!New)
         throw Error(Where + ": error: Megatron tensor '" + Local + "' is also produced by the rule at " + It->second);
@@ -393,6 +412,8 @@ Plan expandPlan(const MappingTable &T, const SchemaTable &S, const std::vector<J
       PT.Expert = Prm->Expert;
       PT.Optional = R.Optional;
       PT.Rule = &R;
+      PT.Param = Prm;
+      PT.Captures = Caps;
       std::vector<std::string> Stack;
       for (const OpNode &N : R.Nodes) {
         if (N.IsSource) {

@@ -246,7 +246,7 @@ Json evaluate(const Expr &E, const EvalEnv &Env, const std::string &Where) {
     case ExprOp::LoadField:
       if (!Env.Fields || I.A < 0 || static_cast<size_t>(I.A) >= Env.Fields->size())
         fail(Where, E, std::string("config field '") + I.S + "' is not available here");
-      Stack.push_back((*Env.Fields)[I.A]);
+      Stack.push_back(Env.ResolveField ? (*Env.ResolveField)(static_cast<uint32_t>(I.A)) : (*Env.Fields)[I.A]);
       break;
     case ExprOp::LoadVar:
       if (!Env.Vars || I.A < 0 || static_cast<size_t>(I.A) >= Env.Vars->size())

@@ -141,8 +141,10 @@ int cmdConfig(const Options &O) {
     return 0;
   }
   std::cout << "mapping " << T.Name << " (" << T.SourceFile << ")\n\nMegatron model config:\n";
-  for (auto &[K, V] : configToJson(schema(), Fields).items())
-    std::printf("  %-40s %s\n", K.c_str(), V.dump().c_str());
+  Json Megatron = configToJson(schema(), Fields);
+  for (auto &[K, V] : Megatron.items())
+    if (!V.is_null())
+      std::printf("  %-40s %s\n", K.c_str(), V.dump().c_str());
   std::cout << "\nconfig.json written on export:\n" << Back.dump(2) << "\n";
   return 0;
 }

@@ -1,0 +1,59 @@
+//===- Convert.h - import and export, the main jobs --------------*- C++ -*-===//
+//
+// A torch-free interface: the implementation (runtime/lib/exec) runs the op
+// chains with libtorch on the device given here.
+//
+//===----------------------------------------------------------------------===//
+#ifndef BRIDGE_CONVERT_H
+#define BRIDGE_CONVERT_H
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace bridge {
+
+/// Parallel layout a checkpoint is prepared for. In torch_dist it decides
+/// validation and how chunks are cut (aligned to each rank's slice), not
+/// the values.
+struct Layout {
+  int TP = 1, PP = 1, EP = 1, ETP = 1, VPP = 1;
+  /// Explicit first/last pipeline-stage sizes (0 = even split).
+  int FirstStageLayers = 0, LastStageLayers = 0;
+};
+
+struct ImportOptions {
+  std::string HFDir, OutDir;
+  Layout Par;
+  std::string Device = "cpu"; ///< "cpu", "cuda", "cuda:1"
+  bool Overwrite = false;
+  bool Quiet = false;
+};
+
+struct ExportOptions {
+  std::string MegatronDir, OutDir;
+  std::string Device = "cpu";
+  bool Overwrite = false;
+  bool Quiet = false;
+};
+
+struct Summary {
+  std::string Mapping;
+  uint64_t TensorsRead = 0, TensorsWritten = 0, BytesRead = 0, BytesWritten = 0;
+  double Seconds = 0;
+};
+
+/// HF checkpoint directory -> Megatron-Core torch_dist checkpoint. Every
+/// check (mapping, coverage of both sides, layout divisibility) runs before
+/// anything is written; output appears only complete (renamed into place).
+Summary runImport(const ImportOptions &O);
+/// torch_dist checkpoint written by runImport -> HF safetensors, config.json.
+Summary runExport(const ExportOptions &O);
+
+/// Every problem with \p L for a model config, empty when it fits.
+std::vector<std::string> checkLayout(const Layout &L, const std::function<int64_t(const char *)> &Field);
+
+} // namespace bridge
+
+#endif

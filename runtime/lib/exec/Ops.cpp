@@ -1,0 +1,295 @@
+//===- Ops.cpp - forward and inverse of every weight op ---------------------===//
+//
+// Layouts follow shared/reference/megatron-bridge-semantics.md section 3:
+// QKV interleaves per query group [q heads of the group; k; v]; the gated
+// fc1 is [gate; up]; an output-gate QKV groups [q; gate; k; v].
+//
+//===----------------------------------------------------------------------===//
+#include "Ops.h"
+
+#include <ATen/ops/cat.h>
+#include <ATen/ops/stack.h>
+
+#include <numeric>
+
+namespace bridge::exec {
+namespace {
+
+[[noreturn]] void fail(const std::string &Where, const std::string &Msg) {
+  throw Error(Where + ": error: " + Msg);
+}
+
+std::string shapeText(at::IntArrayRef S) {
+  std::string T = "[";
+  for (size_t I = 0; I < S.size(); ++I)
+    T += (I ? ", " : "") + std::to_string(S[I]);
+  return T + "]";
+}
+
+/// Dims after the first, for reshapes that keep the trailing layout.
+std::vector<int64_t> withLead(std::vector<int64_t> Lead, const at::Tensor &T) {
+  for (int64_t D = 1; D < T.dim(); ++D)
+    Lead.push_back(T.size(D));
+  return Lead;
+}
+
+struct Heads {
+  int64_t NH, NG, D, R;
+};
+
+Heads heads(const OpConfig &Cfg, const std::string &Where) {
+  Heads H{Cfg.intField("num_attention_heads", Where), Cfg.intField("num_query_groups", Where),
+          Cfg.intField("kv_channels", Where), 0};
+  if (H.NG <= 0 || H.NH % H.NG != 0)
+    fail(Where, "num_attention_heads " + std::to_string(H.NH) + " is not a multiple of num_query_groups " +
+                    std::to_string(H.NG));
+  H.R = H.NH / H.NG;
+  return H;
+}
+
+void expectRows(const at::Tensor &T, int64_t Rows, const char *What, const std::string &Formula,
+                const std::string &Where) {
+  if (T.dim() < 1 || T.size(0) != Rows)
+    fail(Where, std::string(What) + " has shape " + shapeText(T.sizes()) + " but needs " + std::to_string(Rows) +
+                    " rows (" + Formula + ")");
+}
+
+at::Tensor fuseQKV(const at::Tensor &Q, const at::Tensor &K, const at::Tensor &V, const Heads &H,
+                   const std::string &Where) {
+  std::string Dims = std::to_string(H.NH) + " heads × " + std::to_string(H.D);
+  expectRows(Q, H.NH * H.D, "q", "num_attention_heads × kv_channels = " + Dims, Where);
+  expectRows(K, H.NG * H.D, "k", "num_query_groups × kv_channels", Where);
+  expectRows(V, H.NG * H.D, "v", "num_query_groups × kv_channels", Where);
+  if (Q.sizes().slice(1) != K.sizes().slice(1) || K.sizes().slice(1) != V.sizes().slice(1))
+    fail(Where, "q, k and v differ in their trailing dims: " + shapeText(Q.sizes()) + ", " + shapeText(K.sizes()) +
+                    ", " + shapeText(V.sizes()));
+  at::Tensor Out = at::cat({Q.reshape(withLead({H.NG, H.R * H.D}, Q)), K.reshape(withLead({H.NG, H.D}, K)),
+                            V.reshape(withLead({H.NG, H.D}, V))},
+                           1);
+  return Out.reshape(withLead({(H.NH + 2 * H.NG) * H.D}, Q));
+}
+
+std::vector<at::Tensor> splitQKV(const at::Tensor &X, const Heads &H, const std::string &Where) {
+  expectRows(X, (H.NH + 2 * H.NG) * H.D, "linear_qkv", "(heads + 2 × groups) × kv_channels", Where);
+  at::Tensor G = X.reshape(withLead({H.NG, (H.R + 2) * H.D}, X));
+  auto Parts = G.split_with_sizes({H.R * H.D, H.D, H.D}, 1);
+  return {Parts[0].reshape(withLead({H.NH * H.D}, X)).contiguous(),
+          Parts[1].reshape(withLead({H.NG * H.D}, X)).contiguous(),
+          Parts[2].reshape(withLead({H.NG * H.D}, X)).contiguous()};
+}
+
+int64_t paramInt(const OpParams &P, const char *Name, const std::string &Where) {
+  auto It = P.find(Name);
+  if (It == P.end() || !It->second.is_number_integer())
+    fail(Where, std::string("op parameter '") + Name + "' must be an int");
+  return It->second.get<int64_t>();
+}
+
+} // namespace
+
+int64_t OpConfig::intField(const char *Name, const std::string &Where) const {
+  for (uint32_t I = 0; I < S.Fields.Size; ++I)
+    if (std::string(S.Fields[I].Name) == Name) {
+      if (!Fields[I].is_number_integer())
+        fail(Where, std::string("config field '") + Name + "' is " + Fields[I].dump() + ", not an int");
+      return Fields[I].get<int64_t>();
+    }
+  fail(Where, std::string("internal: no config field '") + Name + "'");
+}
+
+at::ScalarType toScalarType(DType T) {
+  switch (T) {
+  case DType::F64:
+    return at::kDouble;
+  case DType::F32:
+    return at::kFloat;
+  case DType::F16:
+    return at::kHalf;
+  case DType::BF16:
+    return at::kBFloat16;
+  case DType::F8_E4M3:
+    return at::kFloat8_e4m3fn;
+  case DType::F8_E5M2:
+    return at::kFloat8_e5m2;
+  case DType::I64:
+    return at::kLong;
+  case DType::I32:
+    return at::kInt;
+  case DType::I16:
+    return at::kShort;
+  case DType::I8:
+    return at::kChar;
+  case DType::U8:
+    return at::kByte;
+  case DType::Bool:
+    return at::kBool;
+  }
+  return at::kFloat;
+}
+
+DType fromScalarType(at::ScalarType T) {
+  for (int I = 0; I <= static_cast<int>(DType::Bool); ++I)
+    if (toScalarType(static_cast<DType>(I)) == T)
+      return static_cast<DType>(I);
+  throw Error(std::string("error: unsupported tensor type ") + c10::toString(T));
+}
+
+at::Tensor forward(Op Kind, Transform Custom, const std::vector<at::Tensor> &In, const OpParams &P,
+                   const OpConfig &Cfg, const std::string &Where) {
+  switch (Kind) {
+  case Op::Identity:
+    return In[0];
+  case Op::FuseQKV:
+    return fuseQKV(In[0], In[1], In[2], heads(Cfg, Where), Where);
+  case Op::FuseQKVGated: {
+    Heads H = heads(Cfg, Where);
+    expectRows(In[0], 2 * H.NH * H.D, "q_proj (with gate)", "2 × num_attention_heads × kv_channels", Where);
+    at::Tensor QG = In[0].reshape(withLead({H.NH, 2 * H.D}, In[0]));
+    auto Parts = QG.split(H.D, 1); // per head [q_h; gate_h]
+    at::Tensor Q = Parts[0].reshape(withLead({H.NG, H.R * H.D}, In[0]));
+    at::Tensor G = Parts[1].reshape(withLead({H.NG, H.R * H.D}, In[0]));
+    at::Tensor Out = at::cat({Q, G, In[1].reshape(withLead({H.NG, H.D}, In[1])),
+                              In[2].reshape(withLead({H.NG, H.D}, In[2]))},
+                             1);
+    return Out.reshape(withLead({(2 * H.NH + 2 * H.NG) * H.D}, In[0]));
+  }
+  case Op::QKVFromConcat: {
+    Heads H = heads(Cfg, Where);
+    expectRows(In[0], (H.NH + 2 * H.NG) * H.D, "qkv", "(heads + 2 × groups) × kv_channels", Where);
+    auto Parts = In[0].split_with_sizes({H.NH * H.D, H.NG * H.D, H.NG * H.D}, 0);
+    return fuseQKV(Parts[0], Parts[1], Parts[2], H, Where);
+  }
+  case Op::FuseGatedMLP:
+    if (In[0].sizes() != In[1].sizes())
+      fail(Where, "gate " + shapeText(In[0].sizes()) + " and up " + shapeText(In[1].sizes()) + " differ in shape");
+    return at::cat({In[0], In[1]}, 0);
+  case Op::GateUpConcat:
+    if (In[0].size(0) % 2)
+      fail(Where, "gate_up has an odd number of rows " + std::to_string(In[0].size(0)));
+    return In[0];
+  case Op::GateUpInterleaved: {
+    if (In[0].size(0) % 2)
+      fail(Where, "gate_up has an odd number of rows " + std::to_string(In[0].size(0)));
+    at::Tensor X = In[0].reshape(withLead({In[0].size(0) / 2, 2}, In[0]));
+    return at::cat({X.select(1, 0), X.select(1, 1)}, 0);
+  }
+  case Op::SelectExpert: {
+    int64_t E = paramInt(P, "index", Where);
+    if (In[0].dim() < 1 || E < 0 || E >= In[0].size(0))
+      fail(Where, "expert " + std::to_string(E) + " is outside " + shapeText(In[0].sizes()));
+    return In[0].select(0, E);
+  }
+  case Op::Transpose:
+    if (In[0].dim() != 2)
+      fail(Where, "transpose needs a matrix, got " + shapeText(In[0].sizes()));
+    return In[0].t().contiguous();
+  case Op::Permute: {
+    std::vector<int64_t> Dims = P.at("dims").get<std::vector<int64_t>>();
+    if (static_cast<int64_t>(Dims.size()) != In[0].dim())
+      fail(Where, "permute dims " + P.at("dims").dump() + " do not fit " + shapeText(In[0].sizes()));
+    return In[0].permute(Dims).contiguous();
+  }
+  case Op::NormOffset:
+    // In the tensor's own dtype, as Megatron-Bridge does.
+    return In[0].add(P.at("delta").get<double>());
+  case Op::Cast: {
+    auto T = dtypeFromTorch(P.at("dtype").get<std::string>());
+    if (!T)
+      fail(Where, "unknown dtype " + P.at("dtype").dump());
+    return In[0].to(toScalarType(*T));
+  }
+  case Op::DequantFP8Block: {
+    int64_t Block = paramInt(P, "block", Where);
+    const at::Tensor &W = In[0], &Scale = In[1];
+    if (W.dim() != 2 || Scale.dim() != 2)
+      fail(Where, "block dequantization needs a matrix and its scale matrix");
+    int64_t M = W.size(0), N = W.size(1);
+    int64_t BM = (M + Block - 1) / Block, BN = (N + Block - 1) / Block;
+    if (Scale.size(0) != BM || Scale.size(1) != BN)
+      fail(Where, "scale " + shapeText(Scale.sizes()) + " does not match " + std::to_string(Block) + "-blocks of " +
+                      shapeText(W.sizes()));
+    at::Tensor S = Scale.to(at::kFloat).repeat_interleave(Block, 0).repeat_interleave(Block, 1);
+    return (W.to(at::kFloat) * S.narrow(0, 0, M).narrow(1, 0, N)).to(at::kBFloat16);
+  }
+  case Op::DequantFP8Tensor:
+    return In[0].to(at::kBFloat16) * In[1].to(at::kBFloat16);
+  case Op::DequantMXFP4:
+    fail(Where, "dequant_mxfp4 is not implemented yet");
+  case Op::Transform:
+    switch (Custom) {
+    case Transform::SwapHalves: {
+      int64_t H = In[0].size(0) / 2;
+      if (In[0].size(0) % 2)
+        fail(Where, "swap_halves needs an even dim 0, got " + shapeText(In[0].sizes()));
+      return at::cat({In[0].narrow(0, H, H), In[0].narrow(0, 0, H)}, 0);
+    }
+    case Transform::None:
+      break;
+    }
+    break;
+  }
+  fail(Where, "internal: op has no forward");
+}
+
+std::vector<at::Tensor> inverse(Op Kind, Transform Custom, const at::Tensor &Out, unsigned NumInputs,
+                                const OpParams &P, const OpConfig &Cfg, const std::vector<DType> &InputTypes,
+                                const std::string &Where) {
+  switch (Kind) {
+  case Op::Identity:
+    return {Out};
+  case Op::FuseQKV:
+    return splitQKV(Out, heads(Cfg, Where), Where);
+  case Op::FuseQKVGated: {
+    Heads H = heads(Cfg, Where);
+    at::Tensor G = Out.reshape(withLead({H.NG, (2 * H.R + 2) * H.D}, Out));
+    auto Parts = G.split_with_sizes({H.R * H.D, H.R * H.D, H.D, H.D}, 1);
+    at::Tensor Q = Parts[0].reshape(withLead({H.NH, H.D}, Out)), Gate = Parts[1].reshape(withLead({H.NH, H.D}, Out));
+    return {at::cat({Q, Gate}, 1).reshape(withLead({2 * H.NH * H.D}, Out)).contiguous(),
+            Parts[2].reshape(withLead({H.NG * H.D}, Out)).contiguous(),
+            Parts[3].reshape(withLead({H.NG * H.D}, Out)).contiguous()};
+  }
+  case Op::QKVFromConcat: {
+    auto QKV = splitQKV(Out, heads(Cfg, Where), Where);
+    return {at::cat(QKV, 0)};
+  }
+  case Op::FuseGatedMLP: {
+    auto Parts = Out.chunk(2, 0);
+    return {Parts[0].contiguous(), Parts[1].contiguous()};
+  }
+  case Op::GateUpConcat:
+    return {Out};
+  case Op::GateUpInterleaved: {
+    auto Parts = Out.chunk(2, 0);
+    at::Tensor X = at::stack({Parts[0], Parts[1]}, 1);
+    return {X.reshape(withLead({Out.size(0)}, Out)).contiguous()};
+  }
+  case Op::Transpose:
+    return {Out.t().contiguous()};
+  case Op::Permute: {
+    std::vector<int64_t> Dims = P.at("dims").get<std::vector<int64_t>>(), Inv(Dims.size());
+    for (size_t I = 0; I < Dims.size(); ++I)
+      Inv[Dims[I]] = static_cast<int64_t>(I);
+    return {Out.permute(Inv).contiguous()};
+  }
+  case Op::NormOffset:
+    return {Out.sub(P.at("delta").get<double>())};
+  case Op::Cast:
+    if (InputTypes.empty())
+      fail(Where, "cannot undo 'cast': the source dtype is unknown");
+    return {Out.to(toScalarType(InputTypes[0]))};
+  case Op::SelectExpert:
+    fail(Where, "export of experts taken from a stacked HF tensor is not implemented yet");
+  case Op::DequantFP8Block:
+  case Op::DequantFP8Tensor:
+  case Op::DequantMXFP4:
+    fail(Where, "export of a dequantized tensor back to its quantized form is not implemented yet");
+  case Op::Transform:
+    if (Custom == Transform::SwapHalves)
+      return {forward(Kind, Custom, {Out}, P, Cfg, Where)};
+    break;
+  }
+  (void)NumInputs;
+  fail(Where, "internal: op has no inverse");
+}
+
+} // namespace bridge::exec

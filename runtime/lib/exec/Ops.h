@@ -1,0 +1,53 @@
+//===- Ops.h - the tensor ops of weight rules, on libtorch -------*- C++ -*-===//
+//
+// Forward (import) and inverse (export) of every op in bridge/Ops.def and
+// every transform in bridge/Transforms.def. The tensors live on the device
+// the executor chose; every op is a permutation or a documented arithmetic,
+// so an op followed by its inverse returns the input bit for bit (tested in
+// tests/unit/OpsTest.cpp). Private to runtime/lib/exec.
+//
+//===----------------------------------------------------------------------===//
+#ifndef BRIDGE_LIB_EXEC_OPS_H
+#define BRIDGE_LIB_EXEC_OPS_H
+
+#include "bridge/Config.h"
+#include "bridge/DType.h"
+#include "bridge/Table.h"
+
+#include <ATen/core/Tensor.h>
+
+#include <map>
+#include <string>
+#include <vector>
+
+namespace bridge::exec {
+
+/// The Megatron config fields ops read (heads, groups, head size), by name.
+class OpConfig {
+public:
+  OpConfig(const SchemaTable &S, const std::vector<Json> &Fields) : S(S), Fields(Fields) {}
+  int64_t intField(const char *Name, const std::string &Where) const;
+
+private:
+  const SchemaTable &S;
+  const std::vector<Json> &Fields;
+};
+
+/// Evaluated op parameters ('index', 'delta', 'dims', 'dtype', 'block').
+using OpParams = std::map<std::string, Json>;
+
+at::Tensor forward(Op Kind, Transform Custom, const std::vector<at::Tensor> &Inputs, const OpParams &Params,
+                   const OpConfig &Cfg, const std::string &Where);
+
+/// Undoes forward: returns NumInputs tensors. \p InputTypes gives the dtype
+/// each input had on import where the op changed it (cast), else unused.
+std::vector<at::Tensor> inverse(Op Kind, Transform Custom, const at::Tensor &Output, unsigned NumInputs,
+                                const OpParams &Params, const OpConfig &Cfg, const std::vector<DType> &InputTypes,
+                                const std::string &Where);
+
+at::ScalarType toScalarType(DType T);
+DType fromScalarType(at::ScalarType T);
+
+} // namespace bridge::exec
+
+#endif
