@@ -74,6 +74,7 @@ struct PlannedTensor {
   const TensorRule *Rule;
   const ParamInfo *Param;         ///< the schema declaration that applies
   std::vector<int64_t> Captures;  ///< values of Param->Captures
+  std::vector<int64_t> LoopVars;  ///< values of Rule->Loops
 };
 
 struct Plan {

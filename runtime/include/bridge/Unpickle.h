@@ -1,1 +1,180 @@
-// placeholder: being written
+//===- Unpickle.h - reading Python pickles and torch.save archives -*- C++ -*-===//
+//
+// The read side of Pickle.h. A checkpoint's metadata and every torch.save
+// archive in it are Python pickles; reading them must never run anything a
+// file names. So the unpickler here is restricted: it turns the opcodes into
+// a tree of PyValue nodes (classes and functions stay names, calls stay
+// "object of class X built from these arguments"), every global a pickle
+// names must be in an allow-list the caller chooses, and every length is
+// checked against the input. torch.save zip archives are read the same way:
+// entries are located through the central directory with every offset
+// checked, and the tensors in data.pkl come back as TensorRecord leaves
+// holding contiguous little-endian bytes. See
+// shared/reference/megatron-checkpoint-format.md sections 2.3, 2.5 and 6.
+//
+//===----------------------------------------------------------------------===//
+#ifndef BRIDGE_UNPICKLE_H
+#define BRIDGE_UNPICKLE_H
+
+#include "bridge/DType.h"
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace bridge {
+
+/// "module.name" of every global a pickle may name; anything else is an
+/// error. Transparent comparison, so lookups take string_views.
+using GlobalAllowList = std::set<std::string, std::less<>>;
+
+/// Globals of a DCP '.metadata' (torch 2.x, Megatron-Core 0.x): the
+/// torch.distributed.checkpoint dataclasses, MCore's metadata subclasses,
+/// torch.Size, the torch dtypes, layouts and memory formats, and the few
+/// helpers (torch.serialization._get_layout, pathlib.PosixPath,
+/// collections.OrderedDict) their pickles refer to.
+extern const GlobalAllowList DcpMetadataGlobals;
+
+/// Globals of a torch.save data.pkl as Megatron writes them (tensor records,
+/// byte objects, common.pt): torch._utils._rebuild_tensor_v2, the legacy
+/// torch.<X>Storage classes of every DType, the torch dtypes,
+/// collections.OrderedDict, argparse.Namespace, builtins.set/frozenset.
+extern const GlobalAllowList TorchSaveGlobals;
+
+/// A tensor read from a torch.save archive.
+struct TensorRecord {
+  DType Type = DType::F32;
+  std::vector<int64_t> Shape;
+  /// Strides and storage offset (in elements) as the pickle gave them; they
+  /// describe the source only: Bytes is already gathered through them.
+  std::vector<int64_t> Strides;
+  int64_t StorageOffset = 0;
+  /// The elements, row-major and contiguous, little-endian.
+  std::vector<uint8_t> Bytes;
+
+  int64_t numel() const;
+};
+
+struct PyValue;
+using PyValuePtr = std::shared_ptr<PyValue>;
+
+/// One node of an unpickled value. Nodes are shared where the pickle shared
+/// them (memo references), exactly as Python objects would be; a finished
+/// tree has no cycles and is at most UnpickleMaxDepth deep.
+struct PyValue {
+  enum class Kind : uint8_t {
+    None,
+    Bool,
+    Int,
+    Float,
+    Str,          ///< also the py2 'str' of BINSTRING (raw bytes)
+    Bytes,
+    Tuple,
+    List,         ///< also sets and frozensets, in pickle order
+    Dict,         ///< also collections.OrderedDict
+    Global,       ///< a class or function, by name
+    Object,       ///< the result of REDUCE / NEWOBJ / NEWOBJ_EX on a Global
+    PersistentId, ///< BINPERSID: what the pickle handed to persistent_load
+    Tensor,       ///< only from readTorchSave: a rebuilt tensor
+  };
+  using Entry = std::pair<PyValuePtr, PyValuePtr>;
+
+  Kind Tag = Kind::None;
+  bool Bool = false;
+  int64_t Int = 0;
+  double Float = 0;
+  std::string Text;           ///< Str, Bytes: the payload; Global: the module
+  std::string Name;           ///< Global: the name inside the module
+  std::vector<PyValuePtr> Items; ///< Tuple, List; Object: items APPENDed to it
+  /// Dict: key/value pairs in pickle order (keys of any kind; a key set
+  /// twice appears twice, find() returns the last as Python would keep it).
+  /// Object: items SETITEMed on it (dict subclasses).
+  std::vector<Entry> Entries;
+  PyValuePtr Class;  ///< Object: the Global it was built from
+  PyValuePtr Args;   ///< Object: constructor/callable args (a Tuple); PersistentId: the id
+  PyValuePtr Kwargs; ///< Object: NEWOBJ_EX keyword args (a Dict), else null
+  PyValuePtr State;  ///< Object, Dict: what BUILD gave it (usually a Dict), else null
+  std::shared_ptr<const TensorRecord> Tensor; ///< Tensor
+
+  explicit PyValue(Kind K = Kind::None) : Tag(K) {}
+
+  bool is(Kind K) const { return Tag == K; }
+  /// A Global named \p Qualified ("module.name").
+  bool isGlobal(std::string_view Qualified) const;
+  /// An Object built from the Global \p Qualified.
+  bool isObjectOf(std::string_view Qualified) const;
+  /// "module.name" of a Global, or of an Object's class; "" otherwise.
+  std::string qualifiedName() const;
+  /// The value of the Str key \p Key of a Dict, or of an Object's State
+  /// dict (dataclass fields); null when absent.
+  const PyValue *find(std::string_view Key) const;
+  /// A short Python-like rendering for messages, cut at about \p Limit chars.
+  std::string repr(size_t Limit = 200) const;
+  static const char *kindName(Kind K);
+};
+
+/// Nesting limit of an unpickled value, so that consumers may recurse.
+constexpr unsigned UnpickleMaxDepth = 1000;
+
+/// Unpickles \p Bytes, one pickle of protocol 2 to 5 (the opcodes Python
+/// and torch emit, plus the INT/PUT/GET text forms; not the protocol-0 text
+/// strings, floats and persistent ids, nor out-of-band buffers; nothing may
+/// follow STOP), without executing anything. Every GLOBAL / STACK_GLOBAL
+/// must be in \p Allowed. collections.OrderedDict becomes a Dict,
+/// builtins.set and frozenset a List. Throws bridge::Error "error: <Where>:
+/// ..." on forbidden globals, truncated or malformed input, and recursive or
+/// too deeply nested values.
+PyValuePtr unpickle(std::string_view Bytes, const GlobalAllowList &Allowed, const std::string &Where);
+
+/// A zip archive as torch.save writes it (entries STORED, ZIP64 where
+/// needed), indexed through its central directory. Every entry's local
+/// header and payload are checked to lie inside the archive.
+class ZipArchive {
+public:
+  struct Entry {
+    std::string Name;
+    uint64_t DataOffset = 0; ///< of the payload, from the archive's start
+    uint64_t Size = 0;
+    uint32_t Crc32 = 0;
+  };
+
+  /// Indexes \p Bytes, which is not copied and must outlive this object.
+  /// Throws bridge::Error naming \p Where.
+  ZipArchive(std::string_view Bytes, std::string Where);
+
+  const std::vector<Entry> &entries() const { return Entries; }
+  /// Null when absent.
+  const Entry *find(std::string_view Name) const;
+  /// The payload of \p E, after checking its CRC-32.
+  std::string_view read(const Entry &E) const;
+  const std::string &where() const { return Where; }
+
+private:
+  std::string_view Bytes;
+  std::string Where;
+  std::vector<Entry> Entries;
+  std::map<std::string, size_t, std::less<>> ByName; ///< index into Entries
+};
+
+/// Reads a torch.save archive: '<folder>/data.pkl' (any single top-level
+/// folder name) unpickled with \p Allowed, every storage persistent id
+/// ('storage', torch.<X>Storage, key, location, numel) resolved to
+/// '<folder>/data/<key>', and every torch._utils._rebuild_tensor_v2 object
+/// replaced by a Tensor node. Strided tensors are gathered into contiguous
+/// bytes. Throws bridge::Error naming \p Where.
+PyValuePtr readTorchSave(std::string_view Bytes, const std::string &Where,
+                         const GlobalAllowList &Allowed = TorchSaveGlobals);
+
+/// The one tensor that a torch.save archive of a single tensor holds (a DCP
+/// tensor record); throws if the archive holds anything else.
+TensorRecord readTorchSaveTensor(std::string_view Bytes, const std::string &Where);
+
+} // namespace bridge
+
+#endif

@@ -414,6 +414,7 @@ Plan expandPlan(const MappingTable &T, const SchemaTable &S, const std::vector<J
       PT.Rule = &R;
       PT.Param = Prm;
       PT.Captures = Caps;
+      PT.LoopVars = Vars;
       std::vector<std::string> Stack;
       for (const OpNode &N : R.Nodes) {
         if (N.IsSource) {

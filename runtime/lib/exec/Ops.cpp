@@ -209,10 +209,10 @@ at::Tensor forward(Op Kind, Transform Custom, const std::vector<at::Tensor> &In,
       fail(Where, "scale " + shapeText(Scale.sizes()) + " does not match " + std::to_string(Block) + "-blocks of " +
                       shapeText(W.sizes()));
     at::Tensor S = Scale.to(at::kFloat).repeat_interleave(Block, 0).repeat_interleave(Block, 1);
-    return (W.to(at::kFloat) * S.narrow(0, 0, M).narrow(1, 0, N)).to(at::kBFloat16);
+    return W.to(at::kFloat).mul(S.narrow(0, 0, M).narrow(1, 0, N)).to(at::kBFloat16);
   }
   case Op::DequantFP8Tensor:
-    return In[0].to(at::kBFloat16) * In[1].to(at::kBFloat16);
+    return In[0].to(at::kBFloat16).mul(In[1].to(at::kBFloat16));
   case Op::DequantMXFP4:
     fail(Where, "dequant_mxfp4 is not implemented yet");
   case Op::Transform:

@@ -9,6 +9,7 @@
 //
 //===----------------------------------------------------------------------===//
 #include "bridge/Config.h"
+#include "bridge/Convert.h"
 #include "bridge/Registry.h"
 
 #include <cstdio>
@@ -32,18 +33,58 @@ const char *Usage =
     "                            and the config.json export would write back\n"
     "  plan   --hf PATH          every Megatron tensor: its HF sources, op, global\n"
     "                            shape and parallel style (no weights are read)\n"
+    "  import --hf DIR --out DIR HF safetensors checkpoint -> Megatron-Core torch_dist\n"
+    "         [--tp N] [--pp N] [--ep N] [--etp N] [--vpp N]\n"
+    "         [--first-stage-layers N] [--last-stage-layers N]\n"
+    "  export --megatron DIR --out DIR\n"
+    "                            a checkpoint written by import -> HF safetensors\n"
     "\n"
     "options:\n"
     "  --hf PATH                 an HF checkpoint directory or its config.json\n"
     "  --json                    machine-readable output\n"
     "  --local-names             name tensors as the local layer spec does\n"
     "                            (default: Transformer Engine names)\n"
+    "  --device DEV              where ops run: cpu (default), cuda, cuda:N\n"
+    "  --overwrite               replace an existing output directory\n"
+    "  --quiet                   no progress line\n"
     "  -h, --help                this text\n";
 
+[[noreturn]] void usageError(const std::string &Msg);
+
 struct Options {
-  std::string Command, HF;
-  bool AsJson = false, LocalNames = false;
+  std::string Command, HF, Out, Megatron, Device = "cpu";
+  bool AsJson = false, LocalNames = false, Overwrite = false, Quiet = false;
+  Layout Par;
 };
+
+std::string human(uint64_t Bytes) {
+  char B[32];
+  if (Bytes >= (1ull << 30))
+    std::snprintf(B, sizeof B, "%.2f GiB", Bytes / double(1ull << 30));
+  else if (Bytes >= (1ull << 20))
+    std::snprintf(B, sizeof B, "%.2f MiB", Bytes / double(1ull << 20));
+  else
+    std::snprintf(B, sizeof B, "%.1f KiB", Bytes / 1024.0);
+  return B;
+}
+
+void printSummary(const char *What, const Summary &S, const std::string &Out) {
+  double Rate = S.Seconds > 0 ? S.BytesRead / S.Seconds / 1e9 : 0;
+  std::printf("%s done: mapping %s, %llu tensors read (%s), %llu written (%s) to %s in %.2f s (%.2f GB/s read)\n",
+              What, S.Mapping.c_str(), static_cast<unsigned long long>(S.TensorsRead), human(S.BytesRead).c_str(),
+              static_cast<unsigned long long>(S.TensorsWritten), human(S.BytesWritten).c_str(), Out.c_str(),
+              S.Seconds, Rate);
+}
+
+int intArg(int &I, int argc, char **argv, const std::string &Flag) {
+  if (++I >= argc)
+    usageError(Flag + " needs a number");
+  char *End = nullptr;
+  long V = std::strtol(argv[I], &End, 10);
+  if (!End || *End || V < 0 || V > 1 << 20)
+    usageError(Flag + " needs a non-negative number, not '" + argv[I] + "'");
+  return static_cast<int>(V);
+}
 
 [[noreturn]] void usageError(const std::string &Msg) {
   std::cerr << "bridge-run: error: " << Msg << "\n\n" << Usage;
@@ -207,6 +248,36 @@ int main(int argc, char **argv) {
       if (++I >= argc)
         usageError("--hf needs a path");
       O.HF = argv[I];
+    } else if (A == "--out") {
+      if (++I >= argc)
+        usageError("--out needs a path");
+      O.Out = argv[I];
+    } else if (A == "--megatron") {
+      if (++I >= argc)
+        usageError("--megatron needs a path");
+      O.Megatron = argv[I];
+    } else if (A == "--device") {
+      if (++I >= argc)
+        usageError("--device needs a value");
+      O.Device = argv[I];
+    } else if (A == "--tp") {
+      O.Par.TP = intArg(I, argc, argv, A);
+    } else if (A == "--pp") {
+      O.Par.PP = intArg(I, argc, argv, A);
+    } else if (A == "--ep") {
+      O.Par.EP = intArg(I, argc, argv, A);
+    } else if (A == "--etp") {
+      O.Par.ETP = intArg(I, argc, argv, A);
+    } else if (A == "--vpp") {
+      O.Par.VPP = intArg(I, argc, argv, A);
+    } else if (A == "--first-stage-layers") {
+      O.Par.FirstStageLayers = intArg(I, argc, argv, A);
+    } else if (A == "--last-stage-layers") {
+      O.Par.LastStageLayers = intArg(I, argc, argv, A);
+    } else if (A == "--overwrite") {
+      O.Overwrite = true;
+    } else if (A == "--quiet") {
+      O.Quiet = true;
     } else if (A == "--json") {
       O.AsJson = true;
     } else if (A == "--local-names") {
@@ -229,9 +300,27 @@ int main(int argc, char **argv) {
         usageError(O.Command + " needs --hf PATH");
       return O.Command == "config" ? cmdConfig(O) : cmdPlan(O);
     }
+    if (O.Command == "import") {
+      if (O.HF.empty() || O.Out.empty())
+        usageError("import needs --hf DIR and --out DIR");
+      ImportOptions IO{O.HF, O.Out, O.Par, O.Device, O.Overwrite, O.Quiet};
+      printSummary("import", runImport(IO), O.Out);
+      return 0;
+    }
+    if (O.Command == "export") {
+      if (O.Megatron.empty() || O.Out.empty())
+        usageError("export needs --megatron DIR and --out DIR");
+      ExportOptions EO{O.Megatron, O.Out, O.Device, O.Overwrite, O.Quiet};
+      printSummary("export", runExport(EO), O.Out);
+      return 0;
+    }
     usageError("unknown command '" + O.Command + "'");
   } catch (const Error &E) {
     std::cerr << "bridge-run: " << E.what() << "\n";
+    return 1;
+  } catch (const std::exception &E) {
+    // Library errors (I/O, torch) that are not ours: still no partial output.
+    std::cerr << "bridge-run: error: " << E.what() << "\n";
     return 1;
   }
 }

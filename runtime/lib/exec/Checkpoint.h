@@ -1,0 +1,51 @@
+//===- Checkpoint.h - how planned tensors map onto torch_dist -----*- C++ -*-===//
+//
+// Megatron-Core's torch_dist layout rules (format spec section 3): keys are
+// the Transformer Engine names with the layer index taken out and made a
+// leading axis when the layer stack is homogeneous; each rank's slice of a
+// tensor is one chunk; every module gets an _extra_state object. Shared by
+// import, export and plan. Private to runtime/lib/exec.
+//
+//===----------------------------------------------------------------------===//
+#ifndef BRIDGE_LIB_EXEC_CHECKPOINT_H
+#define BRIDGE_LIB_EXEC_CHECKPOINT_H
+
+#include "bridge/Config.h"
+#include "bridge/Convert.h"
+
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace bridge {
+
+/// One torch_dist key and the planned tensors stored in it.
+struct DistKey {
+  std::string Key;
+  std::vector<int64_t> GlobalShape;
+  std::vector<size_t> Members;                 ///< indices into Plan::Tensors, in axis order
+  std::vector<std::vector<int64_t>> Prefixes;  ///< leading offsets of each member
+  int64_t Stack = 1;                           ///< size of the stacked axis (1: not stacked)
+};
+
+struct ChunkSpec {
+  std::vector<int64_t> Offsets, Sizes; ///< within the tensor (no stack axis)
+};
+
+Json readJsonFile(const std::string &Path);
+const MappingTable &mappingFor(const Json &HFConfig);
+std::string supportedModelTypes();
+std::function<int64_t(const char *)> fieldGetter(const SchemaTable &S, const std::vector<Json> &Fields);
+
+/// Whether decoder layers are stacked on a leading axis (Megatron-Core does
+/// unless the stack mixes dense and MoE layers).
+bool layersStacked(const SchemaTable &S, const std::vector<Json> &Fields);
+std::vector<DistKey> groupByKey(const Plan &P, const SchemaTable &S, const std::vector<Json> &Fields);
+/// Each rank's slice of \p PT under \p L, as chunks (TP, or ETP for experts).
+std::vector<ChunkSpec> chunksOf(const PlannedTensor &PT, const Layout &L);
+std::vector<std::string> extraStateKeys(const DistKey &K);
+void copyTokenizerFiles(const std::string &From, const std::string &To);
+
+} // namespace bridge
+
+#endif

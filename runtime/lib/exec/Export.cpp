@@ -1,0 +1,225 @@
+//===- Export.cpp - a torch_dist checkpoint back to HF safetensors ----------===//
+//
+// The inverse of Import.cpp, driven by the same plan: every Megatron key is
+// read once, each layer slice runs its op chain backwards, and each HF tensor
+// goes into the shard file the source checkpoint had it in (recorded in the
+// bridge.json sidecar), so a round trip reproduces the source bit for bit.
+// Output is built aside and renamed into place when complete.
+//
+//===----------------------------------------------------------------------===//
+#include "Checkpoint.h"
+#include "Ops.h"
+
+#include "bridge/Convert.h"
+#include "bridge/Registry.h"
+#include "bridge/Safetensors.h"
+#include "bridge/TorchDistReader.h"
+
+#include <ATen/ops/from_blob.h>
+
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <iostream>
+#include <unistd.h>
+
+namespace fs = std::filesystem;
+
+namespace bridge {
+namespace {
+
+/// The iteration directory of \p Dir: Dir itself, or the one its tracker
+/// file names.
+fs::path iterationDir(const fs::path &Dir) {
+  if (fs::exists(Dir / ".metadata"))
+    return Dir;
+  fs::path Tracker = Dir / "latest_checkpointed_iteration.txt";
+  std::ifstream In(Tracker);
+  if (!In)
+    throw Error("error: " + Dir.string() + " is not a checkpoint: no .metadata and no latest_checkpointed_iteration.txt");
+  std::string It;
+  In >> It;
+  if (It == "release")
+    return Dir / "release";
+  char *End = nullptr;
+  long N = std::strtol(It.c_str(), &End, 10);
+  if (It.empty() || *End || N < 0)
+    throw Error("error: " + Tracker.string() + " holds '" + It + "', not an iteration");
+  char Name[32];
+  std::snprintf(Name, sizeof Name, "iter_%07ld", N);
+  return Dir / Name;
+}
+
+const MappingTable &mappingNamed(const std::string &Name) {
+  for (const RegistryEntry &E : allMappings())
+    if (Name == E.Name)
+      return *E.Table;
+  throw Error("error: the checkpoint was written with mapping '" + Name + "', which this build does not have");
+}
+
+/// For each node of a postfix op tree, the index where its subtree starts.
+std::vector<size_t> subtreeStarts(Span<OpNode> Nodes) {
+  std::vector<size_t> Start(Nodes.Size), Stack;
+  for (size_t I = 0; I < Nodes.Size; ++I) {
+    size_t S = I;
+    for (unsigned K = 0; K < Nodes[I].NumInputs; ++K) {
+      S = Stack.back();
+      Stack.pop_back();
+    }
+    Start[I] = S;
+    Stack.push_back(S);
+  }
+  return Start;
+}
+
+} // namespace
+
+Summary runExport(const ExportOptions &O) {
+  auto Begin = std::chrono::steady_clock::now();
+  Summary Sum;
+  const SchemaTable &S = schema();
+  fs::path Iter = iterationDir(O.MegatronDir);
+  fs::path SidePath = Iter / "bridge.json";
+  if (!fs::exists(SidePath))
+    throw Error("error: " + Iter.string() +
+                " has no bridge.json: it was not written by 'bridge-run import', so the HF layout to restore is "
+                "unknown");
+  Json Side = readJsonFile(SidePath.string());
+  const MappingTable &T = mappingNamed(Side.at("mapping").get<std::string>());
+  Sum.Mapping = T.Name;
+  std::vector<Json> Fields = configFromJson(S, Side.at("megatron_config"));
+  const Json &HFRef = Side.at("hf_config");
+  const Json &HFTensors = Side.at("hf_tensors");
+
+  Plan P = expandPlan(T, S, Fields, /*UseTENames=*/true);
+  std::vector<DistKey> Keys = groupByKey(P, S, Fields);
+  TorchDistCheckpoint Ckpt(Iter.string());
+  for (const DistKey &K : Keys) {
+    const DistTensor &DT = Ckpt.tensor(K.Key); // throws naming the key when absent
+    if (DT.Shape != K.GlobalShape && !(K.GlobalShape.size() == DT.Shape.size() && DT.Shape[0] >= K.GlobalShape[0]))
+      throw Error("error: " + Iter.string() + ": '" + K.Key + "' has a global shape that does not fit the config");
+  }
+
+  // What export writes: the source's tensors, except those import ignored.
+  std::map<std::string, std::string> FileOf;
+  std::set<std::string> Ignored(P.IgnoredPatterns.begin(), P.IgnoredPatterns.end());
+  std::vector<std::string> NotExported;
+  for (auto It = HFTensors.begin(); It != HFTensors.end(); ++It) {
+    if (Ignored.count(It.key()))
+      NotExported.push_back(It.key());
+    else
+      FileOf[It.key()] = It->at("file").get<std::string>();
+  }
+
+  fs::path Out(O.OutDir);
+  if (fs::exists(Out) && !O.Overwrite)
+    throw Error("error: " + O.OutDir + " exists; pass --overwrite to replace it");
+  fs::path Tmp = Out.string() + ".partial-" + std::to_string(::getpid());
+  fs::remove_all(Tmp);
+  fs::create_directories(Tmp);
+  try {
+    at::Device Dev(O.Device);
+    SafetensorsWriter W(Tmp.string(), FileOf, Side.value("hf_sharded", false));
+    exec::OpConfig Cfg(S, Fields);
+    std::map<std::string, std::string> TieCopyOf;
+    for (auto &[Copy, Of] : P.Ties)
+      if (FileOf.count(Copy))
+        TieCopyOf[Of] = Copy;
+    auto Emit = [&](const std::string &Name, at::Tensor V) {
+      const Json &Meta = HFTensors.at(Name);
+      std::vector<int64_t> Want = Meta.at("shape").get<std::vector<int64_t>>();
+      // A vocabulary padded for training comes back to the source's rows.
+      if (V.dim() >= 1 && !Want.empty() && V.size(0) > Want[0])
+        V = V.narrow(0, 0, Want[0]);
+      std::vector<int64_t> Got(V.sizes().begin(), V.sizes().end());
+      if (Got != Want)
+        throw Error("error: export of '" + Name + "' gives a tensor of another shape than the source's");
+      auto Type = dtypeFromSafetensors(Meta.at("dtype").get<std::string>());
+      at::Tensor Host = V.to(exec::toScalarType(*Type)).contiguous().cpu();
+      TensorToWrite TW{Name, *Type, Want, {}};
+      TW.Bytes.assign(static_cast<const uint8_t *>(Host.data_ptr()),
+                      static_cast<const uint8_t *>(Host.data_ptr()) + Host.nbytes());
+      if (auto C = TieCopyOf.find(Name); C != TieCopyOf.end()) {
+        TensorToWrite Copy = TW;
+        Copy.Name = C->second;
+        W.add(std::move(Copy));
+        ++Sum.TensorsWritten;
+      }
+      W.add(std::move(TW));
+      ++Sum.TensorsWritten;
+    };
+    for (const DistKey &K : Keys) {
+      std::vector<uint8_t> Bytes = Ckpt.readTensor(K.Key);
+      const DistTensor &DT = Ckpt.tensor(K.Key);
+      Sum.BytesRead += Bytes.size();
+      ++Sum.TensorsRead;
+      at::Tensor Global = at::from_blob(Bytes.data(), DT.Shape, at::TensorOptions().dtype(exec::toScalarType(DT.Type)))
+                              .to(Dev);
+      for (size_t M = 0; M < K.Members.size(); ++M) {
+        const PlannedTensor &PT = P.Tensors[K.Members[M]];
+        at::Tensor Value = K.Stack > 1 ? Global.select(0, K.Prefixes[M][0]) : Global;
+        const TensorRule &R = *PT.Rule;
+        std::string Where = describe(R.Loc);
+        EvalEnv Env{nullptr, &Fields, &S, &PT.LoopVars};
+        std::vector<size_t> Starts = subtreeStarts(R.Nodes);
+        // Source names by node index.
+        std::map<size_t, std::string> SourceAt;
+        size_t NextSource = 0;
+        for (size_t I = 0; I < R.Nodes.Size; ++I)
+          if (R.Nodes[I].IsSource)
+            SourceAt[I] = PT.Sources[NextSource++];
+        std::function<void(size_t, at::Tensor)> Invert = [&](size_t Node, at::Tensor V) {
+          const OpNode &N = R.Nodes[Node];
+          if (N.IsSource) {
+            Emit(SourceAt[Node], V);
+            return;
+          }
+          // Children: the NumInputs subtrees right before this node.
+          std::vector<size_t> Children;
+          size_t End = Node;
+          for (unsigned K2 = 0; K2 < N.NumInputs; ++K2) {
+            size_t Child = End - 1;
+            Children.insert(Children.begin(), Child);
+            End = Starts[Child];
+          }
+          std::vector<DType> Types;
+          for (size_t C : Children)
+            if (R.Nodes[C].IsSource)
+              Types.push_back(*dtypeFromSafetensors(HFTensors.at(SourceAt[C]).at("dtype").get<std::string>()));
+          exec::OpParams Params;
+          for (const OpParam &Pm : N.Params)
+            Params[Pm.Name] = evaluate(Pm.Value, Env, Where);
+          std::vector<at::Tensor> Inputs = exec::inverse(N.Kind, N.Custom, V, N.NumInputs, Params, Cfg, Types, Where);
+          for (size_t C = 0; C < Children.size(); ++C)
+            Invert(Children[C], Inputs[C]);
+        };
+        Invert(R.Nodes.Size - 1, Value);
+      }
+    }
+    W.finish();
+    Sum.BytesWritten = W.bytesWritten();
+    std::ofstream Cfg2(Tmp / "config.json");
+    Cfg2 << exportConfig(T, S, Fields, &HFRef).dump(2) << "\n";
+    if (!Cfg2)
+      throw Error("error: cannot write " + (Tmp / "config.json").string());
+    Cfg2.close();
+    copyTokenizerFiles((Iter / "tokenizer").string(), Tmp.string());
+    if (fs::exists(Out))
+      fs::remove_all(Out);
+    fs::rename(Tmp, Out);
+  } catch (...) {
+    std::error_code EC;
+    fs::remove_all(Tmp, EC);
+    throw;
+  }
+  if (!NotExported.empty() && !O.Quiet) {
+    std::cerr << "bridge-run export: " << NotExported.size()
+              << " source tensor(s) the mapping ignores were not written back, e.g. " << NotExported[0] << "\n";
+  }
+  Sum.Seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - Begin).count();
+  return Sum;
+}
+
+} // namespace bridge

@@ -1,0 +1,284 @@
+//===- Import.cpp - HF safetensors to a Megatron-Core torch_dist checkpoint ===//
+//
+// Order of work: config and mapping; layout checks; the plan; coverage of
+// both sides (every HF tensor consumed once or ignored, every Megatron tensor
+// produced once); a dry run of every op chain on meta tensors, so shape
+// errors surface before a byte is written; then the data, one Megatron key at
+// a time (memory holds one layer's sources and result), chunks cut to each
+// rank's slice; then metadata, sidecar, tracker last, and a rename of the
+// finished directory into place.
+//
+//===----------------------------------------------------------------------===//
+#include "Checkpoint.h"
+#include "Ops.h"
+
+#include "bridge/Convert.h"
+#include "bridge/Registry.h"
+#include "bridge/Safetensors.h"
+#include "bridge/TorchDistWriter.h"
+
+#include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
+
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <set>
+#include <unistd.h>
+
+namespace fs = std::filesystem;
+
+namespace bridge {
+namespace {
+
+using exec::OpConfig;
+using exec::OpParams;
+
+at::Tensor viewOf(const TensorView &V) {
+  // The mapping is read-only; ops never write into their inputs.
+  return at::from_blob(const_cast<uint8_t *>(V.Data), std::vector<int64_t>(V.Shape.begin(), V.Shape.end()),
+                       at::TensorOptions().dtype(exec::toScalarType(V.Type)));
+}
+
+OpParams evalParams(const OpNode &N, const EvalEnv &Env, const std::string &Where) {
+  OpParams P;
+  for (const OpParam &Pm : N.Params)
+    P[Pm.Name] = evaluate(Pm.Value, Env, Where);
+  return P;
+}
+
+/// Runs a rule's postfix op chain for one instance. \p Leaf gives each
+/// source tensor by name.
+at::Tensor runChain(const PlannedTensor &PT, const std::vector<Json> &Fields, const SchemaTable &S,
+                    const std::function<at::Tensor(const std::string &)> &Leaf) {
+  const TensorRule &R = *PT.Rule;
+  std::string Where = describe(R.Loc);
+  OpConfig Cfg(S, Fields);
+  EvalEnv Env{nullptr, &Fields, &S, &PT.LoopVars};
+  std::vector<at::Tensor> Stack;
+  size_t NextSource = 0;
+  for (const OpNode &N : R.Nodes) {
+    if (N.IsSource) {
+      Stack.push_back(Leaf(PT.Sources[NextSource++]));
+      continue;
+    }
+    std::vector<at::Tensor> In(Stack.end() - N.NumInputs, Stack.end());
+    Stack.resize(Stack.size() - N.NumInputs);
+    Stack.push_back(exec::forward(N.Kind, N.Custom, In, evalParams(N, Env, Where), Cfg, Where));
+  }
+  return Stack.back();
+}
+
+std::string shapeText(const std::vector<int64_t> &S) {
+  std::string T = "[";
+  for (size_t I = 0; I < S.size(); ++I)
+    T += (I ? ", " : "") + std::to_string(S[I]);
+  return T + "]";
+}
+
+void writeText(const fs::path &P, const std::string &Text) {
+  std::ofstream Out(P, std::ios::binary);
+  Out << Text;
+  if (!Out)
+    throw Error("error: cannot write " + P.string());
+}
+
+/// Megatron-Bridge reads run_config.yaml; this holds the model provider's
+/// fields and the layout (format spec 4.3, 6.2 item 6).
+std::string runConfigYaml(const SchemaTable &S, const std::vector<Json> &Fields, const Layout &L) {
+  std::string Y = "# Written by bridge-run import.\nmodel:\n  _target_: megatron.bridge.models.gpt_provider.GPTModelProvider\n";
+  Y += "  tensor_model_parallel_size: " + std::to_string(L.TP) + "\n";
+  Y += "  pipeline_model_parallel_size: " + std::to_string(L.PP) + "\n";
+  Y += "  expert_model_parallel_size: " + std::to_string(L.EP) + "\n";
+  Y += "  expert_tensor_parallel_size: " + std::to_string(L.ETP) + "\n";
+  for (uint32_t I = 0; I < S.Fields.Size; ++I) {
+    std::string N = S.Fields[I].Name;
+    const Json &V = Fields[I];
+    if (V.is_null())
+      continue;
+    if (N == "activation_func")
+      Y += "  activation_func:\n    _target_: torch.nn.functional." +
+           std::string(V.get<std::string>() == "fast_gelu" ? "gelu" : V.get<std::string>()) + "\n    _call_: false\n";
+    else if (N == "params_dtype")
+      Y += "  params_dtype:\n    _target_: torch." + V.get<std::string>() + "\n    _call_: false\n";
+    else
+      Y += "  " + N + ": " + V.dump() + "\n";
+  }
+  Y += "checkpoint:\n  save_optim: false\n  save_rng: false\n  fully_parallel_save: false\n  ckpt_format: torch_dist\n";
+  return Y;
+}
+
+} // namespace
+
+Summary runImport(const ImportOptions &O) {
+  auto Start = std::chrono::steady_clock::now();
+  Summary Sum;
+  const SchemaTable &S = schema();
+
+  // -- config and mapping ----------------------------------------------------------
+  Json HF = readJsonFile(O.HFDir + "/config.json");
+  const MappingTable &T = mappingFor(HF);
+  Sum.Mapping = T.Name;
+  std::vector<Json> Fields = importConfig(T, S, HF);
+
+  // -- layout ------------------------------------------------------------------------
+  std::vector<std::string> Problems = checkLayout(O.Par, fieldGetter(S, Fields));
+  if (!Problems.empty()) {
+    std::string M = "error: layout TP=" + std::to_string(O.Par.TP) + " PP=" + std::to_string(O.Par.PP) +
+                    " EP=" + std::to_string(O.Par.EP) + " does not fit this model:";
+    for (auto &P : Problems)
+      M += "\n  " + P;
+    throw Error(M);
+  }
+
+  // -- the plan and both sides of coverage ------------------------------------------------
+  SafetensorsCheckpoint Ckpt(O.HFDir);
+  Plan P = expandPlan(T, S, Fields, /*UseTENames=*/true);
+  std::map<std::string, std::string> ConsumedBy;
+  std::vector<std::string> Missing;
+  for (const PlannedTensor &PT : P.Tensors)
+    for (const std::string &Src : PT.Sources) {
+      auto [It, New] = ConsumedBy.emplace(Src, PT.LocalName);
+      if (!New)
+        throw Error(describe(PT.Rule->Loc) + ": error: HF tensor '" + Src + "' is read for both '" + It->second +
+                    "' and '" + PT.LocalName + "'");
+      if (!Ckpt.find(Src))
+        Missing.push_back(Src + "  (for " + PT.Name + ")");
+    }
+  for (auto &[Copy, Of] : P.Ties) {
+    const TensorView *C = Ckpt.find(Copy), *F = Ckpt.find(Of);
+    if (!C)
+      continue;
+    if (!F || C->Bytes != F->Bytes || C->Type != F->Type || std::memcmp(C->Data, F->Data, C->Bytes) != 0)
+      throw Error("error: " + C->File + ": '" + Copy + "' differs from '" + Of +
+                  "', but the config ties them (tie_word_embeddings); the checkpoint contradicts its config");
+    ConsumedBy.emplace(Copy, "(tied to " + Of + ")");
+  }
+  for (const std::string &Ign : P.IgnoredPatterns)
+    if (Ckpt.find(Ign))
+      ConsumedBy.emplace(Ign, "(ignored)");
+  std::vector<std::string> Unmapped;
+  for (const std::string &N : Ckpt.names())
+    if (!ConsumedBy.count(N))
+      Unmapped.push_back(N);
+  if (!Missing.empty() || !Unmapped.empty()) {
+    std::string M = "error: the checkpoint in " + O.HFDir + " does not match mapping '" + T.Name + "' (" +
+                    T.SourceFile + "):";
+    auto List = [&](const char *What, const std::vector<std::string> &Names) {
+      if (Names.empty())
+        return;
+      M += "\n" + std::to_string(Names.size()) + " " + What + ":";
+      for (size_t I = 0; I < Names.size() && I < 25; ++I)
+        M += "\n  " + Names[I];
+      if (Names.size() > 25)
+        M += "\n  ... and " + std::to_string(Names.size() - 25) + " more";
+    };
+    List("HF tensor(s) the mapping reads are missing", Missing);
+    List("HF tensor(s) no rule reads or ignores", Unmapped);
+    throw Error(M);
+  }
+
+  // -- dry run on meta tensors: shapes before any byte is written -------------------------
+  for (const PlannedTensor &PT : P.Tensors) {
+    at::Tensor Out = runChain(PT, Fields, S, [&](const std::string &Name) {
+      const TensorView *V = Ckpt.find(Name);
+      return at::empty(V->Shape, at::TensorOptions().dtype(exec::toScalarType(V->Type)).device(at::kMeta));
+    });
+    std::vector<int64_t> Got(Out.sizes().begin(), Out.sizes().end());
+    if (Got != PT.Shape)
+      throw Error(describe(PT.Rule->Loc) + ": error: '" + PT.Name + "' comes out as " + shapeText(Got) +
+                  " but Megatron-Core expects " + shapeText(PT.Shape) + " (from " + PT.Recipe + ")");
+  }
+
+  // -- output directory: built aside, renamed into place when complete ----------------------
+  fs::path Out(O.OutDir);
+  if (fs::exists(Out) && !O.Overwrite)
+    throw Error("error: " + O.OutDir + " exists; pass --overwrite to replace it");
+  fs::path Tmp = Out.string() + ".partial-" + std::to_string(::getpid());
+  fs::remove_all(Tmp);
+  fs::create_directories(Tmp / "iter_0000000");
+  fs::path Iter = Tmp / "iter_0000000";
+
+  try {
+    at::Device Dev(O.Device);
+    TorchDistWriter W(Iter.string());
+    std::vector<DistKey> Keys = groupByKey(P, S, Fields);
+    std::set<std::string> ExtraStates;
+    size_t Done = 0;
+    bool Tty = !O.Quiet && ::isatty(2);
+    for (const DistKey &K : Keys) {
+      bool Declared = false;
+      for (size_t Layer = 0; Layer < K.Members.size(); ++Layer) {
+        const PlannedTensor &PT = P.Tensors[K.Members[Layer]];
+        at::Tensor Result = runChain(PT, Fields, S, [&](const std::string &Name) {
+          const TensorView *V = Ckpt.find(Name);
+          Sum.BytesRead += V->Bytes;
+          ++Sum.TensorsRead;
+          return viewOf(*V).to(Dev);
+        });
+        at::Tensor Host = Result.contiguous().cpu();
+        DType Type = exec::fromScalarType(Host.scalar_type());
+        if (!Declared) {
+          W.declareTensor(K.Key, Type, K.GlobalShape);
+          Declared = true;
+        }
+        for (const ChunkSpec &C : chunksOf(PT, O.Par)) {
+          at::Tensor Part = Host;
+          for (size_t D = 0; D < C.Offsets.size(); ++D)
+            Part = Part.narrow(static_cast<int64_t>(D), C.Offsets[D], C.Sizes[D]);
+          Part = Part.contiguous();
+          std::vector<int64_t> Offsets = K.Prefixes[Layer], Sizes(K.Prefixes[Layer].size(), 1);
+          Offsets.insert(Offsets.end(), C.Offsets.begin(), C.Offsets.end());
+          Sizes.insert(Sizes.end(), C.Sizes.begin(), C.Sizes.end());
+          W.addChunk(K.Key, Offsets, Sizes, static_cast<const uint8_t *>(Part.data_ptr()), Part.nbytes());
+        }
+        ++Sum.TensorsWritten;
+        if (Tty)
+          std::cerr << "\rbridge-run import: " << ++Done << "/" << P.Tensors.size() << " tensors" << std::flush;
+      }
+      for (const std::string &E : extraStateKeys(K))
+        if (ExtraStates.insert(E).second)
+          W.addBytes(E, universalExtraStateRecord());
+    }
+    if (Tty)
+      std::cerr << "\n";
+    W.finish();
+    Sum.BytesWritten = W.bytesWritten();
+
+    // Sidecar: what export needs to reproduce the HF checkpoint exactly.
+    Json Side;
+    Side["format"] = 1;
+    Side["mapping"] = T.Name;
+    Side["megatron_config"] = configToJson(S, Fields);
+    Side["hf_config"] = HF;
+    Side["hf_sharded"] = Ckpt.sharded();
+    Json Tensors = Json::object();
+    for (const std::string &N : Ckpt.names()) {
+      const TensorView *V = Ckpt.find(N);
+      Tensors[N] = {{"file", Ckpt.fileOf().at(N)}, {"dtype", std::string(safetensorsName(V->Type))}, {"shape", V->Shape}};
+    }
+    Side["hf_tensors"] = Tensors;
+    Side["layout"] = {{"tp", O.Par.TP}, {"pp", O.Par.PP}, {"ep", O.Par.EP}, {"etp", O.Par.ETP}, {"vpp", O.Par.VPP}};
+    writeText(Iter / "bridge.json", Side.dump(2) + "\n");
+    writeText(Iter / "run_config.yaml", runConfigYaml(S, Fields, O.Par));
+    std::string TrainState = trainStateArchive();
+    writeText(Iter / "train_state.pt", TrainState);
+    copyTokenizerFiles(O.HFDir, (Iter / "tokenizer").string());
+    writeText(Tmp / "latest_train_state.pt", TrainState);
+    // The tracker last: a directory without it is not a checkpoint.
+    writeText(Tmp / "latest_checkpointed_iteration.txt", "0");
+    if (fs::exists(Out))
+      fs::remove_all(Out);
+    fs::rename(Tmp, Out);
+  } catch (...) {
+    std::error_code EC;
+    fs::remove_all(Tmp, EC);
+    throw;
+  }
+  Sum.Seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - Start).count();
+  return Sum;
+}
+
+} // namespace bridge
