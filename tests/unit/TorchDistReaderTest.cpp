@@ -7,8 +7,8 @@
 // synthetic ones written here, valid and hostile.
 //
 //===----------------------------------------------------------------------===//
-#include "bridge/Pickle.h"
 #include "bridge/TorchDistReader.h"
+#include "bridge/Pickle.h"
 #include "bridge/Unpickle.h"
 
 #include <doctest/doctest.h>
@@ -44,11 +44,11 @@ template <class F> std::string errorOf(F &&Fn) {
   return "<no error>";
 }
 
-#define CHECK_ERROR(Expr, Substring)                                                                 \
-  do {                                                                                               \
-    std::string Msg_ = errorOf([&] { (void)(Expr); });                                               \
-    CHECK_MESSAGE(Msg_.find(Substring) != std::string::npos, "expected '" << (Substring) << "' in: " << Msg_); \
-    CHECK_MESSAGE(Msg_.rfind("error: ", 0) == 0, "not an 'error: ' message: " << Msg_);             \
+#define CHECK_ERROR(Expr, Substring)                                                                                   \
+  do {                                                                                                                 \
+    std::string Msg_ = errorOf([&] { (void)(Expr); });                                                                 \
+    CHECK_MESSAGE(Msg_.find(Substring) != std::string::npos, "expected '" << (Substring) << "' in: " << Msg_);         \
+    CHECK_MESSAGE(Msg_.rfind("error: ", 0) == 0, "not an 'error: ' message: " << Msg_);                                \
   } while (0)
 
 /// Builds raw pickle bytes opcode by opcode.
@@ -166,9 +166,9 @@ struct SynthChunk {
       : Offsets(std::move(Offsets)), Sizes(std::move(Sizes)), File(std::move(File)) {}
   std::vector<int64_t> Offsets, Sizes;
   std::string File;
-  bool OmitStorage = false;  ///< leave its storage_data entry out
-  std::string RelativePath;  ///< written instead of File when set
-  int64_t ExtraLength = 0;   ///< added to the recorded length
+  bool OmitStorage = false;        ///< leave its storage_data entry out
+  std::string RelativePath;        ///< written instead of File when set
+  int64_t ExtraLength = 0;         ///< added to the recorded length
   std::optional<DType> RecordType; ///< dtype of the record, if not the tensor's
 };
 struct SynthTensor {
@@ -380,8 +380,8 @@ std::string makeZip(const std::vector<std::pair<std::string, std::string>> &Entr
   };
   std::string Z, Cd;
   for (const auto &[Name, Data] : Entries) {
-    uint32_t Crc = static_cast<uint32_t>(
-        crc32(0L, reinterpret_cast<const Bytef *>(Data.data()), static_cast<uInt>(Data.size())));
+    uint32_t Crc =
+        static_cast<uint32_t>(crc32(0L, reinterpret_cast<const Bytef *>(Data.data()), static_cast<uInt>(Data.size())));
     uint64_t Lho = Z.size();
     P32(Z, 0x04034b50);
     P16(Z, 45);
@@ -483,7 +483,10 @@ struct ExpectedTensor {
 // Transcribed from fixtures/megatron-core-written/README.md, "tensors in .metadata".
 const std::vector<ExpectedTensor> DenseTp2 = {
     {"decoder.final_layernorm.weight", DType::F32, {64}, {{{0}, {64}, 0}}},
-    {"decoder.layers.mlp.linear_fc1.layer_norm_weight", DType::F32, {2, 64}, {{{0, 0}, {1, 64}, 0}, {{1, 0}, {1, 64}, 0}}},
+    {"decoder.layers.mlp.linear_fc1.layer_norm_weight",
+     DType::F32,
+     {2, 64},
+     {{{0, 0}, {1, 64}, 0}, {{1, 0}, {1, 64}, 0}}},
     {"decoder.layers.mlp.linear_fc1.weight",
      DType::BF16,
      {2, 256, 64},
@@ -498,11 +501,17 @@ const std::vector<ExpectedTensor> DenseTp2 = {
     {"decoder.layers.mlp.linear_fc2.weight",
      DType::BF16,
      {2, 64, 128},
-     {{{0, 0, 0}, {1, 64, 64}, 0}, {{0, 0, 64}, {1, 64, 64}, 1}, {{1, 0, 0}, {1, 64, 64}, 0}, {{1, 0, 64}, {1, 64, 64}, 1}}},
+     {{{0, 0, 0}, {1, 64, 64}, 0},
+      {{0, 0, 64}, {1, 64, 64}, 1},
+      {{1, 0, 0}, {1, 64, 64}, 0},
+      {{1, 0, 64}, {1, 64, 64}, 1}}},
     {"decoder.layers.self_attention.linear_proj.weight",
      DType::BF16,
      {2, 64, 64},
-     {{{0, 0, 0}, {1, 64, 32}, 0}, {{0, 0, 32}, {1, 64, 32}, 1}, {{1, 0, 0}, {1, 64, 32}, 0}, {{1, 0, 32}, {1, 64, 32}, 1}}},
+     {{{0, 0, 0}, {1, 64, 32}, 0},
+      {{0, 0, 32}, {1, 64, 32}, 1},
+      {{1, 0, 0}, {1, 64, 32}, 0},
+      {{1, 0, 32}, {1, 64, 32}, 1}}},
     {"decoder.layers.self_attention.linear_qkv.layer_norm_weight",
      DType::F32,
      {2, 64},
@@ -510,7 +519,10 @@ const std::vector<ExpectedTensor> DenseTp2 = {
     {"decoder.layers.self_attention.linear_qkv.weight",
      DType::BF16,
      {2, 128, 64},
-     {{{0, 0, 0}, {1, 64, 64}, 0}, {{0, 64, 0}, {1, 64, 64}, 1}, {{1, 0, 0}, {1, 64, 64}, 0}, {{1, 64, 0}, {1, 64, 64}, 1}}},
+     {{{0, 0, 0}, {1, 64, 64}, 0},
+      {{0, 64, 0}, {1, 64, 64}, 1},
+      {{1, 0, 0}, {1, 64, 64}, 0},
+      {{1, 64, 0}, {1, 64, 64}, 1}}},
     {"embedding.word_embeddings.weight", DType::BF16, {256, 64}, {{{0, 0}, {128, 64}, 0}, {{128, 0}, {128, 64}, 1}}},
     {"output_layer.weight", DType::BF16, {256, 64}, {{{0, 0}, {128, 64}, 0}, {{128, 0}, {128, 64}, 1}}},
 };
@@ -528,12 +540,21 @@ const std::vector<ExpectedTensor> MoeEp2 = {
     {"decoder.final_layernorm.weight", DType::F32, {64}, {{{0}, {64}, 0}}},
     {"decoder.layers.mlp.experts.experts.linear_fc1.weight", DType::BF16, {2, 4, 64, 64}, expertChunks(64, 64, 2)},
     {"decoder.layers.mlp.experts.experts.linear_fc2.weight", DType::BF16, {2, 4, 64, 32}, expertChunks(64, 32, 1)},
-    {"decoder.layers.mlp.linear_fc1.layer_norm_weight", DType::F32, {2, 64}, {{{0, 0}, {1, 64}, 0}, {{1, 0}, {1, 64}, 0}}},
-    {"decoder.layers.mlp.router.weight", DType::BF16, {2, 4, 64}, {{{0, 0, 0}, {1, 4, 64}, 0}, {{1, 0, 0}, {1, 4, 64}, 0}}},
+    {"decoder.layers.mlp.linear_fc1.layer_norm_weight",
+     DType::F32,
+     {2, 64},
+     {{{0, 0}, {1, 64}, 0}, {{1, 0}, {1, 64}, 0}}},
+    {"decoder.layers.mlp.router.weight",
+     DType::BF16,
+     {2, 4, 64},
+     {{{0, 0, 0}, {1, 4, 64}, 0}, {{1, 0, 0}, {1, 4, 64}, 0}}},
     {"decoder.layers.mlp.shared_experts.linear_fc1.weight",
      DType::BF16,
      {2, 64, 64},
-     {{{0, 0, 0}, {1, 32, 64}, 0}, {{0, 32, 0}, {1, 32, 64}, 0}, {{1, 0, 0}, {1, 32, 64}, 0}, {{1, 32, 0}, {1, 32, 64}, 0}}},
+     {{{0, 0, 0}, {1, 32, 64}, 0},
+      {{0, 32, 0}, {1, 32, 64}, 0},
+      {{1, 0, 0}, {1, 32, 64}, 0},
+      {{1, 32, 0}, {1, 32, 64}, 0}}},
     {"decoder.layers.mlp.shared_experts.linear_fc2.weight",
      DType::BF16,
      {2, 64, 32},
@@ -588,8 +609,8 @@ TensorRecord recordAt(const std::string &Dir, int File, uint64_t Offset, uint64_
 
 /// Element-wise slice [Row0, Row0+Rows) x [Col0, Col0+Cols) of matrix number
 /// \p Mat of a row-major (.., R, C) tensor, as contiguous bytes.
-std::vector<uint8_t> block(const std::vector<uint8_t> &G, int64_t Mat, int64_t R, int64_t C, int64_t Row0,
-                           int64_t Rows, int64_t Col0, int64_t Cols, size_t Elem) {
+std::vector<uint8_t> block(const std::vector<uint8_t> &G, int64_t Mat, int64_t R, int64_t C, int64_t Row0, int64_t Rows,
+                           int64_t Col0, int64_t Cols, size_t Elem) {
   return extractBox(G, {Mat + 1, R, C}, {Mat, Row0, Col0}, {1, Rows, Cols}, Elem);
 }
 
@@ -602,7 +623,7 @@ TEST_CASE("unpickle: protocol-4 opcodes, memo sharing and containers") {
   O.op(0x80).le(4, 1);
   O.op(0x95).le(0, 8); // a frame length is only checked against the input
   O.shortStr("torch").memoize().shortStr("Size").memoize().op(0x93).memoize().op('0'); // memo 0,1,2
-  O.op('}').memoize().op('(');                                              // memo 3
+  O.op('}').memoize().op('(');                                                         // memo 3
   O.shortStr("small").k(7);
   O.shortStr("neg").op('J').le(static_cast<uint32_t>(-5), 4);
   O.shortStr("u16").op('M').le(60000, 2);
@@ -665,10 +686,10 @@ TEST_CASE("unpickle: protocol-4 opcodes, memo sharing and containers") {
 TEST_CASE("unpickle: protocol-2 and text opcodes, objects, persistent ids") {
   Ops O;
   O.op(0x80).le(2, 1);
-  O.raw("ccollections\nOrderedDict\n").op('q').le(0, 1).op(')').op('R'); // OrderedDict() -> Dict
+  O.raw("ccollections\nOrderedDict\n").op('q').le(0, 1).op(')').op('R');  // OrderedDict() -> Dict
   O.op('X').le(1, 4).raw("a").op('r').le(70000, 4).raw("I-17\n").op('s'); // LONG_BINPUT, INT, SETITEM
   O.op('U').le(2, 1).raw("ns");
-  O.raw("cargparse\nNamespace\n").op(')').op(0x81); // NEWOBJ
+  O.raw("cargparse\nNamespace\n").op(')').op(0x81);                         // NEWOBJ
   O.op('}').op('(').op('T').le(1, 4).raw("k").raw("I01\n").op('u').op('b'); // BUILD
   O.op('s');
   O.op('X').le(3, 4).raw("pid").op('(').op('X').le(7, 4).raw("storage").op('t').raw("p5\n").op('Q').op('s');
@@ -693,7 +714,7 @@ TEST_CASE("unpickle: protocol-2 and text opcodes, objects, persistent ids") {
   CHECK(Pid->Args->repr() == "('storage',)");
   const PyValue *L = V->find("list");
   REQUIRE(L->Items.size() == 2);
-  CHECK(L->Items[0].get() == Pid->Args.get());         // PUT/GET share the tuple
+  CHECK(L->Items[0].get() == Pid->Args.get());           // PUT/GET share the tuple
   CHECK(L->Items[1].get() == V->Entries[0].first.get()); // LONG_BINPUT/LONG_BINGET share the key
   CHECK(V->find("dup")->repr() == "(9, 9)");
   CHECK(V->find("pops")->Int == 3);
@@ -731,7 +752,10 @@ TEST_CASE("unpickle: malformed pickles are errors") {
   CHECK_ERROR(unpickle(P("K\x01.junk"), None, "e.pkl"), "bytes after STOP");
   CHECK_ERROR(unpickle(P("K\x01t."), None, "e.pkl"), "without a MARK");
   CHECK_ERROR(unpickle(P("a."), None, "e.pkl"), "empty stack");
-  CHECK_ERROR(unpickle(P("}K\x01" "a."), None, "e.pkl"), "APPEND to a dict");
+  CHECK_ERROR(unpickle(P("}K\x01"
+                         "a."),
+                       None, "e.pkl"),
+              "APPEND to a dict");
   CHECK_ERROR(unpickle(P("](K\x01u."), None, "e.pkl"), "SETITEMS on a list");
   CHECK_ERROR(unpickle(P("}(K\x01u."), None, "e.pkl"), "odd number");
   CHECK_ERROR(unpickle(P("h\x03."), None, "e.pkl"), "memo key 3 was never stored");
@@ -743,8 +767,14 @@ TEST_CASE("unpickle: malformed pickles are errors") {
   CHECK_ERROR(unpickle(std::string("\x80\x09K\x01.", 5), None, "e.pkl"), "unsupported pickle protocol 9");
   CHECK_ERROR(unpickle(P(std::string("\x95\xff\xff\xff\xff\0\0\0\0K\x01.", 12)), None, "e.pkl"), "frame of");
   CHECK_ERROR(unpickle(P("I12x\n."), None, "e.pkl"), "bad INT");
-  CHECK_ERROR(unpickle(P("K\x01" "b."), None, "e.pkl"), "empty stack");
-  CHECK_ERROR(unpickle(P("]K\x01" "b."), None, "e.pkl"), "BUILD on a list");
+  CHECK_ERROR(unpickle(P("K\x01"
+                         "b."),
+                       None, "e.pkl"),
+              "empty stack");
+  CHECK_ERROR(unpickle(P("]K\x01"
+                         "b."),
+                       None, "e.pkl"),
+              "BUILD on a list");
 }
 
 TEST_CASE("unpickle: recursive and too deeply nested values are refused") {
@@ -912,8 +942,8 @@ TEST_CASE("torch_dist: strided tensors are gathered into contiguous bytes") {
     P.reduce();
     P.tuple();
     P.reduce();
-    return torchSaveArchive(P.finish(), {{"0", reinterpret_cast<const uint8_t *>(Storage.data()),
-                                          Storage.size() * sizeof(float)}});
+    return torchSaveArchive(P.finish(),
+                            {{"0", reinterpret_cast<const uint8_t *>(Storage.data()), Storage.size() * sizeof(float)}});
   };
   auto Floats = [](const TensorRecord &T) {
     std::vector<float> F(T.Bytes.size() / 4);
@@ -1000,9 +1030,9 @@ TEST_CASE("torch_dist: torch.save zip reading checks every offset") {
   }
   // A storage key without its data entry, and a big-endian archive.
   CHECK_ERROR(readTorchSave(makeZip({{"a/data.pkl", Pkl}}, false), "nodata.pt"), "has no archive entry 'a/data/7'");
-  CHECK_ERROR(readTorchSave(makeZip({{"a/data.pkl", Pkl}, {"a/byteorder", "big"}, {"a/data/7", Payload}}, false),
-                            "be.pt"),
-              "byte order 'big'");
+  CHECK_ERROR(
+      readTorchSave(makeZip({{"a/data.pkl", Pkl}, {"a/byteorder", "big"}, {"a/data/7", Payload}}, false), "be.pt"),
+      "byte order 'big'");
   CHECK_ERROR(readTorchSave(makeZip({{"a/data.pkl", Pkl}, {"a/data/7", Payload.substr(2)}}, false), "short.pt"),
               "holds 10 bytes, but its storage has 6 bfloat16 elements");
   CHECK_ERROR(readTorchSave(makeZip({{"a/version", "3"}}, false), "nopkl.pt"), "no '<folder>/data.pkl'");
@@ -1203,7 +1233,7 @@ TEST_CASE("torch_dist: hostile or broken checkpoints are refused with the file a
   SUBCASE("identical chunks") {
     SynthCheckpoint C = Base();
     C.Tensors[0].Chunks.push_back({{2, 0}, {2, 6}, "__1_0.distcp"});
-    CHECK_ERROR(Open(C), "");
+    CHECK_ERROR(Open(C), "storage_data entry of 'w' appears twice");
   }
   SUBCASE("a gap in the tiling") {
     SynthCheckpoint C = Base();

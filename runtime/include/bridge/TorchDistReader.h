@@ -44,8 +44,9 @@ struct DistChunk {
 struct DistTensor {
   std::string Key;
   DType Type = DType::F32;
-  std::vector<int64_t> Shape; ///< the global shape
+  std::vector<int64_t> Shape;    ///< the global shape
   std::vector<DistChunk> Chunks; ///< in .metadata order
+  /// Elements of the global tensor.
   int64_t numel() const;
 };
 
@@ -57,6 +58,7 @@ public:
   /// "error: <file>: ..." naming the key at fault.
   explicit TorchDistCheckpoint(const std::string &IterDir);
 
+  /// The iteration directory, without a trailing '/'.
   const std::string &directory() const { return Dir; }
   /// metadata.json as read.
   const Json &metadataJson() const { return MetadataJson; }
@@ -67,6 +69,7 @@ public:
   /// never needs (optimizer.*, rng_state*, common_state*,
   /// rerun_state_machine*) are left out.
   std::vector<std::string> tensorKeys() const;
+  /// Whether \p Key is one of tensorKeys().
   bool hasTensor(const std::string &Key) const { return Tensors.count(Key) != 0; }
   /// Throws when \p Key is not one of tensorKeys().
   const DistTensor &tensor(const std::string &Key) const;

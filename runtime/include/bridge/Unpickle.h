@@ -58,6 +58,7 @@ struct TensorRecord {
   /// The elements, row-major and contiguous, little-endian.
   std::vector<uint8_t> Bytes;
 
+  /// Elements of the tensor (1 for a 0-d tensor).
   int64_t numel() const;
 };
 
@@ -73,7 +74,7 @@ struct PyValue {
     Bool,
     Int,
     Float,
-    Str,          ///< also the py2 'str' of BINSTRING (raw bytes)
+    Str, ///< also the py2 'str' of BINSTRING (raw bytes)
     Bytes,
     Tuple,
     List,         ///< also sets and frozensets, in pickle order
@@ -89,21 +90,22 @@ struct PyValue {
   bool Bool = false;
   int64_t Int = 0;
   double Float = 0;
-  std::string Text;           ///< Str, Bytes: the payload; Global: the module
-  std::string Name;           ///< Global: the name inside the module
+  std::string Text;              ///< Str, Bytes: the payload; Global: the module
+  std::string Name;              ///< Global: the name inside the module
   std::vector<PyValuePtr> Items; ///< Tuple, List; Object: items APPENDed to it
   /// Dict: key/value pairs in pickle order (keys of any kind; a key set
   /// twice appears twice, find() returns the last as Python would keep it).
   /// Object: items SETITEMed on it (dict subclasses).
   std::vector<Entry> Entries;
-  PyValuePtr Class;  ///< Object: the Global it was built from
-  PyValuePtr Args;   ///< Object: constructor/callable args (a Tuple); PersistentId: the id
-  PyValuePtr Kwargs; ///< Object: NEWOBJ_EX keyword args (a Dict), else null
-  PyValuePtr State;  ///< Object, Dict: what BUILD gave it (usually a Dict), else null
+  PyValuePtr Class;                           ///< Object: the Global it was built from
+  PyValuePtr Args;                            ///< Object: constructor/callable args (a Tuple); PersistentId: the id
+  PyValuePtr Kwargs;                          ///< Object: NEWOBJ_EX keyword args (a Dict), else null
+  PyValuePtr State;                           ///< Object, Dict: what BUILD gave it (usually a Dict), else null
   std::shared_ptr<const TensorRecord> Tensor; ///< Tensor
 
   explicit PyValue(Kind K = Kind::None) : Tag(K) {}
 
+  /// Whether this node is of kind \p K.
   bool is(Kind K) const { return Tag == K; }
   /// A Global named \p Qualified ("module.name").
   bool isGlobal(std::string_view Qualified) const;
@@ -116,6 +118,7 @@ struct PyValue {
   const PyValue *find(std::string_view Key) const;
   /// A short Python-like rendering for messages, cut at about \p Limit chars.
   std::string repr(size_t Limit = 200) const;
+  /// The Python-ish name of a kind ("dict", "tuple", ...), for messages.
   static const char *kindName(Kind K);
 };
 
@@ -148,11 +151,13 @@ public:
   /// Throws bridge::Error naming \p Where.
   ZipArchive(std::string_view Bytes, std::string Where);
 
+  /// Every entry, in central directory order.
   const std::vector<Entry> &entries() const { return Entries; }
   /// Null when absent.
   const Entry *find(std::string_view Name) const;
   /// The payload of \p E, after checking its CRC-32.
   std::string_view read(const Entry &E) const;
+  /// The name used in messages.
   const std::string &where() const { return Where; }
 
 private:

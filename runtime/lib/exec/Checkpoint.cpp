@@ -1,13 +1,12 @@
 //===- Checkpoint.cpp - torch_dist layout of planned tensors ----------------===//
 #include "Checkpoint.h"
 
+#include "bridge/Files.h"
 #include "bridge/Registry.h"
 
-#include <filesystem>
 #include <fstream>
 #include <map>
 
-namespace fs = std::filesystem;
 
 namespace bridge {
 
@@ -41,15 +40,6 @@ const MappingTable &mappingFor(const Json &HF) {
           return *T;
   std::string MT = HF.contains("model_type") ? HF["model_type"].dump() : "(none)";
   throw Error("error: no mapping for model_type " + MT + "; supported: " + supportedModelTypes());
-}
-
-std::function<int64_t(const char *)> fieldGetter(const SchemaTable &S, const std::vector<Json> &Fields) {
-  return [&S, &Fields](const char *Name) -> int64_t {
-    for (uint32_t I = 0; I < S.Fields.Size; ++I)
-      if (std::string(S.Fields[I].Name) == Name)
-        return Fields[I].is_number_integer() ? Fields[I].get<int64_t>() : -1;
-    return -1;
-  };
 }
 
 bool layersStacked(const SchemaTable &S, const std::vector<Json> &Fields) {
@@ -136,51 +126,6 @@ std::vector<DistKey> groupByKey(const Plan &P, const SchemaTable &S, const std::
   return Keys;
 }
 
-std::vector<ChunkSpec> chunksOf(const PlannedTensor &PT, const Layout &L) {
-  const std::vector<int64_t> &Shape = PT.Shape;
-  int64_t T = PT.Expert ? L.ETP : L.TP;
-  ChunkSpec Whole{std::vector<int64_t>(Shape.size(), 0), Shape};
-  if (T <= 1 || Shape.empty())
-    return {Whole};
-  auto Split = [&](size_t Dim, int64_t Start, int64_t Length, std::vector<ChunkSpec> &Out) {
-    int64_t Part = Length / T;
-    for (int64_t R = 0; R < T; ++R) {
-      ChunkSpec C = Whole;
-      C.Offsets[Dim] = Start + R * Part;
-      C.Sizes[Dim] = Part;
-      Out.push_back(C);
-    }
-  };
-  std::vector<ChunkSpec> Out;
-  switch (PT.ParallelStyle) {
-  case Style::Column:
-  case Style::Vocab:
-  case Style::QKV:
-    if (Shape[0] % T != 0)
-      return {Whole}; // an unpadded vocabulary: one chunk, the loader pads
-    Split(0, 0, Shape[0], Out);
-    return Out;
-  case Style::Row:
-    if (Shape.size() < 2 || Shape[1] % T != 0)
-      return {Whole};
-    Split(1, 0, Shape[1], Out);
-    return Out;
-  case Style::Gated: {
-    // Rank p holds gate rows [p F/T, (p+1) F/T) and the same rows of up.
-    int64_t F = Shape[0] / 2;
-    if (F % T != 0)
-      return {Whole};
-    Split(0, 0, F, Out);
-    Split(0, F, F, Out);
-    return Out;
-  }
-  case Style::Replicated:
-  case Style::Any:
-    return {Whole};
-  }
-  return {Whole};
-}
-
 std::vector<std::string> extraStateKeys(const DistKey &K) {
   size_t Dot = K.Key.rfind('.');
   if (Dot == std::string::npos)
@@ -203,57 +148,12 @@ void copyTokenizerFiles(const std::string &From, const std::string &To) {
                                 "special_tokens_map.json", "vocab.json",     "merges.txt",
                                 "added_tokens.json", "chat_template.jinja",  "generation_config.json"};
   for (const char *N : Names) {
-    fs::path Src = fs::path(From) / N;
-    if (!fs::exists(Src))
+    std::string Src = files::join(From, N);
+    if (!files::exists(Src))
       continue;
-    fs::create_directories(To);
-    fs::copy_file(Src, fs::path(To) / N, fs::copy_options::overwrite_existing);
+    files::makeDirs(To);
+    files::copyFile(Src, files::join(To, N));
   }
-}
-
-std::vector<std::string> checkLayout(const Layout &L, const std::function<int64_t(const char *)> &F) {
-  std::vector<std::string> P;
-  auto Positive = [&](int V, const char *N) {
-    if (V < 1)
-      P.push_back(std::string(N) + " must be at least 1, not " + std::to_string(V));
-  };
-  Positive(L.TP, "TP");
-  Positive(L.PP, "PP");
-  Positive(L.EP, "EP");
-  Positive(L.ETP, "ETP");
-  Positive(L.VPP, "VPP");
-  if (!P.empty())
-    return P;
-  auto Divides = [&](const char *Field, int64_t By, const char *What) {
-    int64_t V = F(Field);
-    if (V >= 0 && V % By != 0)
-      P.push_back(std::string(Field) + " " + std::to_string(V) + " is not divisible by " + What + " " +
-                  std::to_string(By));
-  };
-  Divides("num_attention_heads", L.TP, "TP");
-  Divides("num_query_groups", L.TP, "TP");
-  if (F("num_query_groups") >= 0 && F("num_query_groups") < L.TP)
-    P.push_back("TP " + std::to_string(L.TP) + " exceeds num_query_groups " + std::to_string(F("num_query_groups")));
-  Divides("ffn_hidden_size", L.TP, "TP");
-  int64_t Layers = F("num_layers");
-  if (L.FirstStageLayers || L.LastStageLayers) {
-    int64_t Middle = Layers - L.FirstStageLayers - L.LastStageLayers;
-    int64_t Stages = L.PP - (L.FirstStageLayers ? 1 : 0) - (L.LastStageLayers ? 1 : 0);
-    if (Middle < 0 || (Stages > 0 && Middle % (Stages * L.VPP) != 0) || (Stages == 0 && Middle != 0))
-      P.push_back("num_layers " + std::to_string(Layers) + " does not split into PP " + std::to_string(L.PP) +
-                  " stages with " + std::to_string(L.FirstStageLayers) + " first and " +
-                  std::to_string(L.LastStageLayers) + " last");
-  } else if (Layers >= 0 && Layers % (L.PP * L.VPP) != 0) {
-    P.push_back("num_layers " + std::to_string(Layers) + " is not divisible by PP x VPP = " +
-                std::to_string(L.PP * L.VPP));
-  }
-  if (F("num_moe_experts") >= 0) {
-    Divides("num_moe_experts", L.EP, "EP");
-    Divides("moe_ffn_hidden_size", L.ETP, "ETP");
-  } else if (L.EP > 1) {
-    P.push_back("EP " + std::to_string(L.EP) + " needs a model with experts");
-  }
-  return P;
 }
 
 } // namespace bridge

@@ -12,6 +12,7 @@
 
 #include "bridge/Config.h"
 #include "bridge/Convert.h"
+#include "bridge/Layout.h"
 
 #include <functional>
 #include <string>
@@ -28,21 +29,15 @@ struct DistKey {
   int64_t Stack = 1;                           ///< size of the stacked axis (1: not stacked)
 };
 
-struct ChunkSpec {
-  std::vector<int64_t> Offsets, Sizes; ///< within the tensor (no stack axis)
-};
 
 Json readJsonFile(const std::string &Path);
 const MappingTable &mappingFor(const Json &HFConfig);
 std::string supportedModelTypes();
-std::function<int64_t(const char *)> fieldGetter(const SchemaTable &S, const std::vector<Json> &Fields);
 
 /// Whether decoder layers are stacked on a leading axis (Megatron-Core does
 /// unless the stack mixes dense and MoE layers).
 bool layersStacked(const SchemaTable &S, const std::vector<Json> &Fields);
 std::vector<DistKey> groupByKey(const Plan &P, const SchemaTable &S, const std::vector<Json> &Fields);
-/// Each rank's slice of \p PT under \p L, as chunks (TP, or ETP for experts).
-std::vector<ChunkSpec> chunksOf(const PlannedTensor &PT, const Layout &L);
 std::vector<std::string> extraStateKeys(const DistKey &K);
 void copyTokenizerFiles(const std::string &From, const std::string &To);
 

@@ -11,6 +11,7 @@
 #include "Ops.h"
 
 #include "bridge/Convert.h"
+#include "bridge/Files.h"
 #include "bridge/Registry.h"
 #include "bridge/Safetensors.h"
 #include "bridge/TorchDistReader.h"
@@ -19,37 +20,35 @@
 
 #include <chrono>
 #include <cstring>
-#include <filesystem>
 #include <fstream>
 #include <set>
 #include <iostream>
 #include <unistd.h>
 
-namespace fs = std::filesystem;
 
 namespace bridge {
 namespace {
 
 /// The iteration directory of \p Dir: Dir itself, or the one its tracker
 /// file names.
-fs::path iterationDir(const fs::path &Dir) {
-  if (fs::exists(Dir / ".metadata"))
+std::string iterationDir(const std::string &Dir) {
+  if (files::exists(files::join(Dir, ".metadata")))
     return Dir;
-  fs::path Tracker = Dir / "latest_checkpointed_iteration.txt";
+  std::string Tracker = files::join(Dir, "latest_checkpointed_iteration.txt");
   std::ifstream In(Tracker);
   if (!In)
-    throw Error("error: " + Dir.string() + " is not a checkpoint: no .metadata and no latest_checkpointed_iteration.txt");
+    throw Error("error: " + Dir + " is not a checkpoint: no .metadata and no latest_checkpointed_iteration.txt");
   std::string It;
   In >> It;
   if (It == "release")
-    return Dir / "release";
+    return files::join(Dir, "release");
   char *End = nullptr;
   long N = std::strtol(It.c_str(), &End, 10);
   if (It.empty() || *End || N < 0)
-    throw Error("error: " + Tracker.string() + " holds '" + It + "', not an iteration");
+    throw Error("error: " + Tracker + " holds '" + It + "', not an iteration");
   char Name[32];
   std::snprintf(Name, sizeof Name, "iter_%07ld", N);
-  return Dir / Name;
+  return files::join(Dir, Name);
 }
 
 const MappingTable &mappingNamed(const std::string &Name) {
@@ -80,13 +79,13 @@ Summary runExport(const ExportOptions &O) {
   auto Begin = std::chrono::steady_clock::now();
   Summary Sum;
   const SchemaTable &S = schema();
-  fs::path Iter = iterationDir(O.MegatronDir);
-  fs::path SidePath = Iter / "bridge.json";
-  if (!fs::exists(SidePath))
-    throw Error("error: " + Iter.string() +
+  std::string Iter = iterationDir(O.MegatronDir);
+  std::string SidePath = files::join(Iter, "bridge.json");
+  if (!files::exists(SidePath))
+    throw Error("error: " + Iter +
                 " has no bridge.json: it was not written by 'bridge-run import', so the HF layout to restore is "
                 "unknown");
-  Json Side = readJsonFile(SidePath.string());
+  Json Side = readJsonFile(SidePath);
   const MappingTable &T = mappingNamed(Side.at("mapping").get<std::string>());
   Sum.Mapping = T.Name;
   std::vector<Json> Fields = configFromJson(S, Side.at("megatron_config"));
@@ -95,11 +94,11 @@ Summary runExport(const ExportOptions &O) {
 
   Plan P = expandPlan(T, S, Fields, /*UseTENames=*/true);
   std::vector<DistKey> Keys = groupByKey(P, S, Fields);
-  TorchDistCheckpoint Ckpt(Iter.string());
+  TorchDistCheckpoint Ckpt(Iter);
   for (const DistKey &K : Keys) {
     const DistTensor &DT = Ckpt.tensor(K.Key); // throws naming the key when absent
     if (DT.Shape != K.GlobalShape && !(K.GlobalShape.size() == DT.Shape.size() && DT.Shape[0] >= K.GlobalShape[0]))
-      throw Error("error: " + Iter.string() + ": '" + K.Key + "' has a global shape that does not fit the config");
+      throw Error("error: " + Iter + ": '" + K.Key + "' has a global shape that does not fit the config");
   }
 
   // What export writes: the source's tensors, except those import ignored.
@@ -113,15 +112,15 @@ Summary runExport(const ExportOptions &O) {
       FileOf[It.key()] = It->at("file").get<std::string>();
   }
 
-  fs::path Out(O.OutDir);
-  if (fs::exists(Out) && !O.Overwrite)
+  const std::string &Out = O.OutDir;
+  if (files::exists(Out) && !O.Overwrite)
     throw Error("error: " + O.OutDir + " exists; pass --overwrite to replace it");
-  fs::path Tmp = Out.string() + ".partial-" + std::to_string(::getpid());
-  fs::remove_all(Tmp);
-  fs::create_directories(Tmp);
+  std::string Tmp = Out + ".partial-" + std::to_string(::getpid());
+  files::removeAll(Tmp);
+  files::makeDirs(Tmp);
   try {
     at::Device Dev(O.Device);
-    SafetensorsWriter W(Tmp.string(), FileOf, Side.value("hf_sharded", false));
+    SafetensorsWriter W(Tmp, FileOf, Side.value("hf_sharded", false));
     exec::OpConfig Cfg(S, Fields);
     std::map<std::string, std::string> TieCopyOf;
     for (auto &[Copy, Of] : P.Ties)
@@ -200,18 +199,15 @@ Summary runExport(const ExportOptions &O) {
     }
     W.finish();
     Sum.BytesWritten = W.bytesWritten();
-    std::ofstream Cfg2(Tmp / "config.json");
-    Cfg2 << exportConfig(T, S, Fields, &HFRef).dump(2) << "\n";
-    if (!Cfg2)
-      throw Error("error: cannot write " + (Tmp / "config.json").string());
-    Cfg2.close();
-    copyTokenizerFiles((Iter / "tokenizer").string(), Tmp.string());
-    if (fs::exists(Out))
-      fs::remove_all(Out);
-    fs::rename(Tmp, Out);
+    files::writeFile(files::join(Tmp, "config.json"), exportConfig(T, S, Fields, &HFRef).dump(2) + "\n");
+    copyTokenizerFiles(files::join(Iter, "tokenizer"), Tmp);
+    files::removeAll(Out);
+    files::rename(Tmp, Out);
   } catch (...) {
-    std::error_code EC;
-    fs::remove_all(Tmp, EC);
+    try {
+      files::removeAll(Tmp);
+    } catch (...) {
+    }
     throw;
   }
   if (!NotExported.empty() && !O.Quiet) {

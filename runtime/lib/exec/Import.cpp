@@ -13,6 +13,7 @@
 #include "Ops.h"
 
 #include "bridge/Convert.h"
+#include "bridge/Files.h"
 #include "bridge/Registry.h"
 #include "bridge/Safetensors.h"
 #include "bridge/TorchDistWriter.h"
@@ -22,13 +23,11 @@
 
 #include <chrono>
 #include <cstring>
-#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <set>
 #include <unistd.h>
 
-namespace fs = std::filesystem;
 
 namespace bridge {
 namespace {
@@ -78,12 +77,7 @@ std::string shapeText(const std::vector<int64_t> &S) {
   return T + "]";
 }
 
-void writeText(const fs::path &P, const std::string &Text) {
-  std::ofstream Out(P, std::ios::binary);
-  Out << Text;
-  if (!Out)
-    throw Error("error: cannot write " + P.string());
-}
+void writeText(const std::string &P, const std::string &Text) { files::writeFile(P, Text); }
 
 /// Megatron-Bridge reads run_config.yaml; this holds the model provider's
 /// fields and the layout (format spec 4.3, 6.2 item 6).
@@ -193,17 +187,17 @@ Summary runImport(const ImportOptions &O) {
   }
 
   // -- output directory: built aside, renamed into place when complete ----------------------
-  fs::path Out(O.OutDir);
-  if (fs::exists(Out) && !O.Overwrite)
+  const std::string &Out = O.OutDir;
+  if (files::exists(Out) && !O.Overwrite)
     throw Error("error: " + O.OutDir + " exists; pass --overwrite to replace it");
-  fs::path Tmp = Out.string() + ".partial-" + std::to_string(::getpid());
-  fs::remove_all(Tmp);
-  fs::create_directories(Tmp / "iter_0000000");
-  fs::path Iter = Tmp / "iter_0000000";
+  std::string Tmp = Out + ".partial-" + std::to_string(::getpid());
+  files::removeAll(Tmp);
+  std::string Iter = files::join(Tmp, "iter_0000000");
+  files::makeDirs(Iter);
 
   try {
     at::Device Dev(O.Device);
-    TorchDistWriter W(Iter.string());
+    TorchDistWriter W(Iter);
     std::vector<DistKey> Keys = groupByKey(P, S, Fields);
     std::set<std::string> ExtraStates;
     size_t Done = 0;
@@ -261,20 +255,21 @@ Summary runImport(const ImportOptions &O) {
     }
     Side["hf_tensors"] = Tensors;
     Side["layout"] = {{"tp", O.Par.TP}, {"pp", O.Par.PP}, {"ep", O.Par.EP}, {"etp", O.Par.ETP}, {"vpp", O.Par.VPP}};
-    writeText(Iter / "bridge.json", Side.dump(2) + "\n");
-    writeText(Iter / "run_config.yaml", runConfigYaml(S, Fields, O.Par));
+    writeText(files::join(Iter, "bridge.json"), Side.dump(2) + "\n");
+    writeText(files::join(Iter, "run_config.yaml"), runConfigYaml(S, Fields, O.Par));
     std::string TrainState = trainStateArchive();
-    writeText(Iter / "train_state.pt", TrainState);
-    copyTokenizerFiles(O.HFDir, (Iter / "tokenizer").string());
-    writeText(Tmp / "latest_train_state.pt", TrainState);
+    writeText(files::join(Iter, "train_state.pt"), TrainState);
+    copyTokenizerFiles(O.HFDir, files::join(Iter, "tokenizer"));
+    writeText(files::join(Tmp, "latest_train_state.pt"), TrainState);
     // The tracker last: a directory without it is not a checkpoint.
-    writeText(Tmp / "latest_checkpointed_iteration.txt", "0");
-    if (fs::exists(Out))
-      fs::remove_all(Out);
-    fs::rename(Tmp, Out);
+    writeText(files::join(Tmp, "latest_checkpointed_iteration.txt"), "0");
+    files::removeAll(Out);
+    files::rename(Tmp, Out);
   } catch (...) {
-    std::error_code EC;
-    fs::remove_all(Tmp, EC);
+    try {
+      files::removeAll(Tmp);
+    } catch (...) {
+    }
     throw;
   }
   Sum.Seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - Start).count();

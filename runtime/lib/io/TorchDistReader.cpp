@@ -51,7 +51,7 @@ bool isSkippedKey(const std::string &K) {
   return startsWith(K, "chained_") && K.find(".optimizer.") != std::string::npos;
 }
 
-/// Size of a regular file, or nullopt-like -1 when it is absent.
+/// Size of a regular file; -1 when it is absent or not a regular file.
 int64_t fileSize(const std::string &Path) {
   struct stat St;
   if (::stat(Path.c_str(), &St) != 0 || !S_ISREG(St.st_mode))
@@ -86,8 +86,7 @@ std::string readWholeFile(const std::string &Path) {
 /// State dict.
 const PyValue &fields(const PyValue &V, const char *Class, const std::string &Where, const std::string &What) {
   if (!V.isObjectOf(Class))
-    fail(Where, What + " is " + (V.is(Kind::Object) ? "a " + V.qualifiedName() : V.repr(80)) + ", not a " +
-                    Class);
+    fail(Where, What + " is " + (V.is(Kind::Object) ? "a " + V.qualifiedName() : V.repr(80)) + ", not a " + Class);
   if (!V.State || !V.State->is(Kind::Dict))
     fail(Where, What + " (" + Class + ") has no field dict");
   return *V.State;
@@ -310,8 +309,8 @@ void TorchDistCheckpoint::parseMetadata(const std::string &Path) {
       ByteObjects.emplace(Key, R->second);
       continue;
     }
-    const PyValue &TF = fields(V, "torch.distributed.checkpoint.metadata.TensorStorageMetadata", Path,
-                               "metadata of '" + Key + "'");
+    const PyValue &TF =
+        fields(V, "torch.distributed.checkpoint.metadata.TensorStorageMetadata", Path, "metadata of '" + Key + "'");
     if (isSkippedKey(Key)) {
       Skipped.push_back(Key);
       continue;
@@ -337,7 +336,8 @@ void TorchDistCheckpoint::parseMetadata(const std::string &Path) {
       const PyValue &CF =
           fields(*CP, "torch.distributed.checkpoint.metadata.ChunkStorageMetadata", Path, "a chunk of '" + Key + "'");
       DistChunk C;
-      C.Offsets = sizeOf(field(CF, "offsets", Path, "a chunk of '" + Key + "'"), Path, "chunk offsets of '" + Key + "'");
+      C.Offsets =
+          sizeOf(field(CF, "offsets", Path, "a chunk of '" + Key + "'"), Path, "chunk offsets of '" + Key + "'");
       C.Sizes = sizeOf(field(CF, "sizes", Path, "a chunk of '" + Key + "'"), Path, "chunk sizes of '" + Key + "'");
       std::string Box = "chunk at offsets " + dims(C.Offsets) + " sizes " + dims(C.Sizes) + " of '" + Key + "'";
       if (C.Offsets.size() != T.Shape.size() || C.Sizes.size() != T.Shape.size())
@@ -391,8 +391,7 @@ void TorchDistCheckpoint::parseMetadata(const std::string &Path) {
     // DCP itself would leave a gap silently at its initial values.
     if (Covered != Total)
       fail(Path, "chunks of '" + Key + "' cover " + std::to_string(static_cast<int64_t>(Covered)) + " of the " +
-                     std::to_string(Total) + " elements of its global shape " +
-                     dims(T.Shape));
+                     std::to_string(Total) + " elements of its global shape " + dims(T.Shape));
     int64_t Bytes;
     if (__builtin_mul_overflow(Total, static_cast<int64_t>(dtypeSize(T.Type)), &Bytes))
       fail(Path, "'" + Key + "' is too large");
@@ -466,11 +465,11 @@ TensorRecord TorchDistCheckpoint::readChunk(const std::string &Key, size_t Index
   TensorRecord R =
       readTorchSaveTensor(std::string_view(reinterpret_cast<const char *>(Bytes.data()), Bytes.size()), Where);
   if (R.Type != T.Type)
-    fail(Where, "record holds " + std::string(torchName(R.Type)) + " but .metadata says " +
-                    std::string(torchName(T.Type)));
+    fail(Where,
+         "record holds " + std::string(torchName(R.Type)) + " but .metadata says " + std::string(torchName(T.Type)));
   if (R.Shape != C.Sizes)
-    fail(Where, "record has shape " + dims(R.Shape) + " but the chunk at offsets " + dims(C.Offsets) +
-                    " has sizes " + dims(C.Sizes));
+    fail(Where, "record has shape " + dims(R.Shape) + " but the chunk at offsets " + dims(C.Offsets) + " has sizes " +
+                    dims(C.Sizes));
   return R;
 }
 

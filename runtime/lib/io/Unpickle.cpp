@@ -29,12 +29,12 @@ namespace {
 /// Wider than DType on purpose: naming a dtype is harmless, and a precise
 /// "unsupported dtype" later beats "forbidden global" here.
 constexpr const char *TorchDTypeNames[] = {
-    "float64",       "float32",        "float16",        "bfloat16",         "float8_e4m3fn",
-    "float8_e5m2",   "float8_e4m3fnuz", "float8_e5m2fnuz", "float8_e8m0fnu",  "float4_e2m1fn_x2",
-    "int64",         "int32",          "int16",          "int8",             "uint8",
-    "uint16",        "uint32",         "uint64",         "bool",             "complex32",
-    "complex64",     "complex128",     "quint8",         "qint8",            "qint32",
-    "quint4x2",      "quint2x4",
+    "float64",     "float32",         "float16",         "bfloat16",       "float8_e4m3fn",
+    "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz", "float8_e8m0fnu", "float4_e2m1fn_x2",
+    "int64",       "int32",           "int16",           "int8",           "uint8",
+    "uint16",      "uint32",          "uint64",          "bool",           "complex32",
+    "complex64",   "complex128",      "quint8",          "qint8",          "qint32",
+    "quint4x2",    "quint2x4",
 };
 
 void addDTypes(GlobalAllowList &L) {
@@ -105,19 +105,32 @@ int64_t TensorRecord::numel() const {
 
 const char *PyValue::kindName(Kind K) {
   switch (K) {
-  case Kind::None: return "None";
-  case Kind::Bool: return "bool";
-  case Kind::Int: return "int";
-  case Kind::Float: return "float";
-  case Kind::Str: return "str";
-  case Kind::Bytes: return "bytes";
-  case Kind::Tuple: return "tuple";
-  case Kind::List: return "list";
-  case Kind::Dict: return "dict";
-  case Kind::Global: return "global";
-  case Kind::Object: return "object";
-  case Kind::PersistentId: return "persistent id";
-  case Kind::Tensor: return "tensor";
+  case Kind::None:
+    return "None";
+  case Kind::Bool:
+    return "bool";
+  case Kind::Int:
+    return "int";
+  case Kind::Float:
+    return "float";
+  case Kind::Str:
+    return "str";
+  case Kind::Bytes:
+    return "bytes";
+  case Kind::Tuple:
+    return "tuple";
+  case Kind::List:
+    return "list";
+  case Kind::Dict:
+    return "dict";
+  case Kind::Global:
+    return "global";
+  case Kind::Object:
+    return "object";
+  case Kind::PersistentId:
+    return "persistent id";
+  case Kind::Tensor:
+    return "tensor";
   }
   return "?";
 }
@@ -194,17 +207,27 @@ void reprInto(const PyValue &V, std::string &Out, size_t Limit) {
   };
   using K = PyValue::Kind;
   switch (V.Tag) {
-  case K::None: Out += "None"; break;
-  case K::Bool: Out += V.Bool ? "True" : "False"; break;
-  case K::Int: Out += std::to_string(V.Int); break;
+  case K::None:
+    Out += "None";
+    break;
+  case K::Bool:
+    Out += V.Bool ? "True" : "False";
+    break;
+  case K::Int:
+    Out += std::to_string(V.Int);
+    break;
   case K::Float: {
     char Buf[32];
     std::snprintf(Buf, sizeof(Buf), "%.17g", V.Float);
     Out += Buf;
     break;
   }
-  case K::Str: Quote(V.Text, ""); break;
-  case K::Bytes: Quote(V.Text, "b"); break;
+  case K::Str:
+    Quote(V.Text, "");
+    break;
+  case K::Bytes:
+    Quote(V.Text, "b");
+    break;
   case K::Tuple:
     Out += '(';
     Seq(V.Items);
@@ -222,7 +245,9 @@ void reprInto(const PyValue &V, std::string &Out, size_t Limit) {
     Map(V.Entries);
     Out += '}';
     break;
-  case K::Global: Out += V.Text + "." + V.Name; break;
+  case K::Global:
+    Out += V.Text + "." + V.Name;
+    break;
   case K::Object:
     Out += V.qualifiedName();
     if (V.Args)
@@ -329,8 +354,7 @@ Unpickler::~Unpickler() {
 
 const uint8_t *Unpickler::take(uint64_t N) {
   if (N > In.size() - Pos)
-    fail("truncated: needs " + std::to_string(N) + " more bytes, " + std::to_string(In.size() - Pos) +
-         " left");
+    fail("truncated: needs " + std::to_string(N) + " more bytes, " + std::to_string(In.size() - Pos) + " left");
   const uint8_t *P = reinterpret_cast<const uint8_t *>(In.data()) + Pos;
   Pos += static_cast<size_t>(N);
   return P;
@@ -389,15 +413,12 @@ std::vector<PyValuePtr> Unpickler::popMark(const char *Op) {
     fail(std::string(Op) + " without a MARK");
   size_t From = Marks.back();
   Marks.pop_back();
-  std::vector<PyValuePtr> Items(std::make_move_iterator(Stack.begin() + From),
-                                std::make_move_iterator(Stack.end()));
+  std::vector<PyValuePtr> Items(std::make_move_iterator(Stack.begin() + From), std::make_move_iterator(Stack.end()));
   Stack.resize(From);
   return Items;
 }
 
-void Unpickler::memoPut(uint64_t Index, const char *Op) {
-  Memo[Index] = top(Op);
-}
+void Unpickler::memoPut(uint64_t Index, const char *Op) { Memo[Index] = top(Op); }
 
 void Unpickler::memoGet(uint64_t Index) {
   auto It = Memo.find(Index);
@@ -638,22 +659,26 @@ PyValuePtr Unpickler::run() {
       break;
     }
 
-    case 0x8c: // SHORT_BINUNICODE
-    case 'X':  // BINUNICODE
-    case 0x8d: // BINUNICODE8
-    case 'U':  // SHORT_BINSTRING
-    case 'T':  // BINSTRING
-    case 'C':  // SHORT_BINBYTES
-    case 'B':  // BINBYTES
-    case 0x8e: // BINBYTES8
+    case 0x8c:   // SHORT_BINUNICODE
+    case 'X':    // BINUNICODE
+    case 0x8d:   // BINUNICODE8
+    case 'U':    // SHORT_BINSTRING
+    case 'T':    // BINSTRING
+    case 'C':    // SHORT_BINBYTES
+    case 'B':    // BINBYTES
+    case 0x8e:   // BINBYTES8
     case 0x96: { // BYTEARRAY8
       uint64_t N;
       switch (Op) {
       case 0x8c:
       case 'U':
-      case 'C': N = le(1); break;
+      case 'C':
+        N = le(1);
+        break;
       case 'X':
-      case 'B': N = le(4); break;
+      case 'B':
+        N = le(4);
+        break;
       case 'T': {
         int32_t S = static_cast<int32_t>(static_cast<uint32_t>(le(4)));
         if (S < 0)
@@ -661,7 +686,9 @@ PyValuePtr Unpickler::run() {
         N = static_cast<uint64_t>(S);
         break;
       }
-      default: N = le(8); break;
+      default:
+        N = le(8);
+        break;
       }
       const uint8_t *P = take(N);
       bool IsStr = Op == 0x8c || Op == 'X' || Op == 0x8d || Op == 'U' || Op == 'T';
@@ -840,8 +867,8 @@ uint64_t rd(std::string_view B, uint64_t At, unsigned N) {
   return V;
 }
 
-constexpr uint32_t LocalSig = 0x04034b50, CentralSig = 0x02014b50, EndSig = 0x06054b50,
-                   End64Sig = 0x06064b50, Locator64Sig = 0x07064b50;
+constexpr uint32_t LocalSig = 0x04034b50, CentralSig = 0x02014b50, EndSig = 0x06054b50, End64Sig = 0x06064b50,
+                   Locator64Sig = 0x07064b50;
 } // namespace
 
 ZipArchive::ZipArchive(std::string_view B, std::string W) : Bytes(B), Where(std::move(W)) {
@@ -889,8 +916,7 @@ ZipArchive::ZipArchive(std::string_view B, std::string W) : Bytes(B), Where(std:
          " bytes) runs past the end of the archive");
   // Each central entry takes at least 46 bytes; this bounds the reserve too.
   if (Count > CdSize / 46)
-    Fail("central directory claims " + std::to_string(Count) + " entries in " + std::to_string(CdSize) +
-         " bytes");
+    Fail("central directory claims " + std::to_string(Count) + " entries in " + std::to_string(CdSize) + " bytes");
 
   Entries.reserve(static_cast<size_t>(Count));
   uint64_t At = CdOffset;
@@ -1014,8 +1040,7 @@ TensorRecord rebuildTensor(const PyValue &Args, const ZipArchive &Zip, const std
     failAt(Where, "_rebuild_tensor_v2 with malformed arguments " + Args.repr());
   const PyValue &Pid = *Args.Items[0];
   if (!Pid.is(Kind::PersistentId) || !Pid.Args || !Pid.Args->is(Kind::Tuple) || Pid.Args->Items.size() != 5)
-    failAt(Where, "tensor storage is not a ('storage', class, key, location, numel) persistent id: " +
-                      Pid.repr());
+    failAt(Where, "tensor storage is not a ('storage', class, key, location, numel) persistent id: " + Pid.repr());
   const auto &P = Pid.Args->Items;
   if (!P[0]->is(Kind::Str) || P[0]->Text != "storage" || !P[1]->is(Kind::Global) || !P[2]->is(Kind::Str) ||
       !P[4]->is(Kind::Int))
@@ -1048,8 +1073,8 @@ TensorRecord rebuildTensor(const PyValue &Args, const ZipArchive &Zip, const std
   T.Shape = intTuple(*Args.Items[2], Where, "tensor shape");
   T.Strides = intTuple(*Args.Items[3], Where, "tensor strides");
   if (T.Shape.size() != T.Strides.size())
-    failAt(Where, "tensor has " + std::to_string(T.Shape.size()) + " dims but " +
-                      std::to_string(T.Strides.size()) + " strides");
+    failAt(Where, "tensor has " + std::to_string(T.Shape.size()) + " dims but " + std::to_string(T.Strides.size()) +
+                      " strides");
   int64_t Numel = 1, MaxIndex = T.StorageOffset;
   if (T.StorageOffset < 0)
     failAt(Where, "negative storage offset");

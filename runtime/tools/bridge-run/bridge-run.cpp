@@ -10,9 +10,13 @@
 //===----------------------------------------------------------------------===//
 #include "bridge/Config.h"
 #include "bridge/Convert.h"
+#include "bridge/Layout.h"
 #include "bridge/Registry.h"
 
+#include <algorithm>
 #include <cstdio>
+#include <map>
+#include <tuple>
 #include <cstring>
 #include <fstream>
 #include <iostream>
@@ -194,7 +198,63 @@ int cmdPlan(const Options &O) {
   Json HF = readConfig(O.HF);
   const MappingTable &T = pickMapping(HF);
   std::vector<Json> Fields = importConfig(T, schema(), HF);
+  std::vector<std::string> Problems = checkLayout(O.Par, fieldGetter(schema(), Fields));
+  if (!Problems.empty()) {
+    std::string M = "error: the layout does not fit this model:";
+    for (auto &Pr : Problems)
+      M += "\n  " + Pr;
+    throw Error(M);
+  }
   Plan P = expandPlan(T, schema(), Fields, !O.LocalNames);
+  // Where each tensor lives: its pipeline stage (layers; embedding first,
+  // final norm and output layer last) and each TP/ETP rank's slice, and
+  // the bytes every rank holds (params_dtype, as training keeps them).
+  auto Field = fieldGetter(schema(), Fields);
+  int64_t NumLayers = Field("num_layers"), Experts = Field("num_moe_experts");
+  size_t Elem = 4;
+  for (uint32_t I = 0; I < schema().Fields.Size; ++I)
+    if (std::string(schema().Fields[I].Name) == "params_dtype" && Fields[I].is_string())
+      Elem = Fields[I].get<std::string>() == "float32" ? 4 : 2;
+  auto StageOf = [&](const PlannedTensor &PT) -> int {
+    for (size_t C = 0; C < PT.Param->Captures.Size; ++C)
+      if (std::string(PT.Param->Captures[C]) == "i")
+        return pipelineStage(O.Par, NumLayers, PT.Captures[C]);
+    if (PT.LocalName.rfind("embedding", 0) == 0)
+      return 0;
+    return O.Par.PP - 1; // final norm, output layer, MTP
+  };
+  auto ExpertRank = [&](const PlannedTensor &PT) -> int {
+    for (size_t C = 0; C < PT.Param->Captures.Size; ++C)
+      if (std::string(PT.Param->Captures[C]) == "e" && Experts > 0)
+        return static_cast<int>(PT.Captures[C] / (Experts / O.Par.EP));
+    return -1;
+  };
+  std::map<std::tuple<int, int, int>, uint64_t> RankBytes; // (pp, tp, ep)
+  std::vector<std::vector<std::pair<int, ChunkSpec>>> Slices;
+  for (const PlannedTensor &PT : P.Tensors) {
+    std::vector<ChunkSpec> Chunks = chunksOf(PT, O.Par);
+    int T = PT.Expert ? O.Par.ETP : O.Par.TP;
+    std::vector<std::pair<int, ChunkSpec>> Mine;
+    for (size_t C = 0; C < Chunks.size(); ++C)
+      Mine.push_back({Chunks.size() == 1 ? -1 : static_cast<int>(C % T), Chunks[C]});
+    Slices.push_back(Mine);
+    int Stage = StageOf(PT), ER = ExpertRank(PT);
+    for (int TPR = 0; TPR < O.Par.TP; ++TPR)
+      for (int EPR = 0; EPR < O.Par.EP; ++EPR) {
+        if (ER >= 0 && ER != EPR)
+          continue;
+        uint64_t Bytes = 0;
+        for (auto &[R, C] : Mine) {
+          if (R >= 0 && R != TPR % T)
+            continue;
+          uint64_t N = Elem;
+          for (int64_t D : C.Sizes)
+            N *= static_cast<uint64_t>(D);
+          Bytes += N;
+        }
+        RankBytes[{Stage, TPR, EPR}] += Bytes;
+      }
+  }
   int64_t Elements = 0;
   for (auto &PT : P.Tensors) {
     int64_t N = 1;
@@ -206,14 +266,25 @@ int cmdPlan(const Options &O) {
     Json Out;
     Out["mapping"] = T.Name;
     Out["tensors"] = Json::array();
-    for (auto &PT : P.Tensors)
+    for (size_t K = 0; K < P.Tensors.size(); ++K) {
+      const PlannedTensor &PT = P.Tensors[K];
+      Json Ranks = Json::array();
+      for (auto &[R, C] : Slices[K])
+        Ranks.push_back({{"tp_rank", R}, {"offsets", C.Offsets}, {"sizes", C.Sizes}});
       Out["tensors"].push_back({{"name", PT.Name},
                                 {"local_name", PT.LocalName},
                                 {"shape", PT.Shape},
                                 {"style", styleName(PT.ParallelStyle)},
                                 {"expert", PT.Expert},
+                                {"pp_stage", StageOf(PT)},
+                                {"slices", Ranks},
                                 {"recipe", PT.Recipe},
                                 {"sources", PT.Sources}});
+    }
+    Out["ranks"] = Json::array();
+    for (auto &[Key, Bytes] : RankBytes)
+      Out["ranks"].push_back({{"pp", std::get<0>(Key)}, {"tp", std::get<1>(Key)}, {"ep", std::get<2>(Key)},
+                              {"bytes", Bytes}});
     Out["ignored"] = P.IgnoredPatterns;
     Out["ties"] = Json::array();
     for (auto &[Copy, Of] : P.Ties)
@@ -223,10 +294,34 @@ int cmdPlan(const Options &O) {
     return 0;
   }
   std::cout << "mapping " << T.Name << " (" << T.SourceFile << ")\n\n";
-  std::printf("%-62s %-16s %-10s %s\n", "Megatron tensor", "global shape", "style", "from HF");
-  for (auto &PT : P.Tensors)
-    std::printf("%-62s %-16s %-10s %s\n", PT.Name.c_str(), shapeText(PT.Shape).c_str(), styleName(PT.ParallelStyle),
-                PT.Recipe.c_str());
+  std::printf("layout TP=%d PP=%d EP=%d ETP=%d VPP=%d\n\n", O.Par.TP, O.Par.PP, O.Par.EP, O.Par.ETP, O.Par.VPP);
+  std::printf("%-62s %-16s %-10s %-5s %-14s %s\n", "Megatron tensor", "global shape", "style", "stage", "rank slice",
+              "from HF");
+  for (size_t K = 0; K < P.Tensors.size(); ++K) {
+    const PlannedTensor &PT = P.Tensors[K];
+    const auto &S0 = Slices[K];
+    std::string Slice = "whole";
+    if (S0.size() > 1) {
+      // e.g. "dim0 /2", "dim1 /2", "gate+up /2"
+      size_t Dim = 0;
+      for (size_t D = 0; D < PT.Shape.size(); ++D)
+        if (S0[0].second.Sizes[D] != PT.Shape[D])
+          Dim = D;
+      int T = PT.Expert ? O.Par.ETP : O.Par.TP;
+      Slice = (PT.ParallelStyle == Style::Gated ? std::string("gate+up") : "dim" + std::to_string(Dim)) + " /" +
+              std::to_string(T);
+    }
+    std::printf("%-62s %-16s %-10s %-5d %-14s %s\n", PT.Name.c_str(), shapeText(PT.Shape).c_str(),
+                styleName(PT.ParallelStyle), StageOf(PT), Slice.c_str(), PT.Recipe.c_str());
+  }
+  std::printf("\nbytes each rank holds (%zu-byte params):\n", Elem);
+  uint64_t Peak = 0;
+  for (auto &[Key, Bytes] : RankBytes) {
+    std::printf("  pp %d  tp %d  ep %d   %s\n", std::get<0>(Key), std::get<1>(Key), std::get<2>(Key),
+                human(Bytes).c_str());
+    Peak = std::max(Peak, Bytes);
+  }
+  std::printf("  largest rank: %s\n", human(Peak).c_str());
   for (auto &[Copy, Of] : P.Ties)
     std::printf("tied: %s duplicates %s when present\n", Copy.c_str(), Of.c_str());
   std::printf("\n%zu Megatron tensors, %lld parameters; every tensor the schema requires is produced once\n",

@@ -1,0 +1,34 @@
+//===- Layout.h - parallel layouts: validation, rank slices, stages -*- C++ -*-===//
+//
+// How a parallel layout cuts a planned tensor: each TP (or, for experts,
+// ETP) rank's slice per parallel style, and which pipeline stage holds a
+// layer. Used by plan (per-rank bytes) and by import (chunk alignment).
+//
+//===----------------------------------------------------------------------===//
+#ifndef BRIDGE_LAYOUT_H
+#define BRIDGE_LAYOUT_H
+
+#include "bridge/Config.h"
+#include "bridge/Convert.h"
+
+namespace bridge {
+
+/// One rank's slice of a tensor (no stacked axis).
+struct ChunkSpec {
+  std::vector<int64_t> Offsets, Sizes;
+};
+
+/// The slices of \p PT under \p L: one per TP (ETP) rank in rank order, or
+/// for the gated fc1 the gate slices then the up slices (rank p holds chunks
+/// p and T + p); a single whole chunk when not split.
+std::vector<ChunkSpec> chunksOf(const PlannedTensor &PT, const Layout &L);
+
+/// Reads integer config fields by name (-1 when null or not an int).
+std::function<int64_t(const char *)> fieldGetter(const SchemaTable &S, const std::vector<Json> &Fields);
+
+/// The pipeline stage that holds decoder layer \p Layer.
+int pipelineStage(const Layout &L, int64_t NumLayers, int64_t Layer);
+
+} // namespace bridge
+
+#endif

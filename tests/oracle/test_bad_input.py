@@ -1,0 +1,132 @@
+"""Bad input fails before anything is written, with a message naming what is
+wrong: unknown model type, missing or unmapped tensors, a tensor of the wrong
+shape, a layout that does not divide the model, a corrupt safetensors header,
+an existing output directory. No output (complete-looking or partial) may be
+left behind."""
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import tiny_models
+
+
+@pytest.fixture()
+def source(tiny_checkpoints, tmp_path) -> Path:
+    """A writable copy of the tiny untied Llama."""
+    src = tiny_checkpoints("llama3.1-8b").path
+    dst = tmp_path / "hf"
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _import(bridge_run, hf: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(bridge_run.path), "import", "--hf", str(hf), "--out", str(out), "--quiet", *extra],
+                          capture_output=True, text=True)
+
+
+def _nothing_written(out: Path):
+    assert not out.exists(), f"{out} was created"
+    assert not list(out.parent.glob(out.name + ".partial-*")), "a partial output was left behind"
+
+
+def _rewrite(hf: Path, edit):
+    """Loads model.safetensors, lets `edit` change the dict, saves it back."""
+    from safetensors.torch import load_file, save_file
+
+    f = hf / "model.safetensors"
+    tensors = load_file(str(f))
+    edit(tensors)
+    save_file(tensors, str(f), metadata={"format": "pt"})
+
+
+def test_unknown_model_type(bridge_run, source, tmp_path):
+    cfg = json.loads((source / "config.json").read_text())
+    cfg["model_type"], cfg["architectures"] = "falcon", ["FalconForCausalLM"]
+    (source / "config.json").write_text(json.dumps(cfg))
+    r = _import(bridge_run, source, tmp_path / "out")
+    assert r.returncode == 1
+    assert 'no mapping for model_type "falcon"' in r.stderr and "supported: llama, mistral, qwen2, qwen3" in r.stderr
+    _nothing_written(tmp_path / "out")
+
+
+def test_missing_tensor_is_named(bridge_run, source, tmp_path):
+    _rewrite(source, lambda t: t.pop("model.layers.1.mlp.up_proj.weight"))
+    r = _import(bridge_run, source, tmp_path / "out")
+    assert r.returncode == 1
+    assert "HF tensor(s) the mapping reads are missing" in r.stderr
+    assert "model.layers.1.mlp.up_proj.weight" in r.stderr
+    _nothing_written(tmp_path / "out")
+
+
+def test_unmapped_tensor_is_named(bridge_run, source, tmp_path):
+    import torch
+
+    _rewrite(source, lambda t: t.__setitem__("model.layers.0.mlp.extra_proj.weight", torch.zeros(4, 4)))
+    r = _import(bridge_run, source, tmp_path / "out")
+    assert r.returncode == 1
+    assert "HF tensor(s) no rule reads or ignores" in r.stderr and "model.layers.0.mlp.extra_proj.weight" in r.stderr
+    _nothing_written(tmp_path / "out")
+
+
+def test_wrong_shape_is_named(bridge_run, source, tmp_path):
+    import torch
+
+    _rewrite(source, lambda t: t.__setitem__("model.layers.0.self_attn.k_proj.weight", torch.zeros(48, 64)))
+    r = _import(bridge_run, source, tmp_path / "out")
+    assert r.returncode == 1
+    assert "k has shape [48, 64] but needs 32 rows" in r.stderr and "gpt_decoder.bridge:" in r.stderr
+    _nothing_written(tmp_path / "out")
+
+
+def test_tp_not_dividing_query_groups(bridge_run, source, tmp_path):
+    r = _import(bridge_run, source, tmp_path / "out", "--tp", "4")
+    assert r.returncode == 1
+    assert "num_query_groups 2 is not divisible by TP 4" in r.stderr
+    _nothing_written(tmp_path / "out")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "header-past-end", "not-json", "overlap"])
+def test_corrupt_safetensors_header(bridge_run, source, tmp_path, damage):
+    f = source / "model.safetensors"
+    data = bytearray(f.read_bytes())
+    n = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8:8 + n])
+    if damage == "truncated":
+        data = data[:5]
+        expect = "truncated"
+    elif damage == "header-past-end":
+        data[:8] = struct.pack("<Q", len(data) * 2)
+        expect = "runs past the end of the file"
+    elif damage == "not-json":
+        data[8:12] = b"{{{{"
+        expect = "is not valid JSON"
+    else:
+        names = [k for k in header if k != "__metadata__"]
+        header[names[1]]["data_offsets"] = header[names[0]]["data_offsets"]
+        # Keep the byte lengths consistent so only the overlap is wrong.
+        text = json.dumps(header).encode()
+        text += b" " * ((8 - (8 + len(text)) % 8) % 8)
+        data = struct.pack("<Q", len(text)) + text + data[8 + n:]
+        expect = "overlap" if header[names[0]]["data_offsets"] != [0, 0] else ""
+    f.write_bytes(bytes(data))
+    r = _import(bridge_run, source, tmp_path / "out")
+    assert r.returncode == 1
+    assert str(f) in r.stderr and expect in r.stderr, r.stderr
+    _nothing_written(tmp_path / "out")
+
+
+def test_existing_output_is_refused(bridge_run, source, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    r = _import(bridge_run, source, out)
+    assert r.returncode == 1 and "exists; pass --overwrite" in r.stderr
+    assert (out / "keep.txt").read_text() == "mine"
+    assert _import(bridge_run, source, out, "--overwrite").returncode == 0
+    assert not (out / "keep.txt").exists() and (out / "latest_checkpointed_iteration.txt").exists()
