@@ -39,6 +39,18 @@ def pytest_addoption(parser):
         metavar="PATH",
         help=f"the bridge-run binary to test (default {DEFAULT_BRIDGE_RUN})",
     )
+    parser.addoption(
+        "--bridge-device",
+        action="store",
+        default="cpu",
+        metavar="DEV",
+        help="where import and export run their ops: cpu (default) or cuda (GPU hosts)",
+    )
+
+
+@pytest.fixture(scope="session")
+def bridge_device(pytestconfig) -> str:
+    return pytestconfig.getoption("--bridge-device")
 
 
 @pytest.fixture(scope="session")

@@ -50,7 +50,7 @@ def _read_all(path: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def imported(tmp_path_factory, tiny_checkpoints, bridge_run):
+def imported(tmp_path_factory, tiny_checkpoints, bridge_run, bridge_device):
     """(family, tp, pp) -> the imported checkpoint directory, built once."""
     cache: dict = {}
 
@@ -60,7 +60,7 @@ def imported(tmp_path_factory, tiny_checkpoints, bridge_run):
             ckpt = tiny_checkpoints(family_id)
             out = tmp_path_factory.mktemp("import") / f"{family_id}-tp{tp}-pp{pp}"
             r = _run(bridge_run, "import", "--hf", str(ckpt.path), "--out", str(out), "--tp", str(tp),
-                     "--pp", str(pp), "--quiet")
+                     "--pp", str(pp), "--quiet", "--device", bridge_device)
             assert r.returncode == 0, r.stderr
             cache[key] = out
         return cache[key]
@@ -70,13 +70,13 @@ def imported(tmp_path_factory, tiny_checkpoints, bridge_run):
 
 @pytest.mark.parametrize("family_id", tiny_models.family_ids())
 @pytest.mark.parametrize("tp,pp", LAYOUTS, ids=[f"tp{t}-pp{p}" for t, p in LAYOUTS])
-def test_round_trip_is_bit_exact(bridge_run, tiny_checkpoints, imported, tmp_path, family_id, tp, pp):
+def test_round_trip_is_bit_exact(bridge_run, bridge_device, tiny_checkpoints, imported, tmp_path, family_id, tp, pp):
     ckpt = tiny_checkpoints(family_id)
     if not _layout_fits(ckpt, tp, pp):
         pytest.skip("layout does not divide this model")
     mg = imported(family_id, tp, pp)
     out = tmp_path / "hf"
-    r = _run(bridge_run, "export", "--megatron", str(mg), "--out", str(out), "--quiet")
+    r = _run(bridge_run, "export", "--megatron", str(mg), "--out", str(out), "--quiet", "--device", bridge_device)
     assert r.returncode == 0, r.stderr
     source, back = _read_all(ckpt.path), _read_all(out)
     assert sorted(back) == sorted(source)

@@ -51,6 +51,9 @@ private:
   std::string Out;
 };
 
+/// CRC-32 (IEEE 802.3, as zip uses), slicing by 8 bytes.
+uint32_t crc32(const uint8_t *Data, uint64_t Size);
+
 /// One storage of a torch.save archive.
 struct StorageBytes {
   std::string Key;

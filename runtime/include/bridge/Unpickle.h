@@ -66,8 +66,10 @@ struct PyValue;
 using PyValuePtr = std::shared_ptr<PyValue>;
 
 /// One node of an unpickled value. Nodes are shared where the pickle shared
-/// them (memo references), exactly as Python objects would be; a finished
-/// tree has no cycles and is at most UnpickleMaxDepth deep.
+/// them (memo references), exactly as Python objects would be; immutable
+/// values (None, bools, equal ints and short strings, the empty tuple, the
+/// same global) may be shared too. A finished value has no cycles and is at
+/// most UnpickleMaxDepth deep.
 struct PyValue {
   enum class Kind : uint8_t {
     None,
@@ -88,6 +90,9 @@ struct PyValue {
 
   Kind Tag = Kind::None;
   bool Bool = false;
+  /// Creation number within its pickle: distinct for distinct nodes, so a
+  /// cheap key for visited sets.
+  uint32_t Serial = 0;
   int64_t Int = 0;
   double Float = 0;
   std::string Text;              ///< Str, Bytes: the payload; Global: the module

@@ -1,8 +1,8 @@
 //===- Pickle.cpp - pickle opcodes and torch.save zip archives -------------===//
 #include "bridge/Pickle.h"
 
+#include <array>
 #include <cstring>
-#include <zlib.h>
 
 namespace bridge {
 
@@ -145,16 +145,39 @@ struct Entry {
   uint64_t HeaderOffset;
 };
 
-uint32_t crc(const uint8_t *D, uint64_t N) {
-  uLong C = crc32(0L, Z_NULL, 0);
-  while (N) {
-    uInt Chunk = static_cast<uInt>(N > (1u << 30) ? (1u << 30) : N);
-    C = crc32(C, D, Chunk);
-    D += Chunk;
-    N -= Chunk;
+} // namespace
+
+uint32_t crc32(const uint8_t *D, uint64_t N) {
+  static const auto Tables = [] {
+    std::array<std::array<uint32_t, 256>, 8> T{};
+    for (uint32_t I = 0; I < 256; ++I) {
+      uint32_t C = I;
+      for (int K = 0; K < 8; ++K)
+        C = (C & 1) ? 0xEDB88320u ^ (C >> 1) : C >> 1;
+      T[0][I] = C;
+    }
+    for (uint32_t I = 0; I < 256; ++I)
+      for (int S = 1; S < 8; ++S)
+        T[S][I] = (T[S - 1][I] >> 8) ^ T[0][T[S - 1][I] & 0xff];
+    return T;
+  }();
+  uint32_t C = 0xFFFFFFFFu;
+  while (N >= 8) {
+    uint32_t Lo, Hi;
+    std::memcpy(&Lo, D, 4);
+    std::memcpy(&Hi, D + 4, 4);
+    Lo ^= C;
+    C = Tables[7][Lo & 0xff] ^ Tables[6][(Lo >> 8) & 0xff] ^ Tables[5][(Lo >> 16) & 0xff] ^ Tables[4][Lo >> 24] ^
+        Tables[3][Hi & 0xff] ^ Tables[2][(Hi >> 8) & 0xff] ^ Tables[1][(Hi >> 16) & 0xff] ^ Tables[0][Hi >> 24];
+    D += 8;
+    N -= 8;
   }
-  return static_cast<uint32_t>(C);
+  while (N--)
+    C = Tables[0][(C ^ *D++) & 0xff] ^ (C >> 8);
+  return ~C;
 }
+
+namespace {
 } // namespace
 
 std::string torchSaveArchive(const std::string &Pickle, const std::vector<StorageBytes> &Storages) {
@@ -164,7 +187,7 @@ std::string torchSaveArchive(const std::string &Pickle, const std::vector<Storag
   std::vector<Entry> Entries;
   auto Add = [&](std::string Name, const void *Data, uint64_t Size) {
     const uint8_t *P = static_cast<const uint8_t *>(Data);
-    Entries.push_back({"archive/" + Name, P, Size, crc(P, Size), 0});
+    Entries.push_back({"archive/" + Name, P, Size, crc32(P, Size), 0});
   };
   Add("data.pkl", Pickle.data(), Pickle.size());
   Add("byteorder", ByteOrder, sizeof(ByteOrder) - 1);

@@ -9,6 +9,8 @@
 //===----------------------------------------------------------------------===//
 #include "bridge/Unpickle.h"
 
+#include "bridge/Pickle.h"
+
 #include "bridge/Config.h" // bridge::Error
 
 #include <algorithm>
@@ -18,7 +20,6 @@
 #include <optional>
 #include <unordered_map>
 #include <unordered_set>
-#include <zlib.h>
 
 namespace bridge {
 
@@ -312,6 +313,9 @@ private:
   int64_t decimal(std::string_view Text, const char *What);
 
   PyValuePtr make(Kind K);
+  PyValuePtr intNode(int64_t V);
+  PyValuePtr boolNode(bool V);
+  PyValuePtr strNode(std::string_view V);
   void push(PyValuePtr V) { Stack.push_back(std::move(V)); }
   size_t floor() const { return Marks.empty() ? 0 : Marks.back(); }
   PyValuePtr pop(const char *Op);
@@ -333,7 +337,14 @@ private:
   std::vector<PyValuePtr> Stack;
   std::vector<size_t> Marks; ///< Stack sizes at each open MARK
   std::unordered_map<uint64_t, PyValuePtr> Memo;
-  std::vector<PyValuePtr> All; ///< every node made, for checkGraph and teardown
+  std::vector<PyValuePtr> All; ///< every node made, by Serial; for checkGraph and teardown
+  PyValuePtr NoneNode, TrueNode, FalseNode, EmptyTuple;
+  std::unordered_map<int64_t, PyValuePtr> Ints;
+  std::unordered_map<std::string, PyValuePtr> Globals;
+  /// Short strings (keys, file names) without a memo entry repeat a lot in
+  /// protocol-2 pickles; they are interned up to this length.
+  static constexpr uint64_t MaxInternedStr = 256;
+  std::unordered_map<std::string_view, PyValuePtr> Strs;
   bool Committed = false;
 };
 
@@ -389,9 +400,42 @@ int64_t Unpickler::decimal(std::string_view Text, const char *What) {
 }
 
 PyValuePtr Unpickler::make(Kind K) {
+  if (All.size() >= UINT32_MAX)
+    fail("too many values in one pickle");
   auto V = std::make_shared<PyValue>(K);
+  V->Serial = static_cast<uint32_t>(All.size());
   All.push_back(V);
   return V;
+}
+
+// Immutable leaves are made once per pickle: a big .metadata repeats the
+// same few ints, None and classes hundreds of thousands of times.
+PyValuePtr Unpickler::intNode(int64_t V) {
+  PyValuePtr &Slot = Ints[V];
+  if (!Slot) {
+    Slot = make(Kind::Int);
+    Slot->Int = V;
+  }
+  return Slot;
+}
+
+PyValuePtr Unpickler::strNode(std::string_view V) {
+  auto It = Strs.find(V);
+  if (It != Strs.end())
+    return It->second;
+  PyValuePtr S = make(Kind::Str);
+  S->Text.assign(V);
+  Strs.emplace(S->Text, S); // the key views the node's own text
+  return S;
+}
+
+PyValuePtr Unpickler::boolNode(bool V) {
+  PyValuePtr &Slot = V ? TrueNode : FalseNode;
+  if (!Slot) {
+    Slot = make(Kind::Bool);
+    Slot->Bool = V;
+  }
+  return Slot;
 }
 
 PyValuePtr Unpickler::pop(const char *Op) {
@@ -431,10 +475,13 @@ void Unpickler::global(std::string Module, std::string Name) {
   std::string Qualified = Module + "." + Name;
   if (!Allowed.count(Qualified))
     fail("forbidden global '" + Qualified + "' in " + Where);
-  PyValuePtr G = make(Kind::Global);
-  G->Text = std::move(Module);
-  G->Name = std::move(Name);
-  push(std::move(G));
+  PyValuePtr &G = Globals[Qualified];
+  if (!G) {
+    G = make(Kind::Global);
+    G->Text = std::move(Module);
+    G->Name = std::move(Name);
+  }
+  push(G);
 }
 
 void Unpickler::call(PyValuePtr Callable, PyValuePtr Args, PyValuePtr Kwargs, const char *Op) {
@@ -500,10 +547,6 @@ void Unpickler::setItemsOn(PyValue &Target, std::vector<PyValuePtr> KV, const ch
 // Iterative DFS over every node made: rejects cycles (a list appended to
 // itself through the memo) and nesting deeper than UnpickleMaxDepth.
 void Unpickler::checkGraph() {
-  std::unordered_map<const PyValue *, uint32_t> Index;
-  Index.reserve(All.size());
-  for (size_t I = 0; I < All.size(); ++I)
-    Index.emplace(All[I].get(), static_cast<uint32_t>(I));
   auto ChildCount = [](const PyValue &V) { return V.Items.size() + 2 * V.Entries.size() + 4; };
   auto Child = [](const PyValue &V, size_t I) -> const PyValue * {
     if (I < V.Items.size())
@@ -540,7 +583,7 @@ void Unpickler::checkGraph() {
       const PyValue *C = Child(V, Next++);
       if (!C)
         continue;
-      uint32_t CI = Index.at(C);
+      uint32_t CI = C->Serial;
       if (Color[CI] == Gray)
         fail("recursive value (a container that contains itself)");
       if (Color[CI] == Black) {
@@ -598,41 +641,29 @@ PyValuePtr Unpickler::run() {
       break;
 
     case 'N':
-      push(make(Kind::None));
+      if (!NoneNode)
+        NoneNode = make(Kind::None);
+      push(NoneNode);
       break;
     case 0x88:
-    case 0x89: {
-      PyValuePtr B = make(Kind::Bool);
-      B->Bool = Op == 0x88;
-      push(std::move(B));
+    case 0x89:
+      push(boolNode(Op == 0x88));
       break;
-    }
     case 'I': { // INT: decimal text; "01"/"00" are protocol 0-1 booleans
       std::string_view T = line();
-      if (T == "01" || T == "00") {
-        PyValuePtr B = make(Kind::Bool);
-        B->Bool = T == "01";
-        push(std::move(B));
-        break;
-      }
-      PyValuePtr V = make(Kind::Int);
-      V->Int = decimal(T, "INT");
-      push(std::move(V));
+      if (T == "01" || T == "00")
+        push(boolNode(T == "01"));
+      else
+        push(intNode(decimal(T, "INT")));
       break;
     }
-    case 'J': { // BININT: signed 32-bit
-      PyValuePtr V = make(Kind::Int);
-      V->Int = static_cast<int32_t>(static_cast<uint32_t>(le(4)));
-      push(std::move(V));
+    case 'J': // BININT: signed 32-bit
+      push(intNode(static_cast<int32_t>(static_cast<uint32_t>(le(4)))));
       break;
-    }
     case 'K':
-    case 'M': {
-      PyValuePtr V = make(Kind::Int);
-      V->Int = static_cast<int64_t>(le(Op == 'K' ? 1 : 2));
-      push(std::move(V));
+    case 'M':
+      push(intNode(static_cast<int64_t>(le(Op == 'K' ? 1 : 2))));
       break;
-    }
     case 0x8a:   // LONG1
     case 0x8b: { // LONG4: little-endian two's complement of N bytes
       uint64_t N = Op == 0x8a ? le(1) : le(4);
@@ -643,9 +674,7 @@ PyValuePtr Unpickler::run() {
       uint64_t U = le(static_cast<unsigned>(N));
       if (N > 0 && N < 8 && (U >> (8 * N - 1)) & 1)
         U |= ~uint64_t(0) << (8 * N); // sign-extend
-      PyValuePtr V = make(Kind::Int);
-      V->Int = static_cast<int64_t>(U);
-      push(std::move(V));
+      push(intNode(static_cast<int64_t>(U)));
       break;
     }
     case 'G': { // BINFLOAT: big-endian IEEE double
@@ -691,15 +720,22 @@ PyValuePtr Unpickler::run() {
         break;
       }
       const uint8_t *P = take(N);
+      std::string_view Text(reinterpret_cast<const char *>(P), static_cast<size_t>(N));
       bool IsStr = Op == 0x8c || Op == 'X' || Op == 0x8d || Op == 'U' || Op == 'T';
+      if (IsStr && N <= MaxInternedStr) {
+        push(strNode(Text));
+        break;
+      }
       PyValuePtr V = make(IsStr ? Kind::Str : Kind::Bytes);
-      V->Text.assign(reinterpret_cast<const char *>(P), static_cast<size_t>(N));
+      V->Text.assign(Text);
       push(std::move(V));
       break;
     }
 
-    case ')':
-      push(make(Kind::Tuple));
+    case ')': // immutable, so one per pickle
+      if (!EmptyTuple)
+        EmptyTuple = make(Kind::Tuple);
+      push(EmptyTuple);
       break;
     case 't': {
       PyValuePtr T = make(Kind::Tuple);
@@ -990,15 +1026,8 @@ const ZipArchive::Entry *ZipArchive::find(std::string_view Name) const {
 
 std::string_view ZipArchive::read(const Entry &E) const {
   std::string_view Data = Bytes.substr(static_cast<size_t>(E.DataOffset), static_cast<size_t>(E.Size));
-  uLong C = crc32(0L, Z_NULL, 0);
-  const Bytef *P = reinterpret_cast<const Bytef *>(Data.data());
-  for (size_t Left = Data.size(); Left;) {
-    uInt N = static_cast<uInt>(std::min<size_t>(Left, 1u << 30));
-    C = crc32(C, P, N);
-    P += N;
-    Left -= N;
-  }
-  if (static_cast<uint32_t>(C) != E.Crc32)
+  uint32_t C = crc32(reinterpret_cast<const uint8_t *>(Data.data()), Data.size());
+  if (C != E.Crc32)
     throw Error("error: " + Where + ": entry '" + E.Name + "' fails its CRC-32 check (corrupt archive)");
   return Data;
 }
