@@ -12,7 +12,6 @@
 #include "bridge/Unpickle.h"
 
 #include <doctest/doctest.h>
-#include <zlib.h>
 
 #include <algorithm>
 #include <cstring>
@@ -381,7 +380,7 @@ std::string makeZip(const std::vector<std::pair<std::string, std::string>> &Entr
   std::string Z, Cd;
   for (const auto &[Name, Data] : Entries) {
     uint32_t Crc =
-        static_cast<uint32_t>(crc32(0L, reinterpret_cast<const Bytef *>(Data.data()), static_cast<uInt>(Data.size())));
+        bridge::crc32(reinterpret_cast<const uint8_t *>(Data.data()), Data.size());
     uint64_t Lho = Z.size();
     P32(Z, 0x04034b50);
     P16(Z, 45);
