@@ -15,9 +15,11 @@ import pytest
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-# Megatron-Core and transformers only run on the CPU here; hide any GPU so that
-# a machine with one behaves like CI.
-os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+# Megatron-Core's oracle runs on CPU; hide GPUs from this process, unless the
+# run tests bridge-run's CUDA path (--bridge-device cuda), whose subprocesses
+# inherit the environment.
+if "cuda" not in " ".join(sys.argv):
+    os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 import tiny_models  # noqa: E402
 
