@@ -29,6 +29,8 @@ AT_KW     : 'at';
 RANGE     : 'range';
 TE        : 'te';
 EXPERT    : 'expert';
+DIST      : 'dist';
+LOCALDIST : 'localdist';
 HF        : 'hf';
 KW_TRUE   : 'true';
 KW_FALSE  : 'false';

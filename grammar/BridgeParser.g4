@@ -68,6 +68,8 @@ blockDecl   : BLOCK name LBRACE (paramDecl | useDecl)* RBRACE ;
 useDecl     : USE name AT_KW pattern (WHEN expr)? SEMI ;
 paramDecl   : PARAM pattern LBRACK expr (COMMA expr)* RBRACK COLON name paramAttr* (WHEN expr)? SEMI ;
 paramAttr   : TE pattern   # attrTE
+            | DIST pattern # attrDist
+            | LOCALDIST pattern # attrLocalDist
             | EXPERT       # attrExpert
             ;
 
@@ -96,4 +98,4 @@ hfPath      : HF (DOT name)+ ;
 
 name        : IDENT | IMPORT | BRIDGE | FRAGMENT | SCHEMA | MATCH | ALIAS | REQUIRE | CONFIG | EXPORT
             | WEIGHTS | FOR | IN | WHERE | WHEN | OPTIONAL | OVERRIDE | IGNORE | TIE
-            | FIELD | PARAM | BLOCK | USE | AT_KW | RANGE | TE | EXPERT ;
+            | FIELD | PARAM | BLOCK | USE | AT_KW | RANGE | TE | DIST | LOCALDIST | EXPERT ;

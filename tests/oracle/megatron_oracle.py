@@ -71,6 +71,13 @@ def setup_cpu() -> dict[str, Any]:
             )
         if not parallel_state.model_parallel_is_initialized():
             parallel_state.initialize_model_parallel(1, 1)
+        # megatron-core 0.16.1's router reads moe_utils.te_general_gemm, which
+        # is only defined when Transformer Engine imports (NameError on CPU);
+        # None selects its plain torch matmul.
+        from megatron.core.transformer.moe import moe_utils
+
+        if not hasattr(moe_utils, "te_general_gemm"):
+            moe_utils.te_general_gemm = None
         # The default tracker's add() calls torch.cuda.get_rng_state().
         tensor_parallel.model_parallel_cuda_manual_seed(
             1234, inference_rng_tracker=True, force_reset_rng=True
@@ -243,10 +250,16 @@ def route_megatron_config(meg: dict, *, megatron_compatible: bool = True) -> Rou
         raise KeyError(
             f"bridge-run megatron keys with no place in megatron-core {sorted(unknown)}"
         )
+    if r.tc_kwargs.get("moe_grouped_gemm"):
+        # Without Transformer Engine the grouped experts are the legacy
+        # GroupedMLP, which needs the grouped_gemm CUDA package; SequentialMLP
+        # has the same checkpoint keys (format spec 3.3), so build that.
+        r.tc_kwargs["moe_grouped_gemm"] = False
+        r.dropped["moe_grouped_gemm"] = "SequentialMLP on CPU (same torch_dist keys)"
     # Local spec arguments (what Megatron-Bridge's local_layer_spec passes).
     r.spec_kwargs = dict(
         num_experts=meg.get("num_moe_experts"),
-        moe_grouped_gemm=bool(meg.get("moe_grouped_gemm", False)),
+        moe_grouped_gemm=False,
         qk_layernorm=bool(meg.get("qk_layernorm", False)),
         multi_latent_attention=is_mla,
         normalization=meg.get("normalization"),

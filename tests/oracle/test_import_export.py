@@ -32,9 +32,12 @@ def _run(bridge_run: tiny_models.BridgeRun, *args: str) -> subprocess.CompletedP
     return subprocess.run([str(bridge_run.path), *args], capture_output=True, text=True)
 
 
-def _layout_fits(ckpt: tiny_models.TinyCheckpoint, tp: int, pp: int) -> bool:
+def _layout_fits(ckpt: tiny_models.TinyCheckpoint, tp: int, pp: int, ep: int = 1) -> bool:
     cfg = json.loads((ckpt.path / "config.json").read_text())
     groups = cfg.get("num_key_value_heads") or cfg["num_attention_heads"]
+    experts = cfg.get("num_experts") or cfg.get("num_local_experts") or 0
+    if ep > 1 and (not experts or experts % ep):
+        return False
     return groups % tp == 0 and cfg["num_hidden_layers"] % pp == 0
 
 
@@ -54,13 +57,16 @@ def imported(tmp_path_factory, tiny_checkpoints, bridge_run, bridge_device):
     """(family, tp, pp) -> the imported checkpoint directory, built once."""
     cache: dict = {}
 
-    def get(family_id: str, tp: int, pp: int) -> Path:
-        key = (family_id, tp, pp)
+    def get(family_id: str, tp: int, pp: int, local_spec: bool = False) -> Path:
+        key = (family_id, tp, pp, local_spec)
         if key not in cache:
             ckpt = tiny_checkpoints(family_id)
-            out = tmp_path_factory.mktemp("import") / f"{family_id}-tp{tp}-pp{pp}"
+            out = tmp_path_factory.mktemp("import") / f"{family_id}-tp{tp}-pp{pp}{'-local' if local_spec else ''}"
+            # The CPU oracle model has no Transformer Engine: key the tensors as
+            # its local layer spec does (differs for MoE pre_mlp_layernorm).
+            extra = ["--local-spec"] if local_spec else []
             r = _run(bridge_run, "import", "--hf", str(ckpt.path), "--out", str(out), "--tp", str(tp),
-                     "--pp", str(pp), "--quiet", "--device", bridge_device)
+                     "--pp", str(pp), "--quiet", "--device", bridge_device, *extra)
             assert r.returncode == 0, r.stderr
             cache[key] = out
         return cache[key]
@@ -91,9 +97,50 @@ def test_round_trip_is_bit_exact(bridge_run, bridge_device, tiny_checkpoints, im
     out_cfg = json.loads((out / "config.json").read_text())
     for k in ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
               "num_hidden_layers", "vocab_size", "rms_norm_eps", "tie_word_embeddings", "model_type",
-              "architectures", "rope_parameters", "rope_scaling", "rope_theta", "sliding_window", "head_dim"):
-        if k in src_cfg:
-            assert out_cfg.get(k) == src_cfg[k], k
+              "architectures", "rope_parameters", "rope_scaling", "rope_theta", "sliding_window", "head_dim",
+              "num_experts", "num_local_experts", "num_experts_per_tok", "moe_intermediate_size", "norm_topk_prob"):
+        if k not in src_cfg:
+            continue
+        if k == "head_dim" and src_cfg[k] is None:
+            # null means hidden_size / num_attention_heads to transformers;
+            # export writes the number.
+            assert out_cfg.get(k) == src_cfg["hidden_size"] // src_cfg["num_attention_heads"]
+            continue
+        assert out_cfg.get(k) == src_cfg[k], k
+
+
+MOE_FAMILIES = [f for f in tiny_models.family_ids() if tiny_models.FAMILY_BY_ID[f].mapping in ("qwen3_moe", "mixtral")]
+# (TP, EP, ETP) for mixtures of experts: experts are stored one chunk per
+# (layer, expert); ETP cuts each expert's slice like TP cuts a dense MLP.
+MOE_LAYOUTS = [(1, 2, 1), (2, 2, 1), (1, 4, 1), (2, 4, 2), (1, 2, 2)]
+
+
+@pytest.mark.parametrize("family_id", MOE_FAMILIES)
+@pytest.mark.parametrize("tp,ep,etp", MOE_LAYOUTS, ids=[f"tp{t}-ep{e}-etp{x}" for t, e, x in MOE_LAYOUTS])
+def test_moe_round_trip_is_bit_exact(bridge_run, bridge_device, tiny_checkpoints, tmp_path, family_id, tp, ep, etp):
+    ckpt = tiny_checkpoints(family_id)
+    if not _layout_fits(ckpt, tp, 1, ep):
+        pytest.skip("layout does not divide this model")
+    mg, out = tmp_path / "mg", tmp_path / "hf"
+    r = _run(bridge_run, "import", "--hf", str(ckpt.path), "--out", str(mg), "--tp", str(tp), "--ep", str(ep),
+             "--etp", str(etp), "--quiet", "--device", bridge_device)
+    assert r.returncode == 0, r.stderr
+    r = _run(bridge_run, "export", "--megatron", str(mg), "--out", str(out), "--quiet", "--device", bridge_device)
+    assert r.returncode == 0, r.stderr
+    import torch
+
+    source, back = _read_all(ckpt.path), _read_all(out)
+    assert sorted(back) == sorted(source)
+    for name, (file, tensor) in source.items():
+        assert back[name][0] == file and back[name][1].dtype == tensor.dtype
+        assert back[name][1].view(-1).view(dtype=torch.uint8).equal(tensor.view(-1).view(dtype=torch.uint8)), name
+
+
+def test_ep_must_divide_experts(bridge_run, tiny_checkpoints, tmp_path):
+    ckpt = tiny_checkpoints(MOE_FAMILIES[0])
+    r = _run(bridge_run, "import", "--hf", str(ckpt.path), "--out", str(tmp_path / "mg"), "--ep", "3", "--quiet")
+    assert r.returncode == 1 and "num_moe_experts 4 is not divisible by EP 3" in r.stderr
+    assert not (tmp_path / "mg").exists()
 
 
 @pytest.mark.parametrize("family_id", tiny_models.family_ids())
@@ -105,7 +152,7 @@ def test_megatron_core_loads_the_import_and_logits_match(bridge_run, tiny_checkp
     from megatron.core import dist_checkpointing
 
     ckpt = tiny_checkpoints(family_id)
-    mg = imported(family_id, 2, 1)  # chunks cut for TP=2; loaded at TP=1
+    mg = imported(family_id, 2, 1, local_spec=True)  # chunks cut for TP=2; loaded at TP=1
     meg = dict(bridge_run.config(str(ckpt.path))["megatron"], params_dtype="float32", bf16=False, fp16=False)
     seq = 16
     if meg.get("window_size") and meg["window_size"][0] >= seq:

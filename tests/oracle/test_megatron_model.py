@@ -34,6 +34,18 @@ FEATURES = {
             "decoder.layers.0.self_attention.k_layernorm.weight",
         ]
     ),
+    "qwen3-30b-a3b": dict(
+        present=[
+            "decoder.layers.1.mlp.router.weight",
+            "decoder.layers.1.mlp.experts.local_experts.3.linear_fc1.weight",
+            "decoder.layers.0.self_attention.q_layernorm.weight",
+        ],
+        absent=["decoder.layers.0.mlp.linear_fc1.weight"],
+    ),
+    "mixtral-8x7b": dict(
+        present=["decoder.layers.0.mlp.experts.local_experts.0.linear_fc2.weight"],
+        absent=["decoder.layers.0.mlp.linear_fc1.weight"],
+    ),
 }
 
 
@@ -122,50 +134,39 @@ def test_published_config_accepted_by_transformer_config(
     )
 
 
-_LAYER_INDEX = re.compile(r"^decoder\.layers\.(\d+)\.")
-
-
-def test_plan_names_are_megatron_checkpoint_keys(
-    bridge_run, tiny_checkpoints, megatron_models, family_id
+def test_import_has_exactly_the_keys_megatron_core_requests(
+    bridge_run, tiny_checkpoints, megatron_models, family_id, tmp_path
 ):
-    """The plan's default names (Transformer Engine spelling) against the keys
-    megatron-core itself writes: the local spec's sharded_state_dict() maps
-    input_layernorm / pre_mlp_layernorm onto the TE names
-    (self_attention.linear_qkv.layer_norm_weight, mlp.linear_fc1.layer_norm_weight)
-    and stacks the layers on a leading axis ('decoder.layers.<rest>', global
-    shape (num_layers, *shape), offset i)."""
-    ckpt = tiny_checkpoints(family_id)
-    meg = bridge_run.config(str(ckpt.path))["megatron"]
-    plan = bridge_run.plan(str(ckpt.path))  # default: TE names in "name"
-    model = megatron_models(family_id)
-    sharded = model.sharded_state_dict()
-    num_layers = meg["num_layers"]
+    """`bridge-run import --local-spec` against what megatron-core itself asks
+    of a checkpoint: every ShardedTensor of the model's sharded_state_dict()
+    (factories applied: the gated fc1 halves) is in our .metadata with its
+    global shape, we store no tensor it does not ask for, and every
+    _extra_state object it asks for is there."""
+    import subprocess
 
-    errors = []
-    seen = set()
-    for t in plan["tensors"]:
-        entry = sharded.get(t["local_name"])
-        if entry is None:
-            errors.append(f"{t['local_name']}: not in megatron-core's sharded_state_dict")
-            continue
-        seen.add(t["local_name"])
-        shape = tuple(t["shape"])
-        m = _LAYER_INDEX.match(t["name"])
-        want_key = _LAYER_INDEX.sub("decoder.layers.", t["name"]) if m else t["name"]
-        if entry.key != want_key:
-            errors.append(f"{t['name']}: megatron-core checkpoint key is {entry.key}")
-        if type(entry).__name__ == "ShardedTensor":
-            want_shape = (num_layers, *shape) if m else shape
-            if tuple(entry.global_shape) != want_shape:
-                errors.append(f"{t['name']}: global shape {tuple(entry.global_shape)} != {want_shape}")
-            if m and entry.global_offset[0] != int(m.group(1)):
-                errors.append(f"{t['name']}: layer offset {entry.global_offset[0]}")
-        else:  # ShardedTensorFactory (the gated fc1): the local tensor
-            if tuple(entry.data.shape) != shape:
-                errors.append(f"{t['name']}: tensor shape {tuple(entry.data.shape)} != {shape}")
-    left = sorted(
-        k for k in sharded if k not in seen and not k.endswith("_extra_state")
-    )
-    if left:
-        errors.append(f"sharded_state_dict entries the plan does not name: {left}")
-    assert not errors, "\n".join(errors)
+    from megatron.core.dist_checkpointing.mapping import ShardedObject, ShardedTensor, apply_factories
+    from megatron.core.dist_checkpointing.dict_utils import nested_values
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.metadata import BytesStorageMetadata
+
+    ckpt = tiny_checkpoints(family_id)
+    out = tmp_path / "mg"
+    r = subprocess.run([str(bridge_run.path), "import", "--hf", str(ckpt.path), "--out", str(out), "--local-spec",
+                        "--quiet"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    md = FileSystemReader(str(out / "iter_0000000")).read_metadata().state_dict_metadata
+    ours = {k: tuple(v.size) for k, v in md.items() if not isinstance(v, BytesStorageMetadata)}
+    our_bytes = {k for k, v in md.items() if isinstance(v, BytesStorageMetadata)}
+
+    sharded = megatron_models(family_id).sharded_state_dict()
+    apply_factories(sharded)
+    wanted, objects = {}, set()
+    for v in nested_values(sharded):
+        if isinstance(v, ShardedTensor):
+            assert wanted.setdefault(v.key, tuple(v.global_shape)) == tuple(v.global_shape), v.key
+        elif isinstance(v, ShardedObject):
+            objects.add(v.unique_key)
+    assert ours == wanted, (
+        f"missing: {sorted(set(wanted) - set(ours))}\nextra: {sorted(set(ours) - set(wanted))}\n"
+        f"shapes: {[(k, ours[k], wanted[k]) for k in set(ours) & set(wanted) if ours[k] != wanted[k]]}")
+    assert objects <= our_bytes, f"_extra_state objects not written: {sorted(objects - our_bytes)}"

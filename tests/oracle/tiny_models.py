@@ -35,6 +35,8 @@ TINY_KV_HEADS_GQA = 2  # used when the published model has fewer kv heads than h
 TINY_HEAD_DIM = 16  # = TINY_HIDDEN / TINY_HEADS, so it is also the derived value
 TINY_INTERMEDIATE = 128
 TINY_VOCAB = 256
+TINY_EXPERTS = 4
+TINY_MOE_INTERMEDIATE = 32
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,27 @@ FAMILIES: list[Family] = [
     ),
 ]
 
+FAMILIES += [
+    Family(
+        "qwen3-30b-a3b",
+        "qwen3_moe",
+        "qwen3_moe",
+        "Qwen__Qwen3-30B-A3B.json",
+        "mixture of experts (softmax router, renormalized top-k), q/k norm",
+        traits={"tie_word_embeddings": False, "num_experts": 128, "num_experts_per_tok": 8,
+                "moe_intermediate_size": 768, "norm_topk_prob": True, "decoder_sparse_step": 1,
+                "mlp_only_layers": []},
+    ),
+    Family(
+        "mixtral-8x7b",
+        "mixtral",
+        "mixtral",
+        "mistralai__Mixtral-8x7B-v0.1.json",
+        "mixture of experts with w1/w3/w2 experts",
+        traits={"tie_word_embeddings": False, "num_local_experts": 8, "num_experts_per_tok": 2},
+    ),
+]
+
 FAMILY_BY_ID = {f.id: f for f in FAMILIES}
 
 
@@ -138,6 +161,14 @@ def _shrink(d: dict) -> dict:
         d["head_dim"] = TINY_HEAD_DIM  # only where the source spells it out
     d["intermediate_size"] = TINY_INTERMEDIATE
     d["vocab_size"] = TINY_VOCAB
+    # Mixture of experts: 4 experts, top-2, tiny expert MLPs.
+    for key in ("num_experts", "num_local_experts", "n_routed_experts"):
+        if key in d:
+            d[key] = TINY_EXPERTS
+    if "num_experts_per_tok" in d:
+        d["num_experts_per_tok"] = 2
+    if "moe_intermediate_size" in d:
+        d["moe_intermediate_size"] = TINY_MOE_INTERMEDIATE
     if "max_window_layers" in d:
         d["max_window_layers"] = min(d["max_window_layers"], TINY_LAYERS)
     if isinstance(d.get("layer_types"), list):

@@ -84,7 +84,7 @@ TEST_CASE("a missing required HF field names the Megatron field") {
   Json HF = tinyLlama();
   HF.erase("num_hidden_layers");
   CHECK_THROWS_WITH_AS(importConfig(*T, schema(), HF),
-                       doctest::Contains("Megatron config field 'num_layers' has no value"), Error);
+                       doctest::Contains("config.json has no 'num_hidden_layers' for Megatron field 'num_layers'"), Error);
 }
 
 TEST_CASE("mistral sliding window maps to window_size and back") {

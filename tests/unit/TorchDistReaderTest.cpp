@@ -71,6 +71,9 @@ struct Ops {
   Ops &memoize() { return op(0x94); }
 };
 
+/// A string literal with its embedded NULs.
+template <size_t N> std::string lit(const char (&S)[N]) { return std::string(S, N - 1); }
+
 std::string_view sv(const std::vector<uint8_t> &V) {
   return std::string_view(reinterpret_cast<const char *>(V.data()), V.size());
 }
@@ -379,8 +382,7 @@ std::string makeZip(const std::vector<std::pair<std::string, std::string>> &Entr
   };
   std::string Z, Cd;
   for (const auto &[Name, Data] : Entries) {
-    uint32_t Crc =
-        bridge::crc32(reinterpret_cast<const uint8_t *>(Data.data()), Data.size());
+    uint32_t Crc = bridge::crc32(reinterpret_cast<const uint8_t *>(Data.data()), Data.size());
     uint64_t Lho = Z.size();
     P32(Z, 0x04034b50);
     P16(Z, 45);
@@ -726,7 +728,8 @@ TEST_CASE("unpickle: protocol-2 and text opcodes, objects, persistent ids") {
 
 TEST_CASE("unpickle: forbidden globals are refused before anything is built") {
   // The classic payload: os.system('echo pwned').
-  std::string Evil = std::string("\x80\x02") + "cos\nsystem\nX\x0a\0\0\0echo pwned\x85R.";
+  std::string Evil = lit("\x80\x02"
+                         "cos\nsystem\nX\x0a\0\0\0echo pwned\x85R.");
   CHECK_ERROR(unpickle(Evil, DcpMetadataGlobals, "evil.pkl"), "forbidden global 'os.system' in evil.pkl");
   CHECK_ERROR(unpickle(Evil, TorchSaveGlobals, "evil.pkl"), "forbidden global 'os.system'");
   // The same through STACK_GLOBAL (protocol 4).
@@ -912,6 +915,53 @@ TEST_CASE("torch_dist: torch.save archives round-trip bit-identically (bf16, f32
   CHECK_ERROR(readTorchSaveTensor(listOfNoneArchive(), "none.pt"), "expected one tensor");
 }
 
+TEST_CASE("torch_dist: torch.save of float8 (_rebuild_tensor_v3) and of protocol-2 sets") {
+  // What torch 2.11 writes for a float8 tensor: an untyped storage sized in
+  // bytes, and the dtype as the seventh argument.
+  std::vector<uint8_t> Data = pattern(8, 5);
+  auto Archive = [&](const char *DTypeName, int64_t StorageBytes) {
+    PickleWriter P;
+    P.global("torch._utils", "_rebuild_tensor_v3");
+    P.mark();
+    P.mark();
+    P.str("storage");
+    P.global("torch.storage", "UntypedStorage");
+    P.str("0");
+    P.str("cpu");
+    P.integer(StorageBytes);
+    P.tuple();
+    P.persistentId();
+    P.integer(2);
+    P.mark();
+    P.integer(2);
+    P.integer(3);
+    P.tuple();
+    P.mark();
+    P.integer(3);
+    P.integer(1);
+    P.tuple();
+    P.boolean(false);
+    P.global("collections", "OrderedDict");
+    P.emptyTuple();
+    P.reduce();
+    P.global("torch", DTypeName);
+    P.tuple();
+    P.reduce();
+    return torchSaveArchive(P.finish(), {{"0", Data.data(), Data.size()}});
+  };
+  TensorRecord T = readTorchSaveTensor(Archive("float8_e4m3fn", 8), "f8.pt");
+  CHECK(T.Type == DType::F8_E4M3);
+  CHECK(T.Shape == std::vector<int64_t>{2, 3});
+  CHECK(T.Bytes == std::vector<uint8_t>(Data.begin() + 2, Data.end()));
+  CHECK_ERROR(readTorchSaveTensor(Archive("uint16", 8), "u16.pt"), "unsupported dtype 'torch.uint16'");
+  CHECK_ERROR(readTorchSaveTensor(Archive("float8_e5m2", 7), "short.pt"), "holds 8 bytes");
+
+  // torch.save pickles with protocol 2, which names builtins '__builtin__'.
+  Ops Set;
+  Set.op(0x80).le(2, 1).raw("c__builtin__\nset\n").op(']').op('(').k(1).k(2).op('e').op(0x85).op('R').op('.');
+  CHECK(unpickle(Set.S, TorchSaveGlobals, "set.pkl")->repr() == "[1, 2]");
+}
+
 TEST_CASE("torch_dist: strided tensors are gathered into contiguous bytes") {
   std::vector<float> Storage = {0, 1, 2, 3, 4, 5, 6, 7};
   auto Archive = [&](int64_t Offset, std::vector<int64_t> Shape, std::vector<int64_t> Strides) {
@@ -1036,7 +1086,8 @@ TEST_CASE("torch_dist: torch.save zip reading checks every offset") {
               "holds 10 bytes, but its storage has 6 bfloat16 elements");
   CHECK_ERROR(readTorchSave(makeZip({{"a/version", "3"}}, false), "nopkl.pt"), "no '<folder>/data.pkl'");
   // Forbidden globals inside data.pkl are reported with the archive entry.
-  std::string Evil = std::string("\x80\x02") + "cos\nsystem\nX\x02\0\0\0ls\x85R.";
+  std::string Evil = lit("\x80\x02"
+                         "cos\nsystem\nX\x02\0\0\0ls\x85R.");
   CHECK_ERROR(readTorchSave(makeZip({{"a/data.pkl", Evil}}, false), "evil.pt"),
               "forbidden global 'os.system' in evil.pt: a/data.pkl");
 }
@@ -1142,7 +1193,7 @@ TEST_CASE("torch_dist: the Megatron-Core fixtures read as their README describes
     CHECK(std::equal(Router.begin() + 4 * 64 * 2, Router.end(), recordAt(Dir, 0, 120727, 2089).Bytes.begin()));
 
     PyValuePtr Common = Ckpt.common();
-    CHECK(Common->repr() == "{'checkpoint_version': 3, 'iteration': 0}");
+    CHECK(Common->repr() == "{'checkpoint_version': 3.0, 'iteration': 0}");
   }
 }
 
@@ -1186,7 +1237,7 @@ TEST_CASE("torch_dist: synthetic checkpoints assemble exactly, with any tiling")
   CHECK(Ckpt.readTensor("scalar").size() == 4);
   CHECK_ERROR(Ckpt.tensor("optimizer.state.exp_avg.w"), "is not read");
   CHECK(Ckpt.readBytesObject("w._extra_state/shard_0_1")->repr() == "[None]");
-  CHECK(Ckpt.common()->repr() == "{'checkpoint_version': 3, 'iteration': 1234567}");
+  CHECK(Ckpt.common()->repr() == "{'checkpoint_version': 3.0, 'iteration': 1234567}");
 
   // common.pt, when present, wins (MCore <= 0.18 layout).
   PickleWriter Pt;

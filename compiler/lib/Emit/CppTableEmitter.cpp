@@ -438,9 +438,24 @@ void bridgec::emitSchemaTable(const model::Schema &S, const llvm::SourceMgr &SM,
     for (auto &C : P.Conditions)
       Conds.push_back(W.expr(C, P.Captures));
     std::string Local = W.literalPattern(P.LocalLiterals), TE = W.literalPattern(P.TELiterals);
+    auto DistPattern = [&](const std::vector<std::pair<std::string, int>> &Pieces) {
+      std::vector<std::string> Items;
+      for (auto &[Lit, Cap] : Pieces) {
+        if (Cap < 0) {
+          if (!Lit.empty())
+            Items.push_back("{" + cstr(Lit) + ", {{nullptr, 0}, nullptr}}");
+          continue;
+        }
+        std::string Code =
+            W.array("bridge::Insn", "kCode", {"{bridge::ExprOp::LoadVar, " + std::to_string(Cap) + ", 0, nullptr}"});
+        Items.push_back("{nullptr, {" + Code + ", nullptr}}");
+      }
+      return W.array("bridge::PatternPiece", "kPattern", Items);
+    };
+    std::string Dist = DistPattern(P.DistPieces), LocalDist = DistPattern(P.LocalDistPieces);
     std::string Caps = W.strings(P.Captures), ShapeSpan = W.array("bridge::Expr", "kShape", Shape),
                 CondSpan = W.array("bridge::Expr", "kConds", Conds);
-    Params.push_back("{" + cstr(P.Key) + ", " + cstr(P.TEKey) + ", " + Local + ", " + TE + ", " + Caps + ", " +
+    Params.push_back("{" + cstr(P.Key) + ", " + cstr(P.TEKey) + ", " + Local + ", " + TE + ", " + Dist + ", " + LocalDist + ", " + Caps + ", " +
                      ShapeSpan + ", " + CondSpan + ", bridge::Style::" + styleId(P.ParallelStyle) + ", " +
                      (P.Expert ? "true" : "false") + ", " + W.loc(P.Loc, File) + "}");
   }

@@ -230,6 +230,10 @@ private:
     OS << "] : " << P.Style;
     if (P.HasTE)
       OS << " te " << print(P.TE);
+    if (P.HasDist)
+      OS << " dist " << print(P.Dist);
+    if (P.HasLocalDist)
+      OS << " localdist " << print(P.LocalDist);
     if (P.Expert)
       OS << " expert";
     OS << when(P.When) << ";\n";

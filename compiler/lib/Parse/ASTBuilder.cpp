@@ -406,6 +406,16 @@ private:
           continue;
         PD.HasTE = true;
         PD.TE = pattern(TE->pattern());
+      } else if (auto *DI = dynamic_cast<P::AttrDistContext *>(A)) {
+        if (!DI->pattern())
+          continue;
+        PD.HasDist = true;
+        PD.Dist = pattern(DI->pattern());
+      } else if (auto *LD = dynamic_cast<P::AttrLocalDistContext *>(A)) {
+        if (!LD->pattern())
+          continue;
+        PD.HasLocalDist = true;
+        PD.LocalDist = pattern(LD->pattern());
       } else if (dynamic_cast<P::AttrExpertContext *>(A)) {
         PD.Expert = true;
       }

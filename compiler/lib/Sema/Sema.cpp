@@ -672,6 +672,33 @@ public:
     }
     P.LocalLiterals = Local.Literals;
     P.TELiterals = TE.Literals;
+    // The torch_dist keys: the TE name, or a 'dist' name under the same
+    // prefix whose captures must be a subset of the parameter's; and the key
+    // a local-spec model uses ('localdist', else the same).
+    auto DistOf = [&](const ast::Pattern &Pat, std::vector<std::pair<std::string, int>> &Out) {
+      Prefix DistP = Pre;
+      if (!extend(DistP, Pat))
+        return false;
+      for (size_t K = 0; K < DistP.Literals.size(); ++K) {
+        Out.push_back({DistP.Literals[K], -1});
+        if (K < DistP.Captures.size()) {
+          auto It = std::find(Local.Captures.begin(), Local.Captures.end(), DistP.Captures[K]);
+          if (It == Local.Captures.end()) {
+            D.emit(DiagId::SchemaError, Pat.Range,
+                   "the dist name captures '" + DistP.Captures[K] + "', which the parameter does not");
+            return false;
+          }
+          Out.push_back({"", static_cast<int>(It - Local.Captures.begin())});
+        }
+      }
+      return true;
+    };
+    if (!DistOf(PD.HasDist ? PD.Dist : PD.HasTE ? PD.TE : PD.Local, P.DistPieces))
+      return;
+    if (PD.HasLocalDist ? !DistOf(PD.LocalDist, P.LocalDistPieces) : false)
+      return;
+    if (!PD.HasLocalDist)
+      P.LocalDistPieces = P.DistPieces;
     P.Captures = Local.Captures;
     P.Key = keyOf(Local.Literals);
     P.TEKey = keyOf(TE.Literals);

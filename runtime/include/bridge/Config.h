@@ -40,6 +40,9 @@ struct EvalEnv {
   const std::function<Json(uint32_t)> *ResolveField = nullptr;
 };
 
+/// Whether \p Path (dotted) is in \p HF, under its own spelling or an alias.
+bool hfPathPresent(const Json &HF, const std::string &Path, Span<HFAlias> Aliases);
+
 /// Evaluates \p E; throws Error with \p Where prepended.
 Json evaluate(const Expr &E, const EvalEnv &Env, const std::string &Where);
 /// Evaluates a condition: a bool, or null meaning false. An absent

@@ -29,6 +29,9 @@ struct ImportOptions {
   std::string Device = "cpu"; ///< "cpu", "cuda", "cuda:1"
   bool Overwrite = false;
   bool Quiet = false;
+  /// Key tensors as a model built with the local layer spec (no Transformer
+  /// Engine) loads them; default: the TE spec, what production training uses.
+  bool LocalSpec = false;
 };
 
 struct ExportOptions {

@@ -113,6 +113,10 @@ struct ParamInfo {
   const char *TEKey; ///< Transformer Engine name, or the same as Key
   Span<PatternPiece> Local;
   Span<PatternPiece> TE;
+  /// The torch_dist key; captures it lacks become leading axes.
+  Span<PatternPiece> Dist;
+  /// The key a local-spec (no Transformer Engine) model uses.
+  Span<PatternPiece> LocalDist;
   Span<const char *> Captures;
   Span<Expr> Shape;        ///< global shape, over config fields
   Span<Expr> Conditions;   ///< all must hold for the tensor to exist

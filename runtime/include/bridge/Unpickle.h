@@ -42,9 +42,11 @@ using GlobalAllowList = std::set<std::string, std::less<>>;
 extern const GlobalAllowList DcpMetadataGlobals;
 
 /// Globals of a torch.save data.pkl as Megatron writes them (tensor records,
-/// byte objects, common.pt): torch._utils._rebuild_tensor_v2, the legacy
-/// torch.<X>Storage classes of every DType, the torch dtypes,
-/// collections.OrderedDict, argparse.Namespace, builtins.set/frozenset.
+/// byte objects, common.pt): torch._utils._rebuild_tensor_v2 with the
+/// legacy torch.<X>Storage classes of every DType, _rebuild_tensor_v3 with
+/// torch.storage.UntypedStorage (float8), the torch dtypes,
+/// collections.OrderedDict, argparse.Namespace, set/frozenset (as
+/// builtins.* and protocol 2's __builtin__.*).
 extern const GlobalAllowList TorchSaveGlobals;
 
 /// A tensor read from a torch.save archive.
@@ -175,9 +177,9 @@ private:
 /// Reads a torch.save archive: '<folder>/data.pkl' (any single top-level
 /// folder name) unpickled with \p Allowed, every storage persistent id
 /// ('storage', torch.<X>Storage, key, location, numel) resolved to
-/// '<folder>/data/<key>', and every torch._utils._rebuild_tensor_v2 object
-/// replaced by a Tensor node. Strided tensors are gathered into contiguous
-/// bytes. Throws bridge::Error naming \p Where.
+/// '<folder>/data/<key>', and every torch._utils._rebuild_tensor_v2 / _v3
+/// object replaced by a Tensor node. Strided tensors are gathered into
+/// contiguous bytes. Throws bridge::Error naming \p Where.
 PyValuePtr readTorchSave(std::string_view Bytes, const std::string &Where,
                          const GlobalAllowList &Allowed = TorchSaveGlobals);
 

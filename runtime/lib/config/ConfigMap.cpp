@@ -198,6 +198,12 @@ std::vector<Json> importConfig(const MappingTable &T, const SchemaTable &S, cons
       continue;
     Json V = evaluate(R.Value, Env, Where);
     const FieldInfo &F = S.Fields[R.Field];
+    // A plain rename of a key config.json lacks is an error, not a null: a
+    // renamed key (num_experts -> num_local_experts) must not drop a field.
+    if (V.is_null() && R.Value.Code.Size == 1 && R.Value.Code[0].Op == ExprOp::LoadHF &&
+        !hfPathPresent(HF, R.Value.Code[0].S, T.Aliases))
+      throw Error(Where + ": error: config.json has no '" + R.Value.Code[0].S + "' for Megatron field '" + F.Name +
+                  "'; where it may be absent, write 'hf." + R.Value.Code[0].S + " ?? <default>'");
     if (V.is_null()) {
       // An optional field takes the null (DeepSeek-V2-Lite's q_lora_rank);
       // a required one falls back to the schema default, checked below.

@@ -194,6 +194,18 @@ Json callBuiltin(const std::string &Name, std::vector<Json> &Args, const EvalEnv
 
 } // namespace
 
+bool hfPathPresent(const Json &HF, const std::string &Path, Span<HFAlias> Aliases) {
+  if (lookupPath(HF, Path.c_str()))
+    return true;
+  for (const HFAlias &A : Aliases) {
+    std::string Pr = A.Primary;
+    if (Path == Pr || Path.rfind(Pr + ".", 0) == 0)
+      if (lookupPath(HF, (A.Alternative + Path.substr(Pr.size())).c_str()))
+        return true;
+  }
+  return false;
+}
+
 Json evaluate(const Expr &E, const EvalEnv &Env, const std::string &Where) {
   std::vector<Json> Stack;
   auto Pop = [&]() {

@@ -52,27 +52,30 @@ bool layersStacked(const SchemaTable &S, const std::vector<Json> &Fields) {
   return true;
 }
 
-std::vector<DistKey> groupByKey(const Plan &P, const SchemaTable &S, const std::vector<Json> &Fields) {
+std::vector<DistKey> groupByKey(const Plan &P, const SchemaTable &S, const std::vector<Json> &Fields,
+                                bool LocalSpec) {
+  std::map<std::string, int64_t> RangeSize; // capture variable -> count
   std::string LayerVar = "i";
-  int64_t NumLayers = 1;
-  for (const RangeInfo &R : S.Ranges)
-    if (std::string(R.Name) == "layers") {
+  for (const RangeInfo &R : S.Ranges) {
+    EvalEnv Env{nullptr, &Fields, &S, nullptr};
+    Json N = evaluate(R.Count, Env, std::string("range ") + R.Name);
+    RangeSize[R.Var] = N.is_number_integer() ? N.get<int64_t>() : 0;
+    if (std::string(R.Name) == "layers")
       LayerVar = R.Var;
-      EvalEnv Env{nullptr, &Fields, &S, nullptr};
-      NumLayers = evaluate(R.Count, Env, "range layers").get<int64_t>();
-    }
+  }
   bool Stacked = layersStacked(S, Fields);
   std::map<std::string, size_t> Index;
   std::vector<DistKey> Keys;
   for (size_t T = 0; T < P.Tensors.size(); ++T) {
     const PlannedTensor &PT = P.Tensors[T];
     const ParamInfo &Prm = *PT.Param;
-    // The TE name, with the layer capture (and the dot after it) taken out
-    // when layers are stacked.
+    // The key: the dist name with its captures filled in, except the layer
+    // capture of a stacked model, which is taken out with the dot after it.
+    // Every capture not left in the key becomes a leading axis.
+    std::vector<bool> InKey(Prm.Captures.Size, false);
     std::string Key;
-    int64_t Layer = -1;
     bool Skip = false;
-    for (const PatternPiece &Pc : Prm.TE) {
+    for (const PatternPiece &Pc : LocalSpec ? Prm.LocalDist : Prm.Dist) {
       if (Pc.Literal) {
         std::string L = Pc.Literal;
         if (Skip && !L.empty() && L[0] == '.')
@@ -83,30 +86,34 @@ std::vector<DistKey> groupByKey(const Plan &P, const SchemaTable &S, const std::
       }
       int64_t CI = Pc.Index.Code[0].A;
       if (Stacked && std::string(Prm.Captures[CI]) == LayerVar) {
-        Layer = PT.Captures[CI];
         Skip = true;
         continue;
       }
+      InKey[CI] = true;
       Key += std::to_string(PT.Captures[CI]);
     }
+    std::vector<int64_t> Prefix, Axes;
+    for (size_t CI = 0; CI < Prm.Captures.Size; ++CI)
+      if (!InKey[CI]) {
+        Prefix.push_back(PT.Captures[CI]);
+        Axes.push_back(RangeSize[Prm.Captures[CI]]);
+      }
     auto It = Index.find(Key);
     if (It == Index.end()) {
       DistKey K;
       K.Key = Key;
-      K.GlobalShape = PT.Shape;
-      if (Layer >= 0) {
-        K.Stack = NumLayers;
-        K.GlobalShape.insert(K.GlobalShape.begin(), NumLayers);
-      }
+      K.Axes = Axes;
+      K.GlobalShape = Axes;
+      K.GlobalShape.insert(K.GlobalShape.end(), PT.Shape.begin(), PT.Shape.end());
       It = Index.emplace(Key, Keys.size()).first;
       Keys.push_back(std::move(K));
     }
     DistKey &K = Keys[It->second];
     K.Members.push_back(T);
-    K.Prefixes.push_back(Layer >= 0 ? std::vector<int64_t>{Layer} : std::vector<int64_t>{});
+    K.Prefixes.push_back(Prefix);
   }
   for (DistKey &K : Keys) {
-    // Members in axis order; a stacked key must have every layer once.
+    // Members in axis order; every index of the axes exactly once.
     std::vector<size_t> Order(K.Members.size());
     for (size_t I = 0; I < Order.size(); ++I)
       Order[I] = I;
@@ -119,9 +126,12 @@ std::vector<DistKey> groupByKey(const Plan &P, const SchemaTable &S, const std::
     }
     K.Members = M;
     K.Prefixes = Pre;
-    if (K.Stack > 1 && static_cast<int64_t>(K.Members.size()) != K.Stack)
-      throw Error("error: internal: stacked key '" + K.Key + "' has " + std::to_string(K.Members.size()) + " of " +
-                  std::to_string(K.Stack) + " layers");
+    int64_t Want = 1;
+    for (int64_t A : K.Axes)
+      Want *= A;
+    if (static_cast<int64_t>(K.Members.size()) != Want)
+      throw Error("error: internal: key '" + K.Key + "' has " + std::to_string(K.Members.size()) + " of " +
+                  std::to_string(Want) + " slices");
   }
   return Keys;
 }
@@ -134,12 +144,19 @@ std::vector<std::string> extraStateKeys(const DistKey &K) {
   // GPTModel requests none for the embedding and drops the output layer's.
   if (Module.rfind("embedding", 0) == 0 || Module == "output_layer")
     return {};
+  // One object per slice of the leading axes: 'shard_<l>.<e>_<L>.<E>'.
   std::vector<std::string> Out;
-  if (K.Stack > 1)
-    for (int64_t L = 0; L < K.Stack; ++L)
-      Out.push_back(Module + "._extra_state/shard_" + std::to_string(L) + "_" + std::to_string(K.Stack));
-  else
-    Out.push_back(Module + "._extra_state/shard_0_1");
+  if (K.Axes.empty())
+    return {Module + "._extra_state/shard_0_1"};
+  std::string Sizes;
+  for (int64_t A : K.Axes)
+    Sizes += (Sizes.empty() ? "" : ".") + std::to_string(A);
+  for (const std::vector<int64_t> &Pre : K.Prefixes) {
+    std::string Off;
+    for (int64_t V : Pre)
+      Off += (Off.empty() ? "" : ".") + std::to_string(V);
+    Out.push_back(Module + "._extra_state/shard_" + Off + "_" + Sizes);
+  }
   return Out;
 }
 

@@ -26,7 +26,7 @@ struct DistKey {
   std::vector<int64_t> GlobalShape;
   std::vector<size_t> Members;                 ///< indices into Plan::Tensors, in axis order
   std::vector<std::vector<int64_t>> Prefixes;  ///< leading offsets of each member
-  int64_t Stack = 1;                           ///< size of the stacked axis (1: not stacked)
+  std::vector<int64_t> Axes;                   ///< sizes of the leading (stacked) axes
 };
 
 
@@ -37,7 +37,8 @@ std::string supportedModelTypes();
 /// Whether decoder layers are stacked on a leading axis (Megatron-Core does
 /// unless the stack mixes dense and MoE layers).
 bool layersStacked(const SchemaTable &S, const std::vector<Json> &Fields);
-std::vector<DistKey> groupByKey(const Plan &P, const SchemaTable &S, const std::vector<Json> &Fields);
+std::vector<DistKey> groupByKey(const Plan &P, const SchemaTable &S, const std::vector<Json> &Fields,
+                                bool LocalSpec = false);
 std::vector<std::string> extraStateKeys(const DistKey &K);
 void copyTokenizerFiles(const std::string &From, const std::string &To);
 

@@ -93,11 +93,11 @@ Summary runExport(const ExportOptions &O) {
   const Json &HFTensors = Side.at("hf_tensors");
 
   Plan P = expandPlan(T, S, Fields, /*UseTENames=*/true);
-  std::vector<DistKey> Keys = groupByKey(P, S, Fields);
+  std::vector<DistKey> Keys = groupByKey(P, S, Fields, Side.value("layer_spec", "") == "local");
   TorchDistCheckpoint Ckpt(Iter);
   for (const DistKey &K : Keys) {
     const DistTensor &DT = Ckpt.tensor(K.Key); // throws naming the key when absent
-    if (DT.Shape != K.GlobalShape && !(K.GlobalShape.size() == DT.Shape.size() && DT.Shape[0] >= K.GlobalShape[0]))
+    if (DT.Shape != K.GlobalShape)
       throw Error("error: " + Iter + ": '" + K.Key + "' has a global shape that does not fit the config");
   }
 
@@ -158,7 +158,9 @@ Summary runExport(const ExportOptions &O) {
                               .to(Dev);
       for (size_t M = 0; M < K.Members.size(); ++M) {
         const PlannedTensor &PT = P.Tensors[K.Members[M]];
-        at::Tensor Value = K.Stack > 1 ? Global.select(0, K.Prefixes[M][0]) : Global;
+        at::Tensor Value = Global;
+        for (int64_t Index : K.Prefixes[M])
+          Value = Value.select(0, Index);
         const TensorRule &R = *PT.Rule;
         std::string Where = describe(R.Loc);
         EvalEnv Env{nullptr, &Fields, &S, &PT.LoopVars};

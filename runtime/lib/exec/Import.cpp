@@ -198,7 +198,7 @@ Summary runImport(const ImportOptions &O) {
   try {
     at::Device Dev(O.Device);
     TorchDistWriter W(Iter);
-    std::vector<DistKey> Keys = groupByKey(P, S, Fields);
+    std::vector<DistKey> Keys = groupByKey(P, S, Fields, O.LocalSpec);
     std::set<std::string> ExtraStates;
     size_t Done = 0;
     bool Tty = !O.Quiet && ::isatty(2);
@@ -254,6 +254,7 @@ Summary runImport(const ImportOptions &O) {
       Tensors[N] = {{"file", Ckpt.fileOf().at(N)}, {"dtype", std::string(safetensorsName(V->Type))}, {"shape", V->Shape}};
     }
     Side["hf_tensors"] = Tensors;
+    Side["layer_spec"] = O.LocalSpec ? "local" : "transformer_engine";
     Side["layout"] = {{"tp", O.Par.TP}, {"pp", O.Par.PP}, {"ep", O.Par.EP}, {"etp", O.Par.ETP}, {"vpp", O.Par.VPP}};
     writeText(files::join(Iter, "bridge.json"), Side.dump(2) + "\n");
     writeText(files::join(Iter, "run_config.yaml"), runConfigYaml(S, Fields, O.Par));

@@ -85,8 +85,13 @@ const GlobalAllowList TorchSaveGlobals = [] {
       "torch._utils._rebuild_tensor_v2",
       "collections.OrderedDict",
       "argparse.Namespace",
+      "torch._utils._rebuild_tensor_v3",
+      "torch.storage.UntypedStorage",
       "builtins.set",
       "builtins.frozenset",
+      // Protocol 2 (torch.save's) spells builtins the Python 2 way.
+      "__builtin__.set",
+      "__builtin__.frozenset",
   };
 #define BRIDGE_DTYPE_STORAGE(Id, Bytes, ST, Torch, Storage) L.insert(std::string("torch.") + Storage);
   BRIDGE_DTYPES(BRIDGE_DTYPE_STORAGE)
@@ -221,6 +226,8 @@ void reprInto(const PyValue &V, std::string &Out, size_t Limit) {
     char Buf[32];
     std::snprintf(Buf, sizeof(Buf), "%.17g", V.Float);
     Out += Buf;
+    if (!std::strpbrk(Buf, ".eni")) // Python writes 3.0, not 3 (but inf, nan)
+      Out += ".0";
     break;
   }
   case K::Str:
@@ -509,8 +516,9 @@ void Unpickler::call(PyValuePtr Callable, PyValuePtr Args, PyValuePtr Kwargs, co
     push(std::move(D));
     return;
   }
-  if ((Callable->isGlobal("builtins.set") || Callable->isGlobal("builtins.frozenset")) && NoKwargs &&
-      Args->Items.size() <= 1) {
+  bool IsSet = Callable->isGlobal("builtins.set") || Callable->isGlobal("builtins.frozenset") ||
+               Callable->isGlobal("__builtin__.set") || Callable->isGlobal("__builtin__.frozenset");
+  if (IsSet && NoKwargs && Args->Items.size() <= 1) {
     PyValuePtr L = make(Kind::List);
     if (Args->Items.size() == 1) {
       const PyValue &Elems = *Args->Items[0];
@@ -1061,12 +1069,16 @@ std::vector<int64_t> intTuple(const PyValue &V, const std::string &Where, const 
   return Out;
 }
 
-/// Builds the contiguous tensor that _rebuild_tensor_v2(\p Args) describes.
-TensorRecord rebuildTensor(const PyValue &Args, const ZipArchive &Zip, const std::string &Folder,
+/// Builds the contiguous tensor that _rebuild_tensor_v2(\p Args) or, with
+/// \p V3, _rebuild_tensor_v3(\p Args) describes. v3 is what torch.save
+/// writes for dtypes without a legacy storage class (float8, ...): an
+/// untyped storage sized in bytes, and the dtype as the seventh argument.
+TensorRecord rebuildTensor(const PyValue &Args, bool V3, const ZipArchive &Zip, const std::string &Folder,
                            const std::string &Where) {
-  // (storage, storage_offset, size, stride, requires_grad, backward_hooks[, metadata])
-  if (!Args.is(Kind::Tuple) || Args.Items.size() < 4)
-    failAt(Where, "_rebuild_tensor_v2 with malformed arguments " + Args.repr());
+  // (storage, storage_offset, size, stride, requires_grad, backward_hooks[, dtype (v3)][, metadata])
+  const char *Fn = V3 ? "_rebuild_tensor_v3" : "_rebuild_tensor_v2";
+  if (!Args.is(Kind::Tuple) || Args.Items.size() < (V3 ? 7u : 4u))
+    failAt(Where, std::string(Fn) + " with malformed arguments " + Args.repr());
   const PyValue &Pid = *Args.Items[0];
   if (!Pid.is(Kind::PersistentId) || !Pid.Args || !Pid.Args->is(Kind::Tuple) || Pid.Args->Items.size() != 5)
     failAt(Where, "tensor storage is not a ('storage', class, key, location, numel) persistent id: " + Pid.repr());
@@ -1074,17 +1086,30 @@ TensorRecord rebuildTensor(const PyValue &Args, const ZipArchive &Zip, const std
   if (!P[0]->is(Kind::Str) || P[0]->Text != "storage" || !P[1]->is(Kind::Global) || !P[2]->is(Kind::Str) ||
       !P[4]->is(Kind::Int))
     failAt(Where, "malformed storage persistent id " + Pid.repr());
-  if (P[1]->Text != "torch")
-    failAt(Where, "unsupported storage class '" + P[1]->qualifiedName() + "'");
-  std::optional<DType> Type = dtypeFromStorage(P[1]->Name);
-  if (!Type)
-    failAt(Where, "unsupported storage class '" + P[1]->qualifiedName() + "'");
+  std::optional<DType> Type;
+  if (V3) {
+    const PyValue &D = *Args.Items[6];
+    if (!P[1]->isGlobal("torch.storage.UntypedStorage"))
+      failAt(Where, "_rebuild_tensor_v3 of a '" + P[1]->qualifiedName() + "', not an UntypedStorage");
+    if (!D.is(Kind::Global) || D.Text != "torch")
+      failAt(Where, "_rebuild_tensor_v3 with dtype " + D.repr(80));
+    Type = dtypeFromTorch(D.Name);
+    if (!Type)
+      failAt(Where, "unsupported dtype 'torch." + D.Name + "'");
+  } else {
+    if (P[1]->Text == "torch")
+      Type = dtypeFromStorage(P[1]->Name);
+    if (!Type)
+      failAt(Where, "unsupported storage class '" + P[1]->qualifiedName() + "'");
+  }
   const std::string &Key = P[2]->Text;
-  int64_t StorageNumel = P[4]->Int;
   size_t Elem = dtypeSize(*Type);
-  int64_t StorageBytes;
-  if (StorageNumel < 0 || mulOverflows(StorageNumel, static_cast<int64_t>(Elem), StorageBytes))
-    failAt(Where, "storage '" + Key + "' has a bad element count " + std::to_string(StorageNumel));
+  int64_t StorageNumel = P[4]->Int, StorageBytes = P[4]->Int;
+  if (StorageNumel < 0 || (V3 && StorageBytes % static_cast<int64_t>(Elem) != 0) ||
+      (!V3 && mulOverflows(StorageNumel, static_cast<int64_t>(Elem), StorageBytes)))
+    failAt(Where, "storage '" + Key + "' has a bad size " + std::to_string(P[4]->Int));
+  if (V3)
+    StorageNumel = StorageBytes / static_cast<int64_t>(Elem);
 
   std::string EntryName = Folder + "/data/" + Key;
   const ZipArchive::Entry *E = Zip.find(EntryName);
@@ -1196,10 +1221,11 @@ PyValuePtr readTorchSave(std::string_view Bytes, const std::string &Where, const
     Work.pop_back();
     if (!V || !Seen.insert(V).second)
       continue;
-    if (V->isObjectOf("torch._utils._rebuild_tensor_v2")) {
+    bool V3 = V->isObjectOf("torch._utils._rebuild_tensor_v3");
+    if (V3 || V->isObjectOf("torch._utils._rebuild_tensor_v2")) {
       if (V->State || V->Kwargs || !V->Items.empty() || !V->Entries.empty())
         failAt(Where, "tensor with extra attributes (a tensor subclass?) is not supported");
-      auto T = std::make_shared<TensorRecord>(rebuildTensor(*V->Args, Zip, Folder, Where));
+      auto T = std::make_shared<TensorRecord>(rebuildTensor(*V->Args, V3, Zip, Folder, Where));
       V->Tag = Kind::Tensor;
       V->Tensor = std::move(T);
       V->Class.reset();

@@ -50,6 +50,8 @@ const char *Usage =
     "                            (default: Transformer Engine names)\n"
     "  --device DEV              where ops run: cpu (default), cuda, cuda:N\n"
     "  --overwrite               replace an existing output directory\n"
+    "  --local-spec              import: key tensors for a model built with the local\n"
+    "                            layer spec (no Transformer Engine); default: TE spec\n"
     "  --quiet                   no progress line\n"
     "  -h, --help                this text\n";
 
@@ -57,7 +59,7 @@ const char *Usage =
 
 struct Options {
   std::string Command, HF, Out, Megatron, Device = "cpu";
-  bool AsJson = false, LocalNames = false, Overwrite = false, Quiet = false;
+  bool AsJson = false, LocalNames = false, Overwrite = false, Quiet = false, LocalSpec = false;
   Layout Par;
 };
 
@@ -369,6 +371,8 @@ int main(int argc, char **argv) {
       O.Par.FirstStageLayers = intArg(I, argc, argv, A);
     } else if (A == "--last-stage-layers") {
       O.Par.LastStageLayers = intArg(I, argc, argv, A);
+    } else if (A == "--local-spec") {
+      O.LocalSpec = true;
     } else if (A == "--overwrite") {
       O.Overwrite = true;
     } else if (A == "--quiet") {
@@ -398,7 +402,7 @@ int main(int argc, char **argv) {
     if (O.Command == "import") {
       if (O.HF.empty() || O.Out.empty())
         usageError("import needs --hf DIR and --out DIR");
-      ImportOptions IO{O.HF, O.Out, O.Par, O.Device, O.Overwrite, O.Quiet};
+      ImportOptions IO{O.HF, O.Out, O.Par, O.Device, O.Overwrite, O.Quiet, O.LocalSpec};
       printSummary("import", runImport(IO), O.Out);
       return 0;
     }

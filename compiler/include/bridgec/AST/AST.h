@@ -210,6 +210,10 @@ struct ParamDecl {
   SMRange StyleRange;
   bool HasTE = false;
   Pattern TE;
+  bool HasDist = false;
+  Pattern Dist; ///< torch_dist key when not the TE name with captures as axes
+  bool HasLocalDist = false;
+  Pattern LocalDist; ///< torch_dist key a local-spec model uses, when it differs
   bool Expert = false;
   ExprP When;
 };

@@ -50,6 +50,9 @@ struct Param {
   std::string Key;   ///< local-spec spelling, '{}' per capture
   std::string TEKey; ///< TE spelling (equal to Key when the same)
   std::vector<std::string> LocalLiterals, TELiterals;
+  /// The torch_dist key: literal text and capture positions; captures it
+  /// leaves out become leading axes of the stored tensor.
+  std::vector<std::pair<std::string, int>> DistPieces, LocalDistPieces;
   std::vector<std::string> Captures;
   std::vector<ast::ExprP> Shape;
   std::vector<ast::ExprP> Conditions;
