@@ -25,6 +25,26 @@ def _expected(ckpt: tiny_models.TinyCheckpoint) -> dict:
     keys = ckpt.tensors
     rope = dict(getattr(cfg, "rope_parameters", None) or {})
     heads = cfg.num_attention_heads
+    if getattr(cfg, "kv_lora_rank", None):
+        # Multi-latent attention: the HF module's own sizes.
+        layer0 = "model.layers.0.self_attn."
+        assert keys[layer0 + "kv_b_proj.weight"] == (
+            heads * (cfg.qk_nope_head_dim + cfg.v_head_dim), cfg.kv_lora_rank)
+        exp = dict(
+            num_layers=cfg.num_hidden_layers, hidden_size=cfg.hidden_size, num_attention_heads=heads,
+            vocab_size=cfg.vocab_size, layernorm_epsilon=cfg.rms_norm_eps, activation_func=cfg.hidden_act,
+            share_embeddings_and_output_weights=bool(cfg.tie_word_embeddings), multi_latent_attention=True,
+            q_lora_rank=cfg.q_lora_rank, kv_lora_rank=cfg.kv_lora_rank, qk_head_dim=cfg.qk_nope_head_dim,
+            qk_pos_emb_head_dim=cfg.qk_rope_head_dim, v_head_dim=cfg.v_head_dim,
+            num_moe_experts=cfg.n_routed_experts, moe_router_topk=cfg.num_experts_per_tok,
+            moe_ffn_hidden_size=cfg.moe_intermediate_size,
+            moe_shared_expert_intermediate_size=cfg.moe_intermediate_size * cfg.n_shared_experts,
+            moe_layer_freq=[0] * cfg.first_k_dense_replace + [1] * (cfg.num_hidden_layers - cfg.first_k_dense_replace),
+            moe_router_topk_scaling_factor=cfg.routed_scaling_factor,
+            rotary_base=rope.get("rope_theta"),
+            rotary_scaling_factor=rope.get("factor", 1.0) if rope.get("rope_type") == "yarn" else 1.0,
+        )
+        return exp
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
     # The attention's real q rows / heads (what the HF module uses).
     q_rows = keys["model.layers.0.self_attn.q_proj.weight"][0]

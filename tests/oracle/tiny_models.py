@@ -126,6 +126,21 @@ FAMILIES += [
     ),
 ]
 
+FAMILIES += [
+    Family(
+        "deepseek-v3",
+        "deepseek_v3",
+        "deepseek_v3",
+        "deepseek-ai__DeepSeek-V3.json",
+        "MLA with query LoRA, dense first layer, shared expert, sigmoid router with expert bias, yarn",
+        traits={"tie_word_embeddings": False, "n_routed_experts": 256, "num_experts_per_tok": 8,
+                "moe_intermediate_size": 2048, "n_shared_experts": 1, "first_k_dense_replace": 3,
+                "q_lora_rank": 1536, "kv_lora_rank": 512, "qk_nope_head_dim": 128, "qk_rope_head_dim": 64,
+                "v_head_dim": 128, "scoring_func": "sigmoid", "topk_method": "noaux_tc", "n_group": 8,
+                "topk_group": 4, "routed_scaling_factor": 2.5, "norm_topk_prob": True},
+    ),
+]
+
 FAMILY_BY_ID = {f.id: f for f in FAMILIES}
 
 
@@ -169,6 +184,18 @@ def _shrink(d: dict) -> dict:
         d["num_experts_per_tok"] = 2
     if "moe_intermediate_size" in d:
         d["moe_intermediate_size"] = TINY_MOE_INTERMEDIATE
+    # Multi-latent attention (DeepSeek): small LoRA ranks and head parts, one
+    # dense layer then MoE, group routing over 2 groups, no MTP layers
+    # (transformers does not build them), bf16/fp32 weights (no FP8).
+    if "kv_lora_rank" in d:
+        if d.get("q_lora_rank") is not None:
+            d["q_lora_rank"] = 32
+        d.update(kv_lora_rank=16, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16)
+        d["first_k_dense_replace"] = 1
+        d["n_group"], d["topk_group"] = 2, 1
+        d["num_nextn_predict_layers"] = 0
+        d.pop("quantization_config", None)
+        d.pop("auto_map", None)
     if "max_window_layers" in d:
         d["max_window_layers"] = min(d["max_window_layers"], TINY_LAYERS)
     if isinstance(d.get("layer_types"), list):

@@ -1,6 +1,8 @@
 //===- Layout.cpp - parallel layouts: validation, rank slices, stages ------===//
 #include "bridge/Layout.h"
 
+#include <cstdlib>
+
 namespace bridge {
 
 std::function<int64_t(const char *)> fieldGetter(const SchemaTable &S, const std::vector<Json> &Fields) {
@@ -89,8 +91,28 @@ std::vector<std::string> checkLayout(const Layout &L, const std::function<int64_
                   " stages with " + std::to_string(L.FirstStageLayers) + " first and " +
                   std::to_string(L.LastStageLayers) + " last");
   } else if (Layers >= 0 && Layers % (L.PP * L.VPP) != 0) {
-    P.push_back("num_layers " + std::to_string(Layers) + " is not divisible by PP x VPP = " +
-                std::to_string(L.PP * L.VPP));
+    std::string Msg = "num_layers " + std::to_string(Layers) + " is not divisible by PP x VPP = " +
+                      std::to_string(L.PP * L.VPP);
+    // Suggest explicit first/last stage sizes that split the rest evenly,
+    // as close to an even split as possible.
+    if (L.PP > 2) {
+      int64_t Per = Layers / L.PP, Best = -1, BestF = 0, BestL = 0;
+      for (int64_t F = 1; F <= Layers; ++F)
+        for (int64_t La = 1; F + La < Layers; ++La) {
+          int64_t Mid = Layers - F - La;
+          if (Mid % ((L.PP - 2) * L.VPP) != 0)
+            continue;
+          int64_t Cost = std::abs(F - Per) + std::abs(La - Per) + std::abs(Mid / (L.PP - 2) - Per);
+          if (Best < 0 || Cost < Best) {
+            Best = Cost;
+            BestF = F;
+            BestL = La;
+          }
+        }
+      if (Best >= 0)
+        Msg += "; e.g. --first-stage-layers " + std::to_string(BestF) + " --last-stage-layers " + std::to_string(BestL);
+    }
+    P.push_back(Msg);
   }
   if (F("num_moe_experts") >= 0) {
     Divides("num_moe_experts", L.EP, "EP");
