@@ -35,7 +35,7 @@ ignoreRule  : IGNORE pattern (WHEN expr)? SEMI ;
 tieRule     : TIE pattern ASSIGN pattern (WHEN expr)? SEMI ;
 
 source      : AT? name LPAREN opArg (COMMA opArg)* RPAREN   # sourceOp
-            | pattern                                       # sourcePattern
+            | pattern QUESTION?                             # sourcePattern
             ;
 opArg       : name ASSIGN expr   # opParam
             | source             # opSource

@@ -363,7 +363,8 @@ void bridgec::emitMappingTables(const model::MappingSet &Set, const llvm::Source
         for (auto &[Name, Value] : N.Params)
           Params.push_back("{" + cstr(Name) + ", " + W.expr(Value, Vars) + "}");
         std::string Src = N.IsSource ? W.pattern(N.Source, Vars) : "{nullptr, 0}";
-        Nodes.push_back(std::string("{") + (N.IsSource ? "true" : "false") + ", bridge::Op::" + opId(N.Kind) +
+        Nodes.push_back(std::string("{") + (N.IsSource ? "true" : "false") + ", " +
+                        (N.OptionalInput ? "true" : "false") + ", bridge::Op::" + opId(N.Kind) +
                         ", bridge::Transform::" + transformId(N.Custom) + ", " + std::to_string(N.NumInputs) + ", " +
                         Src + ", " + W.array("bridge::OpParam", "kParams", Params) + "}");
       }

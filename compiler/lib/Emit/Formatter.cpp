@@ -171,7 +171,7 @@ private:
 
   std::string source(const Source &S) {
     if (S.K == Source::PatternRef)
-      return print(S.Pat);
+      return print(S.Pat) + (S.OptionalInput ? "?" : "");
     std::string Out = (S.Escape ? "@" : "") + S.OpName + "(";
     for (size_t I = 0; I < S.Args.size(); ++I) {
       const OpArg &A = S.Args[I];

@@ -41,7 +41,7 @@ std::string nodesText(const std::vector<model::OpNode> &Nodes) {
   std::vector<std::string> Stack;
   for (auto &N : Nodes) {
     if (N.IsSource) {
-      Stack.push_back(N.Source.str());
+      Stack.push_back(N.Source.str() + (N.OptionalInput ? "?" : ""));
       continue;
     }
     std::vector<std::string> Args(Stack.end() - N.NumInputs, Stack.end());

@@ -227,6 +227,7 @@ private:
         return nullptr;
       S->K = ast::Source::PatternRef;
       S->Pat = pattern(PC->pattern());
+      S->OptionalInput = PC->QUESTION() != nullptr;
       return S;
     }
     auto *OC = dynamic_cast<P::SourceOpContext *>(C);

@@ -907,6 +907,7 @@ public:
       for (auto &P : Pats) {
         model::OpNode N;
         N.IsSource = true;
+        N.OptionalInput = Src.OptionalInput;
         N.Source = P;
         N.Loc = Src.Range;
         for (auto &Pc : P.Pieces)
@@ -959,7 +960,16 @@ public:
     }
     unsigned Inputs = 0;
     std::vector<const ast::OpArg *> Named;
+    bool FirstInput = true;
     for (const ast::OpArg &A : Src.Args) {
+      if (A.Src && A.Src->OptionalInput && FirstInput) {
+        D.emit(DiagId::OpParam, A.Src->Range,
+               "the first input of '" + Src.OpName + "' cannot be optional: it is what passes through when an "
+               "optional input is absent");
+        OK = false;
+      }
+      if (A.Src)
+        FirstInput = false;
       if (A.Src)
         Inputs += buildSource(*A.Src, Sc, Out, Vars, OK);
       else
@@ -1098,6 +1108,10 @@ public:
     unsigned Produced = buildSource(*T.Src, Sc, TR.Nodes, SourceVars, OK);
     if (!OK)
       return;
+    if (T.Src->K == ast::Source::PatternRef && T.Src->OptionalInput) {
+      D.emit(DiagId::OpParam, T.Src->Range, "only an op input can be optional ('?'); a rule's source cannot");
+      return;
+    }
     if (Produced != 1) {
       // A plain source (a rename) names one tensor; alternatives made more.
       D.emit(DiagId::OpArity, T.Src->Range, "rename", 1, Produced);

@@ -73,6 +73,7 @@ struct PlannedTensor {
   bool Expert;
   std::string Recipe;             ///< e.g. "qkv(a, b, c)"
   std::vector<std::string> Sources; ///< HF tensors read, in op order
+  std::vector<bool> SourceOptional; ///< parallel to Sources
   bool Optional;
   const TensorRule *Rule;
   const ParamInfo *Param;         ///< the schema declaration that applies

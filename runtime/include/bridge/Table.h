@@ -148,6 +148,7 @@ struct OpParam {
 /// pop NumInputs tensors and push their result.
 struct OpNode {
   bool IsSource;
+  bool OptionalInput; ///< a source the checkpoint may lack; then the op passes its first input through
   Op Kind;
   Transform Custom;
   uint16_t NumInputs;

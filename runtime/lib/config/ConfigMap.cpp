@@ -426,7 +426,8 @@ Plan expandPlan(const MappingTable &T, const SchemaTable &S, const std::vector<J
         if (N.IsSource) {
           std::string Src = renderPattern(N.Source, Env, Where);
           PT.Sources.push_back(Src);
-          Stack.push_back(Src);
+          PT.SourceOptional.push_back(N.OptionalInput);
+          Stack.push_back(Src + (N.OptionalInput ? "?" : ""));
           continue;
         }
         std::string Call;

@@ -101,9 +101,43 @@ Summary runExport(const ExportOptions &O) {
       throw Error("error: " + Iter + ": '" + K.Key + "' has a global shape that does not fit the config");
   }
 
+  // Ops with an optional input (dequantization with its scale) were applied
+  // when the source had that input: export then writes the op's result
+  // under its first input's name and dtype of the result, and not the scale.
+  std::set<std::string> Dropped, OwnDtype;
+  for (const PlannedTensor &PT : P.Tensors) {
+    const TensorRule &R = *PT.Rule;
+    std::vector<size_t> Starts = subtreeStarts(R.Nodes);
+    std::map<size_t, size_t> SourceIndex;
+    size_t NS = 0;
+    for (size_t I = 0; I < R.Nodes.Size; ++I)
+      if (R.Nodes[I].IsSource)
+        SourceIndex[I] = NS++;
+    for (size_t I = 0; I < R.Nodes.Size; ++I) {
+      const OpNode &N = R.Nodes[I];
+      if (N.IsSource)
+        continue;
+      std::vector<size_t> Children;
+      size_t End = I;
+      for (unsigned K = 0; K < N.NumInputs; ++K) {
+        Children.insert(Children.begin(), End - 1);
+        End = Starts[End - 1];
+      }
+      bool Applied = false;
+      for (size_t C : Children)
+        if (R.Nodes[C].IsSource && R.Nodes[C].OptionalInput && HFTensors.contains(PT.Sources[SourceIndex[C]])) {
+          Applied = true;
+          Dropped.insert(PT.Sources[SourceIndex[C]]);
+        }
+      if (Applied && R.Nodes[Children[0]].IsSource)
+        OwnDtype.insert(PT.Sources[SourceIndex[Children[0]]]);
+    }
+  }
   // What export writes: the source's tensors, except those import ignored.
   std::map<std::string, std::string> FileOf;
   std::set<std::string> Ignored(P.IgnoredPatterns.begin(), P.IgnoredPatterns.end());
+  for (const std::string &D : Dropped)
+    Ignored.insert(D);
   std::vector<std::string> NotExported;
   for (auto It = HFTensors.begin(); It != HFTensors.end(); ++It) {
     if (Ignored.count(It.key()))
@@ -136,6 +170,8 @@ Summary runExport(const ExportOptions &O) {
       if (Got != Want)
         throw Error("error: export of '" + Name + "' gives a tensor of another shape than the source's");
       auto Type = dtypeFromSafetensors(Meta.at("dtype").get<std::string>());
+      if (OwnDtype.count(Name)) // a dequantized weight keeps its new dtype
+        Type = exec::fromScalarType(V.scalar_type());
       at::Tensor Host = V.to(exec::toScalarType(*Type)).contiguous().cpu();
       TensorToWrite TW{Name, *Type, Want, {}};
       TW.Bytes.assign(static_cast<const uint8_t *>(Host.data_ptr()),
@@ -184,6 +220,15 @@ Summary runExport(const ExportOptions &O) {
             size_t Child = End - 1;
             Children.insert(Children.begin(), Child);
             End = Starts[Child];
+          }
+          bool HasOptional = false;
+          for (size_t C : Children)
+            HasOptional |= R.Nodes[C].IsSource && R.Nodes[C].OptionalInput;
+          if (HasOptional) {
+            // Dequantized on import (or passed through): the value is the
+            // first input's, in the Megatron dtype.
+            Invert(Children[0], V);
+            return;
           }
           std::vector<DType> Types;
           for (size_t C : Children)

@@ -56,16 +56,26 @@ at::Tensor runChain(const PlannedTensor &PT, const std::vector<Json> &Fields, co
   std::string Where = describe(R.Loc);
   OpConfig Cfg(S, Fields);
   EvalEnv Env{nullptr, &Fields, &S, &PT.LoopVars};
+  // An optional input the checkpoint lacks is an undefined tensor; an op
+  // with one passes its first input through (an unquantized source).
   std::vector<at::Tensor> Stack;
   size_t NextSource = 0;
   for (const OpNode &N : R.Nodes) {
     if (N.IsSource) {
-      Stack.push_back(Leaf(PT.Sources[NextSource++]));
+      size_t K = NextSource++;
+      Stack.push_back(Leaf(PT.Sources[K]));
       continue;
     }
     std::vector<at::Tensor> In(Stack.end() - N.NumInputs, Stack.end());
     Stack.resize(Stack.size() - N.NumInputs);
-    Stack.push_back(exec::forward(N.Kind, N.Custom, In, evalParams(N, Env, Where), Cfg, Where));
+    bool Absent = false;
+    for (const at::Tensor &X : In)
+      Absent |= !X.defined();
+    // Passing an FP8 tensor through would cast it without its scale.
+    if (Absent && (In[0].scalar_type() == at::kFloat8_e4m3fn || In[0].scalar_type() == at::kFloat8_e5m2))
+      throw Error(Where + ": error: an FP8 tensor feeding '" + PT.Recipe +
+                  "' has no scale in the checkpoint; FP8 weights are not converted without their scales");
+    Stack.push_back(Absent ? In[0] : exec::forward(N.Kind, N.Custom, In, evalParams(N, Env, Where), Cfg, Where));
   }
   return Stack.back();
 }
@@ -133,7 +143,10 @@ Summary runImport(const ImportOptions &O) {
   std::map<std::string, std::string> ConsumedBy;
   std::vector<std::string> Missing;
   for (const PlannedTensor &PT : P.Tensors)
-    for (const std::string &Src : PT.Sources) {
+    for (size_t K = 0; K < PT.Sources.size(); ++K) {
+      const std::string &Src = PT.Sources[K];
+      if (PT.SourceOptional[K] && !Ckpt.find(Src))
+        continue; // an optional input this checkpoint does not have
       auto [It, New] = ConsumedBy.emplace(Src, PT.LocalName);
       if (!New)
         throw Error(describe(PT.Rule->Loc) + ": error: HF tensor '" + Src + "' is read for both '" + It->second +
@@ -178,6 +191,8 @@ Summary runImport(const ImportOptions &O) {
   for (const PlannedTensor &PT : P.Tensors) {
     at::Tensor Out = runChain(PT, Fields, S, [&](const std::string &Name) {
       const TensorView *V = Ckpt.find(Name);
+      if (!V)
+        return at::Tensor(); // an absent optional input
       return at::empty(V->Shape, at::TensorOptions().dtype(exec::toScalarType(V->Type)).device(at::kMeta));
     });
     std::vector<int64_t> Got(Out.sizes().begin(), Out.sizes().end());
@@ -208,6 +223,8 @@ Summary runImport(const ImportOptions &O) {
         const PlannedTensor &PT = P.Tensors[K.Members[Layer]];
         at::Tensor Result = runChain(PT, Fields, S, [&](const std::string &Name) {
           const TensorView *V = Ckpt.find(Name);
+          if (!V)
+            return at::Tensor(); // an absent optional input
           Sum.BytesRead += V->Bytes;
           ++Sum.TensorsRead;
           return viewOf(*V).to(Dev);

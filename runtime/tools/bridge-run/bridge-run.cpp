@@ -281,7 +281,8 @@ int cmdPlan(const Options &O) {
                                 {"pp_stage", StageOf(PT)},
                                 {"slices", Ranks},
                                 {"recipe", PT.Recipe},
-                                {"sources", PT.Sources}});
+                                {"sources", PT.Sources},
+                                {"optional_sources", PT.SourceOptional}});
     }
     Out["ranks"] = Json::array();
     for (auto &[Key, Bytes] : RankBytes)

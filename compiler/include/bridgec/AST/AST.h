@@ -74,6 +74,9 @@ struct Source {
   std::string OpName;
   SMRange OpNameRange;
   bool Escape = false; ///< '@name(...)': a registered runtime transform
+  /// 'name?' as an op input: when the checkpoint lacks it, the op is not
+  /// applied and passes its first input through (FP8 scales).
+  bool OptionalInput = false;
   std::vector<OpArg> Args;
 };
 

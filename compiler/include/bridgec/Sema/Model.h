@@ -95,6 +95,7 @@ struct Loop {
 
 struct OpNode {
   bool IsSource = false;
+  bool OptionalInput = false; ///< a source the checkpoint may lack
   bridge::Op Kind = bridge::Op::Identity;
   bridge::Transform Custom = bridge::Transform::None;
   std::string Name; ///< op or transform name
