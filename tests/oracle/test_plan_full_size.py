@@ -26,6 +26,25 @@ def _deepseek_v3_config(tmp_path):
     return d, cfg
 
 
+def test_kimi_k2_and_deepseek_v2_lite_plan_from_their_configs(bridge_run, tmp_path):
+    """Published configs only (their model types need remote code in transformers)."""
+    import pytest
+
+    for published, model_type, low, high in [("moonshotai__Kimi-K2-Instruct.json", "kimi_k2", 1.0e12, 1.05e12),
+                                             ("deepseek-ai__DeepSeek-V2-Lite.json", "deepseek_v2", 1.5e10, 1.6e10)]:
+        path = tiny_models.SHARED_HF_CONFIGS / published
+        if not path.is_file():
+            pytest.skip(f"no {path}")
+        cfg = json.loads(path.read_text())
+        assert cfg["model_type"] == model_type
+        r = subprocess.run([str(bridge_run.path), "plan", "--hf", str(path), "--tp", "8", "--ep", "8"],
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.startswith("mapping deepseek_v3")
+        params = int(re.search(r"(\d+) parameters", r.stdout).group(1))
+        assert low < params < high, (published, params)
+
+
 def test_deepseek_v3_plan_at_tp8_pp8_ep32(bridge_run, tmp_path):
     d, cfg = _deepseek_v3_config(tmp_path)
     layout = ["--tp", "8", "--pp", "8", "--ep", "32"]

@@ -141,6 +141,20 @@ FAMILIES += [
     ),
 ]
 
+FAMILIES += [
+    Family(
+        "deepseek-v2-lite",
+        "deepseek_v3",
+        "deepseek_v2",
+        "deepseek-ai__DeepSeek-V2-Lite.json",
+        "MLA without query LoRA, softmax router without expert bias",
+        traits={"tie_word_embeddings": False, "n_routed_experts": 64, "num_experts_per_tok": 6,
+                "moe_intermediate_size": 1408, "n_shared_experts": 2, "first_k_dense_replace": 1,
+                "q_lora_rank": None, "kv_lora_rank": 512, "qk_nope_head_dim": 128, "qk_rope_head_dim": 64,
+                "v_head_dim": 128, "scoring_func": "softmax", "topk_method": "greedy", "norm_topk_prob": False},
+    ),
+]
+
 FAMILY_BY_ID = {f.id: f for f in FAMILIES}
 
 

@@ -291,6 +291,22 @@ Json exportConfig(const MappingTable &T, const SchemaTable &S, const std::vector
     HF["architectures"] = Json::array({T.Architectures[0]});
   if (T.ModelTypes.Size)
     HF["model_type"] = T.ModelTypes[0];
+  // A mapping that serves several model types writes back the source's.
+  if (Reference && Reference->contains("model_type"))
+    for (const char *M : T.ModelTypes)
+      if ((*Reference)["model_type"] == M)
+        HF["model_type"] = M;
+  if (Reference && Reference->contains("architectures") && (*Reference)["architectures"].is_array()) {
+    bool Known = !(*Reference)["architectures"].empty();
+    for (auto &A : (*Reference)["architectures"]) {
+      bool Found = false;
+      for (const char *Ar : T.Architectures)
+        Found |= A == Ar;
+      Known &= Found;
+    }
+    if (Known)
+      HF["architectures"] = (*Reference)["architectures"];
+  }
   EvalEnv Env{nullptr, &Fields, &S, nullptr};
   for (const ExportRule &R : T.Export) {
     std::string Where = describe(R.Loc);
