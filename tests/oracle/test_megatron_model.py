@@ -42,6 +42,10 @@ FEATURES = {
         ],
         absent=["decoder.layers.0.mlp.linear_fc1.weight"],
     ),
+    "glm4.5-air": dict(
+        present=["decoder.layers.1.mlp.shared_experts.linear_fc1.weight", "decoder.layers.1.mlp.router.expert_bias",
+                 "decoder.layers.0.mlp.linear_fc1.weight", "decoder.layers.0.self_attention.linear_qkv.bias"],
+    ),
     "mixtral-8x7b": dict(
         present=["decoder.layers.0.mlp.experts.local_experts.0.linear_fc2.weight"],
         absent=["decoder.layers.0.mlp.linear_fc1.weight"],
@@ -103,6 +107,8 @@ def test_state_dict_matches_plan(bridge_run, tiny_checkpoints, megatron_models, 
 
     # The plan's parameter count is the model's (tied weights once).
     n = sum(p.numel() for p in model.parameters())
+    # The router's expert bias is a persistent buffer, stored and converted.
+    n += sum(v.numel() for k, v in model.state_dict().items() if k.endswith("router.expert_bias"))
     assert plan["parameters"] == n
     assert n == sum(math.prod(s) for s in actual.values())
 

@@ -155,6 +155,20 @@ FAMILIES += [
     ),
 ]
 
+FAMILIES += [
+    Family(
+        "glm4.5-air",
+        "glm4_moe",
+        "glm4_moe",
+        "zai-org__GLM-4.5-Air.json",
+        "q/k/v biases, partial rotary, dense first layer, shared expert, sigmoid router with expert bias",
+        traits={"tie_word_embeddings": False, "n_routed_experts": 128, "num_experts_per_tok": 8,
+                "moe_intermediate_size": 1408, "n_shared_experts": 1, "first_k_dense_replace": 1,
+                "attention_bias": True, "partial_rotary_factor": 0.5, "norm_topk_prob": True,
+                "use_qk_norm": False, "n_group": 1, "topk_group": 1},
+    ),
+]
+
 FAMILY_BY_ID = {f.id: f for f in FAMILIES}
 
 
@@ -210,6 +224,9 @@ def _shrink(d: dict) -> dict:
         d["num_nextn_predict_layers"] = 0
         d.pop("quantization_config", None)
         d.pop("auto_map", None)
+    # transformers builds no multi-token-prediction layers.
+    if "num_nextn_predict_layers" in d:
+        d["num_nextn_predict_layers"] = 0
     if "max_window_layers" in d:
         d["max_window_layers"] = min(d["max_window_layers"], TINY_LAYERS)
     if isinstance(d.get("layer_types"), list):
