@@ -77,17 +77,23 @@ def test_unmapped_tensor_is_named(bridge_run, source, tmp_path):
 def test_wrong_shape_is_named(bridge_run, source, tmp_path):
     import torch
 
-    _rewrite(source, lambda t: t.__setitem__("model.layers.0.self_attn.k_proj.weight", torch.zeros(48, 64)))
+    cfg = json.loads((source / "config.json").read_text())
+    rows = (cfg.get("num_key_value_heads") or cfg["num_attention_heads"]) * (
+        cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"])
+    _rewrite(source, lambda t: t.__setitem__("model.layers.0.self_attn.k_proj.weight", torch.zeros(rows + 16, 64)))
     r = _import(bridge_run, source, tmp_path / "out")
     assert r.returncode == 1
-    assert "k has shape [48, 64] but needs 32 rows" in r.stderr and "gpt_decoder.bridge:" in r.stderr
+    assert f"k has shape [{rows + 16}, 64] but needs {rows} rows" in r.stderr and "gpt_decoder.bridge:" in r.stderr
     _nothing_written(tmp_path / "out")
 
 
 def test_tp_not_dividing_query_groups(bridge_run, source, tmp_path):
-    r = _import(bridge_run, source, tmp_path / "out", "--tp", "4")
+    cfg = json.loads((source / "config.json").read_text())
+    groups = cfg.get("num_key_value_heads") or cfg["num_attention_heads"]
+    tp = groups * 2
+    r = _import(bridge_run, source, tmp_path / "out", "--tp", str(tp))
     assert r.returncode == 1
-    assert "num_query_groups 2 is not divisible by TP 4" in r.stderr
+    assert f"num_query_groups {groups} is not divisible by TP {tp}" in r.stderr
     _nothing_written(tmp_path / "out")
 
 

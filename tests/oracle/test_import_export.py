@@ -35,7 +35,7 @@ def _run(bridge_run: tiny_models.BridgeRun, *args: str) -> subprocess.CompletedP
 def _layout_fits(ckpt: tiny_models.TinyCheckpoint, tp: int, pp: int, ep: int = 1) -> bool:
     cfg = json.loads((ckpt.path / "config.json").read_text())
     groups = cfg.get("num_key_value_heads") or cfg["num_attention_heads"]
-    experts = cfg.get("num_experts") or cfg.get("num_local_experts") or 0
+    experts = cfg.get("num_experts") or cfg.get("num_local_experts") or cfg.get("n_routed_experts") or 0
     if ep > 1 and (not experts or experts % ep):
         return False
     return groups % tp == 0 and cfg["num_hidden_layers"] % pp == 0

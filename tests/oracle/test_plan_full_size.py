@@ -18,7 +18,10 @@ def _deepseek_v3_config(tmp_path):
     if cfg is None:
         import transformers
 
+        # The class defaults are DeepSeek-V3's sizes; its router settings
+        # come from the published model (the family's traits).
         cfg = transformers.DeepseekV3Config().to_dict()
+        cfg.update(fam.traits)
         cfg["architectures"] = ["DeepseekV3ForCausalLM"]
     d = tmp_path / "deepseek-v3"
     d.mkdir()

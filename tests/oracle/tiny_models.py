@@ -219,6 +219,8 @@ def _shrink(d: dict) -> dict:
         if d.get("q_lora_rank") is not None:
             d["q_lora_rank"] = 32
         d.update(kv_lora_rank=16, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16)
+        if "head_dim" in d:  # transformers' DeepSeek head_dim is the rotary part
+            d["head_dim"] = d["qk_rope_head_dim"]
         d["first_k_dense_replace"] = 1
         d["n_group"], d["topk_group"] = 2, 1
         d["num_nextn_predict_layers"] = 0
@@ -250,13 +252,14 @@ def tiny_config_dict(family: Family) -> tuple[dict, str]:
     base = transformers.AutoConfig.for_model(family.model_type).to_dict()
     for junk in ("transformers_version", "_name_or_path", "id2label", "label2id"):
         base.pop(junk, None)
-    d = _shrink(base)
     # Class defaults carry the modern rope_parameters; traits use the
     # published (rope_theta / rope_scaling) spelling, which transformers folds in.
     if "rope_theta" in family.traits or "rope_scaling" in family.traits:
-        d.pop("rope_parameters", None)
-    d.update(copy.deepcopy(family.traits))
-    return d, f"transformers {family.model_type} class defaults (no {SHARED_HF_CONFIGS})"
+        base.pop("rope_parameters", None)
+    # The traits give the published model's defining values (full size);
+    # shrink after them so that the model is tiny either way.
+    base.update(copy.deepcopy(family.traits))
+    return _shrink(base), f"transformers {family.model_type} class defaults (no {SHARED_HF_CONFIGS})"
 
 
 def tiny_hf_config(family: Family):

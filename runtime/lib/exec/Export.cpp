@@ -156,10 +156,10 @@ Summary runExport(const ExportOptions &O) {
     at::Device Dev(O.Device);
     SafetensorsWriter W(Tmp, FileOf, Side.value("hf_sharded", false));
     exec::OpConfig Cfg(S, Fields);
-    std::map<std::string, std::string> TieCopyOf;
+    std::map<std::string, std::vector<std::string>> TieCopyOf; // original -> its copies
     for (auto &[Copy, Of] : P.Ties)
       if (FileOf.count(Copy))
-        TieCopyOf[Of] = Copy;
+        TieCopyOf[Of].push_back(Copy);
     auto Emit = [&](const std::string &Name, at::Tensor V) {
       const Json &Meta = HFTensors.at(Name);
       std::vector<int64_t> Want = Meta.at("shape").get<std::vector<int64_t>>();
@@ -176,12 +176,13 @@ Summary runExport(const ExportOptions &O) {
       TensorToWrite TW{Name, *Type, Want, {}};
       TW.Bytes.assign(static_cast<const uint8_t *>(Host.data_ptr()),
                       static_cast<const uint8_t *>(Host.data_ptr()) + Host.nbytes());
-      if (auto C = TieCopyOf.find(Name); C != TieCopyOf.end()) {
-        TensorToWrite Copy = TW;
-        Copy.Name = C->second;
-        W.add(std::move(Copy));
-        ++Sum.TensorsWritten;
-      }
+      if (auto C = TieCopyOf.find(Name); C != TieCopyOf.end())
+        for (const std::string &CopyName : C->second) {
+          TensorToWrite Copy = TW;
+          Copy.Name = CopyName;
+          W.add(std::move(Copy));
+          ++Sum.TensorsWritten;
+        }
       W.add(std::move(TW));
       ++Sum.TensorsWritten;
     };
