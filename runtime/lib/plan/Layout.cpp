@@ -95,7 +95,10 @@ std::vector<std::string> checkLayout(const Layout &L, const std::function<int64_
                       std::to_string(L.PP * L.VPP);
     // Suggest explicit first/last stage sizes that split the rest evenly,
     // as close to an even split as possible.
-    if (L.PP > 2) {
+    if (L.PP == 2 && L.VPP == 1) {
+      Msg += "; e.g. --first-stage-layers " + std::to_string(Layers / 2) + " --last-stage-layers " +
+             std::to_string(Layers - Layers / 2);
+    } else if (L.PP > 2) {
       int64_t Per = Layers / L.PP, Best = -1, BestF = 0, BestL = 0;
       for (int64_t F = 1; F <= Layers; ++F)
         for (int64_t La = 1; F + La < Layers; ++La) {

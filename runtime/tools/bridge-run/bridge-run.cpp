@@ -36,12 +36,16 @@ const char *Usage =
     "  config --hf PATH          the Megatron model config for an HF config.json,\n"
     "                            and the config.json export would write back\n"
     "  plan   --hf PATH          every Megatron tensor: its HF sources, op, global\n"
-    "                            shape and parallel style (no weights are read)\n"
+    "         [layout options]   shape, parallel style, pipeline stage and rank slice,\n"
+    "                            and the bytes each rank holds (no weights are read)\n"
     "  import --hf DIR --out DIR HF safetensors checkpoint -> Megatron-Core torch_dist\n"
-    "         [--tp N] [--pp N] [--ep N] [--etp N] [--vpp N]\n"
-    "         [--first-stage-layers N] [--last-stage-layers N]\n"
+    "         [layout options]\n"
     "  export --megatron DIR --out DIR\n"
     "                            a checkpoint written by import -> HF safetensors\n"
+    "\n"
+    "layout options (validated against the model; they shape chunks and plans):\n"
+    "  --tp N --pp N --ep N --etp N --vpp N\n"
+    "  --first-stage-layers N --last-stage-layers N   uneven pipeline stages\n"
     "\n"
     "options:\n"
     "  --hf PATH                 an HF checkpoint directory or its config.json\n"
@@ -163,12 +167,12 @@ int cmdList(const Options &O) {
     std::cout << Out.dump(2) << "\n";
     return 0;
   }
-  std::printf("%-10s %-28s %-24s %6s %6s\n", "mapping", "architectures", "source", "config", "rules");
+  std::printf("%-12s %-34s %-28s %6s %6s\n", "mapping", "model types", "source", "config", "rules");
   for (auto &R : Out) {
-    std::string Archs;
-    for (auto &A : R["architectures"])
-      Archs += (Archs.empty() ? "" : ",") + A.get<std::string>();
-    std::printf("%-10s %-28s %-24s %6d %6d\n", R["name"].get<std::string>().c_str(), Archs.c_str(),
+    std::string Types;
+    for (auto &A : R["model_types"])
+      Types += (Types.empty() ? "" : ",") + A.get<std::string>();
+    std::printf("%-12s %-34s %-28s %6d %6d\n", R["name"].get<std::string>().c_str(), Types.c_str(),
                 R["source"].get<std::string>().c_str(), R["config_rules"].get<int>(), R["tensor_rules"].get<int>());
   }
   return 0;
