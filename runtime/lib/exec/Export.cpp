@@ -58,20 +58,39 @@ const MappingTable &mappingNamed(const std::string &Name) {
   throw Error("error: the checkpoint was written with mapping '" + Name + "', which this build does not have");
 }
 
-/// For each node of a postfix op tree, the index where its subtree starts.
-std::vector<size_t> subtreeStarts(Span<OpNode> Nodes) {
-  std::vector<size_t> Start(Nodes.Size), Stack;
-  for (size_t I = 0; I < Nodes.Size; ++I) {
-    size_t S = I;
-    for (unsigned K = 0; K < Nodes[I].NumInputs; ++K) {
-      S = Stack.back();
-      Stack.pop_back();
+/// The tree shape of a rule's postfix op nodes: where each subtree starts,
+/// each op's children, and which planned source each source node reads.
+struct OpTree {
+  std::vector<size_t> Starts;
+  std::vector<int> SourceOrdinal; ///< index into PlannedTensor::Sources, -1 for ops
+
+  explicit OpTree(Span<OpNode> Nodes) : Starts(Nodes.Size), SourceOrdinal(Nodes.Size, -1) {
+    std::vector<size_t> Stack;
+    int NextSource = 0;
+    for (size_t I = 0; I < Nodes.Size; ++I) {
+      size_t S = I;
+      for (unsigned K = 0; K < Nodes[I].NumInputs; ++K) {
+        S = Stack.back();
+        Stack.pop_back();
+      }
+      Starts[I] = S;
+      Stack.push_back(S);
+      if (Nodes[I].IsSource)
+        SourceOrdinal[I] = NextSource++;
     }
-    Start[I] = S;
-    Stack.push_back(S);
   }
-  return Start;
-}
+
+  /// The inputs of op node \p Node: the NumInputs subtrees right before it.
+  std::vector<size_t> children(Span<OpNode> Nodes, size_t Node) const {
+    std::vector<size_t> Out(Nodes[Node].NumInputs);
+    size_t End = Node;
+    for (size_t K = Out.size(); K-- > 0;) {
+      Out[K] = End - 1;
+      End = Starts[End - 1];
+    }
+    return Out;
+  }
+};
 
 } // namespace
 
@@ -107,30 +126,20 @@ Summary runExport(const ExportOptions &O) {
   std::set<std::string> Dropped, OwnDtype;
   for (const PlannedTensor &PT : P.Tensors) {
     const TensorRule &R = *PT.Rule;
-    std::vector<size_t> Starts = subtreeStarts(R.Nodes);
-    std::map<size_t, size_t> SourceIndex;
-    size_t NS = 0;
-    for (size_t I = 0; I < R.Nodes.Size; ++I)
-      if (R.Nodes[I].IsSource)
-        SourceIndex[I] = NS++;
+    OpTree Tree(R.Nodes);
     for (size_t I = 0; I < R.Nodes.Size; ++I) {
-      const OpNode &N = R.Nodes[I];
-      if (N.IsSource)
+      if (R.Nodes[I].IsSource)
         continue;
-      std::vector<size_t> Children;
-      size_t End = I;
-      for (unsigned K = 0; K < N.NumInputs; ++K) {
-        Children.insert(Children.begin(), End - 1);
-        End = Starts[End - 1];
-      }
+      std::vector<size_t> Children = Tree.children(R.Nodes, I);
       bool Applied = false;
       for (size_t C : Children)
-        if (R.Nodes[C].IsSource && R.Nodes[C].OptionalInput && HFTensors.contains(PT.Sources[SourceIndex[C]])) {
+        if (R.Nodes[C].IsSource && R.Nodes[C].OptionalInput &&
+            HFTensors.contains(PT.Sources[Tree.SourceOrdinal[C]])) {
           Applied = true;
-          Dropped.insert(PT.Sources[SourceIndex[C]]);
+          Dropped.insert(PT.Sources[Tree.SourceOrdinal[C]]);
         }
       if (Applied && R.Nodes[Children[0]].IsSource)
-        OwnDtype.insert(PT.Sources[SourceIndex[Children[0]]]);
+        OwnDtype.insert(PT.Sources[Tree.SourceOrdinal[Children[0]]]);
     }
   }
   // What export writes: the source's tensors, except those import ignored.
@@ -201,27 +210,15 @@ Summary runExport(const ExportOptions &O) {
         const TensorRule &R = *PT.Rule;
         std::string Where = describe(R.Loc);
         EvalEnv Env{nullptr, &Fields, &S, &PT.LoopVars};
-        std::vector<size_t> Starts = subtreeStarts(R.Nodes);
-        // Source names by node index.
-        std::map<size_t, std::string> SourceAt;
-        size_t NextSource = 0;
-        for (size_t I = 0; I < R.Nodes.Size; ++I)
-          if (R.Nodes[I].IsSource)
-            SourceAt[I] = PT.Sources[NextSource++];
+        OpTree Tree(R.Nodes);
+        auto SourceAt = [&](size_t Node) -> const std::string & { return PT.Sources[Tree.SourceOrdinal[Node]]; };
         std::function<void(size_t, at::Tensor)> Invert = [&](size_t Node, at::Tensor V) {
           const OpNode &N = R.Nodes[Node];
           if (N.IsSource) {
-            Emit(SourceAt[Node], V);
+            Emit(SourceAt(Node), V);
             return;
           }
-          // Children: the NumInputs subtrees right before this node.
-          std::vector<size_t> Children;
-          size_t End = Node;
-          for (unsigned K2 = 0; K2 < N.NumInputs; ++K2) {
-            size_t Child = End - 1;
-            Children.insert(Children.begin(), Child);
-            End = Starts[Child];
-          }
+          std::vector<size_t> Children = Tree.children(R.Nodes, Node);
           bool HasOptional = false;
           for (size_t C : Children)
             HasOptional |= R.Nodes[C].IsSource && R.Nodes[C].OptionalInput;
@@ -234,7 +231,7 @@ Summary runExport(const ExportOptions &O) {
           std::vector<DType> Types;
           for (size_t C : Children)
             if (R.Nodes[C].IsSource)
-              Types.push_back(*dtypeFromSafetensors(HFTensors.at(SourceAt[C]).at("dtype").get<std::string>()));
+              Types.push_back(*dtypeFromSafetensors(HFTensors.at(SourceAt(C)).at("dtype").get<std::string>()));
           exec::OpParams Params;
           for (const OpParam &Pm : N.Params)
             Params[Pm.Name] = evaluate(Pm.Value, Env, Where);
