@@ -7,6 +7,8 @@
 #ifndef BRIDGE_CONVERT_H
 #define BRIDGE_CONVERT_H
 
+#include "bridge/Config.h"
+
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -53,6 +55,12 @@ struct Summary {
 Summary runImport(const ImportOptions &O);
 /// torch_dist checkpoint written by runImport -> HF safetensors, config.json.
 Summary runExport(const ExportOptions &O);
+
+/// The mapping that serves an HF config.json (by model_type, then by
+/// architectures); throws Error naming the supported model types.
+const MappingTable &mappingFor(const Json &HFConfig);
+/// Every model_type some compiled mapping serves, comma-separated.
+std::string supportedModelTypes();
 
 /// Every problem with \p L for a model config, empty when it fits.
 std::vector<std::string> checkLayout(const Layout &L, const std::function<int64_t(const char *)> &Field);

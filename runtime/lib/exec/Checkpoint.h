@@ -31,8 +31,6 @@ struct DistKey {
 
 
 Json readJsonFile(const std::string &Path);
-const MappingTable &mappingFor(const Json &HFConfig);
-std::string supportedModelTypes();
 
 /// Whether decoder layers are stacked on a leading axis (Megatron-Core does
 /// unless the stack mixes dense and MoE layers).

@@ -119,27 +119,6 @@ Json readConfig(const std::string &Path) {
   }
 }
 
-std::string supported() {
-  std::string S;
-  for (const RegistryEntry &E : allMappings())
-    for (const char *M : E.Table->ModelTypes)
-      S += (S.empty() ? "" : ", ") + std::string(M);
-  return S;
-}
-
-const MappingTable &pickMapping(const Json &HF) {
-  if (HF.contains("model_type") && HF["model_type"].is_string())
-    if (const MappingTable *T = findMappingByModelType(HF["model_type"].get<std::string>()))
-      return *T;
-  if (HF.contains("architectures") && HF["architectures"].is_array())
-    for (auto &A : HF["architectures"])
-      if (A.is_string())
-        if (const MappingTable *T = findMappingByArchitecture(A.get<std::string>()))
-          return *T;
-  std::string MT = HF.contains("model_type") ? HF["model_type"].dump() : "(none)";
-  throw Error("error: no mapping for model_type " + MT + "; supported: " + supported());
-}
-
 std::string shapeText(const std::vector<int64_t> &Shape) {
   std::string S = "[";
   for (size_t I = 0; I < Shape.size(); ++I)
@@ -180,7 +159,7 @@ int cmdList(const Options &O) {
 
 int cmdConfig(const Options &O) {
   Json HF = readConfig(O.HF);
-  const MappingTable &T = pickMapping(HF);
+  const MappingTable &T = mappingFor(HF);
   std::vector<Json> Fields = importConfig(T, schema(), HF);
   Json Back = exportConfig(T, schema(), Fields, &HF);
   if (O.AsJson) {
@@ -202,7 +181,7 @@ int cmdConfig(const Options &O) {
 
 int cmdPlan(const Options &O) {
   Json HF = readConfig(O.HF);
-  const MappingTable &T = pickMapping(HF);
+  const MappingTable &T = mappingFor(HF);
   std::vector<Json> Fields = importConfig(T, schema(), HF);
   std::vector<std::string> Problems = checkLayout(O.Par, fieldGetter(schema(), Fields));
   if (!Problems.empty()) {
