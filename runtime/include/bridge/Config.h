@@ -16,6 +16,7 @@
 #include <functional>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace bridge {
@@ -50,6 +51,12 @@ Json evaluate(const Expr &E, const EvalEnv &Env, const std::string &Where);
 bool evaluateCondition(const Expr &E, const EvalEnv &Env, const std::string &Where);
 
 std::string describe(const SourceLoc &L);
+
+/// The capture variable that schema patterns use for range \p RangeName
+/// ("layers" -> "i" in megatron.bridge); empty when the schema has no such
+/// range. Lets the runtime find layer and expert indices without assuming
+/// the schema's spelling.
+std::string rangeVar(const SchemaTable &S, std::string_view RangeName);
 
 /// HF config.json -> Megatron model config (every schema field, defaults
 /// applied), in schema order.

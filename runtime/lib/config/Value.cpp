@@ -13,6 +13,13 @@ const char *styleName(Style S) {
   return "?";
 }
 
+std::string rangeVar(const SchemaTable &S, std::string_view RangeName) {
+  for (const RangeInfo &R : S.Ranges)
+    if (RangeName == R.Name)
+      return R.Var;
+  return "";
+}
+
 std::string describe(const SourceLoc &L) {
   return std::string(L.File) + ":" + std::to_string(L.Line) + ":" + std::to_string(L.Col);
 }

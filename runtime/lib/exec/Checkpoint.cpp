@@ -55,13 +55,11 @@ bool layersStacked(const SchemaTable &S, const std::vector<Json> &Fields) {
 std::vector<DistKey> groupByKey(const Plan &P, const SchemaTable &S, const std::vector<Json> &Fields,
                                 bool LocalSpec) {
   std::map<std::string, int64_t> RangeSize; // capture variable -> count
-  std::string LayerVar = "i";
+  std::string LayerVar = rangeVar(S, "layers");
   for (const RangeInfo &R : S.Ranges) {
     EvalEnv Env{nullptr, &Fields, &S, nullptr};
     Json N = evaluate(R.Count, Env, std::string("range ") + R.Name);
     RangeSize[R.Var] = N.is_number_integer() ? N.get<int64_t>() : 0;
-    if (std::string(R.Name) == "layers")
-      LayerVar = R.Var;
   }
   bool Stacked = layersStacked(S, Fields);
   std::map<std::string, size_t> Index;

@@ -200,9 +200,10 @@ int cmdPlan(const Options &O) {
   for (uint32_t I = 0; I < schema().Fields.Size; ++I)
     if (std::string(schema().Fields[I].Name) == "params_dtype" && Fields[I].is_string())
       Elem = Fields[I].get<std::string>() == "float32" ? 4 : 2;
+  const std::string LayerVar = rangeVar(schema(), "layers"), ExpertVar = rangeVar(schema(), "experts");
   auto StageOf = [&](const PlannedTensor &PT) -> int {
     for (size_t C = 0; C < PT.Param->Captures.Size; ++C)
-      if (std::string(PT.Param->Captures[C]) == "i")
+      if (std::string(PT.Param->Captures[C]) == LayerVar)
         return pipelineStage(O.Par, NumLayers, PT.Captures[C]);
     if (PT.LocalName.rfind("embedding", 0) == 0)
       return 0;
@@ -210,7 +211,7 @@ int cmdPlan(const Options &O) {
   };
   auto ExpertRank = [&](const PlannedTensor &PT) -> int {
     for (size_t C = 0; C < PT.Param->Captures.Size; ++C)
-      if (std::string(PT.Param->Captures[C]) == "e" && Experts > 0)
+      if (std::string(PT.Param->Captures[C]) == ExpertVar && Experts > 0)
         return static_cast<int>(PT.Captures[C] / (Experts / O.Par.EP));
     return -1;
   };
