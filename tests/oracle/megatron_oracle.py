@@ -193,6 +193,16 @@ NOT_CONSTRUCTOR_ARGS = {
 }
 
 
+# Keys that choose a layer implementation rather than a config value. Megatron-
+# Bridge builds these models with its own layer spec; the harness does the
+# same with the module named here.
+LAYER_CHOICE_KEYS = {
+    # OLMoE / MiniMax-M2: q/k RMSNorm over all heads (olmoe_layer_spec,
+    # minimax_m2_layer_spec in Megatron-Bridge); FullWidthQKSelfAttention below.
+    "qk_layernorm_full_width",
+}
+
+
 @dataclass
 class RoutedConfig:
     tc_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -200,6 +210,7 @@ class RoutedConfig:
     gpt_kwargs: dict[str, Any] = field(default_factory=dict)
     config_attrs: dict[str, Any] = field(default_factory=dict)  # setattr after build
     spec_kwargs: dict[str, Any] = field(default_factory=dict)
+    layer_choices: dict[str, Any] = field(default_factory=dict)
     dropped: dict[str, str] = field(default_factory=dict)  # key -> why
 
 
@@ -227,6 +238,8 @@ def route_megatron_config(meg: dict, *, megatron_compatible: bool = True) -> Rou
                 r.tc_kwargs[key] = value  # MLATransformerConfig has its own copy
         elif key in NOT_CONSTRUCTOR_ARGS:
             r.dropped[key] = NOT_CONSTRUCTOR_ARGS[key]
+        elif key in LAYER_CHOICE_KEYS:
+            r.layer_choices[key] = value
         elif key in YARN_CONFIG_ATTRS:
             r.config_attrs[key] = value
         elif key == "activation_func":
@@ -287,6 +300,52 @@ MLA_UNSUPPORTED = (
 )
 
 
+def full_width_qk_attention():
+    """SelfAttention whose q/k RMSNorms span all heads (OLMoE, MiniMax-M2):
+    HF normalizes the whole projection before splitting it into heads.
+    Written for the one-process (TP=1) oracle: the norms are as wide as the
+    projections, and megatron-core's own split and rotary are reused."""
+    from megatron.core.transformer.attention import SelfAttention
+    from megatron.core.transformer.spec_utils import build_module
+
+    class FullWidthQKSelfAttention(SelfAttention):
+        def __init__(self, config, submodules, *args, **kwargs):
+            super().__init__(config, submodules, *args, **kwargs)
+            head = self.hidden_size_per_attention_head
+            for name, heads in (("q_layernorm", self.num_attention_heads_per_partition),
+                                ("k_layernorm", self.num_query_groups_per_partition)):
+                norm = build_module(getattr(submodules, name), hidden_size=heads * head, config=config,
+                                    eps=config.layernorm_epsilon)
+                setattr(self, name, norm)
+
+        def get_query_key_value_tensors(self, *args, **kwargs):
+            norms = (self.q_layernorm, self.k_layernorm)
+            # The parent applies per-head norms when they are set; take them
+            # out for the split and apply them over the flattened heads.
+            self.q_layernorm = self.k_layernorm = None
+            try:
+                query, key, *rest = super().get_query_key_value_tensors(*args, **kwargs)
+            finally:
+                self.q_layernorm, self.k_layernorm = norms
+            query = norms[0](query.reshape(*query.shape[:2], -1)).view(query.shape)
+            key = norms[1](key.reshape(*key.shape[:2], -1)).view(key.shape)
+            return (query, key, *rest)
+
+    return FullWidthQKSelfAttention
+
+
+def _apply_layer_choices(spec, choices: dict[str, Any]):
+    if not choices.get("qk_layernorm_full_width"):
+        return spec
+    attention = full_width_qk_attention()
+    layers = spec.layer_specs if hasattr(spec, "layer_specs") else [spec]
+    for layer in layers:
+        self_attention = layer.submodules.self_attention
+        assert self_attention.submodules.q_layernorm is not None, "full-width q/k norm without qk_layernorm"
+        self_attention.module = attention
+    return spec
+
+
 def build_gpt_model(meg: dict):
     """The GPTModel (local layer spec, CPU) that bridge-run's config describes."""
     if meg.get("multi_latent_attention"):
@@ -303,6 +362,7 @@ def build_gpt_model(meg: dict):
         )
     else:
         spec = mods["get_gpt_layer_local_spec"](**r.spec_kwargs)
+    spec = _apply_layer_choices(spec, r.layer_choices)
     return mods["GPTModel"](
         config=cfg,
         transformer_layer_spec=spec,

@@ -49,6 +49,9 @@ ALLOWED = {
     "yarn_mscale": "GPTModelProvider.yarn_mscale",
     "yarn_mscale_all_dim": "GPTModelProvider.yarn_mscale_all_dim",
     "yarn_correction_range_round_to_int": "GPTModelProvider.yarn_correction_range_round_to_int",
+    # Not a provider field either: Megatron-Bridge builds OLMoE and MiniMax-M2
+    # with its own attention layer spec whose q/k norms span all heads.
+    "qk_layernorm_full_width": "olmoe_layer_spec / minimax_m2_layer_spec (Megatron-Bridge)",
     # Gemma2ModelProvider fields (Megatron-Bridge models/gemma/gemma2_provider.py),
     # consumed by its own attention / output layer, not by megatron-core.
     "query_pre_attn_scalar": "Gemma2ModelProvider.query_pre_attn_scalar",

@@ -46,6 +46,14 @@ FEATURES = {
         present=["decoder.layers.1.mlp.shared_experts.linear_fc1.weight", "decoder.layers.1.mlp.router.expert_bias",
                  "decoder.layers.0.mlp.linear_fc1.weight", "decoder.layers.0.self_attention.linear_qkv.bias"],
     ),
+    "olmoe-1b-7b": dict(
+        present=["decoder.layers.0.self_attention.q_layernorm.weight", "decoder.layers.1.mlp.router.weight"],
+        absent=["decoder.layers.0.mlp.linear_fc1.weight"],
+    ),
+    "minimax-m2": dict(
+        present=["decoder.layers.0.self_attention.k_layernorm.weight", "decoder.layers.1.mlp.router.expert_bias"],
+        absent=["decoder.layers.0.mlp.linear_fc1.weight"],
+    ),
     "mixtral-8x7b": dict(
         present=["decoder.layers.0.mlp.experts.local_experts.0.linear_fc2.weight"],
         absent=["decoder.layers.0.mlp.linear_fc1.weight"],

@@ -169,6 +169,28 @@ FAMILIES += [
     ),
 ]
 
+FAMILIES += [
+    Family(
+        "olmoe-1b-7b",
+        "olmoe",
+        "olmoe",
+        "allenai__OLMoE-1B-7B.UNVERIFIED.json",
+        "q/k RMSNorm over all heads, softmax router without renormalization",
+        traits={"tie_word_embeddings": False, "num_experts": 64, "num_experts_per_tok": 8,
+                "intermediate_size": 1024, "norm_topk_prob": False, "clip_qkv": None},
+    ),
+    Family(
+        "minimax-m2",
+        "minimax_m2",
+        "minimax_m2",
+        "MiniMaxAI__MiniMax-M2.7.json",
+        "q/k RMSNorm over all heads with GQA, partial rotary (rotary_dim), sigmoid router with expert bias",
+        traits={"tie_word_embeddings": False, "num_local_experts": 256, "num_experts_per_tok": 8,
+                "head_dim": 128, "rotary_dim": 64, "scoring_func": "sigmoid", "use_qk_norm": True,
+                "qk_norm_type": "per_layer", "use_routing_bias": True},
+    ),
+]
+
 FAMILY_BY_ID = {f.id: f for f in FAMILIES}
 
 
@@ -201,6 +223,9 @@ def _shrink(d: dict) -> dict:
         # Grouped-query stays grouped-query, multi-head stays multi-head.
         d["num_key_value_heads"] = TINY_KV_HEADS_GQA if gqa else TINY_HEADS
     if d.get("head_dim") is not None:
+        if d.get("rotary_dim") is not None:
+            # Partial rotary given as a width (MiniMax-M2): keep the fraction.
+            d["rotary_dim"] = TINY_HEAD_DIM * d["rotary_dim"] // d["head_dim"]
         d["head_dim"] = TINY_HEAD_DIM  # only where the source spells it out
     d["intermediate_size"] = TINY_INTERMEDIATE
     d["vocab_size"] = TINY_VOCAB
@@ -231,8 +256,11 @@ def _shrink(d: dict) -> dict:
         d["num_nextn_predict_layers"] = 0
     if "max_window_layers" in d:
         d["max_window_layers"] = min(d["max_window_layers"], TINY_LAYERS)
-    if isinstance(d.get("layer_types"), list):
-        d["layer_types"] = d["layer_types"][:TINY_LAYERS]
+    for key in ("layer_types", "attn_type_list"):
+        if isinstance(d.get(key), list):
+            d[key] = d[key][:TINY_LAYERS]
+    # The tiny model is made in fp32/bf16; FP8 sources are made by the FP8 tests.
+    d.pop("quantization_config", None)
     # Special-token ids must lie inside the tiny vocabulary (not architecture).
     for i, key in enumerate(("bos_token_id", "eos_token_id", "pad_token_id")):
         if isinstance(d.get(key), int) and d[key] >= TINY_VOCAB:
@@ -309,6 +337,13 @@ def build_tiny_checkpoint(family: Family, out_dir: Path, seed: int = 0) -> TinyC
     cfg = tiny_hf_config(family)
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(cfg)
+    # transformers initializes norms to one and biases (router expert bias
+    # included) to zero; a mapping that swapped two norms or dropped a bias
+    # would still give the same logits. Perturb every stored tensor.
+    with torch.no_grad():
+        for tensor in model.state_dict().values():
+            if tensor.is_floating_point():
+                tensor.add_(torch.randn_like(tensor) * 0.05)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
