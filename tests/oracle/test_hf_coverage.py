@@ -106,7 +106,7 @@ def test_plan_shapes_compose_from_hf_shapes(
         if any(s is None for s in src):
             continue  # reported by the coverage test
         op = _recipe_op(t)
-        if op == "dequant_fp8_block" and len(present) == 1:
+        if op in ("dequant_fp8_block", "dequant_fp8") and len(present) == 1:
             op = None
         where = f"{t['name']} {shape} <- {t['recipe']} {src}"
         if op is None:

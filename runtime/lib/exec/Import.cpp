@@ -107,6 +107,11 @@ std::string runConfigYaml(const SchemaTable &S, const std::vector<Json> &Fields,
            std::string(V.get<std::string>() == "fast_gelu" ? "gelu" : V.get<std::string>()) + "\n    _call_: false\n";
     else if (N == "params_dtype")
       Y += "  params_dtype:\n    _target_: torch." + V.get<std::string>() + "\n    _call_: false\n";
+    else if (N == "qk_layernorm_full_width")
+      // Not a GPTModelProvider field (instantiating the provider would fail on
+      // it): Megatron-Bridge selects this attention through a layer spec.
+      Y += "  # qk_layernorm_full_width: " + V.dump() +
+           "  (q/k norms over all heads: needs a layer spec with that attention)\n";
     else
       Y += "  " + N + ": " + V.dump() + "\n";
   }

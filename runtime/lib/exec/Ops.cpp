@@ -211,8 +211,24 @@ at::Tensor forward(Op Kind, Transform Custom, const std::vector<at::Tensor> &In,
     at::Tensor S = Scale.to(at::kFloat).repeat_interleave(Block, 0).repeat_interleave(Block, 1);
     return W.to(at::kFloat).mul(S.narrow(0, 0, M).narrow(1, 0, N)).to(at::kBFloat16);
   }
-  case Op::DequantFP8Tensor:
-    return In[0].to(at::kBFloat16).mul(In[1].to(at::kBFloat16));
+  case Op::DequantFP8Tensor: {
+    // One scale for the tensor ([] or [1]) or one per output row ([M] or
+    // [M, 1], compressed-tensors' channel strategy); fp32 product, then bf16
+    // as for block scales.
+    const at::Tensor &W = In[0], &Scale = In[1];
+    at::Tensor S = Scale.to(at::kFloat);
+    if (S.numel() != 1) {
+      if (W.dim() < 1 || S.numel() != W.size(0) || S.dim() > 2 || (S.dim() == 2 && S.size(1) != 1))
+        fail(Where, "scale " + shapeText(Scale.sizes()) + " is neither per tensor nor per output row of " +
+                        shapeText(W.sizes()));
+      std::vector<int64_t> Rows(W.dim(), 1);
+      Rows[0] = W.size(0);
+      S = S.reshape(Rows);
+    } else {
+      S = S.reshape({});
+    }
+    return W.to(at::kFloat).mul(S).to(at::kBFloat16);
+  }
   case Op::DequantMXFP4:
     fail(Where, "dequant_mxfp4 is not implemented yet");
   case Op::Transform:
