@@ -70,6 +70,11 @@ def _expected(ckpt: tiny_models.TinyCheckpoint) -> dict:
     exp["rope_scaling"] = rope_type == "llama3"
     if rope_type == "llama3":
         exp["rope_scaling_factor"] = rope["factor"]
+    elif rope_type == "yarn":
+        exp.update(position_embedding_type="yarn", yarn_rotary_scaling_factor=rope["factor"],
+                   yarn_original_max_position_embeddings=rope["original_max_position_embeddings"],
+                   yarn_beta_fast=rope.get("beta_fast", 32.0), yarn_beta_slow=rope.get("beta_slow", 1.0),
+                   yarn_correction_range_round_to_int=rope.get("truncate", True))
     elif rope_type != "default":
         raise AssertionError(f"no expectation written for rope_type {rope_type!r}")
     # transformers 5 resolves whether the sliding window is used (Qwen2 with
@@ -77,6 +82,14 @@ def _expected(ckpt: tiny_models.TinyCheckpoint) -> dict:
     # current token; Megatron's (left, right) excludes it.
     window = getattr(cfg, "sliding_window", None)
     exp["window_size"] = [window - 1, 0] if window else None
+    if getattr(cfg, "layer_types", None) and window:
+        exp["window_attn_skip_freq"] = [int(t == "sliding_attention") for t in cfg.layer_types]
+    if "model.layers.0.self_attn.sinks" in keys:
+        exp["softmax_type"] = "learnable"
+    if getattr(cfg, "swiglu_limit", None) is not None:
+        # gpt-oss: gate * sigmoid(alpha * gate) * (up + 1), both clamped.
+        exp.update(activation_func="quick_gelu" if cfg.swiglu_alpha == 1.702 else "?", glu_linear_offset=1.0,
+                   activation_func_clamp_value=cfg.swiglu_limit, add_qkv_bias=True)
     return exp
 
 

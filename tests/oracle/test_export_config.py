@@ -171,6 +171,8 @@ def test_export_field_matches_source(cases, layer, family_id, field):
         want, got = getattr(src, field), getattr(exp, field, None)
         if field == "dtype":
             want, got = _dtype_name(want), _dtype_name(got)
+            if want is None:
+                pytest.skip("the source config gives no dtype; export writes the Megatron params_dtype")
         if field == "head_dim" and want is None:
             # transformers reads a null head_dim as hidden_size / heads;
             # export writes that number.

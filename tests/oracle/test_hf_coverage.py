@@ -40,6 +40,38 @@ def _recipe_op(tensor: dict) -> str | None:
     return recipe.split("(", 1)[0].strip()
 
 
+def _nested_shape(recipe: str, shapes: dict) -> tuple:
+    """The shape a chain of layout ops gives from the HF shapes (independent of
+    the runtime): expert drops dim 0, transpose swaps two dims, an interleaved
+    gate/up keeps its shape (rows must pair up)."""
+    recipe = recipe.strip()
+    if "(" not in recipe:
+        return tuple(shapes[recipe.rstrip("?")])
+    op, rest = recipe.split("(", 1)
+    inner = rest[: rest.rindex(")")]
+    depth, args, cur = 0, [], ""
+    for ch in inner:
+        depth += ch == "("
+        depth -= ch == ")"
+        if ch == "," and depth == 0:
+            args.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    args.append(cur)
+    x = _nested_shape(args[0], shapes)
+    op = op.strip()
+    if op == "expert":
+        return x[1:]
+    if op == "transpose":
+        assert len(x) == 2, recipe
+        return (x[1], x[0])
+    if op == "gate_up_interleaved":
+        assert x[0] % 2 == 0, recipe
+        return x
+    raise AssertionError(f"no shape rule for {op!r} in {recipe}")
+
+
 @pytest.fixture(params=tiny_models.family_ids())
 def family_id(request):
     return request.param
@@ -58,8 +90,16 @@ def test_plan_consumes_every_hf_tensor_exactly_once(
     assert plan["mapping"] == ckpt.family.mapping
 
     uses = Counter()
+    sliced = {}  # stacked HF tensor read through 'expert' -> expert indices read
     for t in plan["tensors"]:
-        uses.update(t["sources"])
+        for src, piece in zip(t["sources"], t["source_slices"]):
+            if piece < 0:
+                uses[src] += 1
+            else:
+                sliced.setdefault(src, []).append(piece)
+    for src, pieces in sliced.items():
+        assert sorted(pieces) == list(range(ckpt.tensors[src][0])), f"{src}: experts read {sorted(pieces)}"
+        uses[src] += 1
     uses.update(tie["copy"] for tie in plan["ties"])
     uses.update(plan["ignored"])
 
@@ -131,6 +171,10 @@ def test_plan_shapes_compose_from_hf_shapes(
                 errors.append(f"gate and up differ: {where}")
             elif g[1:] != shape[1:] or g[0] + u[0] != shape[0]:
                 errors.append(f"gated_mlp rows do not add up: {where}")
+        elif op in ("expert", "transpose", "gate_up_interleaved"):
+            got = _nested_shape(t["recipe"], ckpt.tensors)
+            if got != shape:
+                errors.append(f"{op} chain gives {got}: {where}")
         else:
             errors.append(f"no shape rule in this test for recipe op {op!r}: {where}")
     assert not errors, "\n".join(errors)

@@ -109,7 +109,7 @@ def test_round_trip_is_bit_exact(bridge_run, bridge_device, tiny_checkpoints, im
         assert out_cfg.get(k) == src_cfg[k], k
 
 
-MOE_FAMILIES = [f for f in tiny_models.family_ids() if tiny_models.FAMILY_BY_ID[f].mapping in ("qwen3_moe", "mixtral", "deepseek_v3", "glm4_moe", "olmoe", "minimax_m2")]
+MOE_FAMILIES = [f for f in tiny_models.family_ids() if tiny_models.FAMILY_BY_ID[f].mapping in ("qwen3_moe", "mixtral", "deepseek_v3", "glm4_moe", "olmoe", "minimax_m2", "gpt_oss")]
 # (TP, EP, ETP) for mixtures of experts: experts are stored one chunk per
 # (layer, expert); ETP cuts each expert's slice like TP cuts a dense MLP.
 MOE_LAYOUTS = [(1, 2, 1), (2, 2, 1), (1, 4, 1), (2, 4, 2), (1, 2, 2)]

@@ -54,6 +54,11 @@ FEATURES = {
         present=["decoder.layers.0.self_attention.k_layernorm.weight", "decoder.layers.1.mlp.router.expert_bias"],
         absent=["decoder.layers.0.mlp.linear_fc1.weight"],
     ),
+    "gpt-oss-20b": dict(
+        present=["decoder.layers.0.self_attention.core_attention.softmax_offset",
+                 "decoder.layers.1.mlp.router.bias", "decoder.layers.0.self_attention.linear_proj.bias",
+                 "decoder.layers.0.mlp.experts.local_experts.3.linear_fc1.bias"],
+    ),
     "mixtral-8x7b": dict(
         present=["decoder.layers.0.mlp.experts.local_experts.0.linear_fc2.weight"],
         absent=["decoder.layers.0.mlp.linear_fc1.weight"],

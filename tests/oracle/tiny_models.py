@@ -191,6 +191,21 @@ FAMILIES += [
     ),
 ]
 
+FAMILIES += [
+    Family(
+        "gpt-oss-20b",
+        "gpt_oss",
+        "gpt_oss",
+        "openai__gpt-oss-20b.json",
+        "fused 3-D experts with interleaved gate/up and biases, attention sinks, alternating sliding window, yarn",
+        traits={"tie_word_embeddings": False, "num_local_experts": 32, "num_experts_per_tok": 4,
+                "head_dim": 64, "attention_bias": True, "sliding_window": 128, "swiglu_limit": 7.0,
+                "rope_scaling": {"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0, "beta_slow": 1.0,
+                                 "original_max_position_embeddings": 4096, "truncate": False},
+                "rope_theta": 150000.0},
+    ),
+]
+
 FAMILY_BY_ID = {f.id: f for f in FAMILIES}
 
 

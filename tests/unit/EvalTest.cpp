@@ -103,6 +103,32 @@ TEST_CASE("mistral sliding window maps to window_size and back") {
   CHECK(exportConfig(*T, schema(), G)["sliding_window"].is_null());
 }
 
+TEST_CASE("gpt-oss layer_types become a per-layer window list (indicator) and come back (labels)") {
+  const MappingTable *T = findMappingByModelType("gpt_oss");
+  REQUIRE(T);
+  Json HF = tinyLlama();
+  HF["model_type"] = "gpt_oss";
+  HF["architectures"] = Json::array({"GptOssForCausalLM"});
+  HF["num_hidden_layers"] = 3;
+  HF["num_local_experts"] = 4;
+  HF["num_experts_per_tok"] = 2;
+  HF["head_dim"] = 16;
+  HF["sliding_window"] = 128;
+  HF["layer_types"] = Json::array({"sliding_attention", "full_attention", "sliding_attention"});
+  HF["rope_scaling"] = Json::parse(R"({"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0, "beta_slow": 1.0,
+                                      "original_max_position_embeddings": 4096, "truncate": false})");
+  auto F = importConfig(*T, schema(), HF);
+  CHECK(fieldOf(F, "window_size") == Json::array({127, 0}));
+  CHECK(fieldOf(F, "window_attn_skip_freq") == Json::array({1, 0, 1}));
+  CHECK(fieldOf(F, "yarn_correction_range_round_to_int") == false);
+  CHECK(fieldOf(F, "yarn_mscale_all_dim") == 0.0);
+  Json Back = exportConfig(*T, schema(), F);
+  CHECK(Back["layer_types"] == HF["layer_types"]);
+  CHECK(Back["sliding_window"] == 128);
+  HF["layer_types"][1] = "chunked_attention"; // anything but sliding_attention is not windowed
+  CHECK(fieldOf(importConfig(*T, schema(), HF), "window_attn_skip_freq") == Json::array({1, 0, 1}));
+}
+
 TEST_CASE("plan: every tensor once, TE and local names, tied output layer") {
   const MappingTable *T = findMappingByModelType("llama");
   auto F = importConfig(*T, schema(), tinyLlama());

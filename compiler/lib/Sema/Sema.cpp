@@ -130,6 +130,8 @@ const BuiltinInfo Builtins[] = {
     {"at", 2, 2, "at(list, i): item i of a list"},
     {"count", 2, 2, "count(list, value): how many items equal value"},
     {"repeat", 2, 2, "repeat(value, n): a list of n copies"},
+    {"indicator", 2, 2, "indicator(list, value): 1 where an item equals value, else 0"},
+    {"labels", 3, 3, "labels(flags, if_zero, if_one): each 0/1 flag replaced by a value"},
     {"int", 1, 1, "int(x)"},
     {"float", 1, 1, "float(x)"},
     {"is_moe_layer", 1, 1, "is_moe_layer(i): layer i has an MoE MLP (moe_layer_freq)"},
@@ -430,7 +432,8 @@ public:
     // Argument kinds: 'n' number, 'i' int, 'l' list, 's' list or string, '*' anything.
     static const std::pair<const char *, const char *> Kinds[] = {
         {"min", "n"}, {"max", "n"}, {"len", "s"}, {"repeat", "*i"}, {"int", "n"}, {"float", "n"},
-        {"is_moe_layer", "i"}, {"at", "li"}, {"count", "l*"}, {"has", "*"}};
+        {"is_moe_layer", "i"}, {"at", "li"}, {"count", "l*"}, {"has", "*"},
+        {"indicator", "l*"}, {"labels", "l*"}};
     for (auto &[Fn, Spec] : Kinds) {
       if (N != Fn)
         continue;
@@ -453,6 +456,10 @@ public:
                                                   : ValueKind::Any};
     if (N == "len" || N == "int" || N == "count")
       return {ValueKind::Int};
+    if (N == "indicator")
+      return {ValueKind::IntList};
+    if (N == "labels")
+      return {ValueKind::List};
     if (N == "float")
       return {ValueKind::Float};
     if (N == "repeat")

@@ -81,6 +81,9 @@ struct PlannedTensor {
   std::string Recipe;             ///< e.g. "qkv(a, b, c)"
   std::vector<std::string> Sources; ///< HF tensors read, in op order
   std::vector<bool> SourceOptional; ///< parallel to Sources
+  /// Parallel to Sources: the expert index when the source is read through
+  /// 'expert' (one slice of a stacked HF tensor), else -1.
+  std::vector<int64_t> SourceSlice;
   bool Optional;
   const TensorRule *Rule;
   const ParamInfo *Param;         ///< the schema declaration that applies

@@ -438,14 +438,25 @@ Plan expandPlan(const MappingTable &T, const SchemaTable &S, const std::vector<J
       PT.Captures = Caps;
       PT.LoopVars = Vars;
       std::vector<std::string> Stack;
+      std::vector<int> SourceOnStack; // the source ordinal of each stack entry, -1 for op results
       for (const OpNode &N : R.Nodes) {
         if (N.IsSource) {
           std::string Src = renderPattern(N.Source, Env, Where);
+          SourceOnStack.push_back(static_cast<int>(PT.Sources.size()));
           PT.Sources.push_back(Src);
           PT.SourceOptional.push_back(N.OptionalInput);
+          PT.SourceSlice.push_back(-1);
           Stack.push_back(Src + (N.OptionalInput ? "?" : ""));
           continue;
         }
+        // 'expert' straight on an HF tensor reads one slice of it: coverage
+        // then counts (tensor, expert) pairs, not the tensor.
+        if (N.Kind == Op::SelectExpert && SourceOnStack.back() >= 0)
+          for (const OpParam &Pm : N.Params)
+            if (std::string(Pm.Name) == "index")
+              PT.SourceSlice[SourceOnStack.back()] = evaluate(Pm.Value, Env, Where).get<int64_t>();
+        SourceOnStack.resize(SourceOnStack.size() - N.NumInputs);
+        SourceOnStack.push_back(-1);
         std::string Call;
         static const char *OpNames[] = {
 #define BRIDGE_OP(Id, Name, MinIn, MaxIn, Params, Ranks, Style, Inverse) Name,

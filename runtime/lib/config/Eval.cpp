@@ -144,6 +144,25 @@ Json callBuiltin(const std::string &Name, std::vector<Json> &Args, const EvalEnv
       N += equalValues(X, Args[1]) ? 1 : 0;
     return N;
   }
+  if (Name == "indicator") {
+    if (!Args[0].is_array())
+      fail(Where, E, "indicator() needs a list, not " + show(Args[0]));
+    Json Out = Json::array();
+    for (auto &X : Args[0])
+      Out.push_back(int64_t(equalValues(X, Args[1]) ? 1 : 0));
+    return Out;
+  }
+  if (Name == "labels") {
+    if (!Args[0].is_array())
+      fail(Where, E, "labels() needs a list of 0/1 flags, not " + show(Args[0]));
+    Json Out = Json::array();
+    for (auto &X : Args[0]) {
+      if (!X.is_number_integer() || (X.get<int64_t>() != 0 && X.get<int64_t>() != 1))
+        fail(Where, E, "labels() needs 0/1 flags, not " + show(X) + " in " + show(Args[0]));
+      Out.push_back(X.get<int64_t>() ? Args[2] : Args[1]);
+    }
+    return Out;
+  }
   if (Name == "repeat") {
     if (!Args[1].is_number_integer() || Args[1].get<int64_t>() < 0)
       fail(Where, E, "repeat() needs a count, not " + show(Args[1]));

@@ -16,6 +16,7 @@
 #include "bridge/Safetensors.h"
 #include "bridge/TorchDistReader.h"
 
+#include <ATen/ops/empty.h>
 #include <ATen/ops/from_blob.h>
 
 #include <chrono>
@@ -195,6 +196,36 @@ Summary runExport(const ExportOptions &O) {
       W.add(std::move(TW));
       ++Sum.TensorsWritten;
     };
+    // HF tensors that stack all experts (the 'expert' op's source) are put
+    // together from one slice per expert and written once every slice is in.
+    struct Stacked {
+      at::Tensor Value;
+      std::vector<bool> Filled;
+      size_t Count = 0;
+    };
+    std::map<std::string, Stacked> Stacking;
+    auto StackSlice = [&](const std::string &Name, int64_t Index, const at::Tensor &Slice, const std::string &Where) {
+      Stacked &St = Stacking[Name];
+      if (!St.Value.defined()) {
+        std::vector<int64_t> Want = HFTensors.at(Name).at("shape").get<std::vector<int64_t>>();
+        std::vector<int64_t> Got(Slice.sizes().begin(), Slice.sizes().end());
+        Got.insert(Got.begin(), Want.empty() ? 0 : Want[0]);
+        if (Got != Want)
+          throw Error(Where + ": error: an expert slice of rank " + std::to_string(Slice.dim()) +
+                      " does not fit '" + Name + "' of the source");
+        St.Value = at::empty(Want, Slice.options());
+        St.Filled.assign(static_cast<size_t>(Want[0]), false);
+      }
+      if (Index < 0 || Index >= static_cast<int64_t>(St.Filled.size()) || St.Filled[Index])
+        throw Error(Where + ": error: expert " + std::to_string(Index) + " of '" + Name +
+                    "' is outside it or written twice");
+      St.Value.select(0, Index).copy_(Slice);
+      St.Filled[Index] = true;
+      if (++St.Count == St.Filled.size()) {
+        Emit(Name, St.Value);
+        Stacking.erase(Name);
+      }
+    };
     for (const DistKey &K : Keys) {
       std::vector<uint8_t> Bytes = Ckpt.readTensor(K.Key);
       const DistTensor &DT = Ckpt.tensor(K.Key);
@@ -228,6 +259,17 @@ Summary runExport(const ExportOptions &O) {
             Invert(Children[0], V);
             return;
           }
+          if (N.Kind == Op::SelectExpert) {
+            // The inverse of taking one expert is putting it back in its place.
+            if (!R.Nodes[Children[0]].IsSource)
+              throw Error(Where + ": error: export needs 'expert' applied directly to an HF tensor");
+            exec::OpParams Params;
+            for (const OpParam &Pm : N.Params)
+              Params[Pm.Name] = evaluate(Pm.Value, Env, Where);
+            int64_t Index = Params.at("index").get<int64_t>();
+            StackSlice(SourceAt(Children[0]), Index, V, Where);
+            return;
+          }
           std::vector<DType> Types;
           for (size_t C : Children)
             if (R.Nodes[C].IsSource)
@@ -242,6 +284,10 @@ Summary runExport(const ExportOptions &O) {
         Invert(R.Nodes.Size - 1, Value);
       }
     }
+    if (!Stacking.empty())
+      throw Error("error: export of '" + Stacking.begin()->first + "' is missing experts: " +
+                  std::to_string(Stacking.begin()->second.Filled.size() - Stacking.begin()->second.Count) +
+                  " of " + std::to_string(Stacking.begin()->second.Filled.size()) + " were never produced");
     W.finish();
     Sum.BytesWritten = W.bytesWritten();
     files::writeFile(files::join(Tmp, "config.json"), exportConfig(T, S, Fields, &HFRef).dump(2) + "\n");

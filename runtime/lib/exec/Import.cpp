@@ -49,9 +49,10 @@ OpParams evalParams(const OpNode &N, const EvalEnv &Env, const std::string &Wher
 }
 
 /// Runs a rule's postfix op chain for one instance. \p Leaf gives each
-/// source tensor by name.
+/// source tensor by name, or only expert \p Slice of it when Slice >= 0 (a
+/// stacked HF tensor read through 'expert': the slice alone is moved).
 at::Tensor runChain(const PlannedTensor &PT, const std::vector<Json> &Fields, const SchemaTable &S,
-                    const std::function<at::Tensor(const std::string &)> &Leaf) {
+                    const std::function<at::Tensor(const std::string &, int64_t Slice)> &Leaf) {
   const TensorRule &R = *PT.Rule;
   std::string Where = describe(R.Loc);
   OpConfig Cfg(S, Fields);
@@ -60,11 +61,19 @@ at::Tensor runChain(const PlannedTensor &PT, const std::vector<Json> &Fields, co
   // with one passes its first input through (an unquantized source).
   std::vector<at::Tensor> Stack;
   size_t NextSource = 0;
+  bool SliceTaken = false; // the 'expert' right after this source is done
   for (const OpNode &N : R.Nodes) {
     if (N.IsSource) {
       size_t K = NextSource++;
-      Stack.push_back(Leaf(PT.Sources[K]));
+      Stack.push_back(Leaf(PT.Sources[K], PT.SourceSlice[K]));
+      SliceTaken = PT.SourceSlice[K] >= 0;
       continue;
+    }
+    if (SliceTaken) {
+      // Postfix order puts a one-input op right after its source.
+      SliceTaken = false;
+      if (N.Kind == Op::SelectExpert)
+        continue;
     }
     std::vector<at::Tensor> In(Stack.end() - N.NumInputs, Stack.end());
     Stack.resize(Stack.size() - N.NumInputs);
@@ -146,19 +155,45 @@ Summary runImport(const ImportOptions &O) {
   SafetensorsCheckpoint Ckpt(O.HFDir);
   Plan P = expandPlan(T, S, Fields, /*UseTENames=*/true);
   std::map<std::string, std::string> ConsumedBy;
+  // A stacked HF tensor read one expert at a time: every slice exactly once.
+  std::map<std::string, std::pair<std::set<int64_t>, const PlannedTensor *>> SlicesRead;
   std::vector<std::string> Missing;
   for (const PlannedTensor &PT : P.Tensors)
     for (size_t K = 0; K < PT.Sources.size(); ++K) {
       const std::string &Src = PT.Sources[K];
       if (PT.SourceOptional[K] && !Ckpt.find(Src))
         continue; // an optional input this checkpoint does not have
-      auto [It, New] = ConsumedBy.emplace(Src, PT.LocalName);
+      int64_t Slice = PT.SourceSlice[K];
+      std::string Read = Slice < 0 ? Src : Src + " (expert " + std::to_string(Slice) + ")";
+      auto [It, New] = ConsumedBy.emplace(Read, PT.LocalName);
       if (!New)
-        throw Error(describe(PT.Rule->Loc) + ": error: HF tensor '" + Src + "' is read for both '" + It->second +
+        throw Error(describe(PT.Rule->Loc) + ": error: HF tensor '" + Read + "' is read for both '" + It->second +
                     "' and '" + PT.LocalName + "'");
+      if (Slice >= 0) {
+        auto &Entry = SlicesRead[Src];
+        Entry.first.insert(Slice);
+        Entry.second = &PT;
+        if (ConsumedBy.count(Src))
+          throw Error(describe(PT.Rule->Loc) + ": error: HF tensor '" + Src + "' is read whole for '" +
+                      ConsumedBy[Src] + "' and by expert for '" + PT.LocalName + "'");
+      } else if (SlicesRead.count(Src)) {
+        throw Error(describe(PT.Rule->Loc) + ": error: HF tensor '" + Src + "' is read whole for '" + PT.LocalName +
+                    "' and by expert elsewhere");
+      }
       if (!Ckpt.find(Src))
         Missing.push_back(Src + "  (for " + PT.Name + ")");
     }
+  for (auto &[Src, Entry] : SlicesRead) {
+    const TensorView *V = Ckpt.find(Src);
+    if (!V)
+      continue; // reported as missing below
+    int64_t Experts = V->Shape.empty() ? 0 : V->Shape[0];
+    if (static_cast<int64_t>(Entry.first.size()) != Experts || *Entry.first.rbegin() != Experts - 1)
+      throw Error(describe(Entry.second->Rule->Loc) + ": error: HF tensor '" + Src + "' stacks " +
+                  std::to_string(Experts) + " experts on dim 0, but the mapping reads " +
+                  std::to_string(Entry.first.size()) + " of them");
+    ConsumedBy.emplace(Src, "(by expert)");
+  }
   for (auto &[Copy, Of] : P.Ties) {
     const TensorView *C = Ckpt.find(Copy), *F = Ckpt.find(Of);
     if (!C)
@@ -194,11 +229,12 @@ Summary runImport(const ImportOptions &O) {
 
   // -- dry run on meta tensors: shapes before any byte is written -------------------------
   for (const PlannedTensor &PT : P.Tensors) {
-    at::Tensor Out = runChain(PT, Fields, S, [&](const std::string &Name) {
+    at::Tensor Out = runChain(PT, Fields, S, [&](const std::string &Name, int64_t Slice) {
       const TensorView *V = Ckpt.find(Name);
       if (!V)
         return at::Tensor(); // an absent optional input
-      return at::empty(V->Shape, at::TensorOptions().dtype(exec::toScalarType(V->Type)).device(at::kMeta));
+      at::Tensor X = at::empty(V->Shape, at::TensorOptions().dtype(exec::toScalarType(V->Type)).device(at::kMeta));
+      return Slice < 0 ? X : X.select(0, Slice);
     });
     std::vector<int64_t> Got(Out.sizes().begin(), Out.sizes().end());
     if (Got != PT.Shape)
@@ -226,13 +262,16 @@ Summary runImport(const ImportOptions &O) {
       bool Declared = false;
       for (size_t Layer = 0; Layer < K.Members.size(); ++Layer) {
         const PlannedTensor &PT = P.Tensors[K.Members[Layer]];
-        at::Tensor Result = runChain(PT, Fields, S, [&](const std::string &Name) {
+        at::Tensor Result = runChain(PT, Fields, S, [&](const std::string &Name, int64_t Slice) {
           const TensorView *V = Ckpt.find(Name);
           if (!V)
             return at::Tensor(); // an absent optional input
-          Sum.BytesRead += V->Bytes;
-          ++Sum.TensorsRead;
-          return viewOf(*V).to(Dev);
+          at::Tensor X = viewOf(*V);
+          if (Slice >= 0)
+            X = X.select(0, Slice); // a view of the mapped file: only this expert is read
+          Sum.BytesRead += X.nbytes();
+          Sum.TensorsRead += Slice <= 0; // a stacked tensor counts once
+          return X.to(Dev);
         });
         at::Tensor Host = Result.contiguous().cpu();
         DType Type = exec::fromScalarType(Host.scalar_type());

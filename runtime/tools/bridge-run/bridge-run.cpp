@@ -266,7 +266,8 @@ int cmdPlan(const Options &O) {
                                 {"slices", Ranks},
                                 {"recipe", PT.Recipe},
                                 {"sources", PT.Sources},
-                                {"optional_sources", PT.SourceOptional}});
+                                {"optional_sources", PT.SourceOptional},
+                                {"source_slices", PT.SourceSlice}});
     }
     Out["ranks"] = Json::array();
     for (auto &[Key, Bytes] : RankBytes)
