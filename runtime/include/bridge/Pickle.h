@@ -13,6 +13,7 @@
 #include "bridge/DType.h"
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -65,6 +66,10 @@ struct StorageBytes {
 /// 'archive/data/<key>' per storage (64-byte aligned, stored), byteorder,
 /// version. ZIP64 where sizes or offsets need it.
 std::string torchSaveArchive(const std::string &Pickle, const std::vector<StorageBytes> &Storages);
+/// The same archive streamed to \p Sink piece by piece (storages passed
+/// through without a copy); returns the bytes emitted.
+uint64_t writeTorchSaveArchive(const std::string &Pickle, const std::vector<StorageBytes> &Storages,
+                               const std::function<void(const void *, size_t)> &Sink);
 
 } // namespace bridge
 

@@ -1,6 +1,8 @@
 //===- Pickle.cpp - pickle opcodes and torch.save zip archives -------------===//
 #include "bridge/Pickle.h"
 
+#include <functional>
+
 #include <array>
 #include <cstring>
 
@@ -180,7 +182,8 @@ uint32_t crc32(const uint8_t *D, uint64_t N) {
 namespace {
 } // namespace
 
-std::string torchSaveArchive(const std::string &Pickle, const std::vector<StorageBytes> &Storages) {
+uint64_t writeTorchSaveArchive(const std::string &Pickle, const std::vector<StorageBytes> &Storages,
+                               const std::function<void(const void *, size_t)> &Sink) {
   static const char Version[] = "3\n";
   static const char ByteOrder[] = "little";
   static const char SerializationId[] = "0000000000000000000000000000000000000000";
@@ -196,13 +199,23 @@ std::string torchSaveArchive(const std::string &Pickle, const std::vector<Storag
   for (const StorageBytes &S : Storages)
     Add("data/" + S.Key, S.Data, S.Size);
 
+  // Headers collect in Z; a storage's bytes go to the sink as they are (no
+  // copy of the tensor data). Pos counts everything emitted.
   std::string Z;
+  uint64_t Flushed = 0;
+  auto Pos = [&] { return Flushed + Z.size(); };
+  auto Flush = [&] {
+    if (!Z.empty())
+      Sink(Z.data(), Z.size());
+    Flushed += Z.size();
+    Z.clear();
+  };
   for (Entry &E : Entries) {
-    E.HeaderOffset = Z.size();
+    E.HeaderOffset = Pos();
     bool Big = E.Size >= 0xFFFFFFFFull;
     // Local header length before the extra field, to align data at 64 bytes.
     size_t Fixed = 30 + E.Name.size() + (Big ? 20 : 0);
-    size_t Pad = (64 - (Z.size() + Fixed + 4) % 64) % 64;
+    size_t Pad = (64 - (Pos() + Fixed + 4) % 64) % 64;
     put32(Z, 0x04034b50);
     put16(Z, Big ? 45 : 20);
     put16(Z, 0);      // flags
@@ -224,9 +237,12 @@ std::string torchSaveArchive(const std::string &Pickle, const std::vector<Storag
     put16(Z, 0x4246); // "FB": padding, as torch.save aligns storages
     put16(Z, static_cast<uint32_t>(Pad));
     Z.append(Pad, 'Z');
-    Z.append(reinterpret_cast<const char *>(E.Data), E.Size);
+    Flush();
+    if (E.Size)
+      Sink(E.Data, E.Size);
+    Flushed += E.Size;
   }
-  uint64_t CdOffset = Z.size();
+  uint64_t CdOffset = Pos();
   for (const Entry &E : Entries) {
     bool BigSize = E.Size >= 0xFFFFFFFFull, BigOff = E.HeaderOffset >= 0xFFFFFFFFull;
     std::string Extra;
@@ -260,12 +276,12 @@ std::string torchSaveArchive(const std::string &Pickle, const std::vector<Storag
     Z += E.Name;
     Z += Extra;
   }
-  uint64_t CdSize = Z.size() - CdOffset;
+  uint64_t CdSize = Pos() - CdOffset;
   bool Zip64 = CdOffset >= 0xFFFFFFFFull;
   for (const Entry &E : Entries)
     Zip64 |= E.Size >= 0xFFFFFFFFull;
   if (Zip64) {
-    uint64_t Eocd64 = Z.size();
+    uint64_t Eocd64 = Pos();
     put32(Z, 0x06064b50);
     put64(Z, 44);
     put16(Z, 45);
@@ -289,7 +305,16 @@ std::string torchSaveArchive(const std::string &Pickle, const std::vector<Storag
   put32(Z, Zip64 ? 0xFFFFFFFFu : static_cast<uint32_t>(CdSize));
   put32(Z, Zip64 ? 0xFFFFFFFFu : static_cast<uint32_t>(CdOffset));
   put16(Z, 0);
-  return Z;
+  Flush();
+  return Flushed;
+}
+
+std::string torchSaveArchive(const std::string &Pickle, const std::vector<StorageBytes> &Storages) {
+  std::string Out;
+  writeTorchSaveArchive(Pickle, Storages, [&](const void *D, size_t N) {
+    Out.append(static_cast<const char *>(D), N);
+  });
+  return Out;
 }
 
 } // namespace bridge

@@ -85,9 +85,13 @@ void TorchDistWriter::addChunk(const std::string &Key, std::vector<int64_t> Offs
     throw Error("error: internal: malformed chunk of '" + Key + "'");
   PickleWriter P;
   P.tensor(T.Type, "0", Numel, Sizes);
-  std::string Record = torchSaveArchive(P.finish(), {{"0", Data, NumBytes}});
-  Chunk C{std::move(Offsets), std::move(Sizes), 0, Record.size()};
-  append(Record, C.Offset);
+  // Streamed to the file: the chunk's bytes are written from where they lie.
+  Chunk C{std::move(Offsets), std::move(Sizes), Offset, 0};
+  C.Length = writeTorchSaveArchive(P.finish(), {{"0", Data, NumBytes}}, [&](const void *D, size_t N) {
+    if (std::fwrite(D, 1, N, Out) != N)
+      throw Error("error: writing " + Dir + "/" + File + " failed: " + std::strerror(errno));
+  });
+  Offset += C.Length;
   T.Chunks.push_back(std::move(C));
 }
 
