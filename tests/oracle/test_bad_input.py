@@ -136,3 +136,18 @@ def test_existing_output_is_refused(bridge_run, source, tmp_path):
     assert (out / "keep.txt").read_text() == "mine"
     assert _import(bridge_run, source, out, "--overwrite").returncode == 0
     assert not (out / "keep.txt").exists() and (out / "latest_checkpointed_iteration.txt").exists()
+
+
+def test_stacked_experts_must_all_be_read(bridge_run, tiny_checkpoints, tmp_path):
+    """gpt-oss stacks its experts in one HF tensor read by 'expert'; an extra
+    expert in the stack would be silently dropped, so it is an error."""
+    import torch
+
+    hf = tmp_path / "hf"
+    shutil.copytree(tiny_checkpoints("gpt-oss-20b").path, hf)
+    name = "model.layers.0.mlp.experts.down_proj_bias"
+    _rewrite(hf, lambda t: t.__setitem__(name, torch.cat([t[name], t[name][:1]], 0)))
+    r = _import(bridge_run, hf, tmp_path / "mg")
+    assert r.returncode == 1
+    assert f"HF tensor '{name}' stacks 5 experts on dim 0, but the mapping reads 4 of them" in r.stderr
+    _nothing_written(tmp_path / "mg")

@@ -259,24 +259,20 @@ Summary runExport(const ExportOptions &O) {
             Invert(Children[0], V);
             return;
           }
+          exec::OpParams Params;
+          for (const OpParam &Pm : N.Params)
+            Params[Pm.Name] = evaluate(Pm.Value, Env, Where);
           if (N.Kind == Op::SelectExpert) {
             // The inverse of taking one expert is putting it back in its place.
             if (!R.Nodes[Children[0]].IsSource)
               throw Error(Where + ": error: export needs 'expert' applied directly to an HF tensor");
-            exec::OpParams Params;
-            for (const OpParam &Pm : N.Params)
-              Params[Pm.Name] = evaluate(Pm.Value, Env, Where);
-            int64_t Index = Params.at("index").get<int64_t>();
-            StackSlice(SourceAt(Children[0]), Index, V, Where);
+            StackSlice(SourceAt(Children[0]), Params.at("index").get<int64_t>(), V, Where);
             return;
           }
           std::vector<DType> Types;
           for (size_t C : Children)
             if (R.Nodes[C].IsSource)
               Types.push_back(*dtypeFromSafetensors(HFTensors.at(SourceAt(C)).at("dtype").get<std::string>()));
-          exec::OpParams Params;
-          for (const OpParam &Pm : N.Params)
-            Params[Pm.Name] = evaluate(Pm.Value, Env, Where);
           std::vector<at::Tensor> Inputs = exec::inverse(N.Kind, N.Custom, V, N.NumInputs, Params, Cfg, Types, Where);
           for (size_t C = 0; C < Children.size(); ++C)
             Invert(Children[C], Inputs[C]);
@@ -284,10 +280,11 @@ Summary runExport(const ExportOptions &O) {
         Invert(R.Nodes.Size - 1, Value);
       }
     }
-    if (!Stacking.empty())
-      throw Error("error: export of '" + Stacking.begin()->first + "' is missing experts: " +
-                  std::to_string(Stacking.begin()->second.Filled.size() - Stacking.begin()->second.Count) +
-                  " of " + std::to_string(Stacking.begin()->second.Filled.size()) + " were never produced");
+    if (!Stacking.empty()) {
+      const auto &[Name, St] = *Stacking.begin();
+      throw Error("error: export of '" + Name + "' is missing experts: " + std::to_string(St.Filled.size() - St.Count) +
+                  " of " + std::to_string(St.Filled.size()) + " were never produced");
+    }
     W.finish();
     Sum.BytesWritten = W.bytesWritten();
     files::writeFile(files::join(Tmp, "config.json"), exportConfig(T, S, Fields, &HFRef).dump(2) + "\n");

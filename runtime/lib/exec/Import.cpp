@@ -173,17 +173,14 @@ Summary runImport(const ImportOptions &O) {
         auto &Entry = SlicesRead[Src];
         Entry.first.insert(Slice);
         Entry.second = &PT;
-        if (ConsumedBy.count(Src))
-          throw Error(describe(PT.Rule->Loc) + ": error: HF tensor '" + Src + "' is read whole for '" +
-                      ConsumedBy[Src] + "' and by expert for '" + PT.LocalName + "'");
-      } else if (SlicesRead.count(Src)) {
-        throw Error(describe(PT.Rule->Loc) + ": error: HF tensor '" + Src + "' is read whole for '" + PT.LocalName +
-                    "' and by expert elsewhere");
       }
       if (!Ckpt.find(Src))
         Missing.push_back(Src + "  (for " + PT.Name + ")");
     }
   for (auto &[Src, Entry] : SlicesRead) {
+    if (auto Whole = ConsumedBy.find(Src); Whole != ConsumedBy.end())
+      throw Error(describe(Entry.second->Rule->Loc) + ": error: HF tensor '" + Src + "' is read whole for '" +
+                  Whole->second + "' and by expert for '" + Entry.second->LocalName + "'");
     const TensorView *V = Ckpt.find(Src);
     if (!V)
       continue; // reported as missing below
