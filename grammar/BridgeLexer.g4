@@ -55,6 +55,7 @@ STAR      : '*';
 SLASH     : '/';
 PERCENT   : '%';
 BANG      : '!';
+PIPE      : '|';
 QUESTION  : '?';
 COLON     : ':';
 SEMI      : ';';

@@ -30,7 +30,9 @@ forBlock    : FOR name IN rangeSpec (WHERE expr)? LBRACE weightItem* RBRACE ;
 rangeSpec   : expr DOTDOT expr   # rangeBounds
             | name               # rangeNamed
             ;
-tensorRule  : (OPTIONAL | OVERRIDE)* pattern LARROW source (COLON name)? (WHEN expr)? SEMI ;
+// 'a | b': alternative source layouts of one tensor (a quantized release and
+// its unquantized save); the first whose HF tensors all exist is read.
+tensorRule  : (OPTIONAL | OVERRIDE)* pattern LARROW source (PIPE source)* (COLON name)? (WHEN expr)? SEMI ;
 ignoreRule  : IGNORE pattern (WHEN expr)? SEMI ;
 tieRule     : TIE pattern ASSIGN pattern (WHEN expr)? SEMI ;
 

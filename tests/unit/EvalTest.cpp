@@ -159,7 +159,7 @@ TEST_CASE("plan: qwen2 has qkv biases with the interleaved global shape") {
     if (PT.Name.find("linear_qkv.bias") != std::string::npos) {
       ++Biases;
       CHECK(PT.Shape == std::vector<int64_t>{(4 + 2 * 2) * 16});
-      CHECK(PT.Sources.size() == 3);
+      CHECK(PT.sources().size() == 3);
     }
   CHECK(Biases == 2);
 }

@@ -31,6 +31,8 @@ TEST_CASE("rules point at schema parameters that exist") {
       REQUIRE(R.Params.Size >= 1);
       for (uint32_t P : R.Params)
         CHECK(P < schema().Params.Size);
-      CHECK(R.Nodes.Size >= 1);
+      REQUIRE(R.Alternatives.Size >= 1);
+      for (const Span<OpNode> &Nodes : R.Alternatives)
+        CHECK(Nodes.Size >= 1);
     }
 }

@@ -10,6 +10,8 @@
 
 #include "bridgec/AST/Print.h"
 
+#include "llvm/ADT/StringExtras.h"
+
 #include <cctype>
 
 using namespace bridgec;
@@ -186,8 +188,26 @@ private:
     case WeightItem::TensorItem: {
       const TensorRule &T = *It.Tensor;
       comments(T.Range.Start, Depth);
-      line(Depth, std::string(T.Optional ? "optional " : "") + (T.Override ? "override " : "") + print(T.Target),
-           " <- ", source(*T.Src) + (T.Style.empty() ? "" : " : " + T.Style) + when(T.When) + ";");
+      std::string Head =
+          std::string(T.Optional ? "optional " : "") + (T.Override ? "override " : "") + print(T.Target);
+      std::string Tail = (T.Style.empty() ? "" : " : " + T.Style) + when(T.When) + ";";
+      std::vector<std::string> Alts;
+      size_t Width = 2 * Depth + Head.size() + 4 + Tail.size();
+      for (auto &A : T.Alternatives) {
+        Alts.push_back(source(*A));
+        Width += Alts.back().size() + 3;
+      }
+      if (Alts.size() == 1 || Width <= 120 + 3) {
+        line(Depth, Head, " <- ", llvm::join(Alts, " | ") + Tail);
+      } else {
+        // One alternative per line, the preferred one first.
+        indent(Depth);
+        OS << Head << "\n";
+        for (size_t I = 0; I < Alts.size(); ++I) {
+          indent(Depth + 2);
+          OS << (I ? "| " : "<- ") << Alts[I] << (I + 1 == Alts.size() ? Tail : "") << "\n";
+        }
+      }
       ended(T.Range.End);
       return;
     }

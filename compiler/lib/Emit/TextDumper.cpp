@@ -52,6 +52,12 @@ std::string nodesText(const std::vector<model::OpNode> &Nodes) {
   }
   return Stack.empty() ? "" : Stack.back();
 }
+std::string alternativesText(const std::vector<std::vector<model::OpNode>> &Alts) {
+  std::vector<std::string> Texts;
+  for (auto &A : Alts)
+    Texts.push_back(nodesText(A));
+  return llvm::join(Texts, " | ");
+}
 } // namespace
 
 void bridgec::dumpModel(const model::MappingSet &Set, llvm::raw_ostream &OS) {
@@ -81,7 +87,7 @@ void bridgec::dumpModel(const model::MappingSet &Set, llvm::raw_ostream &OS) {
     for (auto &T : B.Tensors) {
       const model::Param &P = S.Params[T.Params[0]];
       OS << "  tensor " << loopsText(T.Loops, S) << (T.Optional ? "optional " : "") << T.Target.str() << " <- "
-         << nodesText(T.Nodes) << " : " << styleText(P.ParallelStyle) << (P.Expert ? " expert" : "")
+         << alternativesText(T.Alternatives) << " : " << styleText(P.ParallelStyle) << (P.Expert ? " expert" : "")
          << " [schema " << P.Key << (T.Params.size() > 1 ? " x" + std::to_string(T.Params.size()) : "") << "]";
       if (T.When)
         OS << " when " << ast::print(*T.When);

@@ -138,22 +138,24 @@ private:
     ast::WeightItem It;
     if (auto *T = C->tensorRule()) {
       auto Pat = T->pattern();
-      if (!Pat || !T->source())
+      if (!Pat || T->source().empty())
         return std::nullopt;
       auto TR = std::make_shared<ast::TensorRule>();
       TR->Range = R(T);
       TR->Optional = !T->OPTIONAL().empty();
       TR->Override = !T->OVERRIDE().empty();
       TR->Target = pattern(Pat);
-      TR->Src = source(T->source());
+      for (auto *Alt : T->source()) {
+        TR->Alternatives.push_back(source(Alt));
+        if (!TR->Alternatives.back())
+          return std::nullopt;
+      }
       if (T->name()) {
         TR->Style = T->name()->getText();
         TR->StyleRange = R(T->name());
       }
       if (T->expr())
         TR->When = expr(T->expr());
-      if (!TR->Src)
-        return std::nullopt;
       It.K = ast::WeightItem::TensorItem;
       It.Tensor = TR;
       return It;

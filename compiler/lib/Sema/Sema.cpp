@@ -1110,19 +1110,23 @@ public:
     TR.Params = PIt->second;
     const model::Param &P = S.Params[TR.Params[0]];
     TR.TargetIsTE = Key == P.TEKey && P.TEKey != P.Key;
-    // Sources.
-    std::set<std::string> SourceVars;
-    unsigned Produced = buildSource(*T.Src, Sc, TR.Nodes, SourceVars, OK);
-    if (!OK)
-      return;
-    if (T.Src->K == ast::Source::PatternRef && T.Src->OptionalInput) {
-      D.emit(DiagId::OpParam, T.Src->Range, "only an op input can be optional ('?'); a rule's source cannot");
-      return;
-    }
-    if (Produced != 1) {
-      // A plain source (a rename) names one tensor; alternatives made more.
-      D.emit(DiagId::OpArity, T.Src->Range, "rename", 1, Produced);
-      return;
+    // Sources: each alternative on its own, as if it were the only one.
+    std::vector<std::set<std::string>> SourceVars(T.Alternatives.size());
+    for (size_t A = 0; A < T.Alternatives.size(); ++A) {
+      const ast::Source &Src = *T.Alternatives[A];
+      TR.Alternatives.emplace_back();
+      unsigned Produced = buildSource(Src, Sc, TR.Alternatives.back(), SourceVars[A], OK);
+      if (!OK)
+        return;
+      if (Src.K == ast::Source::PatternRef && Src.OptionalInput) {
+        D.emit(DiagId::OpParam, Src.Range, "only an op input can be optional ('?'); a rule's source cannot");
+        return;
+      }
+      if (Produced != 1) {
+        // A plain source (a rename) names one tensor; alternatives made more.
+        D.emit(DiagId::OpArity, Src.Range, "rename", 1, Produced);
+        return;
+      }
     }
     if (T.When) {
       Scope WSc = Sc;
@@ -1131,19 +1135,21 @@ public:
     // Captures: every loop variable in scope must index the target (else one
     // tensor is produced many times), and the sources must use exactly those.
     std::string Target = ast::print(T.Target);
+    for (size_t A = 0; A < T.Alternatives.size(); ++A)
     for (const std::string &V : Sc.Vars) {
-      bool InT = TargetVars.count(V), InS = SourceVars.count(V);
+      const ast::Source &Src = *T.Alternatives[A];
+      bool InT = TargetVars.count(V), InS = SourceVars[A].count(V);
       if (!InT && InS) {
-        D.emit(DiagId::CaptureMismatch, T.Src->Range,
+        D.emit(DiagId::CaptureMismatch, Src.Range,
                "the sources use loop variable '" + V + "' but the target '" + Target +
                    "' does not capture it; one Megatron tensor cannot come from several HF tensors");
         OK = false;
       } else if (InT && !InS) {
-        D.emit(DiagId::CaptureMismatch, T.Src->Range,
+        D.emit(DiagId::CaptureMismatch, Src.Range,
                "the target '" + Target + "' captures loop variable '" + V +
                    "' but no source uses it, so every instance would read the same HF tensor");
         OK = false;
-      } else if (!InT && !InS) {
+      } else if (!InT && !InS && A == 0) {
         D.emit(DiagId::CaptureMismatch, T.Target.Range,
                "loop variable '" + V + "' is bound but the target '" + Target +
                    "' does not capture it, so the rule would produce it once per iteration");
@@ -1171,7 +1177,8 @@ public:
         return;
       }
     }
-    const model::OpNode &Root = TR.Nodes.back();
+    for (const std::vector<model::OpNode> &Nodes : TR.Alternatives) {
+    const model::OpNode &Root = Nodes.back();
     if (!Root.IsSource && Root.Kind != bridge::Op::Transform) {
       const OpInfo *Info = nullptr;
       for (auto &I : Ops)
@@ -1200,6 +1207,7 @@ public:
         D.note(DiagId::NoteSchemaHere, P.Loc);
         return;
       }
+    }
     }
     R.Tensors.push_back(std::move(TR));
   }
@@ -1441,14 +1449,18 @@ std::unique_ptr<model::MappingSet> Compilation::analyze() {
       model::Pattern Pat;
       std::string Guard;
       SMRange Loc;
+      // Alternatives of one rule may read the same tensor: one is taken.
+      int Rule = -1, Alternative = -1;
     };
     std::vector<Claim> Claims;
-    for (auto &T : MB.Tensors) {
+    for (size_t R = 0; R < MB.Tensors.size(); ++R) {
+      auto &T = MB.Tensors[R];
       std::map<std::string, std::string> Rn;
       std::string G = guardOf(T.Loops, T.When, Rn);
-      for (auto &N : T.Nodes)
-        if (N.IsSource)
-          Claims.push_back({N.Source, G, N.Loc});
+      for (size_t A = 0; A < T.Alternatives.size(); ++A)
+        for (auto &N : T.Alternatives[A])
+          if (N.IsSource)
+            Claims.push_back({N.Source, G, N.Loc, static_cast<int>(R), static_cast<int>(A)});
     }
     for (auto &I : MB.Ignores) {
       std::map<std::string, std::string> Rn;
@@ -1460,7 +1472,9 @@ std::unique_ptr<model::MappingSet> Compilation::analyze() {
     }
     for (size_t I = 0; I < Claims.size(); ++I)
       for (size_t J = 0; J < I; ++J)
-        if (Claims[I].Guard == Claims[J].Guard && unifiable(Claims[I].Pat, Claims[J].Pat)) {
+        if (Claims[I].Guard == Claims[J].Guard && unifiable(Claims[I].Pat, Claims[J].Pat) &&
+            !(Claims[I].Rule >= 0 && Claims[I].Rule == Claims[J].Rule &&
+              Claims[I].Alternative != Claims[J].Alternative)) {
           Diags.emit(DiagId::SourceClaimedTwice, Claims[I].Pat.Loc.isValid() ? Claims[I].Pat.Loc : Claims[I].Loc,
                      Claims[I].Pat.str());
           Diags.note(DiagId::NoteOtherRuleHere, Claims[J].Pat.Loc.isValid() ? Claims[J].Pat.Loc : Claims[J].Loc);

@@ -71,6 +71,17 @@ std::vector<Json> configFromJson(const SchemaTable &S, const Json &Obj);
 Json exportConfig(const MappingTable &T, const SchemaTable &S, const std::vector<Json> &Fields,
                   const Json *Reference = nullptr);
 
+/// One way to make a Megatron tensor: an op tree over named HF tensors.
+struct SourceChain {
+  Span<OpNode> Nodes;             ///< postfix
+  std::string Recipe;             ///< e.g. "qkv(a, b, c)"
+  std::vector<std::string> Sources; ///< HF tensors read, in op order
+  std::vector<bool> SourceOptional; ///< parallel to Sources
+  /// Parallel to Sources: the expert index when the source is read through
+  /// 'expert' (one slice of a stacked HF tensor), else -1.
+  std::vector<int64_t> SourceSlice;
+};
+
 /// One Megatron tensor of a concrete model and where it comes from.
 struct PlannedTensor {
   std::string Name;      ///< the name written (TE spelling by default)
@@ -78,12 +89,15 @@ struct PlannedTensor {
   std::vector<int64_t> Shape;
   Style ParallelStyle;
   bool Expert;
-  std::string Recipe;             ///< e.g. "qkv(a, b, c)"
-  std::vector<std::string> Sources; ///< HF tensors read, in op order
-  std::vector<bool> SourceOptional; ///< parallel to Sources
-  /// Parallel to Sources: the expert index when the source is read through
-  /// 'expert' (one slice of a stacked HF tensor), else -1.
-  std::vector<int64_t> SourceSlice;
+  /// The rule's alternative source layouts ('a | b'), in rule order.
+  std::vector<SourceChain> Alternatives;
+  /// The one read: the first until chooseAlternatives picks by what the
+  /// checkpoint holds. Export always writes the first.
+  size_t Chosen = 0;
+  // The chosen chain, for short.
+  const SourceChain &chain() const { return Alternatives[Chosen]; }
+  const std::string &recipe() const { return chain().Recipe; }
+  const std::vector<std::string> &sources() const { return chain().Sources; }
   bool Optional;
   const TensorRule *Rule;
   const ParamInfo *Param;         ///< the schema declaration that applies
@@ -101,6 +115,11 @@ struct Plan {
 /// requires for this config is produced exactly once. \p UseTENames picks the
 /// spelling of written names.
 Plan expandPlan(const MappingTable &T, const SchemaTable &S, const std::vector<Json> &Fields, bool UseTENames = true);
+
+/// Picks, for every tensor with alternative source layouts, the first whose
+/// non-optional HF tensors are all \p Present. When none is complete the
+/// first stays chosen (its missing tensors are then reported).
+void chooseAlternatives(Plan &P, const std::function<bool(const std::string &)> &Present);
 
 const char *styleName(Style S);
 

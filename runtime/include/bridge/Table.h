@@ -14,7 +14,7 @@
 
 namespace bridge {
 
-inline constexpr unsigned kTableAbiVersion = 1;
+inline constexpr unsigned kTableAbiVersion = 2;
 
 /// A pointer and a count, usable in constant expressions.
 template <typename T> struct Span {
@@ -164,7 +164,9 @@ struct TensorRule {
   bool TargetIsTE;     ///< the rule named the TE spelling
   Span<PatternPiece> Target;
   Span<Loop> Loops;
-  Span<OpNode> Nodes;
+  /// Alternative source layouts ('a | b'), each an op tree; import reads the
+  /// first whose HF tensors all exist, export writes the first.
+  Span<Span<OpNode>> Alternatives;
   Expr When;
   bool Optional;
   SourceLoc Loc;

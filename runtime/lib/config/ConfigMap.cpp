@@ -169,6 +169,49 @@ std::string nameOf(Span<PatternPiece> P, const std::vector<int64_t> &Captures) {
   return S;
 }
 
+/// The op tree \p Nodes for one instance of its rule: the HF names it
+/// reads and a readable recipe.
+SourceChain chainOf(Span<OpNode> Nodes, const EvalEnv &Env, const std::string &Where) {
+  SourceChain C;
+  C.Nodes = Nodes;
+  std::vector<std::string> Stack;
+  std::vector<int> SourceOnStack; // the source ordinal of each stack entry, -1 for op results
+  for (const OpNode &N : Nodes) {
+    if (N.IsSource) {
+      std::string Src = renderPattern(N.Source, Env, Where);
+      SourceOnStack.push_back(static_cast<int>(C.Sources.size()));
+      C.Sources.push_back(Src);
+      C.SourceOptional.push_back(N.OptionalInput);
+      C.SourceSlice.push_back(-1);
+      Stack.push_back(Src + (N.OptionalInput ? "?" : ""));
+      continue;
+    }
+    // 'expert' straight on an HF tensor reads one slice of it: coverage
+    // then counts (tensor, expert) pairs, not the tensor.
+    if (N.Kind == Op::SelectExpert && SourceOnStack.back() >= 0)
+      for (const OpParam &Pm : N.Params)
+        if (std::string(Pm.Name) == "index")
+          C.SourceSlice[SourceOnStack.back()] = evaluate(Pm.Value, Env, Where).get<int64_t>();
+    SourceOnStack.resize(SourceOnStack.size() - N.NumInputs);
+    SourceOnStack.push_back(-1);
+    std::string Call;
+    static const char *OpNames[] = {
+#define BRIDGE_OP(Id, Name, MinIn, MaxIn, Params, Ranks, Style, Inverse) Name,
+#include "bridge/Ops.def"
+    };
+    Call = OpNames[static_cast<int>(N.Kind)];
+    std::string Args;
+    for (uint16_t K = 0; K < N.NumInputs; ++K)
+      Args += (K ? ", " : "") + Stack[Stack.size() - N.NumInputs + K];
+    for (const OpParam &Pm : N.Params)
+      Args += (Args.empty() ? "" : ", ") + std::string(Pm.Name) + " = " + evaluate(Pm.Value, Env, Where).dump();
+    Stack.resize(Stack.size() - N.NumInputs);
+    Stack.push_back(Call + "(" + Args + ")");
+  }
+  C.Recipe = Stack.back();
+  return C;
+}
+
 } // namespace
 
 std::vector<Json> importConfig(const MappingTable &T, const SchemaTable &S, const Json &HF) {
@@ -437,41 +480,8 @@ Plan expandPlan(const MappingTable &T, const SchemaTable &S, const std::vector<J
       PT.Param = Prm;
       PT.Captures = Caps;
       PT.LoopVars = Vars;
-      std::vector<std::string> Stack;
-      std::vector<int> SourceOnStack; // the source ordinal of each stack entry, -1 for op results
-      for (const OpNode &N : R.Nodes) {
-        if (N.IsSource) {
-          std::string Src = renderPattern(N.Source, Env, Where);
-          SourceOnStack.push_back(static_cast<int>(PT.Sources.size()));
-          PT.Sources.push_back(Src);
-          PT.SourceOptional.push_back(N.OptionalInput);
-          PT.SourceSlice.push_back(-1);
-          Stack.push_back(Src + (N.OptionalInput ? "?" : ""));
-          continue;
-        }
-        // 'expert' straight on an HF tensor reads one slice of it: coverage
-        // then counts (tensor, expert) pairs, not the tensor.
-        if (N.Kind == Op::SelectExpert && SourceOnStack.back() >= 0)
-          for (const OpParam &Pm : N.Params)
-            if (std::string(Pm.Name) == "index")
-              PT.SourceSlice[SourceOnStack.back()] = evaluate(Pm.Value, Env, Where).get<int64_t>();
-        SourceOnStack.resize(SourceOnStack.size() - N.NumInputs);
-        SourceOnStack.push_back(-1);
-        std::string Call;
-        static const char *OpNames[] = {
-#define BRIDGE_OP(Id, Name, MinIn, MaxIn, Params, Ranks, Style, Inverse) Name,
-#include "bridge/Ops.def"
-        };
-        Call = OpNames[static_cast<int>(N.Kind)];
-        std::string Args;
-        for (uint16_t K = 0; K < N.NumInputs; ++K)
-          Args += (K ? ", " : "") + Stack[Stack.size() - N.NumInputs + K];
-        for (const OpParam &Pm : N.Params)
-          Args += (Args.empty() ? "" : ", ") + std::string(Pm.Name) + " = " + evaluate(Pm.Value, Env, Where).dump();
-        Stack.resize(Stack.size() - N.NumInputs);
-        Stack.push_back(Call + "(" + Args + ")");
-      }
-      PT.Recipe = Stack.back();
+      for (const Span<OpNode> &Nodes : R.Alternatives)
+        PT.Alternatives.push_back(chainOf(Nodes, Env, Where));
       P.Tensors.push_back(std::move(PT));
     });
   }
@@ -520,6 +530,22 @@ Plan expandPlan(const MappingTable &T, const SchemaTable &S, const std::vector<J
         P.Ties.push_back({renderPattern(R.Copy, Env, describe(R.Loc)), renderPattern(R.Of, Env, describe(R.Loc))});
     });
   return P;
+}
+
+void chooseAlternatives(Plan &P, const std::function<bool(const std::string &)> &Present) {
+  for (PlannedTensor &PT : P.Tensors) {
+    PT.Chosen = 0;
+    for (size_t A = 0; A < PT.Alternatives.size(); ++A) {
+      const SourceChain &C = PT.Alternatives[A];
+      bool Complete = true;
+      for (size_t K = 0; K < C.Sources.size() && Complete; ++K)
+        Complete = C.SourceOptional[K] || Present(C.Sources[K]);
+      if (Complete) {
+        PT.Chosen = A;
+        break;
+      }
+    }
+  }
 }
 
 } // namespace bridge

@@ -110,9 +110,42 @@ Summary runExport(const ExportOptions &O) {
   Sum.Mapping = T.Name;
   std::vector<Json> Fields = configFromJson(S, Side.at("megatron_config"));
   const Json &HFRef = Side.at("hf_config");
-  const Json &HFTensors = Side.at("hf_tensors");
+  Json HFTensors = Side.at("hf_tensors");
 
   Plan P = expandPlan(T, S, Fields, /*UseTENames=*/true);
+  // A tensor imported from another of its rule's source layouts (a quantized
+  // release) is written in the first layout: its tensors replace those read,
+  // in the same file, with the shape and dtype the inverse produces
+  // (null shape: known when produced; a stacked tensor counts its experts).
+  std::set<std::string> Replaced;
+  std::map<std::string, int64_t> StackedCount;
+  const Json Chosen = Side.value("alternatives", Json::object());
+  for (const PlannedTensor &PT : P.Tensors) {
+    size_t A = Chosen.value(PT.LocalName, size_t{0});
+    if (A == 0)
+      continue;
+    if (A >= PT.Alternatives.size())
+      throw Error("error: " + SidePath + " names source layout " + std::to_string(A) + " for '" + PT.LocalName +
+                  "', which its rule does not have");
+    const SourceChain &Read = PT.Alternatives[A], &First = PT.Alternatives[0];
+    std::string File;
+    for (const std::string &Src : Read.Sources)
+      if (HFTensors.contains(Src)) {
+        File = HFTensors.at(Src).at("file").get<std::string>();
+        Replaced.insert(Src);
+      }
+    for (size_t K = 0; K < First.Sources.size(); ++K) {
+      const std::string &Src = First.Sources[K];
+      if (First.SourceOptional[K])
+        continue;
+      if (!HFTensors.contains(Src))
+        HFTensors[Src] = {{"file", File}, {"dtype", nullptr}, {"shape", nullptr}};
+      if (First.SourceSlice[K] >= 0)
+        StackedCount[Src] = std::max(StackedCount[Src], First.SourceSlice[K] + 1);
+    }
+  }
+  for (const std::string &R : Replaced)
+    HFTensors.erase(R);
   std::vector<DistKey> Keys = groupByKey(P, S, Fields, Side.value("layer_spec", "") == "local");
   TorchDistCheckpoint Ckpt(Iter);
   for (const DistKey &K : Keys) {
@@ -126,21 +159,21 @@ Summary runExport(const ExportOptions &O) {
   // under its first input's name and dtype of the result, and not the scale.
   std::set<std::string> Dropped, OwnDtype;
   for (const PlannedTensor &PT : P.Tensors) {
-    const TensorRule &R = *PT.Rule;
-    OpTree Tree(R.Nodes);
-    for (size_t I = 0; I < R.Nodes.Size; ++I) {
-      if (R.Nodes[I].IsSource)
+    const SourceChain &Ch = PT.Alternatives[0];
+    const Span<OpNode> &Nodes = Ch.Nodes;
+    OpTree Tree(Nodes);
+    for (size_t I = 0; I < Nodes.Size; ++I) {
+      if (Nodes[I].IsSource)
         continue;
-      std::vector<size_t> Children = Tree.children(R.Nodes, I);
+      std::vector<size_t> Children = Tree.children(Nodes, I);
       bool Applied = false;
       for (size_t C : Children)
-        if (R.Nodes[C].IsSource && R.Nodes[C].OptionalInput &&
-            HFTensors.contains(PT.Sources[Tree.SourceOrdinal[C]])) {
+        if (Nodes[C].IsSource && Nodes[C].OptionalInput && HFTensors.contains(Ch.Sources[Tree.SourceOrdinal[C]])) {
           Applied = true;
-          Dropped.insert(PT.Sources[Tree.SourceOrdinal[C]]);
+          Dropped.insert(Ch.Sources[Tree.SourceOrdinal[C]]);
         }
-      if (Applied && R.Nodes[Children[0]].IsSource)
-        OwnDtype.insert(PT.Sources[Tree.SourceOrdinal[Children[0]]]);
+      if (Applied && Nodes[Children[0]].IsSource)
+        OwnDtype.insert(Ch.Sources[Tree.SourceOrdinal[Children[0]]]);
     }
   }
   // What export writes: the source's tensors, except those import ignored.
@@ -170,20 +203,10 @@ Summary runExport(const ExportOptions &O) {
     for (auto &[Copy, Of] : P.Ties)
       if (FileOf.count(Copy))
         TieCopyOf[Of].push_back(Copy);
-    auto Emit = [&](const std::string &Name, at::Tensor V) {
-      const Json &Meta = HFTensors.at(Name);
-      std::vector<int64_t> Want = Meta.at("shape").get<std::vector<int64_t>>();
-      // A vocabulary padded for training comes back to the source's rows.
-      if (V.dim() >= 1 && !Want.empty() && V.size(0) > Want[0])
-        V = V.narrow(0, 0, Want[0]);
-      std::vector<int64_t> Got(V.sizes().begin(), V.sizes().end());
-      if (Got != Want)
-        throw Error("error: export of '" + Name + "' gives a tensor of another shape than the source's");
-      auto Type = dtypeFromSafetensors(Meta.at("dtype").get<std::string>());
-      if (OwnDtype.count(Name)) // a dequantized weight keeps its new dtype
-        Type = exec::fromScalarType(V.scalar_type());
-      at::Tensor Host = V.to(exec::toScalarType(*Type)).contiguous().cpu();
-      TensorToWrite TW{Name, *Type, Want, {}};
+    auto Add = [&](const std::string &Name, DType Type, const at::Tensor &V) {
+      at::Tensor Host = V.to(exec::toScalarType(Type)).contiguous().cpu();
+      std::vector<int64_t> Shape(Host.sizes().begin(), Host.sizes().end());
+      TensorToWrite TW{Name, Type, Shape, {}};
       TW.Bytes.assign(static_cast<const uint8_t *>(Host.data_ptr()),
                       static_cast<const uint8_t *>(Host.data_ptr()) + Host.nbytes());
       if (auto C = TieCopyOf.find(Name); C != TieCopyOf.end())
@@ -196,6 +219,22 @@ Summary runExport(const ExportOptions &O) {
       W.add(std::move(TW));
       ++Sum.TensorsWritten;
     };
+    auto Emit = [&](const std::string &Name, at::Tensor V) {
+      const Json &Meta = HFTensors.at(Name);
+      if (Meta.at("shape").is_null()) // another layout's tensor: as produced
+        return Add(Name, exec::fromScalarType(V.scalar_type()), V);
+      std::vector<int64_t> Want = Meta.at("shape").get<std::vector<int64_t>>();
+      // A vocabulary padded for training comes back to the source's rows.
+      if (V.dim() >= 1 && !Want.empty() && V.size(0) > Want[0])
+        V = V.narrow(0, 0, Want[0]);
+      std::vector<int64_t> Got(V.sizes().begin(), V.sizes().end());
+      if (Got != Want)
+        throw Error("error: export of '" + Name + "' gives a tensor of another shape than the source's");
+      auto Type = dtypeFromSafetensors(Meta.at("dtype").get<std::string>());
+      if (OwnDtype.count(Name)) // a dequantized weight keeps its new dtype
+        Type = exec::fromScalarType(V.scalar_type());
+      Add(Name, *Type, V);
+    };
     // HF tensors that stack all experts (the 'expert' op's source) are put
     // together from one slice per expert and written once every slice is in.
     struct Stacked {
@@ -207,8 +246,11 @@ Summary runExport(const ExportOptions &O) {
     auto StackSlice = [&](const std::string &Name, int64_t Index, const at::Tensor &Slice, const std::string &Where) {
       Stacked &St = Stacking[Name];
       if (!St.Value.defined()) {
-        std::vector<int64_t> Want = HFTensors.at(Name).at("shape").get<std::vector<int64_t>>();
+        const Json &Shape = HFTensors.at(Name).at("shape");
         std::vector<int64_t> Got(Slice.sizes().begin(), Slice.sizes().end());
+        std::vector<int64_t> Want = Shape.is_null() ? Got : Shape.get<std::vector<int64_t>>();
+        if (Shape.is_null())
+          Want.insert(Want.begin(), StackedCount.at(Name));
         Got.insert(Got.begin(), Want.empty() ? 0 : Want[0]);
         if (Got != Want)
           throw Error(Where + ": error: an expert slice of rank " + std::to_string(Slice.dim()) +
@@ -238,21 +280,22 @@ Summary runExport(const ExportOptions &O) {
         at::Tensor Value = Global;
         for (int64_t Index : K.Prefixes[M])
           Value = Value.select(0, Index);
-        const TensorRule &R = *PT.Rule;
-        std::string Where = describe(R.Loc);
+        const SourceChain &Ch = PT.Alternatives[0];
+        const Span<OpNode> &Nodes = Ch.Nodes;
+        std::string Where = describe(PT.Rule->Loc);
         EvalEnv Env{nullptr, &Fields, &S, &PT.LoopVars};
-        OpTree Tree(R.Nodes);
-        auto SourceAt = [&](size_t Node) -> const std::string & { return PT.Sources[Tree.SourceOrdinal[Node]]; };
+        OpTree Tree(Nodes);
+        auto SourceAt = [&](size_t Node) -> const std::string & { return Ch.Sources[Tree.SourceOrdinal[Node]]; };
         std::function<void(size_t, at::Tensor)> Invert = [&](size_t Node, at::Tensor V) {
-          const OpNode &N = R.Nodes[Node];
+          const OpNode &N = Nodes[Node];
           if (N.IsSource) {
             Emit(SourceAt(Node), V);
             return;
           }
-          std::vector<size_t> Children = Tree.children(R.Nodes, Node);
+          std::vector<size_t> Children = Tree.children(Nodes, Node);
           bool HasOptional = false;
           for (size_t C : Children)
-            HasOptional |= R.Nodes[C].IsSource && R.Nodes[C].OptionalInput;
+            HasOptional |= Nodes[C].IsSource && Nodes[C].OptionalInput;
           if (HasOptional) {
             // Dequantized on import (or passed through): the value is the
             // first input's, in the Megatron dtype.
@@ -264,20 +307,20 @@ Summary runExport(const ExportOptions &O) {
             Params[Pm.Name] = evaluate(Pm.Value, Env, Where);
           if (N.Kind == Op::SelectExpert) {
             // The inverse of taking one expert is putting it back in its place.
-            if (!R.Nodes[Children[0]].IsSource)
+            if (!Nodes[Children[0]].IsSource)
               throw Error(Where + ": error: export needs 'expert' applied directly to an HF tensor");
             StackSlice(SourceAt(Children[0]), Params.at("index").get<int64_t>(), V, Where);
             return;
           }
           std::vector<DType> Types;
           for (size_t C : Children)
-            if (R.Nodes[C].IsSource)
+            if (Nodes[C].IsSource)
               Types.push_back(*dtypeFromSafetensors(HFTensors.at(SourceAt(C)).at("dtype").get<std::string>()));
           std::vector<at::Tensor> Inputs = exec::inverse(N.Kind, N.Custom, V, N.NumInputs, Params, Cfg, Types, Where);
           for (size_t C = 0; C < Children.size(); ++C)
             Invert(Children[C], Inputs[C]);
         };
-        Invert(R.Nodes.Size - 1, Value);
+        Invert(Nodes.Size - 1, Value);
       }
     }
     if (!Stacking.empty()) {

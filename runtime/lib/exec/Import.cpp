@@ -53,8 +53,8 @@ OpParams evalParams(const OpNode &N, const EvalEnv &Env, const std::string &Wher
 /// stacked HF tensor read through 'expert': the slice alone is moved).
 at::Tensor runChain(const PlannedTensor &PT, const std::vector<Json> &Fields, const SchemaTable &S,
                     const std::function<at::Tensor(const std::string &, int64_t Slice)> &Leaf) {
-  const TensorRule &R = *PT.Rule;
-  std::string Where = describe(R.Loc);
+  const SourceChain &C = PT.chain();
+  std::string Where = describe(PT.Rule->Loc);
   OpConfig Cfg(S, Fields);
   EvalEnv Env{nullptr, &Fields, &S, &PT.LoopVars};
   // An optional input the checkpoint lacks is an undefined tensor; an op
@@ -62,11 +62,11 @@ at::Tensor runChain(const PlannedTensor &PT, const std::vector<Json> &Fields, co
   std::vector<at::Tensor> Stack;
   size_t NextSource = 0;
   bool SliceTaken = false; // the 'expert' right after this source is done
-  for (const OpNode &N : R.Nodes) {
+  for (const OpNode &N : C.Nodes) {
     if (N.IsSource) {
       size_t K = NextSource++;
-      Stack.push_back(Leaf(PT.Sources[K], PT.SourceSlice[K]));
-      SliceTaken = PT.SourceSlice[K] >= 0;
+      Stack.push_back(Leaf(C.Sources[K], C.SourceSlice[K]));
+      SliceTaken = C.SourceSlice[K] >= 0;
       continue;
     }
     if (SliceTaken) {
@@ -82,7 +82,7 @@ at::Tensor runChain(const PlannedTensor &PT, const std::vector<Json> &Fields, co
       Absent |= !X.defined();
     // Passing an FP8 tensor through would cast it without its scale.
     if (Absent && (In[0].scalar_type() == at::kFloat8_e4m3fn || In[0].scalar_type() == at::kFloat8_e5m2))
-      throw Error(Where + ": error: an FP8 tensor feeding '" + PT.Recipe +
+      throw Error(Where + ": error: an FP8 tensor feeding '" + C.Recipe +
                   "' has no scale in the checkpoint; FP8 weights are not converted without their scales");
     Stack.push_back(Absent ? In[0] : exec::forward(N.Kind, N.Custom, In, evalParams(N, Env, Where), Cfg, Where));
   }
@@ -154,16 +154,18 @@ Summary runImport(const ImportOptions &O) {
   // -- the plan and both sides of coverage ------------------------------------------------
   SafetensorsCheckpoint Ckpt(O.HFDir);
   Plan P = expandPlan(T, S, Fields, /*UseTENames=*/true);
+  chooseAlternatives(P, [&](const std::string &Name) { return Ckpt.find(Name) != nullptr; });
   std::map<std::string, std::string> ConsumedBy;
   // A stacked HF tensor read one expert at a time: every slice exactly once.
   std::map<std::string, std::pair<std::set<int64_t>, const PlannedTensor *>> SlicesRead;
   std::vector<std::string> Missing;
   for (const PlannedTensor &PT : P.Tensors)
-    for (size_t K = 0; K < PT.Sources.size(); ++K) {
-      const std::string &Src = PT.Sources[K];
-      if (PT.SourceOptional[K] && !Ckpt.find(Src))
+    for (size_t K = 0; K < PT.sources().size(); ++K) {
+      const SourceChain &C = PT.chain();
+      const std::string &Src = C.Sources[K];
+      if (C.SourceOptional[K] && !Ckpt.find(Src))
         continue; // an optional input this checkpoint does not have
-      int64_t Slice = PT.SourceSlice[K];
+      int64_t Slice = C.SourceSlice[K];
       std::string Read = Slice < 0 ? Src : Src + " (expert " + std::to_string(Slice) + ")";
       auto [It, New] = ConsumedBy.emplace(Read, PT.LocalName);
       if (!New)
@@ -174,8 +176,12 @@ Summary runImport(const ImportOptions &O) {
         Entry.first.insert(Slice);
         Entry.second = &PT;
       }
-      if (!Ckpt.find(Src))
-        Missing.push_back(Src + "  (for " + PT.Name + ")");
+      if (!Ckpt.find(Src)) {
+        std::string Others;
+        for (size_t A = 1; A < PT.Alternatives.size(); ++A)
+          Others += (A > 1 ? " or " : "; or instead ") + PT.Alternatives[A].Recipe;
+        Missing.push_back(Src + "  (for " + PT.Name + Others + ")");
+      }
     }
   for (auto &[Src, Entry] : SlicesRead) {
     if (auto Whole = ConsumedBy.find(Src); Whole != ConsumedBy.end())
@@ -236,7 +242,7 @@ Summary runImport(const ImportOptions &O) {
     std::vector<int64_t> Got(Out.sizes().begin(), Out.sizes().end());
     if (Got != PT.Shape)
       throw Error(describe(PT.Rule->Loc) + ": error: '" + PT.Name + "' comes out as " + shapeText(Got) +
-                  " but Megatron-Core expects " + shapeText(PT.Shape) + " (from " + PT.Recipe + ")");
+                  " but Megatron-Core expects " + shapeText(PT.Shape) + " (from " + PT.recipe() + ")");
   }
 
   // -- output directory: built aside, renamed into place when complete ----------------------
@@ -312,6 +318,14 @@ Summary runImport(const ImportOptions &O) {
       Tensors[N] = {{"file", Ckpt.fileOf().at(N)}, {"dtype", std::string(safetensorsName(V->Type))}, {"shape", V->Shape}};
     }
     Side["hf_tensors"] = Tensors;
+    // Tensors read from another of their rule's source layouts: export
+    // writes them in the first.
+    Json Alternatives = Json::object();
+    for (const PlannedTensor &PT : P.Tensors)
+      if (PT.Chosen != 0)
+        Alternatives[PT.LocalName] = PT.Chosen;
+    if (!Alternatives.empty())
+      Side["alternatives"] = Alternatives;
     Side["layer_spec"] = O.LocalSpec ? "local" : "transformer_engine";
     Side["layout"] = {{"tp", O.Par.TP}, {"pp", O.Par.PP}, {"ep", O.Par.EP}, {"etp", O.Par.ETP}, {"vpp", O.Par.VPP}};
     writeText(files::join(Iter, "bridge.json"), Side.dump(2) + "\n");

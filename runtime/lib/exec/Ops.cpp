@@ -8,6 +8,8 @@
 #include "Ops.h"
 
 #include <ATen/ops/cat.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/where.h>
 #include <ATen/ops/stack.h>
 
 #include <numeric>
@@ -31,6 +33,12 @@ std::vector<int64_t> withLead(std::vector<int64_t> Lead, const at::Tensor &T) {
   for (int64_t D = 1; D < T.dim(); ++D)
     Lead.push_back(T.size(D));
   return Lead;
+}
+
+/// \p Shape with its last dim multiplied by \p Factor.
+std::vector<int64_t> withTail(std::vector<int64_t> Shape, int64_t Factor) {
+  Shape.back() *= Factor;
+  return Shape;
 }
 
 struct Heads {
@@ -229,8 +237,38 @@ at::Tensor forward(Op Kind, Transform Custom, const std::vector<at::Tensor> &In,
     }
     return W.to(at::kFloat).mul(S).to(at::kBFloat16);
   }
-  case Op::DequantMXFP4:
-    fail(Where, "dequant_mxfp4 is not implemented yet");
+  case Op::DequantMXFP4: {
+    // OCP MX: each byte holds two e2m1 values, the low nibble first; every
+    // row of the last dim shares one e8m0 scale 2^(s - 127). Products are
+    // exact in fp32 and in bf16 (same exponent range).
+    const at::Tensor &Blocks = In[0], &Scales = In[1];
+    if (Blocks.scalar_type() != at::kByte || Scales.scalar_type() != at::kByte)
+      fail(Where, "MXFP4 blocks and scales must be uint8 (U8), got " + std::string(c10::toString(Blocks.scalar_type())) +
+                      " and " + c10::toString(Scales.scalar_type()));
+    std::vector<int64_t> Lead(Blocks.sizes().begin(), Blocks.sizes().end());
+    if (Blocks.dim() < 2 || Lead.back() < 1 ||
+        std::vector<int64_t>(Lead.begin(), Lead.end() - 1) != std::vector<int64_t>(Scales.sizes().begin(), Scales.sizes().end()))
+      fail(Where, "MXFP4 blocks " + shapeText(Blocks.sizes()) + " need one scale per block, got scales " +
+                      shapeText(Scales.sizes()));
+    std::vector<int64_t> OutShape(Lead.begin(), Lead.end() - 2);
+    OutShape.push_back(Lead[Lead.size() - 2] * Lead.back() * 2);
+    if (Blocks.is_meta()) // the dry run: libtorch has no meta kernel for 'where'
+      return at::empty(OutShape, Blocks.options().dtype(at::kBFloat16));
+    // e2m1 -> fp32 bits: sign, 2-bit exponent (bias 1), 1-bit mantissa;
+    // exponent 0 is 0 or the subnormal 0.5.
+    at::Tensor Codes = at::stack({Blocks.bitwise_and(0x0F), Blocks.bitwise_right_shift(4)}, -1).to(at::kInt);
+    at::Tensor Exp = Codes.bitwise_right_shift(1).bitwise_and(3), Man = Codes.bitwise_and(1);
+    at::Tensor Normal = Exp.add(126).bitwise_left_shift(23).bitwise_or(Man.bitwise_left_shift(22));
+    at::Tensor Values = at::where(Exp.gt(0), Normal, Man.mul(126 << 23))
+                            .bitwise_or(Codes.bitwise_right_shift(3).bitwise_left_shift(31))
+                            .view(at::kFloat);
+    Values = Values.reshape(withTail(Lead, 2));
+    // 2^(s - 127) built as fp32 bits: s is the biased exponent itself (s = 0
+    // is the subnormal 2^-127; s = 255 gives inf, as transformers' ldexp).
+    at::Tensor Scale =
+        Scales.to(at::kInt).bitwise_left_shift(23).masked_fill(Scales.eq(0), 0x00400000).view(at::kFloat).unsqueeze(-1);
+    return Values.mul(Scale).to(at::kBFloat16).reshape(OutShape);
+  }
   case Op::Transform:
     switch (Custom) {
     case Transform::SwapHalves: {

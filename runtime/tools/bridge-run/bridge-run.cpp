@@ -254,6 +254,9 @@ int cmdPlan(const Options &O) {
     Out["tensors"] = Json::array();
     for (size_t K = 0; K < P.Tensors.size(); ++K) {
       const PlannedTensor &PT = P.Tensors[K];
+      Json Alternatives = Json::array(); // every source layout the rule accepts
+      for (const SourceChain &Ch : PT.Alternatives)
+        Alternatives.push_back({{"recipe", Ch.Recipe}, {"sources", Ch.Sources}});
       Json Ranks = Json::array();
       for (auto &[R, C] : Slices[K])
         Ranks.push_back({{"tp_rank", R}, {"offsets", C.Offsets}, {"sizes", C.Sizes}});
@@ -264,10 +267,11 @@ int cmdPlan(const Options &O) {
                                 {"expert", PT.Expert},
                                 {"pp_stage", StageOf(PT)},
                                 {"slices", Ranks},
-                                {"recipe", PT.Recipe},
-                                {"sources", PT.Sources},
-                                {"optional_sources", PT.SourceOptional},
-                                {"source_slices", PT.SourceSlice}});
+                                {"recipe", PT.recipe()},
+                                {"sources", PT.sources()},
+                                {"optional_sources", PT.chain().SourceOptional},
+                                {"source_slices", PT.chain().SourceSlice},
+                                {"alternatives", Alternatives}});
     }
     Out["ranks"] = Json::array();
     for (auto &[Key, Bytes] : RankBytes)
@@ -288,6 +292,9 @@ int cmdPlan(const Options &O) {
   for (size_t K = 0; K < P.Tensors.size(); ++K) {
     const PlannedTensor &PT = P.Tensors[K];
     const auto &S0 = Slices[K];
+    std::string Recipe; // config alone: every source layout the rule accepts
+    for (const SourceChain &Ch : PT.Alternatives)
+      Recipe += (Recipe.empty() ? "" : " | ") + Ch.Recipe;
     std::string Slice = "whole";
     if (S0.size() > 1) {
       // e.g. "dim0 /2", "dim1 /2", "gate+up /2"
@@ -300,7 +307,7 @@ int cmdPlan(const Options &O) {
               std::to_string(T);
     }
     std::printf("%-62s %-16s %-10s %-5d %-14s %s\n", PT.Name.c_str(), shapeText(PT.Shape).c_str(),
-                styleName(PT.ParallelStyle), StageOf(PT), Slice.c_str(), PT.Recipe.c_str());
+                styleName(PT.ParallelStyle), StageOf(PT), Slice.c_str(), Recipe.c_str());
   }
   std::printf("\nbytes each rank holds (%zu-byte params):\n", Elem);
   uint64_t Peak = 0;

@@ -85,7 +85,8 @@ struct TensorRule {
   bool Optional = false;
   bool Override = false;
   Pattern Target;
-  SourceP Src;
+  /// One or more ('a | b'): alternative source layouts, the first preferred.
+  std::vector<SourceP> Alternatives;
   std::string Style; ///< empty when not written
   SMRange StyleRange;
   ExprP When;

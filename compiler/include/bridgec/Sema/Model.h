@@ -110,7 +110,9 @@ struct TensorRule {
   bool TargetIsTE = false;
   Pattern Target;
   std::vector<Loop> Loops;
-  std::vector<OpNode> Nodes; ///< postfix
+  /// Each alternative source layout's op tree, postfix; the first is the
+  /// preferred one (and the one export inverts).
+  std::vector<std::vector<OpNode>> Alternatives;
   ast::ExprP When;
   bool Optional = false;
   bool Override = false;
