@@ -4,9 +4,11 @@
 # For each model: a full-size random checkpoint from the published config is
 # generated on tmpfs ($BENCH_DIR, default /dev/shm/bridge-bench); then, on the
 # same bytes: cp -r, a parallel chunked copy (as many threads as cores),
-# bridge-run import and export on CUDA, and the Python route
-# (bench/python_baseline.py). One JSON line per step goes to $OUT/bench.jsonl
-# (bench/measure.py); bench/table.py turns it into bench/results/*.md.
+# bridge-run import and export with the ops on CUDA and on the CPU ($DEVICES),
+# a byte comparison of the two imports, and the Python route
+# (bench/python_baseline.py; SKIP_PYTHON=1 leaves it out). With
+# BENCH_DISK_DIR the copies, import and export run again from and to that
+# disk. One JSON line per step goes to $OUT/bench.jsonl (bench/measure.py).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 bridge=$(realpath "$1"); shift
@@ -18,6 +20,34 @@ mkdir -p "$out" "$work"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$out/card.txt" 2>/dev/null || true
 nproc >> "$out/card.txt"; df -h "$work" | tail -1 >> "$out/card.txt"; free -g | sed -n 2p >> "$out/card.txt"
 m() { python3 "$here/measure.py" --log "$log" "$@"; }
+# A step on the checkpoint in $1 (tmpfs or disk), outputs beside it.
+steps() {
+  local where=$1 src=$2 dir=$3 bytes
+  bytes=$(du -sb "$src" | cut -f1)
+  m --label "$model [$where] cp -r" --bytes "$bytes" -- cp -r "$src" "$dir/cp"; rm -rf "$dir/cp"; sync
+  m --label "$model [$where] parallel copy" --bytes "$bytes" -- python3 "$here/parallel_copy.py" "$src" "$dir/pcopy"
+  rm -rf "$dir/pcopy"; sync
+  for dev in ${DEVICES:-cuda cpu}; do
+    m --label "$model [$where] bridge-run import ($dev)" --bytes "$bytes" -- \
+      "$bridge" import --hf "$src" --out "$dir/mg-$dev" --device "$dev"
+    sync
+  done
+  mbytes=$(du -sb "$dir/mg-cuda" 2>/dev/null | cut -f1 || du -sb "$dir/mg-cpu" | cut -f1)
+  # The same bytes on both devices (each run's files and metadata).
+  if [ -d "$dir/mg-cuda" ] && [ -d "$dir/mg-cpu" ]; then
+    (cd "$dir/mg-cpu/iter_0000000" && for f in *.distcp .metadata; do cmp "$f" "$dir/mg-cuda/iter_0000000/$f"; done) &&
+      echo "{\"label\": \"$model [$where] cpu and cuda imports byte-identical\"}" >> "$log"
+  fi
+  rm -rf "$dir/mg-cpu"
+  mg=$dir/mg-cuda; [ -d "$mg" ] || mg=$dir/mg-cpu
+  for dev in ${DEVICES:-cuda cpu}; do
+    m --label "$model [$where] bridge-run export ($dev)" --bytes "$mbytes" -- \
+      "$bridge" export --megatron "$mg" --out "$dir/hf-$dev" --device "$dev"
+    rm -rf "$dir/hf-$dev"; sync
+  done
+  rm -rf "$mg"
+}
+
 for model in "$@"; do
   case $model in
     llama3.1-8b) cfg=meta-llama__Llama-3.1-8B.json; gen=() ;;
@@ -28,15 +58,21 @@ for model in "$@"; do
   src=$work/$model
   rm -rf "$work"/*
   python3 "$here/gen_checkpoint.py" "$configs/$cfg" "$src" "${gen[@]}" 2>&1 | grep -v "token_id" | tail -1
-  bytes=$(du -sb "$src" | cut -f1)
-  m --label "$model cp -r" --bytes "$bytes" -- cp -r "$src" "$work/cp"; rm -rf "$work/cp"
-  m --label "$model parallel copy" --bytes "$bytes" -- python3 "$here/parallel_copy.py" "$src" "$work/pcopy"; rm -rf "$work/pcopy"
-  m --label "$model bridge-run import (cuda)" --bytes "$bytes" -- "$bridge" import --hf "$src" --out "$work/mg" --device cuda
-  mbytes=$(du -sb "$work/mg" | cut -f1)
-  m --label "$model bridge-run export (cuda)" --bytes "$mbytes" -- "$bridge" export --megatron "$work/mg" --out "$work/hf" --device cuda
-  rm -rf "$work/hf" "$work/mg"
-  m --label "$model python route (safetensors+torch+DCP)" --bytes "$bytes" -- \
-    python3 "$here/python_baseline.py" --hf "$src" --out "$work/dcp" --bridge-run "$bridge" --device cuda
-  rm -rf "$work/dcp"
+  steps tmpfs "$src" "$work"
+  if [ -z "${SKIP_PYTHON:-}" ]; then
+    bytes=$(du -sb "$src" | cut -f1)
+    m --label "$model [tmpfs] python route (safetensors+torch+DCP)" --bytes "$bytes" -- \
+      python3 "$here/python_baseline.py" --hf "$src" --out "$work/dcp" --bridge-run "$bridge" --device cuda
+    rm -rf "$work/dcp"
+  fi
+  # From disk ($BENCH_DISK_DIR): the source copied there, the page cache
+  # dropped where allowed, output written there.
+  if [ -n "${BENCH_DISK_DIR:-}" ]; then
+    disk=$BENCH_DISK_DIR/bridge-bench; rm -rf "$disk"; mkdir -p "$disk"
+    cp -r "$src" "$disk/src"; rm -rf "$work"/*; sync
+    (echo 3 > /proc/sys/vm/drop_caches) 2>/dev/null && echo "page cache dropped" || echo "page cache not dropped"
+    DEVICES=${DISK_DEVICES:-cuda} steps disk "$disk/src" "$disk"
+    rm -rf "$disk"
+  fi
 done
 rm -rf "$work"

@@ -13,7 +13,9 @@ for dev in cpu cuda; do
   "$run" import --hf "$work/hf" --out "$work/mg-$dev" --tp 2 --pp 2 --device "$dev" --quiet
   "$run" export --megatron "$work/mg-$dev" --out "$work/hf-$dev" --device "$dev" --quiet
 done
-for f in __0_0.distcp .metadata common.pt bridge.json; do
+files=$(cd "$work/mg-cpu/iter_0000000" && ls *.distcp)
+[ "$files" = "$(cd "$work/mg-cuda/iter_0000000" && ls *.distcp)" ]
+for f in $files .metadata common.pt bridge.json; do
   cmp "$work/mg-cpu/iter_0000000/$f" "$work/mg-cuda/iter_0000000/$f"
 done
 cmp "$work/hf-cpu/model.safetensors" "$work/hf-cuda/model.safetensors"

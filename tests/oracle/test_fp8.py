@@ -58,8 +58,19 @@ def _quantize(src, dst, quantized=QUANTIZED["deepseek-v3"]):
     return reference
 
 
+# Where import and export run their ops (--bridge-device; GPU hosts run these
+# tests on cuda, and the references must match bit for bit there too).
+DEVICE = ["cpu"]
+
+
+@pytest.fixture(autouse=True)
+def _device(bridge_device):
+    DEVICE[0] = bridge_device
+
+
 def _run(bridge_run, *args):
-    return subprocess.run([str(bridge_run.path), *args, "--quiet"], capture_output=True, text=True)
+    device = ["--device", DEVICE[0]] if args[0] in ("import", "export") else []
+    return subprocess.run([str(bridge_run.path), *args, *device, "--quiet"], capture_output=True, text=True)
 
 
 def _import_export(bridge_run, src, tmp_path, *layout):

@@ -34,6 +34,11 @@ struct ImportOptions {
   /// Key tensors as a model built with the local layer spec (no Transformer
   /// Engine) loads them; default: the TE spec, what production training uses.
   bool LocalSpec = false;
+  /// Output files written in parallel, each by its own thread. Fixed rather
+  /// than per machine, so the same import gives the same bytes anywhere.
+  unsigned Writers = 8;
+  /// Bytes of converted chunks that may wait for the writers.
+  uint64_t MemoryBudget = uint64_t(2) << 30;
 };
 
 struct ExportOptions {
@@ -41,12 +46,15 @@ struct ExportOptions {
   std::string Device = "cpu";
   bool Overwrite = false;
   bool Quiet = false;
+  unsigned Writers = 8;                       ///< threads writing tensors
+  uint64_t MemoryBudget = uint64_t(2) << 30;  ///< bytes that may wait for them
 };
 
 struct Summary {
   std::string Mapping;
   uint64_t TensorsRead = 0, TensorsWritten = 0, BytesRead = 0, BytesWritten = 0;
   double Seconds = 0;
+  unsigned FilesWritten = 0;
 };
 
 /// HF checkpoint directory -> Megatron-Core torch_dist checkpoint. Every

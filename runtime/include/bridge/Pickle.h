@@ -52,8 +52,11 @@ private:
   std::string Out;
 };
 
-/// CRC-32 (IEEE 802.3, as zip uses), slicing by 8 bytes.
+/// CRC-32 (IEEE 802.3, as zip uses): carry-less multiply folding where the
+/// CPU has it, else slicing by 8 bytes.
 uint32_t crc32(const uint8_t *Data, uint64_t Size);
+/// The same without carry-less multiply (the reference crc32 is tested against).
+uint32_t crc32Portable(const uint8_t *Data, uint64_t Size);
 
 /// One storage of a torch.save archive.
 struct StorageBytes {
@@ -67,9 +70,11 @@ struct StorageBytes {
 /// version. ZIP64 where sizes or offsets need it.
 std::string torchSaveArchive(const std::string &Pickle, const std::vector<StorageBytes> &Storages);
 /// The same archive streamed to \p Sink piece by piece (storages passed
-/// through without a copy); returns the bytes emitted.
+/// through without a copy); returns the bytes emitted. Without \p Checksums
+/// the CRC fields are zero and no storage byte is read: the length is the
+/// same, so a writer can place an archive before its data is at hand.
 uint64_t writeTorchSaveArchive(const std::string &Pickle, const std::vector<StorageBytes> &Storages,
-                               const std::function<void(const void *, size_t)> &Sink);
+                               const std::function<void(const void *, size_t)> &Sink, bool Checksums = true);
 
 } // namespace bridge
 

@@ -15,6 +15,11 @@
 
 #include <cstdint>
 #include <map>
+#include <thread>
+#include <mutex>
+#include <exception>
+#include <deque>
+#include <condition_variable>
 #include <memory>
 #include <string>
 #include <vector>
@@ -78,6 +83,20 @@ struct TensorToWrite {
   DType Type;
   std::vector<int64_t> Shape;
   std::vector<uint8_t> Bytes;
+  /// Instead of Bytes: bytes that live elsewhere, kept alive by Owner until
+  /// written (no copy).
+  const uint8_t *Data = nullptr;
+  size_t Size = 0;
+  std::shared_ptr<const void> Owner;
+
+  const uint8_t *data() const { return Data ? Data : Bytes.data(); }
+  size_t size() const { return Data ? Size : Bytes.size(); }
+};
+
+/// A tensor's dtype and shape, known before its bytes.
+struct TensorLayout {
+  DType Type;
+  std::vector<int64_t> Shape;
 };
 
 /// Writes one .safetensors file (header padded to 8 bytes, tensors in name
@@ -85,26 +104,53 @@ struct TensorToWrite {
 void writeSafetensors(const std::string &Path, const std::vector<const TensorToWrite *> &Tensors,
                       const std::map<std::string, std::string> &Metadata = {});
 
-/// Writes a checkpoint directory shard by shard, each tensor into the file
-/// the source checkpoint had it in (\p FileOf), as soon as every tensor of
-/// that file has been added; so memory holds at most one shard. finish()
-/// fails, naming them, if expected tensors never came, and writes
+/// Writes a checkpoint directory, each tensor into the file the source
+/// checkpoint had it in (\p FileOf). A file whose every tensor has a layout
+/// in \p Known is laid out up front (header, name order) and each tensor is
+/// written at its offset by a pool of \p Threads as it arrives, so memory
+/// holds only what waits for the pool (at most \p MaxPendingBytes, or one
+/// tensor). Other files are held until their last tensor arrives. Files are
+/// written as '<name>.tmp' and renamed by finish(), which also fails, naming
+/// them, if expected tensors never came, and writes
 /// model.safetensors.index.json when \p WriteIndex.
 class SafetensorsWriter {
 public:
-  SafetensorsWriter(std::string Dir, std::map<std::string, std::string> FileOf, bool WriteIndex);
+  SafetensorsWriter(std::string Dir, std::map<std::string, std::string> FileOf, bool WriteIndex,
+                    std::map<std::string, TensorLayout> Known = {}, unsigned Threads = 8,
+                    uint64_t MaxPendingBytes = uint64_t(2) << 30);
+  ~SafetensorsWriter();
+  SafetensorsWriter(const SafetensorsWriter &) = delete;
+  SafetensorsWriter &operator=(const SafetensorsWriter &) = delete;
   void add(TensorToWrite T);
   void finish();
   uint64_t bytesWritten() const { return Written; }
 
 private:
+  struct Laid; // a file laid out up front
+  struct Job {
+    int Fd;
+    uint64_t Offset;
+    TensorToWrite T;
+    std::string Path;
+  };
   void flush(const std::string &File);
+  void run();
+  void stopThreads();
   std::string Dir;
   std::map<std::string, std::string> FileOf;
   bool WriteIndex;
   std::map<std::string, size_t> Remaining; ///< per file
   std::map<std::string, std::vector<TensorToWrite>> Pending;
+  std::map<std::string, std::unique_ptr<Laid>> LaidOut;
   uint64_t Written = 0, TotalTensorBytes = 0;
+  // The pool.
+  std::vector<std::thread> Threads;
+  std::mutex Lock;
+  std::condition_variable Ready, Drained;
+  std::deque<Job> Queue;
+  uint64_t QueuedBytes = 0, MaxPending;
+  bool Stop = false;
+  std::exception_ptr Failure;
 };
 
 } // namespace bridge

@@ -21,6 +21,8 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
+#include <string_view>
 #include <string>
 #include <vector>
 
@@ -81,6 +83,13 @@ public:
   /// The global tensor \p Key, row-major, contiguous, little-endian,
   /// assembled from its chunk records. Safe to call from several threads.
   std::vector<uint8_t> readTensor(const std::string &Key) const;
+  /// The sub-tensor of \p Key at index \p Prefix of its leading dims (one
+  /// layer of a layer-stacked key): only the chunks holding it are read.
+  std::vector<uint8_t> readTensorAt(const std::string &Key, const std::vector<int64_t> &Prefix) const;
+  /// The same sub-tensor where it lies in the (memory-mapped) checkpoint
+  /// file, when one chunk holds all of it: no copy. Null otherwise. Valid
+  /// while this object lives.
+  const uint8_t *viewTensorAt(const std::string &Key, const std::vector<int64_t> &Prefix) const;
   /// Chunk \p Index of \p Key (its record, as stored), checked against the
   /// metadata's dtype and chunk sizes.
   TensorRecord readChunk(const std::string &Key, size_t Index) const;
@@ -94,9 +103,13 @@ public:
 
   /// The raw bytes of \p R (bounds were checked when the checkpoint was opened).
   std::vector<uint8_t> readRecord(const DistRecord &R) const;
+  /// The same bytes in the file, mapped read-only (files are mapped on first
+  /// use and stay mapped while this object lives). Safe from several threads.
+  std::string_view recordView(const DistRecord &R) const;
 
 private:
   void parseMetadata(const std::string &MetadataPath);
+  TensorRecord chunkRecord(const std::string &Key, size_t Index, bool Borrow) const;
   std::string recordWhere(const DistRecord &R, const std::string &Key) const;
 
   std::string Dir;
@@ -105,6 +118,8 @@ private:
   std::map<std::string, DistTensor> Tensors;
   std::map<std::string, DistRecord> ByteObjects;
   std::vector<std::string> Skipped;
+  struct Mappings;
+  std::shared_ptr<Mappings> Mapped;
 };
 
 } // namespace bridge

@@ -12,34 +12,54 @@
 
 #include "bridge/DType.h"
 
+#include <condition_variable>
 #include <cstdint>
-#include <cstdio>
+#include <deque>
+#include <exception>
 #include <map>
+#include <memory>
+#include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace bridge {
 
+/// Records are written by \p NumFiles threads, each appending to its own
+/// file ('__0_0.distcp', '__0_1.distcp', ...): checksums and writes run in
+/// parallel, and no two threads share a file (the kernel serialises writes
+/// to one file). Each record goes to the file with the fewest bytes so far,
+/// so the output depends only on the order and sizes of the records, not on
+/// timing. The caller waits while more than \p MaxPendingBytes are queued.
 class TorchDistWriter {
 public:
-  /// Writes into \p IterDir (which must exist), records into \p FileName.
-  TorchDistWriter(std::string IterDir, std::string FileName = "__0_0.distcp");
+  TorchDistWriter(std::string IterDir, unsigned NumFiles = 1, uint64_t MaxPendingBytes = uint64_t(1) << 30);
+  /// Stops the threads; an unfinished checkpoint's files are left to the
+  /// caller to remove.
   ~TorchDistWriter();
+  TorchDistWriter(const TorchDistWriter &) = delete;
+  TorchDistWriter &operator=(const TorchDistWriter &) = delete;
 
   /// Declares a global tensor; its chunks follow.
   void declareTensor(const std::string &Key, DType Type, std::vector<int64_t> GlobalShape);
   /// One chunk of a declared tensor: \p Data holds the contiguous chunk.
+  /// \p Owner keeps Data alive until it is written; without one the bytes
+  /// are copied first.
   void addChunk(const std::string &Key, std::vector<int64_t> Offsets, std::vector<int64_t> Sizes,
-                const uint8_t *Data, size_t Bytes);
+                const uint8_t *Data, size_t Bytes, std::shared_ptr<const void> Owner = nullptr);
   /// A byte object (an MCore ShardedObject), already serialized.
   void addBytes(const std::string &Key, const std::string &Record);
-  /// Checks tiling, writes .metadata, metadata.json and common.pt.
+  /// Waits for every record, checks tiling, writes .metadata, metadata.json
+  /// and common.pt. A write error of any thread is rethrown here (or by the
+  /// next addChunk).
   void finish();
-  uint64_t bytesWritten() const { return Offset; }
+  uint64_t bytesWritten() const;
+  unsigned numFiles() const { return static_cast<unsigned>(Files.size()); }
 
 private:
   struct Chunk {
     std::vector<int64_t> Offsets, Sizes;
+    unsigned File;
     uint64_t Offset, Length;
   };
   struct Tensor {
@@ -47,13 +67,35 @@ private:
     std::vector<int64_t> Shape;
     std::vector<Chunk> Chunks;
   };
-  void append(const std::string &Bytes, uint64_t &At);
-  std::string Dir, File;
-  FILE *Out = nullptr;
-  uint64_t Offset = 0;
+  struct Job {
+    std::string Pickle; ///< empty: Data is a finished record
+    const uint8_t *Data;
+    size_t Size;
+    std::shared_ptr<const void> Owner;
+  };
+  struct OutFile; // a file, its queue and its thread
+  /// Picks the least-filled file, reserves \p Length bytes in it, queues the
+  /// job; returns (file, offset).
+  std::pair<unsigned, uint64_t> enqueue(Job J, uint64_t Length);
+  void run(OutFile &F);
+  void stop();
+  void rethrow();
+
+  std::string Dir;
+  std::vector<std::unique_ptr<OutFile>> Files;
+  uint64_t MaxPending;
+  std::mutex Lock;                 ///< guards Pending, Failure, the queues
+  std::condition_variable Drained; ///< signalled as jobs finish
+  uint64_t Pending = 0;
+  std::exception_ptr Failure;
+  bool Finished = false;
   std::map<std::string, Tensor> Tensors;
   std::vector<std::string> Order;
-  std::map<std::string, std::pair<uint64_t, uint64_t>> Bytes;
+  struct ByteRecord {
+    unsigned File;
+    uint64_t Offset, Length;
+  };
+  std::map<std::string, ByteRecord> Bytes;
 };
 
 /// torch.save([uint8 tensor 80 02 4E 2E]): the _extra_state payload every

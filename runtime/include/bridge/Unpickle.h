@@ -59,6 +59,10 @@ struct TensorRecord {
   int64_t StorageOffset = 0;
   /// The elements, row-major and contiguous, little-endian.
   std::vector<uint8_t> Bytes;
+  /// Instead of Bytes, when read with Borrow and stored contiguously: the
+  /// elements where they lie in the archive's bytes (no copy).
+  const uint8_t *Borrowed = nullptr;
+  const uint8_t *data() const { return Borrowed ? Borrowed : Bytes.data(); }
 
   /// Elements of the tensor (1 for a 0-d tensor).
   int64_t numel() const;
@@ -180,12 +184,14 @@ private:
 /// '<folder>/data/<key>', and every torch._utils._rebuild_tensor_v2 / _v3
 /// object replaced by a Tensor node. Strided tensors are gathered into
 /// contiguous bytes. Throws bridge::Error naming \p Where.
+/// With \p Borrow, contiguous tensors point into \p Bytes (TensorRecord::
+/// Borrowed), which must then outlive them.
 PyValuePtr readTorchSave(std::string_view Bytes, const std::string &Where,
-                         const GlobalAllowList &Allowed = TorchSaveGlobals);
+                         const GlobalAllowList &Allowed = TorchSaveGlobals, bool Borrow = false);
 
 /// The one tensor that a torch.save archive of a single tensor holds (a DCP
 /// tensor record); throws if the archive holds anything else.
-TensorRecord readTorchSaveTensor(std::string_view Bytes, const std::string &Where);
+TensorRecord readTorchSaveTensor(std::string_view Bytes, const std::string &Where, bool Borrow = false);
 
 } // namespace bridge
 

@@ -197,7 +197,17 @@ Summary runExport(const ExportOptions &O) {
   files::makeDirs(Tmp);
   try {
     at::Device Dev(O.Device);
-    SafetensorsWriter W(Tmp, FileOf, Side.value("hf_sharded", false));
+    // Files whose every tensor keeps the source's dtype and shape are laid
+    // out now and written tensor by tensor, in parallel, as they come.
+    std::map<std::string, TensorLayout> Known;
+    for (auto &[Name, File] : FileOf) {
+      const Json &Meta = HFTensors.at(Name);
+      if (Meta.at("shape").is_null() || OwnDtype.count(Name))
+        continue;
+      Known[Name] = {*dtypeFromSafetensors(Meta.at("dtype").get<std::string>()),
+                     Meta.at("shape").get<std::vector<int64_t>>()};
+    }
+    SafetensorsWriter W(Tmp, FileOf, Side.value("hf_sharded", false), std::move(Known), O.Writers, O.MemoryBudget);
     exec::OpConfig Cfg(S, Fields);
     std::map<std::string, std::vector<std::string>> TieCopyOf; // original -> its copies
     for (auto &[Copy, Of] : P.Ties)
@@ -207,8 +217,10 @@ Summary runExport(const ExportOptions &O) {
       at::Tensor Host = V.to(exec::toScalarType(Type)).contiguous().cpu();
       std::vector<int64_t> Shape(Host.sizes().begin(), Host.sizes().end());
       TensorToWrite TW{Name, Type, Shape, {}};
-      TW.Bytes.assign(static_cast<const uint8_t *>(Host.data_ptr()),
-                      static_cast<const uint8_t *>(Host.data_ptr()) + Host.nbytes());
+      // The writer holds the tensor until its bytes are on disk.
+      TW.Data = static_cast<const uint8_t *>(Host.data_ptr());
+      TW.Size = Host.nbytes();
+      TW.Owner = std::make_shared<at::Tensor>(Host);
       if (auto C = TieCopyOf.find(Name); C != TieCopyOf.end())
         for (const std::string &CopyName : C->second) {
           TensorToWrite Copy = TW;
@@ -269,17 +281,26 @@ Summary runExport(const ExportOptions &O) {
       }
     };
     for (const DistKey &K : Keys) {
-      std::vector<uint8_t> Bytes = Ckpt.readTensor(K.Key);
       const DistTensor &DT = Ckpt.tensor(K.Key);
-      Sum.BytesRead += Bytes.size();
       ++Sum.TensorsRead;
-      at::Tensor Global = at::from_blob(Bytes.data(), DT.Shape, at::TensorOptions().dtype(exec::toScalarType(DT.Type)))
-                              .to(Dev);
       for (size_t M = 0; M < K.Members.size(); ++M) {
         const PlannedTensor &PT = P.Tensors[K.Members[M]];
-        at::Tensor Value = Global;
-        for (int64_t Index : K.Prefixes[M])
-          Value = Value.select(0, Index);
+        // One layer of a layer-stacked key at a time: memory holds one
+        // layer. Where one chunk holds it, it is read where it lies in the
+        // mapped file (the checkpoint outlives the writer); else assembled.
+        std::vector<int64_t> Shape(DT.Shape.begin() + static_cast<std::ptrdiff_t>(K.Prefixes[M].size()),
+                                   DT.Shape.end());
+        auto Options = at::TensorOptions().dtype(exec::toScalarType(DT.Type));
+        at::Tensor Value;
+        if (const uint8_t *View = Ckpt.viewTensorAt(K.Key, K.Prefixes[M])) {
+          Value = at::from_blob(const_cast<uint8_t *>(View), Shape, Options);
+        } else {
+          auto Bytes = std::make_shared<std::vector<uint8_t>>(Ckpt.readTensorAt(K.Key, K.Prefixes[M]));
+          // The tensor owns its bytes: the writer may hold a view of it.
+          Value = at::from_blob(Bytes->data(), Shape, [Bytes](void *) mutable { Bytes.reset(); }, Options);
+        }
+        Sum.BytesRead += Value.nbytes();
+        Value = Value.to(Dev);
         const SourceChain &Ch = PT.Alternatives[0];
         const Span<OpNode> &Nodes = Ch.Nodes;
         std::string Where = describe(PT.Rule->Loc);

@@ -256,7 +256,7 @@ Summary runImport(const ImportOptions &O) {
 
   try {
     at::Device Dev(O.Device);
-    TorchDistWriter W(Iter);
+    TorchDistWriter W(Iter, O.Writers, O.MemoryBudget);
     std::vector<DistKey> Keys = groupByKey(P, S, Fields, O.LocalSpec);
     std::set<std::string> ExtraStates;
     size_t Done = 0;
@@ -287,10 +287,13 @@ Summary runImport(const ImportOptions &O) {
           for (size_t D = 0; D < C.Offsets.size(); ++D)
             Part = Part.narrow(static_cast<int64_t>(D), C.Offsets[D], C.Sizes[D]);
           Part = Part.contiguous();
+          // The writer's thread holds the chunk (a view of the mapped source
+          // file when no op changed it) until its bytes are on disk.
           std::vector<int64_t> Offsets = K.Prefixes[Layer], Sizes(K.Prefixes[Layer].size(), 1);
           Offsets.insert(Offsets.end(), C.Offsets.begin(), C.Offsets.end());
           Sizes.insert(Sizes.end(), C.Sizes.begin(), C.Sizes.end());
-          W.addChunk(K.Key, Offsets, Sizes, static_cast<const uint8_t *>(Part.data_ptr()), Part.nbytes());
+          W.addChunk(K.Key, Offsets, Sizes, static_cast<const uint8_t *>(Part.data_ptr()), Part.nbytes(),
+                     std::make_shared<at::Tensor>(Part));
         }
         ++Sum.TensorsWritten;
         if (Tty)
@@ -304,6 +307,7 @@ Summary runImport(const ImportOptions &O) {
       std::cerr << "\n";
     W.finish();
     Sum.BytesWritten = W.bytesWritten();
+    Sum.FilesWritten = W.numFiles();
 
     // Sidecar: what export needs to reproduce the HF checkpoint exactly.
     Json Side;

@@ -247,6 +247,33 @@ std::vector<std::string> SafetensorsCheckpoint::names() const {
   return N;
 }
 
+namespace {
+/// The header text of a file holding \p Layouts (by name, as written: name
+/// order), padded so tensors start 8-byte aligned, and each tensor's offset
+/// from the start of the data.
+std::string safetensorsHeader(const std::map<std::string, const TensorLayout *> &Layouts,
+                              std::map<std::string, uint64_t> &Offsets, uint64_t &DataBytes) {
+  nlohmann::ordered_json Header = nlohmann::ordered_json::object();
+  Header["__metadata__"] = {{"format", "pt"}};
+  uint64_t Offset = 0;
+  for (auto &[Name, L] : Layouts) {
+    uint64_t N = dtypeSize(L->Type);
+    for (int64_t D : L->Shape)
+      N *= static_cast<uint64_t>(D);
+    Header[Name] = {{"dtype", std::string(safetensorsName(L->Type))},
+                    {"shape", L->Shape},
+                    {"data_offsets", {Offset, Offset + N}}};
+    Offsets[Name] = Offset;
+    Offset += N;
+  }
+  DataBytes = Offset;
+  std::string Text = Header.dump();
+  while ((8 + Text.size()) % 8 != 0)
+    Text += ' ';
+  return Text;
+}
+} // namespace
+
 void writeSafetensors(const std::string &Path, const std::vector<const TensorToWrite *> &Tensors,
                       const std::map<std::string, std::string> &Metadata) {
   std::vector<const TensorToWrite *> Sorted = Tensors;
@@ -259,13 +286,13 @@ void writeSafetensors(const std::string &Path, const std::vector<const TensorToW
     int64_t Numel = 1;
     for (int64_t D : T->Shape)
       Numel *= D;
-    if (static_cast<uint64_t>(Numel) * dtypeSize(T->Type) != T->Bytes.size())
-      throw Error("error: internal: tensor '" + T->Name + "' has " + std::to_string(T->Bytes.size()) +
+    if (static_cast<uint64_t>(Numel) * dtypeSize(T->Type) != T->size())
+      throw Error("error: internal: tensor '" + T->Name + "' has " + std::to_string(T->size()) +
                   " bytes for its shape");
     Header[T->Name] = {{"dtype", std::string(safetensorsName(T->Type))},
                        {"shape", T->Shape},
-                       {"data_offsets", {Offset, Offset + T->Bytes.size()}}};
-    Offset += T->Bytes.size();
+                       {"data_offsets", {Offset, Offset + T->size()}}};
+    Offset += T->size();
   }
   std::string Text = Header.dump();
   while ((8 + Text.size()) % 8 != 0) // tensors start 8-byte aligned
@@ -279,7 +306,7 @@ void writeSafetensors(const std::string &Path, const std::vector<const TensorToW
     Len[I] = static_cast<uint8_t>(static_cast<uint64_t>(Text.size()) >> (8 * I));
   bool OK = std::fwrite(Len, 1, 8, F) == 8 && std::fwrite(Text.data(), 1, Text.size(), F) == Text.size();
   for (const TensorToWrite *T : Sorted)
-    OK = OK && std::fwrite(T->Bytes.data(), 1, T->Bytes.size(), F) == T->Bytes.size();
+    OK = OK && std::fwrite(T->data(), 1, T->size(), F) == T->size();
   OK = (std::fclose(F) == 0) && OK;
   if (!OK) {
     std::remove(Tmp.c_str());
@@ -289,10 +316,120 @@ void writeSafetensors(const std::string &Path, const std::vector<const TensorToW
     throw Error("error: cannot rename " + Tmp + " to " + Path + ": " + std::strerror(errno));
 }
 
-SafetensorsWriter::SafetensorsWriter(std::string D, std::map<std::string, std::string> F, bool WI)
-    : Dir(std::move(D)), FileOf(std::move(F)), WriteIndex(WI) {
-  for (auto &[Name, File] : FileOf)
+struct SafetensorsWriter::Laid {
+  std::string Path, Tmp;
+  int Fd = -1;
+  uint64_t DataStart = 0;
+  std::map<std::string, uint64_t> Offsets;
+  std::map<std::string, TensorLayout> Layouts;
+};
+
+SafetensorsWriter::SafetensorsWriter(std::string D, std::map<std::string, std::string> F, bool WI,
+                                     std::map<std::string, TensorLayout> Known, unsigned NumThreads,
+                                     uint64_t MaxPendingBytes)
+    : Dir(std::move(D)), FileOf(std::move(F)), WriteIndex(WI), MaxPending(MaxPendingBytes) {
+  std::map<std::string, std::vector<std::string>> Names;
+  for (auto &[Name, File] : FileOf) {
     ++Remaining[File];
+    Names[File].push_back(Name);
+  }
+  try {
+    for (auto &[File, Members] : Names) {
+      std::map<std::string, const TensorLayout *> Layouts;
+      for (const std::string &N : Members)
+        if (auto It = Known.find(N); It != Known.end())
+          Layouts[N] = &It->second;
+      if (Layouts.size() != Members.size())
+        continue; // held in memory until complete
+      auto L = std::make_unique<Laid>();
+      uint64_t DataBytes = 0;
+      std::string Text = safetensorsHeader(Layouts, L->Offsets, DataBytes);
+      for (auto &[N, Lay] : Layouts)
+        L->Layouts[N] = *Lay;
+      L->Path = Dir + "/" + File;
+      L->Tmp = L->Path + ".tmp";
+      L->DataStart = 8 + Text.size();
+      L->Fd = ::open(L->Tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+      if (L->Fd < 0)
+        throw Error("error: cannot write " + L->Tmp + ": " + std::strerror(errno));
+      std::string Head(8, '\0');
+      for (int I = 0; I < 8; ++I)
+        Head[I] = static_cast<char>(static_cast<uint64_t>(Text.size()) >> (8 * I));
+      Head += Text;
+      if (::pwrite(L->Fd, Head.data(), Head.size(), 0) != static_cast<ssize_t>(Head.size()) ||
+          ::ftruncate(L->Fd, static_cast<off_t>(L->DataStart + DataBytes)) != 0)
+        throw Error("error: writing " + L->Tmp + " failed: " + std::strerror(errno));
+      LaidOut[File] = std::move(L);
+    }
+  } catch (...) {
+    for (auto &[File, L] : LaidOut)
+      if (L->Fd >= 0)
+        ::close(L->Fd);
+    throw;
+  }
+  if (!LaidOut.empty())
+    for (unsigned I = 0; I < std::max(1u, NumThreads); ++I)
+      Threads.emplace_back([this] { run(); });
+}
+
+SafetensorsWriter::~SafetensorsWriter() {
+  {
+    std::lock_guard<std::mutex> G(Lock);
+    Queue.clear();
+  }
+  stopThreads();
+  for (auto &[File, L] : LaidOut)
+    if (L->Fd >= 0) {
+      ::close(L->Fd);
+      std::remove(L->Tmp.c_str());
+    }
+}
+
+void SafetensorsWriter::stopThreads() {
+  {
+    std::lock_guard<std::mutex> G(Lock);
+    Stop = true;
+    Ready.notify_all();
+  }
+  for (std::thread &T : Threads)
+    if (T.joinable())
+      T.join();
+}
+
+void SafetensorsWriter::run() {
+  for (;;) {
+    Job J;
+    {
+      std::unique_lock<std::mutex> G(Lock);
+      Ready.wait(G, [&] { return Stop || !Queue.empty(); });
+      if (Queue.empty())
+        return;
+      J = std::move(Queue.front());
+      Queue.pop_front();
+    }
+    size_t Size = J.T.size();
+    try {
+      const uint8_t *P = J.T.data();
+      uint64_t Done = 0;
+      while (Done < Size) {
+        ssize_t K = ::pwrite(J.Fd, P + Done, Size - Done, static_cast<off_t>(J.Offset + Done));
+        if (K < 0 && errno == EINTR)
+          continue;
+        if (K <= 0)
+          throw Error("error: writing " + J.Path + " failed: " + std::strerror(K < 0 ? errno : ENOSPC));
+        Done += static_cast<uint64_t>(K);
+      }
+    } catch (...) {
+      std::lock_guard<std::mutex> G(Lock);
+      if (!Failure)
+        Failure = std::current_exception();
+      Queue.clear();
+    }
+    J.T = TensorToWrite(); // frees the bytes before the producer is told
+    std::lock_guard<std::mutex> G(Lock);
+    QueuedBytes -= Size;
+    Drained.notify_all();
+  }
 }
 
 void SafetensorsWriter::add(TensorToWrite T) {
@@ -302,11 +439,33 @@ void SafetensorsWriter::add(TensorToWrite T) {
   const std::string File = It->second;
   if (Remaining[File] == 0)
     throw Error("error: export produced '" + T.Name + "' twice");
+  if (auto L = LaidOut.find(File); L != LaidOut.end()) {
+    const TensorLayout &Want = L->second->Layouts.at(T.Name);
+    if (T.Type != Want.Type || T.Shape != Want.Shape)
+      throw Error("error: export of '" + T.Name + "' gives a " + std::string(safetensorsName(T.Type)) +
+                  " tensor of another shape or dtype than the source's");
+    if (!L->second->Offsets.count(T.Name))
+      throw Error("error: export produced '" + T.Name + "' twice");
+    uint64_t Offset = L->second->DataStart + L->second->Offsets.at(T.Name);
+    L->second->Offsets.erase(T.Name); // written once
+    size_t Size = T.size();
+    TotalTensorBytes += Size;
+    Written += Size;
+    --Remaining[File];
+    std::unique_lock<std::mutex> G(Lock);
+    Drained.wait(G, [&] { return Failure || QueuedBytes == 0 || QueuedBytes + Size <= MaxPending; });
+    if (Failure)
+      std::rethrow_exception(Failure);
+    QueuedBytes += Size;
+    Queue.push_back({L->second->Fd, Offset, std::move(T), L->second->Tmp});
+    Ready.notify_one();
+    return;
+  }
   auto &P = Pending[File];
   for (auto &Existing : P)
     if (Existing.Name == T.Name)
       throw Error("error: export produced '" + T.Name + "' twice");
-  TotalTensorBytes += T.Bytes.size();
+  TotalTensorBytes += T.size();
   P.push_back(std::move(T));
   if (--Remaining[File] == 0)
     flush(File);
@@ -319,15 +478,20 @@ void SafetensorsWriter::flush(const std::string &File) {
   std::map<std::string, std::string> Meta{{"format", "pt"}};
   writeSafetensors(Dir + "/" + File, Ptrs, Meta);
   for (auto &T : Pending[File])
-    Written += T.Bytes.size();
+    Written += T.size();
   Pending.erase(File);
 }
 
 void SafetensorsWriter::finish() {
+  stopThreads(); // every queued tensor written
+  if (Failure)
+    std::rethrow_exception(Failure);
   std::vector<std::string> Missing;
   for (auto &[Name, File] : FileOf)
     if (Remaining[File] != 0) {
       bool Have = false;
+      if (auto L = LaidOut.find(File); L != LaidOut.end())
+        Have = !L->second->Offsets.count(Name);
       for (auto &T : Pending[File])
         Have |= T.Name == Name;
       if (!Have)
@@ -339,6 +503,14 @@ void SafetensorsWriter::finish() {
       List += "\n  " + Missing[I];
     throw Error("error: export did not produce " + std::to_string(Missing.size()) +
                 " tensor(s) of the source checkpoint:" + List);
+  }
+  for (auto &[File, L] : LaidOut) {
+    int Fd = L->Fd;
+    L->Fd = -1;
+    if (::close(Fd) != 0)
+      throw Error("error: writing " + L->Tmp + " failed: " + std::strerror(errno));
+    if (std::rename(L->Tmp.c_str(), L->Path.c_str()) != 0)
+      throw Error("error: cannot rename " + L->Tmp + " to " + L->Path + ": " + std::strerror(errno));
   }
   if (WriteIndex) {
     nlohmann::ordered_json Index;

@@ -12,6 +12,8 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <sys/mman.h>
+#include <mutex>
 #include <fcntl.h>
 #include <set>
 #include <sys/stat.h>
@@ -208,7 +210,22 @@ void placeChunk(uint8_t *Dst, const std::vector<int64_t> &Global, const std::vec
 
 // ---- opening ------------------------------------------------------------------------
 
-TorchDistCheckpoint::TorchDistCheckpoint(const std::string &IterDir) : Dir(IterDir) {
+struct TorchDistCheckpoint::Mappings {
+  std::mutex Lock;
+  struct Map {
+    const uint8_t *Data = nullptr;
+    size_t Size = 0;
+  };
+  std::map<std::string, Map> Files;
+  ~Mappings() {
+    for (auto &[Name, M] : Files)
+      if (M.Data)
+        ::munmap(const_cast<uint8_t *>(M.Data), M.Size);
+  }
+};
+
+TorchDistCheckpoint::TorchDistCheckpoint(const std::string &IterDir)
+    : Dir(IterDir), Mapped(std::make_shared<Mappings>()) {
   while (Dir.size() > 1 && Dir.back() == '/')
     Dir.pop_back();
   struct stat St;
@@ -432,6 +449,33 @@ std::string TorchDistCheckpoint::recordWhere(const DistRecord &R, const std::str
   return Dir + "/" + R.File + " (record of '" + Key + "' at byte " + std::to_string(R.Offset) + ")";
 }
 
+std::string_view TorchDistCheckpoint::recordView(const DistRecord &R) const {
+  std::lock_guard<std::mutex> G(Mapped->Lock);
+  auto It = Mapped->Files.find(R.File);
+  if (It == Mapped->Files.end()) {
+    std::string Path = Dir + "/" + R.File;
+    int Fd = ::open(Path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (Fd < 0)
+      fail(Path, std::string("cannot open: ") + std::strerror(errno));
+    struct stat St;
+    Mappings::Map M;
+    if (::fstat(Fd, &St) == 0 && St.st_size > 0) {
+      void *P = ::mmap(nullptr, static_cast<size_t>(St.st_size), PROT_READ, MAP_SHARED, Fd, 0);
+      if (P != MAP_FAILED) {
+        M.Data = static_cast<const uint8_t *>(P);
+        M.Size = static_cast<size_t>(St.st_size);
+      }
+    }
+    ::close(Fd);
+    It = Mapped->Files.emplace(R.File, M).first;
+  }
+  const Mappings::Map &M = It->second;
+  if (!M.Data || R.Offset + R.Length > M.Size)
+    fail(Dir + "/" + R.File, "cannot map bytes " + std::to_string(R.Offset) + ".." +
+                                 std::to_string(R.Offset + R.Length) + " (the file shrank?)");
+  return std::string_view(reinterpret_cast<const char *>(M.Data + R.Offset), static_cast<size_t>(R.Length));
+}
+
 std::vector<uint8_t> TorchDistCheckpoint::readRecord(const DistRecord &R) const {
   std::string Path = Dir + "/" + R.File;
   int Fd = ::open(Path.c_str(), O_RDONLY | O_CLOEXEC);
@@ -456,14 +500,17 @@ std::vector<uint8_t> TorchDistCheckpoint::readRecord(const DistRecord &R) const 
 }
 
 TensorRecord TorchDistCheckpoint::readChunk(const std::string &Key, size_t Index) const {
+  return chunkRecord(Key, Index, /*Borrow=*/false);
+}
+
+TensorRecord TorchDistCheckpoint::chunkRecord(const std::string &Key, size_t Index, bool Borrow) const {
   const DistTensor &T = tensor(Key);
   if (Index >= T.Chunks.size())
     fail(Dir + "/.metadata", "'" + Key + "' has no chunk " + std::to_string(Index));
   const DistChunk &C = T.Chunks[Index];
-  std::vector<uint8_t> Bytes = readRecord(C.Record);
   std::string Where = recordWhere(C.Record, Key);
-  TensorRecord R =
-      readTorchSaveTensor(std::string_view(reinterpret_cast<const char *>(Bytes.data()), Bytes.size()), Where);
+  // Borrowed: a contiguous record's elements stay in the mapped file.
+  TensorRecord R = readTorchSaveTensor(recordView(C.Record), Where, Borrow);
   if (R.Type != T.Type)
     fail(Where,
          "record holds " + std::string(torchName(R.Type)) + " but .metadata says " + std::string(torchName(T.Type)));
@@ -479,10 +526,75 @@ std::vector<uint8_t> TorchDistCheckpoint::readTensor(const std::string &Key) con
   std::vector<uint8_t> Out(static_cast<size_t>(T.numel()) * Elem);
   for (size_t I = 0; I < T.Chunks.size(); ++I) {
     const DistChunk &C = T.Chunks[I];
-    TensorRecord R = readChunk(Key, I);
-    placeChunk(Out.data(), T.Shape, C.Offsets, C.Sizes, R.Bytes.data(), Elem);
+    TensorRecord R = chunkRecord(Key, I, /*Borrow=*/true);
+    placeChunk(Out.data(), T.Shape, C.Offsets, C.Sizes, R.data(), Elem);
   }
   return Out;
+}
+
+std::vector<uint8_t> TorchDistCheckpoint::readTensorAt(const std::string &Key,
+                                                      const std::vector<int64_t> &Prefix) const {
+  const DistTensor &T = tensor(Key);
+  size_t P = Prefix.size(), Elem = dtypeSize(T.Type);
+  if (P > T.Shape.size())
+    fail(Dir + "/.metadata", "'" + Key + "' has fewer than " + std::to_string(P) + " dims");
+  std::vector<int64_t> Sub(T.Shape.begin() + static_cast<std::ptrdiff_t>(P), T.Shape.end());
+  uint64_t Numel = 1;
+  for (size_t D = 0; D < P; ++D)
+    if (Prefix[D] < 0 || Prefix[D] >= T.Shape[D])
+      fail(Dir + "/.metadata", "index " + std::to_string(Prefix[D]) + " is outside dim " + std::to_string(D) +
+                                   " of '" + Key + "'");
+  for (int64_t D : Sub)
+    Numel *= static_cast<uint64_t>(D);
+  std::vector<uint8_t> Out(Numel * Elem);
+  for (size_t I = 0; I < T.Chunks.size(); ++I) {
+    const DistChunk &C = T.Chunks[I];
+    bool Holds = true;
+    for (size_t D = 0; D < P; ++D)
+      Holds &= C.Offsets[D] <= Prefix[D] && Prefix[D] < C.Offsets[D] + C.Sizes[D];
+    if (!Holds)
+      continue;
+    TensorRecord R = chunkRecord(Key, I, /*Borrow=*/true);
+    // The chunk's block at Prefix: leading dims fixed, so one contiguous run.
+    uint64_t Skip = 0, Block = 1;
+    for (size_t D = P; D < C.Sizes.size(); ++D)
+      Block *= static_cast<uint64_t>(C.Sizes[D]);
+    for (size_t D = 0; D < P; ++D)
+      Skip = Skip * static_cast<uint64_t>(C.Sizes[D]) + static_cast<uint64_t>(Prefix[D] - C.Offsets[D]);
+    std::vector<int64_t> Offsets(C.Offsets.begin() + static_cast<std::ptrdiff_t>(P), C.Offsets.end()),
+        Sizes(C.Sizes.begin() + static_cast<std::ptrdiff_t>(P), C.Sizes.end());
+    placeChunk(Out.data(), Sub, Offsets, Sizes, R.data() + Skip * Block * Elem, Elem);
+  }
+  return Out;
+}
+
+const uint8_t *TorchDistCheckpoint::viewTensorAt(const std::string &Key, const std::vector<int64_t> &Prefix) const {
+  const DistTensor &T = tensor(Key);
+  size_t P = Prefix.size();
+  if (P > T.Shape.size())
+    return nullptr;
+  for (size_t I = 0; I < T.Chunks.size(); ++I) {
+    const DistChunk &C = T.Chunks[I];
+    bool Holds = true, Whole = true;
+    for (size_t D = 0; D < P; ++D)
+      Holds &= C.Offsets[D] <= Prefix[D] && Prefix[D] < C.Offsets[D] + C.Sizes[D];
+    for (size_t D = P; D < T.Shape.size(); ++D)
+      Whole &= C.Offsets[D] == 0 && C.Sizes[D] == T.Shape[D];
+    if (!Holds)
+      continue;
+    if (!Whole)
+      return nullptr; // several chunks make it up
+    TensorRecord R = chunkRecord(Key, I, /*Borrow=*/true);
+    if (!R.Borrowed)
+      return nullptr; // stored strided: gathered by readTensorAt
+    uint64_t Skip = 0, Block = dtypeSize(T.Type);
+    for (size_t D = P; D < C.Sizes.size(); ++D)
+      Block *= static_cast<uint64_t>(C.Sizes[D]);
+    for (size_t D = 0; D < P; ++D)
+      Skip = Skip * static_cast<uint64_t>(C.Sizes[D]) + static_cast<uint64_t>(Prefix[D] - C.Offsets[D]);
+    return R.Borrowed + Skip * Block;
+  }
+  return nullptr;
 }
 
 PyValuePtr TorchDistCheckpoint::readBytesObject(const std::string &Key, const GlobalAllowList &Allowed) const {

@@ -6,7 +6,10 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
+#include <fcntl.h>
+#include <unistd.h>
 
 namespace bridge {
 namespace {
@@ -44,24 +47,126 @@ void tensorProperties(PickleWriter &P, DType T) {
 
 } // namespace
 
-TorchDistWriter::TorchDistWriter(std::string IterDir, std::string FileName)
-    : Dir(std::move(IterDir)), File(std::move(FileName)) {
-  std::string Path = Dir + "/" + File;
-  Out = std::fopen(Path.c_str(), "wb");
-  if (!Out)
-    throw Error("error: cannot write " + Path + ": " + std::strerror(errno));
+struct TorchDistWriter::OutFile {
+  std::string Name;
+  int Fd = -1;
+  uint64_t Size = 0; ///< bytes reserved so far
+  std::deque<Job> Queue;
+  std::condition_variable Ready;
+  bool Stop = false;
+  std::thread Thread;
+};
+
+TorchDistWriter::TorchDistWriter(std::string IterDir, unsigned NumFiles, uint64_t MaxPendingBytes)
+    : Dir(std::move(IterDir)), MaxPending(MaxPendingBytes) {
+  for (unsigned I = 0; I < std::max(1u, NumFiles); ++I) {
+    auto F = std::make_unique<OutFile>();
+    F->Name = "__0_" + std::to_string(I) + ".distcp";
+    std::string Path = Dir + "/" + F->Name;
+    F->Fd = ::open(Path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (F->Fd < 0) {
+      int E = errno;
+      stop();
+      throw Error("error: cannot write " + Path + ": " + std::strerror(E));
+    }
+    Files.push_back(std::move(F));
+  }
+  for (auto &F : Files)
+    F->Thread = std::thread([this, P = F.get()] { run(*P); });
 }
 
-TorchDistWriter::~TorchDistWriter() {
-  if (Out)
-    std::fclose(Out);
+TorchDistWriter::~TorchDistWriter() { stop(); }
+
+void TorchDistWriter::stop() {
+  {
+    std::lock_guard<std::mutex> G(Lock);
+    for (auto &F : Files) {
+      if (!Finished)
+        F->Queue.clear(); // abandoned: the caller removes the directory
+      F->Stop = true;
+      F->Ready.notify_all();
+    }
+  }
+  for (auto &F : Files) {
+    if (F->Thread.joinable())
+      F->Thread.join();
+    if (F->Fd >= 0)
+      ::close(F->Fd);
+    F->Fd = -1;
+  }
 }
 
-void TorchDistWriter::append(const std::string &B, uint64_t &At) {
-  At = Offset;
-  if (std::fwrite(B.data(), 1, B.size(), Out) != B.size())
-    throw Error("error: writing " + Dir + "/" + File + " failed: " + std::strerror(errno));
-  Offset += B.size();
+void TorchDistWriter::run(OutFile &F) {
+  std::string Path = Dir + "/" + F.Name;
+  auto Write = [&](const void *D, size_t N) {
+    const char *P = static_cast<const char *>(D);
+    while (N) {
+      ssize_t K = ::write(F.Fd, P, N);
+      if (K < 0 && errno == EINTR)
+        continue;
+      if (K <= 0)
+        throw Error("error: writing " + Path + " failed: " + std::strerror(K < 0 ? errno : ENOSPC));
+      P += K;
+      N -= static_cast<size_t>(K);
+    }
+  };
+  for (;;) {
+    Job J;
+    {
+      std::unique_lock<std::mutex> G(Lock);
+      F.Ready.wait(G, [&] { return F.Stop || !F.Queue.empty(); });
+      if (F.Queue.empty())
+        return;
+      J = std::move(F.Queue.front());
+      F.Queue.pop_front();
+    }
+    try {
+      if (J.Pickle.empty())
+        Write(J.Data, J.Size);
+      else // the checksum is taken here, on this file's thread
+        writeTorchSaveArchive(J.Pickle, {{"0", J.Data, J.Size}}, Write);
+    } catch (...) {
+      std::lock_guard<std::mutex> G(Lock);
+      if (!Failure)
+        Failure = std::current_exception();
+      for (auto &O : Files)
+        O->Queue.clear();
+    }
+    J.Owner.reset(); // frees the chunk before the producer is told
+    std::lock_guard<std::mutex> G(Lock);
+    Pending -= J.Size;
+    Drained.notify_all();
+  }
+}
+
+void TorchDistWriter::rethrow() {
+  if (Failure)
+    std::rethrow_exception(Failure);
+}
+
+std::pair<unsigned, uint64_t> TorchDistWriter::enqueue(Job J, uint64_t Length) {
+  std::unique_lock<std::mutex> G(Lock);
+  // One record may exceed the bound alone; otherwise wait for room.
+  Drained.wait(G, [&] { return Failure || Pending == 0 || Pending + J.Size <= MaxPending; });
+  rethrow();
+  unsigned Best = 0;
+  for (unsigned I = 1; I < Files.size(); ++I)
+    if (Files[I]->Size < Files[Best]->Size)
+      Best = I;
+  OutFile &F = *Files[Best];
+  uint64_t At = F.Size;
+  F.Size += Length;
+  Pending += J.Size;
+  F.Queue.push_back(std::move(J));
+  F.Ready.notify_one();
+  return {Best, At};
+}
+
+uint64_t TorchDistWriter::bytesWritten() const {
+  uint64_t N = 0;
+  for (auto &F : Files)
+    N += F->Size;
+  return N;
 }
 
 void TorchDistWriter::declareTensor(const std::string &Key, DType Type, std::vector<int64_t> Shape) {
@@ -72,7 +177,7 @@ void TorchDistWriter::declareTensor(const std::string &Key, DType Type, std::vec
 }
 
 void TorchDistWriter::addChunk(const std::string &Key, std::vector<int64_t> Offsets, std::vector<int64_t> Sizes,
-                               const uint8_t *Data, size_t NumBytes) {
+                               const uint8_t *Data, size_t NumBytes, std::shared_ptr<const void> Owner) {
   auto It = Tensors.find(Key);
   if (It == Tensors.end())
     throw Error("error: internal: chunk of undeclared key '" + Key + "'");
@@ -83,24 +188,29 @@ void TorchDistWriter::addChunk(const std::string &Key, std::vector<int64_t> Offs
   if (Offsets.size() != T.Shape.size() || Sizes.size() != T.Shape.size() ||
       static_cast<uint64_t>(Numel) * dtypeSize(T.Type) != NumBytes)
     throw Error("error: internal: malformed chunk of '" + Key + "'");
+  if (!Owner) {
+    auto Copy = std::make_shared<std::vector<uint8_t>>(Data, Data + NumBytes);
+    Data = Copy->data();
+    Owner = std::move(Copy);
+  }
   PickleWriter P;
   P.tensor(T.Type, "0", Numel, Sizes);
-  // Streamed to the file: the chunk's bytes are written from where they lie.
-  Chunk C{std::move(Offsets), std::move(Sizes), Offset, 0};
-  C.Length = writeTorchSaveArchive(P.finish(), {{"0", Data, NumBytes}}, [&](const void *D, size_t N) {
-    if (std::fwrite(D, 1, N, Out) != N)
-      throw Error("error: writing " + Dir + "/" + File + " failed: " + std::strerror(errno));
-  });
-  Offset += C.Length;
-  T.Chunks.push_back(std::move(C));
+  std::string Pickle = P.finish();
+  // The record's length does not depend on its bytes: place it now, write
+  // it (and take its checksum) on the file's thread.
+  uint64_t Length =
+      writeTorchSaveArchive(Pickle, {{"0", Data, NumBytes}}, [](const void *, size_t) {}, /*Checksums=*/false);
+  auto [File, At] = enqueue({std::move(Pickle), Data, NumBytes, std::move(Owner)}, Length);
+  T.Chunks.push_back({std::move(Offsets), std::move(Sizes), File, At, Length});
 }
 
 void TorchDistWriter::addBytes(const std::string &Key, const std::string &Record) {
   if (Tensors.count(Key) || Bytes.count(Key))
     throw Error("error: internal: checkpoint key '" + Key + "' written twice");
-  uint64_t At;
-  append(Record, At);
-  Bytes[Key] = {At, Record.size()};
+  auto Copy = std::make_shared<std::string>(Record);
+  const uint8_t *Data = reinterpret_cast<const uint8_t *>(Copy->data());
+  auto [File, At] = enqueue({std::string(), Data, Copy->size(), Copy}, Copy->size());
+  Bytes[Key] = {File, At, Record.size()};
 }
 
 void TorchDistWriter::finish() {
@@ -130,11 +240,28 @@ void TorchDistWriter::finish() {
     if (Volume != Global)
       throw Error("error: internal: the chunks of '" + Key + "' do not cover its global shape");
   }
-  if (std::fclose(Out) != 0) {
-    Out = nullptr;
-    throw Error("error: writing " + Dir + "/" + File + " failed: " + std::strerror(errno));
+  // Every record on disk, then the files closed (a close error is a write error).
+  {
+    std::lock_guard<std::mutex> G(Lock);
+    Finished = true;
   }
-  Out = nullptr;
+  for (auto &F : Files) {
+    {
+      std::lock_guard<std::mutex> G(Lock);
+      F->Stop = true;
+      F->Ready.notify_all();
+    }
+    F->Thread.join();
+  }
+  rethrow();
+  for (auto &F : Files) {
+    int Fd = F->Fd;
+    F->Fd = -1;
+    if (::close(Fd) != 0)
+      throw Error("error: writing " + Dir + "/" + F->Name + " failed: " + std::strerror(errno));
+    if (F->Size == 0) // a file no record went to
+      std::remove((Dir + "/" + F->Name).c_str());
+  }
 
   PickleWriter P;
   P.global(MetaModule, "Metadata");
@@ -189,14 +316,14 @@ void TorchDistWriter::finish() {
   P.str("storage_data");
   P.emptyDict();
   P.mark();
-  auto StorageInfo = [&](uint64_t At, uint64_t Length) {
+  auto StorageInfo = [&](unsigned File, uint64_t At, uint64_t Length) {
     P.global("torch.distributed.checkpoint.filesystem", "_StorageInfo");
     P.emptyTuple();
     P.newObj();
     P.emptyDict();
     P.mark();
     P.str("relative_path");
-    P.str(File);
+    P.str(Files[File]->Name);
     P.str("offset");
     P.integer(static_cast<int64_t>(At));
     P.str("length");
@@ -219,7 +346,7 @@ void TorchDistWriter::finish() {
       P.none();
       P.setItems();
       P.build();
-      StorageInfo(C.Offset, C.Length);
+      StorageInfo(C.File, C.Offset, C.Length);
     }
   for (auto &[Key, Where] : Bytes) {
     P.global(MetaModule, "MetadataIndex");
@@ -233,7 +360,7 @@ void TorchDistWriter::finish() {
     P.none();
     P.setItems();
     P.build();
-    StorageInfo(Where.first, Where.second);
+    StorageInfo(Where.File, Where.Offset, Where.Length);
   }
   P.setItems();
   P.setItems();

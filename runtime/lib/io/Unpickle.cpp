@@ -1074,7 +1074,7 @@ std::vector<int64_t> intTuple(const PyValue &V, const std::string &Where, const 
 /// writes for dtypes without a legacy storage class (float8, ...): an
 /// untyped storage sized in bytes, and the dtype as the seventh argument.
 TensorRecord rebuildTensor(const PyValue &Args, bool V3, const ZipArchive &Zip, const std::string &Folder,
-                           const std::string &Where) {
+                           const std::string &Where, bool Borrow) {
   // (storage, storage_offset, size, stride, requires_grad, backward_hooks[, dtype (v3)][, metadata])
   const char *Fn = V3 ? "_rebuild_tensor_v3" : "_rebuild_tensor_v2";
   if (!Args.is(Kind::Tuple) || Args.Items.size() < (V3 ? 7u : 4u))
@@ -1154,10 +1154,8 @@ TensorRecord rebuildTensor(const PyValue &Args, bool V3, const ZipArchive &Zip, 
 
   std::string_view Storage = Zip.read(*E);
   const char *Src = Storage.data();
-  T.Bytes.resize(static_cast<size_t>(OutBytes));
-  if (Numel == 0)
-    return T;
-  // Contiguous (the usual case: torch.save of a clone) is one copy.
+  // Contiguous (the usual case: torch.save of a clone) is one copy, or none
+  // when the caller keeps the archive's bytes alive.
   bool Contiguous = true;
   int64_t Expect = 1;
   for (size_t D = T.Shape.size(); D-- > 0;) {
@@ -1165,6 +1163,13 @@ TensorRecord rebuildTensor(const PyValue &Args, bool V3, const ZipArchive &Zip, 
       Contiguous = false;
     Expect *= T.Shape[D];
   }
+  if (Contiguous && Borrow) {
+    T.Borrowed = reinterpret_cast<const uint8_t *>(Src + T.StorageOffset * Elem);
+    return T;
+  }
+  T.Bytes.resize(static_cast<size_t>(OutBytes));
+  if (Numel == 0)
+    return T;
   if (Contiguous) {
     std::memcpy(T.Bytes.data(), Src + T.StorageOffset * Elem, static_cast<size_t>(OutBytes));
     return T;
@@ -1189,7 +1194,8 @@ TensorRecord rebuildTensor(const PyValue &Args, bool V3, const ZipArchive &Zip, 
 }
 } // namespace
 
-PyValuePtr readTorchSave(std::string_view Bytes, const std::string &Where, const GlobalAllowList &Allowed) {
+PyValuePtr readTorchSave(std::string_view Bytes, const std::string &Where, const GlobalAllowList &Allowed,
+                         bool Borrow) {
   ZipArchive Zip(Bytes, Where);
   // torch.save puts everything under one folder whose name is free
   // ('archive' for file objects, the file's stem for paths).
@@ -1225,7 +1231,7 @@ PyValuePtr readTorchSave(std::string_view Bytes, const std::string &Where, const
     if (V3 || V->isObjectOf("torch._utils._rebuild_tensor_v2")) {
       if (V->State || V->Kwargs || !V->Items.empty() || !V->Entries.empty())
         failAt(Where, "tensor with extra attributes (a tensor subclass?) is not supported");
-      auto T = std::make_shared<TensorRecord>(rebuildTensor(*V->Args, V3, Zip, Folder, Where));
+      auto T = std::make_shared<TensorRecord>(rebuildTensor(*V->Args, V3, Zip, Folder, Where, Borrow));
       V->Tag = Kind::Tensor;
       V->Tensor = std::move(T);
       V->Class.reset();
@@ -1244,8 +1250,8 @@ PyValuePtr readTorchSave(std::string_view Bytes, const std::string &Where, const
   return Root;
 }
 
-TensorRecord readTorchSaveTensor(std::string_view Bytes, const std::string &Where) {
-  PyValuePtr Root = readTorchSave(Bytes, Where, TorchSaveGlobals);
+TensorRecord readTorchSaveTensor(std::string_view Bytes, const std::string &Where, bool Borrow) {
+  PyValuePtr Root = readTorchSave(Bytes, Where, TorchSaveGlobals, Borrow);
   if (!Root->is(Kind::Tensor))
     failAt(Where, "expected one tensor, the archive holds a " + std::string(PyValue::kindName(Root->Tag)));
   return *Root->Tensor;

@@ -14,6 +14,7 @@
 #include "bridge/Registry.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <map>
 #include <tuple>
@@ -22,6 +23,7 @@
 #include <iostream>
 #include <sstream>
 #include <string>
+#include <sys/resource.h>
 #include <sys/stat.h>
 
 using namespace bridge;
@@ -56,6 +58,10 @@ const char *Usage =
     "  --overwrite               replace an existing output directory\n"
     "  --local-spec              import: key tensors for a model built with the local\n"
     "                            layer spec (no Transformer Engine); default: TE spec\n"
+    "  --writers N               threads writing the output (default 8); import\n"
+    "                            writes N .distcp files, so its output depends on N\n"
+    "  --memory-budget SIZE      converted bytes that may wait for the writers,\n"
+    "                            e.g. 512M, 4G (default 2G)\n"
     "  --quiet                   no progress line\n"
     "  -h, --help                this text\n";
 
@@ -65,6 +71,8 @@ struct Options {
   std::string Command, HF, Out, Megatron, Device = "cpu";
   bool AsJson = false, LocalNames = false, Overwrite = false, Quiet = false, LocalSpec = false;
   Layout Par;
+  unsigned Writers = 8;
+  uint64_t MemoryBudget = uint64_t(2) << 30;
 };
 
 std::string human(uint64_t Bytes) {
@@ -84,6 +92,14 @@ void printSummary(const char *What, const Summary &S, const std::string &Out) {
               What, S.Mapping.c_str(), static_cast<unsigned long long>(S.TensorsRead), human(S.BytesRead).c_str(),
               static_cast<unsigned long long>(S.TensorsWritten), human(S.BytesWritten).c_str(), Out.c_str(),
               S.Seconds, Rate);
+  // ru_maxrss counts the source file's mapped pages this process touched
+  // (shared page cache, not memory it holds) as well as its own.
+  struct rusage RU;
+  if (::getrusage(RUSAGE_SELF, &RU) == 0)
+    std::printf("peak resident set %s (includes mapped source pages)%s\n",
+                human(static_cast<uint64_t>(RU.ru_maxrss) * 1024).c_str(),
+                S.FilesWritten > 1 ? (", " + std::to_string(S.FilesWritten) + " files written in parallel").c_str()
+                                   : "");
 }
 
 int intArg(int &I, int argc, char **argv, const std::string &Flag) {
@@ -94,6 +110,22 @@ int intArg(int &I, int argc, char **argv, const std::string &Flag) {
   if (!End || *End || V < 0 || V > 1 << 20)
     usageError(Flag + " needs a non-negative number, not '" + argv[I] + "'");
   return static_cast<int>(V);
+}
+
+/// "512M", "4G", "1.5G", "1000000" (bytes); K, M, G, T are powers of 1024.
+uint64_t sizeArg(const std::string &Text, const std::string &Flag) {
+  char *End = nullptr;
+  double V = std::strtod(Text.c_str(), &End);
+  std::string Unit = End ? End : "";
+  double Scale = Unit.empty() || Unit == "B" ? 1 : 0;
+  const char *Units = "KMGT";
+  for (int K = 0; K < 4; ++K)
+    if (Unit == std::string(1, Units[K]) || Unit == std::string(1, Units[K]) + "iB" ||
+        Unit == std::string(1, Units[K]) + "B")
+      Scale = std::pow(1024.0, K + 1);
+  if (End == Text.c_str() || Scale == 0 || !(V > 0) || V * Scale > 1e18)
+    usageError(Flag + " needs a size such as 512M or 4G, not '" + Text + "'");
+  return static_cast<uint64_t>(V * Scale);
 }
 
 [[noreturn]] void usageError(const std::string &Msg) {
@@ -364,6 +396,14 @@ int main(int argc, char **argv) {
       O.Par.FirstStageLayers = intArg(I, argc, argv, A);
     } else if (A == "--last-stage-layers") {
       O.Par.LastStageLayers = intArg(I, argc, argv, A);
+    } else if (A == "--writers") {
+      O.Writers = static_cast<unsigned>(intArg(I, argc, argv, A));
+      if (O.Writers < 1 || O.Writers > 256)
+        usageError("--writers needs a number from 1 to 256");
+    } else if (A == "--memory-budget") {
+      if (++I >= argc)
+        usageError("--memory-budget needs a size");
+      O.MemoryBudget = sizeArg(argv[I], A);
     } else if (A == "--local-spec") {
       O.LocalSpec = true;
     } else if (A == "--overwrite") {
@@ -395,14 +435,14 @@ int main(int argc, char **argv) {
     if (O.Command == "import") {
       if (O.HF.empty() || O.Out.empty())
         usageError("import needs --hf DIR and --out DIR");
-      ImportOptions IO{O.HF, O.Out, O.Par, O.Device, O.Overwrite, O.Quiet, O.LocalSpec};
+      ImportOptions IO{O.HF, O.Out, O.Par, O.Device, O.Overwrite, O.Quiet, O.LocalSpec, O.Writers, O.MemoryBudget};
       printSummary("import", runImport(IO), O.Out);
       return 0;
     }
     if (O.Command == "export") {
       if (O.Megatron.empty() || O.Out.empty())
         usageError("export needs --megatron DIR and --out DIR");
-      ExportOptions EO{O.Megatron, O.Out, O.Device, O.Overwrite, O.Quiet};
+      ExportOptions EO{O.Megatron, O.Out, O.Device, O.Overwrite, O.Quiet, O.Writers, O.MemoryBudget};
       printSummary("export", runExport(EO), O.Out);
       return 0;
     }
