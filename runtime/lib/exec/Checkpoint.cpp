@@ -1,6 +1,9 @@
 //===- Checkpoint.cpp - torch_dist layout of planned tensors ----------------===//
 #include "Checkpoint.h"
 
+#include <chrono>
+#include <cstdio>
+
 #include "bridge/Files.h"
 #include "bridge/Registry.h"
 
@@ -169,6 +172,40 @@ void copyTokenizerFiles(const std::string &From, const std::string &To) {
     files::makeDirs(To);
     files::copyFile(Src, files::join(To, N));
   }
+}
+
+namespace {
+double nowSeconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+} // namespace
+
+Progress::Progress(const char *What, size_t Tensors, uint64_t Bytes, bool Enabled)
+    : What(What), Tensors(Tensors), Bytes(Bytes), Enabled(Enabled), Start(nowSeconds()) {}
+
+void Progress::step(uint64_t N) {
+  ++Done;
+  BytesDone += N;
+  if (!Enabled)
+    return;
+  double Now = nowSeconds();
+  if (Now - Last >= 0.2 || Done == Tensors) {
+    Last = Now;
+    draw();
+  }
+}
+
+void Progress::draw() {
+  double T = nowSeconds() - Start, Rate = T > 0 ? BytesDone / T : 0;
+  double Left = Rate > 0 && Bytes > BytesDone ? (Bytes - BytesDone) / Rate : 0;
+  std::fprintf(stderr, "\rbridge-run %s: %zu/%zu tensors  %.2f/%.2f GB  %.2f GB/s  %.0f s left   ", What, Done,
+               Tensors, BytesDone / 1e9, Bytes / 1e9, Rate / 1e9, Left);
+  std::fflush(stderr);
+}
+
+void Progress::finish() {
+  if (Enabled && Done)
+    std::fprintf(stderr, "\n");
 }
 
 } // namespace bridge

@@ -32,6 +32,24 @@ struct DistKey {
 
 Json readJsonFile(const std::string &Path);
 
+/// A progress line on a terminal (stderr), redrawn at most five times a
+/// second: tensors and bytes done, the rate, the time left.
+class Progress {
+public:
+  Progress(const char *What, size_t Tensors, uint64_t Bytes, bool Enabled);
+  void step(uint64_t Bytes);
+  /// Ends the line (the summary follows on stdout).
+  void finish();
+
+private:
+  void draw();
+  const char *What;
+  size_t Tensors, Done = 0;
+  uint64_t Bytes, BytesDone = 0;
+  bool Enabled;
+  double Start, Last = -1;
+};
+
 /// Whether decoder layers are stacked on a leading axis (Megatron-Core does
 /// unless the stack mixes dense and MoE layers).
 bool layersStacked(const SchemaTable &S, const std::vector<Json> &Fields);

@@ -196,7 +196,10 @@ Summary runExport(const ExportOptions &O) {
   files::removeAll(Tmp);
   files::makeDirs(Tmp);
   try {
-    at::Device Dev(O.Device);
+    // Export's inverses only move bytes (a dequantized weight is written as
+    // it is), so they run on the host, where the bytes are; the device name
+    // is still checked.
+    (void)at::Device(O.Device);
     // Files whose every tensor keeps the source's dtype and shape are laid
     // out now and written tensor by tensor, in parallel, as they come.
     std::map<std::string, TensorLayout> Known;
@@ -280,6 +283,10 @@ Summary runExport(const ExportOptions &O) {
         Stacking.erase(Name);
       }
     };
+    uint64_t AllBytes = 0;
+    for (const DistKey &K : Keys)
+      AllBytes += static_cast<uint64_t>(Ckpt.tensor(K.Key).numel()) * dtypeSize(Ckpt.tensor(K.Key).Type);
+    Progress Bar("export", P.Tensors.size(), AllBytes, !O.Quiet && ::isatty(2));
     for (const DistKey &K : Keys) {
       const DistTensor &DT = Ckpt.tensor(K.Key);
       ++Sum.TensorsRead;
@@ -300,7 +307,7 @@ Summary runExport(const ExportOptions &O) {
           Value = at::from_blob(Bytes->data(), Shape, [Bytes](void *) mutable { Bytes.reset(); }, Options);
         }
         Sum.BytesRead += Value.nbytes();
-        Value = Value.to(Dev);
+        Bar.step(Value.nbytes());
         const SourceChain &Ch = PT.Alternatives[0];
         const Span<OpNode> &Nodes = Ch.Nodes;
         std::string Where = describe(PT.Rule->Loc);
@@ -349,6 +356,7 @@ Summary runExport(const ExportOptions &O) {
       throw Error("error: export of '" + Name + "' is missing experts: " + std::to_string(St.Filled.size() - St.Count) +
                   " of " + std::to_string(St.Filled.size()) + " were never produced");
     }
+    Bar.finish();
     W.finish();
     Sum.BytesWritten = W.bytesWritten();
     files::writeFile(files::join(Tmp, "config.json"), exportConfig(T, S, Fields, &HFRef).dump(2) + "\n");

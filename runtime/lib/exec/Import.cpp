@@ -259,12 +259,17 @@ Summary runImport(const ImportOptions &O) {
     TorchDistWriter W(Iter, O.Writers, O.MemoryBudget);
     std::vector<DistKey> Keys = groupByKey(P, S, Fields, O.LocalSpec);
     std::set<std::string> ExtraStates;
-    size_t Done = 0;
-    bool Tty = !O.Quiet && ::isatty(2);
+    uint64_t SourceBytes = 0;
+    for (const std::string &N : Ckpt.names())
+      SourceBytes += Ckpt.find(N)->Bytes;
+    Progress Bar("import", P.Tensors.size(), SourceBytes, !O.Quiet && ::isatty(2));
     for (const DistKey &K : Keys) {
       bool Declared = false;
       for (size_t Layer = 0; Layer < K.Members.size(); ++Layer) {
         const PlannedTensor &PT = P.Tensors[K.Members[Layer]];
+        uint64_t BytesBefore = Sum.BytesRead;
+        // Dequantization runs on the device; moving bytes stays on the host.
+        at::Device Where = exec::chainComputes(PT.chain().Nodes) ? Dev : at::Device(at::kCPU);
         at::Tensor Result = runChain(PT, Fields, S, [&](const std::string &Name, int64_t Slice) {
           const TensorView *V = Ckpt.find(Name);
           if (!V)
@@ -274,7 +279,7 @@ Summary runImport(const ImportOptions &O) {
             X = X.select(0, Slice); // a view of the mapped file: only this expert is read
           Sum.BytesRead += X.nbytes();
           Sum.TensorsRead += Slice <= 0; // a stacked tensor counts once
-          return X.to(Dev);
+          return X.to(Where);
         });
         at::Tensor Host = Result.contiguous().cpu();
         DType Type = exec::fromScalarType(Host.scalar_type());
@@ -296,15 +301,13 @@ Summary runImport(const ImportOptions &O) {
                      std::make_shared<at::Tensor>(Part));
         }
         ++Sum.TensorsWritten;
-        if (Tty)
-          std::cerr << "\rbridge-run import: " << ++Done << "/" << P.Tensors.size() << " tensors" << std::flush;
+        Bar.step(Sum.BytesRead - BytesBefore);
       }
       for (const std::string &E : extraStateKeys(K))
         if (ExtraStates.insert(E).second)
           W.addBytes(E, universalExtraStateRecord());
     }
-    if (Tty)
-      std::cerr << "\n";
+    Bar.finish();
     W.finish();
     Sum.BytesWritten = W.bytesWritten();
     Sum.FilesWritten = W.numFiles();

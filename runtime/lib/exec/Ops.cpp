@@ -285,6 +285,14 @@ at::Tensor forward(Op Kind, Transform Custom, const std::vector<at::Tensor> &In,
   fail(Where, "internal: op has no forward");
 }
 
+bool chainComputes(Span<OpNode> Nodes) {
+  for (const OpNode &N : Nodes)
+    if (!N.IsSource &&
+        (N.Kind == Op::DequantFP8Block || N.Kind == Op::DequantFP8Tensor || N.Kind == Op::DequantMXFP4))
+      return true;
+  return false;
+}
+
 std::vector<at::Tensor> inverse(Op Kind, Transform Custom, const at::Tensor &Out, unsigned NumInputs,
                                 const OpParams &P, const OpConfig &Cfg, const std::vector<DType> &InputTypes,
                                 const std::string &Where) {
