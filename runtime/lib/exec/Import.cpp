@@ -52,7 +52,8 @@ OpParams evalParams(const OpNode &N, const EvalEnv &Env, const std::string &Wher
 /// source tensor by name, or only expert \p Slice of it when Slice >= 0 (a
 /// stacked HF tensor read through 'expert': the slice alone is moved).
 at::Tensor runChain(const PlannedTensor &PT, const std::vector<Json> &Fields, const SchemaTable &S,
-                    const std::function<at::Tensor(const std::string &, int64_t Slice)> &Leaf) {
+                    const std::function<at::Tensor(const std::string &, int64_t Slice)> &Leaf,
+                    const at::Device *Compute = nullptr) {
   const SourceChain &C = PT.chain();
   std::string Where = describe(PT.Rule->Loc);
   OpConfig Cfg(S, Fields);
@@ -84,6 +85,22 @@ at::Tensor runChain(const PlannedTensor &PT, const std::vector<Json> &Fields, co
     if (Absent && (In[0].scalar_type() == at::kFloat8_e4m3fn || In[0].scalar_type() == at::kFloat8_e5m2))
       throw Error(Where + ": error: an FP8 tensor feeding '" + C.Recipe +
                   "' has no scale in the checkpoint; FP8 weights are not converted without their scales");
+    // An op that computes (dequantization) runs on the compute device;
+    // what follows it stays there. Ops that only move bytes run where their
+    // inputs are (the host, for a view of the source).
+    if (!Absent && Compute && exec::opComputes(N.Kind))
+      for (at::Tensor &X : In) {
+        if (Compute->is_cuda() && X.is_cpu()) {
+          // Staged through pinned memory (reused blocks): a full-speed copy
+          // where one from the mapped file would go through the driver's
+          // small bounce buffer.
+          at::Tensor Pinned = at::empty(X.sizes(), X.options().pinned_memory(true));
+          Pinned.copy_(X);
+          X = Pinned.to(*Compute, /*non_blocking=*/true);
+        } else {
+          X = X.to(*Compute);
+        }
+      }
     Stack.push_back(Absent ? In[0] : exec::forward(N.Kind, N.Custom, In, evalParams(N, Env, Where), Cfg, Where));
   }
   return Stack.back();
@@ -268,9 +285,9 @@ Summary runImport(const ImportOptions &O) {
       for (size_t Layer = 0; Layer < K.Members.size(); ++Layer) {
         const PlannedTensor &PT = P.Tensors[K.Members[Layer]];
         uint64_t BytesBefore = Sum.BytesRead;
-        // Dequantization runs on the device; moving bytes stays on the host.
-        at::Device Where = exec::chainComputes(PT.chain().Nodes) ? Dev : at::Device(at::kCPU);
-        at::Tensor Result = runChain(PT, Fields, S, [&](const std::string &Name, int64_t Slice) {
+        at::Tensor Result = runChain(
+            PT, Fields, S,
+            [&](const std::string &Name, int64_t Slice) {
           const TensorView *V = Ckpt.find(Name);
           if (!V)
             return at::Tensor(); // an absent optional input
@@ -279,9 +296,17 @@ Summary runImport(const ImportOptions &O) {
             X = X.select(0, Slice); // a view of the mapped file: only this expert is read
           Sum.BytesRead += X.nbytes();
           Sum.TensorsRead += Slice <= 0; // a stacked tensor counts once
-          return X.to(Where);
-        });
-        at::Tensor Host = Result.contiguous().cpu();
+          return X;
+            },
+            &Dev);
+        at::Tensor Host = Result.contiguous();
+        if (Host.is_cuda()) {
+          // Into pinned memory: a fast copy, and the caching host allocator
+          // reuses its blocks (no fresh pages to clear for every tensor).
+          at::Tensor Pinned = at::empty(Host.sizes(), Host.options().device(at::kCPU).pinned_memory(true));
+          Pinned.copy_(Host);
+          Host = Pinned;
+        }
         DType Type = exec::fromScalarType(Host.scalar_type());
         if (!Declared) {
           W.declareTensor(K.Key, Type, K.GlobalShape);

@@ -285,12 +285,8 @@ at::Tensor forward(Op Kind, Transform Custom, const std::vector<at::Tensor> &In,
   fail(Where, "internal: op has no forward");
 }
 
-bool chainComputes(Span<OpNode> Nodes) {
-  for (const OpNode &N : Nodes)
-    if (!N.IsSource &&
-        (N.Kind == Op::DequantFP8Block || N.Kind == Op::DequantFP8Tensor || N.Kind == Op::DequantMXFP4))
-      return true;
-  return false;
+bool opComputes(Op Kind) {
+  return Kind == Op::DequantFP8Block || Kind == Op::DequantFP8Tensor || Kind == Op::DequantMXFP4;
 }
 
 std::vector<at::Tensor> inverse(Op Kind, Transform Custom, const at::Tensor &Out, unsigned NumInputs,

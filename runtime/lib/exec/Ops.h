@@ -45,10 +45,10 @@ std::vector<at::Tensor> inverse(Op Kind, Transform Custom, const at::Tensor &Out
                                 const OpParams &Params, const OpConfig &Cfg, const std::vector<DType> &InputTypes,
                                 const std::string &Where);
 
-/// Whether \p Nodes compute (dequantize) rather than only move bytes. Only
-/// such chains run on a CUDA device: a chain that moves bytes is faster where
-/// its bytes already are, in host memory (measured: bench/results).
-bool chainComputes(Span<OpNode> Nodes);
+/// Whether op \p Kind computes (dequantizes) rather than only moves bytes.
+/// Only such ops run on a CUDA device: moving bytes is faster where the
+/// bytes already are, in host memory (measured: bench/results).
+bool opComputes(Op Kind);
 
 at::ScalarType toScalarType(DType T);
 DType fromScalarType(at::ScalarType T);
