@@ -21,29 +21,32 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > 
 nproc >> "$out/card.txt"; df -h "$work" | tail -1 >> "$out/card.txt"; free -g | sed -n 2p >> "$out/card.txt"
 m() { python3 "$here/measure.py" --log "$log" "$@"; }
 # A step on the checkpoint in $1 (tmpfs or disk), outputs beside it.
+# On disk every step starts from a cold page cache (where the host allows).
+cold() { sync; [ "$1" = disk ] && { (echo 3 > /proc/sys/vm/drop_caches) 2>/dev/null || true; }; return 0; }
 steps() {
   local where=$1 src=$2 dir=$3 bytes
   bytes=$(du -sb "$src" | cut -f1)
-  m --label "$model [$where] cp -r" --bytes "$bytes" -- cp -r "$src" "$dir/cp"; rm -rf "$dir/cp"; sync
+  cold "$where"
+  m --label "$model [$where] cp -r" --bytes "$bytes" -- cp -r "$src" "$dir/cp"; rm -rf "$dir/cp"; cold "$where"
   m --label "$model [$where] parallel copy" --bytes "$bytes" -- python3 "$here/parallel_copy.py" "$src" "$dir/pcopy"
-  rm -rf "$dir/pcopy"; sync
+  rm -rf "$dir/pcopy"; cold "$where"
   for dev in ${DEVICES:-cuda cpu}; do
     m --label "$model [$where] bridge-run import ($dev)" --bytes "$bytes" -- \
       "$bridge" import --hf "$src" --out "$dir/mg-$dev" --device "$dev"
-    sync
+    cold "$where"
   done
   mbytes=$(du -sb "$dir/mg-cuda" 2>/dev/null | cut -f1 || du -sb "$dir/mg-cpu" | cut -f1)
   # The same bytes on both devices (each run's files and metadata).
   if [ -d "$dir/mg-cuda" ] && [ -d "$dir/mg-cpu" ]; then
     (cd "$dir/mg-cpu/iter_0000000" && for f in *.distcp .metadata; do cmp "$f" "$dir/mg-cuda/iter_0000000/$f"; done) &&
       echo "{\"label\": \"$model [$where] cpu and cuda imports byte-identical\"}" >> "$log"
+    rm -rf "$dir/mg-cpu"
   fi
-  rm -rf "$dir/mg-cpu"
   mg=$dir/mg-cuda; [ -d "$mg" ] || mg=$dir/mg-cpu
   for dev in ${DEVICES:-cuda cpu}; do
     m --label "$model [$where] bridge-run export ($dev)" --bytes "$mbytes" -- \
       "$bridge" export --megatron "$mg" --out "$dir/hf-$dev" --device "$dev"
-    rm -rf "$dir/hf-$dev"; sync
+    rm -rf "$dir/hf-$dev"; cold "$where"
   done
   rm -rf "$mg"
 }

@@ -158,7 +158,10 @@ Summary runExport(const ExportOptions &O) {
   // when the source had that input: export then writes the op's result
   // under its first input's name and dtype of the result, and not the scale.
   std::set<std::string> Dropped, OwnDtype;
-  for (const PlannedTensor &PT : P.Tensors) {
+  std::map<std::string, DType> OwnType; // a dequantized weight's dtype: its Megatron key's
+  for (const DistKey &K : Keys)
+  for (size_t Member : K.Members) {
+    const PlannedTensor &PT = P.Tensors[Member];
     const SourceChain &Ch = PT.Alternatives[0];
     const Span<OpNode> &Nodes = Ch.Nodes;
     OpTree Tree(Nodes);
@@ -172,8 +175,10 @@ Summary runExport(const ExportOptions &O) {
           Applied = true;
           Dropped.insert(Ch.Sources[Tree.SourceOrdinal[C]]);
         }
-      if (Applied && Nodes[Children[0]].IsSource)
+      if (Applied && Nodes[Children[0]].IsSource) {
         OwnDtype.insert(Ch.Sources[Tree.SourceOrdinal[Children[0]]]);
+        OwnType[Ch.Sources[Tree.SourceOrdinal[Children[0]]]] = Ckpt.tensor(K.Key).Type;
+      }
     }
   }
   // What export writes: the source's tensors, except those import ignored.
@@ -205,9 +210,10 @@ Summary runExport(const ExportOptions &O) {
     std::map<std::string, TensorLayout> Known;
     for (auto &[Name, File] : FileOf) {
       const Json &Meta = HFTensors.at(Name);
-      if (Meta.at("shape").is_null() || OwnDtype.count(Name))
+      if (Meta.at("shape").is_null())
         continue;
-      Known[Name] = {*dtypeFromSafetensors(Meta.at("dtype").get<std::string>()),
+      auto Own = OwnType.find(Name);
+      Known[Name] = {Own != OwnType.end() ? Own->second : *dtypeFromSafetensors(Meta.at("dtype").get<std::string>()),
                      Meta.at("shape").get<std::vector<int64_t>>()};
     }
     SafetensorsWriter W(Tmp, FileOf, Side.value("hf_sharded", false), std::move(Known), O.Writers, O.MemoryBudget);
