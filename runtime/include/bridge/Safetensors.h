@@ -36,6 +36,11 @@ struct TensorView {
   int64_t numel() const;
 };
 
+/// Asks the kernel to start reading \p V's bytes from storage now
+/// (MADV_WILLNEED on its pages), so that a later read of the mapping finds
+/// them in memory. A hint: errors are ignored.
+void prefetch(const TensorView &V);
+
 /// One mapped .safetensors file.
 class SafetensorsFile {
 public:

@@ -280,7 +280,29 @@ Summary runImport(const ImportOptions &O) {
     for (const std::string &N : Ckpt.names())
       SourceBytes += Ckpt.find(N)->Bytes;
     Progress Bar("import", P.Tensors.size(), SourceBytes, !O.Quiet && ::isatty(2));
+    // Read-ahead: the sources of the tensors to come, in the order they will
+    // be read, kept up to a memory budget ahead of the converter (from disk
+    // the kernel then reads while this thread converts and writers write).
+    std::vector<const TensorView *> ReadOrder;
+    for (const DistKey &K : Keys)
+      for (size_t Member : K.Members)
+        for (const std::string &Src : P.Tensors[Member].sources())
+          if (const TensorView *V = Ckpt.find(Src))
+            ReadOrder.push_back(V);
+    size_t NextPrefetch = 0;
+    uint64_t Prefetched = 0;
+    std::set<const TensorView *> Asked;
+    auto ReadAhead = [&](uint64_t Consumed) {
+      while (NextPrefetch < ReadOrder.size() && Prefetched < Consumed + O.MemoryBudget) {
+        const TensorView *V = ReadOrder[NextPrefetch++];
+        if (Asked.insert(V).second) { // a stacked tensor is listed once per expert
+          prefetch(*V);
+          Prefetched += V->Bytes;
+        }
+      }
+    };
     for (const DistKey &K : Keys) {
+      ReadAhead(Sum.BytesRead);
       bool Declared = false;
       for (size_t Layer = 0; Layer < K.Members.size(); ++Layer) {
         const PlannedTensor &PT = P.Tensors[K.Members[Layer]];

@@ -274,6 +274,15 @@ std::string safetensorsHeader(const std::map<std::string, const TensorLayout *> 
 }
 } // namespace
 
+void prefetch(const TensorView &V) {
+  if (!V.Data || !V.Bytes)
+    return;
+  static const uintptr_t Page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  uintptr_t Begin = reinterpret_cast<uintptr_t>(V.Data) & ~(Page - 1);
+  uintptr_t End = reinterpret_cast<uintptr_t>(V.Data) + V.Bytes;
+  ::madvise(reinterpret_cast<void *>(Begin), End - Begin, MADV_WILLNEED);
+}
+
 void writeSafetensors(const std::string &Path, const std::vector<const TensorToWrite *> &Tensors,
                       const std::map<std::string, std::string> &Metadata) {
   std::vector<const TensorToWrite *> Sorted = Tensors;
