@@ -346,8 +346,9 @@ def _apply_layer_choices(spec, choices: dict[str, Any]):
     return spec
 
 
-def build_gpt_model(meg: dict):
-    """The GPTModel (local layer spec, CPU) that bridge-run's config describes."""
+def build_gpt_model(meg: dict, with_mtp: bool = False):
+    """The GPTModel (local layer spec, CPU) that bridge-run's config describes;
+    with ``with_mtp``, also its multi-token-prediction block (mtp_num_layers)."""
     if meg.get("multi_latent_attention"):
         import pytest
 
@@ -363,12 +364,19 @@ def build_gpt_model(meg: dict):
     else:
         spec = mods["get_gpt_layer_local_spec"](**r.spec_kwargs)
     spec = _apply_layer_choices(spec, r.layer_choices)
+    extra = {}
+    if with_mtp:
+        from megatron.core.models.gpt.gpt_layer_specs import get_gpt_mtp_block_spec
+
+        cfg.mtp_num_layers = meg["mtp_num_layers"]
+        extra["mtp_block_spec"] = get_gpt_mtp_block_spec(cfg, spec, use_transformer_engine=False)
     return mods["GPTModel"](
         config=cfg,
         transformer_layer_spec=spec,
         pre_process=True,
         post_process=True,
         **r.gpt_kwargs,
+        **extra,
     )
 
 

@@ -2,7 +2,10 @@
 none, so the test appends one to a tiny DeepSeek checkpoint the way DeepSeek
 publishes it (HF layer num_layers, with enorm/hnorm/eh_proj/shared_head and
 copies of the embedding and head), imports and exports it, and requires every
-tensor back bit for bit; a copy that differs from the model's is an error."""
+tensor back bit for bit; a copy that differs from the model's is an error.
+For GLM-4.5-Air (no multi-latent attention, so megatron-core builds it on
+CPU) the MTP keys written are exactly those megatron-core's own MTP block
+asks of a checkpoint."""
 from __future__ import annotations
 
 import json
@@ -56,3 +59,33 @@ def test_mtp_copy_differing_from_the_model_is_an_error(bridge_run, tiny_checkpoi
     _with_mtp(tiny_checkpoints("deepseek-v3").path, tmp_path / "hf", differing_copy=True)
     r = _run(bridge_run, "import", "--hf", str(tmp_path / "hf"), "--out", str(tmp_path / "mg"))
     assert r.returncode == 1 and "shared_head.head.weight' differs from 'lm_head.weight'" in r.stderr
+
+
+def test_mtp_keys_are_what_megatron_core_requests(bridge_run, tiny_checkpoints, tmp_path):
+    """Megatron-Core keeps the MTP inner layer's on-disk name
+    'transformer_layer' (newer versions rename the module to mtp_model_layer
+    and map it back when saving and loading)."""
+    import pytest
+
+    pytest.importorskip("megatron.core")
+    import megatron_oracle
+    from megatron.core.dist_checkpointing.dict_utils import nested_values
+    from megatron.core.dist_checkpointing.mapping import ShardedTensor, apply_factories
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.metadata import BytesStorageMetadata
+
+    _with_mtp(tiny_checkpoints("glm4.5-air").path, tmp_path / "hf")
+    r = _run(bridge_run, "import", "--hf", str(tmp_path / "hf"), "--out", str(tmp_path / "mg"), "--local-spec")
+    assert r.returncode == 0, r.stderr
+    md = FileSystemReader(str(tmp_path / "mg" / "iter_0000000")).read_metadata().state_dict_metadata
+    ours = {k: tuple(v.size) for k, v in md.items()
+            if k.startswith("mtp.") and not isinstance(v, BytesStorageMetadata)}
+    meg = json.loads((tmp_path / "mg" / "iter_0000000" / "bridge.json").read_text())["megatron_config"]
+    assert meg["mtp_num_layers"] == 1
+    model = megatron_oracle.build_gpt_model(meg, with_mtp=True)
+    sharded = model.sharded_state_dict()
+    apply_factories(sharded)
+    wanted = {v.key: tuple(v.global_shape) for v in nested_values(sharded)
+              if isinstance(v, ShardedTensor) and v.key.startswith("mtp.")}
+    assert wanted, "megatron-core built no MTP block"
+    assert ours == wanted, f"missing: {sorted(set(wanted) - set(ours))}\nextra: {sorted(set(ours) - set(wanted))}"
