@@ -39,6 +39,9 @@ struct ImportOptions {
   unsigned Writers = 8;
   /// Bytes of converted chunks that may wait for the writers.
   uint64_t MemoryBudget = uint64_t(2) << 30;
+  /// Threads converting tensors (their results are written in plan order,
+  /// so the output does not depend on this).
+  unsigned Converters = 4;
 };
 
 struct ExportOptions {

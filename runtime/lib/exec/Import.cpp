@@ -26,6 +26,9 @@
 #include <fstream>
 #include <iostream>
 #include <set>
+#include <thread>
+#include <mutex>
+#include <condition_variable>
 #include <unistd.h>
 
 
@@ -301,59 +304,141 @@ Summary runImport(const ImportOptions &O) {
         }
       }
     };
-    for (const DistKey &K : Keys) {
-      ReadAhead(Sum.BytesRead);
-      bool Declared = false;
-      for (size_t Layer = 0; Layer < K.Members.size(); ++Layer) {
-        const PlannedTensor &PT = P.Tensors[K.Members[Layer]];
-        uint64_t BytesBefore = Sum.BytesRead;
-        at::Tensor Result = runChain(
-            PT, Fields, S,
-            [&](const std::string &Name, int64_t Slice) {
-          const TensorView *V = Ckpt.find(Name);
-          if (!V)
-            return at::Tensor(); // an absent optional input
-          at::Tensor X = viewOf(*V);
-          if (Slice >= 0)
-            X = X.select(0, Slice); // a view of the mapped file: only this expert is read
-          Sum.BytesRead += X.nbytes();
-          Sum.TensorsRead += Slice <= 0; // a stacked tensor counts once
-          return X;
-            },
-            &Dev);
-        at::Tensor Host = Result.contiguous();
-        if (Host.is_cuda()) {
-          // Into pinned memory: a fast copy, and the caching host allocator
-          // reuses its blocks (no fresh pages to clear for every tensor).
-          at::Tensor Pinned = at::empty(Host.sizes(), Host.options().device(at::kCPU).pinned_memory(true));
-          Pinned.copy_(Host);
-          Host = Pinned;
+    // Converters: several threads each turn one planned tensor into its
+    // chunks (ops on the host, dequantization on the device), so one
+    // tensor's copies overlap another's; this thread hands the results to
+    // the writer strictly in plan order, so the output is the same whatever
+    // the timing. At most Window tensors are converted ahead of the writer.
+    struct Item {
+      size_t Key, Member;
+    };
+    struct Converted {
+      DType Type = DType::U8;
+      std::vector<std::pair<ChunkSpec, at::Tensor>> Chunks;
+      uint64_t BytesRead = 0, TensorsRead = 0;
+      std::exception_ptr Failure;
+      bool Ready = false;
+    };
+    std::vector<Item> Items;
+    for (size_t KI = 0; KI < Keys.size(); ++KI)
+      for (size_t M = 0; M < Keys[KI].Members.size(); ++M)
+        Items.push_back({KI, M});
+    std::vector<Converted> Slots(Items.size());
+    const size_t Threads = std::max<size_t>(1, std::min<size_t>(O.Converters, Items.size()));
+    const size_t Window = 2 * Threads;
+    std::mutex Lock;
+    std::condition_variable Changed;
+    size_t NextItem = 0, Submitted = 0;
+    bool Abort = false;
+    auto Convert = [&](const Item &It, Converted &C) {
+      const PlannedTensor &PT = P.Tensors[Keys[It.Key].Members[It.Member]];
+      at::Tensor Result = runChain(
+          PT, Fields, S,
+          [&](const std::string &Name, int64_t Slice) {
+            const TensorView *V = Ckpt.find(Name);
+            if (!V)
+              return at::Tensor(); // an absent optional input
+            at::Tensor X = viewOf(*V);
+            if (Slice >= 0)
+              X = X.select(0, Slice); // a view of the mapped file: only this expert is read
+            C.BytesRead += X.nbytes();
+            C.TensorsRead += Slice <= 0; // a stacked tensor counts once
+            return X;
+          },
+          &Dev);
+      at::Tensor Host = Result.contiguous();
+      if (Host.is_cuda()) {
+        // Into pinned memory: a fast copy, and the caching host allocator
+        // reuses its blocks (no fresh pages to clear for every tensor).
+        at::Tensor Pinned = at::empty(Host.sizes(), Host.options().device(at::kCPU).pinned_memory(true));
+        Pinned.copy_(Host);
+        Host = Pinned;
+      }
+      C.Type = exec::fromScalarType(Host.scalar_type());
+      for (const ChunkSpec &Spec : chunksOf(PT, O.Par)) {
+        at::Tensor Part = Host;
+        for (size_t D = 0; D < Spec.Offsets.size(); ++D)
+          Part = Part.narrow(static_cast<int64_t>(D), Spec.Offsets[D], Spec.Sizes[D]);
+        C.Chunks.push_back({Spec, Part.contiguous()});
+      }
+    };
+    auto Work = [&] {
+      for (;;) {
+        size_t I;
+        {
+          std::unique_lock<std::mutex> G(Lock);
+          Changed.wait(G, [&] { return Abort || NextItem >= Items.size() || NextItem < Submitted + Window; });
+          if (Abort || NextItem >= Items.size())
+            return;
+          I = NextItem++;
         }
-        DType Type = exec::fromScalarType(Host.scalar_type());
-        if (!Declared) {
-          W.declareTensor(K.Key, Type, K.GlobalShape);
-          Declared = true;
+        Converted C;
+        try {
+          Convert(Items[I], C);
+        } catch (...) {
+          C.Failure = std::current_exception();
         }
-        for (const ChunkSpec &C : chunksOf(PT, O.Par)) {
-          at::Tensor Part = Host;
-          for (size_t D = 0; D < C.Offsets.size(); ++D)
-            Part = Part.narrow(static_cast<int64_t>(D), C.Offsets[D], C.Sizes[D]);
-          Part = Part.contiguous();
+        std::lock_guard<std::mutex> G(Lock);
+        C.Ready = true;
+        Slots[I] = std::move(C);
+        Changed.notify_all();
+      }
+    };
+    std::vector<std::thread> Pool;
+    auto StopPool = [&] {
+      {
+        std::lock_guard<std::mutex> G(Lock);
+        Abort = true;
+        Changed.notify_all();
+      }
+      for (std::thread &T : Pool)
+        if (T.joinable())
+          T.join();
+    };
+    for (size_t T = 0; T < Threads; ++T)
+      Pool.emplace_back(Work);
+    try {
+      for (size_t I = 0; I < Items.size(); ++I) {
+        ReadAhead(Sum.BytesRead);
+        Converted C;
+        {
+          std::unique_lock<std::mutex> G(Lock);
+          Changed.wait(G, [&] { return Slots[I].Ready; });
+          C = std::move(Slots[I]);
+        }
+        if (C.Failure)
+          std::rethrow_exception(C.Failure);
+        const DistKey &K = Keys[Items[I].Key];
+        size_t Layer = Items[I].Member;
+        if (Layer == 0)
+          W.declareTensor(K.Key, C.Type, K.GlobalShape);
+        for (auto &[Spec, Part] : C.Chunks) {
           // The writer's thread holds the chunk (a view of the mapped source
           // file when no op changed it) until its bytes are on disk.
           std::vector<int64_t> Offsets = K.Prefixes[Layer], Sizes(K.Prefixes[Layer].size(), 1);
-          Offsets.insert(Offsets.end(), C.Offsets.begin(), C.Offsets.end());
-          Sizes.insert(Sizes.end(), C.Sizes.begin(), C.Sizes.end());
+          Offsets.insert(Offsets.end(), Spec.Offsets.begin(), Spec.Offsets.end());
+          Sizes.insert(Sizes.end(), Spec.Sizes.begin(), Spec.Sizes.end());
           W.addChunk(K.Key, Offsets, Sizes, static_cast<const uint8_t *>(Part.data_ptr()), Part.nbytes(),
                      std::make_shared<at::Tensor>(Part));
         }
+        C.Chunks.clear();
+        Sum.BytesRead += C.BytesRead;
+        Sum.TensorsRead += C.TensorsRead;
         ++Sum.TensorsWritten;
-        Bar.step(Sum.BytesRead - BytesBefore);
+        Bar.step(C.BytesRead);
+        if (Layer + 1 == K.Members.size())
+          for (const std::string &E : extraStateKeys(K))
+            if (ExtraStates.insert(E).second)
+              W.addBytes(E, universalExtraStateRecord());
+        std::lock_guard<std::mutex> G(Lock);
+        Submitted = I + 1;
+        Changed.notify_all();
       }
-      for (const std::string &E : extraStateKeys(K))
-        if (ExtraStates.insert(E).second)
-          W.addBytes(E, universalExtraStateRecord());
+    } catch (...) {
+      StopPool();
+      throw;
     }
+    StopPool();
     Bar.finish();
     W.finish();
     Sum.BytesWritten = W.bytesWritten();

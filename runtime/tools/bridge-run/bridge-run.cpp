@@ -61,6 +61,8 @@ const char *Usage =
     "                            layer spec (no Transformer Engine); default: TE spec\n"
     "  --writers N               threads writing the output (default 8); import\n"
     "                            writes N .distcp files, so its output depends on N\n"
+    "  --converters N            import: threads converting tensors (default 4; the\n"
+    "                            output does not depend on N)\n"
     "  --memory-budget SIZE      converted bytes that may wait for the writers,\n"
     "                            e.g. 512M, 4G (default 2G)\n"
     "  --quiet                   no progress line\n"
@@ -72,7 +74,7 @@ struct Options {
   std::string Command, HF, Out, Megatron, Device = "cpu";
   bool AsJson = false, LocalNames = false, Overwrite = false, Quiet = false, LocalSpec = false;
   Layout Par;
-  unsigned Writers = 8;
+  unsigned Writers = 8, Converters = 4;
   uint64_t MemoryBudget = uint64_t(2) << 30;
 };
 
@@ -401,6 +403,10 @@ int main(int argc, char **argv) {
       O.Writers = static_cast<unsigned>(intArg(I, argc, argv, A));
       if (O.Writers < 1 || O.Writers > 256)
         usageError("--writers needs a number from 1 to 256");
+    } else if (A == "--converters") {
+      O.Converters = static_cast<unsigned>(intArg(I, argc, argv, A));
+      if (O.Converters < 1 || O.Converters > 256)
+        usageError("--converters needs a number from 1 to 256");
     } else if (A == "--memory-budget") {
       if (++I >= argc)
         usageError("--memory-budget needs a size");
@@ -436,7 +442,8 @@ int main(int argc, char **argv) {
     if (O.Command == "import") {
       if (O.HF.empty() || O.Out.empty())
         usageError("import needs --hf DIR and --out DIR");
-      ImportOptions IO{O.HF, O.Out, O.Par, O.Device, O.Overwrite, O.Quiet, O.LocalSpec, O.Writers, O.MemoryBudget};
+      ImportOptions IO{O.HF, O.Out, O.Par, O.Device, O.Overwrite, O.Quiet, O.LocalSpec, O.Writers, O.MemoryBudget,
+                       O.Converters};
       printSummary("import", runImport(IO), O.Out);
       return 0;
     }
