@@ -51,6 +51,7 @@ struct ExportOptions {
   bool Quiet = false;
   unsigned Writers = 8;                       ///< threads writing tensors
   uint64_t MemoryBudget = uint64_t(2) << 30;  ///< bytes that may wait for them
+  unsigned Converters = 4;                    ///< threads inverting tensors
 };
 
 struct Summary {

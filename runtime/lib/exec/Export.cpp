@@ -23,6 +23,9 @@
 #include <cstring>
 #include <fstream>
 #include <set>
+#include <thread>
+#include <mutex>
+#include <atomic>
 #include <iostream>
 #include <unistd.h>
 
@@ -293,10 +296,20 @@ Summary runExport(const ExportOptions &O) {
     for (const DistKey &K : Keys)
       AllBytes += static_cast<uint64_t>(Ckpt.tensor(K.Key).numel()) * dtypeSize(Ckpt.tensor(K.Key).Type);
     Progress Bar("export", P.Tensors.size(), AllBytes, !O.Quiet && ::isatty(2));
-    for (const DistKey &K : Keys) {
-      const DistTensor &DT = Ckpt.tensor(K.Key);
+    // Several threads invert tensors at once; handing results to the writer
+    // (and the expert stacking) is serialised by EmitLock. The files do not
+    // depend on the order: each tensor has its offset in its shard.
+    std::mutex EmitLock;
+    std::vector<std::pair<size_t, size_t>> Items; // (key, member)
+    for (size_t KI = 0; KI < Keys.size(); ++KI) {
       ++Sum.TensorsRead;
-      for (size_t M = 0; M < K.Members.size(); ++M) {
+      for (size_t M = 0; M < Keys[KI].Members.size(); ++M)
+        Items.push_back({KI, M});
+    }
+    auto ExportOne = [&](size_t KI, size_t M) {
+      const DistKey &K = Keys[KI];
+      const DistTensor &DT = Ckpt.tensor(K.Key);
+      {
         const PlannedTensor &PT = P.Tensors[K.Members[M]];
         // One layer of a layer-stacked key at a time: memory holds one
         // layer. Where one chunk holds it, it is read where it lies in the
@@ -312,8 +325,11 @@ Summary runExport(const ExportOptions &O) {
           // The tensor owns its bytes: the writer may hold a view of it.
           Value = at::from_blob(Bytes->data(), Shape, [Bytes](void *) mutable { Bytes.reset(); }, Options);
         }
-        Sum.BytesRead += Value.nbytes();
-        Bar.step(Value.nbytes());
+        {
+          std::lock_guard<std::mutex> G(EmitLock);
+          Sum.BytesRead += Value.nbytes();
+          Bar.step(Value.nbytes());
+        }
         const SourceChain &Ch = PT.Alternatives[0];
         const Span<OpNode> &Nodes = Ch.Nodes;
         std::string Where = describe(PT.Rule->Loc);
@@ -323,6 +339,7 @@ Summary runExport(const ExportOptions &O) {
         std::function<void(size_t, at::Tensor)> Invert = [&](size_t Node, at::Tensor V) {
           const OpNode &N = Nodes[Node];
           if (N.IsSource) {
+            std::lock_guard<std::mutex> G(EmitLock);
             Emit(SourceAt(Node), V);
             return;
           }
@@ -343,6 +360,7 @@ Summary runExport(const ExportOptions &O) {
             // The inverse of taking one expert is putting it back in its place.
             if (!Nodes[Children[0]].IsSource)
               throw Error(Where + ": error: export needs 'expert' applied directly to an HF tensor");
+            std::lock_guard<std::mutex> G(EmitLock);
             StackSlice(SourceAt(Children[0]), Params.at("index").get<int64_t>(), V, Where);
             return;
           }
@@ -356,7 +374,30 @@ Summary runExport(const ExportOptions &O) {
         };
         Invert(Nodes.Size - 1, Value);
       }
-    }
+    };
+    std::atomic<size_t> Next{0};
+    std::exception_ptr Failure;
+    std::mutex FailureLock;
+    auto Work = [&] {
+      for (size_t I; (I = Next++) < Items.size();) {
+        try {
+          ExportOne(Items[I].first, Items[I].second);
+        } catch (...) {
+          std::lock_guard<std::mutex> G(FailureLock);
+          if (!Failure)
+            Failure = std::current_exception();
+          Next = Items.size(); // the others stop after their current tensor
+        }
+      }
+    };
+    std::vector<std::thread> Pool;
+    for (unsigned T = 1; T < std::max(1u, O.Converters); ++T)
+      Pool.emplace_back(Work);
+    Work();
+    for (std::thread &T : Pool)
+      T.join();
+    if (Failure)
+      std::rethrow_exception(Failure);
     if (!Stacking.empty()) {
       const auto &[Name, St] = *Stacking.begin();
       throw Error("error: export of '" + Name + "' is missing experts: " + std::to_string(St.Filled.size() - St.Count) +

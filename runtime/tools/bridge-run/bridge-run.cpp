@@ -61,8 +61,8 @@ const char *Usage =
     "                            layer spec (no Transformer Engine); default: TE spec\n"
     "  --writers N               threads writing the output (default 8); import\n"
     "                            writes N .distcp files, so its output depends on N\n"
-    "  --converters N            import: threads converting tensors (default 4; the\n"
-    "                            output does not depend on N)\n"
+    "  --converters N            threads converting tensors (default 4; the output\n"
+    "                            does not depend on N)\n"
     "  --memory-budget SIZE      converted bytes that may wait for the writers,\n"
     "                            e.g. 512M, 4G (default 2G)\n"
     "  --quiet                   no progress line\n"
@@ -450,7 +450,7 @@ int main(int argc, char **argv) {
     if (O.Command == "export") {
       if (O.Megatron.empty() || O.Out.empty())
         usageError("export needs --megatron DIR and --out DIR");
-      ExportOptions EO{O.Megatron, O.Out, O.Device, O.Overwrite, O.Quiet, O.Writers, O.MemoryBudget};
+      ExportOptions EO{O.Megatron, O.Out, O.Device, O.Overwrite, O.Quiet, O.Writers, O.MemoryBudget, O.Converters};
       printSummary("export", runExport(EO), O.Out);
       return 0;
     }
