@@ -1135,25 +1135,26 @@ public:
     // Captures: every loop variable in scope must index the target (else one
     // tensor is produced many times), and the sources must use exactly those.
     std::string Target = ast::print(T.Target);
-    for (size_t A = 0; A < T.Alternatives.size(); ++A)
-    for (const std::string &V : Sc.Vars) {
-      const ast::Source &Src = *T.Alternatives[A];
-      bool InT = TargetVars.count(V), InS = SourceVars[A].count(V);
-      if (!InT && InS) {
-        D.emit(DiagId::CaptureMismatch, Src.Range,
-               "the sources use loop variable '" + V + "' but the target '" + Target +
-                   "' does not capture it; one Megatron tensor cannot come from several HF tensors");
-        OK = false;
-      } else if (InT && !InS) {
-        D.emit(DiagId::CaptureMismatch, Src.Range,
-               "the target '" + Target + "' captures loop variable '" + V +
-                   "' but no source uses it, so every instance would read the same HF tensor");
-        OK = false;
-      } else if (!InT && !InS && A == 0) {
-        D.emit(DiagId::CaptureMismatch, T.Target.Range,
-               "loop variable '" + V + "' is bound but the target '" + Target +
-                   "' does not capture it, so the rule would produce it once per iteration");
-        OK = false;
+    for (size_t A = 0; A < T.Alternatives.size(); ++A) {
+      for (const std::string &V : Sc.Vars) {
+        const ast::Source &Src = *T.Alternatives[A];
+        bool InT = TargetVars.count(V), InS = SourceVars[A].count(V);
+        if (!InT && InS) {
+          D.emit(DiagId::CaptureMismatch, Src.Range,
+                 "the sources use loop variable '" + V + "' but the target '" + Target +
+                     "' does not capture it; one Megatron tensor cannot come from several HF tensors");
+          OK = false;
+        } else if (InT && !InS) {
+          D.emit(DiagId::CaptureMismatch, Src.Range,
+                 "the target '" + Target + "' captures loop variable '" + V +
+                     "' but no source uses it, so every instance would read the same HF tensor");
+          OK = false;
+        } else if (!InT && !InS && A == 0) {
+          D.emit(DiagId::CaptureMismatch, T.Target.Range,
+                 "loop variable '" + V + "' is bound but the target '" + Target +
+                     "' does not capture it, so the rule would produce it once per iteration");
+          OK = false;
+        }
       }
     }
     if (!OK)
@@ -1178,36 +1179,36 @@ public:
       }
     }
     for (const std::vector<model::OpNode> &Nodes : TR.Alternatives) {
-    const model::OpNode &Root = Nodes.back();
-    if (!Root.IsSource && Root.Kind != bridge::Op::Transform) {
-      const OpInfo *Info = nullptr;
-      for (auto &I : Ops)
-        if (I.Id == Root.Kind)
-          Info = &I;
-      unsigned Rank = P.Shape.size();
-      bool RankFits = !Info->Ranks, StyleFits = Info->Required == bridge::Style::Any;
-      for (unsigned C : TR.Params) {
-        RankFits |= (Info->Ranks >> S.Params[C].Shape.size()) & 1u;
-        StyleFits |= S.Params[C].ParallelStyle == Info->Required;
+      const model::OpNode &Root = Nodes.back();
+      if (!Root.IsSource && Root.Kind != bridge::Op::Transform) {
+        const OpInfo *Info = nullptr;
+        for (auto &I : Ops)
+          if (I.Id == Root.Kind)
+            Info = &I;
+        unsigned Rank = P.Shape.size();
+        bool RankFits = !Info->Ranks, StyleFits = Info->Required == bridge::Style::Any;
+        for (unsigned C : TR.Params) {
+          RankFits |= (Info->Ranks >> S.Params[C].Shape.size()) & 1u;
+          StyleFits |= S.Params[C].ParallelStyle == Info->Required;
+        }
+        if (!RankFits) {
+          std::vector<std::string> Rs;
+          for (unsigned K = 0; K < 8; ++K)
+            if (Info->Ranks & (1u << K))
+              Rs.push_back(std::to_string(K) + "-D");
+          D.emit(DiagId::ShapeMismatch, Root.Loc,
+                 "op '" + Root.Name + "' produces a " + llvm::join(Rs, " or ") + " tensor but '" + Target + "' is " +
+                     std::to_string(Rank) + "-D in the schema");
+          D.note(DiagId::NoteSchemaHere, P.Loc);
+          return;
+        }
+        if (!StyleFits) {
+          D.emit(DiagId::OpNeedsStyle, Root.Loc, Root.Name, styleName(Info->Required), Target,
+                 styleName(P.ParallelStyle));
+          D.note(DiagId::NoteSchemaHere, P.Loc);
+          return;
+        }
       }
-      if (!RankFits) {
-        std::vector<std::string> Rs;
-        for (unsigned K = 0; K < 8; ++K)
-          if (Info->Ranks & (1u << K))
-            Rs.push_back(std::to_string(K) + "-D");
-        D.emit(DiagId::ShapeMismatch, Root.Loc,
-               "op '" + Root.Name + "' produces a " + llvm::join(Rs, " or ") + " tensor but '" + Target + "' is " +
-                   std::to_string(Rank) + "-D in the schema");
-        D.note(DiagId::NoteSchemaHere, P.Loc);
-        return;
-      }
-      if (!StyleFits) {
-        D.emit(DiagId::OpNeedsStyle, Root.Loc, Root.Name, styleName(Info->Required), Target,
-               styleName(P.ParallelStyle));
-        D.note(DiagId::NoteSchemaHere, P.Loc);
-        return;
-      }
-    }
     }
     R.Tensors.push_back(std::move(TR));
   }

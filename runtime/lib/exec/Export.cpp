@@ -162,25 +162,26 @@ Summary runExport(const ExportOptions &O) {
   // under its first input's name and dtype of the result, and not the scale.
   std::set<std::string> Dropped, OwnDtype;
   std::map<std::string, DType> OwnType; // a dequantized weight's dtype: its Megatron key's
-  for (const DistKey &K : Keys)
-  for (size_t Member : K.Members) {
-    const PlannedTensor &PT = P.Tensors[Member];
-    const SourceChain &Ch = PT.Alternatives[0];
-    const Span<OpNode> &Nodes = Ch.Nodes;
-    OpTree Tree(Nodes);
-    for (size_t I = 0; I < Nodes.Size; ++I) {
-      if (Nodes[I].IsSource)
-        continue;
-      std::vector<size_t> Children = Tree.children(Nodes, I);
-      bool Applied = false;
-      for (size_t C : Children)
-        if (Nodes[C].IsSource && Nodes[C].OptionalInput && HFTensors.contains(Ch.Sources[Tree.SourceOrdinal[C]])) {
-          Applied = true;
-          Dropped.insert(Ch.Sources[Tree.SourceOrdinal[C]]);
+  for (const DistKey &K : Keys) {
+    for (size_t Member : K.Members) {
+      const PlannedTensor &PT = P.Tensors[Member];
+      const SourceChain &Ch = PT.Alternatives[0];
+      const Span<OpNode> &Nodes = Ch.Nodes;
+      OpTree Tree(Nodes);
+      for (size_t I = 0; I < Nodes.Size; ++I) {
+        if (Nodes[I].IsSource)
+          continue;
+        std::vector<size_t> Children = Tree.children(Nodes, I);
+        bool Applied = false;
+        for (size_t C : Children)
+          if (Nodes[C].IsSource && Nodes[C].OptionalInput && HFTensors.contains(Ch.Sources[Tree.SourceOrdinal[C]])) {
+            Applied = true;
+            Dropped.insert(Ch.Sources[Tree.SourceOrdinal[C]]);
+          }
+        if (Applied && Nodes[Children[0]].IsSource) {
+          OwnDtype.insert(Ch.Sources[Tree.SourceOrdinal[Children[0]]]);
+          OwnType[Ch.Sources[Tree.SourceOrdinal[Children[0]]]] = Ckpt.tensor(K.Key).Type;
         }
-      if (Applied && Nodes[Children[0]].IsSource) {
-        OwnDtype.insert(Ch.Sources[Tree.SourceOrdinal[Children[0]]]);
-        OwnType[Ch.Sources[Tree.SourceOrdinal[Children[0]]]] = Ckpt.tensor(K.Key).Type;
       }
     }
   }
