@@ -392,8 +392,11 @@ Summary runExport(const ExportOptions &O) {
       }
     };
     std::vector<std::thread> Pool;
-    for (unsigned T = 1; T < std::max(1u, O.Converters); ++T)
-      Pool.emplace_back(Work);
+    try {
+      for (unsigned T = 1; T < std::max(1u, O.Converters); ++T)
+        Pool.emplace_back(Work);
+    } catch (...) { // fewer threads: this one still does the rest
+    }
     Work();
     for (std::thread &T : Pool)
       T.join();

@@ -395,9 +395,10 @@ Summary runImport(const ImportOptions &O) {
         if (T.joinable())
           T.join();
     };
-    for (size_t T = 0; T < Threads; ++T)
-      Pool.emplace_back(Work);
     try {
+      for (size_t T = 0; T < Threads; ++T)
+        Pool.emplace_back(Work);
+      DType KeyType = DType::U8;
       for (size_t I = 0; I < Items.size(); ++I) {
         ReadAhead(Sum.BytesRead);
         Converted C;
@@ -410,8 +411,16 @@ Summary runImport(const ImportOptions &O) {
           std::rethrow_exception(C.Failure);
         const DistKey &K = Keys[Items[I].Key];
         size_t Layer = Items[I].Member;
-        if (Layer == 0)
+        if (Layer == 0) {
           W.declareTensor(K.Key, C.Type, K.GlobalShape);
+          KeyType = C.Type;
+        } else if (C.Type != KeyType) {
+          // One key holds one dtype: its layers must agree.
+          throw Error(describe(P.Tensors[K.Members[Layer]].Rule->Loc) + ": error: '" +
+                      P.Tensors[K.Members[Layer]].Name + "' comes out as " + std::string(torchName(C.Type)) + " but '" +
+                      P.Tensors[K.Members[0]].Name + "', stored in the same key '" + K.Key + "', as " +
+                      std::string(torchName(KeyType)));
+        }
         for (auto &[Spec, Part] : C.Chunks) {
           // The writer's thread holds the chunk (a view of the mapped source
           // file when no op changed it) until its bytes are on disk.

@@ -361,14 +361,15 @@ SafetensorsWriter::SafetensorsWriter(std::string D, std::map<std::string, std::s
       L->Fd = ::open(L->Tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
       if (L->Fd < 0)
         throw Error("error: cannot write " + L->Tmp + ": " + std::strerror(errno));
+      Laid &Layout = *L;
+      LaidOut[File] = std::move(L); // from here on closed on every path
       std::string Head(8, '\0');
       for (int I = 0; I < 8; ++I)
         Head[I] = static_cast<char>(static_cast<uint64_t>(Text.size()) >> (8 * I));
       Head += Text;
-      if (::pwrite(L->Fd, Head.data(), Head.size(), 0) != static_cast<ssize_t>(Head.size()) ||
-          ::ftruncate(L->Fd, static_cast<off_t>(L->DataStart + DataBytes)) != 0)
-        throw Error("error: writing " + L->Tmp + " failed: " + std::strerror(errno));
-      LaidOut[File] = std::move(L);
+      if (::pwrite(Layout.Fd, Head.data(), Head.size(), 0) != static_cast<ssize_t>(Head.size()) ||
+          ::ftruncate(Layout.Fd, static_cast<off_t>(Layout.DataStart + DataBytes)) != 0)
+        throw Error("error: writing " + Layout.Tmp + " failed: " + std::strerror(errno));
     }
   } catch (...) {
     for (auto &[File, L] : LaidOut)
@@ -376,9 +377,16 @@ SafetensorsWriter::SafetensorsWriter(std::string D, std::map<std::string, std::s
         ::close(L->Fd);
     throw;
   }
-  if (!LaidOut.empty())
-    for (unsigned I = 0; I < std::max(1u, NumThreads); ++I)
-      Threads.emplace_back([this] { run(); });
+  try {
+    if (!LaidOut.empty())
+      for (unsigned I = 0; I < std::max(1u, NumThreads); ++I)
+        Threads.emplace_back([this] { run(); });
+  } catch (...) { // no thread left running on a half-built writer
+    stopThreads();
+    for (auto &[File, L] : LaidOut)
+      ::close(L->Fd);
+    throw;
+  }
 }
 
 SafetensorsWriter::~SafetensorsWriter() {

@@ -459,18 +459,22 @@ std::string_view TorchDistCheckpoint::recordView(const DistRecord &R) const {
       fail(Path, std::string("cannot open: ") + std::strerror(errno));
     struct stat St;
     Mappings::Map M;
-    if (::fstat(Fd, &St) == 0 && St.st_size > 0) {
-      void *P = ::mmap(nullptr, static_cast<size_t>(St.st_size), PROT_READ, MAP_SHARED, Fd, 0);
-      if (P != MAP_FAILED) {
-        M.Data = static_cast<const uint8_t *>(P);
-        M.Size = static_cast<size_t>(St.st_size);
-      }
+    if (::fstat(Fd, &St) != 0 || St.st_size <= 0) {
+      int E = errno;
+      ::close(Fd);
+      fail(Path, St.st_size <= 0 ? std::string("is empty") : std::string("cannot stat: ") + std::strerror(E));
     }
+    void *P = ::mmap(nullptr, static_cast<size_t>(St.st_size), PROT_READ, MAP_PRIVATE, Fd, 0);
+    int E = errno;
     ::close(Fd);
+    if (P == MAP_FAILED) // not remembered: a later call tries again
+      fail(Path, std::string("cannot map: ") + std::strerror(E));
+    M.Data = static_cast<const uint8_t *>(P);
+    M.Size = static_cast<size_t>(St.st_size);
     It = Mapped->Files.emplace(R.File, M).first;
   }
   const Mappings::Map &M = It->second;
-  if (!M.Data || R.Offset + R.Length > M.Size)
+  if (R.Offset + R.Length > M.Size)
     fail(Dir + "/" + R.File, "cannot map bytes " + std::to_string(R.Offset) + ".." +
                                  std::to_string(R.Offset + R.Length) + " (the file shrank?)");
   return std::string_view(reinterpret_cast<const char *>(M.Data + R.Offset), static_cast<size_t>(R.Length));

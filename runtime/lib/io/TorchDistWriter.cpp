@@ -71,8 +71,13 @@ TorchDistWriter::TorchDistWriter(std::string IterDir, unsigned NumFiles, uint64_
     }
     Files.push_back(std::move(F));
   }
-  for (auto &F : Files)
-    F->Thread = std::thread([this, P = F.get()] { run(*P); });
+  try {
+    for (auto &F : Files)
+      F->Thread = std::thread([this, P = F.get()] { run(*P); });
+  } catch (...) { // no thread left running on a half-built writer
+    stop();
+    throw;
+  }
 }
 
 TorchDistWriter::~TorchDistWriter() { stop(); }
