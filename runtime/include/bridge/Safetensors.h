@@ -13,15 +13,15 @@
 
 #include "bridge/DType.h"
 
-#include <cstdint>
-#include <map>
-#include <thread>
-#include <mutex>
-#include <exception>
-#include <deque>
 #include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <exception>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace bridge {

@@ -294,8 +294,10 @@ Summary runExport(const ExportOptions &O) {
       }
     };
     uint64_t AllBytes = 0;
-    for (const DistKey &K : Keys)
-      AllBytes += static_cast<uint64_t>(Ckpt.tensor(K.Key).numel()) * dtypeSize(Ckpt.tensor(K.Key).Type);
+    for (const DistKey &K : Keys) {
+      const DistTensor &DT = Ckpt.tensor(K.Key);
+      AllBytes += static_cast<uint64_t>(DT.numel()) * dtypeSize(DT.Type);
+    }
     Progress Bar("export", P.Tensors.size(), AllBytes, !O.Quiet && ::isatty(2));
     // Several threads invert tensors at once; handing results to the writer
     // (and the expert stacking) is serialised by EmitLock. The files do not

@@ -252,9 +252,11 @@ namespace {
 /// order), padded so tensors start 8-byte aligned, and each tensor's offset
 /// from the start of the data.
 std::string safetensorsHeader(const std::map<std::string, const TensorLayout *> &Layouts,
-                              std::map<std::string, uint64_t> &Offsets, uint64_t &DataBytes) {
+                              std::map<std::string, uint64_t> &Offsets, uint64_t &DataBytes,
+                              const std::map<std::string, std::string> &Metadata = {{"format", "pt"}}) {
   nlohmann::ordered_json Header = nlohmann::ordered_json::object();
-  Header["__metadata__"] = {{"format", "pt"}};
+  if (!Metadata.empty())
+    Header["__metadata__"] = Metadata;
   uint64_t Offset = 0;
   for (auto &[Name, L] : Layouts) {
     uint64_t N = dtypeSize(L->Type);
@@ -287,10 +289,9 @@ void writeSafetensors(const std::string &Path, const std::vector<const TensorToW
                       const std::map<std::string, std::string> &Metadata) {
   std::vector<const TensorToWrite *> Sorted = Tensors;
   std::sort(Sorted.begin(), Sorted.end(), [](auto *A, auto *B) { return A->Name < B->Name; });
-  nlohmann::ordered_json Header = nlohmann::ordered_json::object();
-  if (!Metadata.empty())
-    Header["__metadata__"] = Metadata;
-  uint64_t Offset = 0;
+  std::vector<TensorLayout> Storage;
+  Storage.reserve(Sorted.size());
+  std::map<std::string, const TensorLayout *> Layouts;
   for (const TensorToWrite *T : Sorted) {
     int64_t Numel = 1;
     for (int64_t D : T->Shape)
@@ -298,14 +299,12 @@ void writeSafetensors(const std::string &Path, const std::vector<const TensorToW
     if (static_cast<uint64_t>(Numel) * dtypeSize(T->Type) != T->size())
       throw Error("error: internal: tensor '" + T->Name + "' has " + std::to_string(T->size()) +
                   " bytes for its shape");
-    Header[T->Name] = {{"dtype", std::string(safetensorsName(T->Type))},
-                       {"shape", T->Shape},
-                       {"data_offsets", {Offset, Offset + T->size()}}};
-    Offset += T->size();
+    Storage.push_back({T->Type, T->Shape});
+    Layouts[T->Name] = &Storage.back();
   }
-  std::string Text = Header.dump();
-  while ((8 + Text.size()) % 8 != 0) // tensors start 8-byte aligned
-    Text += ' ';
+  std::map<std::string, uint64_t> Offsets;
+  uint64_t DataBytes = 0;
+  std::string Text = safetensorsHeader(Layouts, Offsets, DataBytes, Metadata);
   std::string Tmp = Path + ".tmp";
   FILE *F = std::fopen(Tmp.c_str(), "wb");
   if (!F)

@@ -12,10 +12,11 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
-#include <sys/mman.h>
-#include <mutex>
 #include <fcntl.h>
+#include <mutex>
+#include <optional>
 #include <set>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -536,6 +537,23 @@ std::vector<uint8_t> TorchDistCheckpoint::readTensor(const std::string &Key) con
   return Out;
 }
 
+namespace {
+/// Whether chunk \p C holds index \p Prefix of the leading dims; if so, the
+/// byte offset of that block within the chunk's data (leading dims fixed,
+/// the block is one contiguous run).
+std::optional<uint64_t> blockAt(const DistChunk &C, const std::vector<int64_t> &Prefix, size_t Elem) {
+  uint64_t Skip = 0, Block = Elem;
+  for (size_t D = 0; D < Prefix.size(); ++D) {
+    if (Prefix[D] < C.Offsets[D] || Prefix[D] >= C.Offsets[D] + C.Sizes[D])
+      return std::nullopt;
+    Skip = Skip * static_cast<uint64_t>(C.Sizes[D]) + static_cast<uint64_t>(Prefix[D] - C.Offsets[D]);
+  }
+  for (size_t D = Prefix.size(); D < C.Sizes.size(); ++D)
+    Block *= static_cast<uint64_t>(C.Sizes[D]);
+  return Skip * Block;
+}
+} // namespace
+
 std::vector<uint8_t> TorchDistCheckpoint::readTensorAt(const std::string &Key,
                                                       const std::vector<int64_t> &Prefix) const {
   const DistTensor &T = tensor(Key);
@@ -553,50 +571,32 @@ std::vector<uint8_t> TorchDistCheckpoint::readTensorAt(const std::string &Key,
   std::vector<uint8_t> Out(Numel * Elem);
   for (size_t I = 0; I < T.Chunks.size(); ++I) {
     const DistChunk &C = T.Chunks[I];
-    bool Holds = true;
-    for (size_t D = 0; D < P; ++D)
-      Holds &= C.Offsets[D] <= Prefix[D] && Prefix[D] < C.Offsets[D] + C.Sizes[D];
-    if (!Holds)
+    std::optional<uint64_t> At = blockAt(C, Prefix, Elem);
+    if (!At)
       continue;
     TensorRecord R = chunkRecord(Key, I, /*Borrow=*/true);
-    // The chunk's block at Prefix: leading dims fixed, so one contiguous run.
-    uint64_t Skip = 0, Block = 1;
-    for (size_t D = P; D < C.Sizes.size(); ++D)
-      Block *= static_cast<uint64_t>(C.Sizes[D]);
-    for (size_t D = 0; D < P; ++D)
-      Skip = Skip * static_cast<uint64_t>(C.Sizes[D]) + static_cast<uint64_t>(Prefix[D] - C.Offsets[D]);
     std::vector<int64_t> Offsets(C.Offsets.begin() + static_cast<std::ptrdiff_t>(P), C.Offsets.end()),
         Sizes(C.Sizes.begin() + static_cast<std::ptrdiff_t>(P), C.Sizes.end());
-    placeChunk(Out.data(), Sub, Offsets, Sizes, R.data() + Skip * Block * Elem, Elem);
+    placeChunk(Out.data(), Sub, Offsets, Sizes, R.data() + *At, Elem);
   }
   return Out;
 }
 
 const uint8_t *TorchDistCheckpoint::viewTensorAt(const std::string &Key, const std::vector<int64_t> &Prefix) const {
   const DistTensor &T = tensor(Key);
-  size_t P = Prefix.size();
-  if (P > T.Shape.size())
+  if (Prefix.size() > T.Shape.size())
     return nullptr;
   for (size_t I = 0; I < T.Chunks.size(); ++I) {
     const DistChunk &C = T.Chunks[I];
-    bool Holds = true, Whole = true;
-    for (size_t D = 0; D < P; ++D)
-      Holds &= C.Offsets[D] <= Prefix[D] && Prefix[D] < C.Offsets[D] + C.Sizes[D];
-    for (size_t D = P; D < T.Shape.size(); ++D)
-      Whole &= C.Offsets[D] == 0 && C.Sizes[D] == T.Shape[D];
-    if (!Holds)
+    std::optional<uint64_t> At = blockAt(C, Prefix, dtypeSize(T.Type));
+    if (!At)
       continue;
-    if (!Whole)
-      return nullptr; // several chunks make it up
+    for (size_t D = Prefix.size(); D < T.Shape.size(); ++D)
+      if (C.Offsets[D] != 0 || C.Sizes[D] != T.Shape[D])
+        return nullptr; // several chunks make it up
     TensorRecord R = chunkRecord(Key, I, /*Borrow=*/true);
-    if (!R.Borrowed)
-      return nullptr; // stored strided: gathered by readTensorAt
-    uint64_t Skip = 0, Block = dtypeSize(T.Type);
-    for (size_t D = P; D < C.Sizes.size(); ++D)
-      Block *= static_cast<uint64_t>(C.Sizes[D]);
-    for (size_t D = 0; D < P; ++D)
-      Skip = Skip * static_cast<uint64_t>(C.Sizes[D]) + static_cast<uint64_t>(Prefix[D] - C.Offsets[D]);
-    return R.Borrowed + Skip * Block;
+    // A strided record is gathered by readTensorAt instead.
+    return R.Borrowed ? R.Borrowed + *At : nullptr;
   }
   return nullptr;
 }
