@@ -4,11 +4,12 @@
 # For each model: a full-size random checkpoint from the published config is
 # generated on tmpfs ($BENCH_DIR, default /dev/shm/bridge-bench); then, on the
 # same bytes: cp -r, a parallel chunked copy (as many threads as cores),
-# bridge-run import and export with the ops on CUDA and on the CPU ($DEVICES),
+# bridge-run import with the ops on CUDA and on the CPU ($DEVICES), export,
 # a byte comparison of the two imports, and the Python route
 # (bench/python_baseline.py; SKIP_PYTHON=1 leaves it out). With
 # BENCH_DISK_DIR the copies, import and export run again from and to that
-# disk. One JSON line per step goes to $OUT/bench.jsonl (bench/measure.py).
+# disk (for the models in $DISK_MODELS, default all). One JSON line per step
+# goes to $OUT/bench.jsonl (bench/measure.py).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 bridge=$(realpath "$1"); shift
@@ -43,11 +44,10 @@ steps() {
     rm -rf "$dir/mg-cpu"
   fi
   mg=$dir/mg-cuda; [ -d "$mg" ] || mg=$dir/mg-cpu
-  for dev in ${DEVICES:-cuda cpu}; do
-    m --label "$model [$where] bridge-run export ($dev)" --bytes "$mbytes" -- \
-      "$bridge" export --megatron "$mg" --out "$dir/hf-$dev" --device "$dev"
-    rm -rf "$dir/hf-$dev"; cold "$where"
-  done
+  # Export runs on the host whatever --device says (nothing in it computes).
+  m --label "$model [$where] bridge-run export" --bytes "$mbytes" -- \
+    "$bridge" export --megatron "$mg" --out "$dir/hf"
+  rm -rf "$dir/hf"; cold "$where"
   rm -rf "$mg"
 }
 
@@ -70,7 +70,7 @@ for model in "$@"; do
   fi
   # From disk ($BENCH_DISK_DIR): the source copied there, the page cache
   # dropped where allowed, output written there.
-  if [ -n "${BENCH_DISK_DIR:-}" ]; then
+  if [ -n "${BENCH_DISK_DIR:-}" ] && [[ " ${DISK_MODELS:-$model} " == *" $model "* ]]; then
     disk=$BENCH_DISK_DIR/bridge-bench; rm -rf "$disk"; mkdir -p "$disk"
     cp -r "$src" "$disk/src"; rm -rf "$work"/*; sync
     (echo 3 > /proc/sys/vm/drop_caches) 2>/dev/null && echo "page cache dropped" || echo "page cache not dropped"

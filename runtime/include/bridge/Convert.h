@@ -59,6 +59,7 @@ struct Summary {
   uint64_t TensorsRead = 0, TensorsWritten = 0, BytesRead = 0, BytesWritten = 0;
   double Seconds = 0;
   unsigned FilesWritten = 0;
+  uint64_t PeakDeviceBytes = 0; ///< the caching allocator's peak on the compute GPU (0: none used)
 };
 
 /// HF checkpoint directory -> Megatron-Core torch_dist checkpoint. Every

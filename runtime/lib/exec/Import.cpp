@@ -10,6 +10,7 @@
 //
 //===----------------------------------------------------------------------===//
 #include "Checkpoint.h"
+#include "CudaSupport.h"
 #include "Ops.h"
 
 #include "bridge/Convert.h"
@@ -28,6 +29,7 @@
 #include <set>
 #include <thread>
 #include <mutex>
+#include <optional>
 #include <condition_variable>
 #include <unistd.h>
 
@@ -362,7 +364,19 @@ Summary runImport(const ImportOptions &O) {
         C.Chunks.push_back({Spec, Part.contiguous()});
       }
     };
+    bool Computes = false;
+    for (const PlannedTensor &PT : P.Tensors)
+      for (const OpNode &N : PT.chain().Nodes)
+        Computes |= !N.IsSource && exec::opComputes(N.Kind);
     auto Work = [&] {
+      // Each converter on a stream of its own: one thread's copies and
+      // kernels overlap another's, and waiting for a result waits for this
+      // thread's work only.
+      // (Only where some op computes: a plan that only moves bytes never
+      // starts the device.)
+      std::optional<exec::ThreadStream> Stream;
+      if (Computes)
+        Stream.emplace(static_cast<int>(Dev.type()), Dev.index());
       for (;;) {
         size_t I;
         {
@@ -448,6 +462,8 @@ Summary runImport(const ImportOptions &O) {
       throw;
     }
     StopPool();
+    if (Computes)
+      Sum.PeakDeviceBytes = exec::peakDeviceBytes(static_cast<int>(Dev.type()), Dev.index());
     Bar.finish();
     W.finish();
     Sum.BytesWritten = W.bytesWritten();

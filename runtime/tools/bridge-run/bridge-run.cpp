@@ -103,6 +103,8 @@ void printSummary(const char *What, const Summary &S, const std::string &Out) {
                 human(static_cast<uint64_t>(RU.ru_maxrss) * 1024).c_str(),
                 S.FilesWritten > 1 ? (", " + std::to_string(S.FilesWritten) + " files written in parallel").c_str()
                                    : "");
+  if (S.PeakDeviceBytes)
+    std::printf("peak GPU memory %s (the caching allocator's reserved peak)\n", human(S.PeakDeviceBytes).c_str());
 }
 
 int intArg(int &I, int argc, char **argv, const std::string &Flag) {
