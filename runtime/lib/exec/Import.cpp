@@ -22,7 +22,9 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/from_blob.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <iostream>
@@ -278,7 +280,8 @@ Summary runImport(const ImportOptions &O) {
 
   try {
     at::Device Dev(O.Device);
-    TorchDistWriter W(Iter, O.Writers, O.MemoryBudget);
+    const uint64_t WindowBudget = std::max<uint64_t>(O.MemoryBudget / 4, 1);
+    TorchDistWriter W(Iter, O.Writers, std::max<uint64_t>(O.MemoryBudget - WindowBudget, 1));
     std::vector<DistKey> Keys = groupByKey(P, S, Fields, O.LocalSpec);
     std::set<std::string> ExtraStates;
     uint64_t SourceBytes = 0;
@@ -310,7 +313,10 @@ Summary runImport(const ImportOptions &O) {
     // chunks (ops on the host, dequantization on the device), so one
     // tensor's copies overlap another's; this thread hands the results to
     // the writer strictly in plan order, so the output is the same whatever
-    // the timing. At most Window tensors are converted ahead of the writer.
+    // the timing. At most Window tensors are converted ahead of the writer,
+    // and the memory they own (results of ops, not views of the mapped
+    // source) counts against the memory budget: a quarter of it is the
+    // converters' (work in progress included), the rest the writers' queue.
     struct Item {
       size_t Key, Member;
     };
@@ -318,6 +324,7 @@ Summary runImport(const ImportOptions &O) {
       DType Type = DType::U8;
       std::vector<std::pair<ChunkSpec, at::Tensor>> Chunks;
       uint64_t BytesRead = 0, TensorsRead = 0;
+      uint64_t OwnedBytes = 0; // held by the chunks, not views of the source
       std::exception_ptr Failure;
       bool Ready = false;
     };
@@ -328,12 +335,22 @@ Summary runImport(const ImportOptions &O) {
     std::vector<Converted> Slots(Items.size());
     const size_t Threads = std::max<size_t>(1, std::min<size_t>(O.Converters, Items.size()));
     const size_t Window = 2 * Threads;
+    // Bytes owned by results being converted (reserved up front at two
+    // bytes an element, then corrected) or converted and not yet queued.
+    int64_t WindowBytes = 0;
+    auto Reserve = [&](size_t I) {
+      int64_t N = 2;
+      for (int64_t D : P.Tensors[Keys[Items[I].Key].Members[Items[I].Member]].Shape)
+        N *= D;
+      return N;
+    };
     std::mutex Lock;
     std::condition_variable Changed;
     size_t NextItem = 0, Submitted = 0;
     bool Abort = false;
     auto Convert = [&](const Item &It, Converted &C) {
       const PlannedTensor &PT = P.Tensors[Keys[It.Key].Members[It.Member]];
+      std::vector<const void *> SourceStorages;
       at::Tensor Result = runChain(
           PT, Fields, S,
           [&](const std::string &Name, int64_t Slice) {
@@ -341,6 +358,7 @@ Summary runImport(const ImportOptions &O) {
             if (!V)
               return at::Tensor(); // an absent optional input
             at::Tensor X = viewOf(*V);
+            SourceStorages.push_back(X.storage().data());
             if (Slice >= 0)
               X = X.select(0, Slice); // a view of the mapped file: only this expert is read
             C.BytesRead += X.nbytes();
@@ -361,7 +379,10 @@ Summary runImport(const ImportOptions &O) {
         at::Tensor Part = Host;
         for (size_t D = 0; D < Spec.Offsets.size(); ++D)
           Part = Part.narrow(static_cast<int64_t>(D), Spec.Offsets[D], Spec.Sizes[D]);
-        C.Chunks.push_back({Spec, Part.contiguous()});
+        Part = Part.contiguous();
+        if (std::find(SourceStorages.begin(), SourceStorages.end(), Part.storage().data()) == SourceStorages.end())
+          C.OwnedBytes += Part.nbytes();
+        C.Chunks.push_back({Spec, std::move(Part)});
       }
     };
     bool Computes = false;
@@ -381,10 +402,16 @@ Summary runImport(const ImportOptions &O) {
         size_t I;
         {
           std::unique_lock<std::mutex> G(Lock);
-          Changed.wait(G, [&] { return Abort || NextItem >= Items.size() || NextItem < Submitted + Window; });
+          // Nothing ahead of the writer (NextItem == Submitted) always
+          // goes: one tensor larger than the budget still converts.
+          Changed.wait(G, [&] {
+            return Abort || NextItem >= Items.size() ||
+                   (NextItem < Submitted + Window && (NextItem == Submitted || WindowBytes + Reserve(NextItem) <= int64_t(WindowBudget)));
+          });
           if (Abort || NextItem >= Items.size())
             return;
           I = NextItem++;
+          WindowBytes += Reserve(I);
         }
         Converted C;
         try {
@@ -394,6 +421,7 @@ Summary runImport(const ImportOptions &O) {
         }
         std::lock_guard<std::mutex> G(Lock);
         C.Ready = true;
+        WindowBytes += int64_t(C.OwnedBytes) - Reserve(I);
         Slots[I] = std::move(C);
         Changed.notify_all();
       }
@@ -420,6 +448,7 @@ Summary runImport(const ImportOptions &O) {
           std::unique_lock<std::mutex> G(Lock);
           Changed.wait(G, [&] { return Slots[I].Ready; });
           C = std::move(Slots[I]);
+          WindowBytes -= int64_t(C.OwnedBytes);
         }
         if (C.Failure)
           std::rethrow_exception(C.Failure);

@@ -63,8 +63,8 @@ const char *Usage =
     "                            writes N .distcp files, so its output depends on N\n"
     "  --converters N            threads converting tensors (default 4; the output\n"
     "                            does not depend on N)\n"
-    "  --memory-budget SIZE      converted bytes that may wait for the writers,\n"
-    "                            e.g. 512M, 4G (default 2G)\n"
+    "  --memory-budget SIZE      memory converted tensors may hold while they wait\n"
+    "                            for the writers, e.g. 512M, 4G (default 2G)\n"
     "  --quiet                   no progress line\n"
     "  -h, --help                this text\n";
 
