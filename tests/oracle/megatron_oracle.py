@@ -388,3 +388,37 @@ def state_dict_shapes(model) -> dict[str, tuple[int, ...]]:
             continue
         out[name] = tuple(value.shape)
     return out
+
+
+def assert_logits_match(bridge_run, ckpt, mg, atol: float) -> None:
+    """dist_checkpointing.load of the import in `mg` into a GPTModel built
+    from the converted config; the same input gives the HF model's logits
+    within `atol` (fp32, CPU)."""
+    import torch
+    import transformers
+    from megatron.core import dist_checkpointing
+
+    meg = dict(bridge_run.config(str(ckpt.path))["megatron"], params_dtype="float32", bf16=False, fp16=False)
+    seq = 16
+    if meg.get("window_size") and meg["window_size"][0] >= seq:
+        # Megatron-Core builds the sliding-window mask on CUDA; a window wider
+        # than the 16-token input masks nothing, so drop it on CPU (the
+        # window_size mapping itself is checked in test_config_semantics).
+        meg["window_size"] = None
+    model = build_gpt_model(meg).eval()
+    state = dist_checkpointing.load(model.sharded_state_dict(), str(mg / "iter_0000000"))
+    # load() also returns the common state (checkpoint_version, iteration, ...).
+    weights = {k: v for k, v in state.items() if k in model.state_dict()}
+    model.load_state_dict(weights, strict=True)
+
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(ckpt.path), torch_dtype=torch.float32).eval()
+    torch.manual_seed(0)
+    tokens = torch.randint(0, hf.config.vocab_size, (2, seq))
+    positions = torch.arange(seq).unsqueeze(0).expand(2, -1)
+    mask = torch.triu(torch.ones(seq, seq, dtype=torch.bool), 1)[None, None]
+    with torch.no_grad():
+        ours = model(tokens, positions, mask).float()
+        ref = hf(tokens).logits.float()
+    assert ours.shape == ref.shape
+    diff = (ours - ref).abs().max().item()
+    assert diff <= atol, f"max |logits - HF logits| = {diff}"

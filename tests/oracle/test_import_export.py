@@ -147,33 +147,6 @@ def test_ep_must_divide_experts(bridge_run, tiny_checkpoints, tmp_path):
 def test_megatron_core_loads_the_import_and_logits_match(bridge_run, tiny_checkpoints, imported, mcore, family_id):
     """dist_checkpointing.load into a GPTModel built from the converted config;
     same input, same logits as transformers (fp32, CPU)."""
-    import torch
-    import transformers
-    from megatron.core import dist_checkpointing
-
     ckpt = tiny_checkpoints(family_id)
     mg = imported(family_id, 2, 1, local_spec=True)  # chunks cut for TP=2; loaded at TP=1
-    meg = dict(bridge_run.config(str(ckpt.path))["megatron"], params_dtype="float32", bf16=False, fp16=False)
-    seq = 16
-    if meg.get("window_size") and meg["window_size"][0] >= seq:
-        # Megatron-Core builds the sliding-window mask on CUDA; a window wider
-        # than the 16-token input masks nothing, so drop it on CPU (the
-        # window_size mapping itself is checked in test_config_semantics).
-        meg["window_size"] = None
-    model = megatron_oracle.build_gpt_model(meg).eval()
-    state = dist_checkpointing.load(model.sharded_state_dict(), str(mg / "iter_0000000"))
-    # load() also returns the common state (checkpoint_version, iteration, ...).
-    weights = {k: v for k, v in state.items() if k in model.state_dict()}
-    model.load_state_dict(weights, strict=True)
-
-    hf = transformers.AutoModelForCausalLM.from_pretrained(str(ckpt.path), torch_dtype=torch.float32).eval()
-    torch.manual_seed(0)
-    tokens = torch.randint(0, hf.config.vocab_size, (2, seq))
-    positions = torch.arange(seq).unsqueeze(0).expand(2, -1)
-    mask = torch.triu(torch.ones(seq, seq, dtype=torch.bool), 1)[None, None]
-    with torch.no_grad():
-        ours = model(tokens, positions, mask).float()
-        ref = hf(tokens).logits.float()
-    assert ours.shape == ref.shape
-    diff = (ours - ref).abs().max().item()
-    assert diff <= LOGITS_ATOL, f"max |logits - HF logits| = {diff}"
+    megatron_oracle.assert_logits_match(bridge_run, ckpt, mg, LOGITS_ATOL)

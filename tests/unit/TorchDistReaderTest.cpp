@@ -8,6 +8,7 @@
 //
 //===----------------------------------------------------------------------===//
 #include "bridge/TorchDistReader.h"
+#include "bridge/TorchDistWriter.h"
 #include "bridge/Pickle.h"
 #include "bridge/Unpickle.h"
 
@@ -1355,4 +1356,41 @@ TEST_CASE("torch_dist: hostile or broken checkpoints are refused with the file a
     TorchDistCheckpoint Ckpt(D.Path);
     CHECK_ERROR(Ckpt.readTensor("w"), "__0_0.distcp (record of 'w' at byte");
   }
+}
+
+TEST_CASE("torch_dist: writers of several processes merge their records into one checkpoint") {
+  // Process 0 writes the top half of 'w' and all of 'b'; process 1 the
+  // bottom half of 'w' and an extra-state object; process 0 merges.
+  std::vector<uint8_t> W(4 * 3 * 2), B(5 * 4);
+  for (size_t I = 0; I < W.size(); ++I)
+    W[I] = static_cast<uint8_t>(I * 7 + 1);
+  for (size_t I = 0; I < B.size(); ++I)
+    B[I] = static_cast<uint8_t>(200 - I);
+  auto Write = [&](const std::string &Dir, bool Complete, DType SecondType) {
+    TorchDistWriter P0(Dir, 2, 1 << 20, 0), P1(Dir, 2, 1 << 20, 1);
+    P0.declareTensor("w", DType::BF16, {4, 3});
+    P0.addChunk("w", {0, 0}, {2, 3}, W.data(), 12);
+    P0.declareTensor("b", DType::F32, {5});
+    P0.addChunk("b", {0}, {5}, B.data(), 20);
+    P1.declareTensor("w", SecondType, {4, 3});
+    if (Complete)
+      P1.addChunk("w", {2, 0}, {2, 3}, W.data() + 12, 12);
+    P1.addBytes("w._extra_state/shard_0_1", universalExtraStateRecord());
+    P0.finishData();
+    P1.finishData();
+    P0.addRecords(P1.records());
+    P0.finishMetadata();
+  };
+  TempDir D;
+  Write(D.Path, true, DType::BF16);
+  CHECK(std::filesystem::exists(D.Path + "/__1_0.distcp"));
+  TorchDistCheckpoint Ckpt(D.Path);
+  CHECK(Ckpt.tensorKeys() == std::vector<std::string>{"b", "w"});
+  CHECK(Ckpt.readTensor("w") == W);
+  CHECK(Ckpt.readTensor("b") == B);
+  CHECK(Ckpt.readBytesObject("w._extra_state/shard_0_1")->repr() == "[tensor(uint8, [4])]");
+
+  TempDir Gap, Mixed;
+  CHECK_ERROR(Write(Gap.Path, false, DType::BF16), "the chunks of 'w' do not cover its global shape");
+  CHECK_ERROR(Write(Mixed.Path, true, DType::F16), "'w' comes out as float16 in one process and bfloat16");
 }

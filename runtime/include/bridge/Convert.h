@@ -25,6 +25,8 @@ struct Layout {
   int FirstStageLayers = 0, LastStageLayers = 0;
 };
 
+class ProcessGroup;
+
 struct ImportOptions {
   std::string HFDir, OutDir;
   Layout Par;
@@ -42,6 +44,10 @@ struct ImportOptions {
   /// Threads converting tensors (their results are written in plan order,
   /// so the output does not depend on this).
   unsigned Converters = 4;
+  /// The processes converting together (torchrun, srun); null: this one
+  /// alone. Each converts a contiguous share of the plan, balanced by bytes,
+  /// into its own `__<rank>_<k>.distcp` files; rank 0 writes the metadata.
+  ProcessGroup *Group = nullptr;
 };
 
 struct ExportOptions {

@@ -33,7 +33,10 @@ namespace bridge {
 /// timing. The caller waits while more than \p MaxPendingBytes are queued.
 class TorchDistWriter {
 public:
-  TorchDistWriter(std::string IterDir, unsigned NumFiles = 1, uint64_t MaxPendingBytes = uint64_t(1) << 30);
+  /// Writes \p NumFiles files `__<Rank>_<k>.distcp` in \p IterDir; one
+  /// process of several (bridge::ProcessGroup) passes its rank.
+  TorchDistWriter(std::string IterDir, unsigned NumFiles = 1, uint64_t MaxPendingBytes = uint64_t(1) << 30,
+                  unsigned Rank = 0);
   /// Stops the threads; an unfinished checkpoint's files are left to the
   /// caller to remove.
   ~TorchDistWriter();
@@ -51,15 +54,27 @@ public:
   void addBytes(const std::string &Key, const std::string &Record);
   /// Waits for every record, checks tiling, writes .metadata, metadata.json
   /// and common.pt. A write error of any thread is rethrown here (or by the
-  /// next addChunk).
+  /// next addChunk). The same as finishData() then finishMetadata().
   void finish();
+  /// Waits for every record to be on disk and closes the files.
+  void finishData();
+  /// What this writer placed where (keys, dtypes, shapes, chunks, files), as
+  /// JSON text for another process's addRecords().
+  std::string records() const;
+  /// Takes in another writer's records(): its keys join this checkpoint's
+  /// metadata (a key several processes wrote parts of must agree in dtype
+  /// and shape).
+  void addRecords(const std::string &RecordsJson);
+  /// After finishData() (and any addRecords()): checks that the chunks of
+  /// every key tile it, writes .metadata, metadata.json and common.pt.
+  void finishMetadata();
   uint64_t bytesWritten() const;
   unsigned numFiles() const { return static_cast<unsigned>(Files.size()); }
 
 private:
   struct Chunk {
     std::vector<int64_t> Offsets, Sizes;
-    unsigned File;
+    unsigned File; ///< index into FileNames
     uint64_t Offset, Length;
   };
   struct Tensor {
@@ -83,6 +98,7 @@ private:
 
   std::string Dir;
   std::vector<std::unique_ptr<OutFile>> Files;
+  std::vector<std::string> FileNames; ///< this writer's files, then those of addRecords()
   uint64_t MaxPending;
   std::mutex Lock;                 ///< guards Pending, Failure, the queues
   std::condition_variable Drained; ///< signalled as jobs finish

@@ -15,6 +15,7 @@
 
 #include "bridge/Convert.h"
 #include "bridge/Files.h"
+#include "bridge/ProcessGroup.h"
 #include "bridge/Registry.h"
 #include "bridge/Safetensors.h"
 #include "bridge/TorchDistWriter.h"
@@ -24,15 +25,17 @@
 
 #include <algorithm>
 #include <chrono>
+#include <condition_variable>
+#include <csignal>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <iostream>
-#include <set>
-#include <thread>
 #include <mutex>
 #include <optional>
-#include <condition_variable>
+#include <set>
+#include <thread>
 #include <unistd.h>
 
 
@@ -113,6 +116,23 @@ at::Tensor runChain(const PlannedTensor &PT, const std::vector<Json> &Fields, co
   return Stack.back();
 }
 
+/// Tests of failure handling set BRIDGE_FAULT_INJECT=R:N[:kill]: process R
+/// fails (or, with ':kill', dies by SIGKILL) as it hands its N-th tensor to
+/// the writers.
+void injectFault(int Rank, size_t Item) {
+  static const char *Spec = std::getenv("BRIDGE_FAULT_INJECT");
+  if (!Spec)
+    return;
+  int R = -1;
+  size_t N = 0;
+  char Mode[8] = "";
+  if (std::sscanf(Spec, "%d:%zu:%7s", &R, &N, Mode) < 2 || R != Rank || N != Item)
+    return;
+  if (std::string(Mode) == "kill")
+    ::kill(::getpid(), SIGKILL);
+  throw Error("error: fault injected by BRIDGE_FAULT_INJECT=" + std::string(Spec));
+}
+
 std::string shapeText(const std::vector<int64_t> &S) {
   std::string T = "[";
   for (size_t I = 0; I < S.size(); ++I)
@@ -154,7 +174,11 @@ std::string runConfigYaml(const SchemaTable &S, const std::vector<Json> &Fields,
 
 } // namespace
 
-Summary runImport(const ImportOptions &O) {
+namespace {
+
+Summary importWith(const ImportOptions &O) {
+  ProcessGroup One;
+  ProcessGroup &G = O.Group ? *O.Group : One;
   auto Start = std::chrono::steady_clock::now();
   Summary Sum;
   const SchemaTable &S = schema();
@@ -273,30 +297,70 @@ Summary runImport(const ImportOptions &O) {
   const std::string &Out = O.OutDir;
   if (files::exists(Out) && !O.Overwrite)
     throw Error("error: " + O.OutDir + " exists; pass --overwrite to replace it");
-  std::string Tmp = Out + ".partial-" + std::to_string(::getpid());
-  files::removeAll(Tmp);
+  // Rank 0 makes the directory, every process writes its files into it (a
+  // file system all of them see), rank 0 renames it.
+  std::string Tmp;
+  if (G.leader()) {
+    Tmp = Out + ".partial-" + std::to_string(::getpid());
+    files::removeAll(Tmp);
+    files::makeDirs(files::join(Tmp, "iter_0000000"));
+  }
+  Tmp = G.broadcast("partial", Tmp);
   std::string Iter = files::join(Tmp, "iter_0000000");
-  files::makeDirs(Iter);
+  if (!files::exists(Iter))
+    throw Error("error: process " + std::to_string(G.rank()) + " does not see " + Iter +
+                ", which process 0 made: the output must lie on a file system every process shares");
 
   try {
     at::Device Dev(O.Device);
     const uint64_t WindowBudget = std::max<uint64_t>(O.MemoryBudget / 4, 1);
-    TorchDistWriter W(Iter, O.Writers, std::max<uint64_t>(O.MemoryBudget - WindowBudget, 1));
+    TorchDistWriter W(Iter, O.Writers, std::max<uint64_t>(O.MemoryBudget - WindowBudget, 1),
+                      static_cast<unsigned>(G.rank()));
     std::vector<DistKey> Keys = groupByKey(P, S, Fields, O.LocalSpec);
-    std::set<std::string> ExtraStates;
+    std::set<std::string> ExtraStates, Declared;
+    // The work, in plan order: one item per planned tensor (a layer of a
+    // key). Several processes take contiguous shares of equal bytes.
+    struct Item {
+      size_t Key, Member;
+    };
+    std::vector<Item> Items;
+    {
+      std::vector<Item> All;
+      std::vector<double> Weight;
+      double Total = 0;
+      for (size_t KI = 0; KI < Keys.size(); ++KI)
+        for (size_t M = 0; M < Keys[KI].Members.size(); ++M) {
+          double N = 1;
+          for (int64_t D : P.Tensors[Keys[KI].Members[M]].Shape)
+            N *= static_cast<double>(D);
+          All.push_back({KI, M});
+          Weight.push_back(N);
+          Total += N;
+        }
+      double Before = 0;
+      for (size_t I = 0; I < All.size(); ++I) {
+        int Owner = Total > 0 ? static_cast<int>((Before + Weight[I] / 2) / Total * G.size()) : 0;
+        Before += Weight[I];
+        if (std::min(Owner, G.size() - 1) == G.rank())
+          Items.push_back(All[I]);
+      }
+    }
     uint64_t SourceBytes = 0;
-    for (const std::string &N : Ckpt.names())
-      SourceBytes += Ckpt.find(N)->Bytes;
-    Progress Bar("import", P.Tensors.size(), SourceBytes, !O.Quiet && ::isatty(2));
+    for (const Item &It : Items)
+      for (const std::string &Src : P.Tensors[Keys[It.Key].Members[It.Member]].sources())
+        if (const TensorView *V = Ckpt.find(Src))
+          SourceBytes += V->Bytes;
+    // Of several processes, rank 0 shows its own share.
+    Progress Bar(G.size() > 1 ? "import, process 0" : "import", Items.size(), SourceBytes,
+                 !O.Quiet && G.leader() && ::isatty(2));
     // Read-ahead: the sources of the tensors to come, in the order they will
     // be read, kept up to a memory budget ahead of the converter (from disk
     // the kernel then reads while this thread converts and writers write).
     std::vector<const TensorView *> ReadOrder;
-    for (const DistKey &K : Keys)
-      for (size_t Member : K.Members)
-        for (const std::string &Src : P.Tensors[Member].sources())
-          if (const TensorView *V = Ckpt.find(Src))
-            ReadOrder.push_back(V);
+    for (const Item &It : Items)
+      for (const std::string &Src : P.Tensors[Keys[It.Key].Members[It.Member]].sources())
+        if (const TensorView *V = Ckpt.find(Src))
+          ReadOrder.push_back(V);
     size_t NextPrefetch = 0;
     uint64_t Prefetched = 0;
     std::set<const TensorView *> Asked;
@@ -317,9 +381,6 @@ Summary runImport(const ImportOptions &O) {
     // and the memory they own (results of ops, not views of the mapped
     // source) counts against the memory budget: a quarter of it is the
     // converters' (work in progress included), the rest the writers' queue.
-    struct Item {
-      size_t Key, Member;
-    };
     struct Converted {
       DType Type = DType::U8;
       std::vector<std::pair<ChunkSpec, at::Tensor>> Chunks;
@@ -328,10 +389,6 @@ Summary runImport(const ImportOptions &O) {
       std::exception_ptr Failure;
       bool Ready = false;
     };
-    std::vector<Item> Items;
-    for (size_t KI = 0; KI < Keys.size(); ++KI)
-      for (size_t M = 0; M < Keys[KI].Members.size(); ++M)
-        Items.push_back({KI, M});
     std::vector<Converted> Slots(Items.size());
     const size_t Threads = std::max<size_t>(1, std::min<size_t>(O.Converters, Items.size()));
     const size_t Window = 2 * Threads;
@@ -443,6 +500,8 @@ Summary runImport(const ImportOptions &O) {
       DType KeyType = DType::U8;
       for (size_t I = 0; I < Items.size(); ++I) {
         ReadAhead(Sum.BytesRead);
+        G.check(); // another process failed: stop too
+        injectFault(G.rank(), I);
         Converted C;
         {
           std::unique_lock<std::mutex> G(Lock);
@@ -454,7 +513,7 @@ Summary runImport(const ImportOptions &O) {
           std::rethrow_exception(C.Failure);
         const DistKey &K = Keys[Items[I].Key];
         size_t Layer = Items[I].Member;
-        if (Layer == 0) {
+        if (Declared.insert(K.Key).second) { // this process's first layer of the key
           W.declareTensor(K.Key, C.Type, K.GlobalShape);
           KeyType = C.Type;
         } else if (C.Type != KeyType) {
@@ -491,12 +550,33 @@ Summary runImport(const ImportOptions &O) {
       throw;
     }
     StopPool();
+    Bar.finish();
+    W.finishData();
+    // Each process's records go to rank 0, which writes the metadata; the
+    // totals to every process, for its summary.
+    std::vector<std::string> Records = G.allGather("records", W.records());
+    std::vector<std::string> Totals = G.allGather(
+        "totals", Json({Sum.BytesRead, Sum.TensorsRead, Sum.TensorsWritten, W.bytesWritten(), W.numFiles()}).dump());
+    Sum = Summary{Sum.Mapping};
+    for (const std::string &Text : Totals) {
+      Json J = Json::parse(Text);
+      Sum.BytesRead += J[0].get<uint64_t>();
+      Sum.TensorsRead += J[1].get<uint64_t>();
+      Sum.TensorsWritten += J[2].get<uint64_t>();
+      Sum.BytesWritten += J[3].get<uint64_t>();
+      Sum.FilesWritten += J[4].get<unsigned>();
+    }
     if (Computes)
       Sum.PeakDeviceBytes = exec::peakDeviceBytes(static_cast<int>(Dev.type()), Dev.index());
-    Bar.finish();
-    W.finish();
-    Sum.BytesWritten = W.bytesWritten();
-    Sum.FilesWritten = W.numFiles();
+    if (!G.leader()) {
+      // Rank 0 finishes (metadata, sidecar, tracker, rename) alone.
+      G.broadcast("committed", "");
+      Sum.Seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - Start).count();
+      return Sum;
+    }
+    for (size_t R = 1; R < Records.size(); ++R)
+      W.addRecords(Records[R]);
+    W.finishMetadata();
 
     // Sidecar: what export needs to reproduce the HF checkpoint exactly.
     Json Side;
@@ -531,7 +611,10 @@ Summary runImport(const ImportOptions &O) {
     writeText(files::join(Tmp, "latest_checkpointed_iteration.txt"), "0");
     files::removeAll(Out);
     files::rename(Tmp, Out);
+    G.broadcast("committed", "1");
   } catch (...) {
+    if (!G.leader())
+      throw; // rank 0 removes the directory
     try {
       files::removeAll(Tmp);
     } catch (...) {
@@ -540,6 +623,18 @@ Summary runImport(const ImportOptions &O) {
   }
   Sum.Seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - Start).count();
   return Sum;
+}
+
+} // namespace
+
+Summary runImport(const ImportOptions &O) {
+  try {
+    return importWith(O);
+  } catch (const std::exception &X) {
+    if (O.Group) // the others stop at their next check
+      O.Group->fail(X.what());
+    throw;
+  }
 }
 
 } // namespace bridge

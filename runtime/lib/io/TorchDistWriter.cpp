@@ -4,11 +4,14 @@
 #include "bridge/Config.h" // bridge::Error
 #include "bridge/Pickle.h"
 
+#include <nlohmann/json.hpp>
+
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <fcntl.h>
+#include <optional>
 #include <unistd.h>
 
 namespace bridge {
@@ -57,11 +60,12 @@ struct TorchDistWriter::OutFile {
   std::thread Thread;
 };
 
-TorchDistWriter::TorchDistWriter(std::string IterDir, unsigned NumFiles, uint64_t MaxPendingBytes)
+TorchDistWriter::TorchDistWriter(std::string IterDir, unsigned NumFiles, uint64_t MaxPendingBytes, unsigned Rank)
     : Dir(std::move(IterDir)), MaxPending(MaxPendingBytes) {
   for (unsigned I = 0; I < std::max(1u, NumFiles); ++I) {
     auto F = std::make_unique<OutFile>();
-    F->Name = "__0_" + std::to_string(I) + ".distcp";
+    F->Name = "__" + std::to_string(Rank) + "_" + std::to_string(I) + ".distcp";
+    FileNames.push_back(F->Name);
     std::string Path = Dir + "/" + F->Name;
     F->Fd = ::open(Path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (F->Fd < 0) {
@@ -219,6 +223,93 @@ void TorchDistWriter::addBytes(const std::string &Key, const std::string &Record
 }
 
 void TorchDistWriter::finish() {
+  finishData();
+  finishMetadata();
+}
+
+void TorchDistWriter::finishData() {
+  // Every record on disk, then the files closed (a close error is a write error).
+  {
+    std::lock_guard<std::mutex> G(Lock);
+    Finished = true;
+  }
+  for (auto &F : Files) {
+    {
+      std::lock_guard<std::mutex> G(Lock);
+      F->Stop = true;
+      F->Ready.notify_all();
+    }
+    if (F->Thread.joinable())
+      F->Thread.join();
+  }
+  rethrow();
+  for (auto &F : Files) {
+    int Fd = F->Fd;
+    F->Fd = -1;
+    if (Fd >= 0 && ::close(Fd) != 0)
+      throw Error("error: writing " + Dir + "/" + F->Name + " failed: " + std::strerror(errno));
+    if (F->Size == 0) // a file no record went to
+      std::remove((Dir + "/" + F->Name).c_str());
+  }
+}
+
+std::string TorchDistWriter::records() const {
+  nlohmann::json R;
+  R["files"] = FileNames;
+  nlohmann::json Ts = nlohmann::json::array();
+  for (const std::string &Key : Order) {
+    const Tensor &T = Tensors.at(Key);
+    nlohmann::json Cs = nlohmann::json::array();
+    for (const Chunk &C : T.Chunks)
+      Cs.push_back({C.Offsets, C.Sizes, C.File, C.Offset, C.Length});
+    Ts.push_back({{"key", Key}, {"dtype", std::string(torchName(T.Type))}, {"shape", T.Shape}, {"chunks", Cs}});
+  }
+  R["tensors"] = Ts;
+  nlohmann::json Bs = nlohmann::json::array();
+  for (auto &[Key, B] : Bytes)
+    Bs.push_back({{"key", Key}, {"file", B.File}, {"offset", B.Offset}, {"length", B.Length}});
+  R["bytes"] = Bs;
+  return R.dump();
+}
+
+void TorchDistWriter::addRecords(const std::string &Text) {
+  nlohmann::json R = nlohmann::json::parse(Text);
+  const unsigned Base = static_cast<unsigned>(FileNames.size());
+  for (const auto &N : R.at("files"))
+    FileNames.push_back(N.get<std::string>());
+  for (const auto &J : R.at("tensors")) {
+    std::string Key = J.at("key").get<std::string>();
+    std::string TypeName = J.at("dtype").get<std::string>();
+    std::optional<DType> Known = dtypeFromTorch(TypeName);
+    if (!Known)
+      throw Error("error: internal: another process recorded '" + Key + "' with dtype '" + TypeName + "'");
+    DType Type = *Known;
+    std::vector<int64_t> Shape = J.at("shape").get<std::vector<int64_t>>();
+    auto It = Tensors.find(Key);
+    if (It == Tensors.end()) {
+      if (Bytes.count(Key))
+        throw Error("error: internal: checkpoint key '" + Key + "' written twice");
+      It = Tensors.emplace(Key, Tensor{Type, Shape, {}}).first;
+      Order.push_back(Key);
+    } else if (It->second.Type != Type || It->second.Shape != Shape) {
+      throw Error("error: '" + Key + "' comes out as " + std::string(torchName(Type)) + " in one process and " +
+                  std::string(torchName(It->second.Type)) + " (or another shape) in another");
+    }
+    for (const auto &C : J.at("chunks"))
+      It->second.Chunks.push_back({C.at(0).get<std::vector<int64_t>>(), C.at(1).get<std::vector<int64_t>>(),
+                                   Base + C.at(2).get<unsigned>(), C.at(3).get<uint64_t>(), C.at(4).get<uint64_t>()});
+  }
+  for (const auto &J : R.at("bytes")) {
+    std::string Key = J.at("key").get<std::string>();
+    if (Tensors.count(Key))
+      throw Error("error: internal: checkpoint key '" + Key + "' written twice");
+    // Extra-state objects are the same bytes whoever writes them: the first wins.
+    Bytes.emplace(Key, ByteRecord{Base + J.at("file").get<unsigned>(), J.at("offset").get<uint64_t>(),
+                                  J.at("length").get<uint64_t>()});
+  }
+}
+
+void TorchDistWriter::finishMetadata() {
   // Chunks tile each tensor: inside the shape, no overlaps, volumes add up.
   for (auto &[Key, T] : Tensors) {
     __int128 Volume = 0, Global = 1;
@@ -244,28 +335,6 @@ void TorchDistWriter::finish() {
     }
     if (Volume != Global)
       throw Error("error: internal: the chunks of '" + Key + "' do not cover its global shape");
-  }
-  // Every record on disk, then the files closed (a close error is a write error).
-  {
-    std::lock_guard<std::mutex> G(Lock);
-    Finished = true;
-  }
-  for (auto &F : Files) {
-    {
-      std::lock_guard<std::mutex> G(Lock);
-      F->Stop = true;
-      F->Ready.notify_all();
-    }
-    F->Thread.join();
-  }
-  rethrow();
-  for (auto &F : Files) {
-    int Fd = F->Fd;
-    F->Fd = -1;
-    if (::close(Fd) != 0)
-      throw Error("error: writing " + Dir + "/" + F->Name + " failed: " + std::strerror(errno));
-    if (F->Size == 0) // a file no record went to
-      std::remove((Dir + "/" + F->Name).c_str());
   }
 
   PickleWriter P;
@@ -328,7 +397,7 @@ void TorchDistWriter::finish() {
     P.emptyDict();
     P.mark();
     P.str("relative_path");
-    P.str(Files[File]->Name);
+    P.str(FileNames[File]);
     P.str("offset");
     P.integer(static_cast<int64_t>(At));
     P.str("length");

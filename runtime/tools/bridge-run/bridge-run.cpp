@@ -11,6 +11,7 @@
 #include "bridge/Config.h"
 #include "bridge/Convert.h"
 #include "bridge/Layout.h"
+#include "bridge/ProcessGroup.h"
 #include "bridge/Registry.h"
 
 #include <algorithm>
@@ -66,7 +67,14 @@ const char *Usage =
     "  --memory-budget SIZE      memory converted tensors may hold while they wait\n"
     "                            for the writers, e.g. 512M, 4G (default 2G)\n"
     "  --quiet                   no progress line\n"
-    "  -h, --help                this text\n";
+    "  -h, --help                this text\n"
+    "\n"
+    "several processes (import): start bridge-run with torchrun or srun; the\n"
+    "processes share the work and write one checkpoint to a shared file system:\n"
+    "  torchrun --nproc_per_node 4 --no-python bridge-run import --hf DIR --out DIR\n"
+    "  (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT, or srun's SLURM_*;\n"
+    "  --device cuda uses GPU LOCAL_RANK; BRIDGE_DIST_TIMEOUT: seconds a silent\n"
+    "  process is waited for, default 120)\n";
 
 [[noreturn]] void usageError(const std::string &Msg);
 
@@ -77,6 +85,9 @@ struct Options {
   unsigned Writers = 8, Converters = 4;
   uint64_t MemoryBudget = uint64_t(2) << 30;
 };
+
+/// " (process R)" for every process but the first of several.
+std::string who(int Rank) { return Rank ? " (process " + std::to_string(Rank) + ")" : std::string(); }
 
 std::string human(uint64_t Bytes) {
   char B[32];
@@ -433,6 +444,7 @@ int main(int argc, char **argv) {
   }
   if (O.Command.empty())
     usageError("no command");
+  int Rank = 0; // of several processes, for messages
   try {
     if (O.Command == "list")
       return cmdList(O);
@@ -446,7 +458,20 @@ int main(int argc, char **argv) {
         usageError("import needs --hf DIR and --out DIR");
       ImportOptions IO{O.HF, O.Out, O.Par, O.Device, O.Overwrite, O.Quiet, O.LocalSpec, O.Writers, O.MemoryBudget,
                        O.Converters};
-      printSummary("import", runImport(IO), O.Out);
+      // Under torchrun or srun the processes share the work (ProcessGroup.h).
+      GroupEnvironment Env = groupEnvironment();
+      Rank = Env.Rank;
+      ProcessGroup Group(Env);
+      if (Group.size() > 1) {
+        IO.Group = &Group;
+        if (IO.Device == "cuda") // one GPU per process on its host
+          IO.Device = "cuda:" + std::to_string(Group.localRank());
+      }
+      Summary Sum = runImport(IO);
+      if (Group.leader())
+        printSummary(Group.size() > 1 ? ("import by " + std::to_string(Group.size()) + " processes").c_str()
+                                      : "import",
+                     Sum, O.Out);
       return 0;
     }
     if (O.Command == "export") {
@@ -458,11 +483,11 @@ int main(int argc, char **argv) {
     }
     usageError("unknown command '" + O.Command + "'");
   } catch (const Error &E) {
-    std::cerr << "bridge-run: " << E.what() << "\n";
+    std::cerr << "bridge-run" << who(Rank) << ": " << E.what() << "\n";
     return 1;
   } catch (const std::exception &E) {
     // Library errors (I/O, torch) that are not ours: still no partial output.
-    std::cerr << "bridge-run: error: " << E.what() << "\n";
+    std::cerr << "bridge-run" << who(Rank) << ": error: " << E.what() << "\n";
     return 1;
   }
 }
