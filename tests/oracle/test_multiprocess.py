@@ -124,10 +124,13 @@ CASES = [
 @pytest.mark.parametrize("family_id,nproc,layout", CASES,
                          ids=[f"{f}-{n}proc-{'-'.join(a[i] + a[i + 1] for i in range(0, len(a), 2)).replace('--', '')}"
                               for f, n, a in CASES])
-def test_processes_write_what_one_process_writes(bridge_run, tiny_checkpoints, tmp_path, family_id, nproc, layout):
+def test_processes_write_what_one_process_writes(bridge_run, bridge_device, tiny_checkpoints, tmp_path, family_id,
+                                                 nproc, layout):
     ckpt = tiny_checkpoints(family_id)
     mg = tmp_path / "mg"
-    r = _torchrun(bridge_run, nproc, "import", "--hf", str(ckpt.path), "--out", str(mg), *layout)
+    # With --bridge-device cuda each process takes GPU LOCAL_RANK.
+    r = _torchrun(bridge_run, nproc, "import", "--hf", str(ckpt.path), "--out", str(mg), *layout,
+                  "--device", bridge_device)
     assert r.returncode == 0, r.stderr
     # Every process wrote its own files.
     names = {p.name for p in (mg / "iter_0000000").glob("*.distcp")}
@@ -135,6 +138,23 @@ def test_processes_write_what_one_process_writes(bridge_run, tiny_checkpoints, t
     _assert_same_checkpoint(mg, _single(bridge_run, ckpt, tmp_path / "one", layout))
     _assert_export_is_source(bridge_run, mg, ckpt, tmp_path / "hf")
     assert not list(tmp_path.glob("*.partial-*"))
+
+
+def test_processes_dequantize_fp8_as_one_process_does(bridge_run, bridge_device, tiny_checkpoints, tmp_path):
+    """FP8 block-scaled sources: dequantization runs in every process (on GPU
+    LOCAL_RANK with --bridge-device cuda) and gives the one-process CPU bytes."""
+    from test_fp8 import _quantize
+
+    src = tmp_path / "fp8"
+    _quantize(tiny_checkpoints("deepseek-v3").path, src)
+    mg = tmp_path / "mg"
+    r = _torchrun(bridge_run, 2, "import", "--hf", str(src), "--out", str(mg), "--tp", "2", "--device", bridge_device)
+    assert r.returncode == 0, r.stderr
+    one = tmp_path / "one"
+    r = subprocess.run([str(bridge_run.path), "import", "--hf", str(src), "--out", str(one), "--tp", "2", "--quiet"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    _assert_same_checkpoint(mg, one)
 
 
 def test_megatron_core_loads_a_multiprocess_import(bridge_run, tiny_checkpoints, mcore, tmp_path):
