@@ -34,11 +34,18 @@ bytes=$(du -sb "$work/src" | cut -f1)
 m() { python3 "$here/measure.py" --log "$log" "$@"; }
 m --label "$label parallel copy" --bytes "$bytes" -- python3 "$here/parallel_copy.py" "$work/src" "$work/pcopy"
 rm -rf "$work/pcopy"
+# The launcher alone (python, torch's import, the rendezvous), and one
+# process without it: what a torchrun wall time holds beyond the import.
+m --label "torchrun alone (1 process running true)" --bytes 0 -- \
+  python3 -m torch.distributed.run --standalone --nproc_per_node 1 --no-python true
+m --label "$label import, 1 process, no launcher" --bytes "$bytes" -- \
+  "$bridge" import --hf "$work/src" --out "$work/mg" --device cuda --quiet | tee -a "$out/scaling.txt" | grep -E "done:|time:"
+rm -rf "$work/mg"
 for n in $counts; do
   m --label "$label import, $n process(es)" --bytes "$bytes" -- \
     python3 -m torch.distributed.run --standalone --nproc_per_node "$n" --no-python \
     "$bridge" import --hf "$work/src" --out "$work/mg" --device cuda --quiet |
-    tee -a "$out/scaling.txt" | grep -E "done:|label"
+    tee -a "$out/scaling.txt" | grep -E "done:|time:"
   rm -rf "$work/mg"
 done
 rm -rf "$work"

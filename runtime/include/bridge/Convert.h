@@ -64,6 +64,9 @@ struct Summary {
   std::string Mapping;
   uint64_t TensorsRead = 0, TensorsWritten = 0, BytesRead = 0, BytesWritten = 0;
   double Seconds = 0;
+  /// Of Seconds: reading the config, plan and checks (the dry run included);
+  /// converting and writing the tensors. The rest is metadata and renaming.
+  double PrepareSeconds = 0, DataSeconds = 0;
   unsigned FilesWritten = 0;
   uint64_t PeakDeviceBytes = 0; ///< the caching allocator's peak on the compute GPU (0: none used)
 };

@@ -297,6 +297,10 @@ Summary importWith(const ImportOptions &O) {
   const std::string &Out = O.OutDir;
   if (files::exists(Out) && !O.Overwrite)
     throw Error("error: " + O.OutDir + " exists; pass --overwrite to replace it");
+  auto Since = [&](std::chrono::steady_clock::time_point T) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - T).count();
+  };
+  Sum.PrepareSeconds = Since(Start);
   // Rank 0 makes the directory, every process writes its files into it (a
   // file system all of them see), rank 0 renames it.
   std::string Tmp;
@@ -552,12 +556,16 @@ Summary importWith(const ImportOptions &O) {
     StopPool();
     Bar.finish();
     W.finishData();
+    double DataSeconds = Since(Start) - Sum.PrepareSeconds;
     // Each process's records go to rank 0, which writes the metadata; the
     // totals to every process, for its summary.
     std::vector<std::string> Records = G.allGather("records", W.records());
     std::vector<std::string> Totals = G.allGather(
         "totals", Json({Sum.BytesRead, Sum.TensorsRead, Sum.TensorsWritten, W.bytesWritten(), W.numFiles()}).dump());
+    double PrepareSeconds = Sum.PrepareSeconds;
     Sum = Summary{Sum.Mapping};
+    Sum.PrepareSeconds = PrepareSeconds;
+    Sum.DataSeconds = DataSeconds; // this process's share; waiting for the others comes after
     for (const std::string &Text : Totals) {
       Json J = Json::parse(Text);
       Sum.BytesRead += J[0].get<uint64_t>();

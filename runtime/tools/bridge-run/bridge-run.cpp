@@ -106,6 +106,9 @@ void printSummary(const char *What, const Summary &S, const std::string &Out) {
               What, S.Mapping.c_str(), static_cast<unsigned long long>(S.TensorsRead), human(S.BytesRead).c_str(),
               static_cast<unsigned long long>(S.TensorsWritten), human(S.BytesWritten).c_str(), Out.c_str(),
               S.Seconds, Rate);
+  if (S.DataSeconds > 0)
+    std::printf("time: %.2f s config, plan and checks; %.2f s tensors; %.2f s metadata and the rest\n",
+                S.PrepareSeconds, S.DataSeconds, S.Seconds - S.PrepareSeconds - S.DataSeconds);
   // ru_maxrss counts the source file's mapped pages this process touched
   // (shared page cache, not memory it holds) as well as its own.
   struct rusage RU;
