@@ -75,6 +75,11 @@ struct Summary {
 /// check (mapping, coverage of both sides, layout divisibility) runs before
 /// anything is written; output appears only complete (renamed into place).
 Summary runImport(const ImportOptions &O);
+/// torch_dist checkpoint written by runImport (in \p FromDir) -> the same
+/// tensors at the layout of \p O (O.HFDir unused; its layer spec is the
+/// source's): the bytes of runImport at that layout, without going through
+/// HF tensors. The same checks of the output and the same processes apply.
+Summary runReshard(const ImportOptions &O, const std::string &FromDir);
 /// torch_dist checkpoint written by runImport -> HF safetensors, config.json.
 Summary runExport(const ExportOptions &O);
 

@@ -31,6 +31,11 @@ struct DistKey {
 
 
 Json readJsonFile(const std::string &Path);
+/// The iteration directory of \p Dir: Dir itself (it holds .metadata), or
+/// the one its tracker file names.
+std::string iterationDir(const std::string &Dir);
+/// The compiled mapping of that name (a checkpoint's bridge.json names it).
+const MappingTable &mappingNamed(const std::string &Name);
 
 /// A progress line on a terminal (stderr), redrawn at most five times a
 /// second: tensors and bytes done, the rate, the time left.

@@ -33,35 +33,6 @@
 namespace bridge {
 namespace {
 
-/// The iteration directory of \p Dir: Dir itself, or the one its tracker
-/// file names.
-std::string iterationDir(const std::string &Dir) {
-  if (files::exists(files::join(Dir, ".metadata")))
-    return Dir;
-  std::string Tracker = files::join(Dir, "latest_checkpointed_iteration.txt");
-  std::ifstream In(Tracker);
-  if (!In)
-    throw Error("error: " + Dir + " is not a checkpoint: no .metadata and no latest_checkpointed_iteration.txt");
-  std::string It;
-  In >> It;
-  if (It == "release")
-    return files::join(Dir, "release");
-  char *End = nullptr;
-  long N = std::strtol(It.c_str(), &End, 10);
-  if (It.empty() || *End || N < 0)
-    throw Error("error: " + Tracker + " holds '" + It + "', not an iteration");
-  char Name[32];
-  std::snprintf(Name, sizeof Name, "iter_%07ld", N);
-  return files::join(Dir, Name);
-}
-
-const MappingTable &mappingNamed(const std::string &Name) {
-  for (const RegistryEntry &E : allMappings())
-    if (Name == E.Name)
-      return *E.Table;
-  throw Error("error: the checkpoint was written with mapping '" + Name + "', which this build does not have");
-}
-
 /// The tree shape of a rule's postfix op nodes: where each subtree starts,
 /// each op's children, and which planned source each source node reads.
 struct OpTree {

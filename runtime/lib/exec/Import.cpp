@@ -18,6 +18,7 @@
 #include "bridge/ProcessGroup.h"
 #include "bridge/Registry.h"
 #include "bridge/Safetensors.h"
+#include "bridge/TorchDistReader.h"
 #include "bridge/TorchDistWriter.h"
 
 #include <ATen/ops/empty.h>
@@ -37,7 +38,6 @@
 #include <set>
 #include <thread>
 #include <unistd.h>
-
 
 namespace bridge {
 namespace {
@@ -145,7 +145,8 @@ void writeText(const std::string &P, const std::string &Text) { files::writeFile
 /// Megatron-Bridge reads run_config.yaml; this holds the model provider's
 /// fields and the layout (format spec 4.3, 6.2 item 6).
 std::string runConfigYaml(const SchemaTable &S, const std::vector<Json> &Fields, const Layout &L) {
-  std::string Y = "# Written by bridge-run import.\nmodel:\n  _target_: megatron.bridge.models.gpt_provider.GPTModelProvider\n";
+  std::string Y =
+      "# Written by bridge-run import.\nmodel:\n  _target_: megatron.bridge.models.gpt_provider.GPTModelProvider\n";
   Y += "  tensor_model_parallel_size: " + std::to_string(L.TP) + "\n";
   Y += "  pipeline_model_parallel_size: " + std::to_string(L.PP) + "\n";
   Y += "  expert_model_parallel_size: " + std::to_string(L.EP) + "\n";
@@ -172,37 +173,11 @@ std::string runConfigYaml(const SchemaTable &S, const std::vector<Json> &Fields,
   return Y;
 }
 
-} // namespace
-
-namespace {
-
-Summary importWith(const ImportOptions &O) {
-  ProcessGroup One;
-  ProcessGroup &G = O.Group ? *O.Group : One;
-  auto Start = std::chrono::steady_clock::now();
-  Summary Sum;
-  const SchemaTable &S = schema();
-
-  // -- config and mapping ----------------------------------------------------------
-  Json HF = readJsonFile(O.HFDir + "/config.json");
-  const MappingTable &T = mappingFor(HF);
-  Sum.Mapping = T.Name;
-  std::vector<Json> Fields = importConfig(T, S, HF);
-
-  // -- layout ------------------------------------------------------------------------
-  std::vector<std::string> Problems = checkLayout(O.Par, fieldGetter(S, Fields));
-  if (!Problems.empty()) {
-    std::string M = "error: layout TP=" + std::to_string(O.Par.TP) + " PP=" + std::to_string(O.Par.PP) +
-                    " EP=" + std::to_string(O.Par.EP) + " does not fit this model:";
-    for (auto &P : Problems)
-      M += "\n  " + P;
-    throw Error(M);
-  }
-
-  // -- the plan and both sides of coverage ------------------------------------------------
-  SafetensorsCheckpoint Ckpt(O.HFDir);
-  Plan P = expandPlan(T, S, Fields, /*UseTENames=*/true);
-  chooseAlternatives(P, [&](const std::string &Name) { return Ckpt.find(Name) != nullptr; });
+/// Both sides of coverage (every HF tensor consumed once or ignored, every
+/// Megatron tensor produced), then a dry run of every op chain on meta
+/// tensors: shapes before any byte is written.
+void checkAgainstHF(const ImportOptions &O, const MappingTable &T, const SchemaTable &S,
+                    const std::vector<Json> &Fields, const Plan &P, const SafetensorsCheckpoint &Ckpt) {
   std::map<std::string, std::string> ConsumedBy;
   // A stacked HF tensor read one expert at a time: every slice exactly once.
   std::map<std::string, std::pair<std::set<int64_t>, const PlannedTensor *>> SlicesRead;
@@ -262,8 +237,8 @@ Summary importWith(const ImportOptions &O) {
     if (!ConsumedBy.count(N))
       Unmapped.push_back(N);
   if (!Missing.empty() || !Unmapped.empty()) {
-    std::string M = "error: the checkpoint in " + O.HFDir + " does not match mapping '" + T.Name + "' (" +
-                    T.SourceFile + "):";
+    std::string M =
+        "error: the checkpoint in " + O.HFDir + " does not match mapping '" + T.Name + "' (" + T.SourceFile + "):";
     auto List = [&](const char *What, const std::vector<std::string> &Names) {
       if (Names.empty())
         return;
@@ -291,6 +266,64 @@ Summary importWith(const ImportOptions &O) {
     if (Got != PT.Shape)
       throw Error(describe(PT.Rule->Loc) + ": error: '" + PT.Name + "' comes out as " + shapeText(Got) +
                   " but Megatron-Core expects " + shapeText(PT.Shape) + " (from " + PT.recipe() + ")");
+  }
+}
+
+Summary importWith(const ImportOptions &O, const std::string &FromDir) {
+  ProcessGroup One;
+  ProcessGroup &G = O.Group ? *O.Group : One;
+  auto Start = std::chrono::steady_clock::now();
+  Summary Sum;
+  const SchemaTable &S = schema();
+
+  // -- config and mapping: from config.json, or from the sidecar of the
+  // -- checkpoint to reshard (the same mapping, config and layer spec) -------------
+  const bool Reshard = !FromDir.empty();
+  Json HF, FromSide;
+  std::string FromIter;
+  std::vector<Json> Fields;
+  const MappingTable *Mapping = nullptr;
+  if (Reshard) {
+    FromIter = iterationDir(FromDir);
+    std::string SidePath = files::join(FromIter, "bridge.json");
+    if (!files::exists(SidePath))
+      throw Error("error: " + FromIter +
+                  " has no bridge.json: it was not written by 'bridge-run import', so its "
+                  "mapping and config are unknown");
+    FromSide = readJsonFile(SidePath);
+    Mapping = &mappingNamed(FromSide.at("mapping").get<std::string>());
+    Fields = configFromJson(S, FromSide.at("megatron_config"));
+    HF = FromSide.at("hf_config");
+  } else {
+    HF = readJsonFile(O.HFDir + "/config.json");
+    Mapping = &mappingFor(HF);
+    Fields = importConfig(*Mapping, S, HF);
+  }
+  const MappingTable &T = *Mapping;
+  Sum.Mapping = T.Name;
+  const bool LocalSpec = Reshard ? FromSide.value("layer_spec", "") == "local" : O.LocalSpec;
+
+  // -- layout ------------------------------------------------------------------------
+  std::vector<std::string> Problems = checkLayout(O.Par, fieldGetter(S, Fields));
+  if (!Problems.empty()) {
+    std::string M = "error: layout TP=" + std::to_string(O.Par.TP) + " PP=" + std::to_string(O.Par.PP) +
+                    " EP=" + std::to_string(O.Par.EP) + " does not fit this model:";
+    for (auto &P : Problems)
+      M += "\n  " + P;
+    throw Error(M);
+  }
+
+  // -- the plan; the sources: an HF checkpoint, checked on both sides, or a
+  // -- torch_dist checkpoint written by import (reshard) ---------------------------------
+  Plan P = expandPlan(T, S, Fields, /*UseTENames=*/true);
+  std::unique_ptr<SafetensorsCheckpoint> HFCkpt;
+  std::unique_ptr<TorchDistCheckpoint> From;
+  if (Reshard) {
+    From = std::make_unique<TorchDistCheckpoint>(FromIter);
+  } else {
+    HFCkpt = std::make_unique<SafetensorsCheckpoint>(O.HFDir);
+    chooseAlternatives(P, [&](const std::string &Name) { return HFCkpt->find(Name) != nullptr; });
+    checkAgainstHF(O, T, S, Fields, P, *HFCkpt);
   }
 
   // -- output directory: built aside, renamed into place when complete ----------------------
@@ -320,7 +353,13 @@ Summary importWith(const ImportOptions &O) {
     const uint64_t WindowBudget = std::max<uint64_t>(O.MemoryBudget / 4, 1);
     TorchDistWriter W(Iter, O.Writers, std::max<uint64_t>(O.MemoryBudget - WindowBudget, 1),
                       static_cast<unsigned>(G.rank()));
-    std::vector<DistKey> Keys = groupByKey(P, S, Fields, O.LocalSpec);
+    std::vector<DistKey> Keys = groupByKey(P, S, Fields, LocalSpec);
+    if (Reshard)
+      for (const DistKey &K : Keys) {
+        const DistTensor &DT = From->tensor(K.Key); // throws naming the key when absent
+        if (DT.Shape != K.GlobalShape)
+          throw Error("error: " + FromIter + ": '" + K.Key + "' has a global shape that does not fit its config");
+      }
     std::set<std::string> ExtraStates, Declared;
     // The work, in plan order: one item per planned tensor (a layer of a
     // key). Several processes take contiguous shares of equal bytes.
@@ -351,9 +390,16 @@ Summary importWith(const ImportOptions &O) {
     }
     uint64_t SourceBytes = 0;
     for (const Item &It : Items)
-      for (const std::string &Src : P.Tensors[Keys[It.Key].Members[It.Member]].sources())
-        if (const TensorView *V = Ckpt.find(Src))
-          SourceBytes += V->Bytes;
+      if (Reshard) {
+        int64_t N = 1;
+        for (int64_t D : P.Tensors[Keys[It.Key].Members[It.Member]].Shape)
+          N *= D;
+        SourceBytes += static_cast<uint64_t>(N) * dtypeSize(From->tensor(Keys[It.Key].Key).Type);
+      } else {
+        for (const std::string &Src : P.Tensors[Keys[It.Key].Members[It.Member]].sources())
+          if (const TensorView *V = HFCkpt->find(Src))
+            SourceBytes += V->Bytes;
+      }
     // Of several processes, rank 0 shows its own share.
     Progress Bar(G.size() > 1 ? "import, process 0" : "import", Items.size(), SourceBytes,
                  !O.Quiet && G.leader() && ::isatty(2));
@@ -363,7 +409,7 @@ Summary importWith(const ImportOptions &O) {
     std::vector<const TensorView *> ReadOrder;
     for (const Item &It : Items)
       for (const std::string &Src : P.Tensors[Keys[It.Key].Members[It.Member]].sources())
-        if (const TensorView *V = Ckpt.find(Src))
+        if (const TensorView *V = HFCkpt ? HFCkpt->find(Src) : nullptr)
           ReadOrder.push_back(V);
     size_t NextPrefetch = 0;
     uint64_t Prefetched = 0;
@@ -412,21 +458,42 @@ Summary importWith(const ImportOptions &O) {
     auto Convert = [&](const Item &It, Converted &C) {
       const PlannedTensor &PT = P.Tensors[Keys[It.Key].Members[It.Member]];
       std::vector<const void *> SourceStorages;
-      at::Tensor Result = runChain(
-          PT, Fields, S,
-          [&](const std::string &Name, int64_t Slice) {
-            const TensorView *V = Ckpt.find(Name);
-            if (!V)
-              return at::Tensor(); // an absent optional input
-            at::Tensor X = viewOf(*V);
-            SourceStorages.push_back(X.storage().data());
-            if (Slice >= 0)
-              X = X.select(0, Slice); // a view of the mapped file: only this expert is read
-            C.BytesRead += X.nbytes();
-            C.TensorsRead += Slice <= 0; // a stacked tensor counts once
-            return X;
-          },
-          &Dev);
+      at::Tensor Result;
+      if (Reshard) {
+        // The global tensor as the source checkpoint holds it: a view of its
+        // mapped file where one chunk holds this layer, else assembled.
+        const DistKey &K = Keys[It.Key];
+        const DistTensor &DT = From->tensor(K.Key);
+        std::vector<int64_t> Shape(DT.Shape.begin() + static_cast<std::ptrdiff_t>(K.Prefixes[It.Member].size()),
+                                   DT.Shape.end());
+        auto Options = at::TensorOptions().dtype(exec::toScalarType(DT.Type));
+        if (const uint8_t *View = From->viewTensorAt(K.Key, K.Prefixes[It.Member])) {
+          Result = at::from_blob(const_cast<uint8_t *>(View), Shape, Options);
+          SourceStorages.push_back(Result.storage().data()); // owns nothing
+        } else {
+          auto Bytes = std::make_shared<std::vector<uint8_t>>(From->readTensorAt(K.Key, K.Prefixes[It.Member]));
+          Result = at::from_blob(
+              Bytes->data(), Shape, [Bytes](void *) mutable { Bytes.reset(); }, Options);
+        }
+        C.BytesRead += Result.nbytes();
+        C.TensorsRead += 1;
+      } else {
+        Result = runChain(
+            PT, Fields, S,
+            [&](const std::string &Name, int64_t Slice) {
+              const TensorView *V = HFCkpt->find(Name);
+              if (!V)
+                return at::Tensor(); // an absent optional input
+              at::Tensor X = viewOf(*V);
+              SourceStorages.push_back(X.storage().data());
+              if (Slice >= 0)
+                X = X.select(0, Slice); // a view of the mapped file: only this expert is read
+              C.BytesRead += X.nbytes();
+              C.TensorsRead += Slice <= 0; // a stacked tensor counts once
+              return X;
+            },
+            &Dev);
+      }
       at::Tensor Host = Result.contiguous();
       if (Host.is_cuda()) {
         // Into pinned memory: a fast copy, and the caching host allocator
@@ -467,7 +534,8 @@ Summary importWith(const ImportOptions &O) {
           // goes: one tensor larger than the budget still converts.
           Changed.wait(G, [&] {
             return Abort || NextItem >= Items.size() ||
-                   (NextItem < Submitted + Window && (NextItem == Submitted || WindowBytes + Reserve(NextItem) <= int64_t(WindowBudget)));
+                   (NextItem < Submitted + Window &&
+                    (NextItem == Submitted || WindowBytes + Reserve(NextItem) <= int64_t(WindowBudget)));
           });
           if (Abort || NextItem >= Items.size())
             return;
@@ -586,34 +654,38 @@ Summary importWith(const ImportOptions &O) {
       W.addRecords(Records[R]);
     W.finishMetadata();
 
-    // Sidecar: what export needs to reproduce the HF checkpoint exactly.
-    Json Side;
-    Side["format"] = 1;
-    Side["mapping"] = T.Name;
-    Side["megatron_config"] = configToJson(S, Fields);
-    Side["hf_config"] = HF;
-    Side["hf_sharded"] = Ckpt.sharded();
-    Json Tensors = Json::object();
-    for (const std::string &N : Ckpt.names()) {
-      const TensorView *V = Ckpt.find(N);
-      Tensors[N] = {{"file", Ckpt.fileOf().at(N)}, {"dtype", std::string(safetensorsName(V->Type))}, {"shape", V->Shape}};
+    // Sidecar: what export needs to reproduce the HF checkpoint exactly
+    // (a reshard keeps its source's, with the new layout).
+    Json Side = FromSide;
+    if (!Reshard) {
+      Side["format"] = 1;
+      Side["mapping"] = T.Name;
+      Side["megatron_config"] = configToJson(S, Fields);
+      Side["hf_config"] = HF;
+      Side["hf_sharded"] = HFCkpt->sharded();
+      Json Tensors = Json::object();
+      for (const std::string &N : HFCkpt->names()) {
+        const TensorView *V = HFCkpt->find(N);
+        Tensors[N] = {
+            {"file", HFCkpt->fileOf().at(N)}, {"dtype", std::string(safetensorsName(V->Type))}, {"shape", V->Shape}};
+      }
+      Side["hf_tensors"] = Tensors;
+      // Tensors read from another of their rule's source layouts: export
+      // writes them in the first.
+      Json Alternatives = Json::object();
+      for (const PlannedTensor &PT : P.Tensors)
+        if (PT.Chosen != 0)
+          Alternatives[PT.LocalName] = PT.Chosen;
+      if (!Alternatives.empty())
+        Side["alternatives"] = Alternatives;
+      Side["layer_spec"] = O.LocalSpec ? "local" : "transformer_engine";
     }
-    Side["hf_tensors"] = Tensors;
-    // Tensors read from another of their rule's source layouts: export
-    // writes them in the first.
-    Json Alternatives = Json::object();
-    for (const PlannedTensor &PT : P.Tensors)
-      if (PT.Chosen != 0)
-        Alternatives[PT.LocalName] = PT.Chosen;
-    if (!Alternatives.empty())
-      Side["alternatives"] = Alternatives;
-    Side["layer_spec"] = O.LocalSpec ? "local" : "transformer_engine";
     Side["layout"] = {{"tp", O.Par.TP}, {"pp", O.Par.PP}, {"ep", O.Par.EP}, {"etp", O.Par.ETP}, {"vpp", O.Par.VPP}};
     writeText(files::join(Iter, "bridge.json"), Side.dump(2) + "\n");
     writeText(files::join(Iter, "run_config.yaml"), runConfigYaml(S, Fields, O.Par));
     std::string TrainState = trainStateArchive();
     writeText(files::join(Iter, "train_state.pt"), TrainState);
-    copyTokenizerFiles(O.HFDir, files::join(Iter, "tokenizer"));
+    copyTokenizerFiles(Reshard ? files::join(FromIter, "tokenizer") : O.HFDir, files::join(Iter, "tokenizer"));
     writeText(files::join(Tmp, "latest_train_state.pt"), TrainState);
     // The tracker last: a directory without it is not a checkpoint.
     writeText(files::join(Tmp, "latest_checkpointed_iteration.txt"), "0");
@@ -637,9 +709,19 @@ Summary importWith(const ImportOptions &O) {
 
 Summary runImport(const ImportOptions &O) {
   try {
-    return importWith(O);
+    return importWith(O, "");
   } catch (const std::exception &X) {
     if (O.Group) // the others stop at their next check
+      O.Group->fail(X.what());
+    throw;
+  }
+}
+
+Summary runReshard(const ImportOptions &O, const std::string &FromDir) {
+  try {
+    return importWith(O, FromDir);
+  } catch (const std::exception &X) {
+    if (O.Group)
       O.Group->fail(X.what());
     throw;
   }

@@ -45,6 +45,9 @@ const char *Usage =
     "         [layout options]\n"
     "  export --megatron DIR --out DIR\n"
     "                            a checkpoint written by import -> HF safetensors\n"
+    "  reshard --megatron DIR --out DIR [layout options]\n"
+    "                            a checkpoint written by import -> the same model at\n"
+    "                            another TP/PP/EP/ETP layout (what import would write)\n"
     "\n"
     "layout options (validated against the model; they shape chunks and plans):\n"
     "  --tp N --pp N --ep N --etp N --vpp N\n"
@@ -474,6 +477,23 @@ int main(int argc, char **argv) {
       if (Group.leader())
         printSummary(Group.size() > 1 ? ("import by " + std::to_string(Group.size()) + " processes").c_str()
                                       : "import",
+                     Sum, O.Out);
+      return 0;
+    }
+    if (O.Command == "reshard") {
+      if (O.Megatron.empty() || O.Out.empty())
+        usageError("reshard needs --megatron DIR and --out DIR");
+      ImportOptions IO{"", O.Out, O.Par, O.Device, O.Overwrite, O.Quiet, O.LocalSpec, O.Writers, O.MemoryBudget,
+                       O.Converters};
+      GroupEnvironment Env = groupEnvironment();
+      Rank = Env.Rank;
+      ProcessGroup Group(Env);
+      if (Group.size() > 1)
+        IO.Group = &Group;
+      Summary Sum = runReshard(IO, O.Megatron);
+      if (Group.leader())
+        printSummary(Group.size() > 1 ? ("reshard by " + std::to_string(Group.size()) + " processes").c_str()
+                                      : "reshard",
                      Sum, O.Out);
       return 0;
     }

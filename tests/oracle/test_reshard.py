@@ -1,0 +1,149 @@
+"""`bridge-run reshard`: a torch_dist checkpoint written by import, re-cut for
+another TP/PP/EP/ETP layout without going through HF tensors.
+
+The oracle is `bridge-run import` of the same HF model at the target layout
+(itself checked against megatron-core elsewhere): every file of the reshard,
+`.distcp` data, `.metadata`, sidecar and run config, must be byte-identical to
+it, after any chain of reshards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import tiny_models
+
+
+def _run(bridge_run, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(bridge_run.path), *args, "--quiet"], capture_output=True, text=True)
+
+
+def _layout_args(layout: dict) -> list[str]:
+    return [a for k, v in layout.items() for a in (f"--{k}", str(v))]
+
+
+def _files(mg: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(mg)): p.read_bytes() for p in sorted(mg.rglob("*")) if p.is_file()}
+
+
+def _assert_identical(got: Path, want: Path) -> None:
+    a, b = _files(got), _files(want)
+    assert sorted(a) == sorted(b)
+    for name in b:
+        assert a[name] == b[name], name
+
+
+def _fits(ckpt, layout: dict) -> bool:
+    cfg = ckpt.config_json
+    tp, pp, ep = layout.get("tp", 1), layout.get("pp", 1), layout.get("ep", 1)
+    kv = cfg.get("num_key_value_heads") or cfg["num_attention_heads"]
+    experts = cfg.get("num_experts") or cfg.get("num_local_experts") or cfg.get("n_routed_experts") or 1
+    return (cfg["num_attention_heads"] % tp == 0 and kv % tp == 0 and cfg["num_hidden_layers"] % pp == 0
+            and experts % ep == 0)
+
+
+CHAINS = [
+    ("llama3.2-1b", [{"tp": 1}, {"tp": 2}, {"pp": 2}, {"tp": 1}]),
+    ("qwen2.5-7b", [{"tp": 1}, {"pp": 2}, {"tp": 2, "pp": 2}, {"tp": 1}]),
+    ("qwen3-30b-a3b", [{"tp": 1}, {"ep": 2}, {"tp": 2, "ep": 2, "etp": 1}, {"ep": 4}, {"tp": 1}]),
+    ("mixtral-8x7b", [{"tp": 2, "ep": 2, "etp": 2}, {"tp": 1}, {"ep": 4}]),
+    ("deepseek-v3", [{"tp": 1}, {"tp": 2}, {"tp": 4}, {"tp": 2, "ep": 2}, {"pp": 2}, {"tp": 1}]),
+]
+
+
+@pytest.mark.parametrize("family_id,chain", CHAINS, ids=[c[0] for c in CHAINS])
+def test_reshard_chain_equals_direct_imports(bridge_run, tiny_checkpoints, tmp_path, family_id, chain):
+    ckpt = tiny_checkpoints(family_id)
+    assert all(_fits(ckpt, layout) for layout in chain), "a layout of the chain does not fit the tiny model"
+    direct = {}
+
+    def direct_import(layout: dict) -> Path:
+        key = json.dumps(layout, sort_keys=True)
+        if key not in direct:
+            out = tmp_path / f"direct-{len(direct)}"
+            r = _run(bridge_run, "import", "--hf", str(ckpt.path), "--out", str(out), *_layout_args(layout))
+            assert r.returncode == 0, r.stderr
+            direct[key] = out
+        return direct[key]
+
+    current = direct_import(chain[0])
+    for step, layout in enumerate(chain[1:], 1):
+        out = tmp_path / f"reshard-{step}"
+        r = _run(bridge_run, "reshard", "--megatron", str(current), "--out", str(out), *_layout_args(layout))
+        assert r.returncode == 0, r.stderr
+        _assert_identical(out, direct_import(layout))
+        current = out
+    # Back at the start: the first checkpoint, byte for byte.
+    if chain[-1] == chain[0]:
+        _assert_identical(current, direct[json.dumps(chain[0], sort_keys=True)])
+
+
+def test_reshard_of_a_dequantized_fp8_import(bridge_run, tiny_checkpoints, tmp_path):
+    """The sidecar records the FP8 source layout; a reshard keeps it, so its
+    export still writes the dequantized model."""
+    from test_fp8 import _quantize
+
+    src = tmp_path / "fp8"
+    _quantize(tiny_checkpoints("deepseek-v3").path, src)
+    for name, layout in (("a", ["--tp", "1"]), ("b", ["--tp", "2", "--ep", "2"])):
+        r = _run(bridge_run, "import", "--hf", str(src), "--out", str(tmp_path / name), *layout)
+        assert r.returncode == 0, r.stderr
+    r = _run(bridge_run, "reshard", "--megatron", str(tmp_path / "a"), "--out", str(tmp_path / "ab"),
+             "--tp", "2", "--ep", "2")
+    assert r.returncode == 0, r.stderr
+    _assert_identical(tmp_path / "ab", tmp_path / "b")
+
+
+def test_reshard_by_several_processes(bridge_run, tiny_checkpoints, tmp_path):
+    import socket
+
+    ckpt = tiny_checkpoints("qwen3-30b-a3b")
+    for name, layout in (("a", []), ("b", ["--tp", "2", "--ep", "2"])):
+        r = _run(bridge_run, "import", "--hf", str(ckpt.path), "--out", str(tmp_path / name), *layout)
+        assert r.returncode == 0, r.stderr
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "3", "--master_addr",
+                        "127.0.0.1", "--master_port", str(port), "--no-python", str(bridge_run.path), "reshard",
+                        "--megatron", str(tmp_path / "a"), "--out", str(tmp_path / "ab"), "--tp", "2", "--ep", "2",
+                        "--quiet"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    from test_multiprocess import _assert_same_checkpoint
+
+    _assert_same_checkpoint(tmp_path / "ab", tmp_path / "b")
+
+
+def test_reshard_refuses_what_does_not_fit(bridge_run, tiny_checkpoints, tmp_path):
+    ckpt = tiny_checkpoints("qwen3-30b-a3b")
+    mg = tmp_path / "mg"
+    assert _run(bridge_run, "import", "--hf", str(ckpt.path), "--out", str(mg)).returncode == 0
+    # A layout the model does not divide: the import's own diagnostics, nothing written.
+    r = _run(bridge_run, "reshard", "--megatron", str(mg), "--out", str(tmp_path / "x"), "--ep", "3")
+    assert r.returncode == 1 and "num_moe_experts 4 is not divisible by EP 3" in r.stderr
+    assert not (tmp_path / "x").exists()
+    # Not a checkpoint written by import.
+    bare = tmp_path / "bare"
+    (bare / "iter_0000000").mkdir(parents=True)
+    (bare / "latest_checkpointed_iteration.txt").write_text("0")
+    r = _run(bridge_run, "reshard", "--megatron", str(bare), "--out", str(tmp_path / "y"), "--tp", "2")
+    assert r.returncode == 1 and "has no bridge.json" in r.stderr
+    # A key missing from the source's metadata is named.
+    broken = tmp_path / "broken"
+    subprocess.run(["cp", "-r", str(mg), str(broken)], check=True)
+    side = broken / "iter_0000000" / "bridge.json"
+    data = json.loads(side.read_text())
+    data["megatron_config"]["num_layers"] = data["megatron_config"]["num_layers"] + 1
+    side.write_text(json.dumps(data))
+    r = _run(bridge_run, "reshard", "--megatron", str(broken), "--out", str(tmp_path / "z"), "--tp", "2")
+    assert r.returncode == 1 and "global shape that does not fit its config" in r.stderr, r.stderr
+    assert not (tmp_path / "z").exists() and not list(tmp_path.glob("z.partial-*"))
+    # An existing output is refused without --overwrite.
+    r = _run(bridge_run, "reshard", "--megatron", str(mg), "--out", str(mg), "--tp", "2")
+    assert r.returncode == 1 and "exists; pass --overwrite" in r.stderr
