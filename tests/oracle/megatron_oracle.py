@@ -390,10 +390,13 @@ def state_dict_shapes(model) -> dict[str, tuple[int, ...]]:
     return out
 
 
-def assert_logits_match(bridge_run, ckpt, mg, atol: float) -> None:
-    """dist_checkpointing.load of the import in `mg` into a GPTModel built
-    from the converted config; the same input gives the HF model's logits
-    within `atol` (fp32, CPU)."""
+def assert_logits_match(bridge_run, ckpt, mg, atol: float, legacy_state: dict | None = None,
+                        padded_vocab: int | None = None) -> None:
+    """dist_checkpointing.load of the import in `mg` (or, with
+    `legacy_state`, load_state_dict of a legacy checkpoint's model dict,
+    strict) into a GPTModel built from the converted config; the same input
+    gives the HF model's logits within `atol` (fp32, CPU), over the real
+    vocabulary when the model holds a padded one."""
     import torch
     import transformers
     from megatron.core import dist_checkpointing
@@ -405,11 +408,16 @@ def assert_logits_match(bridge_run, ckpt, mg, atol: float) -> None:
         # than the 16-token input masks nothing, so drop it on CPU (the
         # window_size mapping itself is checked in test_config_semantics).
         meg["window_size"] = None
+    if padded_vocab:
+        meg["vocab_size"] = padded_vocab
     model = build_gpt_model(meg).eval()
-    state = dist_checkpointing.load(model.sharded_state_dict(), str(mg / "iter_0000000"))
-    # load() also returns the common state (checkpoint_version, iteration, ...).
-    weights = {k: v for k, v in state.items() if k in model.state_dict()}
-    model.load_state_dict(weights, strict=True)
+    if legacy_state is not None:
+        model.load_state_dict(legacy_state, strict=True)
+    else:
+        state = dist_checkpointing.load(model.sharded_state_dict(), str(mg / "iter_0000000"))
+        # load() also returns the common state (checkpoint_version, iteration, ...).
+        weights = {k: v for k, v in state.items() if k in model.state_dict()}
+        model.load_state_dict(weights, strict=True)
 
     hf = transformers.AutoModelForCausalLM.from_pretrained(str(ckpt.path), torch_dtype=torch.float32).eval()
     torch.manual_seed(0)
@@ -419,6 +427,7 @@ def assert_logits_match(bridge_run, ckpt, mg, atol: float) -> None:
     with torch.no_grad():
         ours = model(tokens, positions, mask).float()
         ref = hf(tokens).logits.float()
+    ours = ours[..., : ref.shape[-1]]
     assert ours.shape == ref.shape
     diff = (ours - ref).abs().max().item()
     assert diff <= atol, f"max |logits - HF logits| = {diff}"

@@ -147,3 +147,19 @@ def test_reshard_refuses_what_does_not_fit(bridge_run, tiny_checkpoints, tmp_pat
     # An existing output is refused without --overwrite.
     r = _run(bridge_run, "reshard", "--megatron", str(mg), "--out", str(mg), "--tp", "2")
     assert r.returncode == 1 and "exists; pass --overwrite" in r.stderr
+
+
+@pytest.mark.parametrize("family_id,layout", [("llama3.2-1b", ["--tp", "2", "--pp", "2"]),
+                                              ("qwen3-30b-a3b", ["--tp", "2", "--ep", "2", "--etp", "1"])],
+                         ids=["llama3.2-1b", "qwen3-30b-a3b"])
+def test_reshard_into_the_legacy_format_equals_a_direct_legacy_import(bridge_run, tiny_checkpoints, tmp_path,
+                                                                      family_id, layout):
+    ckpt = tiny_checkpoints(family_id)
+    assert _run(bridge_run, "import", "--hf", str(ckpt.path), "--out", str(tmp_path / "dist")).returncode == 0
+    r = _run(bridge_run, "reshard", "--megatron", str(tmp_path / "dist"), "--out", str(tmp_path / "legacy"),
+             "--format", "torch", *layout)
+    assert r.returncode == 0, r.stderr
+    r = _run(bridge_run, "import", "--hf", str(ckpt.path), "--out", str(tmp_path / "direct"), "--format", "torch",
+             *layout)
+    assert r.returncode == 0, r.stderr
+    _assert_identical(tmp_path / "legacy", tmp_path / "direct")

@@ -48,6 +48,9 @@ struct ImportOptions {
   /// alone. Each converts a contiguous share of the plan, balanced by bytes,
   /// into its own `__<rank>_<k>.distcp` files; rank 0 writes the metadata.
   ProcessGroup *Group = nullptr;
+  /// "torch_dist" (default), or "torch": Megatron-LM's legacy per-rank
+  /// files mp_rank_TT[_PPP][_EEE]/model_optim_rng.pt (one process, no VPP).
+  std::string Format = "torch_dist";
 };
 
 struct ExportOptions {

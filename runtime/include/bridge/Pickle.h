@@ -65,6 +65,37 @@ struct StorageBytes {
   size_t Size;
 };
 
+/// A torch.save zip archive written record by record, each record's bytes
+/// passed to the sink as it is added (stored, 64-byte aligned, as torch.save
+/// aligns storages); finish() writes the central directory. ZIP64 where
+/// sizes or offsets need it. torch.load finds records by name, so a writer
+/// may add storages as they come and the pickle naming them last.
+class TorchSaveWriter {
+public:
+  explicit TorchSaveWriter(std::function<void(const void *, size_t)> Sink, bool Checksums = true);
+  /// 'archive/<Name>' holding \p Size bytes at \p Data.
+  void add(const std::string &Name, const void *Data, uint64_t Size);
+  /// torch.save's own records: data.pkl holding \p Pickle, byteorder,
+  /// version, .data/serialization_id.
+  void addTorchRecords(const std::string &Pickle);
+  /// The central directory; returns the bytes emitted in all.
+  uint64_t finish();
+
+private:
+  struct Entry {
+    std::string Name;
+    uint64_t Size;
+    uint32_t Crc;
+    uint64_t HeaderOffset;
+  };
+  void flush();
+  std::function<void(const void *, size_t)> Sink;
+  bool Checksums;
+  std::vector<Entry> Entries;
+  std::string Z; ///< headers not yet passed to the sink
+  uint64_t Flushed = 0;
+};
+
 /// A torch.save zip archive: 'archive/data.pkl' holding \p Pickle, one
 /// 'archive/data/<key>' per storage (64-byte aligned, stored), byteorder,
 /// version. ZIP64 where sizes or offsets need it.

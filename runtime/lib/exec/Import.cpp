@@ -15,14 +15,17 @@
 
 #include "bridge/Convert.h"
 #include "bridge/Files.h"
+#include "bridge/LegacyWriter.h"
 #include "bridge/ProcessGroup.h"
 #include "bridge/Registry.h"
 #include "bridge/Safetensors.h"
 #include "bridge/TorchDistReader.h"
 #include "bridge/TorchDistWriter.h"
 
+#include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/from_blob.h>
+#include <ATen/ops/zeros.h>
 
 #include <algorithm>
 #include <chrono>
@@ -144,7 +147,8 @@ void writeText(const std::string &P, const std::string &Text) { files::writeFile
 
 /// Megatron-Bridge reads run_config.yaml; this holds the model provider's
 /// fields and the layout (format spec 4.3, 6.2 item 6).
-std::string runConfigYaml(const SchemaTable &S, const std::vector<Json> &Fields, const Layout &L) {
+std::string runConfigYaml(const SchemaTable &S, const std::vector<Json> &Fields, const Layout &L,
+                          const std::string &Format) {
   std::string Y =
       "# Written by bridge-run import.\nmodel:\n  _target_: megatron.bridge.models.gpt_provider.GPTModelProvider\n";
   Y += "  tensor_model_parallel_size: " + std::to_string(L.TP) + "\n";
@@ -169,8 +173,59 @@ std::string runConfigYaml(const SchemaTable &S, const std::vector<Json> &Fields,
     else
       Y += "  " + N + ": " + V.dump() + "\n";
   }
-  Y += "checkpoint:\n  save_optim: false\n  save_rng: false\n  fully_parallel_save: false\n  ckpt_format: torch_dist\n";
+  Y += "checkpoint:\n  save_optim: false\n  save_rng: false\n  fully_parallel_save: false\n  ckpt_format: " + Format + "\n";
   return Y;
+}
+
+/// One rank's local tensor of the legacy format (undefined: None, for a
+/// Transformer Engine module's `_extra_state`).
+struct LegacyPiece {
+  int T, P, E;
+  std::string Name;
+  at::Tensor Value;
+};
+
+const Json &fieldValue(const SchemaTable &S, const std::vector<Json> &Fields, const char *Name) {
+  static const Json Null;
+  for (uint32_t I = 0; I < S.Fields.Size; ++I)
+    if (std::string(S.Fields[I].Name) == Name)
+      return Fields[I];
+  return Null;
+}
+
+/// The vocabulary a Megatron-LM model of this layout allocates: the next
+/// multiple of make_vocab_size_divisible_by x TP (megatron/training's
+/// vocab padding; the legacy format stores what the model holds).
+int64_t paddedVocab(const SchemaTable &S, const std::vector<Json> &Fields, const Layout &L) {
+  const Json &V = fieldValue(S, Fields, "vocab_size"), &D = fieldValue(S, Fields, "make_vocab_size_divisible_by");
+  int64_t Vocab = V.is_number_integer() ? V.get<int64_t>() : 0;
+  int64_t Multiple = (D.is_number_integer() && D.get<int64_t>() > 0 ? D.get<int64_t>() : 128) * L.TP;
+  return (Vocab + Multiple - 1) / Multiple * Multiple;
+}
+
+/// The 'args' Namespace of a legacy checkpoint: the model config, the
+/// layout, and what Megatron-LM's check_checkpoint_args compares.
+Json legacyArgs(const SchemaTable &S, const std::vector<Json> &Fields, const Layout &L, int64_t PaddedVocab) {
+  Json A = Json::object();
+  Json Config = configToJson(S, Fields);
+  for (auto It = Config.begin(); It != Config.end(); ++It)
+    if (!It.value().is_object())
+      A[It.key()] = It.value();
+  const Json &Share = fieldValue(S, Fields, "share_embeddings_and_output_weights");
+  const Json &Position = fieldValue(S, Fields, "position_embedding_type");
+  A["untie_embeddings_and_output_weights"] = !(Share.is_boolean() && Share.get<bool>());
+  A["add_position_embedding"] = Position.is_string() && Position.get<std::string>() == "learned_absolute";
+  A["padded_vocab_size"] = PaddedVocab;
+  A["tensor_model_parallel_size"] = L.TP;
+  A["pipeline_model_parallel_size"] = L.PP;
+  A["expert_model_parallel_size"] = L.EP;
+  A["expert_tensor_parallel_size"] = L.ETP;
+  A["virtual_pipeline_model_parallel_size"] = nullptr;
+  A["ckpt_format"] = "torch";
+  A["iteration"] = 0;
+  A["consumed_train_samples"] = 0;
+  A["consumed_valid_samples"] = 0;
+  return A;
 }
 
 /// Both sides of coverage (every HF tensor consumed once or ignored, every
@@ -313,6 +368,22 @@ Summary importWith(const ImportOptions &O, const std::string &FromDir) {
     throw Error(M);
   }
 
+  // The legacy per-rank format: what this writer supports of it.
+  const bool Legacy = O.Format == "torch";
+  if (!Legacy && O.Format != "torch_dist")
+    throw Error("error: unknown checkpoint format '" + O.Format + "' (torch_dist or torch)");
+  const int64_t PaddedVocab = paddedVocab(S, Fields, O.Par);
+  if (Legacy) {
+    if (O.Par.VPP > 1)
+      throw Error("error: the legacy torch format is written without virtual pipeline stages (VPP " +
+                  std::to_string(O.Par.VPP) + "); use torch_dist");
+    if (G.size() > 1)
+      throw Error("error: the legacy torch format is written by one process; run without torchrun or srun");
+    if (fieldGetter(S, Fields)("num_moe_experts") > 0 && O.Par.ETP != 1 && O.Par.ETP != O.Par.TP)
+      throw Error("error: the legacy torch format holds experts whole (ETP 1) or cut like the dense layers (ETP = TP "
+                  "= " + std::to_string(O.Par.TP) + "), not ETP " + std::to_string(O.Par.ETP));
+  }
+
   // -- the plan; the sources: an HF checkpoint, checked on both sides, or a
   // -- torch_dist checkpoint written by import (reshard) ---------------------------------
   Plan P = expandPlan(T, S, Fields, /*UseTENames=*/true);
@@ -351,8 +422,12 @@ Summary importWith(const ImportOptions &O, const std::string &FromDir) {
   try {
     at::Device Dev(O.Device);
     const uint64_t WindowBudget = std::max<uint64_t>(O.MemoryBudget / 4, 1);
-    TorchDistWriter W(Iter, O.Writers, std::max<uint64_t>(O.MemoryBudget - WindowBudget, 1),
-                      static_cast<unsigned>(G.rank()));
+    std::optional<TorchDistWriter> W;
+    std::optional<LegacyWriter> LW;
+    if (Legacy)
+      LW.emplace(Iter, O.Par.TP, O.Par.PP, O.Par.EP);
+    else
+      W.emplace(Iter, O.Writers, std::max<uint64_t>(O.MemoryBudget - WindowBudget, 1), static_cast<unsigned>(G.rank()));
     std::vector<DistKey> Keys = groupByKey(P, S, Fields, LocalSpec);
     if (Reshard)
       for (const DistKey &K : Keys) {
@@ -436,6 +511,7 @@ Summary importWith(const ImportOptions &O, const std::string &FromDir) {
       std::vector<std::pair<ChunkSpec, at::Tensor>> Chunks;
       uint64_t BytesRead = 0, TensorsRead = 0;
       uint64_t OwnedBytes = 0; // held by the chunks, not views of the source
+      std::vector<LegacyPiece> Pieces; // the legacy format's rank-local tensors
       std::exception_ptr Failure;
       bool Ready = false;
     };
@@ -455,6 +531,91 @@ Summary importWith(const ImportOptions &O, const std::string &FromDir) {
     std::condition_variable Changed;
     size_t NextItem = 0, Submitted = 0;
     bool Abort = false;
+    // The legacy format: a planned tensor cut into its ranks' local
+    // tensors, named with the layer index local to its stage and the expert
+    // index local to its EP rank.
+    const std::string LayerVar = rangeVar(S, "layers"), ExpertVar = rangeVar(S, "experts");
+    const int64_t NumLayers = fieldGetter(S, Fields)("num_layers"),
+                  NumExperts = fieldGetter(S, Fields)("num_moe_experts");
+    std::vector<int64_t> StageFirst(static_cast<size_t>(O.Par.PP), 0);
+    for (int64_t L = NumLayers - 1; L >= 0; --L)
+      StageFirst[static_cast<size_t>(pipelineStage(O.Par, NumLayers, L))] = L;
+    const Json &Share = fieldValue(S, Fields, "share_embeddings_and_output_weights");
+    const bool Tied = Share.is_boolean() && Share.get<bool>();
+    auto LegacyPieces = [&](const PlannedTensor &PT, at::Tensor X) {
+      std::vector<int64_t> Caps = PT.Captures;
+      int Stage = -1, ExpertRank = -1;
+      for (size_t C = 0; C < PT.Param->Captures.Size; ++C) {
+        std::string Var = PT.Param->Captures[C];
+        if (Var == LayerVar) {
+          Stage = pipelineStage(O.Par, NumLayers, PT.Captures[C]);
+          Caps[C] = PT.Captures[C] - StageFirst[static_cast<size_t>(Stage)];
+        } else if (Var == ExpertVar && NumExperts > 0) {
+          int64_t PerRank = NumExperts / O.Par.EP;
+          ExpertRank = static_cast<int>(PT.Captures[C] / PerRank);
+          Caps[C] = PT.Captures[C] % PerRank;
+        }
+      }
+      if (Stage < 0) // embedding first; final norm, output layer, MTP last
+        Stage = PT.LocalName.rfind("embedding", 0) == 0 ? 0 : O.Par.PP - 1;
+      std::string Name;
+      for (const PatternPiece &Pc : LocalSpec ? PT.Param->Local : PT.Param->TE)
+        Name += Pc.Literal ? std::string(Pc.Literal) : std::to_string(Caps[static_cast<size_t>(Pc.Index.Code[0].A)]);
+      // Each TP rank's local tensor.
+      const int TP = O.Par.TP;
+      std::vector<at::Tensor> ByRank(static_cast<size_t>(TP));
+      auto Cut = [&](const ChunkSpec &Spec) {
+        at::Tensor Part = X;
+        for (size_t D = 0; D < Spec.Offsets.size(); ++D)
+          Part = Part.narrow(static_cast<int64_t>(D), Spec.Offsets[D], Spec.Sizes[D]);
+        return Part;
+      };
+      if (PT.ParallelStyle == Style::Vocab) {
+        // The model allocates the padded vocabulary: zero rows at the end.
+        if (X.size(0) < PaddedVocab) {
+          std::vector<int64_t> Pad(X.sizes().begin(), X.sizes().end());
+          Pad[0] = PaddedVocab - X.size(0);
+          X = at::cat({X, at::zeros(Pad, X.options())}, 0);
+        }
+        int64_t Rows = PaddedVocab / TP;
+        for (int T = 0; T < TP; ++T)
+          ByRank[static_cast<size_t>(T)] = X.narrow(0, T * Rows, Rows).contiguous();
+      } else {
+        std::vector<ChunkSpec> Chunks = chunksOf(PT, O.Par);
+        size_t Split = PT.ParallelStyle == Style::Gated ? Chunks.size() / 2 : Chunks.size();
+        for (int T = 0; T < TP; ++T) {
+          at::Tensor Local;
+          if (Chunks.size() == 1) // replicated, or experts held whole (ETP 1)
+            Local = X;
+          else if (PT.ParallelStyle == Style::Gated) // rank-local [gate_r; up_r]
+            Local = at::cat({Cut(Chunks[static_cast<size_t>(T)]), Cut(Chunks[Split + static_cast<size_t>(T)])}, 0);
+          else
+            Local = Cut(Chunks[static_cast<size_t>(T)]);
+          ByRank[static_cast<size_t>(T)] = Local.contiguous();
+        }
+      }
+      std::vector<LegacyPiece> Out;
+      auto Place = [&](int P, const std::string &N) {
+        for (int E = 0; E < O.Par.EP; ++E)
+          if (ExpertRank < 0 || E == ExpertRank)
+            for (int T = 0; T < TP; ++T)
+              Out.push_back({T, P, E, N, ByRank[static_cast<size_t>(T)]});
+      };
+      Place(Stage, Name);
+      // With PP > 1 the last stage allocates the tied output layer too.
+      if (Tied && O.Par.PP > 1 && Name == "embedding.word_embeddings.weight")
+        Place(O.Par.PP - 1, "output_layer.weight");
+      // Transformer Engine modules carry an `_extra_state` (None loads as
+      // "no FP8 state"), as import writes for torch_dist.
+      size_t Dot = Name.rfind('.');
+      std::string Module = Name.substr(0, Dot);
+      if (!LocalSpec && Dot != std::string::npos && Module.rfind("embedding", 0) != 0 && Module != "output_layer") {
+        ByRank.assign(ByRank.size(), at::Tensor());
+        Place(Stage, Module + "._extra_state");
+      }
+      return Out;
+    };
+    std::set<std::tuple<int, int, int, std::string>> NonesWritten;
     auto Convert = [&](const Item &It, Converted &C) {
       const PlannedTensor &PT = P.Tensors[Keys[It.Key].Members[It.Member]];
       std::vector<const void *> SourceStorages;
@@ -503,6 +664,14 @@ Summary importWith(const ImportOptions &O, const std::string &FromDir) {
         Host = Pinned;
       }
       C.Type = exec::fromScalarType(Host.scalar_type());
+      if (Legacy) {
+        C.Pieces = LegacyPieces(PT, Host);
+        for (const LegacyPiece &Pc : C.Pieces)
+          if (Pc.Value.defined() && std::find(SourceStorages.begin(), SourceStorages.end(),
+                                              Pc.Value.storage().data()) == SourceStorages.end())
+            C.OwnedBytes += Pc.Value.nbytes();
+        return;
+      }
       for (const ChunkSpec &Spec : chunksOf(PT, O.Par)) {
         at::Tensor Part = Host;
         for (size_t D = 0; D < Spec.Offsets.size(); ++D)
@@ -585,8 +754,21 @@ Summary importWith(const ImportOptions &O, const std::string &FromDir) {
           std::rethrow_exception(C.Failure);
         const DistKey &K = Keys[Items[I].Key];
         size_t Layer = Items[I].Member;
-        if (Declared.insert(K.Key).second) { // this process's first layer of the key
-          W.declareTensor(K.Key, C.Type, K.GlobalShape);
+        if (Legacy) {
+          // Each rank's local tensor goes to its file now (one thread: the
+          // files' bytes follow the plan order).
+          for (const LegacyPiece &Pc : C.Pieces) {
+            if (!Pc.Value.defined()) { // one per module, however many of its tensors
+              if (NonesWritten.insert({Pc.T, Pc.P, Pc.E, Pc.Name}).second)
+                LW->addNone(Pc.T, Pc.P, Pc.E, Pc.Name);
+              continue;
+            }
+            std::vector<int64_t> Shape(Pc.Value.sizes().begin(), Pc.Value.sizes().end());
+            LW->addTensor(Pc.T, Pc.P, Pc.E, Pc.Name, exec::fromScalarType(Pc.Value.scalar_type()), Shape,
+                          Pc.Value.data_ptr(), Pc.Value.nbytes());
+          }
+        } else if (Declared.insert(K.Key).second) { // this process's first layer of the key
+          W->declareTensor(K.Key, C.Type, K.GlobalShape);
           KeyType = C.Type;
         } else if (C.Type != KeyType) {
           // One key holds one dtype: its layers must agree.
@@ -601,18 +783,19 @@ Summary importWith(const ImportOptions &O, const std::string &FromDir) {
           std::vector<int64_t> Offsets = K.Prefixes[Layer], Sizes(K.Prefixes[Layer].size(), 1);
           Offsets.insert(Offsets.end(), Spec.Offsets.begin(), Spec.Offsets.end());
           Sizes.insert(Sizes.end(), Spec.Sizes.begin(), Spec.Sizes.end());
-          W.addChunk(K.Key, Offsets, Sizes, static_cast<const uint8_t *>(Part.data_ptr()), Part.nbytes(),
+          W->addChunk(K.Key, Offsets, Sizes, static_cast<const uint8_t *>(Part.data_ptr()), Part.nbytes(),
                      std::make_shared<at::Tensor>(Part));
         }
         C.Chunks.clear();
+        C.Pieces.clear();
         Sum.BytesRead += C.BytesRead;
         Sum.TensorsRead += C.TensorsRead;
         ++Sum.TensorsWritten;
         Bar.step(C.BytesRead);
-        if (Layer + 1 == K.Members.size())
+        if (!Legacy && Layer + 1 == K.Members.size())
           for (const std::string &E : extraStateKeys(K))
             if (ExtraStates.insert(E).second)
-              W.addBytes(E, universalExtraStateRecord());
+              W->addBytes(E, universalExtraStateRecord());
         std::lock_guard<std::mutex> G(Lock);
         Submitted = I + 1;
         Changed.notify_all();
@@ -623,13 +806,18 @@ Summary importWith(const ImportOptions &O, const std::string &FromDir) {
     }
     StopPool();
     Bar.finish();
-    W.finishData();
+    if (Legacy)
+      LW->finish(legacyArgs(S, Fields, O.Par, PaddedVocab));
+    else
+      W->finishData();
     double DataSeconds = Since(Start) - Sum.PrepareSeconds;
     // Each process's records go to rank 0, which writes the metadata; the
     // totals to every process, for its summary.
-    std::vector<std::string> Records = G.allGather("records", W.records());
+    std::vector<std::string> Records = G.allGather("records", Legacy ? std::string() : W->records());
     std::vector<std::string> Totals = G.allGather(
-        "totals", Json({Sum.BytesRead, Sum.TensorsRead, Sum.TensorsWritten, W.bytesWritten(), W.numFiles()}).dump());
+        "totals", Json({Sum.BytesRead, Sum.TensorsRead, Sum.TensorsWritten, Legacy ? LW->bytesWritten() : W->bytesWritten(),
+                                    Legacy ? LW->numFiles() : W->numFiles()})
+                                  .dump());
     double PrepareSeconds = Sum.PrepareSeconds;
     Sum = Summary{Sum.Mapping};
     Sum.PrepareSeconds = PrepareSeconds;
@@ -651,8 +839,9 @@ Summary importWith(const ImportOptions &O, const std::string &FromDir) {
       return Sum;
     }
     for (size_t R = 1; R < Records.size(); ++R)
-      W.addRecords(Records[R]);
-    W.finishMetadata();
+      W->addRecords(Records[R]);
+    if (!Legacy)
+      W->finishMetadata();
 
     // Sidecar: what export needs to reproduce the HF checkpoint exactly
     // (a reshard keeps its source's, with the new layout).
@@ -680,9 +869,10 @@ Summary importWith(const ImportOptions &O, const std::string &FromDir) {
         Side["alternatives"] = Alternatives;
       Side["layer_spec"] = O.LocalSpec ? "local" : "transformer_engine";
     }
+    Side["checkpoint_format"] = Legacy ? "torch" : "torch_dist";
     Side["layout"] = {{"tp", O.Par.TP}, {"pp", O.Par.PP}, {"ep", O.Par.EP}, {"etp", O.Par.ETP}, {"vpp", O.Par.VPP}};
     writeText(files::join(Iter, "bridge.json"), Side.dump(2) + "\n");
-    writeText(files::join(Iter, "run_config.yaml"), runConfigYaml(S, Fields, O.Par));
+    writeText(files::join(Iter, "run_config.yaml"), runConfigYaml(S, Fields, O.Par, Legacy ? "torch" : "torch_dist"));
     std::string TrainState = trainStateArchive();
     writeText(files::join(Iter, "train_state.pt"), TrainState);
     copyTokenizerFiles(Reshard ? files::join(FromIter, "tokenizer") : O.HFDir, files::join(Iter, "tokenizer"));

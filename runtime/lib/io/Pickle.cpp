@@ -142,13 +142,6 @@ void put64(std::string &S, uint64_t V) {
     S += static_cast<char>((V >> (8 * I)) & 0xff);
 }
 
-struct Entry {
-  std::string Name;
-  const uint8_t *Data;
-  uint64_t Size;
-  uint32_t Crc;
-  uint64_t HeaderOffset;
-};
 
 } // namespace
 
@@ -256,66 +249,65 @@ uint32_t crc32(const uint8_t *D, uint64_t N) {
 
 
 
-uint64_t writeTorchSaveArchive(const std::string &Pickle, const std::vector<StorageBytes> &Storages,
-                               const std::function<void(const void *, size_t)> &Sink, bool Checksums) {
+TorchSaveWriter::TorchSaveWriter(std::function<void(const void *, size_t)> Sink, bool Checksums)
+    : Sink(std::move(Sink)), Checksums(Checksums) {}
+
+void TorchSaveWriter::flush() {
+  if (!Z.empty())
+    Sink(Z.data(), Z.size());
+  Flushed += Z.size();
+  Z.clear();
+}
+
+void TorchSaveWriter::add(const std::string &Name, const void *Bytes, uint64_t Size) {
+  const uint8_t *Data = static_cast<const uint8_t *>(Bytes);
+  Entries.push_back({"archive/" + Name, Size, Checksums ? crc32(Data, Size) : 0u, 0});
+  Entry &E = Entries.back();
+  auto Pos = [&] { return Flushed + Z.size(); };
+  E.HeaderOffset = Pos();
+  bool Big = E.Size >= 0xFFFFFFFFull;
+  // Local header length before the extra field, to align data at 64 bytes.
+  size_t Fixed = 30 + E.Name.size() + (Big ? 20 : 0);
+  size_t Pad = (64 - (Pos() + Fixed + 4) % 64) % 64;
+  put32(Z, 0x04034b50);
+  put16(Z, Big ? 45 : 20);
+  put16(Z, 0);      // flags
+  put16(Z, 0);      // stored
+  put16(Z, 0);      // time
+  put16(Z, 0x21);   // date: 1980-01-01
+  put32(Z, E.Crc);
+  put32(Z, Big ? 0xFFFFFFFFu : static_cast<uint32_t>(E.Size));
+  put32(Z, Big ? 0xFFFFFFFFu : static_cast<uint32_t>(E.Size));
+  put16(Z, static_cast<uint32_t>(E.Name.size()));
+  put16(Z, static_cast<uint32_t>((Big ? 20 : 0) + 4 + Pad));
+  Z += E.Name;
+  if (Big) {
+    put16(Z, 0x0001);
+    put16(Z, 16);
+    put64(Z, E.Size);
+    put64(Z, E.Size);
+  }
+  put16(Z, 0x4246); // "FB": padding, as torch.save aligns storages
+  put16(Z, static_cast<uint32_t>(Pad));
+  Z.append(Pad, 'Z');
+  flush();
+  if (Size)
+    Sink(Data, Size);
+  Flushed += E.Size;
+}
+
+void TorchSaveWriter::addTorchRecords(const std::string &Pickle) {
   static const char Version[] = "3\n";
   static const char ByteOrder[] = "little";
   static const char SerializationId[] = "0000000000000000000000000000000000000000";
-  std::vector<Entry> Entries;
-  auto Add = [&](std::string Name, const void *Data, uint64_t Size) {
-    const uint8_t *P = static_cast<const uint8_t *>(Data);
-    Entries.push_back({"archive/" + Name, P, Size, Checksums ? crc32(P, Size) : 0u, 0});
-  };
-  Add("data.pkl", Pickle.data(), Pickle.size());
-  Add("byteorder", ByteOrder, sizeof(ByteOrder) - 1);
-  Add("version", Version, sizeof(Version) - 1);
-  Add(".data/serialization_id", SerializationId, sizeof(SerializationId) - 1);
-  for (const StorageBytes &S : Storages)
-    Add("data/" + S.Key, S.Data, S.Size);
+  add("data.pkl", Pickle.data(), Pickle.size());
+  add("byteorder", ByteOrder, sizeof(ByteOrder) - 1);
+  add("version", Version, sizeof(Version) - 1);
+  add(".data/serialization_id", SerializationId, sizeof(SerializationId) - 1);
+}
 
-  // Headers collect in Z; a storage's bytes go to the sink as they are (no
-  // copy of the tensor data). Pos counts everything emitted.
-  std::string Z;
-  uint64_t Flushed = 0;
+uint64_t TorchSaveWriter::finish() {
   auto Pos = [&] { return Flushed + Z.size(); };
-  auto Flush = [&] {
-    if (!Z.empty())
-      Sink(Z.data(), Z.size());
-    Flushed += Z.size();
-    Z.clear();
-  };
-  for (Entry &E : Entries) {
-    E.HeaderOffset = Pos();
-    bool Big = E.Size >= 0xFFFFFFFFull;
-    // Local header length before the extra field, to align data at 64 bytes.
-    size_t Fixed = 30 + E.Name.size() + (Big ? 20 : 0);
-    size_t Pad = (64 - (Pos() + Fixed + 4) % 64) % 64;
-    put32(Z, 0x04034b50);
-    put16(Z, Big ? 45 : 20);
-    put16(Z, 0);      // flags
-    put16(Z, 0);      // stored
-    put16(Z, 0);      // time
-    put16(Z, 0x21);   // date: 1980-01-01
-    put32(Z, E.Crc);
-    put32(Z, Big ? 0xFFFFFFFFu : static_cast<uint32_t>(E.Size));
-    put32(Z, Big ? 0xFFFFFFFFu : static_cast<uint32_t>(E.Size));
-    put16(Z, static_cast<uint32_t>(E.Name.size()));
-    put16(Z, static_cast<uint32_t>((Big ? 20 : 0) + 4 + Pad));
-    Z += E.Name;
-    if (Big) {
-      put16(Z, 0x0001);
-      put16(Z, 16);
-      put64(Z, E.Size);
-      put64(Z, E.Size);
-    }
-    put16(Z, 0x4246); // "FB": padding, as torch.save aligns storages
-    put16(Z, static_cast<uint32_t>(Pad));
-    Z.append(Pad, 'Z');
-    Flush();
-    if (E.Size)
-      Sink(E.Data, E.Size);
-    Flushed += E.Size;
-  }
   uint64_t CdOffset = Pos();
   for (const Entry &E : Entries) {
     bool BigSize = E.Size >= 0xFFFFFFFFull, BigOff = E.HeaderOffset >= 0xFFFFFFFFull;
@@ -379,8 +371,17 @@ uint64_t writeTorchSaveArchive(const std::string &Pickle, const std::vector<Stor
   put32(Z, Zip64 ? 0xFFFFFFFFu : static_cast<uint32_t>(CdSize));
   put32(Z, Zip64 ? 0xFFFFFFFFu : static_cast<uint32_t>(CdOffset));
   put16(Z, 0);
-  Flush();
+  flush();
   return Flushed;
+}
+
+uint64_t writeTorchSaveArchive(const std::string &Pickle, const std::vector<StorageBytes> &Storages,
+                               const std::function<void(const void *, size_t)> &Sink, bool Checksums) {
+  TorchSaveWriter W(Sink, Checksums);
+  W.addTorchRecords(Pickle);
+  for (const StorageBytes &S : Storages)
+    W.add("data/" + S.Key, S.Data, S.Size);
+  return W.finish();
 }
 
 std::string torchSaveArchive(const std::string &Pickle, const std::vector<StorageBytes> &Storages) {

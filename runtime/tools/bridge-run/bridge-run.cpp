@@ -69,6 +69,8 @@ const char *Usage =
     "                            does not depend on N)\n"
     "  --memory-budget SIZE      memory converted tensors may hold while they wait\n"
     "                            for the writers, e.g. 512M, 4G (default 2G)\n"
+    "  --format F                import, reshard: torch_dist (default) or torch, the\n"
+    "                            legacy per-rank mp_rank_*/model_optim_rng.pt files\n"
     "  --quiet                   no progress line\n"
     "  -h, --help                this text\n"
     "\n"
@@ -82,7 +84,7 @@ const char *Usage =
 [[noreturn]] void usageError(const std::string &Msg);
 
 struct Options {
-  std::string Command, HF, Out, Megatron, Device = "cpu";
+  std::string Command, HF, Out, Megatron, Device = "cpu", Format = "torch_dist";
   bool AsJson = false, LocalNames = false, Overwrite = false, Quiet = false, LocalSpec = false;
   Layout Par;
   unsigned Writers = 8, Converters = 4;
@@ -438,6 +440,12 @@ int main(int argc, char **argv) {
       O.Quiet = true;
     } else if (A == "--json") {
       O.AsJson = true;
+    } else if (A == "--format") {
+      if (++I >= argc)
+        usageError("--format needs torch_dist or torch");
+      O.Format = argv[I];
+      if (O.Format != "torch_dist" && O.Format != "torch")
+        usageError("--format needs torch_dist or torch, not '" + O.Format + "'");
     } else if (A == "--local-names") {
       O.LocalNames = true;
     } else if (!A.empty() && A[0] == '-') {
@@ -468,6 +476,7 @@ int main(int argc, char **argv) {
       GroupEnvironment Env = groupEnvironment();
       Rank = Env.Rank;
       ProcessGroup Group(Env);
+      IO.Format = O.Format;
       if (Group.size() > 1) {
         IO.Group = &Group;
         if (IO.Device == "cuda") // one GPU per process on its host
@@ -488,6 +497,7 @@ int main(int argc, char **argv) {
       GroupEnvironment Env = groupEnvironment();
       Rank = Env.Rank;
       ProcessGroup Group(Env);
+      IO.Format = O.Format;
       if (Group.size() > 1)
         IO.Group = &Group;
       Summary Sum = runReshard(IO, O.Megatron);
