@@ -163,3 +163,78 @@ def test_reshard_into_the_legacy_format_equals_a_direct_legacy_import(bridge_run
              *layout)
     assert r.returncode == 0, r.stderr
     _assert_identical(tmp_path / "legacy", tmp_path / "direct")
+
+
+FORMAT_CHAINS = [
+    ("llama3.2-1b", [("torch_dist", {}), ("torch", {"tp": 2, "pp": 2}), ("torch_dist", {"tp": 2}),
+                     ("torch", {}), ("torch_dist", {})]),
+    ("qwen3-30b-a3b", [("torch_dist", {}), ("torch", {"tp": 2, "ep": 2, "etp": 1, "pp": 2}),
+                       ("torch", {"ep": 4}), ("torch_dist", {"tp": 2, "ep": 2}), ("torch", {"tp": 2, "ep": 2, "etp": 2})]),
+    ("mixtral-8x7b", [("torch_dist", {"tp": 2}), ("torch", {"tp": 2, "ep": 2, "etp": 2}), ("torch_dist", {})]),
+    ("deepseek-v3", [("torch_dist", {}), ("torch", {"tp": 2, "ep": 2, "etp": 1}), ("torch_dist", {"tp": 4})]),
+]
+
+
+@pytest.mark.parametrize("family_id,chain", FORMAT_CHAINS, ids=[c[0] for c in FORMAT_CHAINS])
+def test_reshard_between_formats_equals_direct_imports(bridge_run, tiny_checkpoints, tmp_path, family_id, chain):
+    """torch_dist <-> legacy at changing layouts: every step's files equal a
+    direct import of the HF model in that format and layout."""
+    ckpt = tiny_checkpoints(family_id)
+    current = None
+    for step, (fmt, layout) in enumerate(chain):
+        direct = tmp_path / f"direct-{step}"
+        r = _run(bridge_run, "import", "--hf", str(ckpt.path), "--out", str(direct), "--format", fmt,
+                 *_layout_args(layout))
+        assert r.returncode == 0, r.stderr
+        if current is not None:
+            out = tmp_path / f"reshard-{step}"
+            r = _run(bridge_run, "reshard", "--megatron", str(current), "--out", str(out), "--format", fmt,
+                     *_layout_args(layout))
+            assert r.returncode == 0, r.stderr
+            _assert_identical(out, direct)
+            current = out
+        else:
+            current = direct
+
+
+def test_reshard_of_a_broken_legacy_checkpoint_names_the_problem(bridge_run, tiny_checkpoints, tmp_path):
+    import argparse
+    import torch
+
+    ckpt = tiny_checkpoints("llama3.2-1b")
+    mg = tmp_path / "mg"
+    r = _run(bridge_run, "import", "--hf", str(ckpt.path), "--out", str(mg), "--format", "torch", "--tp", "2")
+    assert r.returncode == 0, r.stderr
+    rank1 = mg / "iter_0000000" / "mp_rank_01" / "model_optim_rng.pt"
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        state = torch.load(str(rank1), weights_only=True)
+
+    def broken(name, edit):
+        d = tmp_path / name
+        subprocess.run(["cp", "-r", str(mg), str(d)], check=True)
+        s = {k: v for k, v in state.items()}
+        s["model"] = dict(state["model"])
+        edit(s["model"])
+        torch.save(s, str(d / "iter_0000000" / "mp_rank_01" / "model_optim_rng.pt"))
+        return d
+
+    norm = "decoder.final_layernorm.weight"
+    cases = [
+        (broken("extra", lambda m: m.__setitem__("decoder.layers.9.mlp.linear_fc1.weight", torch.zeros(2))),
+         "tensor(s) no planned tensor accounts for:", "mp_rank_01/model_optim_rng.pt: decoder.layers.9.mlp.linear_fc1"),
+        (broken("missing", lambda m: m.pop(norm)), "tensor(s) the model needs are missing:",
+         f"mp_rank_01/model_optim_rng.pt: {norm}"),
+        (broken("differs", lambda m: m.__setitem__(norm, m[norm] + 1)), "differs between TP rank 0 and TP rank 1",
+         norm),
+    ]
+    for d, what, where in cases:
+        out = tmp_path / f"out-{d.name}"
+        r = _run(bridge_run, "reshard", "--megatron", str(d), "--out", str(out))
+        assert r.returncode == 1 and what in r.stderr and where in r.stderr, r.stderr
+        assert not out.exists() and not list(tmp_path.glob(f"out-{d.name}.partial-*"))
+    (mg / "iter_0000000" / "mp_rank_01" / "model_optim_rng.pt").unlink()
+    r = _run(bridge_run, "reshard", "--megatron", str(mg), "--out", str(tmp_path / "gone"))
+    assert r.returncode == 1 and "mp_rank_01/model_optim_rng.pt" in r.stderr and "one file per rank" in r.stderr
+    # export reads torch_dist only, and says what to do.
+    r = _run(bridge_run, "export", "--megatron", str(tmp_path / "extra"), "--out", str(tmp_path / "hf"))
+    assert r.returncode == 1 and "export reads torch_dist: run 'bridge-run reshard" in r.stderr, r.stderr

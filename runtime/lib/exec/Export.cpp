@@ -80,6 +80,9 @@ Summary runExport(const ExportOptions &O) {
                 " has no bridge.json: it was not written by 'bridge-run import', so the HF layout to restore is "
                 "unknown");
   Json Side = readJsonFile(SidePath);
+  if (Side.value("checkpoint_format", "torch_dist") != "torch_dist")
+    throw Error("error: " + Iter + " holds the legacy per-rank format; export reads torch_dist: run 'bridge-run "
+                "reshard --megatron " + O.MegatronDir + " --out DIR' first");
   const MappingTable &T = mappingNamed(Side.at("mapping").get<std::string>());
   Sum.Mapping = T.Name;
   std::vector<Json> Fields = configFromJson(S, Side.at("megatron_config"));

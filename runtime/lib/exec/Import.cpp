@@ -10,6 +10,7 @@
 //
 //===----------------------------------------------------------------------===//
 #include "Checkpoint.h"
+#include "Legacy.h"
 #include "CudaSupport.h"
 #include "Ops.h"
 
@@ -185,49 +186,6 @@ struct LegacyPiece {
   at::Tensor Value;
 };
 
-const Json &fieldValue(const SchemaTable &S, const std::vector<Json> &Fields, const char *Name) {
-  static const Json Null;
-  for (uint32_t I = 0; I < S.Fields.Size; ++I)
-    if (std::string(S.Fields[I].Name) == Name)
-      return Fields[I];
-  return Null;
-}
-
-/// The vocabulary a Megatron-LM model of this layout allocates: the next
-/// multiple of make_vocab_size_divisible_by x TP (megatron/training's
-/// vocab padding; the legacy format stores what the model holds).
-int64_t paddedVocab(const SchemaTable &S, const std::vector<Json> &Fields, const Layout &L) {
-  const Json &V = fieldValue(S, Fields, "vocab_size"), &D = fieldValue(S, Fields, "make_vocab_size_divisible_by");
-  int64_t Vocab = V.is_number_integer() ? V.get<int64_t>() : 0;
-  int64_t Multiple = (D.is_number_integer() && D.get<int64_t>() > 0 ? D.get<int64_t>() : 128) * L.TP;
-  return (Vocab + Multiple - 1) / Multiple * Multiple;
-}
-
-/// The 'args' Namespace of a legacy checkpoint: the model config, the
-/// layout, and what Megatron-LM's check_checkpoint_args compares.
-Json legacyArgs(const SchemaTable &S, const std::vector<Json> &Fields, const Layout &L, int64_t PaddedVocab) {
-  Json A = Json::object();
-  Json Config = configToJson(S, Fields);
-  for (auto It = Config.begin(); It != Config.end(); ++It)
-    if (!It.value().is_object())
-      A[It.key()] = It.value();
-  const Json &Share = fieldValue(S, Fields, "share_embeddings_and_output_weights");
-  const Json &Position = fieldValue(S, Fields, "position_embedding_type");
-  A["untie_embeddings_and_output_weights"] = !(Share.is_boolean() && Share.get<bool>());
-  A["add_position_embedding"] = Position.is_string() && Position.get<std::string>() == "learned_absolute";
-  A["padded_vocab_size"] = PaddedVocab;
-  A["tensor_model_parallel_size"] = L.TP;
-  A["pipeline_model_parallel_size"] = L.PP;
-  A["expert_model_parallel_size"] = L.EP;
-  A["expert_tensor_parallel_size"] = L.ETP;
-  A["virtual_pipeline_model_parallel_size"] = nullptr;
-  A["ckpt_format"] = "torch";
-  A["iteration"] = 0;
-  A["consumed_train_samples"] = 0;
-  A["consumed_valid_samples"] = 0;
-  return A;
-}
-
 /// Both sides of coverage (every HF tensor consumed once or ignored, every
 /// Megatron tensor produced), then a dry run of every op chain on meta
 /// tensors: shapes before any byte is written.
@@ -372,7 +330,6 @@ Summary importWith(const ImportOptions &O, const std::string &FromDir) {
   const bool Legacy = O.Format == "torch";
   if (!Legacy && O.Format != "torch_dist")
     throw Error("error: unknown checkpoint format '" + O.Format + "' (torch_dist or torch)");
-  const int64_t PaddedVocab = paddedVocab(S, Fields, O.Par);
   if (Legacy) {
     if (O.Par.VPP > 1)
       throw Error("error: the legacy torch format is written without virtual pipeline stages (VPP " +
@@ -389,7 +346,56 @@ Summary importWith(const ImportOptions &O, const std::string &FromDir) {
   Plan P = expandPlan(T, S, Fields, /*UseTENames=*/true);
   std::unique_ptr<SafetensorsCheckpoint> HFCkpt;
   std::unique_ptr<TorchDistCheckpoint> From;
-  if (Reshard) {
+  std::unique_ptr<LegacyCheckpoint> LegacyFrom; // a legacy source's files
+  std::unique_ptr<LegacyLayout> SourceLegacy;   // and where they keep each tensor
+  if (Reshard && FromSide.value("checkpoint_format", "torch_dist") == "torch") {
+    const Json &Lay = FromSide.at("layout");
+    Layout SourceLayout = O.Par;
+    SourceLayout.TP = Lay.at("tp").get<int>();
+    SourceLayout.PP = Lay.at("pp").get<int>();
+    SourceLayout.EP = Lay.at("ep").get<int>();
+    SourceLayout.ETP = Lay.at("etp").get<int>();
+    SourceLayout.VPP = 1;
+    LegacyFrom = std::make_unique<LegacyCheckpoint>(FromIter, SourceLayout);
+    SourceLegacy = std::make_unique<LegacyLayout>(S, Fields, SourceLayout, LocalSpec);
+    // Coverage before anything is written: every tensor of every rank file
+    // is one the plan reads (or the tied output layer's copy), and none is
+    // missing.
+    std::set<std::tuple<int, int, int, std::string>> Expected;
+    for (const PlannedTensor &PT : P.Tensors) {
+      LegacyLayout::Place At = SourceLegacy->place(PT);
+      for (int E = 0; E < SourceLayout.EP; ++E)
+        if (At.ExpertRank < 0 || E == At.ExpertRank)
+          for (int Tp = 0; Tp < SourceLayout.TP; ++Tp) {
+            Expected.insert({Tp, At.Stage, E, At.Name});
+            if (SourceLegacy->tiedCopy() && At.Name == "embedding.word_embeddings.weight")
+              Expected.insert({Tp, SourceLayout.PP - 1, E, "output_layer.weight"});
+          }
+    }
+    std::vector<std::string> Missing, Unknown;
+    for (const auto &[Tp, Pp, E, Name] : Expected)
+      if (!LegacyFrom->find(Tp, Pp, E, Name))
+        Missing.push_back(LegacyFrom->fileOf(Tp, Pp, E) + ": " + Name);
+    for (const auto &Entry : LegacyFrom->tensors())
+      if (!Expected.count(Entry))
+        Unknown.push_back(LegacyFrom->fileOf(std::get<0>(Entry), std::get<1>(Entry), std::get<2>(Entry)) + ": " +
+                          std::get<3>(Entry));
+    if (!Missing.empty() || !Unknown.empty()) {
+      std::string M = "error: the legacy checkpoint in " + FromIter + " does not match mapping '" + T.Name + "':";
+      auto List = [&](const char *What, const std::vector<std::string> &Names) {
+        if (Names.empty())
+          return;
+        M += "\n" + std::to_string(Names.size()) + " " + What + ":";
+        for (size_t I = 0; I < Names.size() && I < 25; ++I)
+          M += "\n  " + Names[I];
+        if (Names.size() > 25)
+          M += "\n  ... and " + std::to_string(Names.size() - 25) + " more";
+      };
+      List("tensor(s) the model needs are missing", Missing);
+      List("tensor(s) no planned tensor accounts for", Unknown);
+      throw Error(M);
+    }
+  } else if (Reshard) {
     From = std::make_unique<TorchDistCheckpoint>(FromIter);
   } else {
     HFCkpt = std::make_unique<SafetensorsCheckpoint>(O.HFDir);
@@ -429,7 +435,7 @@ Summary importWith(const ImportOptions &O, const std::string &FromDir) {
     else
       W.emplace(Iter, O.Writers, std::max<uint64_t>(O.MemoryBudget - WindowBudget, 1), static_cast<unsigned>(G.rank()));
     std::vector<DistKey> Keys = groupByKey(P, S, Fields, LocalSpec);
-    if (Reshard)
+    if (From)
       for (const DistKey &K : Keys) {
         const DistTensor &DT = From->tensor(K.Key); // throws naming the key when absent
         if (DT.Shape != K.GlobalShape)
@@ -469,7 +475,7 @@ Summary importWith(const ImportOptions &O, const std::string &FromDir) {
         int64_t N = 1;
         for (int64_t D : P.Tensors[Keys[It.Key].Members[It.Member]].Shape)
           N *= D;
-        SourceBytes += static_cast<uint64_t>(N) * dtypeSize(From->tensor(Keys[It.Key].Key).Type);
+        SourceBytes += static_cast<uint64_t>(N) * 2; // bf16, for the progress line
       } else {
         for (const std::string &Src : P.Tensors[Keys[It.Key].Members[It.Member]].sources())
           if (const TensorView *V = HFCkpt->find(Src))
@@ -534,85 +540,25 @@ Summary importWith(const ImportOptions &O, const std::string &FromDir) {
     // The legacy format: a planned tensor cut into its ranks' local
     // tensors, named with the layer index local to its stage and the expert
     // index local to its EP rank.
-    const std::string LayerVar = rangeVar(S, "layers"), ExpertVar = rangeVar(S, "experts");
-    const int64_t NumLayers = fieldGetter(S, Fields)("num_layers"),
-                  NumExperts = fieldGetter(S, Fields)("num_moe_experts");
-    std::vector<int64_t> StageFirst(static_cast<size_t>(O.Par.PP), 0);
-    for (int64_t L = NumLayers - 1; L >= 0; --L)
-      StageFirst[static_cast<size_t>(pipelineStage(O.Par, NumLayers, L))] = L;
-    const Json &Share = fieldValue(S, Fields, "share_embeddings_and_output_weights");
-    const bool Tied = Share.is_boolean() && Share.get<bool>();
+    const LegacyLayout Target(S, Fields, O.Par, LocalSpec);
     auto LegacyPieces = [&](const PlannedTensor &PT, at::Tensor X) {
-      std::vector<int64_t> Caps = PT.Captures;
-      int Stage = -1, ExpertRank = -1;
-      for (size_t C = 0; C < PT.Param->Captures.Size; ++C) {
-        std::string Var = PT.Param->Captures[C];
-        if (Var == LayerVar) {
-          Stage = pipelineStage(O.Par, NumLayers, PT.Captures[C]);
-          Caps[C] = PT.Captures[C] - StageFirst[static_cast<size_t>(Stage)];
-        } else if (Var == ExpertVar && NumExperts > 0) {
-          int64_t PerRank = NumExperts / O.Par.EP;
-          ExpertRank = static_cast<int>(PT.Captures[C] / PerRank);
-          Caps[C] = PT.Captures[C] % PerRank;
-        }
-      }
-      if (Stage < 0) // embedding first; final norm, output layer, MTP last
-        Stage = PT.LocalName.rfind("embedding", 0) == 0 ? 0 : O.Par.PP - 1;
-      std::string Name;
-      for (const PatternPiece &Pc : LocalSpec ? PT.Param->Local : PT.Param->TE)
-        Name += Pc.Literal ? std::string(Pc.Literal) : std::to_string(Caps[static_cast<size_t>(Pc.Index.Code[0].A)]);
-      // Each TP rank's local tensor.
-      const int TP = O.Par.TP;
-      std::vector<at::Tensor> ByRank(static_cast<size_t>(TP));
-      auto Cut = [&](const ChunkSpec &Spec) {
-        at::Tensor Part = X;
-        for (size_t D = 0; D < Spec.Offsets.size(); ++D)
-          Part = Part.narrow(static_cast<int64_t>(D), Spec.Offsets[D], Spec.Sizes[D]);
-        return Part;
-      };
-      if (PT.ParallelStyle == Style::Vocab) {
-        // The model allocates the padded vocabulary: zero rows at the end.
-        if (X.size(0) < PaddedVocab) {
-          std::vector<int64_t> Pad(X.sizes().begin(), X.sizes().end());
-          Pad[0] = PaddedVocab - X.size(0);
-          X = at::cat({X, at::zeros(Pad, X.options())}, 0);
-        }
-        int64_t Rows = PaddedVocab / TP;
-        for (int T = 0; T < TP; ++T)
-          ByRank[static_cast<size_t>(T)] = X.narrow(0, T * Rows, Rows).contiguous();
-      } else {
-        std::vector<ChunkSpec> Chunks = chunksOf(PT, O.Par);
-        size_t Split = PT.ParallelStyle == Style::Gated ? Chunks.size() / 2 : Chunks.size();
-        for (int T = 0; T < TP; ++T) {
-          at::Tensor Local;
-          if (Chunks.size() == 1) // replicated, or experts held whole (ETP 1)
-            Local = X;
-          else if (PT.ParallelStyle == Style::Gated) // rank-local [gate_r; up_r]
-            Local = at::cat({Cut(Chunks[static_cast<size_t>(T)]), Cut(Chunks[Split + static_cast<size_t>(T)])}, 0);
-          else
-            Local = Cut(Chunks[static_cast<size_t>(T)]);
-          ByRank[static_cast<size_t>(T)] = Local.contiguous();
-        }
-      }
+      LegacyLayout::Place At = Target.place(PT);
+      std::vector<at::Tensor> ByRank = Target.cut(PT, std::move(X));
       std::vector<LegacyPiece> Out;
-      auto Place = [&](int P, const std::string &N) {
+      auto Put = [&](int P, const std::string &N, bool None) {
         for (int E = 0; E < O.Par.EP; ++E)
-          if (ExpertRank < 0 || E == ExpertRank)
-            for (int T = 0; T < TP; ++T)
-              Out.push_back({T, P, E, N, ByRank[static_cast<size_t>(T)]});
+          if (At.ExpertRank < 0 || E == At.ExpertRank)
+            for (int T = 0; T < O.Par.TP; ++T)
+              Out.push_back({T, P, E, N, None ? at::Tensor() : ByRank[static_cast<size_t>(T)]});
       };
-      Place(Stage, Name);
+      Put(At.Stage, At.Name, false);
       // With PP > 1 the last stage allocates the tied output layer too.
-      if (Tied && O.Par.PP > 1 && Name == "embedding.word_embeddings.weight")
-        Place(O.Par.PP - 1, "output_layer.weight");
+      if (Target.tiedCopy() && At.Name == "embedding.word_embeddings.weight")
+        Put(O.Par.PP - 1, "output_layer.weight", false);
       // Transformer Engine modules carry an `_extra_state` (None loads as
       // "no FP8 state"), as import writes for torch_dist.
-      size_t Dot = Name.rfind('.');
-      std::string Module = Name.substr(0, Dot);
-      if (!LocalSpec && Dot != std::string::npos && Module.rfind("embedding", 0) != 0 && Module != "output_layer") {
-        ByRank.assign(ByRank.size(), at::Tensor());
-        Place(Stage, Module + "._extra_state");
-      }
+      if (std::string Extra = Target.extraState(At.Name); !Extra.empty())
+        Put(At.Stage, Extra, true);
       return Out;
     };
     std::set<std::tuple<int, int, int, std::string>> NonesWritten;
@@ -620,7 +566,26 @@ Summary importWith(const ImportOptions &O, const std::string &FromDir) {
       const PlannedTensor &PT = P.Tensors[Keys[It.Key].Members[It.Member]];
       std::vector<const void *> SourceStorages;
       at::Tensor Result;
-      if (Reshard) {
+      if (LegacyFrom) {
+        // Put together from each TP rank's local tensor (views of the mapped
+        // files) of the stage and EP rank that hold it.
+        LegacyLayout::Place At = SourceLegacy->place(PT);
+        int E = At.ExpertRank < 0 ? 0 : At.ExpertRank;
+        std::vector<at::Tensor> ByRank;
+        for (int Tp = 0; Tp < SourceLegacy->layout().TP; ++Tp) {
+          const TensorRecord *R = LegacyFrom->find(Tp, At.Stage, E, At.Name);
+          auto Options = at::TensorOptions().dtype(exec::toScalarType(R->Type));
+          ByRank.push_back(at::from_blob(const_cast<uint8_t *>(R->data()), R->Shape, Options));
+          SourceStorages.push_back(ByRank.back().storage().data());
+          C.BytesRead += ByRank.back().nbytes();
+        }
+        Result = SourceLegacy->join(PT, ByRank, LegacyFrom->fileOf(0, At.Stage, E));
+        std::vector<int64_t> Got(Result.sizes().begin(), Result.sizes().end());
+        if (Got != PT.Shape)
+          throw Error("error: " + LegacyFrom->fileOf(0, At.Stage, E) + ": '" + At.Name + "' puts together as " +
+                      shapeText(Got) + ", not the model's " + shapeText(PT.Shape));
+        C.TensorsRead += 1;
+      } else if (Reshard) {
         // The global tensor as the source checkpoint holds it: a view of its
         // mapped file where one chunk holds this layer, else assembled.
         const DistKey &K = Keys[It.Key];
@@ -807,7 +772,7 @@ Summary importWith(const ImportOptions &O, const std::string &FromDir) {
     StopPool();
     Bar.finish();
     if (Legacy)
-      LW->finish(legacyArgs(S, Fields, O.Par, PaddedVocab));
+      LW->finish(LegacyLayout(S, Fields, O.Par, LocalSpec).args(S, Fields));
     else
       W->finishData();
     double DataSeconds = Since(Start) - Sum.PrepareSeconds;

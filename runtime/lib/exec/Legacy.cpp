@@ -1,0 +1,253 @@
+//===- Legacy.cpp - Megatron-LM's legacy per-rank format: names and cuts --===//
+#include "Legacy.h"
+
+#include "bridge/Files.h"
+#include "bridge/LegacyWriter.h"
+
+#include <ATen/ops/cat.h>
+#include <ATen/ops/equal.h>
+#include <ATen/ops/zeros.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+namespace bridge {
+
+const Json &fieldValue(const SchemaTable &S, const std::vector<Json> &Fields, const char *Name) {
+  static const Json Null;
+  for (uint32_t I = 0; I < S.Fields.Size; ++I)
+    if (std::string(S.Fields[I].Name) == Name)
+      return Fields[I];
+  return Null;
+}
+
+LegacyLayout::LegacyLayout(const SchemaTable &S, const std::vector<Json> &Fields, const Layout &Par, bool Local)
+    : L(Par), LocalSpec(Local), LayerVar(rangeVar(S, "layers")), ExpertVar(rangeVar(S, "experts")) {
+  auto Field = fieldGetter(S, Fields);
+  NumLayers = Field("num_layers");
+  NumExperts = Field("num_moe_experts");
+  const Json &Share = fieldValue(S, Fields, "share_embeddings_and_output_weights");
+  Tied = Share.is_boolean() && Share.get<bool>();
+  const Json &V = fieldValue(S, Fields, "vocab_size"), &D = fieldValue(S, Fields, "make_vocab_size_divisible_by");
+  int64_t Vocab = V.is_number_integer() ? V.get<int64_t>() : 0;
+  int64_t Multiple = (D.is_number_integer() && D.get<int64_t>() > 0 ? D.get<int64_t>() : 128) * L.TP;
+  PaddedVocab = (Vocab + Multiple - 1) / Multiple * Multiple;
+  StageFirst.assign(static_cast<size_t>(L.PP), 0);
+  for (int64_t Layer = NumLayers - 1; Layer >= 0; --Layer)
+    StageFirst[static_cast<size_t>(pipelineStage(L, NumLayers, Layer))] = Layer;
+}
+
+LegacyLayout::Place LegacyLayout::place(const PlannedTensor &PT) const {
+  std::vector<int64_t> Caps = PT.Captures;
+  Place Where{"", -1, -1};
+  for (size_t C = 0; C < PT.Param->Captures.Size; ++C) {
+    std::string Var = PT.Param->Captures[C];
+    if (Var == LayerVar) {
+      Where.Stage = pipelineStage(L, NumLayers, PT.Captures[C]);
+      Caps[C] = PT.Captures[C] - StageFirst[static_cast<size_t>(Where.Stage)];
+    } else if (Var == ExpertVar && NumExperts > 0) {
+      int64_t PerRank = NumExperts / L.EP;
+      Where.ExpertRank = static_cast<int>(PT.Captures[C] / PerRank);
+      Caps[C] = PT.Captures[C] % PerRank;
+    }
+  }
+  if (Where.Stage < 0) // embedding first; final norm, output layer, MTP last
+    Where.Stage = PT.LocalName.rfind("embedding", 0) == 0 ? 0 : L.PP - 1;
+  for (const PatternPiece &Pc : LocalSpec ? PT.Param->Local : PT.Param->TE)
+    Where.Name += Pc.Literal ? std::string(Pc.Literal) : std::to_string(Caps[static_cast<size_t>(Pc.Index.Code[0].A)]);
+  return Where;
+}
+
+std::string LegacyLayout::extraState(const std::string &Name) const {
+  size_t Dot = Name.rfind('.');
+  if (LocalSpec || Dot == std::string::npos)
+    return "";
+  std::string Module = Name.substr(0, Dot);
+  if (Module.rfind("embedding", 0) == 0 || Module == "output_layer")
+    return "";
+  return Module + "._extra_state";
+}
+
+namespace {
+at::Tensor cutChunk(const at::Tensor &X, const ChunkSpec &Spec) {
+  at::Tensor Part = X;
+  for (size_t D = 0; D < Spec.Offsets.size(); ++D)
+    Part = Part.narrow(static_cast<int64_t>(D), Spec.Offsets[D], Spec.Sizes[D]);
+  return Part;
+}
+} // namespace
+
+std::vector<at::Tensor> LegacyLayout::cut(const PlannedTensor &PT, at::Tensor X) const {
+  const int TP = L.TP;
+  std::vector<at::Tensor> ByRank(static_cast<size_t>(TP));
+  if (PT.ParallelStyle == Style::Vocab) {
+    // The model allocates the padded vocabulary: zero rows at the end.
+    if (X.size(0) < PaddedVocab) {
+      std::vector<int64_t> Pad(X.sizes().begin(), X.sizes().end());
+      Pad[0] = PaddedVocab - X.size(0);
+      X = at::cat({X, at::zeros(Pad, X.options())}, 0);
+    }
+    int64_t Rows = PaddedVocab / TP;
+    for (int T = 0; T < TP; ++T)
+      ByRank[static_cast<size_t>(T)] = X.narrow(0, T * Rows, Rows).contiguous();
+    return ByRank;
+  }
+  std::vector<ChunkSpec> Chunks = chunksOf(PT, L);
+  size_t Split = PT.ParallelStyle == Style::Gated ? Chunks.size() / 2 : Chunks.size();
+  for (int T = 0; T < TP; ++T) {
+    size_t R = static_cast<size_t>(T);
+    at::Tensor Local;
+    if (Chunks.size() == 1) // replicated, or experts held whole (ETP 1)
+      Local = X;
+    else if (PT.ParallelStyle == Style::Gated) // rank-local [gate_r; up_r]
+      Local = at::cat({cutChunk(X, Chunks[R]), cutChunk(X, Chunks[Split + R])}, 0);
+    else
+      Local = cutChunk(X, Chunks[R]);
+    ByRank[R] = Local.contiguous();
+  }
+  return ByRank;
+}
+
+at::Tensor LegacyLayout::join(const PlannedTensor &PT, const std::vector<at::Tensor> &ByRank,
+                              const std::string &Where) const {
+  const int TP = L.TP;
+  if (PT.ParallelStyle == Style::Vocab) {
+    at::Tensor X = TP == 1 ? ByRank[0] : at::cat(ByRank, 0);
+    if (X.size(0) < PT.Shape[0])
+      throw Error(Where + ": error: '" + PT.Name + "' holds " + std::to_string(X.size(0)) +
+                  " vocabulary rows in all, fewer than the model's " + std::to_string(PT.Shape[0]));
+    return X.narrow(0, 0, PT.Shape[0]);
+  }
+  std::vector<ChunkSpec> Chunks = chunksOf(PT, L);
+  if (Chunks.size() == 1) {
+    for (int T = 1; T < TP; ++T)
+      if (!at::equal(ByRank[static_cast<size_t>(T)], ByRank[0]))
+        throw Error(Where + ": error: '" + PT.Name + "' differs between TP rank 0 and TP rank " + std::to_string(T) +
+                    ", but every rank holds it whole");
+    return ByRank[0];
+  }
+  if (PT.ParallelStyle == Style::Gated) {
+    std::vector<at::Tensor> Gates, Ups;
+    for (const at::Tensor &R : ByRank) {
+      int64_t Half = R.size(0) / 2;
+      Gates.push_back(R.narrow(0, 0, Half));
+      Ups.push_back(R.narrow(0, Half, Half));
+    }
+    Gates.insert(Gates.end(), Ups.begin(), Ups.end());
+    return at::cat(Gates, 0);
+  }
+  // Column-like styles cut dim 0, row-parallel ones dim 1 (chunksOf's cut).
+  int64_t Dim = 0;
+  for (size_t D = 0; D < Chunks[0].Sizes.size(); ++D)
+    if (Chunks[0].Sizes[D] != PT.Shape[D])
+      Dim = static_cast<int64_t>(D);
+  return at::cat(ByRank, Dim);
+}
+
+Json LegacyLayout::args(const SchemaTable &S, const std::vector<Json> &Fields) const {
+  Json A = Json::object();
+  Json Config = configToJson(S, Fields);
+  for (auto It = Config.begin(); It != Config.end(); ++It)
+    if (!It.value().is_object())
+      A[It.key()] = It.value();
+  const Json &Position = fieldValue(S, Fields, "position_embedding_type");
+  A["untie_embeddings_and_output_weights"] = !Tied;
+  A["add_position_embedding"] = Position.is_string() && Position.get<std::string>() == "learned_absolute";
+  A["padded_vocab_size"] = PaddedVocab;
+  A["tensor_model_parallel_size"] = L.TP;
+  A["pipeline_model_parallel_size"] = L.PP;
+  A["expert_model_parallel_size"] = L.EP;
+  A["expert_tensor_parallel_size"] = L.ETP;
+  A["virtual_pipeline_model_parallel_size"] = nullptr;
+  A["ckpt_format"] = "torch";
+  A["iteration"] = 0;
+  A["consumed_train_samples"] = 0;
+  A["consumed_valid_samples"] = 0;
+  return A;
+}
+
+struct LegacyCheckpoint::RankFile {
+  std::string Path;
+  void *Map = nullptr;
+  size_t Size = 0;
+  PyValuePtr Root;
+  std::map<std::string, const TensorRecord *> Tensors;
+  std::vector<std::string> Nones;
+  ~RankFile() {
+    Root.reset(); // borrowed tensors first
+    if (Map)
+      ::munmap(Map, Size);
+  }
+};
+
+LegacyCheckpoint::LegacyCheckpoint(const std::string &IterDir, const Layout &Par) : L(Par), Dir(IterDir) {
+  for (int P = 0; P < L.PP; ++P)
+    for (int E = 0; E < L.EP; ++E)
+      for (int T = 0; T < L.TP; ++T) {
+        auto F = std::make_unique<RankFile>();
+        F->Path = files::join(files::join(IterDir, LegacyWriter::rankDir(L.PP, L.EP, T, P, E)), "model_optim_rng.pt");
+        int Fd = ::open(F->Path.c_str(), O_RDONLY | O_CLOEXEC);
+        if (Fd < 0)
+          throw Error("error: cannot read " + F->Path + ": " + std::strerror(errno) + " (a TP=" +
+                      std::to_string(L.TP) + " PP=" + std::to_string(L.PP) + " EP=" + std::to_string(L.EP) +
+                      " legacy checkpoint has one file per rank)");
+        struct stat St;
+        if (::fstat(Fd, &St) != 0 || St.st_size <= 0) {
+          ::close(Fd);
+          throw Error("error: " + F->Path + " is empty or unreadable");
+        }
+        F->Size = static_cast<size_t>(St.st_size);
+        F->Map = ::mmap(nullptr, F->Size, PROT_READ, MAP_PRIVATE, Fd, 0);
+        ::close(Fd);
+        if (F->Map == MAP_FAILED) {
+          F->Map = nullptr;
+          throw Error("error: cannot map " + F->Path + ": " + std::strerror(errno));
+        }
+        F->Root = readTorchSave(std::string_view(static_cast<const char *>(F->Map), F->Size), F->Path,
+                                TorchSaveGlobals, /*Borrow=*/true);
+        const PyValue *Model = F->Root->find("model");
+        if (!Model || Model->Tag != PyValue::Kind::Dict)
+          throw Error("error: " + F->Path + " has no 'model' dict: not a Megatron-LM legacy checkpoint file");
+        for (const auto &[K, V] : Model->Entries) {
+          if (K->Tag != PyValue::Kind::Str)
+            throw Error("error: " + F->Path + ": a key of 'model' is not a string");
+          if (V->Tag == PyValue::Kind::Tensor)
+            F->Tensors[K->Text] = V->Tensor.get();
+          else if (V->Tag == PyValue::Kind::None || K->Text.size() > 13 &&
+                                                        K->Text.compare(K->Text.size() - 13, 13, "._extra_state") == 0)
+            F->Nones.push_back(K->Text); // extra state, whatever its form
+          else
+            throw Error("error: " + F->Path + ": 'model' entry '" + K->Text + "' is neither a tensor nor extra state");
+        }
+        Files[{T, P, E}] = std::move(F);
+      }
+}
+
+LegacyCheckpoint::~LegacyCheckpoint() = default;
+
+const TensorRecord *LegacyCheckpoint::find(int T, int P, int E, const std::string &Name) const {
+  auto It = Files.find({T, P, E});
+  if (It == Files.end())
+    return nullptr;
+  auto J = It->second->Tensors.find(Name);
+  return J == It->second->Tensors.end() ? nullptr : J->second;
+}
+
+std::vector<std::tuple<int, int, int, std::string>> LegacyCheckpoint::tensors() const {
+  std::vector<std::tuple<int, int, int, std::string>> Out;
+  for (const auto &[Rank, F] : Files)
+    for (const auto &[Name, _] : F->Tensors)
+      Out.emplace_back(std::get<0>(Rank), std::get<1>(Rank), std::get<2>(Rank), Name);
+  return Out;
+}
+
+std::string LegacyCheckpoint::fileOf(int T, int P, int E) const {
+  auto It = Files.find({T, P, E});
+  return It == Files.end() ? Dir : It->second->Path;
+}
+
+} // namespace bridge

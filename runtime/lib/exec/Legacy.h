@@ -1,0 +1,90 @@
+//===- Legacy.h - Megatron-LM's legacy per-rank format: names and cuts --*- C++ -*-===//
+//
+// Where the legacy `torch` format keeps a planned (global) tensor under a
+// layout, and how it cuts it: the rank files that hold it, its local name
+// (layer index local to its pipeline stage, expert index local to its EP
+// rank), each TP rank's local tensor (docs/formats.md). cut() and join() are
+// each other's inverse. LegacyCheckpoint reads such a checkpoint's files.
+// Private to runtime/lib/exec.
+//
+//===----------------------------------------------------------------------===//
+#ifndef BRIDGE_LIB_EXEC_LEGACY_H
+#define BRIDGE_LIB_EXEC_LEGACY_H
+
+#include "bridge/Config.h"
+#include "bridge/Layout.h"
+#include "bridge/Unpickle.h"
+
+#include <ATen/core/Tensor.h>
+
+#include <map>
+#include <memory>
+#include <string>
+#include <tuple>
+#include <vector>
+
+namespace bridge {
+
+/// A config field's value by name (null when the schema lacks it).
+const Json &fieldValue(const SchemaTable &S, const std::vector<Json> &Fields, const char *Name);
+
+class LegacyLayout {
+public:
+  LegacyLayout(const SchemaTable &S, const std::vector<Json> &Fields, const Layout &L, bool LocalSpec);
+
+  struct Place {
+    std::string Name; ///< the local name in its rank files
+    int Stage;
+    int ExpertRank; ///< -1: a dense tensor, in every EP rank's file
+  };
+  Place place(const PlannedTensor &PT) const;
+  /// Each TP rank's local tensor of the global \p X (views where no copy is
+  /// needed).
+  std::vector<at::Tensor> cut(const PlannedTensor &PT, at::Tensor X) const;
+  /// The global tensor from each TP rank's local one: cut's inverse (the
+  /// vocabulary's padding rows dropped, replicas checked equal).
+  at::Tensor join(const PlannedTensor &PT, const std::vector<at::Tensor> &ByRank, const std::string &Where) const;
+  /// The vocabulary the model allocates: the next multiple of
+  /// make_vocab_size_divisible_by x TP.
+  int64_t paddedVocab() const { return PaddedVocab; }
+  /// With tied embeddings and PP > 1 the last stage holds a copy of the
+  /// embedding as output_layer.weight.
+  bool tiedCopy() const { return Tied && L.PP > 1; }
+  /// The module `_extra_state` a Transformer Engine spec adds for \p Name's
+  /// module, or "" (local spec; embedding; output layer).
+  std::string extraState(const std::string &Name) const;
+  /// The 'args' Namespace of its files.
+  Json args(const SchemaTable &S, const std::vector<Json> &Fields) const;
+  const Layout &layout() const { return L; }
+
+private:
+  Layout L;
+  bool LocalSpec, Tied;
+  std::string LayerVar, ExpertVar;
+  int64_t NumLayers, NumExperts, PaddedVocab;
+  std::vector<int64_t> StageFirst;
+};
+
+/// The files of a legacy checkpoint's iteration directory, mapped and read
+/// with the restricted unpickler (tensors borrowed from the mapping).
+class LegacyCheckpoint {
+public:
+  LegacyCheckpoint(const std::string &IterDir, const Layout &L);
+  ~LegacyCheckpoint();
+  /// Rank (T, P, E)'s tensor \p Name, or null.
+  const TensorRecord *find(int T, int P, int E, const std::string &Name) const;
+  /// Every (rank, name) that holds a tensor, for coverage; None entries
+  /// (extra state) are listed apart.
+  std::vector<std::tuple<int, int, int, std::string>> tensors() const;
+  std::string fileOf(int T, int P, int E) const;
+
+private:
+  struct RankFile;
+  std::map<std::tuple<int, int, int>, std::unique_ptr<RankFile>> Files;
+  Layout L;
+  std::string Dir;
+};
+
+} // namespace bridge
+
+#endif
