@@ -9,6 +9,9 @@
 
 #include "bridgec/Parse/Parser.h"
 
+#include "llvm/ADT/StringExtras.h"
+#include "llvm/Support/ConvertUTF.h"
+
 using namespace bridgec;
 
 namespace {
@@ -91,6 +94,17 @@ llvm::SMRange ParseContext::range(antlr4::ParserRuleContext *C) const {
 std::unique_ptr<ast::File> bridgec::parseBuffer(unsigned BufferID, DiagnosticEngine &Diags) {
   ParseContext Ctx(BufferID, Diags);
   const llvm::MemoryBuffer *Buf = Diags.getSourceMgr().getMemoryBuffer(BufferID);
+  // ANTLR decodes the text as UTF-8 and throws on a malformed byte; the
+  // file's first one is reported where it is, and nothing else is parsed.
+  const auto *Begin = reinterpret_cast<const llvm::UTF8 *>(Buf->getBufferStart()), *Bad = Begin;
+  if (!llvm::isLegalUTF8String(&Bad, reinterpret_cast<const llvm::UTF8 *>(Buf->getBufferEnd()))) {
+    llvm::SMLoc At = llvm::SMLoc::getFromPointer(Buf->getBufferStart() + (Bad - Begin));
+    Diags.emit(DiagId::InvalidUTF8, llvm::SMRange(At, At), llvm::utohexstr(*Bad, /*LowerCase=*/false, 2));
+    auto Empty = std::make_unique<ast::File>();
+    Empty->Path = Buf->getBufferIdentifier().str();
+    Empty->BufferID = BufferID;
+    return Empty;
+  }
   antlr4::ANTLRInputStream Input(Buf->getBuffer().str());
   ::bridge::grammar::BridgeLexer Lexer(&Input);
   antlr4::CommonTokenStream Tokens(&Lexer);
