@@ -151,3 +151,59 @@ def test_stacked_experts_must_all_be_read(bridge_run, tiny_checkpoints, tmp_path
     assert r.returncode == 1
     assert f"HF tensor '{name}' stacks 5 experts on dim 0, but the mapping reads 4 of them" in r.stderr
     _nothing_written(tmp_path / "mg")
+
+
+def _header(f: Path) -> tuple[dict, bytes]:
+    data = f.read_bytes()
+    n = struct.unpack("<Q", data[:8])[0]
+    return json.loads(data[8:8 + n]), data[8 + n:]
+
+
+def _write_header_text(f: Path, text: str, body: bytes):
+    raw = text.encode()
+    raw += b" " * ((8 - (8 + len(raw)) % 8) % 8)
+    f.write_bytes(struct.pack("<Q", len(raw)) + raw + body)
+
+
+def test_unknown_dtype_is_named(bridge_run, source, tmp_path):
+    f = source / "model.safetensors"
+    header, body = _header(f)
+    name = next(k for k in header if k != "__metadata__")
+    header[name]["dtype"] = "BX16"
+    _write_header_text(f, json.dumps(header), body)
+    r = _import(bridge_run, source, tmp_path / "out")
+    assert r.returncode == 1 and f"tensor '{name}' has unknown dtype 'BX16'" in r.stderr, r.stderr
+    _nothing_written(tmp_path / "out")
+
+
+def test_duplicate_keys_are_refused(bridge_run, source, tmp_path):
+    # In a safetensors header: the second entry for a tensor would win.
+    f = source / "model.safetensors"
+    header, body = _header(f)
+    name = next(k for k in header if k != "__metadata__")
+    text = json.dumps(header)
+    _write_header_text(f, text[:-1] + f', "{name}": ' + json.dumps(header[name]) + "}", body)
+    r = _import(bridge_run, source, tmp_path / "out")
+    assert r.returncode == 1 and f"has the key '{name}' twice" in r.stderr, r.stderr
+    _nothing_written(tmp_path / "out")
+    # In config.json: two values for one field.
+    cfg = (source / "config.json").read_text()
+    (source / "config.json").write_text(cfg.replace("{", '{"hidden_size": 7, ', 1))
+    for cmd in (["import", "--hf", str(source), "--out", str(tmp_path / "out2")], ["config", "--hf", str(source)]):
+        r = subprocess.run([str(bridge_run.path), *cmd], capture_output=True, text=True)
+        assert r.returncode in (1, 2) and "has the key 'hidden_size' twice in one object" in r.stderr, r.stderr
+    _nothing_written(tmp_path / "out2")
+
+
+def test_index_naming_a_file_outside_the_checkpoint_is_refused(bridge_run, source, tmp_path):
+    header, _ = _header(source / "model.safetensors")
+    names = [k for k in header if k != "__metadata__"]
+    shutil.copy(source / "model.safetensors", tmp_path / "elsewhere.safetensors")
+    shutil.move(source / "model.safetensors", source / "model-00001-of-00001.safetensors")
+    weight_map = {n: "model-00001-of-00001.safetensors" for n in names}
+    for evil in ("../elsewhere.safetensors", str(tmp_path / "elsewhere.safetensors")):
+        weight_map[names[0]] = evil
+        (source / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+        r = _import(bridge_run, source, tmp_path / "out")
+        assert r.returncode == 1 and f"names '{evil}', outside the checkpoint directory" in r.stderr, r.stderr
+        _nothing_written(tmp_path / "out")

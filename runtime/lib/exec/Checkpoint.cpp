@@ -6,22 +6,30 @@
 
 #include "bridge/Files.h"
 #include "bridge/Registry.h"
+#include "bridge/StrictJson.h"
 
 #include <fstream>
+#include <iterator>
 #include <map>
 
 
 namespace bridge {
 
 Json readJsonFile(const std::string &Path) {
-  std::ifstream In(Path);
+  std::ifstream In(Path, std::ios::binary);
   if (!In)
     throw Error("error: cannot open " + Path);
+  std::string Text((std::istreambuf_iterator<char>(In)), std::istreambuf_iterator<char>());
+  std::string Duplicate;
+  Json J;
   try {
-    return Json::parse(In);
+    J = parseJsonNoDuplicates<Json>(Text, Duplicate);
   } catch (const std::exception &E) {
     throw Error("error: " + Path + " is not valid JSON: " + E.what());
   }
+  if (!Duplicate.empty())
+    throw Error("error: " + Path + " has the key '" + Duplicate + "' twice in one object; which one holds is unclear");
+  return J;
 }
 
 std::string supportedModelTypes() {

@@ -2,6 +2,7 @@
 #include "bridge/Safetensors.h"
 
 #include "bridge/Config.h" // bridge::Error
+#include "bridge/StrictJson.h"
 
 #include <nlohmann/json.hpp>
 
@@ -33,28 +34,10 @@ namespace {
 /// Parses JSON, rejecting duplicate keys in any object (the last one would
 /// silently win otherwise).
 nlohmann::json parseStrictJson(const std::string &Text, const std::string &File, const char *What) {
-  std::vector<std::set<std::string>> Keys;
   std::string Duplicate;
-  auto Callback = [&](int, nlohmann::json::parse_event_t Event, nlohmann::json &Parsed) {
-    switch (Event) {
-    case nlohmann::json::parse_event_t::object_start:
-      Keys.emplace_back();
-      break;
-    case nlohmann::json::parse_event_t::object_end:
-      Keys.pop_back();
-      break;
-    case nlohmann::json::parse_event_t::key:
-      if (!Keys.back().insert(Parsed.get<std::string>()).second && Duplicate.empty())
-        Duplicate = Parsed.get<std::string>();
-      break;
-    default:
-      break;
-    }
-    return true;
-  };
   nlohmann::json J;
   try {
-    J = nlohmann::json::parse(Text, Callback);
+    J = parseJsonNoDuplicates<nlohmann::json>(Text, Duplicate);
   } catch (const std::exception &E) {
     fail(File, std::string(What) + " is not valid JSON: " + E.what());
   }

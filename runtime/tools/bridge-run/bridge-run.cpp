@@ -13,6 +13,7 @@
 #include "bridge/Layout.h"
 #include "bridge/ProcessGroup.h"
 #include "bridge/Registry.h"
+#include "bridge/StrictJson.h"
 
 #include <algorithm>
 #include <cmath>
@@ -21,6 +22,7 @@
 #include <tuple>
 #include <cstring>
 #include <fstream>
+#include <iterator>
 #include <iostream>
 #include <sstream>
 #include <string>
@@ -168,12 +170,21 @@ Json readConfig(const std::string &Path) {
     std::cerr << "bridge-run: error: cannot open '" << File << "': " << std::strerror(errno) << "\n";
     std::exit(2);
   }
+  std::string Text((std::istreambuf_iterator<char>(In)), std::istreambuf_iterator<char>());
+  std::string Duplicate;
+  Json J;
   try {
-    return Json::parse(In);
+    J = parseJsonNoDuplicates<Json>(Text, Duplicate);
   } catch (const std::exception &E) {
     std::cerr << "bridge-run: error: '" << File << "' is not valid JSON: " << E.what() << "\n";
     std::exit(2);
   }
+  if (!Duplicate.empty()) {
+    std::cerr << "bridge-run: error: '" << File << "' has the key '" << Duplicate
+              << "' twice in one object; which one holds is unclear\n";
+    std::exit(2);
+  }
+  return J;
 }
 
 std::string shapeText(const std::vector<int64_t> &Shape) {
