@@ -12,6 +12,7 @@
 
 #include "bridge/Convert.h"
 #include "bridge/Files.h"
+#include "bridge/Interrupt.h"
 #include "bridge/Registry.h"
 #include "bridge/Safetensors.h"
 #include "bridge/TorchDistReader.h"
@@ -358,6 +359,7 @@ Summary runExport(const ExportOptions &O) {
     auto Work = [&] {
       for (size_t I; (I = Next++) < Items.size();) {
         try {
+          checkInterrupt();
           ExportOne(Items[I].first, Items[I].second);
         } catch (...) {
           std::lock_guard<std::mutex> G(FailureLock);

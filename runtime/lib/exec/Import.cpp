@@ -16,6 +16,7 @@
 
 #include "bridge/Convert.h"
 #include "bridge/Files.h"
+#include "bridge/Interrupt.h"
 #include "bridge/LegacyWriter.h"
 #include "bridge/ProcessGroup.h"
 #include "bridge/Registry.h"
@@ -120,9 +121,9 @@ at::Tensor runChain(const PlannedTensor &PT, const std::vector<Json> &Fields, co
   return Stack.back();
 }
 
-/// Tests of failure handling set BRIDGE_FAULT_INJECT=R:N[:kill]: process R
-/// fails (or, with ':kill', dies by SIGKILL) as it hands its N-th tensor to
-/// the writers.
+/// Tests of failure handling set BRIDGE_FAULT_INJECT=R:N[:kill|:pause]:
+/// process R fails (with ':kill', dies by SIGKILL; with ':pause', waits up to
+/// a minute for a signal) as it hands its N-th tensor to the writers.
 void injectFault(int Rank, size_t Item) {
   static const char *Spec = std::getenv("BRIDGE_FAULT_INJECT");
   if (!Spec)
@@ -134,6 +135,11 @@ void injectFault(int Rank, size_t Item) {
     return;
   if (std::string(Mode) == "kill")
     ::kill(::getpid(), SIGKILL);
+  if (std::string(Mode) == "pause") { // a window for a test's signal
+    for (int Tick = 0; Tick < 6000 && !interruptSignal(); ++Tick)
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    return;
+  }
   throw Error("error: fault injected by BRIDGE_FAULT_INJECT=" + std::string(Spec));
 }
 
@@ -707,6 +713,7 @@ Summary importWith(const ImportOptions &O, const std::string &FromDir) {
       for (size_t I = 0; I < Items.size(); ++I) {
         ReadAhead(Sum.BytesRead);
         G.check(); // another process failed: stop too
+        checkInterrupt();
         injectFault(G.rank(), I);
         Converted C;
         {

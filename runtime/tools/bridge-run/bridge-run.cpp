@@ -10,6 +10,7 @@
 //===----------------------------------------------------------------------===//
 #include "bridge/Config.h"
 #include "bridge/Convert.h"
+#include "bridge/Interrupt.h"
 #include "bridge/Layout.h"
 #include "bridge/ProcessGroup.h"
 #include "bridge/Registry.h"
@@ -471,6 +472,8 @@ int main(int argc, char **argv) {
   if (O.Command.empty())
     usageError("no command");
   int Rank = 0; // of several processes, for messages
+  if (O.Command == "import" || O.Command == "export" || O.Command == "reshard")
+    catchInterrupts();
   try {
     if (O.Command == "list")
       return cmdList(O);
@@ -529,7 +532,7 @@ int main(int argc, char **argv) {
     usageError("unknown command '" + O.Command + "'");
   } catch (const Error &E) {
     std::cerr << "bridge-run" << who(Rank) << ": " << E.what() << "\n";
-    return 1;
+    return interruptSignal() ? 128 + interruptSignal() : 1;
   } catch (const std::exception &E) {
     // Library errors (I/O, torch) that are not ours: still no partial output.
     std::cerr << "bridge-run" << who(Rank) << ": error: " << E.what() << "\n";
