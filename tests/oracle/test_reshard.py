@@ -238,3 +238,33 @@ def test_reshard_of_a_broken_legacy_checkpoint_names_the_problem(bridge_run, tin
     # export reads torch_dist only, and says what to do.
     r = _run(bridge_run, "export", "--megatron", str(tmp_path / "extra"), "--out", str(tmp_path / "hf"))
     assert r.returncode == 1 and "export reads torch_dist: run 'bridge-run reshard" in r.stderr, r.stderr
+
+
+def test_verify_checks_every_record_against_the_manifest(bridge_run, tiny_checkpoints, tmp_path):
+    ckpt = tiny_checkpoints("qwen3-30b-a3b")
+    mg = tmp_path / "mg"
+    assert _run(bridge_run, "import", "--hf", str(ckpt.path), "--out", str(mg), "--tp", "2", "--ep", "2").returncode == 0
+    r = subprocess.run([str(bridge_run.path), "verify", str(mg)], capture_output=True, text=True)
+    assert r.returncode == 0 and "against manifest.json: all match" in r.stdout, r.stdout + r.stderr
+    manifest = json.loads((mg / "iter_0000000" / "manifest.json").read_text())
+    assert manifest["chunks"] and all(c["crc32"] for c in manifest["chunks"])
+    # One flipped byte inside a tensor chunk: named by file, offset and key.
+    chunk = max(manifest["chunks"], key=lambda c: c["length"])
+    f = mg / "iter_0000000" / chunk["file"]
+    data = bytearray(f.read_bytes())
+    data[chunk["offset"] + chunk["length"] - 3] ^= 0x40
+    f.write_bytes(bytes(data))
+    r = subprocess.run([str(bridge_run.path), "verify", str(mg)], capture_output=True, text=True)
+    assert r.returncode == 1 and chunk["key"] in r.stderr and "1 problem(s)" in r.stdout, r.stdout + r.stderr
+    # An export against its source, and against something else.
+    out = tmp_path / "hf"
+    good = tmp_path / "good"
+    assert _run(bridge_run, "import", "--hf", str(ckpt.path), "--out", str(good)).returncode == 0
+    assert _run(bridge_run, "export", "--megatron", str(good), "--out", str(out)).returncode == 0
+    r = subprocess.run([str(bridge_run.path), "verify", str(out), "--against", str(ckpt.path)], capture_output=True,
+                       text=True)
+    assert r.returncode == 0 and "all match" in r.stdout, r.stdout + r.stderr
+    other = tiny_checkpoints("qwen3-8b").path
+    r = subprocess.run([str(bridge_run.path), "verify", str(out), "--against", str(other)], capture_output=True,
+                       text=True)
+    assert r.returncode == 1 and "problem(s)" in r.stdout

@@ -86,6 +86,16 @@ Summary runReshard(const ImportOptions &O, const std::string &FromDir);
 /// torch_dist checkpoint written by runImport -> HF safetensors, config.json.
 Summary runExport(const ExportOptions &O);
 
+struct VerifyReport {
+  uint64_t Checked = 0, Bytes = 0;
+  std::vector<std::string> Problems; ///< each names the file and the tensor
+};
+/// With \p Against empty: re-reads every record of the torch_dist checkpoint
+/// in \p Dir and checks it against the CRC-32s its manifest.json took as it
+/// was written. Otherwise: checks that the HF checkpoints \p Dir (an export)
+/// and \p Against (its source) hold the same tensors, bit for bit.
+VerifyReport runVerify(const std::string &Dir, const std::string &Against);
+
 /// The mapping that serves an HF config.json (by model_type, then by
 /// architectures); throws Error naming the supported model types.
 const MappingTable &mappingFor(const Json &HFConfig);

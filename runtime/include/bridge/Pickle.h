@@ -80,6 +80,8 @@ public:
   void addTorchRecords(const std::string &Pickle);
   /// The central directory; returns the bytes emitted in all.
   uint64_t finish();
+  /// The CRC-32 of the last record added (0 without checksums).
+  uint32_t lastCrc() const { return Entries.empty() ? 0 : Entries.back().Crc; }
 
 private:
   struct Entry {

@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <deque>
 #include <exception>
+#include <deque>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -66,7 +67,9 @@ public:
   /// and shape).
   void addRecords(const std::string &RecordsJson);
   /// After finishData() (and any addRecords()): checks that the chunks of
-  /// every key tile it, writes .metadata, metadata.json and common.pt.
+  /// every key tile it, writes .metadata, metadata.json, common.pt, and
+  /// manifest.json: every record's place and the CRC-32 of its bytes, which
+  /// `bridge-run verify` checks.
   void finishMetadata();
   uint64_t bytesWritten() const;
   unsigned numFiles() const { return static_cast<unsigned>(Files.size()); }
@@ -76,6 +79,7 @@ private:
     std::vector<int64_t> Offsets, Sizes;
     unsigned File; ///< index into FileNames
     uint64_t Offset, Length;
+    const uint32_t *Crc; ///< the chunk's bytes' CRC-32, set by the file's thread
   };
   struct Tensor {
     DType Type;
@@ -87,7 +91,9 @@ private:
     const uint8_t *Data;
     size_t Size;
     std::shared_ptr<const void> Owner;
+    uint32_t *Crc; ///< where the file's thread puts the CRC-32 of Data
   };
+  std::deque<uint32_t> Crcs; ///< stable slots for Job::Crc
   struct OutFile; // a file, its queue and its thread
   /// Picks the least-filled file, reserves \p Length bytes in it, queues the
   /// job; returns (file, offset).
@@ -110,7 +116,9 @@ private:
   struct ByteRecord {
     unsigned File;
     uint64_t Offset, Length;
+    const uint32_t *Crc;
   };
+  std::deque<uint32_t> MergedCrcs; ///< the CRCs of other writers' records
   std::map<std::string, ByteRecord> Bytes;
 };
 

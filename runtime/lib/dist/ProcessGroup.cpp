@@ -5,6 +5,7 @@
 
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <map>
@@ -70,7 +71,7 @@ GroupEnvironment groupEnvironment() {
     E.RunId = std::string(J) + "." + (env("SLURM_STEP_ID") ? env("SLURM_STEP_ID") : "0");
   else
     E.RunId = "0";
-  E.Timeout = std::chrono::seconds(intEnv("BRIDGE_DIST_TIMEOUT", 120));
+  E.Timeout = std::chrono::seconds(std::max(1, intEnv("BRIDGE_DIST_TIMEOUT", 120)));
   return E;
 }
 
@@ -82,6 +83,13 @@ struct ProcessGroup::Impl {
   // The last heartbeat count seen of each other member, and when it changed.
   std::map<int, std::pair<int64_t, Clock::time_point>> Seen;
   Clock::time_point LastCheck{};
+  // Also when the constructor throws (a member that never joined): the
+  // heartbeat thread must not outlive its state.
+  ~Impl() {
+    Stop = true;
+    if (Beat.joinable())
+      Beat.join();
+  }
 };
 
 ProcessGroup::ProcessGroup() = default;

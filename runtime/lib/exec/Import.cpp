@@ -356,12 +356,19 @@ Summary importWith(const ImportOptions &O, const std::string &FromDir) {
   std::unique_ptr<LegacyLayout> SourceLegacy;   // and where they keep each tensor
   if (Reshard && FromSide.value("checkpoint_format", "torch_dist") == "torch") {
     const Json &Lay = FromSide.at("layout");
-    Layout SourceLayout = O.Par;
+    // The source's own layout, from its sidecar alone (none of the target's
+    // options), checked like any layout before its files are read.
+    Layout SourceLayout;
     SourceLayout.TP = Lay.at("tp").get<int>();
     SourceLayout.PP = Lay.at("pp").get<int>();
     SourceLayout.EP = Lay.at("ep").get<int>();
     SourceLayout.ETP = Lay.at("etp").get<int>();
-    SourceLayout.VPP = 1;
+    SourceLayout.FirstStageLayers = Lay.value("first_stage_layers", 0);
+    SourceLayout.LastStageLayers = Lay.value("last_stage_layers", 0);
+    std::vector<std::string> SourceProblems = checkLayout(SourceLayout, fieldGetter(S, Fields));
+    if (!SourceProblems.empty())
+      throw Error("error: " + FromIter + "/bridge.json records a layout that does not fit its model: " +
+                  SourceProblems[0]);
     LegacyFrom = std::make_unique<LegacyCheckpoint>(FromIter, SourceLayout);
     SourceLegacy = std::make_unique<LegacyLayout>(S, Fields, SourceLayout, LocalSpec);
     // Coverage before anything is written: every tensor of every rank file
@@ -657,6 +664,10 @@ Summary importWith(const ImportOptions &O, const std::string &FromDir) {
     for (const PlannedTensor &PT : P.Tensors)
       for (const OpNode &N : PT.chain().Nodes)
         Computes |= !N.IsSource && exec::opComputes(N.Kind);
+    // The device is tried here, on this thread, so that a bad one is an
+    // error like any other (a converter thread could only stop).
+    if (Computes)
+      exec::ThreadStream Probe(static_cast<int>(Dev.type()), Dev.index());
     auto Work = [&] {
       // Each converter on a stream of its own: one thread's copies and
       // kernels overlap another's, and waiting for a result waits for this
@@ -843,6 +854,10 @@ Summary importWith(const ImportOptions &O, const std::string &FromDir) {
     }
     Side["checkpoint_format"] = Legacy ? "torch" : "torch_dist";
     Side["layout"] = {{"tp", O.Par.TP}, {"pp", O.Par.PP}, {"ep", O.Par.EP}, {"etp", O.Par.ETP}, {"vpp", O.Par.VPP}};
+    if (O.Par.FirstStageLayers || O.Par.LastStageLayers) {
+      Side["layout"]["first_stage_layers"] = O.Par.FirstStageLayers;
+      Side["layout"]["last_stage_layers"] = O.Par.LastStageLayers;
+    }
     writeText(files::join(Iter, "bridge.json"), Side.dump(2) + "\n");
     writeText(files::join(Iter, "run_config.yaml"), runConfigYaml(S, Fields, O.Par, Legacy ? "torch" : "torch_dist"));
     std::string TrainState = trainStateArchive();

@@ -37,8 +37,13 @@ LegacyLayout::LegacyLayout(const SchemaTable &S, const std::vector<Json> &Fields
   int64_t Multiple = (D.is_number_integer() && D.get<int64_t>() > 0 ? D.get<int64_t>() : 128) * L.TP;
   PaddedVocab = (Vocab + Multiple - 1) / Multiple * Multiple;
   StageFirst.assign(static_cast<size_t>(L.PP), 0);
-  for (int64_t Layer = NumLayers - 1; Layer >= 0; --Layer)
-    StageFirst[static_cast<size_t>(pipelineStage(L, NumLayers, Layer))] = Layer;
+  for (int64_t Layer = NumLayers - 1; Layer >= 0; --Layer) {
+    int Stage = pipelineStage(L, NumLayers, Layer);
+    if (Stage < 0 || Stage >= L.PP)
+      throw Error("error: internal: layer " + std::to_string(Layer) + " falls in pipeline stage " +
+                  std::to_string(Stage) + " of " + std::to_string(L.PP));
+    StageFirst[static_cast<size_t>(Stage)] = Layer;
+  }
 }
 
 LegacyLayout::Place LegacyLayout::place(const PlannedTensor &PT) const {
@@ -86,6 +91,9 @@ std::vector<at::Tensor> LegacyLayout::cut(const PlannedTensor &PT, at::Tensor X)
   std::vector<at::Tensor> ByRank(static_cast<size_t>(TP));
   if (PT.ParallelStyle == Style::Vocab) {
     // The model allocates the padded vocabulary: zero rows at the end.
+    if (X.size(0) > PaddedVocab)
+      throw Error("error: '" + PT.Name + "' has " + std::to_string(X.size(0)) + " rows, more than the padded vocabulary (" +
+                  std::to_string(PaddedVocab) + ") the config gives");
     if (X.size(0) < PaddedVocab) {
       std::vector<int64_t> Pad(X.sizes().begin(), X.sizes().end());
       Pad[0] = PaddedVocab - X.size(0);
@@ -97,6 +105,12 @@ std::vector<at::Tensor> LegacyLayout::cut(const PlannedTensor &PT, at::Tensor X)
     return ByRank;
   }
   std::vector<ChunkSpec> Chunks = chunksOf(PT, L);
+  // A split style that comes back whole did not divide: every rank would
+  // hold the whole tensor, which no model of this layout loads.
+  bool Splits = PT.ParallelStyle != Style::Replicated && PT.ParallelStyle != Style::Any;
+  if (Splits && Chunks.size() == 1 && (PT.Expert ? L.ETP : L.TP) > 1)
+    throw Error("error: '" + PT.Name + "' cannot be cut for TP " + std::to_string(PT.Expert ? L.ETP : L.TP) +
+                ": its split dimension does not divide");
   size_t Split = PT.ParallelStyle == Style::Gated ? Chunks.size() / 2 : Chunks.size();
   for (int T = 0; T < TP; ++T) {
     size_t R = static_cast<size_t>(T);

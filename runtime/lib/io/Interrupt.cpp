@@ -3,6 +3,7 @@
 
 #include "bridge/Config.h" // bridge::Error
 
+#include <atomic>
 #include <csignal>
 #include <cstring>
 #include <string>
@@ -10,7 +11,7 @@
 namespace bridge {
 namespace {
 
-volatile std::sig_atomic_t Caught = 0;
+std::atomic<int> Caught{0}; // lock-free: safe in a handler, read by every thread
 
 extern "C" void onInterrupt(int Signal) {
   Caught = Signal;
@@ -33,7 +34,7 @@ void catchInterrupts() {
 int interruptSignal() { return Caught; }
 
 void checkInterrupt() {
-  if (int S = Caught)
+  if (int S = Caught.load())
     throw Error(std::string("error: interrupted by ") + (S == SIGINT ? "SIGINT" : S == SIGTERM ? "SIGTERM" : "a signal") +
                 "; nothing was written");
 }

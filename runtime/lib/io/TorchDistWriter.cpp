@@ -130,10 +130,16 @@ void TorchDistWriter::run(OutFile &F) {
       F.Queue.pop_front();
     }
     try {
-      if (J.Pickle.empty())
+      if (J.Pickle.empty()) {
+        *J.Crc = crc32(J.Data, J.Size);
         Write(J.Data, J.Size);
-      else // the checksum is taken here, on this file's thread
-        writeTorchSaveArchive(J.Pickle, {{"0", J.Data, J.Size}}, Write);
+      } else { // the checksums are taken here, on this file's thread
+        TorchSaveWriter Z(Write);
+        Z.addTorchRecords(J.Pickle);
+        Z.add("data/0", J.Data, J.Size);
+        *J.Crc = Z.lastCrc();
+        Z.finish();
+      }
     } catch (...) {
       std::lock_guard<std::mutex> G(Lock);
       if (!Failure)
@@ -209,8 +215,10 @@ void TorchDistWriter::addChunk(const std::string &Key, std::vector<int64_t> Offs
   // it (and take its checksum) on the file's thread.
   uint64_t Length =
       writeTorchSaveArchive(Pickle, {{"0", Data, NumBytes}}, [](const void *, size_t) {}, /*Checksums=*/false);
-  auto [File, At] = enqueue({std::move(Pickle), Data, NumBytes, std::move(Owner)}, Length);
-  T.Chunks.push_back({std::move(Offsets), std::move(Sizes), File, At, Length});
+  Crcs.push_back(0);
+  uint32_t *Crc = &Crcs.back();
+  auto [File, At] = enqueue({std::move(Pickle), Data, NumBytes, std::move(Owner), Crc}, Length);
+  T.Chunks.push_back({std::move(Offsets), std::move(Sizes), File, At, Length, Crc});
 }
 
 void TorchDistWriter::addBytes(const std::string &Key, const std::string &Record) {
@@ -218,8 +226,10 @@ void TorchDistWriter::addBytes(const std::string &Key, const std::string &Record
     throw Error("error: internal: checkpoint key '" + Key + "' written twice");
   auto Copy = std::make_shared<std::string>(Record);
   const uint8_t *Data = reinterpret_cast<const uint8_t *>(Copy->data());
-  auto [File, At] = enqueue({std::string(), Data, Copy->size(), Copy}, Copy->size());
-  Bytes[Key] = {File, At, Record.size()};
+  Crcs.push_back(0);
+  uint32_t *Crc = &Crcs.back();
+  auto [File, At] = enqueue({std::string(), Data, Copy->size(), Copy, Crc}, Copy->size());
+  Bytes[Key] = {File, At, Record.size(), Crc};
 }
 
 void TorchDistWriter::finish() {
@@ -261,13 +271,13 @@ std::string TorchDistWriter::records() const {
     const Tensor &T = Tensors.at(Key);
     nlohmann::json Cs = nlohmann::json::array();
     for (const Chunk &C : T.Chunks)
-      Cs.push_back({C.Offsets, C.Sizes, C.File, C.Offset, C.Length});
+      Cs.push_back({C.Offsets, C.Sizes, C.File, C.Offset, C.Length, *C.Crc});
     Ts.push_back({{"key", Key}, {"dtype", std::string(torchName(T.Type))}, {"shape", T.Shape}, {"chunks", Cs}});
   }
   R["tensors"] = Ts;
   nlohmann::json Bs = nlohmann::json::array();
   for (auto &[Key, B] : Bytes)
-    Bs.push_back({{"key", Key}, {"file", B.File}, {"offset", B.Offset}, {"length", B.Length}});
+    Bs.push_back({{"key", Key}, {"file", B.File}, {"offset", B.Offset}, {"length", B.Length}, {"crc32", *B.Crc}});
   R["bytes"] = Bs;
   return R.dump();
 }
@@ -295,17 +305,21 @@ void TorchDistWriter::addRecords(const std::string &Text) {
       throw Error("error: '" + Key + "' comes out as " + std::string(torchName(Type)) + " in one process and " +
                   std::string(torchName(It->second.Type)) + " (or another shape) in another");
     }
-    for (const auto &C : J.at("chunks"))
+    for (const auto &C : J.at("chunks")) {
+      MergedCrcs.push_back(C.at(5).get<uint32_t>());
       It->second.Chunks.push_back({C.at(0).get<std::vector<int64_t>>(), C.at(1).get<std::vector<int64_t>>(),
-                                   Base + C.at(2).get<unsigned>(), C.at(3).get<uint64_t>(), C.at(4).get<uint64_t>()});
+                                   Base + C.at(2).get<unsigned>(), C.at(3).get<uint64_t>(), C.at(4).get<uint64_t>(),
+                                   &MergedCrcs.back()});
+    }
   }
   for (const auto &J : R.at("bytes")) {
     std::string Key = J.at("key").get<std::string>();
     if (Tensors.count(Key))
       throw Error("error: internal: checkpoint key '" + Key + "' written twice");
     // Extra-state objects are the same bytes whoever writes them: the first wins.
+    MergedCrcs.push_back(J.at("crc32").get<uint32_t>());
     Bytes.emplace(Key, ByteRecord{Base + J.at("file").get<unsigned>(), J.at("offset").get<uint64_t>(),
-                                  J.at("length").get<uint64_t>()});
+                                  J.at("length").get<uint64_t>(), &MergedCrcs.back()});
   }
 }
 
@@ -461,6 +475,24 @@ void TorchDistWriter::finishMetadata() {
   C.setItems();
   C.setItems();
   writeWhole(Dir + "/common.pt", torchSaveArchive(C.finish(), {}));
+
+  // What verify checks: each record where it lies and its bytes' CRC-32
+  // (of the tensor chunk inside a record; of the whole record for objects).
+  nlohmann::ordered_json M;
+  M["format"] = 1;
+  M["checksum"] = "crc32";
+  nlohmann::ordered_json Chunks = nlohmann::ordered_json::array();
+  for (const std::string &Key : Order)
+    for (const Chunk &Ch : Tensors[Key].Chunks)
+      Chunks.push_back({{"key", Key}, {"offsets", Ch.Offsets}, {"file", FileNames[Ch.File]}, {"offset", Ch.Offset},
+                        {"length", Ch.Length}, {"crc32", *Ch.Crc}});
+  M["chunks"] = Chunks;
+  nlohmann::ordered_json Objects = nlohmann::ordered_json::array();
+  for (auto &[Key, B] : Bytes)
+    Objects.push_back({{"key", Key}, {"file", FileNames[B.File]}, {"offset", B.Offset}, {"length", B.Length},
+                       {"crc32", *B.Crc}});
+  M["objects"] = Objects;
+  writeWhole(Dir + "/manifest.json", M.dump(1) + "\n");
 }
 
 std::string universalExtraStateRecord() {

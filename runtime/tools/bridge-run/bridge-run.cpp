@@ -48,6 +48,10 @@ const char *Usage =
     "         [layout options]\n"
     "  export --megatron DIR --out DIR\n"
     "                            a checkpoint written by import -> HF safetensors\n"
+    "  verify DIR [--against SOURCE]\n"
+    "                            re-read a torch_dist checkpoint and check every record\n"
+    "                            against its manifest.json; with --against, check that\n"
+    "                            an HF export holds its source's tensors bit for bit\n"
     "  reshard --megatron DIR --out DIR [layout options]\n"
     "                            a checkpoint written by import or reshard (torch_dist\n"
     "                            or legacy) -> the same model at another layout or\n"
@@ -88,7 +92,7 @@ const char *Usage =
 [[noreturn]] void usageError(const std::string &Msg);
 
 struct Options {
-  std::string Command, HF, Out, Megatron, Device = "cpu", Format = "torch_dist";
+  std::string Command, HF, Out, Megatron, Device = "cpu", Format = "torch_dist", Target, Against;
   bool AsJson = false, LocalNames = false, Overwrite = false, Quiet = false, LocalSpec = false;
   Layout Par;
   unsigned Writers = 8, Converters = 4;
@@ -453,6 +457,10 @@ int main(int argc, char **argv) {
       O.Quiet = true;
     } else if (A == "--json") {
       O.AsJson = true;
+    } else if (A == "--against") {
+      if (++I >= argc)
+        usageError("--against needs a directory");
+      O.Against = argv[I];
     } else if (A == "--format") {
       if (++I >= argc)
         usageError("--format needs torch_dist or torch");
@@ -465,6 +473,8 @@ int main(int argc, char **argv) {
       usageError("unknown option '" + A + "'");
     } else if (O.Command.empty()) {
       O.Command = A;
+    } else if (O.Command == "verify" && O.Target.empty()) {
+      O.Target = A;
     } else {
       usageError("unexpected argument '" + A + "'");
     }
@@ -521,6 +531,20 @@ int main(int argc, char **argv) {
                                       : "reshard",
                      Sum, O.Out);
       return 0;
+    }
+    if (O.Command == "verify") {
+      if (O.Target.empty())
+        usageError("verify needs a directory: bridge-run verify DIR [--against SOURCE]");
+      VerifyReport R = runVerify(O.Target, O.Against);
+      for (size_t I = 0; I < R.Problems.size() && I < 50; ++I)
+        std::cerr << "bridge-run: error: " << R.Problems[I] << "\n";
+      if (R.Problems.size() > 50)
+        std::cerr << "bridge-run: ... and " << R.Problems.size() - 50 << " more\n";
+      std::printf("verify %s: %llu %s (%s) checked%s: %s\n", O.Target.c_str(),
+                  static_cast<unsigned long long>(R.Checked), O.Against.empty() ? "records" : "tensors",
+                  human(R.Bytes).c_str(), O.Against.empty() ? " against manifest.json" : (" against " + O.Against).c_str(),
+                  R.Problems.empty() ? "all match" : (std::to_string(R.Problems.size()) + " problem(s)").c_str());
+      return R.Problems.empty() ? 0 : 1;
     }
     if (O.Command == "export") {
       if (O.Megatron.empty() || O.Out.empty())
