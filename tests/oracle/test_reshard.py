@@ -268,3 +268,47 @@ def test_verify_checks_every_record_against_the_manifest(bridge_run, tiny_checkp
     r = subprocess.run([str(bridge_run.path), "verify", str(out), "--against", str(other)], capture_output=True,
                        text=True)
     assert r.returncode == 1 and "problem(s)" in r.stdout
+
+
+def test_reshard_reads_a_legacy_checkpoint_megatron_lm_saved(bridge_run, tiny_checkpoints, tmp_path):
+    """A legacy checkpoint without bridge.json, each rank file re-saved by
+    torch.save as Megatron-LM writes it (args a Namespace holding Megatron's
+    own enums, numpy RNG state, an optimizer): with --hf, reshard takes the
+    model from the HF checkpoint and the layout from the files' args, and
+    gives the bytes of a direct import."""
+    import argparse
+
+    import numpy as np
+    import torch
+
+    ckpt = tiny_checkpoints("qwen3-30b-a3b")
+    legacy = tmp_path / "legacy"
+    r = _run(bridge_run, "import", "--hf", str(ckpt.path), "--out", str(legacy), "--format", "torch",
+             "--tp", "2", "--pp", "2", "--ep", "2", "--etp", "1")
+    assert r.returncode == 0, r.stderr
+    it = legacy / "iter_0000000"
+    (it / "bridge.json").unlink()
+    try:
+        from megatron.core.transformer.enums import AttnBackend
+        backend = AttnBackend.auto
+    except ImportError:  # the enum is only a planted name; any class of megatron's will do
+        backend = None
+    for f in it.glob("mp_rank_*/model_optim_rng.pt"):
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            state = torch.load(str(f), weights_only=True)
+        args = argparse.Namespace(**vars(state["args"]), attention_backend=backend)
+        rng = np.random.RandomState(0).get_state()
+        torch.save({"args": args, "checkpoint_version": 3.0, "iteration": 1000, "model": state["model"],
+                    "optimizer": {"state": {0: {"exp_avg": torch.zeros(3)}}, "param_groups": [{"lr": 1e-4}]},
+                    "rng_state": [{"random_rng_state": (3, (1, 2), None), "np_rng_state": rng,
+                                   "torch_rng_state": torch.get_rng_state()}]}, str(f))
+    r = _run(bridge_run, "reshard", "--megatron", str(legacy), "--out", str(tmp_path / "x"))
+    assert r.returncode == 1 and "pass --hf with the model's HF checkpoint directory" in r.stderr, r.stderr
+    for fmt, layout in (("torch_dist", []), ("torch", ["--ep", "4"])):
+        out, direct = tmp_path / f"from-legacy-{fmt}", tmp_path / f"direct-{fmt}"
+        r = _run(bridge_run, "reshard", "--megatron", str(it), "--hf", str(ckpt.path), "--out", str(out),
+                 "--format", fmt, *layout)
+        assert r.returncode == 0, r.stderr
+        r = _run(bridge_run, "import", "--hf", str(ckpt.path), "--out", str(direct), "--format", fmt, *layout)
+        assert r.returncode == 0, r.stderr
+        _assert_identical(out, direct)

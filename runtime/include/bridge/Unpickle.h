@@ -49,6 +49,10 @@ extern const GlobalAllowList DcpMetadataGlobals;
 /// builtins.* and protocol 2's __builtin__.*).
 extern const GlobalAllowList TorchSaveGlobals;
 
+/// TorchSaveGlobals and what Megatron-LM's legacy model_optim_rng.pt holds
+/// beside the model: numpy's RNG state and every name under the package
+/// 'megatron' (an entry 'pkg.*' admits a whole package).
+extern const GlobalAllowList LegacyCheckpointGlobals;
 /// A tensor read from a torch.save archive.
 struct TensorRecord {
   DType Type = DType::F32;

@@ -219,8 +219,9 @@ void Progress::finish() {
 /// The iteration directory of \p Dir: Dir itself, or the one its tracker
 /// file names.
 std::string iterationDir(const std::string &Dir) {
-  if (files::exists(files::join(Dir, ".metadata")))
-    return Dir;
+  if (files::exists(files::join(Dir, ".metadata")) || files::exists(files::join(Dir, "mp_rank_00")) ||
+      files::exists(files::join(Dir, "mp_rank_00_000")) || files::exists(files::join(Dir, "mp_rank_00_000_000")))
+    return Dir; // an iteration directory itself (torch_dist, or legacy)
   std::string Tracker = files::join(Dir, "latest_checkpointed_iteration.txt");
   std::ifstream In(Tracker);
   if (!In)

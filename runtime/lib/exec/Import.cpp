@@ -298,6 +298,7 @@ Summary importWith(const ImportOptions &O, const std::string &FromDir) {
   // -- config and mapping: from config.json, or from the sidecar of the
   // -- checkpoint to reshard (the same mapping, config and layer spec) -------------
   const bool Reshard = !FromDir.empty();
+  bool SideFromHF = false; // a reshard whose source had no sidecar: made from --hf
   Json HF, FromSide;
   std::string FromIter;
   std::vector<Json> Fields;
@@ -305,14 +306,24 @@ Summary importWith(const ImportOptions &O, const std::string &FromDir) {
   if (Reshard) {
     FromIter = iterationDir(FromDir);
     std::string SidePath = files::join(FromIter, "bridge.json");
-    if (!files::exists(SidePath))
-      throw Error("error: " + FromIter +
-                  " has no bridge.json: it was not written by 'bridge-run import', so its "
-                  "mapping and config are unknown");
-    FromSide = readJsonFile(SidePath);
-    Mapping = &mappingNamed(FromSide.at("mapping").get<std::string>());
-    Fields = configFromJson(S, FromSide.at("megatron_config"));
-    HF = FromSide.at("hf_config");
+    if (files::exists(SidePath)) {
+      FromSide = readJsonFile(SidePath);
+      Mapping = &mappingNamed(FromSide.at("mapping").get<std::string>());
+      Fields = configFromJson(S, FromSide.at("megatron_config"));
+      HF = FromSide.at("hf_config");
+    } else if (!O.HFDir.empty()) {
+      // A legacy checkpoint Megatron-LM saved: the model from the HF config,
+      // the layout from its files' args (legacySidecar).
+      HF = readJsonFile(files::isDirectory(O.HFDir) ? files::join(O.HFDir, "config.json") : O.HFDir);
+      Mapping = &mappingFor(HF);
+      Fields = importConfig(*Mapping, S, HF);
+      FromSide = legacySidecar(FromIter, HF, Mapping->Name, configToJson(S, Fields));
+      SideFromHF = true;
+    } else {
+      throw Error("error: " + FromIter + " has no bridge.json: it was not written by 'bridge-run import', so its "
+                  "model is unknown; for a legacy checkpoint, pass --hf with the model's HF checkpoint directory "
+                  "(or its config.json)");
+    }
   } else {
     HF = readJsonFile(O.HFDir + "/config.json");
     Mapping = &mappingFor(HF);
@@ -410,7 +421,14 @@ Summary importWith(const ImportOptions &O, const std::string &FromDir) {
     }
   } else if (Reshard) {
     From = std::make_unique<TorchDistCheckpoint>(FromIter);
-  } else {
+  }
+  if (SideFromHF && files::isDirectory(O.HFDir) &&
+      (files::exists(files::join(O.HFDir, "model.safetensors")) ||
+       files::exists(files::join(O.HFDir, "model.safetensors.index.json")))) {
+    // Only for the sidecar: the HF layout export restores.
+    HFCkpt = std::make_unique<SafetensorsCheckpoint>(O.HFDir);
+    chooseAlternatives(P, [&](const std::string &Name) { return HFCkpt->find(Name) != nullptr; });
+  } else if (!Reshard) {
     HFCkpt = std::make_unique<SafetensorsCheckpoint>(O.HFDir);
     chooseAlternatives(P, [&](const std::string &Name) { return HFCkpt->find(Name) != nullptr; });
     checkAgainstHF(O, T, S, Fields, P, *HFCkpt);
@@ -829,7 +847,8 @@ Summary importWith(const ImportOptions &O, const std::string &FromDir) {
     // Sidecar: what export needs to reproduce the HF checkpoint exactly
     // (a reshard keeps its source's, with the new layout).
     Json Side = FromSide;
-    if (!Reshard) {
+    if (!Reshard || HFCkpt) {
+      Side = Json::object(); // in import's order
       Side["format"] = 1;
       Side["mapping"] = T.Name;
       Side["megatron_config"] = configToJson(S, Fields);
@@ -850,7 +869,7 @@ Summary importWith(const ImportOptions &O, const std::string &FromDir) {
           Alternatives[PT.LocalName] = PT.Chosen;
       if (!Alternatives.empty())
         Side["alternatives"] = Alternatives;
-      Side["layer_spec"] = O.LocalSpec ? "local" : "transformer_engine";
+      Side["layer_spec"] = LocalSpec ? "local" : "transformer_engine";
     }
     Side["checkpoint_format"] = Legacy ? "torch" : "torch_dist";
     Side["layout"] = {{"tp", O.Par.TP}, {"pp", O.Par.PP}, {"ep", O.Par.EP}, {"etp", O.Par.ETP}, {"vpp", O.Par.VPP}};

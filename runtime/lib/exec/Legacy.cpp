@@ -9,6 +9,7 @@
 #include <ATen/ops/zeros.h>
 
 #include <cerrno>
+#include <dirent.h>
 #include <cstring>
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -222,7 +223,7 @@ LegacyCheckpoint::LegacyCheckpoint(const std::string &IterDir, const Layout &Par
           throw Error("error: cannot map " + F->Path + ": " + std::strerror(errno));
         }
         F->Root = readTorchSave(std::string_view(static_cast<const char *>(F->Map), F->Size), F->Path,
-                                TorchSaveGlobals, /*Borrow=*/true);
+                                LegacyCheckpointGlobals, /*Borrow=*/true);
         const PyValue *Model = F->Root->find("model");
         if (!Model || Model->Tag != PyValue::Kind::Dict)
           throw Error("error: " + F->Path + " has no 'model' dict: not a Megatron-LM legacy checkpoint file");
@@ -262,6 +263,80 @@ std::vector<std::tuple<int, int, int, std::string>> LegacyCheckpoint::tensors() 
 std::string LegacyCheckpoint::fileOf(int T, int P, int E) const {
   auto It = Files.find({T, P, E});
   return It == Files.end() ? Dir : It->second->Path;
+}
+
+Json legacySidecar(const std::string &IterDir, const Json &HFConfig, const std::string &Mapping,
+                   const Json &MegatronConfig) {
+  // The first rank file names the layout in its args.
+  std::string First;
+  if (DIR *D = ::opendir(IterDir.c_str())) {
+    while (const struct dirent *E = ::readdir(D)) {
+      std::string Name = E->d_name;
+      if (Name.rfind("mp_rank_", 0) == 0 && (First.empty() || Name < First))
+        First = Name;
+    }
+    ::closedir(D);
+  }
+  if (First.empty())
+    throw Error("error: " + IterDir + " holds no mp_rank_* directory: not a legacy checkpoint");
+  std::string Path = files::join(files::join(IterDir, First), "model_optim_rng.pt");
+  int Fd = ::open(Path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (Fd < 0)
+    throw Error("error: cannot read " + Path + ": " + std::strerror(errno));
+  struct stat St;
+  if (::fstat(Fd, &St) != 0 || St.st_size <= 0) {
+    ::close(Fd);
+    throw Error("error: " + Path + " is empty or unreadable");
+  }
+  size_t Size = static_cast<size_t>(St.st_size);
+  void *Map = ::mmap(nullptr, Size, PROT_READ, MAP_PRIVATE, Fd, 0);
+  ::close(Fd);
+  if (Map == MAP_FAILED)
+    throw Error("error: cannot map " + Path + ": " + std::strerror(errno));
+  Json Side;
+  try {
+    PyValuePtr Root = readTorchSave(std::string_view(static_cast<const char *>(Map), Size), Path,
+                                    LegacyCheckpointGlobals, /*Borrow=*/true);
+    const PyValue *Args = Root->find("args");
+    if (!Args)
+      throw Error("error: " + Path + " has no 'args': the layout it was saved at is unknown");
+    auto IntArg = [&](const char *Name, int64_t Default) -> int64_t {
+      const PyValue *V = Args->find(Name);
+      if (!V || V->Tag == PyValue::Kind::None)
+        return Default;
+      if (V->Tag != PyValue::Kind::Int)
+        throw Error("error: " + Path + ": args." + Name + " is not an integer");
+      return V->Int;
+    };
+    int64_t TP = IntArg("tensor_model_parallel_size", -1);
+    if (TP < 1)
+      throw Error("error: " + Path + ": args has no tensor_model_parallel_size");
+    int64_t VPP = IntArg("virtual_pipeline_model_parallel_size", 1);
+    if (VPP > 1)
+      throw Error("error: " + Path + " was saved with virtual pipeline stages (" + std::to_string(VPP) +
+                  "), which this reader does not take");
+    Side["layout"] = {{"tp", TP},
+                      {"pp", IntArg("pipeline_model_parallel_size", 1)},
+                      {"ep", IntArg("expert_model_parallel_size", 1)},
+                      {"etp", IntArg("expert_tensor_parallel_size", TP)},
+                      {"vpp", 1}};
+    const PyValue *Model = Root->find("model");
+    bool TE = false;
+    if (Model)
+      for (const auto &[K, V] : Model->Entries)
+        TE |= K->Tag == PyValue::Kind::Str && K->Text.find(".layer_norm_weight") != std::string::npos;
+    Side["layer_spec"] = TE ? "transformer_engine" : "local";
+  } catch (...) {
+    ::munmap(Map, Size);
+    throw;
+  }
+  ::munmap(Map, Size);
+  Side["format"] = 1;
+  Side["mapping"] = Mapping;
+  Side["megatron_config"] = MegatronConfig;
+  Side["hf_config"] = HFConfig;
+  Side["checkpoint_format"] = "torch";
+  return Side;
 }
 
 } // namespace bridge

@@ -85,6 +85,13 @@ private:
   std::string Dir;
 };
 
+/// The sidecar import would have written for a legacy checkpoint that has
+/// none (one Megatron-LM saved): the mapping and config from the HF
+/// config.json in \p HFDir, the layout from the 'args' of its rank files,
+/// the layer spec from their tensor names. Throws naming what is missing.
+Json legacySidecar(const std::string &IterDir, const Json &HFConfig, const std::string &Mapping,
+                   const Json &MegatronConfig);
+
 } // namespace bridge
 
 #endif

@@ -100,6 +100,19 @@ const GlobalAllowList TorchSaveGlobals = [] {
   return L;
 }();
 
+const GlobalAllowList LegacyCheckpointGlobals = [] {
+  GlobalAllowList L = TorchSaveGlobals;
+  // What Megatron-LM puts beside the model in model_optim_rng.pt: numpy's
+  // RNG state (an ndarray whose bytes protocol 2 spells as _codecs.encode),
+  // and args holding Megatron's own enums and classes; all stay names and
+  // data here.
+  for (const char *G : {"numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct", "numpy.ndarray",
+                        "numpy.dtype", "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar",
+                        "_codecs.encode", "pathlib.PosixPath", "megatron.*"})
+    L.insert(G);
+  return L;
+}();
+
 // ---- TensorRecord, PyValue -----------------------------------------------------------
 
 int64_t TensorRecord::numel() const {
@@ -480,7 +493,18 @@ void Unpickler::memoGet(uint64_t Index) {
 
 void Unpickler::global(std::string Module, std::string Name) {
   std::string Qualified = Module + "." + Name;
-  if (!Allowed.count(Qualified))
+  // An entry 'pkg.*' admits every name under the package 'pkg' (as data: a
+  // global is never called here).
+  auto UnderPackage = [&] {
+    for (size_t Dot = Module.size(); Dot != std::string::npos; Dot = Module.rfind('.', Dot - 1)) {
+      if (Allowed.count(Module.substr(0, Dot) + ".*"))
+        return true;
+      if (Dot == 0)
+        break;
+    }
+    return false;
+  };
+  if (!Allowed.count(Qualified) && !UnderPackage())
     fail("forbidden global '" + Qualified + "' in " + Where);
   PyValuePtr &G = Globals[Qualified];
   if (!G) {

@@ -52,10 +52,11 @@ const char *Usage =
     "                            re-read a torch_dist checkpoint and check every record\n"
     "                            against its manifest.json; with --against, check that\n"
     "                            an HF export holds its source's tensors bit for bit\n"
-    "  reshard --megatron DIR --out DIR [layout options]\n"
+    "  reshard --megatron DIR --out DIR [--hf HF] [layout options]\n"
     "                            a checkpoint written by import or reshard (torch_dist\n"
     "                            or legacy) -> the same model at another layout or\n"
-    "                            format (--format): what import would write\n"
+    "                            format (--format): what import would write; a legacy\n"
+    "                            checkpoint Megatron-LM saved needs --hf (its model)\n"
     "\n"
     "layout options (validated against the model; they shape chunks and plans):\n"
     "  --tp N --pp N --ep N --etp N --vpp N\n"
@@ -517,7 +518,7 @@ int main(int argc, char **argv) {
     if (O.Command == "reshard") {
       if (O.Megatron.empty() || O.Out.empty())
         usageError("reshard needs --megatron DIR and --out DIR");
-      ImportOptions IO{"", O.Out, O.Par, O.Device, O.Overwrite, O.Quiet, O.LocalSpec, O.Writers, O.MemoryBudget,
+      ImportOptions IO{O.HF, O.Out, O.Par, O.Device, O.Overwrite, O.Quiet, O.LocalSpec, O.Writers, O.MemoryBudget,
                        O.Converters};
       GroupEnvironment Env = groupEnvironment();
       Rank = Env.Rank;
