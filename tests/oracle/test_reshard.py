@@ -144,6 +144,9 @@ def test_reshard_refuses_what_does_not_fit(bridge_run, tiny_checkpoints, tmp_pat
     r = _run(bridge_run, "reshard", "--megatron", str(broken), "--out", str(tmp_path / "z"), "--tp", "2")
     assert r.returncode == 1 and "global shape that does not fit its config" in r.stderr, r.stderr
     assert not (tmp_path / "z").exists() and not list(tmp_path.glob("z.partial-*"))
+    # The layer spec is the source's: --local-spec on a TE checkpoint is refused.
+    r = _run(bridge_run, "reshard", "--megatron", str(mg), "--out", str(tmp_path / "w"), "--local-spec")
+    assert r.returncode == 1 and "--local-spec does not apply" in r.stderr, r.stderr
     # An existing output is refused without --overwrite.
     r = _run(bridge_run, "reshard", "--megatron", str(mg), "--out", str(mg), "--tp", "2")
     assert r.returncode == 1 and "exists; pass --overwrite" in r.stderr

@@ -2,6 +2,7 @@
 #include "bridge/ProcessGroup.h"
 
 #include "bridge/Config.h" // bridge::Error
+#include "bridge/Interrupt.h"
 
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
@@ -204,6 +205,7 @@ void ProcessGroup::waitFor(const std::vector<std::string> &Keys, const std::stri
                   Step + "': " + X.what());
     }
     check();
+    checkInterrupt(); // Ctrl-C while waiting for the others
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
 }

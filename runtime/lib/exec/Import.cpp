@@ -332,6 +332,9 @@ Summary importWith(const ImportOptions &O, const std::string &FromDir) {
   const MappingTable &T = *Mapping;
   Sum.Mapping = T.Name;
   const bool LocalSpec = Reshard ? FromSide.value("layer_spec", "") == "local" : O.LocalSpec;
+  if (Reshard && O.LocalSpec && !LocalSpec)
+    throw Error("error: " + FromIter + " holds Transformer Engine names; reshard keeps its source's layer spec, so "
+                "--local-spec does not apply");
 
   // -- layout ------------------------------------------------------------------------
   std::vector<std::string> Problems = checkLayout(O.Par, fieldGetter(S, Fields));
