@@ -79,6 +79,8 @@ private:
   /// Throws if another member reported a failure (when \p Failures) or went
   /// silent, or the store is gone.
   void poll(bool Failures);
+  /// Whether member \p R's heartbeat has not moved for the timeout.
+  bool silent(int R, std::chrono::steady_clock::time_point Now);
 };
 
 } // namespace bridge

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <vector>
 #include <cstdlib>
 #include <map>
 #include <thread>
@@ -150,7 +151,7 @@ ProcessGroup::~ProcessGroup() {
     farewell();
   else
     try {
-      State->Store->add(State->Prefix + "bye", 1);
+      State->Store->set(State->Prefix + "bye/" + std::to_string(Env.Rank), bytes("1"));
     } catch (...) {
     }
   State->Stop = true;
@@ -168,25 +169,27 @@ void ProcessGroup::check() {
   poll(/*Failures=*/true);
 }
 
+bool ProcessGroup::silent(int R, Clock::time_point Now) {
+  int64_t Beats = State->Store->add(State->Prefix + "beat/" + std::to_string(R), 0);
+  auto &[Last, Since] = State->Seen.try_emplace(R, -1, Now).first->second;
+  if (Beats != Last) {
+    Last = Beats;
+    Since = Now;
+    return false;
+  }
+  return Now - Since > Env.Timeout;
+}
+
 void ProcessGroup::poll(bool Failures) {
   auto Now = Clock::now();
   try {
     std::string Failed = State->Prefix + "failed";
     if (Failures && State->Store->check({Failed}))
       throw Error("error: stopping, because " + text(State->Store->get(Failed)));
-    for (int R = 0; R < Env.Size; ++R) {
-      if (R == Env.Rank)
-        continue;
-      int64_t Beats = State->Store->add(State->Prefix + "beat/" + std::to_string(R), 0);
-      auto &[Last, Since] = State->Seen.try_emplace(R, -1, Now).first->second;
-      if (Beats != Last) {
-        Last = Beats;
-        Since = Now;
-      } else if (Now - Since > Env.Timeout) {
+    for (int R = 0; R < Env.Size; ++R)
+      if (R != Env.Rank && silent(R, Now))
         throw Error("error: stopping, because process " + std::to_string(R) + " of " + std::to_string(Env.Size) +
                     " went silent (no heartbeat for " + std::to_string(Env.Timeout.count()) + " s)");
-      }
-    }
   } catch (const Error &) {
     throw;
   } catch (const std::exception &X) {
@@ -257,14 +260,25 @@ void ProcessGroup::fail(const std::string &Message) noexcept {
 void ProcessGroup::farewell() noexcept {
   if (!State || Env.Rank != 0 || Env.AgentStore)
     return; // torchrun's agent keeps its store up itself
-  auto Deadline = Clock::now() + Env.Timeout;
+  // Every other member either says goodbye or has gone silent; one that
+  // died is not waited for, one still reading a report is.
+  auto Deadline = Clock::now() + 2 * Env.Timeout;
+  std::vector<bool> Done(static_cast<size_t>(Env.Size), false);
+  Done[0] = true;
   try {
-    while (State->Store->add(State->Prefix + "bye", 0) < Env.Size - 1 && Clock::now() < Deadline) {
-      try {
-        poll(/*Failures=*/false); // a silent member is not waited for
-      } catch (const Error &) {
-        return;
+    while (Clock::now() < Deadline) {
+      bool All = true;
+      auto Now = Clock::now();
+      for (int R = 1; R < Env.Size; ++R) {
+        if (Done[static_cast<size_t>(R)])
+          continue;
+        if (State->Store->check({State->Prefix + "bye/" + std::to_string(R)}) || silent(R, Now))
+          Done[static_cast<size_t>(R)] = true;
+        else
+          All = false;
       }
+      if (All)
+        return;
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
   } catch (...) {
