@@ -192,6 +192,18 @@ struct LegacyPiece {
   at::Tensor Value;
 };
 
+/// "\n<count> <What>:" and the first 25 names, one a line ("" when none).
+std::string nameList(const char *What, const std::vector<std::string> &Names) {
+  if (Names.empty())
+    return "";
+  std::string M = "\n" + std::to_string(Names.size()) + " " + What + ":";
+  for (size_t I = 0; I < Names.size() && I < 25; ++I)
+    M += "\n  " + Names[I];
+  if (Names.size() > 25)
+    M += "\n  ... and " + std::to_string(Names.size() - 25) + " more";
+  return M;
+}
+
 /// Both sides of coverage (every HF tensor consumed once or ignored, every
 /// Megatron tensor produced), then a dry run of every op chain on meta
 /// tensors: shapes before any byte is written.
@@ -258,17 +270,8 @@ void checkAgainstHF(const ImportOptions &O, const MappingTable &T, const SchemaT
   if (!Missing.empty() || !Unmapped.empty()) {
     std::string M =
         "error: the checkpoint in " + O.HFDir + " does not match mapping '" + T.Name + "' (" + T.SourceFile + "):";
-    auto List = [&](const char *What, const std::vector<std::string> &Names) {
-      if (Names.empty())
-        return;
-      M += "\n" + std::to_string(Names.size()) + " " + What + ":";
-      for (size_t I = 0; I < Names.size() && I < 25; ++I)
-        M += "\n  " + Names[I];
-      if (Names.size() > 25)
-        M += "\n  ... and " + std::to_string(Names.size() - 25) + " more";
-    };
-    List("HF tensor(s) the mapping reads are missing", Missing);
-    List("HF tensor(s) no rule reads or ignores", Unmapped);
+    M += nameList("HF tensor(s) the mapping reads are missing", Missing);
+    M += nameList("HF tensor(s) no rule reads or ignores", Unmapped);
     throw Error(M);
   }
 
@@ -409,17 +412,8 @@ Summary importWith(const ImportOptions &O, const std::string &FromDir) {
                           std::get<3>(Entry));
     if (!Missing.empty() || !Unknown.empty()) {
       std::string M = "error: the legacy checkpoint in " + FromIter + " does not match mapping '" + T.Name + "':";
-      auto List = [&](const char *What, const std::vector<std::string> &Names) {
-        if (Names.empty())
-          return;
-        M += "\n" + std::to_string(Names.size()) + " " + What + ":";
-        for (size_t I = 0; I < Names.size() && I < 25; ++I)
-          M += "\n  " + Names[I];
-        if (Names.size() > 25)
-          M += "\n  ... and " + std::to_string(Names.size() - 25) + " more";
-      };
-      List("tensor(s) the model needs are missing", Missing);
-      List("tensor(s) no planned tensor accounts for", Unknown);
+      M += nameList("tensor(s) the model needs are missing", Missing);
+      M += nameList("tensor(s) no planned tensor accounts for", Unknown);
       throw Error(M);
     }
   } else if (Reshard) {

@@ -9,8 +9,8 @@
 #include <ATen/ops/zeros.h>
 
 #include <cerrno>
-#include <dirent.h>
 #include <cstring>
+#include <dirent.h>
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -93,8 +93,8 @@ std::vector<at::Tensor> LegacyLayout::cut(const PlannedTensor &PT, at::Tensor X)
   if (PT.ParallelStyle == Style::Vocab) {
     // The model allocates the padded vocabulary: zero rows at the end.
     if (X.size(0) > PaddedVocab)
-      throw Error("error: '" + PT.Name + "' has " + std::to_string(X.size(0)) + " rows, more than the padded vocabulary (" +
-                  std::to_string(PaddedVocab) + ") the config gives");
+      throw Error("error: '" + PT.Name + "' has " + std::to_string(X.size(0)) +
+                  " rows, more than the padded vocabulary (" + std::to_string(PaddedVocab) + ") the config gives");
     if (X.size(0) < PaddedVocab) {
       std::vector<int64_t> Pad(X.sizes().begin(), X.sizes().end());
       Pad[0] = PaddedVocab - X.size(0);
@@ -185,45 +185,66 @@ Json LegacyLayout::args(const SchemaTable &S, const std::vector<Json> &Fields) c
   return A;
 }
 
-struct LegacyCheckpoint::RankFile {
+namespace {
+
+/// A rank file mapped read-only and unpickled, its tensors borrowed from
+/// the mapping (which therefore goes last).
+struct MappedRankFile {
   std::string Path;
   void *Map = nullptr;
   size_t Size = 0;
   PyValuePtr Root;
-  std::map<std::string, const TensorRecord *> Tensors;
-  std::vector<std::string> Nones;
-  ~RankFile() {
+
+  /// \p Missing: what to add when the file cannot be opened.
+  MappedRankFile(std::string FilePath, const std::string &Missing = "") : Path(std::move(FilePath)) {
+    int Fd = ::open(Path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (Fd < 0)
+      throw Error("error: cannot read " + Path + ": " + std::strerror(errno) + Missing);
+    struct stat St;
+    if (::fstat(Fd, &St) != 0 || St.st_size <= 0) {
+      ::close(Fd);
+      throw Error("error: " + Path + " is empty or unreadable");
+    }
+    Size = static_cast<size_t>(St.st_size);
+    Map = ::mmap(nullptr, Size, PROT_READ, MAP_PRIVATE, Fd, 0);
+    ::close(Fd);
+    if (Map == MAP_FAILED) {
+      Map = nullptr;
+      throw Error("error: cannot map " + Path + ": " + std::strerror(errno));
+    }
+    try {
+      Root = readTorchSave(std::string_view(static_cast<const char *>(Map), Size), Path, LegacyCheckpointGlobals,
+                           /*Borrow=*/true);
+    } catch (...) {
+      ::munmap(Map, Size);
+      throw;
+    }
+  }
+  ~MappedRankFile() {
     Root.reset(); // borrowed tensors first
     if (Map)
       ::munmap(Map, Size);
   }
+  MappedRankFile(const MappedRankFile &) = delete;
+  MappedRankFile &operator=(const MappedRankFile &) = delete;
+};
+
+} // namespace
+
+struct LegacyCheckpoint::RankFile : MappedRankFile {
+  using MappedRankFile::MappedRankFile;
+  std::map<std::string, const TensorRecord *> Tensors;
+  std::vector<std::string> Nones;
 };
 
 LegacyCheckpoint::LegacyCheckpoint(const std::string &IterDir, const Layout &Par) : L(Par), Dir(IterDir) {
   for (int P = 0; P < L.PP; ++P)
     for (int E = 0; E < L.EP; ++E)
       for (int T = 0; T < L.TP; ++T) {
-        auto F = std::make_unique<RankFile>();
-        F->Path = files::join(files::join(IterDir, LegacyWriter::rankDir(L.PP, L.EP, T, P, E)), "model_optim_rng.pt");
-        int Fd = ::open(F->Path.c_str(), O_RDONLY | O_CLOEXEC);
-        if (Fd < 0)
-          throw Error("error: cannot read " + F->Path + ": " + std::strerror(errno) + " (a TP=" +
-                      std::to_string(L.TP) + " PP=" + std::to_string(L.PP) + " EP=" + std::to_string(L.EP) +
-                      " legacy checkpoint has one file per rank)");
-        struct stat St;
-        if (::fstat(Fd, &St) != 0 || St.st_size <= 0) {
-          ::close(Fd);
-          throw Error("error: " + F->Path + " is empty or unreadable");
-        }
-        F->Size = static_cast<size_t>(St.st_size);
-        F->Map = ::mmap(nullptr, F->Size, PROT_READ, MAP_PRIVATE, Fd, 0);
-        ::close(Fd);
-        if (F->Map == MAP_FAILED) {
-          F->Map = nullptr;
-          throw Error("error: cannot map " + F->Path + ": " + std::strerror(errno));
-        }
-        F->Root = readTorchSave(std::string_view(static_cast<const char *>(F->Map), F->Size), F->Path,
-                                LegacyCheckpointGlobals, /*Borrow=*/true);
+        auto F = std::make_unique<RankFile>(
+            files::join(files::join(IterDir, LegacyWriter::rankDir(L.PP, L.EP, T, P, E)), "model_optim_rng.pt"),
+            " (a TP=" + std::to_string(L.TP) + " PP=" + std::to_string(L.PP) + " EP=" + std::to_string(L.EP) +
+                " legacy checkpoint has one file per rank)");
         const PyValue *Model = F->Root->find("model");
         if (!Model || Model->Tag != PyValue::Kind::Dict)
           throw Error("error: " + F->Path + " has no 'model' dict: not a Megatron-LM legacy checkpoint file");
@@ -232,8 +253,8 @@ LegacyCheckpoint::LegacyCheckpoint(const std::string &IterDir, const Layout &Par
             throw Error("error: " + F->Path + ": a key of 'model' is not a string");
           if (V->Tag == PyValue::Kind::Tensor)
             F->Tensors[K->Text] = V->Tensor.get();
-          else if (V->Tag == PyValue::Kind::None || K->Text.size() > 13 &&
-                                                        K->Text.compare(K->Text.size() - 13, 13, "._extra_state") == 0)
+          else if (V->Tag == PyValue::Kind::None ||
+                   K->Text.size() > 13 && K->Text.compare(K->Text.size() - 13, 13, "._extra_state") == 0)
             F->Nones.push_back(K->Text); // extra state, whatever its form
           else
             throw Error("error: " + F->Path + ": 'model' entry '" + K->Text + "' is neither a tensor nor extra state");
@@ -279,58 +300,39 @@ Json legacySidecar(const std::string &IterDir, const Json &HFConfig, const std::
   }
   if (First.empty())
     throw Error("error: " + IterDir + " holds no mp_rank_* directory: not a legacy checkpoint");
-  std::string Path = files::join(files::join(IterDir, First), "model_optim_rng.pt");
-  int Fd = ::open(Path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (Fd < 0)
-    throw Error("error: cannot read " + Path + ": " + std::strerror(errno));
-  struct stat St;
-  if (::fstat(Fd, &St) != 0 || St.st_size <= 0) {
-    ::close(Fd);
-    throw Error("error: " + Path + " is empty or unreadable");
-  }
-  size_t Size = static_cast<size_t>(St.st_size);
-  void *Map = ::mmap(nullptr, Size, PROT_READ, MAP_PRIVATE, Fd, 0);
-  ::close(Fd);
-  if (Map == MAP_FAILED)
-    throw Error("error: cannot map " + Path + ": " + std::strerror(errno));
+  MappedRankFile File(files::join(files::join(IterDir, First), "model_optim_rng.pt"));
+  const std::string &Path = File.Path;
+  const PyValuePtr &Root = File.Root;
   Json Side;
-  try {
-    PyValuePtr Root = readTorchSave(std::string_view(static_cast<const char *>(Map), Size), Path,
-                                    LegacyCheckpointGlobals, /*Borrow=*/true);
-    const PyValue *Args = Root->find("args");
-    if (!Args)
-      throw Error("error: " + Path + " has no 'args': the layout it was saved at is unknown");
-    auto IntArg = [&](const char *Name, int64_t Default) -> int64_t {
-      const PyValue *V = Args->find(Name);
-      if (!V || V->Tag == PyValue::Kind::None)
-        return Default;
-      if (V->Tag != PyValue::Kind::Int)
-        throw Error("error: " + Path + ": args." + Name + " is not an integer");
-      return V->Int;
-    };
-    int64_t TP = IntArg("tensor_model_parallel_size", -1);
-    if (TP < 1)
-      throw Error("error: " + Path + ": args has no tensor_model_parallel_size");
-    int64_t VPP = IntArg("virtual_pipeline_model_parallel_size", 1);
-    if (VPP > 1)
-      throw Error("error: " + Path + " was saved with virtual pipeline stages (" + std::to_string(VPP) +
-                  "), which this reader does not take");
-    Side["layout"] = {{"tp", TP},
-                      {"pp", IntArg("pipeline_model_parallel_size", 1)},
-                      {"ep", IntArg("expert_model_parallel_size", 1)},
-                      {"etp", IntArg("expert_tensor_parallel_size", TP)},
-                      {"vpp", 1}};
-    const PyValue *Model = Root->find("model");
-    bool TE = false;
-    if (Model)
-      for (const auto &[K, V] : Model->Entries)
-        TE |= K->Tag == PyValue::Kind::Str && K->Text.find(".layer_norm_weight") != std::string::npos;
-    Side["layer_spec"] = TE ? "transformer_engine" : "local";
-  } catch (...) {
-    ::munmap(Map, Size);
-    throw;
-  }
-  ::munmap(Map, Size);
+  const PyValue *Args = Root->find("args");
+  if (!Args)
+    throw Error("error: " + Path + " has no 'args': the layout it was saved at is unknown");
+  auto IntArg = [&](const char *Name, int64_t Default) -> int64_t {
+    const PyValue *V = Args->find(Name);
+    if (!V || V->Tag == PyValue::Kind::None)
+      return Default;
+    if (V->Tag != PyValue::Kind::Int)
+      throw Error("error: " + Path + ": args." + Name + " is not an integer");
+    return V->Int;
+  };
+  int64_t TP = IntArg("tensor_model_parallel_size", -1);
+  if (TP < 1)
+    throw Error("error: " + Path + ": args has no tensor_model_parallel_size");
+  int64_t VPP = IntArg("virtual_pipeline_model_parallel_size", 1);
+  if (VPP > 1)
+    throw Error("error: " + Path + " was saved with virtual pipeline stages (" + std::to_string(VPP) +
+                "), which this reader does not take");
+  Side["layout"] = {{"tp", TP},
+                    {"pp", IntArg("pipeline_model_parallel_size", 1)},
+                    {"ep", IntArg("expert_model_parallel_size", 1)},
+                    {"etp", IntArg("expert_tensor_parallel_size", TP)},
+                    {"vpp", 1}};
+  const PyValue *Model = Root->find("model");
+  bool TE = false;
+  if (Model)
+    for (const auto &[K, V] : Model->Entries)
+      TE |= K->Tag == PyValue::Kind::Str && K->Text.find(".layer_norm_weight") != std::string::npos;
+  Side["layer_spec"] = TE ? "transformer_engine" : "local";
   Side["format"] = 1;
   Side["mapping"] = Mapping;
   Side["megatron_config"] = MegatronConfig;
