@@ -15,6 +15,13 @@
 using namespace bridgec;
 
 namespace {
+/// Limits on hostile input (docs/reliability.md). The largest shipped
+/// mapping is 14 KB and nests 4 levels.
+constexpr size_t MaxFileBytes = size_t(1) << 20;
+constexpr unsigned MaxNesting = 64;
+} // namespace
+
+namespace {
 /// Routes ANTLR syntax errors to the DiagnosticEngine as BR0101.
 class SyntaxErrorListener : public antlr4::BaseErrorListener {
 public:
@@ -94,6 +101,16 @@ llvm::SMRange ParseContext::range(antlr4::ParserRuleContext *C) const {
 std::unique_ptr<ast::File> bridgec::parseBuffer(unsigned BufferID, DiagnosticEngine &Diags) {
   ParseContext Ctx(BufferID, Diags);
   const llvm::MemoryBuffer *Buf = Diags.getSourceMgr().getMemoryBuffer(BufferID);
+  if (Buf->getBufferSize() > MaxFileBytes) {
+    // Reported where the limit is crossed; nothing of the file is parsed.
+    llvm::SMLoc At = llvm::SMLoc::getFromPointer(Buf->getBufferStart() + MaxFileBytes);
+    Diags.emit(DiagId::FileTooLarge, llvm::SMRange(At, At), std::to_string(Buf->getBufferSize()),
+               std::to_string(MaxFileBytes));
+    auto Empty = std::make_unique<ast::File>();
+    Empty->Path = Buf->getBufferIdentifier().str();
+    Empty->BufferID = BufferID;
+    return Empty;
+  }
   // ANTLR decodes the text as UTF-8 and throws on a malformed byte; the
   // file's first one is reported where it is, and nothing else is parsed.
   const auto *Begin = reinterpret_cast<const llvm::UTF8 *>(Buf->getBufferStart()), *Bad = Begin;
@@ -108,10 +125,37 @@ std::unique_ptr<ast::File> bridgec::parseBuffer(unsigned BufferID, DiagnosticEng
   antlr4::ANTLRInputStream Input(Buf->getBuffer().str());
   ::bridge::grammar::BridgeLexer Lexer(&Input);
   antlr4::CommonTokenStream Tokens(&Lexer);
-  ::bridge::grammar::BridgeParser Parser(&Tokens);
   SyntaxErrorListener Listener(Ctx);
   Lexer.removeErrorListeners();
   Lexer.addErrorListener(&Listener);
+  // The parser, the AST builder and Sema recurse once per level of nesting;
+  // a hostile file of 20,000 '(' would overflow the stack. Every real
+  // mapping nests a few levels, so past MaxNesting the file is refused
+  // before it is parsed.
+  Tokens.fill();
+  {
+    using L = ::bridge::grammar::BridgeLexer;
+    unsigned Brackets = 0, Questions = 0, Unary = 0;
+    for (antlr4::Token *T : Tokens.getTokens()) {
+      size_t Type = T->getType();
+      if (Type == L::LPAREN || Type == L::LBRACK || Type == L::LBRACE)
+        ++Brackets;
+      else if ((Type == L::RPAREN || Type == L::RBRACK || Type == L::RBRACE) && Brackets)
+        --Brackets;
+      if (Type == L::SEMI || Type == L::LBRACE || Type == L::RBRACE)
+        Questions = 0; // a chain of 'a ? b : c ? ...' ends with its statement
+      Questions += Type == L::QUESTION;
+      Unary = (Type == L::MINUS || Type == L::BANG) ? Unary + 1 : 0;
+      if (Brackets + Questions + Unary > MaxNesting) {
+        Diags.emit(DiagId::NestedTooDeep, Ctx.tokenRange(T), std::to_string(MaxNesting));
+        auto Empty = std::make_unique<ast::File>();
+        Empty->Path = Buf->getBufferIdentifier().str();
+        Empty->BufferID = BufferID;
+        return Empty;
+      }
+    }
+  }
+  ::bridge::grammar::BridgeParser Parser(&Tokens);
   Parser.removeErrorListeners();
   Parser.addErrorListener(&Listener);
   ::bridge::grammar::BridgeParser::FileContext *Tree = Parser.file();

@@ -51,6 +51,9 @@ struct ImportOptions {
   /// "torch_dist" (default), or "torch": Megatron-LM's legacy per-rank
   /// files mp_rank_TT[_PPP][_EEE]/model_optim_rng.pt (one process, no VPP).
   std::string Format = "torch_dist";
+  /// Finish an interrupted import of the same output (`<out>.partial-*`):
+  /// its records that still match their CRC-32 are kept, the rest converted.
+  bool Resume = false;
 };
 
 struct ExportOptions {
@@ -72,6 +75,9 @@ struct Summary {
   double PrepareSeconds = 0, DataSeconds = 0;
   unsigned FilesWritten = 0;
   uint64_t PeakDeviceBytes = 0; ///< the caching allocator's peak on the compute GPU (0: none used)
+  /// Resumed: tensors an interrupted run wrote that were checked and kept
+  /// (not counted in TensorsWritten), and the bytes of their records.
+  uint64_t ResumedTensors = 0, ResumedBytes = 0;
 };
 
 /// HF checkpoint directory -> Megatron-Core torch_dist checkpoint. Every

@@ -42,6 +42,10 @@ public:
   void finish(const Json &Args);
   uint64_t bytesWritten() const { return Written; }
   size_t numFiles() const { return Files.size(); }
+  /// After finish(): for each rank file (relative to the iteration
+  /// directory), each tensor's storage entry and the CRC-32 of its bytes,
+  /// taken as written: manifest.json, which `bridge-run verify` checks.
+  Json manifest() const;
 
 private:
   struct RankFile;

@@ -129,6 +129,8 @@ public:
   void add(TensorToWrite T);
   void finish();
   uint64_t bytesWritten() const { return Written; }
+  /// After finish(): the CRC-32 of each tensor's bytes, taken as written.
+  const std::map<std::string, uint32_t> &checksums() const { return Crcs; }
 
 private:
   struct Laid; // a file laid out up front
@@ -148,6 +150,7 @@ private:
   std::map<std::string, std::vector<TensorToWrite>> Pending;
   std::map<std::string, std::unique_ptr<Laid>> LaidOut;
   uint64_t Written = 0, TotalTensorBytes = 0;
+  std::map<std::string, uint32_t> Crcs; ///< guarded by Lock
   // The pool.
   std::vector<std::thread> Threads;
   std::mutex Lock;

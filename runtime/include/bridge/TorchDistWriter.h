@@ -16,7 +16,6 @@
 #include <cstdint>
 #include <deque>
 #include <exception>
-#include <deque>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -34,10 +33,13 @@ namespace bridge {
 /// timing. The caller waits while more than \p MaxPendingBytes are queued.
 class TorchDistWriter {
 public:
-  /// Writes \p NumFiles files `__<Rank>_<k>.distcp` in \p IterDir; one
-  /// process of several (bridge::ProcessGroup) passes its rank.
+  /// Writes \p NumFiles files `__<Rank>_<k>.distcp` in \p IterDir, k from
+  /// \p FirstFile on; one process of several (bridge::ProcessGroup) passes
+  /// its rank. With \p Journal, each file's thread appends a line to
+  /// `<file>.journal` once a record's bytes are written: its key, place and
+  /// CRC-32, all an interrupted import needs to keep it (`--resume`).
   TorchDistWriter(std::string IterDir, unsigned NumFiles = 1, uint64_t MaxPendingBytes = uint64_t(1) << 30,
-                  unsigned Rank = 0);
+                  unsigned Rank = 0, unsigned FirstFile = 0, bool Journal = false);
   /// Stops the threads; an unfinished checkpoint's files are left to the
   /// caller to remove.
   ~TorchDistWriter();
@@ -64,7 +66,9 @@ public:
   std::string records() const;
   /// Takes in another writer's records(): its keys join this checkpoint's
   /// metadata (a key several processes wrote parts of must agree in dtype
-  /// and shape).
+  /// and shape). Before any record of this writer's own, it adopts records
+  /// an interrupted run left (their key's further chunks then follow with
+  /// addChunk, without declareTensor).
   void addRecords(const std::string &RecordsJson);
   /// After finishData() (and any addRecords()): checks that the chunks of
   /// every key tile it, writes .metadata, metadata.json, common.pt, and
@@ -73,6 +77,8 @@ public:
   void finishMetadata();
   uint64_t bytesWritten() const;
   unsigned numFiles() const { return static_cast<unsigned>(Files.size()); }
+  /// The files records lie in: this writer's, then those addRecords() named.
+  const std::vector<std::string> &fileNames() const { return FileNames; }
 
 private:
   struct Chunk {
@@ -92,6 +98,8 @@ private:
     size_t Size;
     std::shared_ptr<const void> Owner;
     uint32_t *Crc; ///< where the file's thread puts the CRC-32 of Data
+    std::string JournalHead; ///< the journal line's fields but the place and CRC
+    uint64_t At = 0, Length = 0; ///< the record's place in its file
   };
   std::deque<uint32_t> Crcs; ///< stable slots for Job::Crc
   struct OutFile; // a file, its queue and its thread

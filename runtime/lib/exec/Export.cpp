@@ -389,6 +389,11 @@ Summary runExport(const ExportOptions &O) {
     W.finish();
     Sum.BytesWritten = W.bytesWritten();
     files::writeFile(files::join(Tmp, "config.json"), exportConfig(T, S, Fields, &HFRef).dump(2) + "\n");
+    // Checksums taken as the tensors were written, for `bridge-run verify`.
+    Json Manifest = {{"format", "safetensors"}, {"tensors", Json::object()}};
+    for (const auto &[Name, Crc] : W.checksums())
+      Manifest["tensors"][Name] = {{"file", FileOf.at(Name)}, {"crc32", Crc}};
+    files::writeFile(files::join(Tmp, "manifest.json"), Manifest.dump(1) + "\n");
     copyTokenizerFiles(files::join(Iter, "tokenizer"), Tmp);
     files::removeAll(Out);
     files::rename(Tmp, Out);

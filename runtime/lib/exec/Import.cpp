@@ -10,6 +10,7 @@
 //
 //===----------------------------------------------------------------------===//
 #include "Checkpoint.h"
+#include "Resume.h"
 #include "Legacy.h"
 #include "CudaSupport.h"
 #include "Ops.h"
@@ -17,6 +18,7 @@
 #include "bridge/Convert.h"
 #include "bridge/Files.h"
 #include "bridge/Interrupt.h"
+#include "bridge/Pickle.h"
 #include "bridge/LegacyWriter.h"
 #include "bridge/ProcessGroup.h"
 #include "bridge/Registry.h"
@@ -435,6 +437,54 @@ Summary importWith(const ImportOptions &O, const std::string &FromDir) {
   const std::string &Out = O.OutDir;
   if (files::exists(Out) && !O.Overwrite)
     throw Error("error: " + O.OutDir + " exists; pass --overwrite to replace it");
+  if (O.Resume && Legacy)
+    throw Error("error: --resume finishes torch_dist output; a legacy (--format torch) checkpoint is written in one "
+                "pass, so run without --resume");
+  // What this import is, for --resume to tell whether an interrupted one
+  // was the same: source files (sizes and times), mapping, layout, plan.
+  Json Fingerprint;
+  if (!Legacy) {
+    Fingerprint["command"] = Reshard ? "reshard" : "import";
+    Fingerprint["mapping"] = T.Name;
+    Fingerprint["format"] = O.Format;
+    Fingerprint["layer_spec"] = LocalSpec ? "local" : "transformer_engine";
+    Fingerprint["layout"] = {{"tp", O.Par.TP}, {"pp", O.Par.PP}, {"ep", O.Par.EP}, {"etp", O.Par.ETP},
+                             {"vpp", O.Par.VPP}, {"first_stage_layers", O.Par.FirstStageLayers},
+                             {"last_stage_layers", O.Par.LastStageLayers}};
+    Fingerprint["processes"] = G.size();
+    std::string SourceDir = Reshard ? FromIter : O.HFDir;
+    if (char *Real = ::realpath(SourceDir.c_str(), nullptr)) {
+      SourceDir = Real;
+      std::free(Real);
+    }
+    Fingerprint["source_dir"] = SourceDir;
+    Json Stats = Json::array();
+    std::function<void(const std::string &, const std::string &)> StatAll = [&](const std::string &Dir,
+                                                                                const std::string &Rel) {
+      for (const std::string &N : files::list(Dir)) {
+        std::string Path = files::join(Dir, N);
+        if (files::isDirectory(Path)) {
+          if (Rel.empty() && N != "tokenizer") // a legacy source's rank directories
+            StatAll(Path, N + "/");
+          continue;
+        }
+        uint64_t Size = 0;
+        int64_t Time = 0;
+        if (files::stat(Path, Size, Time))
+          Stats.push_back({Rel + N, Size, Time});
+      }
+    };
+    StatAll(SourceDir, "");
+    Fingerprint["source_files"] = Stats;
+    std::string PlanText;
+    for (const PlannedTensor &PT : P.Tensors) {
+      PlanText += PT.Name + shapeText(PT.Shape);
+      for (const std::string &Src : PT.sources())
+        PlanText += " " + Src;
+      PlanText += "\n";
+    }
+    Fingerprint["plan"] = crc32(reinterpret_cast<const uint8_t *>(PlanText.data()), PlanText.size());
+  }
   auto Since = [&](std::chrono::steady_clock::time_point T) {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - T).count();
   };
@@ -442,12 +492,29 @@ Summary importWith(const ImportOptions &O, const std::string &FromDir) {
   // Rank 0 makes the directory, every process writes its files into it (a
   // file system all of them see), rank 0 renames it.
   std::string Tmp;
+  bool Resumed = false;
   if (G.leader()) {
     Tmp = Out + ".partial-" + std::to_string(::getpid());
-    files::removeAll(Tmp);
-    files::makeDirs(files::join(Tmp, "iter_0000000"));
+    if (O.Resume) {
+      Resumed = !takeOverPartial(Out, Tmp, Fingerprint).empty();
+      if (!Resumed && !O.Quiet)
+        std::cerr << "bridge-run: no interrupted import of " << Out << " to resume; starting\n";
+    } else if (std::vector<std::string> Left = partialsOf(Out); !Left.empty() && !O.Quiet) {
+      std::cerr << "bridge-run: note: " << Left[0]
+                << " holds an interrupted import; run with --resume to finish it instead\n";
+    }
+    if (!Resumed) {
+      files::removeAll(Tmp);
+      files::makeDirs(files::join(Tmp, "iter_0000000"));
+      if (!Legacy)
+        writeText(files::join(Tmp, "resume.json"), Fingerprint.dump() + "\n");
+    }
   }
-  Tmp = G.broadcast("partial", Tmp);
+  {
+    std::string Said = G.broadcast("partial", (Resumed ? "1" : "0") + Tmp);
+    Resumed = Said[0] == '1';
+    Tmp = Said.substr(1);
+  }
   std::string Iter = files::join(Tmp, "iter_0000000");
   if (!files::exists(Iter))
     throw Error("error: process " + std::to_string(G.rank()) + " does not see " + Iter +
@@ -460,8 +527,13 @@ Summary importWith(const ImportOptions &O, const std::string &FromDir) {
     std::optional<LegacyWriter> LW;
     if (Legacy)
       LW.emplace(Iter, O.Par.TP, O.Par.PP, O.Par.EP);
-    else
-      W.emplace(Iter, O.Writers, std::max<uint64_t>(O.MemoryBudget - WindowBudget, 1), static_cast<unsigned>(G.rank()));
+    // What an interrupted run of this import left and is still intact.
+    Journals Left;
+    if (Resumed)
+      Left = readJournals(Iter, G.rank());
+    if (!Legacy)
+      W.emplace(Iter, O.Writers, std::max<uint64_t>(O.MemoryBudget - WindowBudget, 1), static_cast<unsigned>(G.rank()),
+                Left.NextFile, /*Journal=*/true);
     std::vector<DistKey> Keys = groupByKey(P, S, Fields, LocalSpec);
     if (From)
       for (const DistKey &K : Keys) {
@@ -469,7 +541,8 @@ Summary importWith(const ImportOptions &O, const std::string &FromDir) {
         if (DT.Shape != K.GlobalShape)
           throw Error("error: " + FromIter + ": '" + K.Key + "' has a global shape that does not fit its config");
       }
-    std::set<std::string> ExtraStates, Declared;
+    std::set<std::string> ExtraStates;
+    std::map<std::string, DType> Declared; // the keys this process has records of, and their dtype
     // The work, in plan order: one item per planned tensor (a layer of a
     // key). Several processes take contiguous shares of equal bytes.
     struct Item {
@@ -496,6 +569,53 @@ Summary importWith(const ImportOptions &O, const std::string &FromDir) {
         if (std::min(Owner, G.size() - 1) == G.rank())
           Items.push_back(All[I]);
       }
+    }
+    // Resuming: an item whose every chunk an interrupted run wrote intact is
+    // kept, not converted again (a key's extra state is kept the same way).
+    if (Resumed) {
+      std::map<std::pair<std::string, std::vector<int64_t>>, const JournaledRecord *> Chunk;
+      std::map<std::string, const JournaledRecord *> Object;
+      for (const JournaledRecord &R : Left.Kept)
+        if (R.Object)
+          Object.emplace(R.Key, &R);
+        else
+          Chunk.emplace(std::make_pair(R.Key, R.Offsets), &R);
+      std::vector<const JournaledRecord *> Adopt;
+      std::vector<Item> Rest;
+      for (const Item &It : Items) {
+        const DistKey &K = Keys[It.Key];
+        std::vector<const JournaledRecord *> Mine;
+        for (const ChunkSpec &Spec : chunksOf(P.Tensors[K.Members[It.Member]], O.Par)) {
+          std::vector<int64_t> Offsets = K.Prefixes[It.Member], Sizes(K.Prefixes[It.Member].size(), 1);
+          Offsets.insert(Offsets.end(), Spec.Offsets.begin(), Spec.Offsets.end());
+          Sizes.insert(Sizes.end(), Spec.Sizes.begin(), Spec.Sizes.end());
+          auto Found = Chunk.find({K.Key, Offsets});
+          if (Found == Chunk.end() || Found->second->Sizes != Sizes || Found->second->Shape != K.GlobalShape) {
+            Mine.clear();
+            break;
+          }
+          Mine.push_back(Found->second);
+        }
+        if (Mine.empty()) {
+          Rest.push_back(It);
+          continue;
+        }
+        Adopt.insert(Adopt.end(), Mine.begin(), Mine.end());
+        Declared.emplace(K.Key, Mine[0]->Type);
+        ++Sum.ResumedTensors;
+        for (const JournaledRecord *R : Mine)
+          Sum.ResumedBytes += R->Length;
+        if (It.Member + 1 == K.Members.size())
+          for (const std::string &E : extraStateKeys(K))
+            if (auto Obj = Object.find(E); Obj != Object.end() && ExtraStates.insert(E).second)
+              Adopt.push_back(Obj->second);
+            else if (ExtraStates.insert(E).second) // the tensor was kept, its extra state not yet written
+              W->addBytes(E, universalExtraStateRecord());
+      }
+      // Adopted before this run's own records, in which a kept key's other
+      // layers may join it.
+      W->addRecords(recordsJson(Adopt));
+      Items = std::move(Rest);
     }
     uint64_t SourceBytes = 0;
     for (const Item &It : Items)
@@ -735,7 +855,6 @@ Summary importWith(const ImportOptions &O, const std::string &FromDir) {
     try {
       for (size_t T = 0; T < Threads; ++T)
         Pool.emplace_back(Work);
-      DType KeyType = DType::U8;
       for (size_t I = 0; I < Items.size(); ++I) {
         ReadAhead(Sum.BytesRead);
         G.check(); // another process failed: stop too
@@ -765,15 +884,14 @@ Summary importWith(const ImportOptions &O, const std::string &FromDir) {
             LW->addTensor(Pc.T, Pc.P, Pc.E, Pc.Name, exec::fromScalarType(Pc.Value.scalar_type()), Shape,
                           Pc.Value.data_ptr(), Pc.Value.nbytes());
           }
-        } else if (Declared.insert(K.Key).second) { // this process's first layer of the key
+        } else if (auto [Was, First] = Declared.emplace(K.Key, C.Type); First) { // this process's first layer of it
           W->declareTensor(K.Key, C.Type, K.GlobalShape);
-          KeyType = C.Type;
-        } else if (C.Type != KeyType) {
+        } else if (C.Type != Was->second) {
           // One key holds one dtype: its layers must agree.
           throw Error(describe(P.Tensors[K.Members[Layer]].Rule->Loc) + ": error: '" +
                       P.Tensors[K.Members[Layer]].Name + "' comes out as " + std::string(torchName(C.Type)) + " but '" +
                       P.Tensors[K.Members[0]].Name + "', stored in the same key '" + K.Key + "', as " +
-                      std::string(torchName(KeyType)));
+                      std::string(torchName(Was->second)));
         }
         for (auto &[Spec, Part] : C.Chunks) {
           // The writer's thread holds the chunk (a view of the mapped source
@@ -804,8 +922,10 @@ Summary importWith(const ImportOptions &O, const std::string &FromDir) {
     }
     StopPool();
     Bar.finish();
-    if (Legacy)
+    if (Legacy) {
       LW->finish(LegacyLayout(S, Fields, O.Par, LocalSpec).args(S, Fields));
+      writeText(files::join(Iter, "manifest.json"), LW->manifest().dump(1) + "\n");
+    }
     else
       W->finishData();
     double DataSeconds = Since(Start) - Sum.PrepareSeconds;
@@ -814,7 +934,7 @@ Summary importWith(const ImportOptions &O, const std::string &FromDir) {
     std::vector<std::string> Records = G.allGather("records", Legacy ? std::string() : W->records());
     std::vector<std::string> Totals = G.allGather(
         "totals", Json({Sum.BytesRead, Sum.TensorsRead, Sum.TensorsWritten, Legacy ? LW->bytesWritten() : W->bytesWritten(),
-                                    Legacy ? LW->numFiles() : W->numFiles()})
+                                    Legacy ? LW->numFiles() : W->numFiles(), Sum.ResumedTensors, Sum.ResumedBytes})
                                   .dump());
     double PrepareSeconds = Sum.PrepareSeconds;
     Sum = Summary{Sum.Mapping};
@@ -827,6 +947,8 @@ Summary importWith(const ImportOptions &O, const std::string &FromDir) {
       Sum.TensorsWritten += J[2].get<uint64_t>();
       Sum.BytesWritten += J[3].get<uint64_t>();
       Sum.FilesWritten += J[4].get<unsigned>();
+      Sum.ResumedTensors += J[5].get<uint64_t>();
+      Sum.ResumedBytes += J[6].get<uint64_t>();
     }
     if (Computes)
       Sum.PeakDeviceBytes = exec::peakDeviceBytes(static_cast<int>(Dev.type()), Dev.index());
@@ -840,6 +962,14 @@ Summary importWith(const ImportOptions &O, const std::string &FromDir) {
       W->addRecords(Records[R]);
     if (!Legacy)
       W->finishMetadata();
+    if (Resumed) {
+      // Files of the interrupted run none of whose records were kept.
+      const std::vector<std::string> &Used = W->fileNames();
+      for (const std::string &N : files::list(Iter))
+        if (N.size() > 7 && N.compare(N.size() - 7, 7, ".distcp") == 0 &&
+            std::find(Used.begin(), Used.end(), N) == Used.end())
+          std::remove(files::join(Iter, N).c_str());
+    }
 
     // Sidecar: what export needs to reproduce the HF checkpoint exactly
     // (a reshard keeps its source's, with the new layout).
@@ -880,6 +1010,7 @@ Summary importWith(const ImportOptions &O, const std::string &FromDir) {
     writeText(files::join(Iter, "train_state.pt"), TrainState);
     copyTokenizerFiles(Reshard ? files::join(FromIter, "tokenizer") : O.HFDir, files::join(Iter, "tokenizer"));
     writeText(files::join(Tmp, "latest_train_state.pt"), TrainState);
+    removeResumeFiles(Tmp, Iter);
     // The tracker last: a directory without it is not a checkpoint.
     writeText(files::join(Tmp, "latest_checkpointed_iteration.txt"), "0");
     files::removeAll(Out);
@@ -888,6 +1019,13 @@ Summary importWith(const ImportOptions &O, const std::string &FromDir) {
   } catch (...) {
     if (!G.leader())
       throw; // rank 0 removes the directory
+    if (int Signal = interruptSignal(); Signal && !Legacy) {
+      // Interrupted (Ctrl-C, a scheduler's preemption): what is written
+      // stays, never complete-looking, for --resume to finish.
+      throw Error(std::string("error: interrupted by ") + (Signal == SIGINT ? "SIGINT" : "SIGTERM") +
+                  "; nothing is at " + Out + ": the part written stays in " + Tmp +
+                  ", and the same command with --resume finishes it");
+    }
     try {
       files::removeAll(Tmp);
     } catch (...) {

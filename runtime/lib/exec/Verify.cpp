@@ -8,6 +8,7 @@
 //
 //===----------------------------------------------------------------------===//
 #include "Checkpoint.h"
+#include "Resume.h"
 
 #include "bridge/Convert.h"
 #include "bridge/Files.h"
@@ -19,6 +20,7 @@
 #include <cerrno>
 #include <cstring>
 #include <fcntl.h>
+#include <fstream>
 #include <map>
 #include <set>
 #include <unistd.h>
@@ -30,30 +32,6 @@ std::string hex(uint32_t V) {
   char B[16];
   std::snprintf(B, sizeof B, "0x%08x", V);
   return B;
-}
-
-/// Reads [Offset, Offset + Length) of \p Path, or says why not.
-bool readRange(const std::string &Path, uint64_t Offset, uint64_t Length, std::string &Out, std::string &Why) {
-  int Fd = ::open(Path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (Fd < 0) {
-    Why = std::strerror(errno);
-    return false;
-  }
-  Out.resize(Length);
-  uint64_t Done = 0;
-  while (Done < Length) {
-    ssize_t K = ::pread(Fd, Out.data() + Done, Length - Done, static_cast<off_t>(Offset + Done));
-    if (K < 0 && errno == EINTR)
-      continue;
-    if (K <= 0) {
-      Why = K < 0 ? std::strerror(errno) : "the file ends first";
-      ::close(Fd);
-      return false;
-    }
-    Done += static_cast<uint64_t>(K);
-  }
-  ::close(Fd);
-  return true;
 }
 
 VerifyReport verifyTorchDist(const std::string &Dir) {
@@ -73,39 +51,18 @@ VerifyReport verifyTorchDist(const std::string &Dir) {
       R.Problems.push_back(Where + ": the manifest names a file outside the checkpoint");
       return;
     }
-    std::string Bytes, Why;
-    if (!readRange(files::join(Iter, File), Rec.at("offset").get<uint64_t>(), Rec.at("length").get<uint64_t>(), Bytes,
-                   Why)) {
-      R.Problems.push_back(Where + ": cannot read the record: " + Why);
+    std::string Why;
+    uint64_t Length = Rec.at("length").get<uint64_t>();
+    std::optional<uint32_t> Got = recordCrc(files::join(Iter, File), Rec.at("offset").get<uint64_t>(), Length, Chunk, Why);
+    if (!Got) {
+      R.Problems.push_back(Where + ": " + Why);
       return;
     }
-    uint32_t Want = Rec.at("crc32").get<uint32_t>(), Got = 0;
-    try {
-      if (Chunk) {
-        ZipArchive Zip(Bytes, Where);
-        const ZipArchive::Entry *Data = nullptr;
-        for (const ZipArchive::Entry &E : Zip.entries()) {
-          std::string_view Payload = Zip.read(E); // checks the entry's own CRC-32
-          if (E.Name.size() >= 7 && E.Name.compare(E.Name.size() - 7, 7, "/data/0") == 0) {
-            Data = &E;
-            Got = crc32(reinterpret_cast<const uint8_t *>(Payload.data()), Payload.size());
-          }
-        }
-        if (!Data) {
-          R.Problems.push_back(Where + ": the record holds no tensor data");
-          return;
-        }
-      } else {
-        Got = crc32(reinterpret_cast<const uint8_t *>(Bytes.data()), Bytes.size());
-      }
-    } catch (const Error &E) {
-      R.Problems.push_back(E.what());
-      return;
-    }
-    if (Got != Want)
-      R.Problems.push_back(Where + ": CRC-32 " + hex(Got) + ", but " + hex(Want) + " when written");
+    uint32_t Want = Rec.at("crc32").get<uint32_t>();
+    if (*Got != Want)
+      R.Problems.push_back(Where + ": CRC-32 " + hex(*Got) + ", but " + hex(Want) + " when written");
     ++R.Checked;
-    R.Bytes += Bytes.size();
+    R.Bytes += Length;
     Listed.insert(Key);
   };
   for (const Json &C : M.at("chunks"))
@@ -142,10 +99,97 @@ VerifyReport compareHF(const std::string &Dir, const std::string &Against) {
   return R;
 }
 
+/// An HF export against the checksums export took as it wrote.
+VerifyReport verifyHF(const std::string &Dir) {
+  VerifyReport R;
+  std::string ManifestPath = files::join(Dir, "manifest.json");
+  if (!files::exists(ManifestPath))
+    throw Error("error: " + Dir + " has no manifest.json (export writes one); --against SOURCE compares it with its "
+                "source instead");
+  Json M = readJsonFile(ManifestPath);
+  SafetensorsCheckpoint Ckpt(Dir); // headers, offsets and index checked
+  const Json &Listed = M.at("tensors");
+  for (const std::string &N : Ckpt.names()) {
+    const TensorView *V = Ckpt.find(N);
+    auto It = Listed.find(N);
+    if (It == Listed.end()) {
+      R.Problems.push_back(V->File + ": '" + N + "' is not in manifest.json");
+      continue;
+    }
+    uint32_t Want = It->at("crc32").get<uint32_t>(), Got = crc32(V->Data, V->Bytes);
+    if (Got != Want)
+      R.Problems.push_back(V->File + ": '" + N + "': CRC-32 " + hex(Got) + ", but " + hex(Want) + " when written");
+    ++R.Checked;
+    R.Bytes += V->Bytes;
+  }
+  for (auto It = Listed.begin(); It != Listed.end(); ++It)
+    if (!Ckpt.find(It.key()))
+      R.Problems.push_back(Dir + ": '" + It.key() + "' of manifest.json is missing");
+  return R;
+}
+
+/// A legacy checkpoint: each rank file's zip entries (their own CRC-32s)
+/// and each tensor's storage against the manifest.
+VerifyReport verifyLegacy(const std::string &Iter, const Json &M) {
+  VerifyReport R;
+  for (auto F = M.at("files").begin(); F != M.at("files").end(); ++F) {
+    const std::string &Rel = F.key();
+    std::string Path = files::join(Iter, Rel);
+    if (Rel.find("..") != std::string::npos || Rel.empty() || Rel[0] == '/') {
+      R.Problems.push_back(Path + ": the manifest names a file outside the checkpoint");
+      continue;
+    }
+    std::ifstream In(Path, std::ios::binary);
+    if (!In) {
+      R.Problems.push_back(Path + ": cannot read it");
+      continue;
+    }
+    std::string Bytes((std::istreambuf_iterator<char>(In)), std::istreambuf_iterator<char>());
+    try {
+      ZipArchive Zip(Bytes, Path);
+      std::map<std::string, uint32_t> ByStorage; // "data/N" -> CRC-32 of its bytes
+      for (const ZipArchive::Entry &E : Zip.entries()) {
+        std::string_view Payload = Zip.read(E); // checks the entry's own CRC-32
+        size_t Data = E.Name.find("/data/");
+        if (Data != std::string::npos)
+          ByStorage[E.Name.substr(Data + 1)] =
+              crc32(reinterpret_cast<const uint8_t *>(Payload.data()), Payload.size());
+      }
+      for (auto T = F.value().begin(); T != F.value().end(); ++T) {
+        auto Found = ByStorage.find(T->at("entry").get<std::string>());
+        uint32_t Want = T->at("crc32").get<uint32_t>();
+        if (Found == ByStorage.end())
+          R.Problems.push_back(Path + ": '" + T.key() + "' has no storage entry");
+        else if (Found->second != Want)
+          R.Problems.push_back(Path + ": '" + T.key() + "': CRC-32 " + hex(Found->second) + ", but " + hex(Want) +
+                               " when written");
+        ++R.Checked;
+      }
+      R.Bytes += Bytes.size();
+    } catch (const Error &E) {
+      std::string What = E.what();
+      R.Problems.push_back(What.compare(0, 7, "error: ") == 0 ? What.substr(7) : What);
+    }
+  }
+  return R;
+}
+
 } // namespace
 
 VerifyReport runVerify(const std::string &Dir, const std::string &Against) {
-  return Against.empty() ? verifyTorchDist(Dir) : compareHF(Dir, Against);
+  if (!Against.empty())
+    return compareHF(Dir, Against);
+  if (files::exists(files::join(Dir, "model.safetensors")) ||
+      files::exists(files::join(Dir, "model.safetensors.index.json")))
+    return verifyHF(Dir);
+  std::string Iter = iterationDir(Dir);
+  std::string ManifestPath = files::join(Iter, "manifest.json");
+  if (files::exists(ManifestPath)) {
+    Json M = readJsonFile(ManifestPath);
+    if (M.contains("format") && M["format"] == "torch")
+      return verifyLegacy(Iter, M);
+  }
+  return verifyTorchDist(Dir);
 }
 
 } // namespace bridge

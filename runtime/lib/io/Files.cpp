@@ -3,8 +3,11 @@
 
 #include "bridge/Config.h" // bridge::Error
 
+#include <algorithm>
 #include <cerrno>
+#include <dirent.h>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fcntl.h>
 #include <ftw.h>
@@ -85,6 +88,36 @@ void writeFile(const std::string &P, const std::string &Bytes) {
 
 std::string join(const std::string &A, const std::string &B) {
   return A.empty() || A.back() == '/' ? A + B : A + "/" + B;
+}
+
+std::vector<std::string> list(const std::string &Dir) {
+  DIR *D = ::opendir(Dir.c_str());
+  if (!D)
+    fail("list", Dir);
+  std::vector<std::string> Names;
+  while (const dirent *E = ::readdir(D)) {
+    std::string N = E->d_name;
+    if (N != "." && N != "..")
+      Names.push_back(N);
+  }
+  ::closedir(D);
+  std::sort(Names.begin(), Names.end());
+  return Names;
+}
+
+void injectedDiskFull(uint64_t WriteEnd, const std::string &Path) {
+  static const char *Limit = std::getenv("BRIDGE_FAULT_DISK_FULL_AFTER");
+  if (Limit && WriteEnd > std::strtoull(Limit, nullptr, 10))
+    throw Error("error: writing " + Path + " failed: " + std::strerror(ENOSPC));
+}
+
+bool stat(const std::string &Path, uint64_t &Size, int64_t &ModifiedNs) {
+  struct ::stat S;
+  if (::stat(Path.c_str(), &S) != 0)
+    return false;
+  Size = static_cast<uint64_t>(S.st_size);
+  ModifiedNs = static_cast<int64_t>(S.st_mtim.tv_sec) * 1000000000 + S.st_mtim.tv_nsec;
+  return true;
 }
 
 } // namespace bridge::files

@@ -22,6 +22,7 @@ struct LegacyWriter::RankFile {
     DType Type;
     std::vector<int64_t> Shape;
     int64_t Numel;
+    uint32_t Crc = 0; ///< of the storage's bytes
   };
   std::vector<Entry> Entries;
   size_t NextStorage = 0;
@@ -62,6 +63,7 @@ LegacyWriter::RankFile &LegacyWriter::file(int T, int P, int E) {
     RankFile *Raw = F.get();
     F->Zip = std::make_unique<TorchSaveWriter>([this, Raw](const void *D, size_t N) {
       const char *P = static_cast<const char *>(D);
+      files::injectedDiskFull(static_cast<uint64_t>(::lseek(Raw->Fd, 0, SEEK_CUR)) + N, Raw->Path);
       while (N) {
         ssize_t K = ::write(Raw->Fd, P, N);
         if (K < 0 && errno == EINTR)
@@ -87,7 +89,7 @@ void LegacyWriter::addTensor(int T, int P, int E, const std::string &Name, DType
   if (static_cast<uint64_t>(Numel) * dtypeSize(Type) != Bytes)
     throw Error("error: internal: '" + Name + "' has " + std::to_string(Bytes) + " bytes for its shape");
   F.Zip->add("data/" + std::to_string(F.NextStorage++), Data, Bytes);
-  F.Entries.push_back({Name, false, Type, Shape, Numel});
+  F.Entries.push_back({Name, false, Type, Shape, Numel, F.Zip->lastCrc()});
 }
 
 void LegacyWriter::addNone(int T, int P, int E, const std::string &Name) {
@@ -165,6 +167,20 @@ void LegacyWriter::finish(const Json &Args) {
     if (::close(Fd) != 0)
       throw Error("error: writing " + F->Path + " failed: " + std::strerror(errno));
   }
+}
+
+Json LegacyWriter::manifest() const {
+  Json Out = {{"format", "torch"}, {"files", Json::object()}};
+  for (auto &[Rank, F] : Files) {
+    Json Tensors = Json::object();
+    size_t Storage = 0;
+    for (const RankFile::Entry &E : F->Entries)
+      if (!E.None)
+        Tensors[E.Name] = {{"entry", "data/" + std::to_string(Storage++)}, {"crc32", E.Crc}};
+    Out["files"][rankDir(PP, EP, std::get<0>(Rank), std::get<1>(Rank), std::get<2>(Rank)) + "/model_optim_rng.pt"] =
+        Tensors;
+  }
+  return Out;
 }
 
 } // namespace bridge

@@ -1,5 +1,7 @@
 //===- Safetensors.cpp - safetensors reader and writer ---------------------===//
 #include "bridge/Safetensors.h"
+#include "bridge/Files.h"
+#include "bridge/Pickle.h"
 
 #include "bridge/Config.h" // bridge::Error
 #include "bridge/StrictJson.h"
@@ -409,6 +411,12 @@ void SafetensorsWriter::run() {
     size_t Size = J.T.size();
     try {
       const uint8_t *P = J.T.data();
+      files::injectedDiskFull(J.Offset + Size, J.Path);
+      uint32_t Crc = crc32(P, Size);
+      {
+        std::lock_guard<std::mutex> G(Lock);
+        Crcs[J.T.Name] = Crc;
+      }
       uint64_t Done = 0;
       while (Done < Size) {
         ssize_t K = ::pwrite(J.Fd, P + Done, Size - Done, static_cast<off_t>(J.Offset + Done));
@@ -476,6 +484,8 @@ void SafetensorsWriter::flush(const std::string &File) {
     Ptrs.push_back(&T);
   std::map<std::string, std::string> Meta{{"format", "pt"}};
   writeSafetensors(Dir + "/" + File, Ptrs, Meta);
+  for (auto &T : Pending[File])
+    Crcs[T.Name] = crc32(T.data(), T.size());
   for (auto &T : Pending[File])
     Written += T.size();
   Pending.erase(File);

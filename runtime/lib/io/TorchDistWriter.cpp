@@ -2,6 +2,7 @@
 #include "bridge/TorchDistWriter.h"
 
 #include "bridge/Config.h" // bridge::Error
+#include "bridge/Files.h"
 #include "bridge/Pickle.h"
 
 #include <nlohmann/json.hpp>
@@ -9,6 +10,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fcntl.h>
 #include <optional>
@@ -53,6 +55,7 @@ void tensorProperties(PickleWriter &P, DType T) {
 struct TorchDistWriter::OutFile {
   std::string Name;
   int Fd = -1;
+  int JournalFd = -1; ///< `<Name>.journal`, or -1
   uint64_t Size = 0; ///< bytes reserved so far
   std::deque<Job> Queue;
   std::condition_variable Ready;
@@ -60,20 +63,27 @@ struct TorchDistWriter::OutFile {
   std::thread Thread;
 };
 
-TorchDistWriter::TorchDistWriter(std::string IterDir, unsigned NumFiles, uint64_t MaxPendingBytes, unsigned Rank)
+TorchDistWriter::TorchDistWriter(std::string IterDir, unsigned NumFiles, uint64_t MaxPendingBytes, unsigned Rank,
+                                 unsigned FirstFile, bool Journal)
     : Dir(std::move(IterDir)), MaxPending(MaxPendingBytes) {
   for (unsigned I = 0; I < std::max(1u, NumFiles); ++I) {
     auto F = std::make_unique<OutFile>();
-    F->Name = "__" + std::to_string(Rank) + "_" + std::to_string(I) + ".distcp";
+    F->Name = "__" + std::to_string(Rank) + "_" + std::to_string(FirstFile + I) + ".distcp";
     FileNames.push_back(F->Name);
     std::string Path = Dir + "/" + F->Name;
     F->Fd = ::open(Path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (F->Fd < 0) {
-      int E = errno;
+    int E = errno;
+    OutFile &Made = *F;
+    Files.push_back(std::move(F));
+    if (Made.Fd >= 0 && Journal) {
+      Path += ".journal";
+      Made.JournalFd = ::open(Path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0644);
+      E = errno;
+    }
+    if (Made.Fd < 0 || (Journal && Made.JournalFd < 0)) {
       stop();
       throw Error("error: cannot write " + Path + ": " + std::strerror(E));
     }
-    Files.push_back(std::move(F));
   }
   try {
     for (auto &F : Files)
@@ -102,22 +112,29 @@ void TorchDistWriter::stop() {
     if (F->Fd >= 0)
       ::close(F->Fd);
     F->Fd = -1;
+    if (F->JournalFd >= 0)
+      ::close(F->JournalFd);
+    F->JournalFd = -1;
   }
 }
 
 void TorchDistWriter::run(OutFile &F) {
   std::string Path = Dir + "/" + F.Name;
-  auto Write = [&](const void *D, size_t N) {
+  auto WriteTo = [&](int Fd, const std::string &Name, const void *D, size_t N) {
     const char *P = static_cast<const char *>(D);
     while (N) {
-      ssize_t K = ::write(F.Fd, P, N);
+      ssize_t K = ::write(Fd, P, N);
       if (K < 0 && errno == EINTR)
         continue;
       if (K <= 0)
-        throw Error("error: writing " + Path + " failed: " + std::strerror(K < 0 ? errno : ENOSPC));
+        throw Error("error: writing " + Name + " failed: " + std::strerror(K < 0 ? errno : ENOSPC));
       P += K;
       N -= static_cast<size_t>(K);
     }
+  };
+  auto Write = [&](const void *D, size_t N) {
+    files::injectedDiskFull(static_cast<uint64_t>(::lseek(F.Fd, 0, SEEK_CUR)) + N, Path);
+    WriteTo(F.Fd, Path, D, N);
   };
   for (;;) {
     Job J;
@@ -139,6 +156,13 @@ void TorchDistWriter::run(OutFile &F) {
         Z.add("data/0", J.Data, J.Size);
         *J.Crc = Z.lastCrc();
         Z.finish();
+      }
+      if (F.JournalFd >= 0 && !J.JournalHead.empty()) {
+        // After the bytes: a line names only a record handed to the kernel
+        // whole (one write, so a killed process leaves whole lines).
+        std::string Line = J.JournalHead + ",\"file\":\"" + F.Name + "\",\"offset\":" + std::to_string(J.At) +
+                           ",\"length\":" + std::to_string(J.Length) + ",\"crc32\":" + std::to_string(*J.Crc) + "}\n";
+        WriteTo(F.JournalFd, Path + ".journal", Line.data(), Line.size());
       }
     } catch (...) {
       std::lock_guard<std::mutex> G(Lock);
@@ -171,6 +195,8 @@ std::pair<unsigned, uint64_t> TorchDistWriter::enqueue(Job J, uint64_t Length) {
   OutFile &F = *Files[Best];
   uint64_t At = F.Size;
   F.Size += Length;
+  J.At = At;
+  J.Length = Length;
   Pending += J.Size;
   F.Queue.push_back(std::move(J));
   F.Ready.notify_one();
@@ -217,7 +243,11 @@ void TorchDistWriter::addChunk(const std::string &Key, std::vector<int64_t> Offs
       writeTorchSaveArchive(Pickle, {{"0", Data, NumBytes}}, [](const void *, size_t) {}, /*Checksums=*/false);
   Crcs.push_back(0);
   uint32_t *Crc = &Crcs.back();
-  auto [File, At] = enqueue({std::move(Pickle), Data, NumBytes, std::move(Owner), Crc}, Length);
+  std::string Head = nlohmann::json{{"key", Key}, {"dtype", std::string(torchName(T.Type))}, {"shape", T.Shape},
+                                    {"offsets", Offsets}, {"sizes", Sizes}}
+                         .dump();
+  Head.pop_back(); // the file's thread adds the place and the CRC
+  auto [File, At] = enqueue({std::move(Pickle), Data, NumBytes, std::move(Owner), Crc, std::move(Head)}, Length);
   T.Chunks.push_back({std::move(Offsets), std::move(Sizes), File, At, Length, Crc});
 }
 
@@ -228,7 +258,9 @@ void TorchDistWriter::addBytes(const std::string &Key, const std::string &Record
   const uint8_t *Data = reinterpret_cast<const uint8_t *>(Copy->data());
   Crcs.push_back(0);
   uint32_t *Crc = &Crcs.back();
-  auto [File, At] = enqueue({std::string(), Data, Copy->size(), Copy, Crc}, Copy->size());
+  std::string Head = nlohmann::json{{"key", Key}, {"object", true}}.dump();
+  Head.pop_back();
+  auto [File, At] = enqueue({std::string(), Data, Copy->size(), Copy, Crc, std::move(Head)}, Copy->size());
   Bytes[Key] = {File, At, Record.size(), Crc};
 }
 
@@ -258,6 +290,9 @@ void TorchDistWriter::finishData() {
     F->Fd = -1;
     if (Fd >= 0 && ::close(Fd) != 0)
       throw Error("error: writing " + Dir + "/" + F->Name + " failed: " + std::strerror(errno));
+    if (F->JournalFd >= 0)
+      ::close(F->JournalFd);
+    F->JournalFd = -1;
     if (F->Size == 0) // a file no record went to
       std::remove((Dir + "/" + F->Name).c_str());
   }

@@ -70,6 +70,9 @@ const char *Usage =
     "  --device DEV              where dequantization runs: cpu (default), cuda,\n"
     "                            cuda:N (ops that only move bytes stay on the host)\n"
     "  --overwrite               replace an existing output directory\n"
+    "  --resume                  import, reshard: finish an interrupted run into the\n"
+    "                            same --out (its <out>.partial-* directory): pieces\n"
+    "                            whose CRC-32 still matches are kept, the rest redone\n"
     "  --local-spec              import: key tensors for a model built with the local\n"
     "                            layer spec (no Transformer Engine); default: TE spec\n"
     "  --writers N               threads writing the output (default 8); import\n"
@@ -83,7 +86,7 @@ const char *Usage =
     "  --quiet                   no progress line\n"
     "  -h, --help                this text\n"
     "\n"
-    "several processes (import): start bridge-run with torchrun or srun; the\n"
+    "several processes (import, reshard): start bridge-run with torchrun or srun; the\n"
     "processes share the work and write one checkpoint to a shared file system:\n"
     "  torchrun --nproc_per_node 4 --no-python bridge-run import --hf DIR --out DIR\n"
     "  (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT, or srun's SLURM_*;\n"
@@ -94,7 +97,7 @@ const char *Usage =
 
 struct Options {
   std::string Command, HF, Out, Megatron, Device = "cpu", Format = "torch_dist", Target, Against;
-  bool AsJson = false, LocalNames = false, Overwrite = false, Quiet = false, LocalSpec = false;
+  bool AsJson = false, LocalNames = false, Overwrite = false, Quiet = false, LocalSpec = false, Resume = false;
   Layout Par;
   unsigned Writers = 8, Converters = 4;
   uint64_t MemoryBudget = uint64_t(2) << 30;
@@ -120,6 +123,9 @@ void printSummary(const char *What, const Summary &S, const std::string &Out) {
               What, S.Mapping.c_str(), static_cast<unsigned long long>(S.TensorsRead), human(S.BytesRead).c_str(),
               static_cast<unsigned long long>(S.TensorsWritten), human(S.BytesWritten).c_str(), Out.c_str(),
               S.Seconds, Rate);
+  if (S.ResumedTensors)
+    std::printf("resumed: %llu tensors (%s) an interrupted run wrote were checked against their CRC-32 and kept\n",
+                static_cast<unsigned long long>(S.ResumedTensors), human(S.ResumedBytes).c_str());
   if (S.DataSeconds > 0)
     std::printf("time: %.2f s config, plan and checks; %.2f s tensors; %.2f s metadata and the rest\n",
                 S.PrepareSeconds, S.DataSeconds, S.Seconds - S.PrepareSeconds - S.DataSeconds);
@@ -454,6 +460,8 @@ int main(int argc, char **argv) {
       O.LocalSpec = true;
     } else if (A == "--overwrite") {
       O.Overwrite = true;
+    } else if (A == "--resume") {
+      O.Resume = true;
     } else if (A == "--quiet") {
       O.Quiet = true;
     } else if (A == "--json") {
@@ -503,6 +511,7 @@ int main(int argc, char **argv) {
       Rank = Env.Rank;
       ProcessGroup Group(Env);
       IO.Format = O.Format;
+      IO.Resume = O.Resume;
       if (Group.size() > 1) {
         IO.Group = &Group;
         if (IO.Device == "cuda") // one GPU per process on its host
@@ -524,6 +533,7 @@ int main(int argc, char **argv) {
       Rank = Env.Rank;
       ProcessGroup Group(Env);
       IO.Format = O.Format;
+      IO.Resume = O.Resume;
       if (Group.size() > 1)
         IO.Group = &Group;
       Summary Sum = runReshard(IO, O.Megatron);

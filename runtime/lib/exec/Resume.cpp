@@ -1,0 +1,232 @@
+//===- Resume.cpp - finishing an interrupted import ----------------------===//
+#include "Resume.h"
+#include "Checkpoint.h"
+
+#include "bridge/Files.h"
+#include "bridge/Pickle.h"
+#include "bridge/StrictJson.h"
+#include "bridge/TorchDistReader.h"
+
+#include <cerrno>
+#include <csignal>
+#include <cstring>
+#include <fcntl.h>
+#include <fstream>
+#include <map>
+#include <set>
+#include <sstream>
+#include <unistd.h>
+
+namespace bridge {
+namespace {
+
+bool readRange(const std::string &Path, uint64_t Offset, uint64_t Length, std::string &Out, std::string &Why) {
+  int Fd = ::open(Path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (Fd < 0) {
+    Why = std::strerror(errno);
+    return false;
+  }
+  Out.resize(Length);
+  uint64_t Done = 0;
+  while (Done < Length) {
+    ssize_t K = ::pread(Fd, Out.data() + Done, Length - Done, static_cast<off_t>(Offset + Done));
+    if (K < 0 && errno == EINTR)
+      continue;
+    if (K <= 0) {
+      Why = K < 0 ? std::strerror(errno) : "the file ends first";
+      ::close(Fd);
+      return false;
+    }
+    Done += static_cast<uint64_t>(K);
+  }
+  ::close(Fd);
+  return true;
+}
+
+/// k of `__<Rank>_<k>.distcp`, or -1.
+long fileIndex(const std::string &Name, int Rank) {
+  std::string Prefix = "__" + std::to_string(Rank) + "_";
+  const std::string Suffix = ".distcp";
+  if (Name.size() <= Prefix.size() + Suffix.size() || Name.compare(0, Prefix.size(), Prefix) != 0 ||
+      Name.compare(Name.size() - Suffix.size(), Suffix.size(), Suffix) != 0)
+    return -1;
+  std::string Digits = Name.substr(Prefix.size(), Name.size() - Prefix.size() - Suffix.size());
+  if (Digits.empty() || Digits.size() > 6 || Digits.find_first_not_of("0123456789") != std::string::npos)
+    return -1;
+  return std::stol(Digits);
+}
+
+std::string dirOf(const std::string &Path) {
+  size_t Slash = Path.find_last_of('/');
+  return Slash == std::string::npos ? "." : Slash == 0 ? "/" : Path.substr(0, Slash);
+}
+
+std::string baseOf(const std::string &Path) {
+  size_t Slash = Path.find_last_of('/');
+  return Slash == std::string::npos ? Path : Path.substr(Slash + 1);
+}
+
+} // namespace
+
+std::optional<uint32_t> recordCrc(const std::string &Path, uint64_t Offset, uint64_t Length, bool Chunk,
+                                  std::string &Why) {
+  std::string Bytes;
+  if (!readRange(Path, Offset, Length, Bytes, Why)) {
+    Why = "cannot read the record: " + Why;
+    return std::nullopt;
+  }
+  if (!Chunk)
+    return crc32(reinterpret_cast<const uint8_t *>(Bytes.data()), Bytes.size());
+  try {
+    ZipArchive Zip(Bytes, Path + " at " + std::to_string(Offset));
+    std::optional<uint32_t> Got;
+    for (const ZipArchive::Entry &E : Zip.entries()) {
+      std::string_view Payload = Zip.read(E); // checks the entry's own CRC-32
+      if (E.Name.size() >= 7 && E.Name.compare(E.Name.size() - 7, 7, "/data/0") == 0)
+        Got = crc32(reinterpret_cast<const uint8_t *>(Payload.data()), Payload.size());
+    }
+    if (!Got)
+      Why = "the record holds no tensor data";
+    return Got;
+  } catch (const Error &E) {
+    Why = E.what();
+    return std::nullopt;
+  }
+}
+
+Journals readJournals(const std::string &Iter, int Rank) {
+  Journals J;
+  std::set<std::pair<std::string, std::vector<int64_t>>> Seen; // (key, offsets): a chunk kept once
+  for (const std::string &Name : files::list(Iter)) {
+    long K = fileIndex(Name, Rank);
+    if (K >= 0)
+      J.NextFile = std::max<unsigned>(J.NextFile, static_cast<unsigned>(K) + 1);
+    const std::string Ext = ".distcp.journal";
+    if (Name.size() <= Ext.size() || Name.compare(Name.size() - Ext.size(), Ext.size(), Ext) != 0 ||
+        fileIndex(Name.substr(0, Name.size() - 8), Rank) < 0)
+      continue;
+    long Own = fileIndex(Name.substr(0, Name.size() - 8), Rank);
+    J.NextFile = std::max<unsigned>(J.NextFile, static_cast<unsigned>(Own) + 1);
+    std::ifstream In(files::join(Iter, Name));
+    std::string Line;
+    while (std::getline(In, Line)) {
+      JournaledRecord R;
+      try {
+        std::string Duplicate;
+        Json L = parseJsonNoDuplicates<Json>(Line, Duplicate);
+        R.Key = L.at("key").get<std::string>();
+        R.Object = L.value("object", false);
+        R.File = L.at("file").get<std::string>();
+        R.Offset = L.at("offset").get<uint64_t>();
+        R.Length = L.at("length").get<uint64_t>();
+        R.Crc = L.at("crc32").get<uint32_t>();
+        if (!R.Object) {
+          std::optional<DType> T = dtypeFromTorch(L.at("dtype").get<std::string>());
+          if (!T)
+            throw Error("unknown dtype");
+          R.Type = *T;
+          R.Shape = L.at("shape").get<std::vector<int64_t>>();
+          R.Offsets = L.at("offsets").get<std::vector<int64_t>>();
+          R.Sizes = L.at("sizes").get<std::vector<int64_t>>();
+        }
+      } catch (const std::exception &) {
+        ++J.Rejected; // a line cut short by the end of the process
+        continue;
+      }
+      if (R.File != Name.substr(0, Name.size() - 8) || !Seen.insert({R.Key, R.Offsets}).second)
+        continue;
+      std::string Why;
+      std::optional<uint32_t> Got = recordCrc(files::join(Iter, R.File), R.Offset, R.Length, !R.Object, Why);
+      if (!Got || *Got != R.Crc) {
+        Seen.erase({R.Key, R.Offsets});
+        ++J.Rejected;
+        continue;
+      }
+      J.Kept.push_back(std::move(R));
+    }
+  }
+  return J;
+}
+
+std::string recordsJson(const std::vector<const JournaledRecord *> &Kept) {
+  Json Files = Json::array(), Tensors = Json::array(), Bytes = Json::array();
+  std::map<std::string, unsigned> FileIndex;
+  std::map<std::string, size_t> TensorIndex;
+  for (const JournaledRecord *R : Kept) {
+    auto [It, New] = FileIndex.emplace(R->File, static_cast<unsigned>(FileIndex.size()));
+    if (New)
+      Files.push_back(R->File);
+    if (R->Object) {
+      Bytes.push_back({{"key", R->Key}, {"file", It->second}, {"offset", R->Offset}, {"length", R->Length},
+                       {"crc32", R->Crc}});
+      continue;
+    }
+    auto [T, NewKey] = TensorIndex.emplace(R->Key, Tensors.size());
+    if (NewKey)
+      Tensors.push_back({{"key", R->Key},
+                         {"dtype", std::string(torchName(R->Type))},
+                         {"shape", R->Shape},
+                         {"chunks", Json::array()}});
+    Tensors[T->second]["chunks"].push_back({R->Offsets, R->Sizes, It->second, R->Offset, R->Length, R->Crc});
+  }
+  return Json{{"files", Files}, {"tensors", Tensors}, {"bytes", Bytes}}.dump();
+}
+
+std::vector<std::string> partialsOf(const std::string &Out) {
+  std::string Dir = dirOf(Out), Prefix = baseOf(Out) + ".partial-";
+  std::vector<std::string> Found;
+  if (!files::isDirectory(Dir))
+    return Found;
+  for (const std::string &N : files::list(Dir))
+    if (N.compare(0, Prefix.size(), Prefix) == 0 && files::isDirectory(files::join(Dir, N)))
+      Found.push_back(Dir == "." && Out.compare(0, 2, "./") != 0 ? N : files::join(Dir, N));
+  return Found;
+}
+
+std::string takeOverPartial(const std::string &Out, const std::string &Tmp, const Json &Now) {
+  std::vector<std::string> Found = partialsOf(Out);
+  if (Found.empty())
+    return "";
+  if (Found.size() > 1) {
+    std::string List;
+    for (const std::string &F : Found)
+      List += "\n  " + F;
+    throw Error("error: --resume finds several interrupted imports of " + Out + "; remove all but one:" + List);
+  }
+  const std::string &Was = Found[0];
+  std::string Pid = Was.substr(Was.rfind(".partial-") + 9);
+  if (!Pid.empty() && Pid.size() < 10 && Pid.find_first_not_of("0123456789") == std::string::npos) {
+    long P = std::stol(Pid);
+    if (P != ::getpid() && P > 0 && (::kill(static_cast<pid_t>(P), 0) == 0 || errno == EPERM))
+      throw Error("error: " + Was + " is still being written by process " + Pid +
+                  " on this host; wait for it, or stop it first");
+  }
+  std::string FingerprintPath = files::join(Was, "resume.json");
+  if (!files::exists(FingerprintPath))
+    throw Error("error: " + Was + " has no resume.json, so what it holds cannot be told; remove it to start over");
+  Json Then = readJsonFile(FingerprintPath);
+  // The first difference, in words: what the user changed.
+  static const std::pair<const char *, const char *> Parts[] = {
+      {"command", "command"},          {"mapping", "mapping"},        {"format", "checkpoint format"},
+      {"layer_spec", "layer spec"},    {"layout", "layout"},          {"processes", "number of processes"},
+      {"source_dir", "source"},        {"source_files", "source files (sizes or times)"},
+      {"plan", "plan (the mapping's rules)"}};
+  for (auto [Key, Words] : Parts)
+    if (Then.value(Key, Json()) != Now.value(Key, Json()))
+      throw Error("error: cannot resume from " + Was + ": it is another import (its " + Words + " differ" +
+                  (std::string(Words).back() == 's' ? "" : "s") + ": " + Then.value(Key, Json()).dump() + " then, " +
+                  Now.value(Key, Json()).dump() + " now); remove it, or run without --resume to start over");
+  if (Was != Tmp)
+    files::rename(Was, Tmp);
+  return Tmp;
+}
+
+void removeResumeFiles(const std::string &Tmp, const std::string &Iter) {
+  const std::string Ext = ".journal";
+  for (const std::string &N : files::list(Iter))
+    if (N.size() > Ext.size() && N.compare(N.size() - Ext.size(), Ext.size(), Ext) == 0)
+      std::remove(files::join(Iter, N).c_str());
+  std::remove(files::join(Tmp, "resume.json").c_str());
+}
+
+} // namespace bridge
