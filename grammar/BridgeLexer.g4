@@ -31,6 +31,8 @@ TE        : 'te';
 EXPERT    : 'expert';
 DIST      : 'dist';
 LOCALDIST : 'localdist';
+RECIPE    : 'recipe';
+PRESET    : 'preset';
 HF        : 'hf';
 KW_TRUE   : 'true';
 KW_FALSE  : 'false';

@@ -6,7 +6,7 @@ options { tokenVocab = BridgeLexer; }
 
 file        : importDecl* topDecl* EOF ;
 importDecl  : IMPORT STRING SEMI ;
-topDecl     : bridgeDecl | schemaDecl ;
+topDecl     : bridgeDecl | schemaDecl | recipeDecl ;
 
 bridgeDecl  : kind=(BRIDGE | FRAGMENT) name baseList? LBRACE bridgeItem* RBRACE ;
 baseList    : COLON name (COMMA name)* ;
@@ -59,6 +59,13 @@ bracePiece  : LBRACE altItem COMMA altItem (COMMA altItem)* RBRACE  # pieceAlter
 
 altItem     : name | INT ;
 
+// ---- recipes ----------------------------------------------------------------
+// A training preset: settings (checked against runtime/include/bridge/
+// RecipeKeys.def), inherited from presets named after ':' in order, the
+// recipe's own last. A preset is not listed or emitted by itself.
+recipeDecl  : kind=(RECIPE | PRESET) name baseList? LBRACE recipeSetting* RBRACE ;
+recipeSetting : name ASSIGN expr SEMI ;
+
 // ---- schema -----------------------------------------------------------------
 schemaDecl  : SCHEMA name LBRACE schemaItem* RBRACE ;
 schemaItem  : fieldDecl | rangeDecl | blockDecl | paramDecl | useDecl ;
@@ -100,4 +107,4 @@ hfPath      : HF (DOT name)+ ;
 
 name        : IDENT | IMPORT | BRIDGE | FRAGMENT | SCHEMA | MATCH | ALIAS | REQUIRE | CONFIG | EXPORT
             | WEIGHTS | FOR | IN | WHERE | WHEN | OPTIONAL | OVERRIDE | IGNORE | TIE
-            | FIELD | PARAM | BLOCK | USE | AT_KW | RANGE | TE | DIST | LOCALDIST | EXPERT ;
+            | FIELD | PARAM | BLOCK | USE | AT_KW | RANGE | TE | DIST | LOCALDIST | EXPERT | RECIPE | PRESET ;

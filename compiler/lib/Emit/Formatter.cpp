@@ -12,7 +12,9 @@
 
 #include "llvm/ADT/StringExtras.h"
 
+#include <algorithm>
 #include <cctype>
+#include <functional>
 
 using namespace bridgec;
 using namespace bridgec::ast;
@@ -29,16 +31,16 @@ public:
       ended(I.Range.End);
     }
     // Top-level declarations in source order.
-    size_t B = 0, S = 0;
-    while (B < F.Bridges.size() || S < F.Schemas.size()) {
-      bool TakeBridge = S == F.Schemas.size() ||
-                        (B < F.Bridges.size() &&
-                         F.Bridges[B].Range.Start.getPointer() < F.Schemas[S].Range.Start.getPointer());
-      if (TakeBridge)
-        bridgeDecl(F.Bridges[B++]);
-      else
-        schemaDecl(F.Schemas[S++]);
-    }
+    std::vector<std::pair<const char *, std::function<void()>>> Decls;
+    for (auto &B : F.Bridges)
+      Decls.push_back({B.Range.Start.getPointer(), [&] { bridgeDecl(B); }});
+    for (auto &S : F.Schemas)
+      Decls.push_back({S.Range.Start.getPointer(), [&] { schemaDecl(S); }});
+    for (auto &R : F.Recipes)
+      Decls.push_back({R.Range.Start.getPointer(), [&] { recipeDecl(R); }});
+    std::stable_sort(Decls.begin(), Decls.end(), [](auto &A, auto &B) { return A.first < B.first; });
+    for (auto &[At, Print] : Decls)
+      Print();
     comments(llvm::SMLoc(), 0); // the rest
   }
 
@@ -102,6 +104,22 @@ private:
   }
 
   std::string when(const ExprP &W, const char *Kw = " when ") { return W ? Kw + print(*W) : ""; }
+
+  void recipeDecl(const RecipeDecl &R) {
+    comments(R.Range.Start, 0);
+    OS << (R.IsPreset ? "preset " : "recipe ") << R.Name;
+    for (size_t I = 0; I < R.Bases.size(); ++I)
+      OS << (I ? ", " : " : ") << R.Bases[I].Name;
+    OS << " {\n";
+    for (auto &S : R.Settings) {
+      comments(S.Range.Start, 1);
+      line(1, S.Key + " =", " ", print(*S.Value) + ";");
+      ended(S.Range.End);
+    }
+    comments(R.Range.End, 1);
+    OS << "}\n";
+    ended(R.Range.End);
+  }
 
   void bridgeDecl(const BridgeDecl &B) {
     comments(B.Range.Start, 0);

@@ -35,6 +35,9 @@ public:
           F->Bridges.push_back(std::move(*B));
       if (T->schemaDecl())
         F->Schemas.push_back(schema(T->schemaDecl()));
+      if (T->recipeDecl())
+        if (auto Rc = recipe(T->recipeDecl()))
+          F->Recipes.push_back(std::move(*Rc));
     }
     return F;
   }
@@ -335,6 +338,27 @@ private:
       Ctx.Diags.emit(DiagId::BlankInsideName, Pat.Range, Compact);
     }
     return Pat;
+  }
+
+  // ---- recipes ----------------------------------------------------------------
+  std::optional<ast::RecipeDecl> recipe(P::RecipeDeclContext *C) {
+    if (!C->name())
+      return std::nullopt;
+    ast::RecipeDecl D;
+    D.Range = R(C);
+    D.IsPreset = C->kind && C->kind->getType() == P::PRESET;
+    D.Name = text(C->name());
+    D.NameRange = R(C->name());
+    if (auto *BL = C->baseList())
+      for (auto *N : BL->name())
+        D.Bases.push_back({N->getText(), R(N)});
+    for (auto *S : C->recipeSetting()) {
+      if (!S->name() || !S->expr())
+        continue;
+      if (auto V = expr(S->expr()))
+        D.Settings.push_back({R(S), S->name()->getText(), R(S->name()), V});
+    }
+    return D;
   }
 
   // ---- schema -----------------------------------------------------------------

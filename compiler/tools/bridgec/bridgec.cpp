@@ -11,6 +11,7 @@
 #include "bridgec/Basic/Diagnostic.h"
 #include "bridgec/Emit/Emitters.h"
 #include "bridgec/Parse/Parser.h"
+#include "bridgec/Sema/Recipes.h"
 #include "bridgec/Sema/Sema.h"
 
 #include "llvm/Support/CommandLine.h"
@@ -39,18 +40,24 @@ static cl::list<std::string> ImportDirs("I", cl::desc("Directory searched for im
                                         cl::Prefix, cl::cat(Cat));
 static cl::opt<bool> WriteIfChanged("write-if-changed", cl::desc("Leave the output untouched when unchanged"),
                                     cl::cat(Cat));
-enum class EmitKind { Tables, Schema, Model, Format };
+enum class EmitKind { Tables, Schema, Model, Format, Recipes };
 static cl::opt<EmitKind> Emit("emit", cl::desc("What to write"), cl::init(EmitKind::Tables),
                               cl::values(clEnumValN(EmitKind::Tables, "tables", "C++ constexpr tables (default)"),
                                          clEnumValN(EmitKind::Schema, "schema", "the schema's C++ table"),
                                          clEnumValN(EmitKind::Model, "model", "a text dump of the checked model"),
-                                         clEnumValN(EmitKind::Format, "format", "the file in canonical form")),
+                                         clEnumValN(EmitKind::Format, "format", "the file in canonical form"),
+                                         clEnumValN(EmitKind::Recipes, "recipes",
+                                                    "the C++ table of the recipes of the file and its imports")),
                               cl::cat(Cat));
 static cl::opt<bool> Format("format", cl::desc("Same as --emit=format"), cl::cat(Cat));
 static cl::opt<std::string> SchemaPath("schema", cl::desc("Use this schema instead of the embedded one"),
                                        cl::value_desc("file"), cl::cat(Cat));
 static cl::opt<unsigned> ErrorLimit("error-limit", cl::desc("Stop after this many errors (0 = no limit)"),
                                     cl::init(50), cl::cat(Cat));
+static cl::opt<std::string> ModelsDir("models-dir",
+                                      cl::desc("Where recipes find models' config.json (default: models/ beside the "
+                                               "main file)"),
+                                      cl::value_desc("dir"), cl::cat(Cat));
 static cl::opt<bool> ListDiags("list-diagnostics", cl::desc("Print every diagnostic code and exit"), cl::cat(Cat));
 
 static int writeOutput(const std::string &Text) {
@@ -173,6 +180,26 @@ int main(int argc, char **argv) {
 
   if (!C.loadMain(Input))
     return 2; // the main file could not be read
+  if (Emit == EmitKind::Recipes) {
+    std::string Models = ModelsDir;
+    if (Models.empty()) {
+      SmallString<256> Dir(sys::path::parent_path(Input.getValue()));
+      sys::path::append(Dir, "models");
+      Models = Dir.str().str();
+    }
+    std::vector<std::string> ModelFiles;
+    auto Recipes = bridgec::recipe::checkRecipes(C.files(), Models, Diags, &ModelFiles);
+    if (Diags.hasErrors())
+      return 1;
+    std::string Text;
+    raw_string_ostream OS(Text);
+    bridgec::recipe::emitRecipeTable(Recipes, SM, OS);
+    if (int RC = writeOutput(OS.str()))
+      return RC;
+    std::vector<std::string> Inputs = C.inputFiles();
+    Inputs.insert(Inputs.end(), ModelFiles.begin(), ModelFiles.end());
+    return writeDepFile(Inputs);
+  }
   auto Set = C.analyze();
   if (!Set || Diags.hasErrors())
     return 1;

@@ -108,6 +108,25 @@ const MappingTable &mappingFor(const Json &HFConfig);
 /// Every model_type some compiled mapping serves, comma-separated.
 std::string supportedModelTypes();
 
+/// A compiled recipe (recipes/, docs/recipes.md), as `recipe list` shows it.
+struct RecipeInfo {
+  std::string Name, Source, Model, Mode;
+  int Gpus = 0;
+  Layout Par;
+  double WeightBytes = 0, ActivationBytes = 0; ///< the estimate per GPU
+};
+std::vector<RecipeInfo> listRecipes();
+/// Recipe \p Name as "megatron-bridge-yaml" (a ConfigContainer override) or
+/// "megatron-lm-args" (the model's architecture included); \p Checkpoint,
+/// when given, is the checkpoint to start from. What a format cannot say
+/// goes to \p Notes. Throws Error for an unknown recipe or format.
+std::string showRecipe(const std::string &Name, const std::string &Format, const std::string &Checkpoint,
+                       std::vector<std::string> &Notes);
+/// The layout of recipe \p Name for the HF checkpoint \p HFDir: an error
+/// when the checkpoint is of another family, a note in \p Notes when of
+/// another size.
+Layout recipeLayoutFor(const std::string &Name, const std::string &HFDir, std::vector<std::string> &Notes);
+
 /// Every problem with \p L for a model config, empty when it fits.
 std::vector<std::string> checkLayout(const Layout &L, const std::function<int64_t(const char *)> &Field);
 

@@ -52,6 +52,11 @@ const char *Usage =
     "                            re-read a torch_dist checkpoint and check every record\n"
     "                            against its manifest.json; with --against, check that\n"
     "                            an HF export holds its source's tensors bit for bit\n"
+    "  recipe list               the compiled training recipes: model, mode, GPUs,\n"
+    "                            layout and the memory estimate per GPU\n"
+    "  recipe show NAME [--format megatron-bridge-yaml|megatron-lm-args]\n"
+    "         [--checkpoint DIR] a recipe as a Megatron-Bridge override (default) or\n"
+    "                            Megatron-LM arguments, starting from DIR\n"
     "  reshard --megatron DIR --out DIR [--hf HF] [layout options]\n"
     "                            a checkpoint written by import or reshard (torch_dist\n"
     "                            or legacy) -> the same model at another layout or\n"
@@ -81,6 +86,7 @@ const char *Usage =
     "                            does not depend on N)\n"
     "  --memory-budget SIZE      memory converted tensors may hold while they wait\n"
     "                            for the writers, e.g. 512M, 4G (default 2G)\n"
+    "  --recipe NAME             import: the layout of a recipe (recipe list)\n"
     "  --format F                import, reshard: torch_dist (default) or torch, the\n"
     "                            legacy per-rank mp_rank_*/model_optim_rng.pt files\n"
     "  --quiet                   no progress line\n"
@@ -96,7 +102,9 @@ const char *Usage =
 [[noreturn]] void usageError(const std::string &Msg);
 
 struct Options {
-  std::string Command, HF, Out, Megatron, Device = "cpu", Format = "torch_dist", Target, Against;
+  std::string Command, HF, Out, Megatron, Device = "cpu", Format = "torch_dist", Target, Against, Recipe, Checkpoint;
+  std::vector<std::string> Rest; ///< words after the command (recipe list/show NAME)
+  bool FormatGiven = false, LayoutGiven = false;
   bool AsJson = false, LocalNames = false, Overwrite = false, Quiet = false, LocalSpec = false, Resume = false;
   Layout Par;
   unsigned Writers = 8, Converters = 4;
@@ -234,6 +242,45 @@ int cmdList(const Options &O) {
     std::printf("%-12s %-34s %-28s %6d %6d\n", R["name"].get<std::string>().c_str(), Types.c_str(),
                 R["source"].get<std::string>().c_str(), R["config_rules"].get<int>(), R["tensor_rules"].get<int>());
   }
+  return 0;
+}
+
+int cmdRecipe(const Options &O) {
+  if (O.Rest.empty() || (O.Rest[0] != "list" && O.Rest[0] != "show"))
+    usageError("recipe needs 'list' or 'show NAME'");
+  if (O.Rest[0] == "list") {
+    std::vector<RecipeInfo> All = listRecipes();
+    if (O.AsJson) {
+      Json J = Json::array();
+      for (const RecipeInfo &R : All)
+        J.push_back({{"name", R.Name},
+                     {"source", R.Source},
+                     {"model", R.Model},
+                     {"mode", R.Mode},
+                     {"gpus", R.Gpus},
+                     {"layout", {{"tp", R.Par.TP}, {"pp", R.Par.PP}, {"vpp", R.Par.VPP}, {"ep", R.Par.EP},
+                                 {"etp", R.Par.ETP}}},
+                     {"estimate_gib", (R.WeightBytes + R.ActivationBytes) / double(1ull << 30)}});
+      std::printf("%s\n", J.dump(2).c_str());
+      return 0;
+    }
+    std::printf("%-28s %-34s %-9s %5s  %-22s %s\n", "recipe", "model", "mode", "gpus", "layout", "estimate/GPU");
+    for (const RecipeInfo &R : All) {
+      char Lay[64];
+      std::snprintf(Lay, sizeof Lay, "tp%d pp%d%s ep%d etp%d", R.Par.TP, R.Par.PP,
+                    R.Par.VPP > 1 ? (" vpp" + std::to_string(R.Par.VPP)).c_str() : "", R.Par.EP, R.Par.ETP);
+      std::printf("%-28s %-34s %-9s %5d  %-22s %.1f GiB\n", R.Name.c_str(), R.Model.c_str(), R.Mode.c_str(), R.Gpus,
+                  Lay, (R.WeightBytes + R.ActivationBytes) / double(1ull << 30));
+    }
+    return 0;
+  }
+  if (O.Rest.size() != 2)
+    usageError("recipe show needs a name: bridge-run recipe show NAME [--format megatron-bridge-yaml|megatron-lm-args]");
+  std::vector<std::string> Notes;
+  std::string Text = showRecipe(O.Rest[1], O.FormatGiven ? O.Format : "megatron-bridge-yaml", O.Checkpoint, Notes);
+  std::fputs(Text.c_str(), stdout);
+  for (const std::string &N : Notes)
+    std::cerr << "bridge-run: note: " << N << "\n";
   return 0;
 }
 
@@ -432,18 +479,25 @@ int main(int argc, char **argv) {
       O.Device = argv[I];
     } else if (A == "--tp") {
       O.Par.TP = intArg(I, argc, argv, A);
+      O.LayoutGiven = true;
     } else if (A == "--pp") {
       O.Par.PP = intArg(I, argc, argv, A);
+      O.LayoutGiven = true;
     } else if (A == "--ep") {
       O.Par.EP = intArg(I, argc, argv, A);
+      O.LayoutGiven = true;
     } else if (A == "--etp") {
       O.Par.ETP = intArg(I, argc, argv, A);
+      O.LayoutGiven = true;
     } else if (A == "--vpp") {
       O.Par.VPP = intArg(I, argc, argv, A);
+      O.LayoutGiven = true;
     } else if (A == "--first-stage-layers") {
       O.Par.FirstStageLayers = intArg(I, argc, argv, A);
+      O.LayoutGiven = true;
     } else if (A == "--last-stage-layers") {
       O.Par.LastStageLayers = intArg(I, argc, argv, A);
+      O.LayoutGiven = true;
     } else if (A == "--writers") {
       O.Writers = static_cast<unsigned>(intArg(I, argc, argv, A));
       if (O.Writers < 1 || O.Writers > 256)
@@ -472,10 +526,17 @@ int main(int argc, char **argv) {
       O.Against = argv[I];
     } else if (A == "--format") {
       if (++I >= argc)
-        usageError("--format needs torch_dist or torch");
+        usageError("--format needs a value");
       O.Format = argv[I];
-      if (O.Format != "torch_dist" && O.Format != "torch")
-        usageError("--format needs torch_dist or torch, not '" + O.Format + "'");
+      O.FormatGiven = true;
+    } else if (A == "--recipe") {
+      if (++I >= argc)
+        usageError("--recipe needs a recipe name (bridge-run recipe list)");
+      O.Recipe = argv[I];
+    } else if (A == "--checkpoint") {
+      if (++I >= argc)
+        usageError("--checkpoint needs a directory");
+      O.Checkpoint = argv[I];
     } else if (A == "--local-names") {
       O.LocalNames = true;
     } else if (!A.empty() && A[0] == '-') {
@@ -484,18 +545,27 @@ int main(int argc, char **argv) {
       O.Command = A;
     } else if (O.Command == "verify" && O.Target.empty()) {
       O.Target = A;
+    } else if (O.Command == "recipe") {
+      O.Rest.push_back(A);
     } else {
       usageError("unexpected argument '" + A + "'");
     }
   }
   if (O.Command.empty())
     usageError("no command");
+  const bool FormatIsCheckpoint = O.Command != "recipe";
+  if (FormatIsCheckpoint && O.Format != "torch_dist" && O.Format != "torch")
+    usageError("--format needs torch_dist or torch, not '" + O.Format + "'");
   int Rank = 0; // of several processes, for messages
   if (O.Command == "import" || O.Command == "export" || O.Command == "reshard")
     catchInterrupts();
   try {
     if (O.Command == "list")
       return cmdList(O);
+    if (O.Command == "recipe")
+      return cmdRecipe(O);
+    if (!O.Recipe.empty() && O.Command != "import")
+      usageError("--recipe applies to import");
     if (O.Command == "config" || O.Command == "plan") {
       if (O.HF.empty())
         usageError(O.Command + " needs --hf PATH");
@@ -504,6 +574,15 @@ int main(int argc, char **argv) {
     if (O.Command == "import") {
       if (O.HF.empty() || O.Out.empty())
         usageError("import needs --hf DIR and --out DIR");
+      if (!O.Recipe.empty()) {
+        if (O.LayoutGiven)
+          usageError("--recipe gives the layout; leave out --tp, --pp, --ep, --etp, --vpp and the stage sizes");
+        std::vector<std::string> Notes;
+        O.Par = recipeLayoutFor(O.Recipe, O.HF, Notes);
+        if (!O.Quiet)
+          for (const std::string &N : Notes)
+            std::cerr << "bridge-run: note: " << N << "\n";
+      }
       ImportOptions IO{O.HF, O.Out, O.Par, O.Device, O.Overwrite, O.Quiet, O.LocalSpec, O.Writers, O.MemoryBudget,
                        O.Converters};
       // Under torchrun or srun the processes share the work (ProcessGroup.h).

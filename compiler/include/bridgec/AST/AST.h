@@ -252,6 +252,25 @@ struct ImportDecl {
   std::string Path;
 };
 
+// ---- recipes ------------------------------------------------------------------
+struct RecipeSetting {
+  SMRange Range;
+  std::string Key;
+  SMRange KeyRange;
+  ExprP Value;
+};
+
+/// 'recipe NAME : presets { key = value; ... }', or a 'preset' (settings to
+/// inherit, never listed by itself).
+struct RecipeDecl {
+  SMRange Range;
+  bool IsPreset = false;
+  std::string Name;
+  SMRange NameRange;
+  std::vector<NameRef> Bases;
+  std::vector<RecipeSetting> Settings;
+};
+
 /// A '#' comment, kept so the formatter can reprint it.
 struct Comment {
   llvm::SMLoc Loc;
@@ -265,6 +284,7 @@ struct File {
   std::vector<ImportDecl> Imports;
   std::vector<BridgeDecl> Bridges;
   std::vector<SchemaDecl> Schemas;
+  std::vector<RecipeDecl> Recipes;
 };
 
 } // namespace bridgec::ast

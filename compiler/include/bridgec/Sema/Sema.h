@@ -30,6 +30,14 @@ public:
   /// Every file read (for the depfile), main file first.
   const std::vector<std::string> &inputFiles() const { return Inputs; }
   const ast::File *mainFile() const { return Main; }
+  /// The main file and every file it imports (not the schema).
+  std::vector<const ast::File *> files() const {
+    std::vector<const ast::File *> Out;
+    for (auto &F : Files)
+      if (F.get() != SchemaFile)
+        Out.push_back(F.get());
+    return Out;
+  }
   const model::Schema &schema() const { return *TheSchema; }
 
 private:

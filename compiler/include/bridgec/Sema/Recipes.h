@@ -1,0 +1,76 @@
+//===- Recipes.h - training recipes: checked settings ---------------*- C++ -*-===//
+//
+// A recipe's settings resolved through its presets and defaults
+// (runtime/include/bridge/RecipeKeys.def), its model's facts read from the
+// published config.json, the layout checked against the model and the GPUs,
+// and a memory estimate per GPU. Emitted as a table the runtime formats as a
+// Megatron-Bridge YAML override or Megatron-LM arguments.
+//
+//===----------------------------------------------------------------------===//
+#ifndef BRIDGEC_SEMA_RECIPES_H
+#define BRIDGEC_SEMA_RECIPES_H
+
+#include "bridgec/AST/AST.h"
+#include "bridgec/Basic/Diagnostic.h"
+
+#include "llvm/Support/SourceMgr.h"
+#include "llvm/Support/raw_ostream.h"
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace bridgec::recipe {
+
+/// A setting's value: one of the RecipeKeys.def types.
+struct Value {
+  enum Kind { Int, Float, Bool, String, StringList } K = Int;
+  int64_t I = 0;
+  double F = 0;
+  bool B = false;
+  std::string S;
+  std::vector<std::string> L;
+  /// JSON text: what the table holds.
+  std::string json() const;
+};
+
+/// What the recipe checks need of a model, from its HF config.json.
+struct ModelFacts {
+  int64_t Layers = 0, DenseLayers = 0, Hidden = 0, Heads = 0, QueryGroups = 0, HeadDim = 0, Ffn = 0;
+  int64_t Experts = 0, TopK = 0, MoeFfn = 0, SharedFfn = 0, Vocab = 0;
+  bool Tied = false;
+  /// Parameters: attention and dense MLP or shared experts per layer (on
+  /// average), routed experts per MoE layer, embedding (one copy).
+  double NonExpertPerLayer = 0, ExpertsPerMoeLayer = 0, Embedding = 0;
+  double total() const;
+};
+
+/// Bytes per GPU, the terms of the estimate (first pipeline stage, the most
+/// loaded).
+struct MemoryEstimate {
+  double Weights = 0, Activations = 0; ///< weights: with grads and optimizer state
+  double total() const { return Weights + Activations; }
+};
+
+struct Recipe {
+  std::string Name;
+  ast::SMRange Loc;
+  std::map<std::string, Value> Settings; ///< every key, defaults included
+  std::string ModelConfigText;           ///< the config.json, as published
+  ModelFacts Facts;
+  MemoryEstimate Memory;
+};
+
+/// Checks every recipe and preset of \p Files (diagnostics to \p Diags) and
+/// returns the recipes (not presets), in declaration order. Model configs
+/// are read from \p ModelsDir (their paths put in \p ModelFiles).
+std::vector<Recipe> checkRecipes(const std::vector<const ast::File *> &Files, const std::string &ModelsDir,
+                                 DiagnosticEngine &Diags, std::vector<std::string> *ModelFiles = nullptr);
+
+/// The C++ table of \p Recipes (bridge/Recipe.h).
+void emitRecipeTable(const std::vector<Recipe> &Recipes, const llvm::SourceMgr &SM, llvm::raw_ostream &OS);
+
+} // namespace bridgec::recipe
+
+#endif

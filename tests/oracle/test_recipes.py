@@ -1,0 +1,163 @@
+"""Recipes: what bridge-run emits is accepted by megatron-core's own classes.
+
+For every compiled recipe (tests/golden/recipes holds each one's two forms,
+checked byte for byte by ctest golden-recipes):
+- megatron-core's TransformerConfig (MLATransformerConfig for DeepSeek) takes
+  the model's config, as import computes it, with the recipe's parallel layout
+  from the Megatron-Bridge YAML: its __post_init__ checks heads, query groups,
+  experts, pipeline stages, virtual stages and sequence parallelism;
+- parallel_state's RankGenerator places every GPU exactly once in the dense
+  (tp, cp, dp, pp) and the expert (etp, ep, dp, pp) grids;
+- the micro-batch calculator accepts the global batch for that data-parallel
+  size;
+- the Megatron-LM arguments say what the YAML says.
+And the command line: recipe list/show, import --recipe.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import megatron_oracle
+
+ROOT = Path(__file__).resolve().parents[2]
+GOLDEN = ROOT / "tests" / "golden" / "recipes"
+MODELS = ROOT / "recipes" / "models"
+RECIPES = sorted(p.stem for p in GOLDEN.glob("*.yaml"))
+
+
+def _run(bridge_run, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(bridge_run.path), *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def listing(bridge_run) -> dict[str, dict]:
+    r = _run(bridge_run, "recipe", "list", "--json")
+    assert r.returncode == 0, r.stderr
+    return {x["name"]: x for x in json.loads(r.stdout)}
+
+
+def test_the_goldens_name_every_recipe(listing):
+    assert sorted(listing) == RECIPES
+
+
+def _args(text: str) -> dict[str, str | bool]:
+    words = shlex.split("\n".join(l for l in text.splitlines() if not l.startswith("#")).replace("\\\n", " "))
+    out: dict[str, str | bool] = {}
+    for i, w in enumerate(words):
+        if w.startswith("--"):
+            nxt = words[i + 1] if i + 1 < len(words) else None
+            out[w] = nxt if nxt is not None and not nxt.startswith("--") else True
+    return out
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_recipe_is_accepted_by_megatron_core(bridge_run, mcore_classes, listing, name):
+    import torch
+    import yaml
+    from megatron.core.num_microbatches_calculator import ConstantNumMicroBatchesCalculator
+    from megatron.core.parallel_state import RankGenerator
+
+    info = listing[name]
+    r = _run(bridge_run, "recipe", "show", name, "--format", "megatron-bridge-yaml")
+    assert r.returncode == 0, r.stderr
+    y = yaml.safe_load(r.stdout)
+    m, t = y["model"], y["train"]
+    gpus = info["gpus"]
+    tp, pp, cp = m["tensor_model_parallel_size"], m["pipeline_model_parallel_size"], m["context_parallel_size"]
+    ep, etp = m["expert_model_parallel_size"], m["expert_tensor_parallel_size"]
+    assert m["seq_length"] == y["dataset"]["seq_length"]  # Megatron-Bridge's validate() asks for this
+
+    # The model as import computes it, with the recipe's layout.
+    org, _, rest = info["model"].partition("/")
+    meg = bridge_run.config(str(MODELS / f"{org}__{rest}.json"))["megatron"]
+    routed = megatron_oracle.route_megatron_config(meg)
+    kw = routed.tc_kwargs
+    kw.update(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp, context_parallel_size=cp,
+              expert_model_parallel_size=ep, expert_tensor_parallel_size=etp,
+              sequence_parallel=m["sequence_parallel"],
+              virtual_pipeline_model_parallel_size=m["virtual_pipeline_model_parallel_size"],
+              bf16=True, params_dtype=torch.bfloat16, pipeline_dtype=torch.bfloat16)
+    for key in ("num_layers_in_first_pipeline_stage", "num_layers_in_last_pipeline_stage", "recompute_granularity",
+                "recompute_method", "recompute_num_layers"):
+        if key in m:
+            kw[key] = m[key]
+    cfg = megatron_oracle.make_transformer_config(routed)  # __post_init__ raises on a bad layout
+    assert cfg.tensor_model_parallel_size == tp
+
+    # Every GPU once in the dense grid and once in the expert grid.
+    dense = RankGenerator(tp=tp, ep=1, dp=gpus // (tp * pp * cp), pp=pp, cp=cp, order="tp-cp-ep-dp-pp")
+    expert = RankGenerator(tp=etp, ep=ep, dp=gpus // (etp * ep * pp), pp=pp, cp=1, order="tp-ep-dp-pp")
+    for grid in (dense, expert):
+        assert grid.world_size == gpus
+        assert sorted(r for g in grid.get_ranks("tp") for r in g) == list(range(gpus))
+    ConstantNumMicroBatchesCalculator(t["global_batch_size"], t["micro_batch_size"], gpus // (tp * pp * cp),
+                                      False, 0)  # asserts divisibility
+
+    # The Megatron-LM arguments say the same.
+    r = _run(bridge_run, "recipe", "show", name, "--format", "megatron-lm-args")
+    assert r.returncode == 0, r.stderr
+    a = _args(r.stdout)
+    assert int(a["--tensor-model-parallel-size"]) == tp and int(a["--pipeline-model-parallel-size"]) == pp
+    assert int(a["--context-parallel-size"]) == cp and int(a["--expert-model-parallel-size"]) == ep
+    assert int(a["--expert-tensor-parallel-size"]) == etp
+    assert ("--sequence-parallel" in a) == m["sequence_parallel"]
+    assert int(a["--seq-length"]) == m["seq_length"]
+    assert int(a["--micro-batch-size"]) == t["micro_batch_size"]
+    assert int(a["--global-batch-size"]) == t["global_batch_size"]
+    assert int(a["--train-iters"]) == t["train_iters"]
+    assert float(a["--lr"]) == y["optimizer"]["lr"] and float(a["--min-lr"]) == y["optimizer"]["min_lr"]
+    assert float(a["--weight-decay"]) == y["scheduler"]["start_weight_decay"]
+    assert int(a["--num-layers"]) == meg["num_layers"] and int(a["--hidden-size"]) == meg["hidden_size"]
+    if m["virtual_pipeline_model_parallel_size"]:
+        assert int(a["--num-virtual-stages-per-pipeline-rank"]) == m["virtual_pipeline_model_parallel_size"]
+    if info["mode"] == "peft":
+        assert y["peft"]["_target_"] == "megatron.bridge.peft.lora.LoRA"
+        assert "Megatron-LM has no LoRA" in r.stderr
+    else:
+        assert "peft" not in y
+
+
+def test_recipe_show_errors(bridge_run):
+    r = _run(bridge_run, "recipe", "show", "llama9_pretrain")
+    assert r.returncode == 1 and "no recipe named 'llama9_pretrain'" in r.stderr
+    r = _run(bridge_run, "recipe", "show", "llama3_1_8b_sft", "--format", "toml")
+    assert r.returncode == 1 and "unknown recipe format 'toml'" in r.stderr
+    r = _run(bridge_run, "recipe", "fly")
+    assert r.returncode == 2 and "recipe needs 'list' or 'show NAME'" in r.stderr
+    r = _run(bridge_run, "recipe", "show", "llama3_1_8b_sft", "--checkpoint", "/ckpt/llama")
+    assert "pretrained_checkpoint: /ckpt/llama" in r.stdout
+
+
+def test_import_takes_the_layout_of_a_recipe(bridge_run, tiny_checkpoints, tmp_path):
+    ckpt = tiny_checkpoints("llama3.2-1b")
+    mg = tmp_path / "mg"
+    r = _run(bridge_run, "import", "--hf", str(ckpt.path), "--out", str(mg), "--recipe", "llama3_1_8b_sft")
+    assert r.returncode == 0, r.stderr
+    assert "recipe llama3_1_8b_sft was sized for meta-llama/Llama-3.1-8B" in r.stderr
+    side = json.loads((mg / "iter_0000000" / "bridge.json").read_text())
+    assert side["layout"]["tp"] == 2 and side["layout"]["pp"] == 1
+    # Another family is refused; so is a layout given twice.
+    other = tiny_checkpoints("qwen3-8b")
+    r = _run(bridge_run, "import", "--hf", str(other.path), "--out", str(tmp_path / "q"), "--recipe",
+             "llama3_1_8b_sft")
+    assert r.returncode == 1 and "recipe llama3_1_8b_sft is for meta-llama/Llama-3.1-8B (mapping llama)" in r.stderr
+    r = _run(bridge_run, "import", "--hf", str(ckpt.path), "--out", str(tmp_path / "x"), "--recipe",
+             "llama3_1_8b_sft", "--tp", "4")
+    assert r.returncode == 2 and "--recipe gives the layout" in r.stderr
+
+
+def test_megatron_core_refuses_what_bridgec_refuses(bridge_run, mcore_classes):
+    """The control for the test above: the same route with a layout bridgec
+    rejects (BR4010, tp 3 for 32 heads and 8 groups) is refused by
+    TransformerConfig too, so that test can fail."""
+    meg = bridge_run.config(str(MODELS / "meta-llama__Llama-3.1-8B.json"))["megatron"]
+    routed = megatron_oracle.route_megatron_config(meg)
+    routed.tc_kwargs.update(tensor_model_parallel_size=3, sequence_parallel=True)
+    with pytest.raises(ValueError, match="tensor_model_parallel_size"):
+        megatron_oracle.make_transformer_config(routed)
