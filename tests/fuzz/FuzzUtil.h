@@ -9,6 +9,7 @@
 #ifndef BRIDGE_TESTS_FUZZ_FUZZUTIL_H
 #define BRIDGE_TESTS_FUZZ_FUZZUTIL_H
 
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>

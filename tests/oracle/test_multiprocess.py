@@ -28,6 +28,15 @@ import tiny_models
 LOGITS_ATOL = 1e-5
 
 
+def _needs_gpus(device: str, nproc: int) -> None:
+    """Each process takes GPU LOCAL_RANK: a host with fewer GPUs cannot run the case."""
+    if device.startswith("cuda"):
+        import torch
+
+        if torch.cuda.device_count() < nproc:
+            pytest.skip(f"{nproc} processes on CUDA need {nproc} GPUs; this host has {torch.cuda.device_count()}")
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -126,6 +135,7 @@ CASES = [
                               for f, n, a in CASES])
 def test_processes_write_what_one_process_writes(bridge_run, bridge_device, tiny_checkpoints, tmp_path, family_id,
                                                  nproc, layout):
+    _needs_gpus(bridge_device, nproc)
     ckpt = tiny_checkpoints(family_id)
     mg = tmp_path / "mg"
     # With --bridge-device cuda each process takes GPU LOCAL_RANK.
@@ -145,6 +155,7 @@ def test_processes_dequantize_fp8_as_one_process_does(bridge_run, bridge_device,
     LOCAL_RANK with --bridge-device cuda) and gives the one-process CPU bytes."""
     from test_fp8 import _quantize
 
+    _needs_gpus(bridge_device, 2)
     src = tmp_path / "fp8"
     _quantize(tiny_checkpoints("deepseek-v3").path, src)
     mg = tmp_path / "mg"

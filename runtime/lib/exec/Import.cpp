@@ -605,12 +605,16 @@ Summary importWith(const ImportOptions &O, const std::string &FromDir) {
         ++Sum.ResumedTensors;
         for (const JournaledRecord *R : Mine)
           Sum.ResumedBytes += R->Length;
-        if (It.Member + 1 == K.Members.size())
-          for (const std::string &E : extraStateKeys(K))
-            if (auto Obj = Object.find(E); Obj != Object.end() && ExtraStates.insert(E).second)
+        if (It.Member + 1 == K.Members.size()) {
+          for (const std::string &E : extraStateKeys(K)) {
+            if (!ExtraStates.insert(E).second)
+              continue;
+            if (auto Obj = Object.find(E); Obj != Object.end())
               Adopt.push_back(Obj->second);
-            else if (ExtraStates.insert(E).second) // the tensor was kept, its extra state not yet written
+            else // the tensor was kept, its extra state not yet written
               W->addBytes(E, universalExtraStateRecord());
+          }
+        }
       }
       // Adopted before this run's own records, in which a kept key's other
       // layers may join it.

@@ -15,33 +15,13 @@
 #include <map>
 #include <set>
 #include <sstream>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <thread>
 #include <unistd.h>
 
 namespace bridge {
 namespace {
-
-bool readRange(const std::string &Path, uint64_t Offset, uint64_t Length, std::string &Out, std::string &Why) {
-  int Fd = ::open(Path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (Fd < 0) {
-    Why = std::strerror(errno);
-    return false;
-  }
-  Out.resize(Length);
-  uint64_t Done = 0;
-  while (Done < Length) {
-    ssize_t K = ::pread(Fd, Out.data() + Done, Length - Done, static_cast<off_t>(Offset + Done));
-    if (K < 0 && errno == EINTR)
-      continue;
-    if (K <= 0) {
-      Why = K < 0 ? std::strerror(errno) : "the file ends first";
-      ::close(Fd);
-      return false;
-    }
-    Done += static_cast<uint64_t>(K);
-  }
-  ::close(Fd);
-  return true;
-}
 
 /// k of `__<Rank>_<k>.distcp`, or -1.
 long fileIndex(const std::string &Name, int Rank) {
@@ -68,22 +48,60 @@ std::string baseOf(const std::string &Path) {
 
 } // namespace
 
-std::optional<uint32_t> recordCrc(const std::string &Path, uint64_t Offset, uint64_t Length, bool Chunk,
-                                  std::string &Why) {
-  std::string Bytes;
-  if (!readRange(Path, Offset, Length, Bytes, Why)) {
-    Why = "cannot read the record: " + Why;
+MappedFile::MappedFile(const std::string &Path) {
+  int Fd = ::open(Path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (Fd < 0) {
+    Why = std::strerror(errno);
+    return;
+  }
+  struct stat St;
+  if (::fstat(Fd, &St) != 0) {
+    Why = std::strerror(errno);
+    ::close(Fd);
+    return;
+  }
+  Size = static_cast<size_t>(St.st_size);
+  if (Size) {
+    void *M = ::mmap(nullptr, Size, PROT_READ, MAP_PRIVATE, Fd, 0);
+    if (M == MAP_FAILED)
+      Why = std::strerror(errno);
+    else
+      Data = M;
+  }
+  ::close(Fd);
+}
+
+MappedFile::~MappedFile() {
+  if (Data)
+    ::munmap(Data, Size);
+}
+
+std::optional<std::string_view> MappedFile::range(uint64_t Offset, uint64_t Length) const {
+  if (Offset > Size || Length > Size - Offset)
+    return std::nullopt;
+  return std::string_view(static_cast<const char *>(Data) + Offset, Length);
+}
+
+std::optional<uint32_t> recordCrc(const MappedFile &File, const std::string &Path, uint64_t Offset, uint64_t Length,
+                                  bool Chunk, std::string &Why) {
+  if (!File.ok()) {
+    Why = "cannot read the record: " + File.why();
+    return std::nullopt;
+  }
+  std::optional<std::string_view> Bytes = File.range(Offset, Length);
+  if (!Bytes) {
+    Why = "cannot read the record: the file ends first";
     return std::nullopt;
   }
   if (!Chunk)
-    return crc32(reinterpret_cast<const uint8_t *>(Bytes.data()), Bytes.size());
+    return crc32(reinterpret_cast<const uint8_t *>(Bytes->data()), Bytes->size());
   try {
-    ZipArchive Zip(Bytes, Path + " at " + std::to_string(Offset));
+    ZipArchive Zip(*Bytes, Path + " at " + std::to_string(Offset));
     std::optional<uint32_t> Got;
     for (const ZipArchive::Entry &E : Zip.entries()) {
-      std::string_view Payload = Zip.read(E); // checks the entry's own CRC-32
+      Zip.read(E); // checks the entry's bytes against its own CRC-32
       if (E.Name.size() >= 7 && E.Name.compare(E.Name.size() - 7, 7, "/data/0") == 0)
-        Got = crc32(reinterpret_cast<const uint8_t *>(Payload.data()), Payload.size());
+        Got = E.Crc32; // so the chunk's CRC-32 is the one its entry holds
     }
     if (!Got)
       Why = "the record holds no tensor data";
@@ -96,18 +114,22 @@ std::optional<uint32_t> recordCrc(const std::string &Path, uint64_t Offset, uint
 
 Journals readJournals(const std::string &Iter, int Rank) {
   Journals J;
-  std::set<std::pair<std::string, std::vector<int64_t>>> Seen; // (key, offsets): a chunk kept once
+  std::vector<std::string> Files; // the journaled .distcp files, each checked by a thread of its own
   for (const std::string &Name : files::list(Iter)) {
     long K = fileIndex(Name, Rank);
     if (K >= 0)
       J.NextFile = std::max<unsigned>(J.NextFile, static_cast<unsigned>(K) + 1);
-    const std::string Ext = ".distcp.journal";
-    if (Name.size() <= Ext.size() || Name.compare(Name.size() - Ext.size(), Ext.size(), Ext) != 0 ||
-        fileIndex(Name.substr(0, Name.size() - 8), Rank) < 0)
-      continue;
-    long Own = fileIndex(Name.substr(0, Name.size() - 8), Rank);
-    J.NextFile = std::max<unsigned>(J.NextFile, static_cast<unsigned>(Own) + 1);
-    std::ifstream In(files::join(Iter, Name));
+    const std::string Ext = ".journal";
+    if (Name.size() > Ext.size() && Name.compare(Name.size() - Ext.size(), Ext.size(), Ext) == 0 &&
+        fileIndex(Name.substr(0, Name.size() - Ext.size()), Rank) >= 0)
+      Files.push_back(Name.substr(0, Name.size() - Ext.size()));
+  }
+  std::vector<std::vector<JournaledRecord>> Kept(Files.size());
+  std::vector<size_t> Rejected(Files.size(), 0);
+  auto Check = [&](size_t I) {
+    const std::string &File = Files[I];
+    MappedFile Map(files::join(Iter, File));
+    std::ifstream In(files::join(Iter, File + ".journal"));
     std::string Line;
     while (std::getline(In, Line)) {
       JournaledRecord R;
@@ -130,20 +152,33 @@ Journals readJournals(const std::string &Iter, int Rank) {
           R.Sizes = L.at("sizes").get<std::vector<int64_t>>();
         }
       } catch (const std::exception &) {
-        ++J.Rejected; // a line cut short by the end of the process
+        ++Rejected[I]; // a line cut short by the end of the process
         continue;
       }
-      if (R.File != Name.substr(0, Name.size() - 8) || !Seen.insert({R.Key, R.Offsets}).second)
+      if (R.File != File)
         continue;
       std::string Why;
-      std::optional<uint32_t> Got = recordCrc(files::join(Iter, R.File), R.Offset, R.Length, !R.Object, Why);
+      std::optional<uint32_t> Got = recordCrc(Map, files::join(Iter, R.File), R.Offset, R.Length, !R.Object, Why);
       if (!Got || *Got != R.Crc) {
-        Seen.erase({R.Key, R.Offsets});
-        ++J.Rejected;
+        ++Rejected[I];
         continue;
       }
-      J.Kept.push_back(std::move(R));
+      Kept[I].push_back(std::move(R));
     }
+  };
+  std::vector<std::thread> Threads;
+  for (size_t I = 0; I < Files.size(); ++I)
+    Threads.emplace_back(Check, I);
+  for (std::thread &T : Threads)
+    T.join();
+  // One record per chunk or object: the first intact one (a chunk written
+  // again after an earlier resume is in a later file).
+  std::set<std::pair<std::string, std::vector<int64_t>>> Seen;
+  for (size_t I = 0; I < Files.size(); ++I) {
+    J.Rejected += Rejected[I];
+    for (JournaledRecord &R : Kept[I])
+      if (Seen.insert({R.Key, R.Offsets}).second)
+        J.Kept.push_back(std::move(R));
   }
   return J;
 }

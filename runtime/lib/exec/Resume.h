@@ -17,15 +17,35 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace bridge {
 
+/// A file mapped read-only (empty when it cannot be: see why()).
+class MappedFile {
+public:
+  explicit MappedFile(const std::string &Path);
+  ~MappedFile();
+  MappedFile(const MappedFile &) = delete;
+  MappedFile &operator=(const MappedFile &) = delete;
+  bool ok() const { return Why.empty(); }
+  const std::string &why() const { return Why; }
+  /// [Offset, Offset + Length), or nullopt when the file ends first.
+  std::optional<std::string_view> range(uint64_t Offset, uint64_t Length) const;
+
+private:
+  void *Data = nullptr;
+  size_t Size = 0;
+  std::string Why;
+};
+
 /// The CRC-32 a record's bytes carry (of the tensor chunk of a torch.save
-/// record, whose zip entries' own CRC-32s are checked too; of the whole
-/// record for an object), or nullopt and why not.
-std::optional<uint32_t> recordCrc(const std::string &Path, uint64_t Offset, uint64_t Length, bool Chunk,
-                                  std::string &Why);
+/// record, whose zip entries' own CRC-32s are checked on the way; of the
+/// whole record for an object), or nullopt and why not. One pass over the
+/// bytes.
+std::optional<uint32_t> recordCrc(const MappedFile &File, const std::string &Path, uint64_t Offset, uint64_t Length,
+                                  bool Chunk, std::string &Why);
 
 /// A record an interrupted run left, as its journal names it.
 struct JournaledRecord {

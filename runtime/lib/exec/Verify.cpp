@@ -23,6 +23,7 @@
 #include <fstream>
 #include <map>
 #include <set>
+#include <thread>
 #include <unistd.h>
 
 namespace bridge {
@@ -42,33 +43,70 @@ VerifyReport verifyTorchDist(const std::string &Dir) {
     throw Error("error: " + Iter + " has no manifest.json (written by import and reshard since they take checksums)");
   Json M = readJsonFile(ManifestPath);
   TorchDistCheckpoint Ckpt(Iter); // .metadata and the files it names
-  std::set<std::string> Listed;
-  auto Check = [&](const Json &Rec, bool Chunk) {
-    std::string Key = Rec.at("key").get<std::string>(), File = Rec.at("file").get<std::string>();
-    std::string Where = files::join(Iter, File) + " at " + std::to_string(Rec.at("offset").get<uint64_t>()) + " ('" +
-                        Key + "')";
-    if (File.find('/') != std::string::npos || File == "..") {
-      R.Problems.push_back(Where + ": the manifest names a file outside the checkpoint");
-      return;
-    }
-    std::string Why;
-    uint64_t Length = Rec.at("length").get<uint64_t>();
-    std::optional<uint32_t> Got = recordCrc(files::join(Iter, File), Rec.at("offset").get<uint64_t>(), Length, Chunk, Why);
-    if (!Got) {
-      R.Problems.push_back(Where + ": " + Why);
-      return;
-    }
-    uint32_t Want = Rec.at("crc32").get<uint32_t>();
-    if (*Got != Want)
-      R.Problems.push_back(Where + ": CRC-32 " + hex(*Got) + ", but " + hex(Want) + " when written");
-    ++R.Checked;
-    R.Bytes += Length;
-    Listed.insert(Key);
+  // Records grouped by file, each file mapped once and checked by a thread
+  // of its own.
+  struct Item {
+    const Json *Rec;
+    bool Chunk;
   };
+  std::map<std::string, std::vector<Item>> ByFile;
+  std::set<std::string> Listed;
   for (const Json &C : M.at("chunks"))
-    Check(C, true);
+    ByFile[C.at("file").get<std::string>()].push_back({&C, true});
   for (const Json &O : M.at("objects"))
-    Check(O, false);
+    ByFile[O.at("file").get<std::string>()].push_back({&O, false});
+  struct Result {
+    std::vector<std::string> Problems;
+    uint64_t Checked = 0, Bytes = 0;
+  };
+  std::vector<std::pair<const std::string *, const std::vector<Item> *>> Work;
+  for (auto &[File, Items] : ByFile)
+    Work.push_back({&File, &Items});
+  std::vector<Result> Results(Work.size());
+  auto Check = [&](size_t I) {
+    const std::string &File = *Work[I].first;
+    Result &Out = Results[I];
+    bool Outside = File.find('/') != std::string::npos || File == "..";
+    std::optional<MappedFile> Map;
+    if (!Outside)
+      Map.emplace(files::join(Iter, File));
+    for (const Item &It : *Work[I].second) {
+      const Json &Rec = *It.Rec;
+      std::string Key = Rec.at("key").get<std::string>();
+      std::string Where = files::join(Iter, File) + " at " + std::to_string(Rec.at("offset").get<uint64_t>()) +
+                          " ('" + Key + "')";
+      if (Outside) {
+        Out.Problems.push_back(Where + ": the manifest names a file outside the checkpoint");
+        continue;
+      }
+      std::string Why;
+      uint64_t Length = Rec.at("length").get<uint64_t>();
+      std::optional<uint32_t> Got =
+          recordCrc(*Map, files::join(Iter, File), Rec.at("offset").get<uint64_t>(), Length, It.Chunk, Why);
+      if (!Got) {
+        Out.Problems.push_back(Where + ": " + Why);
+        continue;
+      }
+      uint32_t Want = Rec.at("crc32").get<uint32_t>();
+      if (*Got != Want)
+        Out.Problems.push_back(Where + ": CRC-32 " + hex(*Got) + ", but " + hex(Want) + " when written");
+      ++Out.Checked;
+      Out.Bytes += Length;
+    }
+  };
+  std::vector<std::thread> Threads;
+  for (size_t I = 0; I < Work.size(); ++I)
+    Threads.emplace_back(Check, I);
+  for (std::thread &T : Threads)
+    T.join();
+  for (const Result &Res : Results) {
+    R.Problems.insert(R.Problems.end(), Res.Problems.begin(), Res.Problems.end());
+    R.Checked += Res.Checked;
+    R.Bytes += Res.Bytes;
+  }
+  for (auto &[File, Items] : ByFile)
+    for (const Item &It : Items)
+      Listed.insert(It.Rec->at("key").get<std::string>());
   for (const std::string &K : Ckpt.tensorKeys())
     if (!Listed.count(K))
       R.Problems.push_back(Iter + ": '" + K + "' is in .metadata but not in manifest.json");
