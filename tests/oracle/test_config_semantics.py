@@ -47,8 +47,11 @@ def _expected(ckpt: tiny_models.TinyCheckpoint) -> dict:
         return exp
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
     # The attention's real q rows / heads (what the HF module uses).
-    q_rows = keys["model.layers.0.self_attn.q_proj.weight"][0]
-    assert q_rows == heads * head_dim
+    attn = "model.layers.0.self_attn."
+    if attn + "qkv_proj.weight" in keys:  # HF-fused [q; k; v] (Phi-3)
+        assert keys[attn + "qkv_proj.weight"][0] == (heads + 2 * cfg.num_key_value_heads) * head_dim
+    else:
+        assert keys[attn + "q_proj.weight"][0] == heads * head_dim
     exp = dict(
         num_layers=cfg.num_hidden_layers,
         hidden_size=cfg.hidden_size,
@@ -60,7 +63,7 @@ def _expected(ckpt: tiny_models.TinyCheckpoint) -> dict:
         layernorm_epsilon=cfg.rms_norm_eps,
         activation_func=cfg.hidden_act,
         share_embeddings_and_output_weights=bool(cfg.tie_word_embeddings),
-        add_qkv_bias="model.layers.0.self_attn.q_proj.bias" in keys,
+        add_qkv_bias=attn + "q_proj.bias" in keys or attn + "qkv_proj.bias" in keys,
         add_bias_linear="model.layers.0.self_attn.o_proj.bias" in keys,
         qk_layernorm="model.layers.0.self_attn.q_norm.weight" in keys,
         rotary_base=rope.get("rope_theta"),

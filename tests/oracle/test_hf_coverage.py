@@ -171,6 +171,14 @@ def test_plan_shapes_compose_from_hf_shapes(
                 errors.append(f"gate and up differ: {where}")
             elif g[1:] != shape[1:] or g[0] + u[0] != shape[0]:
                 errors.append(f"gated_mlp rows do not add up: {where}")
+        elif op == "qkv_concat":
+            # HF-fused [q; k; v]: the same rows, regrouped by query group.
+            if src[0] != shape or shape[0] != q_rows + 2 * kv_rows:
+                errors.append(f"qkv_concat rows are not heads*kv_channels + 2*groups*kv_channels: {where}")
+        elif op == "gate_up":
+            # HF-fused [gate; up]: the same rows, regrouped per TP rank.
+            if src[0] != shape or shape[0] % 2:
+                errors.append(f"gate_up rows differ or are odd: {where}")
         elif op in ("expert", "transpose", "gate_up_interleaved"):
             got = _nested_shape(t["recipe"], ckpt.tensors)
             if got != shape:

@@ -206,6 +206,17 @@ FAMILIES += [
     ),
 ]
 
+FAMILIES += [
+    Family(
+        "phi3-mini",
+        "phi3",
+        "phi3",
+        "microsoft__Phi-3-mini-4k-instruct.json",
+        "HF-fused qkv_proj [q; k; v] and gate_up_proj [gate; up], sliding window",
+        traits={"tie_word_embeddings": False, "sliding_window": 2047, "rope_scaling": None},
+    ),
+]
+
 FAMILY_BY_ID = {f.id: f for f in FAMILIES}
 
 
