@@ -209,7 +209,11 @@ private:
         FB->End = expr(Es[1]);
         if (!FB->Begin || !FB->End)
           return std::nullopt;
+      } else {
+        return std::nullopt; // neither form: the parser reported the error
       }
+      if (FB->RangeName.empty() && (!FB->Begin || !FB->End))
+        return std::nullopt;
       if (F->expr())
         FB->Where = expr(F->expr());
       for (auto *W : F->weightItem())
