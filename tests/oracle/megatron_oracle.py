@@ -190,6 +190,11 @@ NOT_CONSTRUCTOR_ARGS = {
     # HF max_position_embeddings; GPTModel's length argument is seq_length
     # (max_sequence_length below).
     "max_position_embeddings": "GPTModel takes max_sequence_length (= seq_length)",
+    # Gemma2ModelProvider fields (Megatron-Bridge), read by its own attention
+    # and output layer; megatron-core 0.16.1 has no soft-capping.
+    "query_pre_attn_scalar": "Gemma2ModelProvider field (Megatron-Bridge's Gemma attention)",
+    "attn_logit_softcapping": "Gemma2ModelProvider field (Megatron-Bridge's Gemma attention)",
+    "final_logit_softcapping": "Gemma2ModelProvider field (Megatron-Bridge's Gemma output layer)",
 }
 
 
@@ -197,6 +202,9 @@ NOT_CONSTRUCTOR_ARGS = {
 # Bridge builds these models with its own layer spec; the harness does the
 # same with the module named here.
 LAYER_CHOICE_KEYS = {
+    # Gemma 2 and 3: a norm after linear_proj and linear_fc2 (Megatron-Bridge's
+    # TERowParallelLinearLayerNorm); megatron-core 0.16.1 has no such module.
+    "post_layernorm",
     # OLMoE / MiniMax-M2: q/k RMSNorm over all heads (olmoe_layer_spec,
     # minimax_m2_layer_spec in Megatron-Bridge); FullWidthQKSelfAttention below.
     "qk_layernorm_full_width",
@@ -294,6 +302,12 @@ def make_transformer_config(r: RoutedConfig):
     return cfg
 
 
+GEMMA_UNSUPPORTED = (
+    "megatron-core 0.16.1 cannot build Gemma 2 or 3: the norms after the attention and the MLP "
+    "(Megatron-Bridge's TERowParallelLinearLayerNorm), attention and final-logit soft-capping and the "
+    "embedding scaling are Megatron-Bridge's own modules"
+)
+
 MLA_UNSUPPORTED = (
     "megatron-core 0.16.1 cannot build multi-latent attention without Transformer Engine: its local "
     "spec passes k_channels to DotProductAttention, which does not take it (TypeError)"
@@ -353,6 +367,10 @@ def build_gpt_model(meg: dict, with_mtp: bool = False):
         import pytest
 
         pytest.skip(MLA_UNSUPPORTED)
+    if meg.get("post_layernorm"):
+        import pytest
+
+        pytest.skip(GEMMA_UNSUPPORTED)
     mods = setup_cpu()
     r = route_megatron_config(meg)
     cfg = make_transformer_config(r)

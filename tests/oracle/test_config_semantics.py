@@ -89,6 +89,16 @@ def _expected(ckpt: tiny_models.TinyCheckpoint) -> dict:
         exp["window_attn_skip_freq"] = [int(t == "sliding_attention") for t in cfg.layer_types]
     if "model.layers.0.self_attn.sinks" in keys:
         exp["softmax_type"] = "learnable"
+    if cfg.model_type == "gemma2":
+        # As Megatron-Bridge converts Gemma 2: the tanh GELU is fast_gelu, norms
+        # multiply by (1 + w), a norm follows attention and MLP, scores are
+        # soft-capped and scaled by query_pre_attn_scalar.
+        exp.update(activation_func="fast_gelu", layernorm_zero_centered_gamma=True, post_layernorm=True,
+                   query_pre_attn_scalar=cfg.query_pre_attn_scalar,
+                   attn_logit_softcapping=cfg.attn_logit_softcapping,
+                   final_logit_softcapping=cfg.final_logit_softcapping,
+                   share_embeddings_and_output_weights=bool(cfg.tie_word_embeddings))
+        assert "model.layers.0.post_feedforward_layernorm.weight" in keys
     if getattr(cfg, "swiglu_limit", None) is not None:
         # gpt-oss: gate * sigmoid(alpha * gate) * (up + 1), both clamped.
         exp.update(activation_func="quick_gelu" if cfg.swiglu_alpha == 1.702 else "?", glu_linear_offset=1.0,

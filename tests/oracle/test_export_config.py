@@ -69,6 +69,7 @@ HF_FIELDS = [
 # (layer, family, field) -> reason. Each is an xfail(strict=True): when the
 # mapping is fixed the test XPASSes and fails, and this entry must go.
 KNOWN = {
+
     ("raw-published", "qwen2.5-7b", "sliding_window"): (
         "the qwen2 mapping neither reads nor exports sliding_window: the source has "
         "sliding_window=131072 (inactive, use_sliding_window=false), the export has no "

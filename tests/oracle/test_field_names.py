@@ -57,6 +57,9 @@ ALLOWED = {
     "query_pre_attn_scalar": "Gemma2ModelProvider.query_pre_attn_scalar",
     "attn_logit_softcapping": "Gemma2ModelProvider.attn_logit_softcapping",
     "final_logit_softcapping": "Gemma2ModelProvider.final_logit_softcapping",
+    # Not a provider field: Megatron-Bridge builds Gemma 2 and 3 with a layer
+    # spec whose linear_proj and linear_fc2 carry a norm after them.
+    "post_layernorm": "TERowParallelLinearLayerNorm in Megatron-Bridge's Gemma layer specs",
 }
 
 _FIELD_RE = re.compile(

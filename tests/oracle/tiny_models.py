@@ -215,6 +215,16 @@ FAMILIES += [
         "HF-fused qkv_proj [q; k; v] and gate_up_proj [gate; up], sliding window",
         traits={"tie_word_embeddings": False, "sliding_window": 2047, "rope_scaling": None},
     ),
+    Family(
+        "gemma2-9b",
+        "gemma2",
+        "gemma2",
+        "google__gemma-2-9b.json",
+        "zero-centred RMSNorm, post-attention and post-MLP norms, soft-capping, alternating sliding window, "
+        "GELU-tanh, tied embeddings, explicit head_dim",
+        traits={"sliding_window": 4096, "query_pre_attn_scalar": 256, "attn_logit_softcapping": 50.0,
+                "final_logit_softcapping": 30.0, "hidden_activation": "gelu_pytorch_tanh"},
+    ),
 ]
 
 FAMILY_BY_ID = {f.id: f for f in FAMILIES}

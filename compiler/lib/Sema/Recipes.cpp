@@ -26,6 +26,7 @@
 #include <cmath>
 #include <cstdio>
 #include <functional>
+#include <optional>
 #include <set>
 
 using namespace bridgec;
@@ -198,6 +199,10 @@ bool readFacts(const llvm::json::Object &C, ModelFacts &F, std::string &Why) {
   F.TopK = Int({"num_experts_per_tok", "moe_topk"}, F.Experts ? 2 : 0);
   F.MoeFfn = Int({"moe_intermediate_size"}, F.Ffn);
   F.SharedFfn = Int({"shared_expert_intermediate_size"}, 0) + Int({"n_shared_experts"}, 0) * F.MoeFfn;
+  // Absent, the transformers class default decides: tied for Gemma, untied
+  // for every other shipped family.
+  llvm::Optional<llvm::StringRef> Type = C.getString("model_type");
+  F.Tied = Type && Type->startswith("gemma");
   if (auto T = C.getBoolean("tie_word_embeddings"))
     F.Tied = *T;
   // Dense layers of a MoE stack: the first k (DeepSeek, GLM), or those

@@ -23,14 +23,16 @@ namespace bridge {
 namespace {
 
 const RecipeEntry &recipeNamed(const std::string &Name) {
-  std::string Known;
+  // The recipes of the same model, for the message: the name up to its mode.
+  std::string Stem = Name.substr(0, Name.rfind('_')), Near;
   for (const RecipeEntry &R : allRecipes()) {
     if (Name == R.Name)
       return R;
-    Known += std::string(Known.empty() ? "" : ", ") + R.Name;
+    if (std::string(R.Name).compare(0, Stem.size() + 1, Stem + "_") == 0)
+      Near += std::string(Near.empty() ? "" : ", ") + R.Name;
   }
-  throw Error("error: no recipe named '" + Name + "'; `bridge-run recipe list` shows them" +
-              (Known.empty() ? std::string() : " (" + Known + ")"));
+  throw Error("error: no recipe named '" + Name + "'" + (Near.empty() ? "" : " (of this model: " + Near + ")") +
+              "; `bridge-run recipe list` shows them all");
 }
 
 Json settingsOf(const RecipeEntry &R) {
@@ -330,6 +332,11 @@ std::string showRecipe(const std::string &Name, const std::string &Format, const
     if (Mode != "pretrain")
       Arg("--finetune");
   }
+  if (M.Value("post_layernorm").is_boolean() && M.Value("post_layernorm").get<bool>())
+    Notes.push_back("Megatron-LM has no layer for " + Model +
+                    " (norms after attention and MLP, logit soft-capping): these arguments describe its layout "
+                    "and training, not a model Megatron-LM can build; train it with Megatron-Bridge (--format "
+                    "megatron-bridge-yaml)");
   if (Peft)
     Notes.push_back("Megatron-LM has no LoRA: recipe " + std::string(R.Name) + "'s adapters (dim " + num(S.at("lora_dim")) +
                     ", alpha " + num(S.at("lora_alpha")) +
