@@ -195,6 +195,7 @@ NOT_CONSTRUCTOR_ARGS = {
     "query_pre_attn_scalar": "Gemma2ModelProvider field (Megatron-Bridge's Gemma attention)",
     "attn_logit_softcapping": "Gemma2ModelProvider field (Megatron-Bridge's Gemma attention)",
     "final_logit_softcapping": "Gemma2ModelProvider field (Megatron-Bridge's Gemma output layer)",
+    "rotary_base_local": "Gemma3ModelProvider's rotary_base pair (local, global)",
 }
 
 

@@ -61,7 +61,7 @@ def _expected(ckpt: tiny_models.TinyCheckpoint) -> dict:
         kv_channels=head_dim,
         vocab_size=cfg.vocab_size,
         layernorm_epsilon=cfg.rms_norm_eps,
-        activation_func=cfg.hidden_act,
+        activation_func=getattr(cfg, "hidden_act", None) or getattr(cfg, "hidden_activation", None),
         share_embeddings_and_output_weights=bool(cfg.tie_word_embeddings),
         add_qkv_bias=attn + "q_proj.bias" in keys or attn + "qkv_proj.bias" in keys,
         add_bias_linear="model.layers.0.self_attn.o_proj.bias" in keys,
@@ -89,6 +89,13 @@ def _expected(ckpt: tiny_models.TinyCheckpoint) -> dict:
         exp["window_attn_skip_freq"] = [int(t == "sliding_attention") for t in cfg.layer_types]
     if "model.layers.0.self_attn.sinks" in keys:
         exp["softmax_type"] = "learnable"
+    if cfg.model_type == "gemma3_text":
+        # Gemma 2's conversion, plus q/k norms and two rotary bases by layer type.
+        exp.update(activation_func="fast_gelu", layernorm_zero_centered_gamma=True, post_layernorm=True,
+                   query_pre_attn_scalar=cfg.query_pre_attn_scalar,
+                   rotary_base=rope["full_attention"]["rope_theta"],
+                   rotary_base_local=rope["sliding_attention"]["rope_theta"],
+                   share_embeddings_and_output_weights=bool(cfg.tie_word_embeddings))
     if cfg.model_type == "gemma2":
         # As Megatron-Bridge converts Gemma 2: the tanh GELU is fast_gelu, norms
         # multiply by (1 + w), a norm follows attention and MLP, scores are

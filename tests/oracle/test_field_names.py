@@ -60,6 +60,8 @@ ALLOWED = {
     # Not a provider field: Megatron-Bridge builds Gemma 2 and 3 with a layer
     # spec whose linear_proj and linear_fc2 carry a norm after them.
     "post_layernorm": "TERowParallelLinearLayerNorm in Megatron-Bridge's Gemma layer specs",
+    # Gemma3ModelProvider takes rotary_base as a (local, global) pair.
+    "rotary_base_local": "Gemma3ModelProvider.rotary_base[0]",
 }
 
 _FIELD_RE = re.compile(

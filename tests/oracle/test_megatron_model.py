@@ -21,6 +21,8 @@ FEATURES = {
     "llama3.2-1b": dict(absent=["output_layer.weight"]),  # tied
     "llama3.1-8b": dict(present=["output_layer.weight"]),  # untied
     "mistral-7b": dict(present=["output_layer.weight"]),
+    "gemma3-1b": dict(present=["decoder.layers.0.self_attention.q_layernorm.weight",
+                               "decoder.layers.0.mlp.linear_fc2.post_layernorm.weight"]),
     "gemma2-9b": dict(present=["decoder.layers.0.self_attention.linear_proj.post_layernorm.weight"]),
     "phi3-mini": dict(present=["output_layer.weight"],
                       absent=["decoder.layers.0.self_attention.linear_qkv.bias"]),

@@ -225,6 +225,17 @@ FAMILIES += [
         traits={"sliding_window": 4096, "query_pre_attn_scalar": 256, "attn_logit_softcapping": 50.0,
                 "final_logit_softcapping": 30.0, "hidden_activation": "gelu_pytorch_tanh"},
     ),
+    Family(
+        "gemma3-1b",
+        "gemma3_text",
+        "gemma3_text",
+        "google__gemma-3-1b-it.json",
+        "Gemma 2's layer with per-head q/k norms, two rotary bases (local and global), a window on five layers "
+        "of six, no soft-capping",
+        traits={"sliding_window": 512, "query_pre_attn_scalar": 256, "rope_theta": 1000000.0,
+                "rope_local_base_freq": 10000.0, "sliding_window_pattern": 6,
+                "hidden_activation": "gelu_pytorch_tanh"},
+    ),
 ]
 
 FAMILY_BY_ID = {f.id: f for f in FAMILIES}

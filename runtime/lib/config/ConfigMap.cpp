@@ -380,15 +380,22 @@ Json exportConfig(const MappingTable &T, const SchemaTable &S, const std::vector
         setPath(HF, A.Alternative, Value);
     }
     // A dict the source kept under the other spelling may hold keys Megatron
-    // does not model (rope_type "default"); keep the source's.
+    // does not model (rope_type "default"), at any depth (transformers 5
+    // nests Gemma 3's rotary parameters by layer type); keep the source's.
+    std::function<void(Json &, const Json &)> AddBack = [&](Json &Out, const Json &RefV) {
+      for (auto It = RefV.begin(); It != RefV.end(); ++It) {
+        if (!Out.contains(It.key()))
+          Out[It.key()] = It.value();
+        else if (Out[It.key()].is_object() && It.value().is_object())
+          AddBack(Out[It.key()], It.value());
+      }
+    };
     for (const HFAlias &A : T.Aliases) {
       std::string Root = std::string(A.Alternative).substr(0, std::string(A.Alternative).find('.'));
       Json *Out = findPath(HF, Root);
       const Json *RefV = findPath(Ref, Root);
       if (Out && RefV && Out->is_object() && RefV->is_object())
-        for (auto It = RefV->begin(); It != RefV->end(); ++It)
-          if (!Out->contains(It.key()))
-            (*Out)[It.key()] = It.value();
+        AddBack(*Out, *RefV);
     }
   }
   return HF;
