@@ -191,3 +191,17 @@ def test_verify_checks_exports_and_legacy_checkpoints(bridge_run, tiny_checkpoin
     victim.write_bytes(bytes(raw))
     r = _run(bridge_run, "verify", str(out))
     assert r.returncode == 1 and str(victim) in r.stderr, r.stderr
+
+
+def test_killed_reshard_is_finished_by_resume(bridge_run, tiny_checkpoints, tmp_path):
+    ckpt = tiny_checkpoints("qwen3-30b-a3b")
+    src = tmp_path / "src"
+    assert _run(bridge_run, "import", "--hf", str(ckpt.path), "--out", str(src), "--quiet").returncode == 0
+    out = tmp_path / "mg"
+    layout = ["--tp", "2", "--ep", "2"]
+    r = _run(bridge_run, "reshard", "--megatron", str(src), "--out", str(out), *layout, "--quiet",
+             env={"BRIDGE_FAULT_INJECT": "0:6:kill"})
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    r = _run(bridge_run, "reshard", "--megatron", str(src), "--out", str(out), *layout, "--resume", "--quiet")
+    assert r.returncode == 0, r.stderr
+    _assert_finished(bridge_run, out, ckpt, tmp_path, layout)
