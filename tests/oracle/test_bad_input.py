@@ -138,6 +138,15 @@ def test_existing_output_is_refused(bridge_run, source, tmp_path):
     assert not (out / "keep.txt").exists() and (out / "latest_checkpointed_iteration.txt").exists()
 
 
+def test_output_path_with_a_trailing_slash(bridge_run, source, tmp_path):
+    """'--out dir/' (as shell completion writes it) is the directory 'dir':
+    the output is built beside it and renamed into place, not inside it."""
+    out = tmp_path / "out"
+    r = _import(bridge_run, source, str(out) + "/")
+    assert r.returncode == 0, r.stderr
+    assert (out / "latest_checkpointed_iteration.txt").exists() and not list(tmp_path.glob("*partial*"))
+
+
 def test_stacked_experts_must_all_be_read(bridge_run, tiny_checkpoints, tmp_path):
     """gpt-oss stacks its experts in one HF tensor read by 'expert'; an extra
     expert in the stack would be silently dropped, so it is an error."""

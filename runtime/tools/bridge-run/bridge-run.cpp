@@ -469,6 +469,10 @@ int main(int argc, char **argv) {
       if (++I >= argc)
         usageError("--out needs a path");
       O.Out = argv[I];
+      // 'out/' (shell completion) names the same directory; the output is
+      // built beside it as 'out.partial-<pid>', not inside it.
+      while (O.Out.size() > 1 && O.Out.back() == '/')
+        O.Out.pop_back();
     } else if (A == "--megatron") {
       if (++I >= argc)
         usageError("--megatron needs a path");
