@@ -193,6 +193,7 @@ bool readFacts(const llvm::json::Object &C, ModelFacts &F, std::string &Why) {
     return false;
   }
   F.QueryGroups = Int({"num_key_value_heads"}, F.Heads);
+  F.MaxPositions = Int({"max_position_embeddings"}, 0);
   F.HeadDim = Int({"head_dim"}, F.Hidden / F.Heads);
   F.Ffn = Int({"intermediate_size"}, 4 * F.Hidden);
   F.Experts = Int({"num_experts", "num_local_experts", "n_routed_experts"}, 0);
@@ -548,6 +549,9 @@ private:
     if (CP > 1 && I("seq_length") % (2 * CP))
       Inconsistent("seq_length", llvm::formatv("seq_length {0} is not a multiple of 2 * cp = {1}", I("seq_length"),
                                                2 * CP).str());
+    if (M.MaxPositions && I("seq_length") > M.MaxPositions)
+      Inconsistent("seq_length", llvm::formatv("seq_length {0} exceeds the model's max_position_embeddings {1}",
+                                               I("seq_length"), M.MaxPositions).str());
     if (F("min_lr") > F("lr"))
       Inconsistent("min_lr", "min_lr " + R["min_lr"].first.json() + " is above lr " + R["lr"].first.json());
     if (I("warmup_iters") > I("train_iters"))

@@ -39,6 +39,7 @@ struct Value {
 struct ModelFacts {
   int64_t Layers = 0, DenseLayers = 0, Hidden = 0, Heads = 0, QueryGroups = 0, HeadDim = 0, Ffn = 0;
   int64_t Experts = 0, TopK = 0, MoeFfn = 0, SharedFfn = 0, Vocab = 0;
+  int64_t MaxPositions = 0; ///< max_position_embeddings (0: not given)
   bool Tied = false;
   /// Parameters: attention and dense MLP or shared experts per layer (on
   /// average), routed experts per MoE layer, embedding (one copy).
