@@ -193,7 +193,7 @@ int main(int argc, char **argv) {
       return 1;
     std::string Text;
     raw_string_ostream OS(Text);
-    bridgec::recipe::emitRecipeTable(Recipes, SM, OS);
+    bridgec::emitRecipeTable(Recipes, SM, OS);
     if (int RC = writeOutput(OS.str()))
       return RC;
     std::vector<std::string> Inputs = C.inputFiles();

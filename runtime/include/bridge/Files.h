@@ -9,7 +9,9 @@
 #define BRIDGE_FILES_H
 
 #include <cstdint>
+#include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace bridge::files {
@@ -36,6 +38,30 @@ bool stat(const std::string &Path, uint64_t &Size, int64_t &ModifiedNs);
 /// reaching past byte N of its file fails with ENOSPC (throws bridge::Error
 /// naming \p Path) as a real one would.
 void injectedDiskFull(uint64_t WriteEnd, const std::string &Path);
+/// The same for a write of \p N bytes at the current offset of \p Fd.
+void injectedDiskFullAppend(int Fd, size_t N, const std::string &Path);
+
+/// A file mapped read-only. When it cannot be, ok() is false and why() says
+/// what failed ("cannot open: ...", "cannot map: ..."); an empty file maps
+/// to nothing and is ok.
+class MappedFile {
+public:
+  explicit MappedFile(const std::string &Path);
+  ~MappedFile();
+  MappedFile(const MappedFile &) = delete;
+  MappedFile &operator=(const MappedFile &) = delete;
+  bool ok() const { return Why.empty(); }
+  const std::string &why() const { return Why; }
+  size_t size() const { return Size; }
+  std::string_view bytes() const { return {static_cast<const char *>(Data), Size}; }
+  /// [Offset, Offset + Length), or nullopt when the file ends first.
+  std::optional<std::string_view> range(uint64_t Offset, uint64_t Length) const;
+
+private:
+  void *Data = nullptr;
+  size_t Size = 0;
+  std::string Why;
+};
 
 } // namespace bridge::files
 

@@ -18,7 +18,6 @@
 #include "bridge/Convert.h"
 #include "bridge/Files.h"
 #include "bridge/Interrupt.h"
-#include "bridge/Pickle.h"
 #include "bridge/LegacyWriter.h"
 #include "bridge/ProcessGroup.h"
 #include "bridge/Registry.h"
@@ -441,50 +440,11 @@ Summary importWith(const ImportOptions &O, const std::string &FromDir) {
     throw Error("error: --resume finishes torch_dist output; a legacy (--format torch) checkpoint is written in one "
                 "pass, so run without --resume");
   // What this import is, for --resume to tell whether an interrupted one
-  // was the same: source files (sizes and times), mapping, layout, plan.
+  // was the same.
   Json Fingerprint;
-  if (!Legacy) {
-    Fingerprint["command"] = Reshard ? "reshard" : "import";
-    Fingerprint["mapping"] = T.Name;
-    Fingerprint["format"] = O.Format;
-    Fingerprint["layer_spec"] = LocalSpec ? "local" : "transformer_engine";
-    Fingerprint["layout"] = {{"tp", O.Par.TP}, {"pp", O.Par.PP}, {"ep", O.Par.EP}, {"etp", O.Par.ETP},
-                             {"vpp", O.Par.VPP}, {"first_stage_layers", O.Par.FirstStageLayers},
-                             {"last_stage_layers", O.Par.LastStageLayers}};
-    Fingerprint["processes"] = G.size();
-    std::string SourceDir = Reshard ? FromIter : O.HFDir;
-    if (char *Real = ::realpath(SourceDir.c_str(), nullptr)) {
-      SourceDir = Real;
-      std::free(Real);
-    }
-    Fingerprint["source_dir"] = SourceDir;
-    Json Stats = Json::array();
-    std::function<void(const std::string &, const std::string &)> StatAll = [&](const std::string &Dir,
-                                                                                const std::string &Rel) {
-      for (const std::string &N : files::list(Dir)) {
-        std::string Path = files::join(Dir, N);
-        if (files::isDirectory(Path)) {
-          if (Rel.empty() && N != "tokenizer") // a legacy source's rank directories
-            StatAll(Path, N + "/");
-          continue;
-        }
-        uint64_t Size = 0;
-        int64_t Time = 0;
-        if (files::stat(Path, Size, Time))
-          Stats.push_back({Rel + N, Size, Time});
-      }
-    };
-    StatAll(SourceDir, "");
-    Fingerprint["source_files"] = Stats;
-    std::string PlanText;
-    for (const PlannedTensor &PT : P.Tensors) {
-      PlanText += PT.Name + shapeText(PT.Shape);
-      for (const std::string &Src : PT.sources())
-        PlanText += " " + Src;
-      PlanText += "\n";
-    }
-    Fingerprint["plan"] = crc32(reinterpret_cast<const uint8_t *>(PlanText.data()), PlanText.size());
-  }
+  if (!Legacy)
+    Fingerprint = resumeFingerprint(Reshard ? "reshard" : "import", T.Name, O.Format, LocalSpec, O.Par, G.size(),
+                                    Reshard ? FromIter : O.HFDir, P);
   auto Since = [&](std::chrono::steady_clock::time_point T) {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - T).count();
   };

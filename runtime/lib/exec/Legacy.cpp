@@ -188,42 +188,19 @@ Json LegacyLayout::args(const SchemaTable &S, const std::vector<Json> &Fields) c
 namespace {
 
 /// A rank file mapped read-only and unpickled, its tensors borrowed from
-/// the mapping (which therefore goes last).
+/// the mapping (declared first, so destroyed last).
 struct MappedRankFile {
   std::string Path;
-  void *Map = nullptr;
-  size_t Size = 0;
+  files::MappedFile Map;
   PyValuePtr Root;
 
   /// \p Missing: what to add when the file cannot be opened.
-  MappedRankFile(std::string FilePath, const std::string &Missing = "") : Path(std::move(FilePath)) {
-    int Fd = ::open(Path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (Fd < 0)
-      throw Error("error: cannot read " + Path + ": " + std::strerror(errno) + Missing);
-    struct stat St;
-    if (::fstat(Fd, &St) != 0 || St.st_size <= 0) {
-      ::close(Fd);
-      throw Error("error: " + Path + " is empty or unreadable");
-    }
-    Size = static_cast<size_t>(St.st_size);
-    Map = ::mmap(nullptr, Size, PROT_READ, MAP_PRIVATE, Fd, 0);
-    ::close(Fd);
-    if (Map == MAP_FAILED) {
-      Map = nullptr;
-      throw Error("error: cannot map " + Path + ": " + std::strerror(errno));
-    }
-    try {
-      Root = readTorchSave(std::string_view(static_cast<const char *>(Map), Size), Path, LegacyCheckpointGlobals,
-                           /*Borrow=*/true);
-    } catch (...) {
-      ::munmap(Map, Size);
-      throw;
-    }
-  }
-  ~MappedRankFile() {
-    Root.reset(); // borrowed tensors first
-    if (Map)
-      ::munmap(Map, Size);
+  MappedRankFile(std::string FilePath, const std::string &Missing = "") : Path(std::move(FilePath)), Map(Path) {
+    if (!Map.ok())
+      throw Error("error: cannot read " + Path + ": " + Map.why() + Missing);
+    if (Map.size() == 0)
+      throw Error("error: " + Path + " is empty");
+    Root = readTorchSave(Map.bytes(), Path, LegacyCheckpointGlobals, /*Borrow=*/true);
   }
   MappedRankFile(const MappedRankFile &) = delete;
   MappedRankFile &operator=(const MappedRankFile &) = delete;

@@ -9,14 +9,13 @@
 
 #include <cerrno>
 #include <csignal>
+#include <cstdlib>
 #include <cstring>
 #include <fcntl.h>
 #include <fstream>
 #include <map>
 #include <set>
 #include <sstream>
-#include <sys/mman.h>
-#include <sys/stat.h>
 #include <thread>
 #include <unistd.h>
 
@@ -48,55 +47,11 @@ std::string baseOf(const std::string &Path) {
 
 } // namespace
 
-MappedFile::MappedFile(const std::string &Path) {
-  int Fd = ::open(Path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (Fd < 0) {
-    Why = std::strerror(errno);
-    return;
-  }
-  struct stat St;
-  if (::fstat(Fd, &St) != 0) {
-    Why = std::strerror(errno);
-    ::close(Fd);
-    return;
-  }
-  Size = static_cast<size_t>(St.st_size);
-  if (Size) {
-    void *M = ::mmap(nullptr, Size, PROT_READ, MAP_PRIVATE, Fd, 0);
-    if (M == MAP_FAILED)
-      Why = std::strerror(errno);
-    else
-      Data = M;
-  }
-  ::close(Fd);
-}
-
-MappedFile::~MappedFile() {
-  if (Data)
-    ::munmap(Data, Size);
-}
-
-std::optional<std::string_view> MappedFile::range(uint64_t Offset, uint64_t Length) const {
-  if (Offset > Size || Length > Size - Offset)
-    return std::nullopt;
-  return std::string_view(static_cast<const char *>(Data) + Offset, Length);
-}
-
-std::optional<uint32_t> recordCrc(const MappedFile &File, const std::string &Path, uint64_t Offset, uint64_t Length,
-                                  bool Chunk, std::string &Why) {
-  if (!File.ok()) {
-    Why = "cannot read the record: " + File.why();
-    return std::nullopt;
-  }
-  std::optional<std::string_view> Bytes = File.range(Offset, Length);
-  if (!Bytes) {
-    Why = "cannot read the record: the file ends first";
-    return std::nullopt;
-  }
+std::optional<uint32_t> recordCrc(std::string_view Record, const std::string &Where, bool Chunk, std::string &Why) {
   if (!Chunk)
-    return crc32(reinterpret_cast<const uint8_t *>(Bytes->data()), Bytes->size());
+    return crc32(reinterpret_cast<const uint8_t *>(Record.data()), Record.size());
   try {
-    ZipArchive Zip(*Bytes, Path + " at " + std::to_string(Offset));
+    ZipArchive Zip(Record, Where);
     std::optional<uint32_t> Got;
     for (const ZipArchive::Entry &E : Zip.entries()) {
       Zip.read(E); // checks the entry's bytes against its own CRC-32
@@ -128,7 +83,7 @@ Journals readJournals(const std::string &Iter, int Rank) {
   std::vector<size_t> Rejected(Files.size(), 0);
   auto Check = [&](size_t I) {
     const std::string &File = Files[I];
-    MappedFile Map(files::join(Iter, File));
+    files::MappedFile Map(files::join(Iter, File));
     std::ifstream In(files::join(Iter, File + ".journal"));
     std::string Line;
     while (std::getline(In, Line)) {
@@ -157,8 +112,11 @@ Journals readJournals(const std::string &Iter, int Rank) {
       }
       if (R.File != File)
         continue;
+      std::optional<std::string_view> Bytes = Map.range(R.Offset, R.Length);
       std::string Why;
-      std::optional<uint32_t> Got = recordCrc(Map, files::join(Iter, R.File), R.Offset, R.Length, !R.Object, Why);
+      std::optional<uint32_t> Got;
+      if (Bytes)
+        Got = recordCrc(*Bytes, files::join(Iter, R.File) + " at " + std::to_string(R.Offset), !R.Object, Why);
       if (!Got || *Got != R.Crc) {
         ++Rejected[I];
         continue;
@@ -205,6 +163,53 @@ std::string recordsJson(const std::vector<const JournaledRecord *> &Kept) {
     Tensors[T->second]["chunks"].push_back({R->Offsets, R->Sizes, It->second, R->Offset, R->Length, R->Crc});
   }
   return Json{{"files", Files}, {"tensors", Tensors}, {"bytes", Bytes}}.dump();
+}
+
+Json resumeFingerprint(const std::string &Command, const std::string &Mapping, const std::string &Format,
+                       bool LocalSpec, const Layout &Par, int Processes, const std::string &SourceDir, const Plan &P) {
+  Json F;
+  F["command"] = Command;
+  F["mapping"] = Mapping;
+  F["format"] = Format;
+  F["layer_spec"] = LocalSpec ? "local" : "transformer_engine";
+  F["layout"] = {{"tp", Par.TP},   {"pp", Par.PP},   {"ep", Par.EP}, {"etp", Par.ETP}, {"vpp", Par.VPP},
+                 {"first_stage_layers", Par.FirstStageLayers}, {"last_stage_layers", Par.LastStageLayers}};
+  F["processes"] = Processes;
+  std::string Dir = SourceDir;
+  if (char *Real = ::realpath(Dir.c_str(), nullptr)) {
+    Dir = Real;
+    std::free(Real);
+  }
+  F["source_dir"] = Dir;
+  // Every file of the source, and of a legacy source's rank directories.
+  Json Stats = Json::array();
+  auto StatFiles = [&](const std::string &D, const std::string &Rel, auto &Self) -> void {
+    for (const std::string &N : files::list(D)) {
+      std::string Path = files::join(D, N);
+      if (files::isDirectory(Path)) {
+        if (Rel.empty() && N != "tokenizer")
+          Self(Path, N + "/", Self);
+        continue;
+      }
+      uint64_t Size = 0;
+      int64_t Time = 0;
+      if (files::stat(Path, Size, Time))
+        Stats.push_back({Rel + N, Size, Time});
+    }
+  };
+  StatFiles(Dir, "", StatFiles);
+  F["source_files"] = Stats;
+  std::string PlanText;
+  for (const PlannedTensor &PT : P.Tensors) {
+    PlanText += PT.Name;
+    for (int64_t D : PT.Shape)
+      PlanText += " " + std::to_string(D);
+    for (const std::string &Src : PT.sources())
+      PlanText += " " + Src;
+    PlanText += "\n";
+  }
+  F["plan"] = crc32(reinterpret_cast<const uint8_t *>(PlanText.data()), PlanText.size());
+  return F;
 }
 
 std::vector<std::string> partialsOf(const std::string &Out) {

@@ -12,6 +12,7 @@
 #define BRIDGE_LIB_EXEC_RESUME_H
 
 #include "bridge/Config.h"
+#include "bridge/Convert.h"
 #include "bridge/DType.h"
 
 #include <cstdint>
@@ -22,30 +23,11 @@
 
 namespace bridge {
 
-/// A file mapped read-only (empty when it cannot be: see why()).
-class MappedFile {
-public:
-  explicit MappedFile(const std::string &Path);
-  ~MappedFile();
-  MappedFile(const MappedFile &) = delete;
-  MappedFile &operator=(const MappedFile &) = delete;
-  bool ok() const { return Why.empty(); }
-  const std::string &why() const { return Why; }
-  /// [Offset, Offset + Length), or nullopt when the file ends first.
-  std::optional<std::string_view> range(uint64_t Offset, uint64_t Length) const;
-
-private:
-  void *Data = nullptr;
-  size_t Size = 0;
-  std::string Why;
-};
-
 /// The CRC-32 a record's bytes carry (of the tensor chunk of a torch.save
 /// record, whose zip entries' own CRC-32s are checked on the way; of the
-/// whole record for an object), or nullopt and why not. One pass over the
-/// bytes.
-std::optional<uint32_t> recordCrc(const MappedFile &File, const std::string &Path, uint64_t Offset, uint64_t Length,
-                                  bool Chunk, std::string &Why);
+/// whole record for an object), or nullopt and why not (naming \p Where).
+/// One pass over the bytes.
+std::optional<uint32_t> recordCrc(std::string_view Record, const std::string &Where, bool Chunk, std::string &Why);
 
 /// A record an interrupted run left, as its journal names it.
 struct JournaledRecord {
@@ -70,6 +52,12 @@ Journals readJournals(const std::string &Iter, int Rank);
 
 /// \p Kept as TorchDistWriter::records() text, for addRecords().
 std::string recordsJson(const std::vector<const JournaledRecord *> &Kept);
+
+/// What an import is, for resume.json: the command, mapping, format, layer
+/// spec, layout, number of processes, the source directory with each file's
+/// size and modification time, and a checksum of the plan.
+Json resumeFingerprint(const std::string &Command, const std::string &Mapping, const std::string &Format,
+                       bool LocalSpec, const Layout &Par, int Processes, const std::string &SourceDir, const Plan &P);
 
 /// The `<Out>.partial-*` directories beside \p Out.
 std::vector<std::string> partialsOf(const std::string &Out);

@@ -20,7 +20,6 @@
 #include <cerrno>
 #include <cstring>
 #include <fcntl.h>
-#include <fstream>
 #include <map>
 #include <set>
 #include <thread>
@@ -67,22 +66,23 @@ VerifyReport verifyTorchDist(const std::string &Dir) {
     const std::string &File = *Work[I].first;
     Result &Out = Results[I];
     bool Outside = File.find('/') != std::string::npos || File == "..";
-    std::optional<MappedFile> Map;
-    if (!Outside)
-      Map.emplace(files::join(Iter, File));
     for (const Item &It : *Work[I].second) {
       const Json &Rec = *It.Rec;
       std::string Key = Rec.at("key").get<std::string>();
-      std::string Where = files::join(Iter, File) + " at " + std::to_string(Rec.at("offset").get<uint64_t>()) +
-                          " ('" + Key + "')";
+      uint64_t Offset = Rec.at("offset").get<uint64_t>(), Length = Rec.at("length").get<uint64_t>();
+      std::string Where = files::join(Iter, File) + " at " + std::to_string(Offset) + " ('" + Key + "')";
       if (Outside) {
         Out.Problems.push_back(Where + ": the manifest names a file outside the checkpoint");
         continue;
       }
+      // The checkpoint's own mapping of the file (each mapped once).
       std::string Why;
-      uint64_t Length = Rec.at("length").get<uint64_t>();
-      std::optional<uint32_t> Got =
-          recordCrc(*Map, files::join(Iter, File), Rec.at("offset").get<uint64_t>(), Length, It.Chunk, Why);
+      std::optional<uint32_t> Got;
+      try {
+        Got = recordCrc(Ckpt.recordView({File, Offset, Length}), Where, It.Chunk, Why);
+      } catch (const Error &E) {
+        Why = std::string("cannot read the record: ") + E.what();
+      }
       if (!Got) {
         Out.Problems.push_back(Where + ": " + Why);
         continue;
@@ -177,14 +177,13 @@ VerifyReport verifyLegacy(const std::string &Iter, const Json &M) {
       R.Problems.push_back(Path + ": the manifest names a file outside the checkpoint");
       continue;
     }
-    std::ifstream In(Path, std::ios::binary);
-    if (!In) {
-      R.Problems.push_back(Path + ": cannot read it");
+    files::MappedFile Map(Path);
+    if (!Map.ok()) {
+      R.Problems.push_back(Path + ": " + Map.why());
       continue;
     }
-    std::string Bytes((std::istreambuf_iterator<char>(In)), std::istreambuf_iterator<char>());
     try {
-      ZipArchive Zip(Bytes, Path);
+      ZipArchive Zip(Map.bytes(), Path);
       std::map<std::string, uint32_t> ByStorage; // "data/N" -> CRC-32 of its bytes
       for (const ZipArchive::Entry &E : Zip.entries()) {
         std::string_view Payload = Zip.read(E); // checks the entry's own CRC-32
@@ -203,7 +202,7 @@ VerifyReport verifyLegacy(const std::string &Iter, const Json &M) {
                                " when written");
         ++R.Checked;
       }
-      R.Bytes += Bytes.size();
+      R.Bytes += Map.size();
     } catch (const Error &E) {
       std::string What = E.what();
       R.Problems.push_back(What.compare(0, 7, "error: ") == 0 ? What.substr(7) : What);

@@ -11,6 +11,7 @@
 #include <cstring>
 #include <fcntl.h>
 #include <ftw.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -105,10 +106,25 @@ std::vector<std::string> list(const std::string &Dir) {
   return Names;
 }
 
+namespace {
+/// BRIDGE_FAULT_DISK_FULL_AFTER, read once; 0 when unset.
+uint64_t diskFullLimit() {
+  static const uint64_t Limit = [] {
+    const char *V = std::getenv("BRIDGE_FAULT_DISK_FULL_AFTER");
+    return V ? std::strtoull(V, nullptr, 10) : 0;
+  }();
+  return Limit;
+}
+} // namespace
+
 void injectedDiskFull(uint64_t WriteEnd, const std::string &Path) {
-  static const char *Limit = std::getenv("BRIDGE_FAULT_DISK_FULL_AFTER");
-  if (Limit && WriteEnd > std::strtoull(Limit, nullptr, 10))
+  if (diskFullLimit() && WriteEnd > diskFullLimit())
     throw Error("error: writing " + Path + " failed: " + std::strerror(ENOSPC));
+}
+
+void injectedDiskFullAppend(int Fd, size_t N, const std::string &Path) {
+  if (diskFullLimit()) // the file offset is asked only in a test's run
+    injectedDiskFull(static_cast<uint64_t>(::lseek(Fd, 0, SEEK_CUR)) + N, Path);
 }
 
 bool stat(const std::string &Path, uint64_t &Size, int64_t &ModifiedNs) {
@@ -118,6 +134,42 @@ bool stat(const std::string &Path, uint64_t &Size, int64_t &ModifiedNs) {
   Size = static_cast<uint64_t>(S.st_size);
   ModifiedNs = static_cast<int64_t>(S.st_mtim.tv_sec) * 1000000000 + S.st_mtim.tv_nsec;
   return true;
+}
+
+MappedFile::MappedFile(const std::string &Path) {
+  int Fd = ::open(Path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (Fd < 0) {
+    Why = std::string("cannot open: ") + std::strerror(errno);
+    return;
+  }
+  struct stat St;
+  if (::fstat(Fd, &St) != 0) {
+    Why = std::string("cannot stat: ") + std::strerror(errno);
+    ::close(Fd);
+    return;
+  }
+  Size = static_cast<size_t>(St.st_size);
+  if (Size) {
+    void *M = ::mmap(nullptr, Size, PROT_READ, MAP_PRIVATE, Fd, 0);
+    if (M == MAP_FAILED) {
+      Why = std::string("cannot map: ") + std::strerror(errno);
+      Size = 0;
+    } else {
+      Data = M;
+    }
+  }
+  ::close(Fd);
+}
+
+MappedFile::~MappedFile() {
+  if (Data)
+    ::munmap(Data, Size);
+}
+
+std::optional<std::string_view> MappedFile::range(uint64_t Offset, uint64_t Length) const {
+  if (Offset > Size || Length > Size - Offset)
+    return std::nullopt;
+  return std::string_view(static_cast<const char *>(Data) + Offset, Length);
 }
 
 } // namespace bridge::files

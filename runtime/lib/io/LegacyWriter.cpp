@@ -63,7 +63,7 @@ LegacyWriter::RankFile &LegacyWriter::file(int T, int P, int E) {
     RankFile *Raw = F.get();
     F->Zip = std::make_unique<TorchSaveWriter>([this, Raw](const void *D, size_t N) {
       const char *P = static_cast<const char *>(D);
-      files::injectedDiskFull(static_cast<uint64_t>(::lseek(Raw->Fd, 0, SEEK_CUR)) + N, Raw->Path);
+      files::injectedDiskFullAppend(Raw->Fd, N, Raw->Path);
       while (N) {
         ssize_t K = ::write(Raw->Fd, P, N);
         if (K < 0 && errno == EINTR)

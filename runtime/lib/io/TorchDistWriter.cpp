@@ -133,7 +133,7 @@ void TorchDistWriter::run(OutFile &F) {
     }
   };
   auto Write = [&](const void *D, size_t N) {
-    files::injectedDiskFull(static_cast<uint64_t>(::lseek(F.Fd, 0, SEEK_CUR)) + N, Path);
+    files::injectedDiskFullAppend(F.Fd, N, Path);
     WriteTo(F.Fd, Path, D, N);
   };
   for (;;) {

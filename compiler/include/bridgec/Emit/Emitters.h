@@ -9,6 +9,7 @@
 
 #include "bridgec/AST/AST.h"
 #include "bridgec/Sema/Model.h"
+#include "bridgec/Sema/Recipes.h"
 
 #include "llvm/Support/SourceMgr.h"
 #include "llvm/Support/raw_ostream.h"
@@ -31,6 +32,8 @@ void emitSchemaTable(const model::Schema &S, const llvm::SourceMgr &SM, uint64_t
 /// A location-free text dump of the model, for tests and review.
 void dumpModel(const model::MappingSet &Set, llvm::raw_ostream &OS);
 /// The canonical form of a file; comments are kept, in order.
+/// The C++ table of checked recipes (runtime/include/bridge/Recipe.h).
+void emitRecipeTable(const std::vector<recipe::Recipe> &Recipes, const llvm::SourceMgr &SM, llvm::raw_ostream &OS);
 void formatFile(const ast::File &F, const llvm::SourceMgr &SM, llvm::raw_ostream &OS);
 
 } // namespace bridgec

@@ -69,9 +69,6 @@ struct Recipe {
 std::vector<Recipe> checkRecipes(const std::vector<const ast::File *> &Files, const std::string &ModelsDir,
                                  DiagnosticEngine &Diags, std::vector<std::string> *ModelFiles = nullptr);
 
-/// The C++ table of \p Recipes (bridge/Recipe.h).
-void emitRecipeTable(const std::vector<Recipe> &Recipes, const llvm::SourceMgr &SM, llvm::raw_ostream &OS);
-
 } // namespace bridgec::recipe
 
 #endif
