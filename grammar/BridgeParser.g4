@@ -15,7 +15,9 @@ matchDecl   : MATCH name STRING SEMI ;
 // Two spellings of one HF config field (transformers 5 renamed some):
 // import reads the second when the first is absent; export writes the one
 // the source config used.
-aliasDecl   : ALIAS hfPath ASSIGN hfPath SEMI ;
+// 'alias hf = hf.text_config;' reads every field absent at the top level
+// from that section (a VLM keeps its language model's fields there).
+aliasDecl   : ALIAS (hfPath | HF) ASSIGN hfPath SEMI ;
 
 configBlock : CONFIG LBRACE (configAssign | requireStmt)* RBRACE ;
 // A condition the HF config must meet, or conversion stops with the message.
@@ -48,7 +50,9 @@ opArg       : name ASSIGN expr   # opParam
 // capture only a plain IDENT continues the segment, so a following soft
 // keyword ('when', 'te', 'expert') ends the name. Blanks inside a name are
 // rejected when the AST is built (BR0102).
-pattern     : segment (DOT segment)* ;
+// A trailing '.**' (rules, ignores and schema parameters): every tensor
+// under the prefix, a module kept as HF has it (a VLM's vision tower).
+pattern     : segment (DOT segment)* (DOT STAR STAR)? ;
 segment     : segmentHead segmentMore* ;
 // 'layers.0.1' lexes '0.1' as a FLOAT; in a name it is just text.
 segmentHead : name | INT | FLOAT | bracePiece ;
@@ -74,8 +78,9 @@ typeRef     : name (LPAREN enumValue (COMMA enumValue)* RPAREN)? QUESTION? ;
 enumValue   : name | STRING ;
 rangeDecl   : RANGE name LPAREN name RPAREN ASSIGN expr SEMI ;
 blockDecl   : BLOCK name LBRACE (paramDecl | useDecl)* RBRACE ;
-useDecl     : USE name AT_KW pattern (WHEN expr)? SEMI ;
-paramDecl   : PARAM pattern LBRACK expr (COMMA expr)* RBRACK COLON name paramAttr* (WHEN expr)? SEMI ;
+useDecl     : USE name (AT_KW pattern)? (WHEN expr)? SEMI ;
+// '[..]': the shape the checkpoint holds (pass-through parameters, '.**').
+paramDecl   : PARAM pattern LBRACK (expr (COMMA expr)* | DOTDOT) RBRACK COLON name paramAttr* (WHEN expr)? SEMI ;
 paramAttr   : TE pattern   # attrTE
             | DIST pattern # attrDist
             | LOCALDIST pattern # attrLocalDist

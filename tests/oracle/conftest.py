@@ -79,10 +79,12 @@ def tiny_checkpoints(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def published_format_dirs(tmp_path_factory):
+def published_format_dirs(tmp_path_factory, tiny_checkpoints):
     """family id -> directory with the shrunk config in the published file's
     layout (transformers 4 key names: rope_theta, rope_scaling, torch_dtype),
-    written as is, not re-saved by transformers."""
+    written as is, not re-saved by transformers. A VLM's directory also
+    holds the tiny model's weights: its plan lists the vision tower's
+    tensors from the checkpoint (from config.json alone it is one row)."""
     cache: dict[str, Path] = {}
     root = tmp_path_factory.mktemp("tiny-published-format")
 
@@ -90,7 +92,13 @@ def published_format_dirs(tmp_path_factory):
         if family_id not in cache:
             fam = tiny_models.FAMILY_BY_ID[family_id]
             d, _ = tiny_models.tiny_config_dict(fam)
-            cache[family_id] = tiny_models.write_config_dir(d, root / family_id)
+            out = tiny_models.write_config_dir(d, root / family_id)
+            if fam.vlm:
+                import shutil
+
+                for f in tiny_checkpoints(family_id).path.glob("model*.safetensors*"):
+                    shutil.copy(f, out / f.name)
+            cache[family_id] = out
         return cache[family_id]
 
     return get

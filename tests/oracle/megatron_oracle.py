@@ -196,7 +196,24 @@ NOT_CONSTRUCTOR_ARGS = {
     "attn_logit_softcapping": "Gemma2ModelProvider field (Megatron-Bridge's Gemma attention)",
     "final_logit_softcapping": "Gemma2ModelProvider field (Megatron-Bridge's Gemma output layer)",
     "rotary_base_local": "Gemma3ModelProvider's rotary_base pair (local, global)",
+    # Vision-language models (Megatron-Bridge's Qwen25VLModelProvider and
+    # Gemma3VLModelProvider): the vision tower is the HF module built from
+    # vision_config; the GPTModel is the language model alone.
+    "vision_model": "VLM provider: which HF vision tower (Qwen25VLModel, Gemma3VLModel)",
+    "vision_config": "VLM provider field: the HF vision tower's config",
+    "vision_hidden_size": "Gemma3VLModelProvider's vision_projector_config.input_size",
+    "image_token_id": "VLM provider field (the forward's image placeholder)",
+    "video_token_id": "VLM provider field (the forward's video placeholder)",
+    "vision_start_token_id": "VLM provider field",
+    "vision_end_token_id": "VLM provider field",
+    "mm_tokens_per_image": "Gemma3VLModelProvider field (the projector's pooling)",
 }
+
+
+def language_model_prefix(meg: dict) -> str:
+    """Where a model's GPT lives in the checkpoint: a VLM keeps it under
+    'language_model.' (Megatron-Bridge's Qwen25VLModel, Gemma3VLModel)."""
+    return "language_model." if meg.get("vision_model") else ""
 
 
 # Keys that choose a layer implementation rather than a config value. Megatron-
@@ -433,15 +450,23 @@ def assert_logits_match(bridge_run, ckpt, mg, atol: float, legacy_state: dict | 
     if legacy_state is not None:
         model.load_state_dict(legacy_state, strict=True)
     else:
-        state = dist_checkpointing.load(model.sharded_state_dict(), str(mg / "iter_0000000"))
+        # A VLM's language model is loaded from under its prefix (the vision
+        # tower's keys are the HF module's, not this model's).
+        prefix = language_model_prefix(meg)
+        state = dist_checkpointing.load(model.sharded_state_dict(prefix=prefix), str(mg / "iter_0000000"))
         # load() also returns the common state (checkpoint_version, iteration, ...).
-        weights = {k: v for k, v in state.items() if k in model.state_dict()}
+        weights = {k[len(prefix):]: v for k, v in state.items() if k[len(prefix):] in model.state_dict()}
         model.load_state_dict(weights, strict=True)
 
-    hf = transformers.AutoModelForCausalLM.from_pretrained(str(ckpt.path), torch_dtype=torch.float32).eval()
+    auto = getattr(transformers, ckpt.family.auto_class)
+    hf = auto.from_pretrained(str(ckpt.path), dtype=torch.float32).eval()
+    vocab = hf.config.get_text_config().vocab_size
     torch.manual_seed(0)
-    tokens = torch.randint(0, hf.config.vocab_size, (2, seq))
+    tokens = torch.randint(0, vocab, (2, seq))
     positions = torch.arange(seq).unsqueeze(0).expand(2, -1)
+    if meg.get("position_embedding_type") == "mrope":
+        # Text alone: the time, height and width positions are all the token's.
+        positions = positions.unsqueeze(0).expand(3, -1, -1)
     mask = torch.triu(torch.ones(seq, seq, dtype=torch.bool), 1)[None, None]
     with torch.no_grad():
         ours = model(tokens, positions, mask).float()

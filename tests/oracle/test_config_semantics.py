@@ -21,8 +21,13 @@ def family_id(request):
 def _expected(ckpt: tiny_models.TinyCheckpoint) -> dict:
     import transformers
 
-    cfg = transformers.AutoConfig.from_pretrained(ckpt.path)
+    full = transformers.AutoConfig.from_pretrained(ckpt.path)
+    # A VLM: its language model's config is the text section; its layers
+    # are wherever transformers saved the decoder ('language_model.model.').
+    cfg = full.get_text_config()
     keys = ckpt.tensors
+    lm = next(k[: -len("layers.0.input_layernorm.weight")] for k in keys
+              if k.endswith("layers.0.input_layernorm.weight") and not k.startswith(("visual.", "vision_tower.")))
     rope = dict(getattr(cfg, "rope_parameters", None) or {})
     heads = cfg.num_attention_heads
     if getattr(cfg, "kv_lora_rank", None):
@@ -47,7 +52,7 @@ def _expected(ckpt: tiny_models.TinyCheckpoint) -> dict:
         return exp
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
     # The attention's real q rows / heads (what the HF module uses).
-    attn = "model.layers.0.self_attn."
+    attn = lm + "layers.0.self_attn."
     if attn + "qkv_proj.weight" in keys:  # HF-fused [q; k; v] (Phi-3)
         assert keys[attn + "qkv_proj.weight"][0] == (heads + 2 * cfg.num_key_value_heads) * head_dim
     else:
@@ -62,10 +67,10 @@ def _expected(ckpt: tiny_models.TinyCheckpoint) -> dict:
         vocab_size=cfg.vocab_size,
         layernorm_epsilon=cfg.rms_norm_eps,
         activation_func=getattr(cfg, "hidden_act", None) or getattr(cfg, "hidden_activation", None),
-        share_embeddings_and_output_weights=bool(cfg.tie_word_embeddings),
+        share_embeddings_and_output_weights=bool(full.tie_word_embeddings),
         add_qkv_bias=attn + "q_proj.bias" in keys or attn + "qkv_proj.bias" in keys,
-        add_bias_linear="model.layers.0.self_attn.o_proj.bias" in keys,
-        qk_layernorm="model.layers.0.self_attn.q_norm.weight" in keys,
+        add_bias_linear=attn + "o_proj.bias" in keys,
+        qk_layernorm=attn + "q_norm.weight" in keys,
         rotary_base=rope.get("rope_theta"),
         params_dtype=str(cfg.dtype).replace("torch.", "") if cfg.dtype else "float32",
     )
@@ -87,15 +92,33 @@ def _expected(ckpt: tiny_models.TinyCheckpoint) -> dict:
     exp["window_size"] = [window - 1, 0] if window else None
     if getattr(cfg, "layer_types", None) and window:
         exp["window_attn_skip_freq"] = [int(t == "sliding_attention") for t in cfg.layer_types]
-    if "model.layers.0.self_attn.sinks" in keys:
+    if attn + "sinks" in keys:
         exp["softmax_type"] = "learnable"
+    if rope.get("mrope_section"):
+        # Qwen2.5-VL: multimodal rotary sections, of the default rotary.
+        exp.update(position_embedding_type="mrope", mrope_section=list(rope["mrope_section"]))
     if cfg.model_type == "gemma3_text":
-        # Gemma 2's conversion, plus q/k norms and two rotary bases by layer type.
+        # Gemma 2's conversion, plus q/k norms and two rotary bases by layer
+        # type; the global layers' linear scaling (4B and larger).
+        full_rope = rope["full_attention"]
         exp.update(activation_func="fast_gelu", layernorm_zero_centered_gamma=True, post_layernorm=True,
                    query_pre_attn_scalar=cfg.query_pre_attn_scalar,
-                   rotary_base=rope["full_attention"]["rope_theta"],
+                   rotary_base=full_rope["rope_theta"],
                    rotary_base_local=rope["sliding_attention"]["rope_theta"],
-                   share_embeddings_and_output_weights=bool(cfg.tie_word_embeddings))
+                   seq_len_interpolation_factor=full_rope["factor"] if full_rope.get("rope_type") == "linear" else None,
+                   share_embeddings_and_output_weights=bool(full.tie_word_embeddings))
+    if full is not cfg:
+        # The vision side: its config as the checkpoint has it, its width
+        # (the projector's input) and the special tokens.
+        vision = full.vision_config
+        exp.update(vision_model={"qwen2_5_vl": "qwen2_5_vl", "gemma3": "siglip"}[full.model_type],
+                   image_token_id=getattr(full, "image_token_id", None) or getattr(full, "image_token_index"))
+        if full.model_type == "gemma3":
+            exp.update(vision_hidden_size=vision.hidden_size, mm_tokens_per_image=full.mm_tokens_per_image,
+                       vision_start_token_id=full.boi_token_index, vision_end_token_id=full.eoi_token_index)
+        else:
+            exp.update(video_token_id=full.video_token_id, vision_start_token_id=full.vision_start_token_id,
+                       vision_end_token_id=full.vision_end_token_id)
     if cfg.model_type == "gemma2":
         # As Megatron-Bridge converts Gemma 2: the tanh GELU is fast_gelu, norms
         # multiply by (1 + w), a norm follows attention and MLP, scores are
@@ -117,7 +140,15 @@ def test_megatron_config_agrees_with_transformers(bridge_run, tiny_checkpoints, 
     ckpt = tiny_checkpoints(family_id)
     meg = bridge_run.config(str(ckpt.path))["megatron"]
     errors = []
-    for key, want in _expected(ckpt).items():
+    expected = _expected(ckpt)
+    if "vision_model" in expected:
+        # The vision config is kept as the checkpoint spells it.
+        import json
+
+        saved = json.loads((ckpt.path / "config.json").read_text())["vision_config"]
+        if meg.get("vision_config") != saved:
+            errors.append(f"vision_config: bridge-run {meg.get('vision_config')!r}, config.json {saved!r}")
+    for key, want in expected.items():
         got = meg.get(key)
         same = (
             float(got) == float(want)

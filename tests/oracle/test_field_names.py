@@ -62,6 +62,17 @@ ALLOWED = {
     "post_layernorm": "TERowParallelLinearLayerNorm in Megatron-Bridge's Gemma layer specs",
     # Gemma3ModelProvider takes rotary_base as a (local, global) pair.
     "rotary_base_local": "Gemma3ModelProvider.rotary_base[0]",
+    # Vision-language providers (Megatron-Bridge models/qwen_vl/qwen25_vl_provider.py,
+    # models/gemma_vl/gemma3_vl_provider.py): which HF vision tower the model
+    # builds, and from what.
+    "vision_model": "the VLM provider class (Qwen25VLModelProvider, Gemma3VLModelProvider)",
+    "vision_config": "Qwen25VLModelProvider.vision_config / Gemma3VLModelProvider.vision_config",
+    "vision_hidden_size": "Gemma3VLModelProvider.vision_projector_config.input_size",
+    "image_token_id": "Qwen25VLModelProvider.image_token_id / Gemma3VLModelProvider.image_token_id",
+    "video_token_id": "Qwen25VLModelProvider.video_token_id",
+    "vision_start_token_id": "Qwen25VLModelProvider.vision_start_token_id / Gemma3VLModelProvider",
+    "vision_end_token_id": "Qwen25VLModelProvider.vision_end_token_id / Gemma3VLModelProvider",
+    "mm_tokens_per_image": "Gemma3VLModelProvider.mm_tokens_per_image",
 }
 
 _FIELD_RE = re.compile(

@@ -33,7 +33,7 @@ def _run(bridge_run: tiny_models.BridgeRun, *args: str) -> subprocess.CompletedP
 
 
 def _layout_fits(ckpt: tiny_models.TinyCheckpoint, tp: int, pp: int, ep: int = 1) -> bool:
-    cfg = json.loads((ckpt.path / "config.json").read_text())
+    cfg = ckpt.text_config_json
     groups = cfg.get("num_key_value_heads") or cfg["num_attention_heads"]
     experts = cfg.get("num_experts") or cfg.get("num_local_experts") or cfg.get("n_routed_experts") or 0
     if ep > 1 and (not experts or experts % ep):
@@ -93,8 +93,13 @@ def test_round_trip_is_bit_exact(bridge_run, bridge_device, tiny_checkpoints, im
         assert btensor.shape == tensor.shape, name
         assert btensor.view(-1).view(dtype=__import__("torch").uint8).equal(
             tensor.view(-1).view(dtype=__import__("torch").uint8)), f"{name} differs after the round trip"
-    src_cfg = json.loads((ckpt.path / "config.json").read_text())
-    out_cfg = json.loads((out / "config.json").read_text())
+    src_full = json.loads((ckpt.path / "config.json").read_text())
+    out_full = json.loads((out / "config.json").read_text())
+    # A VLM: the vision section and special tokens as they were, the
+    # language model's fields in its text section.
+    for k in ("vision_config", "image_token_id", "image_token_index", "mm_tokens_per_image"):
+        assert out_full.get(k) == src_full.get(k), k
+    src_cfg, out_cfg = tiny_models.text_section(src_full), tiny_models.text_section(out_full)
     for k in ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
               "num_hidden_layers", "vocab_size", "rms_norm_eps", "tie_word_embeddings", "model_type",
               "architectures", "rope_parameters", "rope_scaling", "rope_theta", "sliding_window", "head_dim",

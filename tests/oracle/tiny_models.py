@@ -50,6 +50,17 @@ class Family:
     # there; in the class-default fallback they are added so that the fallback
     # still exercises the same path (e.g. the tied Llama).
     traits: dict[str, Any] = field(default_factory=dict)
+    # Set on the shrunk config whatever its origin (published or class
+    # defaults), section by section: what the generic shrink cannot know (a
+    # VLM's vision tower sizes, a head_dim the published file leaves out).
+    tiny: dict[str, Any] = field(default_factory=dict)
+    # The transformers auto class that builds the model: a VLM is an
+    # image-text-to-text model, its language model under text_config.
+    auto_class: str = "AutoModelForCausalLM"
+
+    @property
+    def vlm(self) -> bool:
+        return self.auto_class == "AutoModelForImageTextToText"
 
 
 FAMILIES: list[Family] = [
@@ -238,6 +249,43 @@ FAMILIES += [
     ),
 ]
 
+# Vision-language models: the language model as above, a two-layer vision
+# tower and its projector, all tiny. A 56-pixel image of 14-pixel patches is
+# 4x4 patches.
+FAMILIES += [
+    Family(
+        "qwen2.5-vl-7b",
+        "qwen2_5_vl",
+        "qwen2_5_vl",
+        "Qwen__Qwen2.5-VL-7B-Instruct.json",
+        "VLM: Qwen2 decoder under language_model., multimodal rotary sections (mrope), the HF vision tower "
+        "(visual.**: window-attention ViT, patch merger) kept as it is; flat published config, nested "
+        "text_config when saved by transformers 5",
+        traits={"tie_word_embeddings": False},
+        tiny={"vision_config": {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2,
+                                "out_hidden_size": TINY_HIDDEN, "fullatt_block_indexes": [1],
+                                "window_size": 56}},
+        auto_class="AutoModelForImageTextToText",
+    ),
+    Family(
+        "gemma3-vl-4b",
+        "gemma3_vl",
+        "gemma3",
+        "google__gemma-3-4b-it.json",
+        "VLM: Gemma 3 decoder under language_model. (config in a sparse text_config, class defaults for the "
+        "rest), linear rope scaling of the global layers, SigLIP vision tower (vision_tower.**) kept as it is, "
+        "the projector's norm and transposed projection",
+        traits={"text_config": {"rope_scaling": {"rope_type": "linear", "factor": 8.0}, "sliding_window": 1024}},
+        tiny={"text_config": {"head_dim": TINY_HEAD_DIM, "num_key_value_heads": TINY_KV_HEADS_GQA,
+                              "sliding_window": 8, "query_pre_attn_scalar": TINY_HEAD_DIM},
+              "vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                                "num_attention_heads": 2, "image_size": 56, "patch_size": 14,
+                                "vision_use_head": False},
+              "mm_tokens_per_image": 4},
+        auto_class="AutoModelForImageTextToText",
+    ),
+]
+
 FAMILY_BY_ID = {f.id: f for f in FAMILIES}
 
 
@@ -301,6 +349,15 @@ def _shrink(d: dict) -> dict:
     # transformers builds no multi-token-prediction layers.
     if "num_nextn_predict_layers" in d:
         d["num_nextn_predict_layers"] = 0
+    # Multimodal rotary sections (Qwen2.5-VL) split half the head dim: keep
+    # their proportions at the tiny head dim.
+    for key in ("rope_scaling", "rope_parameters"):
+        rope = d.get(key)
+        if isinstance(rope, dict) and isinstance(rope.get("mrope_section"), list):
+            sec, half = rope["mrope_section"], TINY_HEAD_DIM // 2
+            tiny = [s * half // sum(sec) for s in sec]
+            tiny[-1] += half - sum(tiny)
+            d[key] = dict(rope, mrope_section=tiny)
     if "max_window_layers" in d:
         d["max_window_layers"] = min(d["max_window_layers"], TINY_LAYERS)
     for key in ("layer_types", "attn_type_list"):
@@ -315,13 +372,32 @@ def _shrink(d: dict) -> dict:
     return d
 
 
+def _shrink_family(d: dict, family: Family) -> dict:
+    """The generic shrink, on a VLM's text section when it has one, then
+    the family's own tiny settings."""
+    if isinstance(d.get("text_config"), dict):
+        d = dict(d)
+        d["text_config"] = _shrink(d["text_config"])
+        for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            if isinstance(d.get(key), int) and d[key] >= TINY_VOCAB:
+                d[key] = 1
+    else:
+        d = _shrink(d)
+    for key, value in family.tiny.items():
+        if isinstance(value, dict) and isinstance(d.get(key), dict):
+            d[key] = {**d[key], **copy.deepcopy(value)}
+        else:
+            d[key] = copy.deepcopy(value)
+    return d
+
+
 def tiny_config_dict(family: Family) -> tuple[dict, str]:
     """(config dict, origin). The dict is in the layout of its origin:
     the published file's (transformers 4 names: rope_theta, rope_scaling,
     torch_dtype) or, in the fallback, the transformers class defaults."""
     pub = published_config(family)
     if pub is not None:
-        return _shrink(pub), f"published {family.published}"
+        return _shrink_family(pub, family), f"published {family.published}"
     import transformers
 
     base = transformers.AutoConfig.for_model(family.model_type).to_dict()
@@ -333,8 +409,15 @@ def tiny_config_dict(family: Family) -> tuple[dict, str]:
         base.pop("rope_parameters", None)
     # The traits give the published model's defining values (full size);
     # shrink after them so that the model is tiny either way.
-    base.update(copy.deepcopy(family.traits))
-    return _shrink(base), f"transformers {family.model_type} class defaults (no {SHARED_HF_CONFIGS})"
+    for key, value in family.traits.items():
+        if key.endswith("_config") and isinstance(value, dict) and isinstance(base.get(key), dict):
+            # A section of a VLM config: its traits go into it.
+            if "rope_scaling" in value or "rope_theta" in value:
+                base[key].pop("rope_parameters", None)
+            base[key].update(copy.deepcopy(value))
+        else:
+            base[key] = copy.deepcopy(value)
+    return _shrink_family(base, family), f"transformers {family.model_type} class defaults (no {SHARED_HF_CONFIGS})"
 
 
 def tiny_hf_config(family: Family):
@@ -360,6 +443,16 @@ class TinyCheckpoint:
     def config_json(self) -> dict:
         return json.loads((self.path / "config.json").read_text())
 
+    @property
+    def text_config_json(self) -> dict:
+        """The language model's fields: a VLM's text_config, else the config."""
+        return text_section(self.config_json)
+
+
+def text_section(cfg: dict) -> dict:
+    """A VLM config's text_config, else the config itself."""
+    return cfg["text_config"] if isinstance(cfg.get("text_config"), dict) else cfg
+
 
 def _read_safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     from safetensors import safe_open
@@ -383,7 +476,7 @@ def build_tiny_checkpoint(family: Family, out_dir: Path, seed: int = 0) -> TinyC
     _, origin = tiny_config_dict(family)
     cfg = tiny_hf_config(family)
     torch.manual_seed(seed)
-    model = transformers.AutoModelForCausalLM.from_config(cfg)
+    model = getattr(transformers, family.auto_class).from_config(cfg)
     # transformers initializes norms to one and biases (router expert bias
     # included) to zero; a mapping that swapped two norms or dropped a bias
     # would still give the same logits. Perturb every stored tensor.

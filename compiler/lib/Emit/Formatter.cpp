@@ -265,6 +265,8 @@ private:
     OS << "param " << print(P.Local) << " [";
     for (size_t I = 0; I < P.Shape.size(); ++I)
       OS << (I ? ", " : "") << print(*P.Shape[I]);
+    if (P.ShapeFromCheckpoint)
+      OS << "..";
     OS << "] : " << P.Style;
     if (P.HasTE)
       OS << " te " << print(P.TE);
@@ -281,7 +283,10 @@ private:
   void use(const UseDecl &U, unsigned Depth) {
     comments(U.Range.Start, Depth);
     indent(Depth);
-    OS << "use " << U.Block << " at " << print(U.At) << when(U.When) << ";\n";
+    OS << "use " << U.Block;
+    if (!U.At.Pieces.empty())
+      OS << " at " << print(U.At);
+    OS << when(U.When) << ";\n";
     ended(U.Range.End);
   }
 

@@ -69,7 +69,7 @@ void bridgec::dumpModel(const model::MappingSet &Set, llvm::raw_ostream &OS) {
     for (auto &M : B.Architectures)
       OS << "  match architecture " << ast::quote(M) << "\n";
     for (auto &[Primary, Alt] : B.Aliases)
-      OS << "  alias hf." << Primary << " = hf." << Alt << "\n";
+      OS << "  alias hf" << (Primary.empty() ? "" : ".") << Primary << " = hf." << Alt << "\n";
     for (auto &Rq : B.Requires)
       OS << "  require " << ast::print(*Rq.Cond) << ", " << ast::quote(Rq.Message) << "\n";
     for (auto &C : B.Config) {

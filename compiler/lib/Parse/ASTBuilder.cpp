@@ -81,14 +81,16 @@ private:
         if (M->name() && M->STRING())
           B.Matches.push_back({R(M), M->name()->getText(), R(M->name()), unquote(M->STRING()->getText())});
       } else if (auto *AD = I->aliasDecl()) {
+        // 'alias hf = hf.x;' has one path (the section), an empty primary.
         auto Ps = AD->hfPath();
-        if (Ps.size() != 2)
+        if (Ps.empty() || Ps.size() > 2)
           continue;
         ast::AliasDecl A;
         A.Range = R(AD);
-        for (auto *N : Ps[0]->name())
-          A.Primary.push_back(N->getText());
-        for (auto *N : Ps[1]->name())
+        if (Ps.size() == 2)
+          for (auto *N : Ps[0]->name())
+            A.Primary.push_back(N->getText());
+        for (auto *N : Ps.back()->name())
           A.Alternative.push_back(N->getText());
         B.Aliases.push_back(std::move(A));
       } else if (auto *CB = I->configBlock()) {
@@ -335,6 +337,10 @@ private:
           AddLiteral(M->getText(), R(M));
       }
     }
+    // '.**' ends the name: kept as literal text, which the schema's
+    // pass-through parameters spell the same way.
+    if (!C->STAR().empty())
+      AddLiteral(".**", R(C->STAR().front()));
     if (Blank) {
       std::string Compact;
       for (auto &Pc : Pat.Pieces)
@@ -429,6 +435,7 @@ private:
     }
     for (size_t I = 0; I < NumDims; ++I)
       PD.Shape.push_back(expr(Es[I]));
+    PD.ShapeFromCheckpoint = C->DOTDOT() != nullptr;
     PD.Style = C->name()->getText();
     PD.StyleRange = R(C->name());
     for (auto *A : C->paramAttr()) {
@@ -455,13 +462,14 @@ private:
   }
 
   std::optional<ast::UseDecl> use(P::UseDeclContext *C) {
-    if (!C->name() || !C->pattern())
+    if (!C->name())
       return std::nullopt;
     ast::UseDecl U;
     U.Range = R(C);
     U.Block = C->name()->getText();
     U.BlockRange = R(C->name());
-    U.At = pattern(C->pattern());
+    if (C->pattern())
+      U.At = pattern(C->pattern()); // none: the block's parameters at the root
     if (C->expr())
       U.When = expr(C->expr());
     return U;

@@ -24,6 +24,7 @@
 
 using namespace bridgec;
 using bridge::ValueKind;
+using bridgec::model::isGlob;
 using llvm::SMRange;
 
 // ---- vocabularies shared with the runtime -----------------------------------------
@@ -135,6 +136,9 @@ const BuiltinInfo Builtins[] = {
     {"int", 1, 1, "int(x)"},
     {"float", 1, 1, "float(x)"},
     {"is_moe_layer", 1, 1, "is_moe_layer(i): layer i has an MoE MLP (moe_layer_freq)"},
+    {"hybrid_layer", 1, 1, "hybrid_layer(i): the symbol of layer i in hybrid_override_pattern (M, *, -, E)"},
+    {"to_pattern", 3, 3, "to_pattern(list, names, symbols): a string of the symbol of each item"},
+    {"from_pattern", 3, 3, "from_pattern(string, symbols, names): a list of the name of each symbol"},
 };
 
 } // namespace
@@ -433,7 +437,8 @@ public:
     static const std::pair<const char *, const char *> Kinds[] = {
         {"min", "n"}, {"max", "n"}, {"len", "s"}, {"repeat", "*i"}, {"int", "n"}, {"float", "n"},
         {"is_moe_layer", "i"}, {"at", "li"}, {"count", "l*"}, {"has", "*"},
-        {"indicator", "l*"}, {"labels", "l*"}};
+        {"indicator", "l*"}, {"labels", "l*"}, {"hybrid_layer", "i"}, {"to_pattern", "lll"},
+        {"from_pattern", "sll"}};
     for (auto &[Fn, Spec] : Kinds) {
       if (N != Fn)
         continue;
@@ -456,6 +461,10 @@ public:
                                                   : ValueKind::Any};
     if (N == "len" || N == "int" || N == "count")
       return {ValueKind::Int};
+    if (N == "hybrid_layer" || N == "to_pattern")
+      return {ValueKind::String};
+    if (N == "from_pattern")
+      return {ValueKind::List};
     if (N == "indicator")
       return {ValueKind::IntList};
     if (N == "labels")
@@ -651,7 +660,8 @@ public:
     Prefix Pre = Outer;
     if (!extend(Pre, U.At))
       return;
-    Pre.Literals.back() += ".";
+    if (!U.At.Pieces.empty()) // 'use b;' puts the block's names where the use is
+      Pre.Literals.back() += ".";
     if (U.When) {
       Scope Sc;
       Sc.Vars = Pre.Captures;
@@ -713,6 +723,16 @@ public:
     Scope Sc;
     Sc.Vars = P.Captures;
     Sc.What = "a schema shape";
+    // A pass-through parameter ('prefix.**') is every tensor under the
+    // prefix with the checkpoint's own shape, so it has '[..]' and nothing else.
+    bool Glob = isGlob(P.Key);
+    if (Glob != PD.ShapeFromCheckpoint)
+      D.emit(DiagId::SchemaError, PD.Local.Range,
+             Glob ? "a pass-through parameter ('.**') takes its shape from the checkpoint: write '[..]'"
+                  : "'[..]' (the checkpoint's shape) is for pass-through parameters, whose name ends in '.**'");
+    if (Glob && (!P.Captures.empty() || PD.HasTE || PD.HasDist || PD.HasLocalDist || PD.Expert))
+      D.emit(DiagId::SchemaError, PD.Local.Range,
+             "a pass-through parameter has one name: no captures, 'te', 'dist', 'localdist' or 'expert'");
     for (auto &Dim : PD.Shape) {
       Ty T = check(*Dim, Sc);
       if (!T.Null && T.K != ValueKind::Int && T.K != ValueKind::Any)
@@ -1127,6 +1147,25 @@ public:
         D.emit(DiagId::OpArity, Src.Range, "rename", 1, Produced);
         return;
       }
+    }
+    // A pass-through rule ('a.** <- b.**') renames every tensor under one
+    // prefix to the other, unchanged: one plain source, also ending in '.**'.
+    if (isGlob(Key)) {
+      for (const ast::SourceP &Src : T.Alternatives)
+        if (T.Alternatives.size() != 1 || Src->K != ast::Source::PatternRef || !isGlob(ast::print(Src->Pat))) {
+          D.emit(DiagId::PassThroughRule, Src->Range, ast::print(T.Target));
+          return;
+        }
+      if (!Sc.Vars.empty()) {
+        D.emit(DiagId::PassThroughRule, T.Target.Range, ast::print(T.Target));
+        return;
+      }
+    } else {
+      for (const ast::SourceP &Src : T.Alternatives)
+        if (Src->K == ast::Source::PatternRef && isGlob(ast::print(Src->Pat))) {
+          D.emit(DiagId::PassThroughSource, Src->Range, ast::print(Src->Pat), ast::print(T.Target));
+          return;
+        }
     }
     if (T.When) {
       Scope WSc = Sc;
@@ -1574,7 +1613,7 @@ std::unique_ptr<model::MappingSet> Compilation::analyze() {
           // A read through an alias is covered by writing the primary spelling.
           for (auto &[Primary, Alt] : MB.Aliases)
             if (P == Alt || llvm::StringRef(P).startswith(Alt + "."))
-              P = Primary + P.substr(Alt.size());
+              P = Primary.empty() ? P.substr(std::min(P.size(), Alt.size() + 1)) : Primary + P.substr(Alt.size());
           bool Covered = P == "model_type" || P == "architectures";
           for (auto &E : Export) {
             std::string W = E.path();

@@ -41,6 +41,12 @@ struct EvalEnv {
   const std::function<Json(uint32_t)> *ResolveField = nullptr;
 };
 
+/// Every spelling of \p Path (dotted) the aliases allow, in the order they
+/// are tried: as written, through each alias of it or of a prefix of it,
+/// then each of those inside every section an alias with an empty primary
+/// names ('alias hf = hf.text_config;').
+std::vector<std::string> hfSpellings(const std::string &Path, Span<HFAlias> Aliases);
+
 /// Whether \p Path (dotted) is in \p HF, under its own spelling or an alias.
 bool hfPathPresent(const Json &HF, const std::string &Path, Span<HFAlias> Aliases);
 
@@ -80,6 +86,10 @@ struct SourceChain {
   /// Parallel to Sources: the expert index when the source is read through
   /// 'expert' (one slice of a stacked HF tensor), else -1.
   std::vector<int64_t> SourceSlice;
+  /// Parallel to Sources: for a source read through 'rows' (one block of
+  /// consecutive row blocks, which must tile it), the block and the number
+  /// of blocks; else -1 and 0. Coverage then counts (tensor, block) pairs.
+  std::vector<int64_t> SourceBlock, SourceBlocks;
 };
 
 /// One Megatron tensor of a concrete model and where it comes from.
@@ -99,6 +109,9 @@ struct PlannedTensor {
   const std::string &recipe() const { return chain().Recipe; }
   const std::vector<std::string> &sources() const { return chain().Sources; }
   bool Optional;
+  /// Made by a pass-through rule ('a.** <- b.**'): a tensor kept as the
+  /// checkpoint has it (name under the prefix, shape, dtype), replicated.
+  bool PassThrough = false;
   const TensorRule *Rule;
   const ParamInfo *Param;         ///< the schema declaration that applies
   std::vector<int64_t> Captures;  ///< values of Param->Captures
@@ -111,10 +124,26 @@ struct Plan {
   std::vector<std::pair<std::string, std::string>> Ties; ///< HF copy -> HF original
 };
 
+/// Whether a pattern or a schema key names every tensor under a prefix
+/// ('visual.**', a pass-through module).
+bool isPassThroughName(std::string_view Name);
+
+/// The tensors a checkpoint holds under a prefix, with their shapes: what a
+/// pass-through rule ('a.** <- b.**') expands to. Import lists the HF
+/// checkpoint under the rule's source prefix (BySource); export and reshard
+/// list the Megatron checkpoint under its target prefix.
+struct PassThroughLister {
+  bool BySource = true;
+  std::function<std::vector<std::pair<std::string, std::vector<int64_t>>>(const std::string &Prefix)> List;
+};
+
 /// Expands every rule over its loops and checks that each tensor the schema
 /// requires for this config is produced exactly once. \p UseTENames picks the
-/// spelling of written names.
-Plan expandPlan(const MappingTable &T, const SchemaTable &S, const std::vector<Json> &Fields, bool UseTENames = true);
+/// spelling of written names. Without \p Lister a pass-through rule stays
+/// one entry named by its pattern, with no shape (a plan from config.json
+/// alone).
+Plan expandPlan(const MappingTable &T, const SchemaTable &S, const std::vector<Json> &Fields, bool UseTENames = true,
+                const PassThroughLister *Lister = nullptr);
 
 /// Picks, for every tensor with alternative source layouts, the first whose
 /// non-optional HF tensors are all \p Present. When none is complete the

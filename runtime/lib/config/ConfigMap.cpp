@@ -186,9 +186,20 @@ SourceChain chainOf(Span<OpNode> Nodes, const EvalEnv &Env, const std::string &W
       C.Sources.push_back(Src);
       C.SourceOptional.push_back(N.OptionalInput);
       C.SourceSlice.push_back(-1);
+      C.SourceBlock.push_back(-1);
+      C.SourceBlocks.push_back(0);
       Stack.push_back(Src + (N.OptionalInput ? "?" : ""));
       continue;
     }
+    // 'rows' straight on an HF tensor reads one row block of it.
+    if (N.Kind == Op::RowBlock && SourceOnStack.back() >= 0)
+      for (const OpParam &Pm : N.Params) {
+        Json V = evaluate(Pm.Value, Env, Where);
+        if (std::string(Pm.Name) == "index" && V.is_number_integer())
+          C.SourceBlock[SourceOnStack.back()] = V.get<int64_t>();
+        else if (std::string(Pm.Name) == "sizes" && V.is_array())
+          C.SourceBlocks[SourceOnStack.back()] = static_cast<int64_t>(V.size());
+      }
     // 'expert' straight on an HF tensor reads one slice of it: coverage
     // then counts (tensor, expert) pairs, not the tensor.
     if (N.Kind == Op::SelectExpert && SourceOnStack.back() >= 0)
@@ -363,22 +374,6 @@ Json exportConfig(const MappingTable &T, const SchemaTable &S, const std::vector
   // Spell aliased fields the way the source config did.
   if (Reference) {
     Json Ref = *Reference;
-    for (const HFAlias &A : T.Aliases) {
-      if (findPath(Ref, A.Primary) || !findPath(Ref, A.Alternative))
-        continue;
-      Json *V = findPath(HF, A.Primary);
-      if (!V)
-        continue;
-      Json Value = *V;
-      erasePath(HF, A.Primary);
-      if (Value.is_null())
-        continue;
-      Json *Existing = findPath(HF, A.Alternative);
-      if (Existing && Existing->is_object() && Value.is_object())
-        Existing->update(Value);
-      else
-        setPath(HF, A.Alternative, Value);
-    }
     // A dict the source kept under the other spelling may hold keys Megatron
     // does not model (rope_type "default"), at any depth (transformers 5
     // nests Gemma 3's rotary parameters by layer type); keep the source's.
@@ -390,18 +385,76 @@ Json exportConfig(const MappingTable &T, const SchemaTable &S, const std::vector
           AddBack(Out[It.key()], It.value());
       }
     };
+    // Field aliases, relative to one level of the config (the top, or a
+    // section a section alias reads).
+    auto SpellFields = [&](Json &Out, const Json &RefRoot) {
+      Json RefCopy = RefRoot;
+      for (const HFAlias &A : T.Aliases) {
+        if (!*A.Primary || findPath(RefCopy, A.Primary) || !findPath(RefCopy, A.Alternative))
+          continue;
+        Json *V = findPath(Out, A.Primary);
+        if (!V)
+          continue;
+        Json Value = *V;
+        erasePath(Out, A.Primary);
+        if (Value.is_null())
+          continue;
+        Json *Existing = findPath(Out, A.Alternative);
+        if (Existing && Existing->is_object() && Value.is_object())
+          Existing->update(Value);
+        else
+          setPath(Out, A.Alternative, Value);
+      }
+      // Under either spelling: a dict the source wrote as rope_scaling
+      // keeps its 'type: mrope' as well as one written as rope_parameters.
+      for (const HFAlias &A : T.Aliases) {
+        if (!*A.Primary)
+          continue;
+        for (const char *Spelling : {A.Alternative, A.Primary}) {
+          std::string Root = std::string(Spelling).substr(0, std::string(Spelling).find('.'));
+          Json *O = findPath(Out, Root);
+          const Json *RefV = findPath(RefCopy, Root);
+          if (O && RefV && O->is_object() && RefV->is_object())
+            AddBack(*O, *RefV);
+        }
+      }
+    };
+    SpellFields(HF, Ref);
+    // Then section aliases: what the source did not keep at the top level
+    // goes into the section (a VLM's text_config), spelled as there; the
+    // section keeps the source's other keys (its model_type, layer_types).
     for (const HFAlias &A : T.Aliases) {
+      const Json *RefSection = *A.Primary ? nullptr : findPath(Ref, A.Alternative);
+      if (!RefSection || !RefSection->is_object())
+        continue;
       std::string Root = std::string(A.Alternative).substr(0, std::string(A.Alternative).find('.'));
-      Json *Out = findPath(HF, Root);
-      const Json *RefV = findPath(Ref, Root);
-      if (Out && RefV && Out->is_object() && RefV->is_object())
-        AddBack(*Out, *RefV);
+      Json Moved = Json::object();
+      std::vector<std::string> Keys;
+      for (auto It = HF.begin(); It != HF.end(); ++It)
+        if (It.key() != Root && !Ref.contains(It.key()))
+          Keys.push_back(It.key());
+      for (const std::string &K : Keys) {
+        if (!HF[K].is_null())
+          Moved[K] = HF[K];
+        HF.erase(K);
+      }
+      SpellFields(Moved, *RefSection);
+      AddBack(Moved, *RefSection);
+      Json *Existing = findPath(HF, A.Alternative);
+      if (Existing && Existing->is_object())
+        Moved.update(*Existing);
+      setPath(HF, A.Alternative, Moved);
     }
   }
   return HF;
 }
 
-Plan expandPlan(const MappingTable &T, const SchemaTable &S, const std::vector<Json> &Fields, bool UseTENames) {
+bool isPassThroughName(std::string_view Name) {
+  return Name.size() >= 3 && Name.substr(Name.size() - 3) == ".**";
+}
+
+Plan expandPlan(const MappingTable &T, const SchemaTable &S, const std::vector<Json> &Fields, bool UseTENames,
+                const PassThroughLister *Lister) {
   Plan P;
   // What the schema requires for this config: name -> (param, captures).
   struct Required {
@@ -442,6 +495,52 @@ Plan expandPlan(const MappingTable &T, const SchemaTable &S, const std::vector<J
   }
 
   std::map<std::string, std::string> ProducedBy;
+  std::set<std::string> PassThroughRuleSeen;
+  // One pass-through rule: a tensor per name the checkpoint holds under
+  // the prefix, renamed from one prefix to the other and otherwise kept.
+  auto expandPassThrough = [&](Plan &P, const TensorRule &R, const ParamInfo &Prm, const EvalEnv &Env,
+                               const std::string &Where, const PassThroughLister *Lister,
+                               std::map<std::string, std::string> &ProducedBy) {
+    std::string Target = renderPattern(R.Target, Env, Where);
+    PassThroughRuleSeen.insert(nameOf(Prm.Local, {}));
+    if (R.Alternatives.Size != 1 || R.Alternatives[0].Size != 1 || !R.Alternatives[0][0].IsSource)
+      throw Error(Where + ": error: a pass-through rule reads one name ending in '.**'");
+    const OpNode &Src = R.Alternatives[0][0];
+    std::string Source = renderPattern(Src.Source, Env, Where);
+    std::string TPrefix = Target.substr(0, Target.size() - 2), SPrefix = Source.substr(0, Source.size() - 2);
+    std::vector<std::pair<std::string, std::vector<int64_t>>> Under;
+    if (Lister) {
+      for (auto &[Name, Shape] : Lister->List(Lister->BySource ? SPrefix : TPrefix))
+        Under.push_back({Name.substr((Lister->BySource ? SPrefix : TPrefix).size()), Shape});
+    } else {
+      Under.push_back({"**", {}}); // config.json alone: the rule itself
+    }
+    for (auto &[Suffix, Shape] : Under) {
+      PlannedTensor PT;
+      PT.Name = PT.LocalName = TPrefix + Suffix;
+      auto [It, New] = ProducedBy.emplace(PT.LocalName, Where);
+      if (!New)
+        throw Error(Where + ": error: Megatron tensor '" + PT.LocalName + "' is also produced by the rule at " +
+                    It->second);
+      PT.Shape = Shape;
+      PT.ParallelStyle = Prm.ParallelStyle;
+      PT.Expert = false;
+      PT.Optional = R.Optional;
+      PT.PassThrough = true;
+      PT.Rule = &R;
+      PT.Param = &Prm;
+      SourceChain C;
+      C.Nodes = R.Alternatives[0];
+      C.Recipe = SPrefix + Suffix;
+      C.Sources = {SPrefix + Suffix};
+      C.SourceOptional = {false};
+      C.SourceSlice = {-1};
+      C.SourceBlock = {-1};
+      C.SourceBlocks = {0};
+      PT.Alternatives.push_back(std::move(C));
+      P.Tensors.push_back(std::move(PT));
+    }
+  };
   for (const TensorRule &R : T.Tensors) {
     std::string Where = describe(R.Loc);
     forEachIteration(R.Loops, S, Fields, Where, [&](const std::vector<int64_t> &Vars) {
@@ -470,6 +569,10 @@ Plan expandPlan(const MappingTable &T, const SchemaTable &S, const std::vector<J
         throw Error(Where + ": error: Megatron tensor '" + Written +
                     "' does not exist in this model configuration (its schema conditions do not hold)");
       std::string Local = nameOf(Prm->Local, Caps);
+      if (isPassThroughName(Local)) {
+        expandPassThrough(P, R, *Prm, Env, Where, Lister, ProducedBy);
+        return;
+      }
       if (!Needed.count(Local))
         throw Error(Where + ": error: Megatron tensor '" + Local +
                     "' does not exist in this model configuration (an index outside its range?)");
@@ -495,10 +598,11 @@ Plan expandPlan(const MappingTable &T, const SchemaTable &S, const std::vector<J
       P.Tensors.push_back(std::move(PT));
     });
   }
-  // Every required tensor must be produced.
+  // Every required tensor must be produced (a pass-through parameter by
+  // its rule, whatever the checkpoint holds under the prefix).
   std::vector<std::string> Missing;
   for (auto &[Name, Req] : Needed)
-    if (!ProducedBy.count(Name))
+    if (!ProducedBy.count(Name) && !(isPassThroughName(Name) && PassThroughRuleSeen.count(Name)))
       Missing.push_back(Name);
   if (!Missing.empty()) {
     std::string List;

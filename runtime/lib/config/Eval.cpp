@@ -183,6 +183,58 @@ Json callBuiltin(const std::string &Name, std::vector<Json> &Args, const EvalEnv
       fail(Where, E, "float() of " + show(Args[0]));
     return Args[0].get<double>();
   }
+  if (Name == "to_pattern" || Name == "from_pattern") {
+    // A list of names <-> a string of one symbol each (a hybrid model's
+    // layer types: transformers 5's layers_block_type and Megatron's
+    // hybrid_override_pattern), through two parallel lists.
+    bool ToPattern = Name == "to_pattern";
+    const Json &From = Args[1], &To = Args[2];
+    if (!From.is_array() || !To.is_array() || From.size() != To.size())
+      fail(Where, E, Name + "() needs two lists of the same length, not " + show(From) + " and " + show(To));
+    auto Translate = [&](const Json &X) -> Json {
+      for (size_t K = 0; K < From.size(); ++K)
+        if (equalValues(From[K], X))
+          return To[K];
+      fail(Where, E, Name + "(): " + show(X) + " is not one of " + show(From));
+    };
+    if (ToPattern) {
+      if (!Args[0].is_array())
+        fail(Where, E, "to_pattern() needs a list, not " + show(Args[0]));
+      std::string Out;
+      for (const Json &X : Args[0]) {
+        Json S = Translate(X);
+        if (!S.is_string())
+          fail(Where, E, "to_pattern() makes a string of strings, not of " + show(S));
+        Out += S.get<std::string>();
+      }
+      return Out;
+    }
+    if (!Args[0].is_string())
+      fail(Where, E, "from_pattern() needs a string, not " + show(Args[0]));
+    Json Out = Json::array();
+    for (char C : Args[0].get<std::string>())
+      Out.push_back(Translate(std::string(1, C)));
+    return Out;
+  }
+  if (Name == "hybrid_layer") {
+    // The symbol of layer i in hybrid_override_pattern; null without one.
+    if (!Env.Fields || !Env.Schema)
+      fail(Where, E, "hybrid_layer() needs the Megatron config");
+    for (uint32_t I = 0; I < Env.Schema->Fields.Size; ++I)
+      if (std::string(Env.Schema->Fields[I].Name) == "hybrid_override_pattern") {
+        const Json &P = (*Env.Fields)[I];
+        if (P.is_null())
+          return nullptr;
+        if (!P.is_string())
+          fail(Where, E, "hybrid_override_pattern must be a string, not " + show(P));
+        int64_t Layer = Args[0].get<int64_t>();
+        const std::string &Text = P.get_ref<const std::string &>();
+        if (Layer < 0 || Layer >= static_cast<int64_t>(Text.size()))
+          fail(Where, E, "hybrid_override_pattern \"" + Text + "\" has no symbol for layer " + std::to_string(Layer));
+        return std::string(1, Text[static_cast<size_t>(Layer)]);
+      }
+    return nullptr;
+  }
   if (Name == "is_moe_layer") {
     if (!Env.Fields || !Env.Schema)
       fail(Where, E, "is_moe_layer() needs the Megatron config");
@@ -213,15 +265,27 @@ Json callBuiltin(const std::string &Name, std::vector<Json> &Args, const EvalEnv
 
 } // namespace
 
-bool hfPathPresent(const Json &HF, const std::string &Path, Span<HFAlias> Aliases) {
-  if (lookupPath(HF, Path.c_str()))
-    return true;
+std::vector<std::string> hfSpellings(const std::string &Path, Span<HFAlias> Aliases) {
+  std::vector<std::string> Own{Path};
   for (const HFAlias &A : Aliases) {
     std::string Pr = A.Primary;
-    if (Path == Pr || Path.rfind(Pr + ".", 0) == 0)
-      if (lookupPath(HF, (A.Alternative + Path.substr(Pr.size())).c_str()))
-        return true;
+    if (!Pr.empty() && (Path == Pr || Path.rfind(Pr + ".", 0) == 0))
+      Own.push_back(A.Alternative + Path.substr(Pr.size()));
   }
+  // A section alias ('alias hf = hf.text_config;') reads each spelling
+  // inside the section too, after every spelling at the top.
+  std::vector<std::string> All = Own;
+  for (const HFAlias &A : Aliases)
+    if (!*A.Primary)
+      for (const std::string &P : Own)
+        All.push_back(std::string(A.Alternative) + "." + P);
+  return All;
+}
+
+bool hfPathPresent(const Json &HF, const std::string &Path, Span<HFAlias> Aliases) {
+  for (const std::string &P : hfSpellings(Path, Aliases))
+    if (lookupPath(HF, P.c_str()))
+      return true;
   return false;
 }
 
@@ -262,15 +326,12 @@ Json evaluate(const Expr &E, const EvalEnv &Env, const std::string &Where) {
     case ExprOp::LoadHF: {
       if (!Env.HF)
         fail(Where, E, std::string("hf.") + I.S + " is not available here");
+      // The path as written, else its other spellings (of it or a prefix).
       const Json *V = lookupPath(*Env.HF, I.S);
-      // Absent: try the other spellings of the path or of a prefix of it.
-      for (const HFAlias &A : Env.Aliases) {
-        if (V)
-          break;
-        std::string P = I.S, Pr = A.Primary;
-        if (P == Pr || P.rfind(Pr + ".", 0) == 0)
-          V = lookupPath(*Env.HF, (A.Alternative + P.substr(Pr.size())).c_str());
-      }
+      if (!V && !Env.Aliases.empty())
+        for (const std::string &P : hfSpellings(I.S, Env.Aliases))
+          if ((V = lookupPath(*Env.HF, P.c_str())))
+            break;
       Stack.push_back(V ? *V : Json());
       break;
     }

@@ -82,9 +82,9 @@ std::vector<DistKey> groupByKey(const Plan &P, const SchemaTable &S, const std::
     // capture of a stacked model, which is taken out with the dot after it.
     // Every capture not left in the key becomes a leading axis.
     std::vector<bool> InKey(Prm.Captures.Size, false);
-    std::string Key;
+    std::string Key = PT.PassThrough ? PT.Name : ""; // a kept HF tensor is its own key
     bool Skip = false;
-    for (const PatternPiece &Pc : LocalSpec ? Prm.LocalDist : Prm.Dist) {
+    for (const PatternPiece &Pc : PT.PassThrough ? Span<PatternPiece>() : LocalSpec ? Prm.LocalDist : Prm.Dist) {
       if (Pc.Literal) {
         std::string L = Pc.Literal;
         if (Skip && !L.empty() && L[0] == '.')

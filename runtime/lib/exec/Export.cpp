@@ -90,7 +90,18 @@ Summary runExport(const ExportOptions &O) {
   const Json &HFRef = Side.at("hf_config");
   Json HFTensors = Side.at("hf_tensors");
 
-  Plan P = expandPlan(T, S, Fields, /*UseTENames=*/true);
+  TorchDistCheckpoint Ckpt(Iter);
+  // Pass-through rules: what the checkpoint holds under the target prefix.
+  PassThroughLister Lister;
+  Lister.BySource = false;
+  Lister.List = [&](const std::string &Prefix) {
+    std::vector<std::pair<std::string, std::vector<int64_t>>> Out;
+    for (const std::string &K : Ckpt.tensorKeys())
+      if (K.rfind(Prefix, 0) == 0)
+        Out.push_back({K, Ckpt.tensor(K).Shape});
+    return Out;
+  };
+  Plan P = expandPlan(T, S, Fields, /*UseTENames=*/true, &Lister);
   // A tensor imported from another of its rule's source layouts (a quantized
   // release) is written in the first layout: its tensors replace those read,
   // in the same file, with the shape and dtype the inverse produces
@@ -125,7 +136,6 @@ Summary runExport(const ExportOptions &O) {
   for (const std::string &R : Replaced)
     HFTensors.erase(R);
   std::vector<DistKey> Keys = groupByKey(P, S, Fields, Side.value("layer_spec", "") == "local");
-  TorchDistCheckpoint Ckpt(Iter);
   for (const DistKey &K : Keys) {
     const DistTensor &DT = Ckpt.tensor(K.Key); // throws naming the key when absent
     if (DT.Shape != K.GlobalShape)
@@ -268,6 +278,41 @@ Summary runExport(const ExportOptions &O) {
         Stacking.erase(Name);
       }
     };
+    // HF tensors read one row block at a time ('rows'): put together and
+    // written once every block is in.
+    struct Assembled {
+      at::Tensor Value;
+      std::vector<bool> Filled;
+      size_t Count = 0;
+    };
+    std::map<std::string, Assembled> Assembling;
+    auto PutRows = [&](const std::string &Name, const exec::OpParams &Params, const at::Tensor &Block,
+                       const std::string &Where) {
+      Assembled &A = Assembling[Name];
+      std::vector<int64_t> Sizes = Params.at("sizes").get<std::vector<int64_t>>();
+      if (!A.Value.defined()) {
+        std::vector<int64_t> Shape(Block.sizes().begin(), Block.sizes().end());
+        int64_t Rows = 0;
+        for (int64_t S : Sizes)
+          Rows += S;
+        if (Shape.empty())
+          throw Error(Where + ": error: a row block of '" + Name + "' has no rows");
+        Shape[0] = Rows;
+        A.Value = at::empty(Shape, Block.options());
+        A.Filled.assign(Sizes.size(), false);
+      }
+      auto [Offset, Size] = exec::rowBlock(Params, A.Value, Where);
+      size_t Index = static_cast<size_t>(Params.at("index").get<int64_t>());
+      if (A.Filled[Index] || Block.dim() != A.Value.dim() || Block.size(0) != Size)
+        throw Error(Where + ": error: row block " + std::to_string(Index) + " of '" + Name +
+                    "' does not fit it or is written twice");
+      A.Value.narrow(0, Offset, Size).copy_(Block);
+      A.Filled[Index] = true;
+      if (++A.Count == A.Filled.size()) {
+        Emit(Name, A.Value);
+        Assembling.erase(Name);
+      }
+    };
     uint64_t AllBytes = 0;
     for (const DistKey &K : Keys) {
       const DistTensor &DT = Ckpt.tensor(K.Key);
@@ -342,6 +387,14 @@ Summary runExport(const ExportOptions &O) {
             StackSlice(SourceAt(Children[0]), Params.at("index").get<int64_t>(), V, Where);
             return;
           }
+          if (N.Kind == Op::RowBlock) {
+            // The inverse of taking a row block is putting it back in place.
+            if (!Nodes[Children[0]].IsSource)
+              throw Error(Where + ": error: export needs 'rows' applied directly to an HF tensor");
+            std::lock_guard<std::mutex> G(EmitLock);
+            PutRows(SourceAt(Children[0]), Params, V, Where);
+            return;
+          }
           std::vector<DType> Types;
           for (size_t C : Children)
             if (Nodes[C].IsSource)
@@ -384,6 +437,11 @@ Summary runExport(const ExportOptions &O) {
       const auto &[Name, St] = *Stacking.begin();
       throw Error("error: export of '" + Name + "' is missing experts: " + std::to_string(St.Filled.size() - St.Count) +
                   " of " + std::to_string(St.Filled.size()) + " were never produced");
+    }
+    if (!Assembling.empty()) {
+      const auto &[Name, A] = *Assembling.begin();
+      throw Error("error: export of '" + Name + "' is missing row blocks: " + std::to_string(A.Filled.size() - A.Count) +
+                  " of " + std::to_string(A.Filled.size()) + " were never produced");
     }
     Bar.finish();
     W.finish();

@@ -213,6 +213,13 @@ void checkAgainstHF(const ImportOptions &O, const MappingTable &T, const SchemaT
   std::map<std::string, std::string> ConsumedBy;
   // A stacked HF tensor read one expert at a time: every slice exactly once.
   std::map<std::string, std::pair<std::set<int64_t>, const PlannedTensor *>> SlicesRead;
+  // One read a row block at a time ('rows'): every block exactly once.
+  struct Blocks {
+    std::set<int64_t> Read;
+    int64_t Count = 0;
+    const PlannedTensor *By = nullptr;
+  };
+  std::map<std::string, Blocks> BlocksRead;
   std::vector<std::string> Missing;
   for (const PlannedTensor &PT : P.Tensors)
     for (size_t K = 0; K < PT.sources().size(); ++K) {
@@ -220,8 +227,10 @@ void checkAgainstHF(const ImportOptions &O, const MappingTable &T, const SchemaT
       const std::string &Src = C.Sources[K];
       if (C.SourceOptional[K] && !Ckpt.find(Src))
         continue; // an optional input this checkpoint does not have
-      int64_t Slice = C.SourceSlice[K];
-      std::string Read = Slice < 0 ? Src : Src + " (expert " + std::to_string(Slice) + ")";
+      int64_t Slice = C.SourceSlice[K], Block = C.SourceBlock[K];
+      std::string Read = Slice >= 0   ? Src + " (expert " + std::to_string(Slice) + ")"
+                         : Block >= 0 ? Src + " (row block " + std::to_string(Block) + ")"
+                                      : Src;
       auto [It, New] = ConsumedBy.emplace(Read, PT.LocalName);
       if (!New)
         throw Error(describe(PT.Rule->Loc) + ": error: HF tensor '" + Read + "' is read for both '" + It->second +
@@ -230,6 +239,12 @@ void checkAgainstHF(const ImportOptions &O, const MappingTable &T, const SchemaT
         auto &Entry = SlicesRead[Src];
         Entry.first.insert(Slice);
         Entry.second = &PT;
+      }
+      if (Block >= 0) {
+        auto &Entry = BlocksRead[Src];
+        Entry.Read.insert(Block);
+        Entry.Count = C.SourceBlocks[K];
+        Entry.By = &PT;
       }
       if (!Ckpt.find(Src)) {
         std::string Others;
@@ -251,6 +266,16 @@ void checkAgainstHF(const ImportOptions &O, const MappingTable &T, const SchemaT
                   std::to_string(Experts) + " experts on dim 0, but the mapping reads " +
                   std::to_string(Entry.first.size()) + " of them");
     ConsumedBy.emplace(Src, "(by expert)");
+  }
+  for (auto &[Src, Entry] : BlocksRead) {
+    if (auto Whole = ConsumedBy.find(Src); Whole != ConsumedBy.end())
+      throw Error(describe(Entry.By->Rule->Loc) + ": error: HF tensor '" + Src + "' is read whole for '" +
+                  Whole->second + "' and by row block for '" + Entry.By->LocalName + "'");
+    if (static_cast<int64_t>(Entry.Read.size()) != Entry.Count || *Entry.Read.rbegin() != Entry.Count - 1)
+      throw Error(describe(Entry.By->Rule->Loc) + ": error: HF tensor '" + Src + "' is cut into " +
+                  std::to_string(Entry.Count) + " row blocks, but the mapping reads " +
+                  std::to_string(Entry.Read.size()) + " of them");
+    ConsumedBy.emplace(Src, "(by row block)");
   }
   for (auto &[Copy, Of] : P.Ties) {
     const TensorView *C = Ckpt.find(Copy), *F = Ckpt.find(Of);
@@ -367,9 +392,36 @@ Summary importWith(const ImportOptions &O, const std::string &FromDir) {
 
   // -- the plan; the sources: an HF checkpoint, checked on both sides, or a
   // -- torch_dist checkpoint written by import (reshard) ---------------------------------
-  Plan P = expandPlan(T, S, Fields, /*UseTENames=*/true);
   std::unique_ptr<SafetensorsCheckpoint> HFCkpt;
   std::unique_ptr<TorchDistCheckpoint> From;
+  // Pass-through rules expand to what the source holds under their prefix:
+  // the HF checkpoint's tensors, or a torch_dist source's keys.
+  PassThroughLister Lister;
+  if (!Reshard) {
+    HFCkpt = std::make_unique<SafetensorsCheckpoint>(O.HFDir);
+    Lister.List = [&](const std::string &Prefix) {
+      std::vector<std::pair<std::string, std::vector<int64_t>>> Out;
+      for (const std::string &N : HFCkpt->names())
+        if (N.rfind(Prefix, 0) == 0)
+          Out.push_back({N, HFCkpt->find(N)->Shape});
+      return Out;
+    };
+  } else if (FromSide.value("checkpoint_format", "torch_dist") != "torch") {
+    From = std::make_unique<TorchDistCheckpoint>(FromIter);
+    Lister.BySource = false;
+    Lister.List = [&](const std::string &Prefix) {
+      std::vector<std::pair<std::string, std::vector<int64_t>>> Out;
+      for (const std::string &K : From->tensorKeys())
+        if (K.rfind(Prefix, 0) == 0)
+          Out.push_back({K, From->tensor(K).Shape});
+      return Out;
+    };
+  }
+  Plan P = expandPlan(T, S, Fields, /*UseTENames=*/true, Lister.List ? &Lister : nullptr);
+  for (const PlannedTensor &PT : P.Tensors)
+    if (PT.PassThrough && (Legacy || !Lister.List))
+      throw Error("error: mapping '" + std::string(T.Name) + "' keeps '" + PT.LocalName +
+                  "' as the HF module has it; the legacy per-rank format holds GPT models only: use torch_dist");
   std::unique_ptr<LegacyCheckpoint> LegacyFrom; // a legacy source's files
   std::unique_ptr<LegacyLayout> SourceLegacy;   // and where they keep each tensor
   if (Reshard && FromSide.value("checkpoint_format", "torch_dist") == "torch") {
@@ -417,8 +469,6 @@ Summary importWith(const ImportOptions &O, const std::string &FromDir) {
       M += nameList("tensor(s) no planned tensor accounts for", Unknown);
       throw Error(M);
     }
-  } else if (Reshard) {
-    From = std::make_unique<TorchDistCheckpoint>(FromIter);
   }
   if (SideFromHF && files::isDirectory(O.HFDir) &&
       (files::exists(files::join(O.HFDir, "model.safetensors")) ||
@@ -427,7 +477,6 @@ Summary importWith(const ImportOptions &O, const std::string &FromDir) {
     HFCkpt = std::make_unique<SafetensorsCheckpoint>(O.HFDir);
     chooseAlternatives(P, [&](const std::string &Name) { return HFCkpt->find(Name) != nullptr; });
   } else if (!Reshard) {
-    HFCkpt = std::make_unique<SafetensorsCheckpoint>(O.HFDir);
     chooseAlternatives(P, [&](const std::string &Name) { return HFCkpt->find(Name) != nullptr; });
     checkAgainstHF(O, T, S, Fields, P, *HFCkpt);
   }

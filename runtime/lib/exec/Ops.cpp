@@ -142,6 +142,24 @@ DType fromScalarType(at::ScalarType T) {
   throw Error(std::string("error: unsupported tensor type ") + c10::toString(T));
 }
 
+std::pair<int64_t, int64_t> rowBlock(const OpParams &P, const at::Tensor &X, const std::string &Where) {
+  std::vector<int64_t> Sizes = P.at("sizes").get<std::vector<int64_t>>();
+  int64_t Index = paramInt(P, "index", Where), Total = 0, Offset = 0;
+  for (size_t K = 0; K < Sizes.size(); ++K) {
+    if (Sizes[K] < 0)
+      fail(Where, "rows: block size " + std::to_string(Sizes[K]) + " is negative");
+    if (static_cast<int64_t>(K) < Index)
+      Offset += Sizes[K];
+    Total += Sizes[K];
+  }
+  if (Index < 0 || Index >= static_cast<int64_t>(Sizes.size()))
+    fail(Where, "rows: block " + std::to_string(Index) + " of " + P.at("sizes").dump() + " does not exist");
+  if (X.dim() < 1 || X.size(0) != Total)
+    fail(Where, "rows: the blocks " + P.at("sizes").dump() + " add up to " + std::to_string(Total) +
+                    " rows, but the tensor is " + shapeText(X.sizes()));
+  return {Offset, Sizes[static_cast<size_t>(Index)]};
+}
+
 at::Tensor forward(Op Kind, Transform Custom, const std::vector<at::Tensor> &In, const OpParams &P,
                    const OpConfig &Cfg, const std::string &Where) {
   switch (Kind) {
@@ -186,6 +204,12 @@ at::Tensor forward(Op Kind, Transform Custom, const std::vector<at::Tensor> &In,
     if (In[0].dim() < 1 || E < 0 || E >= In[0].size(0))
       fail(Where, "expert " + std::to_string(E) + " is outside " + shapeText(In[0].sizes()));
     return In[0].select(0, E);
+  }
+  case Op::RowBlock: {
+    // Block 'index' of consecutive row blocks of the given sizes, which
+    // must tile dim 0 (Mamba's in_proj: [z | x | B | C | dt]).
+    auto [Offset, Size] = rowBlock(P, In[0], Where);
+    return In[0].narrow(0, Offset, Size);
   }
   case Op::Transpose:
     if (In[0].dim() != 2)
@@ -336,7 +360,8 @@ std::vector<at::Tensor> inverse(Op Kind, Transform Custom, const at::Tensor &Out
       fail(Where, "cannot undo 'cast': the source dtype is unknown");
     return {Out.to(toScalarType(InputTypes[0]))};
   case Op::SelectExpert:
-    fail(Where, "export of experts taken from a stacked HF tensor is not implemented yet");
+  case Op::RowBlock:
+    fail(Where, "internal: a slice of an HF tensor is put back by export, not inverted");
   case Op::DequantFP8Block:
   case Op::DequantFP8Tensor:
   case Op::DequantMXFP4:

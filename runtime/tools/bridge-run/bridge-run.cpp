@@ -14,6 +14,7 @@
 #include "bridge/Layout.h"
 #include "bridge/ProcessGroup.h"
 #include "bridge/Registry.h"
+#include "bridge/Safetensors.h"
 #include "bridge/StrictJson.h"
 
 #include <algorithm>
@@ -318,7 +319,24 @@ int cmdPlan(const Options &O) {
       M += "\n  " + Pr;
     throw Error(M);
   }
-  Plan P = expandPlan(T, schema(), Fields, !O.LocalNames);
+  // With the checkpoint at hand, pass-through rules (a VLM's vision tower)
+  // list what it holds under their prefix; from config.json alone each is
+  // one row, its pattern.
+  std::unique_ptr<SafetensorsCheckpoint> HFCkpt;
+  struct stat St;
+  if (stat(O.HF.c_str(), &St) == 0 && S_ISDIR(St.st_mode) &&
+      (stat((O.HF + "/model.safetensors").c_str(), &St) == 0 ||
+       stat((O.HF + "/model.safetensors.index.json").c_str(), &St) == 0))
+    HFCkpt = std::make_unique<SafetensorsCheckpoint>(O.HF);
+  PassThroughLister Lister;
+  Lister.List = [&](const std::string &Prefix) {
+    std::vector<std::pair<std::string, std::vector<int64_t>>> Out;
+    for (const std::string &N : HFCkpt->names())
+      if (N.rfind(Prefix, 0) == 0)
+        Out.push_back({N, HFCkpt->find(N)->Shape});
+    return Out;
+  };
+  Plan P = expandPlan(T, schema(), Fields, !O.LocalNames, HFCkpt ? &Lister : nullptr);
   // Where each tensor lives: its pipeline stage (layers; embedding first,
   // final norm and output layer last) and each TP/ETP rank's slice, and
   // the bytes every rank holds (params_dtype, as training keeps them).
@@ -333,9 +351,13 @@ int cmdPlan(const Options &O) {
     for (size_t C = 0; C < PT.Param->Captures.Size; ++C)
       if (std::string(PT.Param->Captures[C]) == LayerVar)
         return pipelineStage(O.Par, NumLayers, PT.Captures[C]);
-    if (PT.LocalName.rfind("embedding", 0) == 0)
-      return 0;
-    return O.Par.PP - 1; // final norm, output layer, MTP
+    // The final norm, output layer and MTP on the last stage; the embedding
+    // and what feeds it (a VLM's vision tower and projector) on the first.
+    const std::string &N = PT.LocalName;
+    if (N.find("final_layernorm") != std::string::npos || N.find("output_layer") != std::string::npos ||
+        N.rfind("mtp.", 0) == 0)
+      return O.Par.PP - 1;
+    return 0;
   };
   auto ExpertRank = [&](const PlannedTensor &PT) -> int {
     for (size_t C = 0; C < PT.Param->Captures.Size; ++C)
@@ -399,6 +421,8 @@ int cmdPlan(const Options &O) {
                                 {"sources", PT.sources()},
                                 {"optional_sources", PT.chain().SourceOptional},
                                 {"source_slices", PT.chain().SourceSlice},
+                                {"source_blocks", PT.chain().SourceBlock},
+                                {"source_block_counts", PT.chain().SourceBlocks},
                                 {"alternatives", Alternatives}});
     }
     Out["ranks"] = Json::array();
@@ -434,7 +458,8 @@ int cmdPlan(const Options &O) {
       Slice = (PT.ParallelStyle == Style::Gated ? std::string("gate+up") : "dim" + std::to_string(Dim)) + " /" +
               std::to_string(T);
     }
-    std::printf("%-62s %-16s %-10s %-5d %-14s %s\n", PT.Name.c_str(), shapeText(PT.Shape).c_str(),
+    std::printf("%-62s %-16s %-10s %-5d %-14s %s\n", PT.Name.c_str(),
+                PT.PassThrough && PT.Shape.empty() ? "[as stored]" : shapeText(PT.Shape).c_str(),
                 styleName(PT.ParallelStyle), StageOf(PT), Slice.c_str(), Recipe.c_str());
   }
   std::printf("\nbytes each rank holds (%zu-byte params):\n", Elem);

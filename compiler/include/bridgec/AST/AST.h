@@ -210,6 +210,9 @@ struct ParamDecl {
   SMRange Range;
   Pattern Local;
   std::vector<ExprP> Shape;
+  /// '[..]': a pass-through parameter ('prefix.**') takes each tensor's
+  /// shape from the checkpoint.
+  bool ShapeFromCheckpoint = false;
   std::string Style;
   SMRange StyleRange;
   bool HasTE = false;

@@ -20,6 +20,11 @@ namespace bridgec::model {
 
 using llvm::SMRange;
 
+/// A pass-through name ('visual.**'): every tensor under the prefix.
+inline bool isGlob(const std::string &Name) {
+  return Name.size() >= 3 && Name.compare(Name.size() - 3, 3, ".**") == 0;
+}
+
 struct Type {
   bridge::ValueKind Kind = bridge::ValueKind::Any;
   bool Optional = false;
