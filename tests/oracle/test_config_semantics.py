@@ -22,6 +22,8 @@ def _expected(ckpt: tiny_models.TinyCheckpoint) -> dict:
     import transformers
 
     full = transformers.AutoConfig.from_pretrained(ckpt.path)
+    if full.model_type == "nemotron_h":
+        return _expected_nemotron_h(full, ckpt.tensors)
     # A VLM: its language model's config is the text section; its layers
     # are wherever transformers saved the decoder ('language_model.model.').
     cfg = full.get_text_config()
@@ -133,6 +135,43 @@ def _expected(ckpt: tiny_models.TinyCheckpoint) -> dict:
         # gpt-oss: gate * sigmoid(alpha * gate) * (up + 1), both clamped.
         exp.update(activation_func="quick_gelu" if cfg.swiglu_alpha == 1.702 else "?", glu_linear_offset=1.0,
                    activation_func_clamp_value=cfg.swiglu_limit, add_qkv_bias=True)
+    return exp
+
+
+def _expected_nemotron_h(cfg, keys: dict) -> dict:
+    """A hybrid Mamba model (Megatron-Core MambaModel), from transformers'
+    NemotronHConfig and the tensors its model wrote."""
+    layer0 = "backbone.layers.0.mixer."
+    heads, head_dim, groups, state = cfg.mamba_num_heads, cfg.mamba_head_dim, cfg.n_groups, cfg.ssm_state_size
+    # The Mamba mixer HF wrote: in_proj [z | x | B | C | dt], conv1d [x | B | C].
+    assert keys[layer0 + "in_proj.weight"][0] == 2 * heads * head_dim + 2 * groups * state + heads
+    assert keys[layer0 + "conv1d.weight"] == (heads * head_dim + 2 * groups * state, 1, cfg.conv_kernel)
+    attn = next(k for k in keys if k.endswith("mixer.q_proj.weight"))
+    exp = dict(
+        hybrid_override_pattern=cfg.hybrid_override_pattern, num_layers=cfg.num_hidden_layers,
+        hidden_size=cfg.hidden_size, ffn_hidden_size=cfg.intermediate_size,
+        num_attention_heads=cfg.num_attention_heads, num_query_groups=cfg.num_key_value_heads,
+        kv_channels=keys[attn][0] // cfg.num_attention_heads, vocab_size=cfg.vocab_size,
+        layernorm_epsilon=cfg.layer_norm_epsilon, activation_func="squared_relu", gated_linear_unit=False,
+        position_embedding_type="none", normalization="RMSNorm",
+        share_embeddings_and_output_weights=bool(cfg.tie_word_embeddings),
+        add_qkv_bias=attn.replace("weight", "bias") in keys, add_bias_linear=False,
+        mamba_num_heads=heads, mamba_head_dim=head_dim, mamba_num_groups=groups, mamba_state_dim=state,
+        is_hybrid_model=True,
+    )
+    if "E" in cfg.hybrid_override_pattern:
+        # Megatron-Bridge's Nemotron-H MoE: sigmoid scores, expert bias for the
+        # choice, renormalized top-k scaled by routed_scaling_factor.
+        gate = next(k for k in keys if k.endswith("mixer.gate.weight"))
+        assert keys[gate][0] == cfg.n_routed_experts
+        exp.update(num_moe_experts=cfg.n_routed_experts, moe_router_topk=cfg.num_experts_per_tok,
+                   moe_ffn_hidden_size=cfg.moe_intermediate_size,
+                   moe_shared_expert_intermediate_size=cfg.moe_shared_expert_intermediate_size,
+                   moe_router_score_function="sigmoid", moe_router_enable_expert_bias=True,
+                   moe_router_topk_scaling_factor=cfg.routed_scaling_factor, moe_router_num_groups=cfg.n_group,
+                   moe_router_group_topk=cfg.topk_group)
+    else:
+        exp["num_moe_experts"] = None
     return exp
 
 

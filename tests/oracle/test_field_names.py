@@ -73,6 +73,9 @@ ALLOWED = {
     "vision_start_token_id": "Qwen25VLModelProvider.vision_start_token_id / Gemma3VLModelProvider",
     "vision_end_token_id": "Qwen25VLModelProvider.vision_end_token_id / Gemma3VLModelProvider",
     "mm_tokens_per_image": "Gemma3VLModelProvider.mm_tokens_per_image",
+    # MambaModel.__init__(hybrid_override_pattern=...) in megatron-core 0.16.1
+    # (MambaModelProvider.hybrid_override_pattern in Megatron-Bridge).
+    "hybrid_override_pattern": "MambaModel.__init__ hybrid_override_pattern",
 }
 
 _FIELD_RE = re.compile(

@@ -91,14 +91,21 @@ def test_plan_consumes_every_hf_tensor_exactly_once(
 
     uses = Counter()
     sliced = {}  # stacked HF tensor read through 'expert' -> expert indices read
+    blocks = {}  # HF tensor read through 'rows' -> (block indices read, block count)
     for t in plan["tensors"]:
-        for src, piece in zip(t["sources"], t["source_slices"]):
-            if piece < 0:
-                uses[src] += 1
-            else:
+        for src, piece, block, count in zip(t["sources"], t["source_slices"], t["source_blocks"],
+                                            t["source_block_counts"]):
+            if piece >= 0:
                 sliced.setdefault(src, []).append(piece)
+            elif block >= 0:
+                blocks.setdefault(src, ([], count))[0].append(block)
+            else:
+                uses[src] += 1
     for src, pieces in sliced.items():
         assert sorted(pieces) == list(range(ckpt.tensors[src][0])), f"{src}: experts read {sorted(pieces)}"
+        uses[src] += 1
+    for src, (read, count) in blocks.items():
+        assert sorted(read) == list(range(count)), f"{src}: row blocks read {sorted(read)} of {count}"
         uses[src] += 1
     uses.update(tie["copy"] for tie in plan["ties"])
     uses.update(plan["ignored"])
@@ -137,6 +144,15 @@ def test_plan_shapes_compose_from_hf_shapes(
     kv_rows = meg["num_query_groups"] * meg["kv_channels"]
 
     errors = []
+    # Row blocks ('rows') of one HF tensor must add up to its rows.
+    block_rows: dict = {}
+    for t in plan["tensors"]:
+        for src, block in zip(t["sources"], t["source_blocks"]):
+            if block >= 0 and src in ckpt.tensors:
+                block_rows.setdefault(src, []).append(tuple(t["shape"]))
+    for src, shapes in block_rows.items():
+        if sum(s[0] for s in shapes) != ckpt.tensors[src][0] or any(s[1:] != ckpt.tensors[src][1:] for s in shapes):
+            errors.append(f"row blocks {shapes} do not tile {src} {ckpt.tensors[src]}")
     for t in plan["tensors"]:
         shape = tuple(t["shape"])
         # An optional input (an FP8 scale) absent here: its op passes the
@@ -179,6 +195,8 @@ def test_plan_shapes_compose_from_hf_shapes(
             # HF-fused [gate; up]: the same rows, regrouped per TP rank.
             if src[0] != shape or shape[0] % 2:
                 errors.append(f"gate_up rows differ or are odd: {where}")
+        elif op == "rows":
+            pass  # checked above, all blocks of a tensor together
         elif op in ("expert", "transpose", "gate_up_interleaved"):
             got = _nested_shape(t["recipe"], ckpt.tensors)
             if got != shape:

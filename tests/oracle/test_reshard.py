@@ -44,7 +44,8 @@ def _fits(ckpt, layout: dict) -> bool:
     tp, pp, ep = layout.get("tp", 1), layout.get("pp", 1), layout.get("ep", 1)
     kv = cfg.get("num_key_value_heads") or cfg["num_attention_heads"]
     experts = cfg.get("num_experts") or cfg.get("num_local_experts") or cfg.get("n_routed_experts") or 1
-    return (cfg["num_attention_heads"] % tp == 0 and kv % tp == 0 and cfg["num_hidden_layers"] % pp == 0
+    layers = cfg.get("num_hidden_layers") or len(cfg.get("layers_block_type") or [])
+    return (cfg["num_attention_heads"] % tp == 0 and kv % tp == 0 and layers % pp == 0
             and experts % ep == 0)
 
 
@@ -55,6 +56,8 @@ CHAINS = [
     ("mixtral-8x7b", [{"tp": 2, "ep": 2, "etp": 2}, {"tp": 1}, {"ep": 4}]),
     # A vision tower kept as HF has it travels through every layout unchanged.
     ("qwen2.5-vl-7b", [{"tp": 2}, {"pp": 2}, {"tp": 1}]),
+    # Mamba in_proj and conv1d parts, each cut over TP on its own; MoE layers.
+    ("nemotron-3-nano", [{"tp": 2}, {"tp": 2, "ep": 2}, {"pp": 2}, {"tp": 1}]),
     ("deepseek-v3", [{"tp": 1}, {"tp": 2}, {"tp": 4}, {"tp": 2, "ep": 2}, {"pp": 2}, {"tp": 1}]),
 ]
 

@@ -249,6 +249,36 @@ FAMILIES += [
     ),
 ]
 
+# Hybrid Mamba models (Megatron-Core MambaModel): the layers up to one of
+# each kind the published model has.
+FAMILIES += [
+    Family(
+        "nemotron-h-56b",
+        "nemotron_h",
+        "nemotron_h",
+        "nvidia__Nemotron-H-56B-Base-8K.json",
+        "hybrid Mamba-2 / attention / squared-ReLU MLP layers (M-M-M-M*), Mamba in_proj [z|x|B|C|dt] and conv1d "
+        "[x|B|C] read as row blocks, no rotary positions, one norm per layer",
+        traits={"layers_block_type": ["linear_attention", "mlp", "linear_attention", "full_attention"],
+                "mamba_num_heads": 256, "tie_word_embeddings": False},
+        # The file spells the head size attention_head_dim, which transformers
+        # 5 does not read (its head_dim defaults to 128, the 56B's): say both.
+        tiny={"head_dim": TINY_HEAD_DIM},
+    ),
+    Family(
+        "nemotron-3-nano",
+        "nemotron_h",
+        "nemotron_h",
+        "nvidia__NVIDIA-Nemotron-3-Nano-30B-A3B-BF16.json",
+        "hybrid Mamba-2 / attention / MoE layers (MEMEM*), sigmoid router with expert bias and a shared "
+        "expert, per-expert HF tensors",
+        traits={"layers_block_type": ["linear_attention", "moe", "linear_attention", "full_attention"],
+                "mamba_num_heads": 64, "n_routed_experts": 128, "num_experts_per_tok": 6,
+                "moe_intermediate_size": 1856, "moe_shared_expert_intermediate_size": 3712,
+                "routed_scaling_factor": 2.5, "tie_word_embeddings": False},
+    ),
+]
+
 # Vision-language models: the language model as above, a two-layer vision
 # tower and its projector, all tiny. A 56-pixel image of 14-pixel patches is
 # 4x4 patches.
@@ -349,6 +379,23 @@ def _shrink(d: dict) -> dict:
     # transformers builds no multi-token-prediction layers.
     if "num_nextn_predict_layers" in d:
         d["num_nextn_predict_layers"] = 0
+    # Hybrid models (Nemotron-H): the shortest prefix of the layer pattern
+    # that has every kind of layer the model has, tiny Mamba mixers.
+    for key in ("hybrid_override_pattern", "layers_block_type"):
+        kinds = d.get(key)
+        if isinstance(kinds, (str, list)) and kinds:
+            n = next(i for i in range(1, len(kinds) + 1) if set(kinds[:i]) == set(kinds))
+            d[key] = kinds[:n]
+            if "num_hidden_layers" in d:
+                d["num_hidden_layers"] = n
+    if "mamba_num_heads" in d:
+        d.update(mamba_num_heads=8, mamba_head_dim=16, n_groups=2, ssm_state_size=16)
+        if "chunk_size" in d:
+            d["chunk_size"] = 8
+    if d.get("attention_head_dim") is not None:
+        d["attention_head_dim"] = TINY_HEAD_DIM
+    if d.get("moe_shared_expert_intermediate_size") is not None:
+        d["moe_shared_expert_intermediate_size"] = 2 * TINY_MOE_INTERMEDIATE
     # Multimodal rotary sections (Qwen2.5-VL) split half the head dim: keep
     # their proportions at the tiny head dim.
     for key in ("rope_scaling", "rope_parameters"):

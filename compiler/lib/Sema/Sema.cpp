@@ -129,7 +129,7 @@ const BuiltinInfo Builtins[] = {
     {"max", 2, 8, "max(a, b, ...)"},
     {"len", 1, 1, "len(list or string)"},
     {"at", 2, 2, "at(list, i): item i of a list"},
-    {"count", 2, 2, "count(list, value): how many items equal value"},
+    {"count", 2, 2, "count(list or string, value): how many items (characters) equal value"},
     {"repeat", 2, 2, "repeat(value, n): a list of n copies"},
     {"indicator", 2, 2, "indicator(list, value): 1 where an item equals value, else 0"},
     {"labels", 3, 3, "labels(flags, if_zero, if_one): each 0/1 flag replaced by a value"},
@@ -436,7 +436,7 @@ public:
     // Argument kinds: 'n' number, 'i' int, 'l' list, 's' list or string, '*' anything.
     static const std::pair<const char *, const char *> Kinds[] = {
         {"min", "n"}, {"max", "n"}, {"len", "s"}, {"repeat", "*i"}, {"int", "n"}, {"float", "n"},
-        {"is_moe_layer", "i"}, {"at", "li"}, {"count", "l*"}, {"has", "*"},
+        {"is_moe_layer", "i"}, {"at", "li"}, {"count", "s*"}, {"has", "*"},
         {"indicator", "l*"}, {"labels", "l*"}, {"hybrid_layer", "i"}, {"to_pattern", "lll"},
         {"from_pattern", "sll"}};
     for (auto &[Fn, Spec] : Kinds) {
@@ -1491,16 +1491,29 @@ std::unique_ptr<model::MappingSet> Compilation::analyze() {
       SMRange Loc;
       // Alternatives of one rule may read the same tensor: one is taken.
       int Rule = -1, Alternative = -1;
+      // Read through 'rows': the block taken ('index = ...' as written);
+      // rules may share a tensor by taking different blocks of it.
+      std::string Block;
     };
     std::vector<Claim> Claims;
     for (size_t R = 0; R < MB.Tensors.size(); ++R) {
       auto &T = MB.Tensors[R];
       std::map<std::string, std::string> Rn;
       std::string G = guardOf(T.Loops, T.When, Rn);
-      for (size_t A = 0; A < T.Alternatives.size(); ++A)
-        for (auto &N : T.Alternatives[A])
-          if (N.IsSource)
-            Claims.push_back({N.Source, G, N.Loc, static_cast<int>(R), static_cast<int>(A)});
+      for (size_t A = 0; A < T.Alternatives.size(); ++A) {
+        const auto &Nodes = T.Alternatives[A];
+        for (size_t K = 0; K < Nodes.size(); ++K) {
+          if (!Nodes[K].IsSource)
+            continue;
+          Claim C{Nodes[K].Source, G, Nodes[K].Loc, static_cast<int>(R), static_cast<int>(A)};
+          // Postfix order puts a one-input op right after its source.
+          if (K + 1 < Nodes.size() && !Nodes[K + 1].IsSource && Nodes[K + 1].Kind == bridge::Op::RowBlock)
+            for (auto &[Name, Value] : Nodes[K + 1].Params)
+              if (Name == "index" && Value)
+                C.Block = ast::print(*Value, &Rn);
+          Claims.push_back(std::move(C));
+        }
+      }
     }
     for (auto &I : MB.Ignores) {
       std::map<std::string, std::string> Rn;
@@ -1514,7 +1527,8 @@ std::unique_ptr<model::MappingSet> Compilation::analyze() {
       for (size_t J = 0; J < I; ++J)
         if (Claims[I].Guard == Claims[J].Guard && unifiable(Claims[I].Pat, Claims[J].Pat) &&
             !(Claims[I].Rule >= 0 && Claims[I].Rule == Claims[J].Rule &&
-              Claims[I].Alternative != Claims[J].Alternative)) {
+              Claims[I].Alternative != Claims[J].Alternative) &&
+            !(!Claims[I].Block.empty() && !Claims[J].Block.empty() && Claims[I].Block != Claims[J].Block)) {
           Diags.emit(DiagId::SourceClaimedTwice, Claims[I].Pat.Loc.isValid() ? Claims[I].Pat.Loc : Claims[I].Loc,
                      Claims[I].Pat.str());
           Diags.note(DiagId::NoteOtherRuleHere, Claims[J].Pat.Loc.isValid() ? Claims[J].Pat.Loc : Claims[J].Loc);

@@ -14,9 +14,52 @@
 
 namespace bridge {
 
+/// Python's json module writes the floats JSON has no literal for as bare
+/// NaN, Infinity and -Infinity, and transformers saves config.json with it
+/// (Nemotron-H's time_step_limit is [0.0, Infinity]). Outside strings they
+/// become the strings "NaN", "Infinity", "-Infinity": readable, and an error
+/// wherever a rule expects a number.
+inline std::string quotePythonFloatLiterals(const std::string &Text) {
+  std::string Out;
+  Out.reserve(Text.size());
+  bool InString = false;
+  for (size_t I = 0; I < Text.size(); ++I) {
+    char C = Text[I];
+    if (InString) {
+      Out += C;
+      if (C == '\\' && I + 1 < Text.size())
+        Out += Text[++I];
+      else if (C == '"')
+        InString = false;
+      continue;
+    }
+    if (C == '"') {
+      InString = true;
+      Out += C;
+      continue;
+    }
+    bool Matched = false;
+    for (const char *Word : {"-Infinity", "Infinity", "NaN"}) {
+      size_t N = std::char_traits<char>::length(Word);
+      if (Text.compare(I, N, Word) == 0) {
+        Out += '"';
+        Out += Word;
+        Out += '"';
+        I += N - 1;
+        Matched = true;
+        break;
+      }
+    }
+    if (!Matched)
+      Out += C;
+  }
+  return Out;
+}
+
 /// Parses \p Text as JsonT (nlohmann::json or ordered_json); the first key
 /// any object names twice is put in \p Duplicate (empty when none). Throws
-/// what JsonT::parse throws on malformed text.
+/// what JsonT::parse throws on malformed text. Python's NaN and Infinity
+/// literals are read as strings (quotePythonFloatLiterals).
 template <class JsonT> JsonT parseJsonNoDuplicates(const std::string &Text, std::string &Duplicate) {
   std::vector<std::set<std::string>> Keys;
   Duplicate.clear();
@@ -30,7 +73,7 @@ template <class JsonT> JsonT parseJsonNoDuplicates(const std::string &Text, std:
       Duplicate = Parsed.template get<std::string>();
     return true;
   };
-  return JsonT::parse(Text, Callback);
+  return JsonT::parse(quotePythonFloatLiterals(Text), Callback);
 }
 
 } // namespace bridge

@@ -137,8 +137,14 @@ Json callBuiltin(const std::string &Name, std::vector<Json> &Args, const EvalEnv
     return Args[0][I];
   }
   if (Name == "count") {
+    if (Args[0].is_string()) { // the characters of a string equal to a one-character string
+      int64_t N = 0;
+      for (char C : Args[0].get<std::string>())
+        N += equalValues(Json(std::string(1, C)), Args[1]) ? 1 : 0;
+      return N;
+    }
     if (!Args[0].is_array())
-      fail(Where, E, "count() needs a list, not " + show(Args[0]));
+      fail(Where, E, "count() needs a list or a string, not " + show(Args[0]));
     int64_t N = 0;
     for (auto &X : Args[0])
       N += equalValues(X, Args[1]) ? 1 : 0;

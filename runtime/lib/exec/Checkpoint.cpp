@@ -54,6 +54,10 @@ const MappingTable &mappingFor(const Json &HF) {
 }
 
 bool layersStacked(const SchemaTable &S, const std::vector<Json> &Fields) {
+  // A hybrid model's MambaStack keys every layer by its global index.
+  for (uint32_t I = 0; I < S.Fields.Size; ++I)
+    if (std::string(S.Fields[I].Name) == "hybrid_override_pattern" && !Fields[I].is_null())
+      return false;
   auto F = fieldGetter(S, Fields);
   if (F("num_moe_experts") < 0)
     return true;
@@ -145,13 +149,14 @@ std::vector<DistKey> groupByKey(const Plan &P, const SchemaTable &S, const std::
   return Keys;
 }
 
-std::vector<std::string> extraStateKeys(const DistKey &K) {
+std::vector<std::string> extraStateKeys(const DistKey &K, bool HybridModel) {
   size_t Dot = K.Key.rfind('.');
   if (Dot == std::string::npos)
     return {};
   std::string Module = K.Key.substr(0, Dot);
-  // GPTModel requests none for the embedding and drops the output layer's.
-  if (Module.rfind("embedding", 0) == 0 || Module == "output_layer")
+  // None for the embedding; GPTModel drops the output layer's, MambaModel
+  // (a hybrid model) keeps it.
+  if (Module.rfind("embedding", 0) == 0 || (Module == "output_layer" && !HybridModel))
     return {};
   // One object per slice of the leading axes: 'shard_<l>.<e>_<L>.<E>'.
   std::vector<std::string> Out;

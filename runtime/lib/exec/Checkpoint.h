@@ -60,7 +60,7 @@ private:
 bool layersStacked(const SchemaTable &S, const std::vector<Json> &Fields);
 std::vector<DistKey> groupByKey(const Plan &P, const SchemaTable &S, const std::vector<Json> &Fields,
                                 bool LocalSpec = false);
-std::vector<std::string> extraStateKeys(const DistKey &K);
+std::vector<std::string> extraStateKeys(const DistKey &K, bool HybridModel);
 void copyTokenizerFiles(const std::string &From, const std::string &To);
 
 } // namespace bridge

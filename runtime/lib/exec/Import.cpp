@@ -392,6 +392,10 @@ Summary importWith(const ImportOptions &O, const std::string &FromDir) {
 
   // -- the plan; the sources: an HF checkpoint, checked on both sides, or a
   // -- torch_dist checkpoint written by import (reshard) ---------------------------------
+  // A hybrid model is Megatron-Core's MambaModel, not GPTModel.
+  bool Hybrid = false;
+  for (uint32_t I = 0; I < S.Fields.Size; ++I)
+    Hybrid |= std::string(S.Fields[I].Name) == "is_hybrid_model" && Fields[I] == true;
   std::unique_ptr<SafetensorsCheckpoint> HFCkpt;
   std::unique_ptr<TorchDistCheckpoint> From;
   // Pass-through rules expand to what the source holds under their prefix:
@@ -615,7 +619,7 @@ Summary importWith(const ImportOptions &O, const std::string &FromDir) {
         for (const JournaledRecord *R : Mine)
           Sum.ResumedBytes += R->Length;
         if (It.Member + 1 == K.Members.size()) {
-          for (const std::string &E : extraStateKeys(K)) {
+          for (const std::string &E : extraStateKeys(K, Hybrid)) {
             if (!ExtraStates.insert(E).second)
               continue;
             if (auto Obj = Object.find(E); Obj != Object.end())
@@ -922,7 +926,7 @@ Summary importWith(const ImportOptions &O, const std::string &FromDir) {
         ++Sum.TensorsWritten;
         Bar.step(C.BytesRead);
         if (!Legacy && Layer + 1 == K.Members.size())
-          for (const std::string &E : extraStateKeys(K))
+          for (const std::string &E : extraStateKeys(K, Hybrid))
             if (ExtraStates.insert(E).second)
               W->addBytes(E, universalExtraStateRecord());
         std::lock_guard<std::mutex> G(Lock);

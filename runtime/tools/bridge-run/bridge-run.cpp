@@ -354,7 +354,7 @@ int cmdPlan(const Options &O) {
     // The final norm, output layer and MTP on the last stage; the embedding
     // and what feeds it (a VLM's vision tower and projector) on the first.
     const std::string &N = PT.LocalName;
-    if (N.find("final_layernorm") != std::string::npos || N.find("output_layer") != std::string::npos ||
+    if (N.find("decoder.final_") != std::string::npos || N.find("output_layer") != std::string::npos ||
         N.rfind("mtp.", 0) == 0)
       return O.Par.PP - 1;
     return 0;
