@@ -176,3 +176,17 @@ def test_legacy_format_refusals(bridge_run, tiny_checkpoints, tmp_path):
              "--format", "torch", "--vpp", "2")
     assert r.returncode == 1 and "without virtual pipeline stages" in r.stderr, r.stderr
     assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize("family_id,why", [
+    ("nemotron-3-nano", "is a hybrid Mamba model (MambaModel); the legacy per-rank format is written for GPT models"),
+    ("qwen2.5-vl-7b", "as the HF module has it; the legacy per-rank format holds GPT models only"),
+])
+def test_legacy_format_refuses_models_other_than_gpt(bridge_run, tiny_checkpoints, tmp_path, family_id, why):
+    """A VLM's kept vision tower and a hybrid model's Mamba parts have no
+    place in Megatron-LM's per-rank GPT files: refused before anything is
+    written."""
+    r = _run(bridge_run, "import", "--hf", str(tiny_checkpoints(family_id).path), "--out", str(tmp_path / "mg"),
+             "--format", "torch")
+    assert r.returncode == 1 and why in r.stderr, r.stderr
+    assert not (tmp_path / "mg").exists()

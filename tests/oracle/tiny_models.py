@@ -259,7 +259,7 @@ FAMILIES += [
         "nvidia__Nemotron-H-56B-Base-8K.json",
         "hybrid Mamba-2 / attention / squared-ReLU MLP layers (M-M-M-M*), Mamba in_proj [z|x|B|C|dt] and conv1d "
         "[x|B|C] read as row blocks, no rotary positions, one norm per layer",
-        traits={"layers_block_type": ["linear_attention", "mlp", "linear_attention", "full_attention"],
+        traits={"layers_block_type": ["linear_attention", "mlp"] * 3 + ["linear_attention", "full_attention"],
                 "mamba_num_heads": 256, "tie_word_embeddings": False},
         # The file spells the head size attention_head_dim, which transformers
         # 5 does not read (its head_dim defaults to 128, the 56B's): say both.
@@ -272,7 +272,7 @@ FAMILIES += [
         "nvidia__NVIDIA-Nemotron-3-Nano-30B-A3B-BF16.json",
         "hybrid Mamba-2 / attention / MoE layers (MEMEM*), sigmoid router with expert bias and a shared "
         "expert, per-expert HF tensors",
-        traits={"layers_block_type": ["linear_attention", "moe", "linear_attention", "full_attention"],
+        traits={"layers_block_type": ["linear_attention", "moe"] * 2 + ["linear_attention", "full_attention"],
                 "mamba_num_heads": 64, "n_routed_experts": 128, "num_experts_per_tok": 6,
                 "moe_intermediate_size": 1856, "moe_shared_expert_intermediate_size": 3712,
                 "routed_scaling_factor": 2.5, "tie_word_embeddings": False},
@@ -291,7 +291,9 @@ FAMILIES += [
         "VLM: Qwen2 decoder under language_model., multimodal rotary sections (mrope), the HF vision tower "
         "(visual.**: window-attention ViT, patch merger) kept as it is; flat published config, nested "
         "text_config when saved by transformers 5",
-        traits={"tie_word_embeddings": False},
+        traits={"tie_word_embeddings": False,
+                "text_config": {"rope_parameters": {"rope_type": "default", "mrope_section": [16, 24, 24],
+                                                    "rope_theta": 1000000.0}}},
         tiny={"vision_config": {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2,
                                 "out_hidden_size": TINY_HIDDEN, "fullatt_block_indexes": [1],
                                 "window_size": 56}},

@@ -422,6 +422,13 @@ Summary importWith(const ImportOptions &O, const std::string &FromDir) {
     };
   }
   Plan P = expandPlan(T, S, Fields, /*UseTENames=*/true, Lister.List ? &Lister : nullptr);
+  // Megatron-LM's legacy files hold each rank's module parameters; a hybrid
+  // model's Mamba in_proj and conv1d are stored here in parts that a rank
+  // holds interleaved, which this writer does not put together.
+  if (Legacy && Hybrid)
+    throw Error("error: mapping '" + std::string(T.Name) +
+                "' is a hybrid Mamba model (MambaModel); the legacy per-rank format is written for GPT models only: "
+                "use torch_dist");
   for (const PlannedTensor &PT : P.Tensors)
     if (PT.PassThrough && (Legacy || !Lister.List))
       throw Error("error: mapping '" + std::string(T.Name) + "' keeps '" + PT.LocalName +

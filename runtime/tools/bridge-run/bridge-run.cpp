@@ -381,7 +381,7 @@ int cmdPlan(const Options &O) {
           continue;
         uint64_t Bytes = 0;
         for (auto &[R, C] : Mine) {
-          if (R >= 0 && R != TPR % T)
+          if ((R >= 0 && R != TPR % T) || (PT.PassThrough && PT.Shape.empty()))
             continue;
           uint64_t N = Elem;
           for (int64_t D : C.Sizes)
@@ -393,6 +393,8 @@ int cmdPlan(const Options &O) {
   }
   int64_t Elements = 0;
   for (auto &PT : P.Tensors) {
+    if (PT.PassThrough && PT.Shape.empty())
+      continue; // a kept module from config.json alone: its size is the checkpoint's
     int64_t N = 1;
     for (int64_t D : PT.Shape)
       N *= D;
@@ -474,6 +476,10 @@ int cmdPlan(const Options &O) {
     std::printf("tied: %s duplicates %s when present\n", Copy.c_str(), Of.c_str());
   std::printf("\n%zu Megatron tensors, %lld parameters; every tensor the schema requires is produced once\n",
               P.Tensors.size(), static_cast<long long>(Elements));
+  for (const PlannedTensor &PT : P.Tensors)
+    if (PT.PassThrough && PT.Shape.empty())
+      std::printf("kept as stored, not counted above (plan the checkpoint directory to list them): %s <- %s\n",
+                  PT.Name.c_str(), PT.recipe().c_str());
   return 0;
 }
 
