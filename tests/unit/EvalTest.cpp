@@ -7,6 +7,7 @@
 //===----------------------------------------------------------------------===//
 #include "bridge/Config.h"
 #include "bridge/Registry.h"
+#include "bridge/StrictJson.h"
 
 #include <doctest/doctest.h>
 
@@ -162,4 +163,83 @@ TEST_CASE("plan: qwen2 has qkv biases with the interleaved global shape") {
       CHECK(PT.sources().size() == 3);
     }
   CHECK(Biases == 2);
+}
+
+TEST_CASE("config.json: Python's NaN and Infinity literals read as strings, strings left alone") {
+  std::string Duplicate;
+  Json J = parseJsonNoDuplicates<Json>(
+      R"({"time_step_limit": [0.0, Infinity], "a": -Infinity, "b": NaN, "s": "Infinity \" NaN", "n": 1})",
+      Duplicate);
+  CHECK(J["time_step_limit"][1] == "Infinity");
+  CHECK(J["a"] == "-Infinity");
+  CHECK(J["b"] == "NaN");
+  CHECK(J["s"] == "Infinity \" NaN");
+  CHECK(J["n"] == 1);
+  CHECK_THROWS(parseJsonNoDuplicates<Json>("{\"x\": Inf}", Duplicate));
+}
+
+TEST_CASE("nemotron_h: layers_block_type becomes hybrid_override_pattern and comes back") {
+  Json HF = Json::parse(R"({
+    "architectures": ["NemotronHForCausalLM"], "model_type": "nemotron_h",
+    "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 2,
+    "head_dim": 16, "vocab_size": 256, "max_position_embeddings": 128, "layer_norm_epsilon": 1e-05,
+    "mamba_num_heads": 8, "mamba_head_dim": 16, "n_groups": 2, "ssm_state_size": 16,
+    "layers_block_type": ["linear_attention", "moe", "full_attention", "mlp"],
+    "n_routed_experts": 4, "moe_intermediate_size": 32, "moe_shared_expert_intermediate_size": 64,
+    "num_experts_per_tok": 2, "routed_scaling_factor": 2.5, "n_group": 1, "topk_group": 1})");
+  const MappingTable &T = *findMappingByModelType(HF["model_type"].get<std::string>());
+  std::vector<Json> F = importConfig(T, schema(), HF);
+  CHECK(fieldOf(F, "hybrid_override_pattern") == "ME*-");
+  CHECK(fieldOf(F, "num_layers") == 4);
+  CHECK(fieldOf(F, "is_hybrid_model") == true);
+  CHECK(fieldOf(F, "num_moe_experts") == 4);
+  CHECK(fieldOf(F, "moe_router_score_function") == "sigmoid");
+  Json Back = exportConfig(T, schema(), F, &HF);
+  CHECK(Back["layers_block_type"] == HF["layers_block_type"]);
+  CHECK(Back["hybrid_override_pattern"] == "ME*-");
+  // The plan: a Mamba layer's in_proj in its five torch_dist parts, each a
+  // row block of the one HF tensor.
+  Plan P = expandPlan(T, schema(), F);
+  int Blocks = 0;
+  for (const PlannedTensor &PT : P.Tensors)
+    if (PT.LocalName.rfind("decoder.layers.0.mixer.in_proj.weight.", 0) == 0) {
+      ++Blocks;
+      CHECK(PT.sources() == std::vector<std::string>{"backbone.layers.0.mixer.in_proj.weight"});
+      CHECK(PT.chain().SourceBlocks[0] == 5);
+    }
+  CHECK(Blocks == 5);
+  // A pattern that does not cover every layer is an error naming the layer.
+  HF["num_hidden_layers"] = 5;
+  CHECK_THROWS_WITH_AS(importConfig(T, schema(), HF), doctest::Contains("num_hidden_layers differs"), Error);
+}
+
+TEST_CASE("qwen2_5_vl: the language fields read from text_config, written back there") {
+  Json HF = Json::parse(R"({
+    "architectures": ["Qwen2_5_VLForConditionalGeneration"], "model_type": "qwen2_5_vl",
+    "tie_word_embeddings": false, "dtype": "bfloat16", "image_token_id": 151655, "video_token_id": 151656,
+    "vision_start_token_id": 151652, "vision_end_token_id": 151653,
+    "vision_config": {"depth": 2, "hidden_size": 32, "out_hidden_size": 64},
+    "text_config": {"model_type": "qwen2_5_vl_text", "hidden_size": 64, "intermediate_size": 128,
+                    "num_attention_heads": 4, "num_key_value_heads": 2, "num_hidden_layers": 2,
+                    "vocab_size": 256, "max_position_embeddings": 128, "rms_norm_eps": 1e-06,
+                    "rope_parameters": {"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 1e6}}})");
+  const MappingTable &T = *findMappingByModelType(HF["model_type"].get<std::string>());
+  std::vector<Json> F = importConfig(T, schema(), HF);
+  CHECK(fieldOf(F, "hidden_size") == 64);
+  CHECK(fieldOf(F, "mrope_section") == Json::array({2, 3, 3}));
+  CHECK(fieldOf(F, "vision_model") == "qwen2_5_vl");
+  CHECK(fieldOf(F, "params_dtype") == "bfloat16");
+  // Every key of the source comes back where it was; what the source left
+  // out (defaults) goes into its text section.
+  Json Back = exportConfig(T, schema(), F, &HF);
+  auto Same = [](const Json &A, const Json &B) { // key order aside
+    return nlohmann::json::parse(A.dump()) == nlohmann::json::parse(B.dump());
+  };
+  for (auto It = HF.begin(); It != HF.end(); ++It)
+    if (It.key() != "text_config")
+      CHECK_MESSAGE(Same(Back[It.key()], It.value()), It.key());
+  for (auto It = HF["text_config"].begin(); It != HF["text_config"].end(); ++It)
+    CHECK_MESSAGE(Same(Back["text_config"][It.key()], It.value()), It.key());
+  CHECK(Back["text_config"]["hidden_act"] == "silu");
+  CHECK(!Back.contains("hidden_size"));
 }
