@@ -69,25 +69,6 @@ HF_FIELDS = [
 # (layer, family, field) -> reason. Each is an xfail(strict=True): when the
 # mapping is fixed the test XPASSes and fails, and this entry must go.
 KNOWN = {
-    ("raw-published", "nemotron-h-56b", "rms_norm_eps"): (
-        "NemotronHConfig's epsilon is layer_norm_epsilon (read and exported); the 56B file also carries "
-        "rms_norm_eps, which transformers keeps as an unused attribute"
-    ),
-    ("hf-published", "nemotron-h-56b", "rms_norm_eps"): "as raw-published: an unused extra attribute",
-    ("hf-saved", "nemotron-h-56b", "rms_norm_eps"): "as raw-published: an unused extra attribute, saved back",
-    ("raw-published", "nemotron-3-nano", "rope_theta"): (
-        "Nemotron-H's attention has no rotary positions (position_embedding_type none); the Nano file's "
-        "rope_theta is unused by transformers' NemotronH and not exported"
-    ),
-    ("raw-published", "qwen2.5-vl-7b", "sliding_window"): (
-        "as qwen2: sliding_window=32768 is inactive (use_sliding_window=false) and not exported"
-    ),
-
-    ("raw-published", "qwen2.5-7b", "sliding_window"): (
-        "the qwen2 mapping neither reads nor exports sliding_window: the source has "
-        "sliding_window=131072 (inactive, use_sliding_window=false), the export has no "
-        "sliding_window key (harmless through transformers, see hf-published)"
-    ),
 }
 
 LAYERS = ["raw-published", "hf-published", "hf-saved"]
@@ -126,7 +107,9 @@ def _dtype_name(x):
 def _hf_config(d: dict):
     import transformers
 
-    d = dict(d)
+    # What from_pretrained does to a file's dict first: transformers 5 saves
+    # an infinite float as {"__float__": "Infinity"} (Nemotron-H).
+    d = dict(transformers.PreTrainedConfig._decode_special_floats(d))
     model_type = d.pop("model_type")
     d.pop("transformers_version", None)
     return transformers.AutoConfig.for_model(model_type, **d)

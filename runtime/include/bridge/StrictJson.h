@@ -17,8 +17,11 @@ namespace bridge {
 /// Python's json module writes the floats JSON has no literal for as bare
 /// NaN, Infinity and -Infinity, and transformers saves config.json with it
 /// (Nemotron-H's time_step_limit is [0.0, Infinity]). Outside strings they
-/// become the strings "NaN", "Infinity", "-Infinity": readable, and an error
-/// wherever a rule expects a number.
+/// become the strings kPythonFloat + "NaN" (...): readable, an error wherever
+/// a rule expects a number, and written back as the bare literal by
+/// dumpPythonJson.
+inline constexpr const char *kPythonFloat = "__python_float__:";
+
 inline std::string quotePythonFloatLiterals(const std::string &Text) {
   std::string Out;
   Out.reserve(Text.size());
@@ -43,6 +46,7 @@ inline std::string quotePythonFloatLiterals(const std::string &Text) {
       size_t N = std::char_traits<char>::length(Word);
       if (Text.compare(I, N, Word) == 0) {
         Out += '"';
+        Out += kPythonFloat;
         Out += Word;
         Out += '"';
         I += N - 1;
@@ -54,6 +58,19 @@ inline std::string quotePythonFloatLiterals(const std::string &Text) {
       Out += C;
   }
   return Out;
+}
+
+/// \p J as text (indented by \p Indent) with the Python float literals
+/// quotePythonFloatLiterals read put back as they were: what transformers
+/// reads back as the same floats.
+template <class JsonT> std::string dumpPythonJson(const JsonT &J, int Indent) {
+  std::string Text = J.dump(Indent);
+  for (const char *Word : {"-Infinity", "Infinity", "NaN"}) {
+    std::string Quoted = std::string("\"") + kPythonFloat + Word + "\"";
+    for (size_t At = Text.find(Quoted); At != std::string::npos; At = Text.find(Quoted, At))
+      Text.replace(At, Quoted.size(), Word);
+  }
+  return Text;
 }
 
 /// Parses \p Text as JsonT (nlohmann::json or ordered_json); the first key

@@ -445,6 +445,15 @@ Json exportConfig(const MappingTable &T, const SchemaTable &S, const std::vector
         Moved.update(*Existing);
       setPath(HF, A.Alternative, Moved);
     }
+    // Everything else the source config says and Megatron does not model
+    // (token ids, use_cache, a Mamba mixer's time-step limits, fields the
+    // model class ignores) is carried over as it was: a field left out
+    // would take transformers' class default, which need not be the
+    // source's (Nemotron-H's pad_token_id outside a small vocabulary stops
+    // the model from loading). Not quantization_config: export writes the
+    // weights dequantized.
+    Ref.erase("quantization_config");
+    AddBack(HF, Ref);
   }
   return HF;
 }

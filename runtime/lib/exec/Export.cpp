@@ -15,6 +15,7 @@
 #include "bridge/Interrupt.h"
 #include "bridge/Registry.h"
 #include "bridge/Safetensors.h"
+#include "bridge/StrictJson.h"
 #include "bridge/TorchDistReader.h"
 
 #include <ATen/ops/empty.h>
@@ -446,7 +447,8 @@ Summary runExport(const ExportOptions &O) {
     Bar.finish();
     W.finish();
     Sum.BytesWritten = W.bytesWritten();
-    files::writeFile(files::join(Tmp, "config.json"), exportConfig(T, S, Fields, &HFRef).dump(2) + "\n");
+    // Python's NaN and Infinity literals as the source wrote them.
+    files::writeFile(files::join(Tmp, "config.json"), dumpPythonJson(exportConfig(T, S, Fields, &HFRef), 2) + "\n");
     // Checksums taken as the tensors were written, for `bridge-run verify`.
     Json Manifest = {{"format", "safetensors"}, {"tensors", Json::object()}};
     for (const auto &[Name, Crc] : W.checksums())

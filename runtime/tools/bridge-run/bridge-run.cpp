@@ -296,7 +296,7 @@ int cmdConfig(const Options &O) {
     Out["mapping"] = T.Name;
     Out["megatron"] = configToJson(schema(), Fields);
     Out["export"] = Back;
-    std::cout << Out.dump(2) << "\n";
+    std::cout << dumpPythonJson(Out, 2) << "\n";
     return 0;
   }
   std::cout << "mapping " << T.Name << " (" << T.SourceFile << ")\n\nMegatron model config:\n";
@@ -304,7 +304,7 @@ int cmdConfig(const Options &O) {
   for (auto &[K, V] : Megatron.items())
     if (!V.is_null())
       std::printf("  %-40s %s\n", K.c_str(), V.dump().c_str());
-  std::cout << "\nconfig.json written on export:\n" << Back.dump(2) << "\n";
+  std::cout << "\nconfig.json written on export:\n" << dumpPythonJson(Back, 2) << "\n";
   return 0;
 }
 
