@@ -50,7 +50,7 @@ opArg       : name ASSIGN expr   # opParam
 // capture only a plain IDENT continues the segment, so a following soft
 // keyword ('when', 'te', 'expert') ends the name. Blanks inside a name are
 // rejected when the AST is built (BR0102).
-// A trailing '.**' (rules, ignores and schema parameters): every tensor
+// A trailing '.**' (pass-through rules and schema parameters): every tensor
 // under the prefix, a module kept as HF has it (a VLM's vision tower).
 pattern     : segment (DOT segment)* (DOT STAR STAR)? ;
 segment     : segmentHead segmentMore* ;

@@ -216,3 +216,44 @@ def test_index_naming_a_file_outside_the_checkpoint_is_refused(bridge_run, sourc
         r = _import(bridge_run, source, tmp_path / "out")
         assert r.returncode == 1 and f"names '{evil}', outside the checkpoint directory" in r.stderr, r.stderr
         _nothing_written(tmp_path / "out")
+
+
+def test_vlm_without_its_vision_tower_is_refused(bridge_run, tiny_checkpoints, tmp_path):
+    """A pass-through rule that finds nothing under its prefix is a checkpoint
+    without the module, not an empty module."""
+    hf = tmp_path / "hf"
+    shutil.copytree(tiny_checkpoints("qwen2.5-vl-7b").path, hf)
+    _rewrite(hf, lambda t: [t.pop(k) for k in list(t) if k.startswith("visual.")])
+    r = _import(bridge_run, hf, tmp_path / "out")
+    assert r.returncode == 1
+    assert "holds no tensor under 'visual.'" in r.stderr and "qwen2_5_vl.bridge" in r.stderr, r.stderr
+    _nothing_written(tmp_path / "out")
+
+
+@pytest.mark.parametrize("change", [{"n_shared_experts": 2}, {"norm_topk_prob": False}])
+def test_nemotron_h_experts_it_does_not_convert_are_refused(bridge_run, tiny_checkpoints, tmp_path, change):
+    """Read from transformers 5's layers_block_type as from the published
+    hybrid_override_pattern: two shared experts, or top-k left unnormalized,
+    stop the conversion (Megatron-Core's router would change the model)."""
+    hf = tmp_path / "hf"
+    shutil.copytree(tiny_checkpoints("nemotron-3-nano").path, hf)
+    cfg = json.loads((hf / "config.json").read_text())
+    assert "layers_block_type" in cfg and "hybrid_override_pattern" not in cfg
+    cfg.update(change)
+    (hf / "config.json").write_text(json.dumps(cfg))
+    r = _import(bridge_run, hf, tmp_path / "out")
+    assert r.returncode == 1 and "renormalized top-k and one shared expert" in r.stderr, r.stderr
+    _nothing_written(tmp_path / "out")
+
+
+def test_vlm_text_section_wins_over_the_top_level(bridge_run, tiny_checkpoints, tmp_path):
+    """A config that keeps a language field at both levels (transformers 4.5x
+    saved some so): transformers builds the model from text_config, and so
+    does the conversion."""
+    hf = tmp_path / "hf"
+    shutil.copytree(tiny_checkpoints("qwen2.5-vl-7b").path, hf)
+    cfg = json.loads((hf / "config.json").read_text())
+    assert "text_config" in cfg
+    cfg["rms_norm_eps"] = 0.5  # a stale top-level copy
+    (hf / "config.json").write_text(json.dumps(cfg))
+    assert bridge_run.config(str(hf))["megatron"]["layernorm_epsilon"] == cfg["text_config"]["rms_norm_eps"]

@@ -242,3 +242,8 @@ def test_import_has_exactly_the_keys_megatron_core_requests(
         f"missing: {sorted(set(wanted) - set(ours))}\nextra: {sorted(set(ours) - set(wanted))}\n"
         f"shapes: {[(k, ours[k], wanted[k]) for k in set(ours) & set(wanted) if ours[k] != wanted[k]]}")
     assert objects <= our_bytes, f"_extra_state objects not written: {sorted(objects - our_bytes)}"
+    # A kept HF module (a VLM's vision tower) has none; nor has a VLM's GPT
+    # embedding, nor its output layer (GPTModel drops it).
+    stray = sorted(k for k in our_bytes if k.startswith(("visual.", "vision_tower.", prefix + "embedding.",
+                                                          prefix + "output_layer.")) and prefix)
+    assert not stray, f"_extra_state objects no module has: {stray}"

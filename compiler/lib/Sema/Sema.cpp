@@ -852,6 +852,10 @@ public:
     case ast::WeightItem::TensorItem:
       return resolveTensor(*It.Tensor, Loops, Sc, R);
     case ast::WeightItem::IgnoreItem: {
+      if (isGlob(ast::print(It.Ignore->Pat))) {
+        D.emit(DiagId::PassThroughElsewhere, It.Ignore->Pat.Range, ast::print(It.Ignore->Pat), "ignore");
+        return;
+      }
       model::IgnoreRule IR;
       IR.Loops = Loops;
       IR.Loc = It.Ignore->Range;
@@ -865,6 +869,11 @@ public:
       return;
     }
     case ast::WeightItem::TieItem: {
+      for (const ast::Pattern *Pat : {&It.Tie->Copy, &It.Tie->Of})
+        if (isGlob(ast::print(*Pat))) {
+          D.emit(DiagId::PassThroughElsewhere, Pat->Range, ast::print(*Pat), "tie");
+          return;
+        }
       model::TieRule TR;
       TR.Loops = Loops;
       TR.Loc = It.Tie->Range;

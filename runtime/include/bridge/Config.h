@@ -42,9 +42,9 @@ struct EvalEnv {
 };
 
 /// Every spelling of \p Path (dotted) the aliases allow, in the order they
-/// are tried: as written, through each alias of it or of a prefix of it,
-/// then each of those inside every section an alias with an empty primary
-/// names ('alias hf = hf.text_config;').
+/// are tried: as written and through each alias of it or of a prefix of it,
+/// each first inside every section an alias with an empty primary names
+/// ('alias hf = hf.text_config;'), then at the top level.
 std::vector<std::string> hfSpellings(const std::string &Path, Span<HFAlias> Aliases);
 
 /// Whether \p Path (dotted) is in \p HF, under its own spelling or an alias.
@@ -90,6 +90,9 @@ struct SourceChain {
   /// consecutive row blocks, which must tile it), the block and the number
   /// of blocks; else -1 and 0. Coverage then counts (tensor, block) pairs.
   std::vector<int64_t> SourceBlock, SourceBlocks;
+  /// Parallel to Sources: the rows a 'rows' read takes (first row, count);
+  /// (0, -1) for other reads.
+  std::vector<std::pair<int64_t, int64_t>> SourceBlockRows;
 };
 
 /// One Megatron tensor of a concrete model and where it comes from.

@@ -188,18 +188,26 @@ SourceChain chainOf(Span<OpNode> Nodes, const EvalEnv &Env, const std::string &W
       C.SourceSlice.push_back(-1);
       C.SourceBlock.push_back(-1);
       C.SourceBlocks.push_back(0);
+      C.SourceBlockRows.push_back({0, -1});
       Stack.push_back(Src + (N.OptionalInput ? "?" : ""));
       continue;
     }
     // 'rows' straight on an HF tensor reads one row block of it.
-    if (N.Kind == Op::RowBlock && SourceOnStack.back() >= 0)
-      for (const OpParam &Pm : N.Params) {
-        Json V = evaluate(Pm.Value, Env, Where);
-        if (std::string(Pm.Name) == "index" && V.is_number_integer())
-          C.SourceBlock[SourceOnStack.back()] = V.get<int64_t>();
-        else if (std::string(Pm.Name) == "sizes" && V.is_array())
-          C.SourceBlocks[SourceOnStack.back()] = static_cast<int64_t>(V.size());
+    if (N.Kind == Op::RowBlock && SourceOnStack.back() >= 0) {
+      int K = SourceOnStack.back();
+      Json Sizes, Index;
+      for (const OpParam &Pm : N.Params)
+        (std::string(Pm.Name) == "sizes" ? Sizes : Index) = evaluate(Pm.Value, Env, Where);
+      if (Sizes.is_array() && Index.is_number_integer() && Index.get<int64_t>() >= 0 &&
+          Index.get<size_t>() < Sizes.size()) {
+        int64_t First = 0;
+        for (size_t B = 0; B < Index.get<size_t>(); ++B)
+          First += Sizes[B].get<int64_t>();
+        C.SourceBlock[K] = Index.get<int64_t>();
+        C.SourceBlocks[K] = static_cast<int64_t>(Sizes.size());
+        C.SourceBlockRows[K] = {First, Sizes[Index.get<size_t>()].get<int64_t>()};
       }
+    }
     // 'expert' straight on an HF tensor reads one slice of it: coverage
     // then counts (tensor, expert) pairs, not the tensor.
     if (N.Kind == Op::SelectExpert && SourceOnStack.back() >= 0)
@@ -519,8 +527,15 @@ Plan expandPlan(const MappingTable &T, const SchemaTable &S, const std::vector<J
     std::string TPrefix = Target.substr(0, Target.size() - 2), SPrefix = Source.substr(0, Source.size() - 2);
     std::vector<std::pair<std::string, std::vector<int64_t>>> Under;
     if (Lister) {
-      for (auto &[Name, Shape] : Lister->List(Lister->BySource ? SPrefix : TPrefix))
-        Under.push_back({Name.substr((Lister->BySource ? SPrefix : TPrefix).size()), Shape});
+      const std::string &Prefix = Lister->BySource ? SPrefix : TPrefix;
+      for (auto &[Name, Shape] : Lister->List(Prefix))
+        Under.push_back({Name.substr(Prefix.size()), Shape});
+      // A kept module with nothing in it is a checkpoint without the module
+      // (a VLM saved without its vision tower), not an empty module.
+      if (Under.empty() && !R.Optional)
+        throw Error(Where + ": error: the " + std::string(Lister->BySource ? "HF" : "Megatron") +
+                    " checkpoint holds no tensor under '" + Prefix + "', which '" + Target + " <- " + Source +
+                    "' keeps; is it the model's whole checkpoint?");
     } else {
       Under.push_back({"**", {}}); // config.json alone: the rule itself
     }
@@ -546,6 +561,7 @@ Plan expandPlan(const MappingTable &T, const SchemaTable &S, const std::vector<J
       C.SourceSlice = {-1};
       C.SourceBlock = {-1};
       C.SourceBlocks = {0};
+      C.SourceBlockRows = {{0, -1}};
       PT.Alternatives.push_back(std::move(C));
       P.Tensors.push_back(std::move(PT));
     }

@@ -279,12 +279,14 @@ std::vector<std::string> hfSpellings(const std::string &Path, Span<HFAlias> Alia
       Own.push_back(A.Alternative + Path.substr(Pr.size()));
   }
   // A section alias ('alias hf = hf.text_config;') reads each spelling
-  // inside the section too, after every spelling at the top.
-  std::vector<std::string> All = Own;
+  // inside the section first: transformers builds the language model from
+  // its text_config, whatever a file also keeps at the top level.
+  std::vector<std::string> All;
   for (const HFAlias &A : Aliases)
     if (!*A.Primary)
       for (const std::string &P : Own)
         All.push_back(std::string(A.Alternative) + "." + P);
+  All.insert(All.end(), Own.begin(), Own.end());
   return All;
 }
 
@@ -332,9 +334,12 @@ Json evaluate(const Expr &E, const EvalEnv &Env, const std::string &Where) {
     case ExprOp::LoadHF: {
       if (!Env.HF)
         fail(Where, E, std::string("hf.") + I.S + " is not available here");
-      // The path as written, else its other spellings (of it or a prefix).
-      const Json *V = lookupPath(*Env.HF, I.S);
-      if (!V && !Env.Aliases.empty())
+      // The path as written, else its other spellings (of it or a prefix);
+      // a section alias's spellings come first.
+      const Json *V = nullptr;
+      if (Env.Aliases.empty())
+        V = lookupPath(*Env.HF, I.S);
+      else
         for (const std::string &P : hfSpellings(I.S, Env.Aliases))
           if ((V = lookupPath(*Env.HF, P.c_str())))
             break;

@@ -115,6 +115,7 @@ std::vector<DistKey> groupByKey(const Plan &P, const SchemaTable &S, const std::
     if (It == Index.end()) {
       DistKey K;
       K.Key = Key;
+      K.PassThrough = PT.PassThrough;
       K.Axes = Axes;
       K.GlobalShape = Axes;
       K.GlobalShape.insert(K.GlobalShape.end(), PT.Shape.begin(), PT.Shape.end());
@@ -151,12 +152,16 @@ std::vector<DistKey> groupByKey(const Plan &P, const SchemaTable &S, const std::
 
 std::vector<std::string> extraStateKeys(const DistKey &K, bool HybridModel) {
   size_t Dot = K.Key.rfind('.');
-  if (Dot == std::string::npos)
+  if (Dot == std::string::npos || K.PassThrough) // a kept HF module has none
     return {};
   std::string Module = K.Key.substr(0, Dot);
   // None for the embedding; GPTModel drops the output layer's, MambaModel
-  // (a hybrid model) keeps it.
-  if (Module.rfind("embedding", 0) == 0 || (Module == "output_layer" && !HybridModel))
+  // (a hybrid model) keeps it. A VLM's GPT is the same under its prefix.
+  auto Is = [&](const std::string &Name) {
+    return Module == Name || (Module.size() > Name.size() &&
+                              Module.compare(Module.size() - Name.size() - 1, std::string::npos, "." + Name) == 0);
+  };
+  if (Is("embedding.word_embeddings") || Is("embedding.position_embeddings") || (Is("output_layer") && !HybridModel))
     return {};
   // One object per slice of the leading axes: 'shard_<l>.<e>_<L>.<E>'.
   std::vector<std::string> Out;

@@ -27,6 +27,7 @@ struct DistKey {
   std::vector<size_t> Members;                 ///< indices into Plan::Tensors, in axis order
   std::vector<std::vector<int64_t>> Prefixes;  ///< leading offsets of each member
   std::vector<int64_t> Axes;                   ///< sizes of the leading (stacked) axes
+  bool PassThrough = false;                    ///< a tensor of a module kept as HF has it
 };
 
 

@@ -231,6 +231,10 @@ Summary runExport(const ExportOptions &O) {
       ++Sum.TensorsWritten;
     };
     auto Emit = [&](const std::string &Name, at::Tensor V) {
+      if (!HFTensors.contains(Name))
+        throw Error("error: " + SidePath + " records no HF tensor '" + Name +
+                    "' (its hf_tensors list the tensors import read); this checkpoint was not imported from the "
+                    "HF layout it now holds");
       const Json &Meta = HFTensors.at(Name);
       if (Meta.at("shape").is_null()) // another layout's tensor: as produced
         return Add(Name, exec::fromScalarType(V.scalar_type()), V);
@@ -304,10 +308,11 @@ Summary runExport(const ExportOptions &O) {
       }
       auto [Offset, Size] = exec::rowBlock(Params, A.Value, Where);
       size_t Index = static_cast<size_t>(Params.at("index").get<int64_t>());
-      if (A.Filled[Index] || Block.dim() != A.Value.dim() || Block.size(0) != Size)
+      at::Tensor Slot = A.Value.narrow(0, Offset, Size);
+      if (Sizes.size() != A.Filled.size() || A.Filled[Index] || Block.sizes() != Slot.sizes())
         throw Error(Where + ": error: row block " + std::to_string(Index) + " of '" + Name +
-                    "' does not fit it or is written twice");
-      A.Value.narrow(0, Offset, Size).copy_(Block);
+                    "' does not fit it (other block sizes, another shape) or is written twice");
+      Slot.copy_(Block);
       A.Filled[Index] = true;
       if (++A.Count == A.Filled.size()) {
         Emit(Name, A.Value);

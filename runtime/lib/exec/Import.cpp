@@ -216,6 +216,7 @@ void checkAgainstHF(const ImportOptions &O, const MappingTable &T, const SchemaT
   // One read a row block at a time ('rows'): every block exactly once.
   struct Blocks {
     std::set<int64_t> Read;
+    std::vector<std::pair<int64_t, int64_t>> Rows; ///< (first row, rows) of each read
     int64_t Count = 0;
     const PlannedTensor *By = nullptr;
   };
@@ -243,6 +244,7 @@ void checkAgainstHF(const ImportOptions &O, const MappingTable &T, const SchemaT
       if (Block >= 0) {
         auto &Entry = BlocksRead[Src];
         Entry.Read.insert(Block);
+        Entry.Rows.push_back(C.SourceBlockRows[K]);
         Entry.Count = C.SourceBlocks[K];
         Entry.By = &PT;
       }
@@ -275,6 +277,19 @@ void checkAgainstHF(const ImportOptions &O, const MappingTable &T, const SchemaT
       throw Error(describe(Entry.By->Rule->Loc) + ": error: HF tensor '" + Src + "' is cut into " +
                   std::to_string(Entry.Count) + " row blocks, but the mapping reads " +
                   std::to_string(Entry.Read.size()) + " of them");
+    // The blocks, as read, must tile the tensor's rows: each row once.
+    std::sort(Entry.Rows.begin(), Entry.Rows.end());
+    int64_t Next = 0;
+    for (auto &[First, Rows] : Entry.Rows) {
+      if (First != Next)
+        throw Error(describe(Entry.By->Rule->Loc) + ": error: the row blocks read of HF tensor '" + Src +
+                    "' " + (First < Next ? "overlap" : "leave a gap") + " at row " + std::to_string(std::min(First, Next)));
+      Next = First + Rows;
+    }
+    if (const TensorView *V = Ckpt.find(Src); V && (V->Shape.empty() || V->Shape[0] != Next))
+      throw Error(describe(Entry.By->Rule->Loc) + ": error: the row blocks read of HF tensor '" + Src + "' cover " +
+                  std::to_string(Next) + " rows, but it has " +
+                  (V->Shape.empty() ? std::string("none") : std::to_string(V->Shape[0])));
     ConsumedBy.emplace(Src, "(by row block)");
   }
   for (auto &[Copy, Of] : P.Ties) {
