@@ -91,21 +91,22 @@ def test_plan_consumes_every_hf_tensor_exactly_once(
 
     uses = Counter()
     sliced = {}  # stacked HF tensor read through 'expert' -> expert indices read
-    blocks = {}  # HF tensor read through 'rows' -> (block indices read, block count)
+    blocks = {}  # HF tensor read through 'rows' -> [(first row, rows)] read
     for t in plan["tensors"]:
-        for src, piece, block, count in zip(t["sources"], t["source_slices"], t["source_blocks"],
-                                            t["source_block_counts"]):
+        for src, piece, (first, rows) in zip(t["sources"], t["source_slices"], t["source_rows"]):
             if piece >= 0:
                 sliced.setdefault(src, []).append(piece)
-            elif block >= 0:
-                blocks.setdefault(src, ([], count))[0].append(block)
+            elif first >= 0:
+                blocks.setdefault(src, []).append((first, rows))
             else:
                 uses[src] += 1
     for src, pieces in sliced.items():
         assert sorted(pieces) == list(range(ckpt.tensors[src][0])), f"{src}: experts read {sorted(pieces)}"
         uses[src] += 1
-    for src, (read, count) in blocks.items():
-        assert sorted(read) == list(range(count)), f"{src}: row blocks read {sorted(read)} of {count}"
+    for src, read in blocks.items():
+        # The row blocks tile the tensor: each row read once.
+        ends = [0] + [first + rows for first, rows in sorted(read)]
+        assert [first for first, _ in sorted(read)] == ends[:-1] and ends[-1] == ckpt.tensors[src][0], (src, read)
         uses[src] += 1
     uses.update(tie["copy"] for tie in plan["ties"])
     uses.update(plan["ignored"])
@@ -147,8 +148,8 @@ def test_plan_shapes_compose_from_hf_shapes(
     # Row blocks ('rows') of one HF tensor must add up to its rows.
     block_rows: dict = {}
     for t in plan["tensors"]:
-        for src, block in zip(t["sources"], t["source_blocks"]):
-            if block >= 0 and src in ckpt.tensors:
+        for src, (first, _) in zip(t["sources"], t["source_rows"]):
+            if first >= 0 and src in ckpt.tensors:
                 block_rows.setdefault(src, []).append(tuple(t["shape"]))
     for src, shapes in block_rows.items():
         if sum(s[0] for s in shapes) != ckpt.tensors[src][0] or any(s[1:] != ckpt.tensors[src][1:] for s in shapes):

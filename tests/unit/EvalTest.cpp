@@ -11,6 +11,8 @@
 
 #include <doctest/doctest.h>
 
+#include <map>
+
 using namespace bridge;
 
 namespace {
@@ -203,14 +205,14 @@ TEST_CASE("nemotron_h: layers_block_type becomes hybrid_override_pattern and com
   // The plan: a Mamba layer's in_proj in its five torch_dist parts, each a
   // row block of the one HF tensor.
   Plan P = expandPlan(T, schema(), F);
-  int Blocks = 0;
+  std::map<int64_t, int64_t> Rows; // first row -> rows, of the in_proj blocks
   for (const PlannedTensor &PT : P.Tensors)
     if (PT.LocalName.rfind("decoder.layers.0.mixer.in_proj.weight.", 0) == 0) {
-      ++Blocks;
       CHECK(PT.sources() == std::vector<std::string>{"backbone.layers.0.mixer.in_proj.weight"});
-      CHECK(PT.chain().SourceBlocks[0] == 5);
+      Rows[PT.chain().SourceRows[0].first] = PT.chain().SourceRows[0].second;
     }
-  CHECK(Blocks == 5);
+  // [z | x | B | C | dt]: 128, 128, 32, 32, 8 rows.
+  CHECK(Rows == std::map<int64_t, int64_t>{{0, 128}, {128, 128}, {256, 32}, {288, 32}, {320, 8}});
   // A pattern that does not cover every layer is an error naming the layer.
   HF["num_hidden_layers"] = 5;
   CHECK_THROWS_WITH_AS(importConfig(T, schema(), HF), doctest::Contains("num_hidden_layers differs"), Error);

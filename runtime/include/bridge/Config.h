@@ -87,12 +87,17 @@ struct SourceChain {
   /// 'expert' (one slice of a stacked HF tensor), else -1.
   std::vector<int64_t> SourceSlice;
   /// Parallel to Sources: for a source read through 'rows' (one block of
-  /// consecutive row blocks, which must tile it), the block and the number
-  /// of blocks; else -1 and 0. Coverage then counts (tensor, block) pairs.
-  std::vector<int64_t> SourceBlock, SourceBlocks;
-  /// Parallel to Sources: the rows a 'rows' read takes (first row, count);
-  /// (0, -1) for other reads.
-  std::vector<std::pair<int64_t, int64_t>> SourceBlockRows;
+  /// consecutive row blocks), the rows it takes (first row, count); else
+  /// (-1, 0). Coverage then requires the blocks read of a tensor to tile it.
+  std::vector<std::pair<int64_t, int64_t>> SourceRows;
+
+  /// Appends a source read whole (the other parallel vectors' defaults).
+  void addSource(std::string Name, bool Optional) {
+    Sources.push_back(std::move(Name));
+    SourceOptional.push_back(Optional);
+    SourceSlice.push_back(-1);
+    SourceRows.push_back({-1, 0});
+  }
 };
 
 /// One Megatron tensor of a concrete model and where it comes from.

@@ -25,6 +25,8 @@ std::vector<ChunkSpec> chunksOf(const PlannedTensor &PT, const Layout &L);
 
 /// Reads integer config fields by name (-1 when null or not an int).
 std::function<int64_t(const char *)> fieldGetter(const SchemaTable &S, const std::vector<Json> &Fields);
+/// A config field's value by name (null when the schema lacks it).
+const Json &fieldValue(const SchemaTable &S, const std::vector<Json> &Fields, const char *Name);
 
 /// The pipeline stage that holds decoder layer \p Layer.
 int pipelineStage(const Layout &L, int64_t NumLayers, int64_t Layer);

@@ -183,18 +183,12 @@ SourceChain chainOf(Span<OpNode> Nodes, const EvalEnv &Env, const std::string &W
     if (N.IsSource) {
       std::string Src = renderPattern(N.Source, Env, Where);
       SourceOnStack.push_back(static_cast<int>(C.Sources.size()));
-      C.Sources.push_back(Src);
-      C.SourceOptional.push_back(N.OptionalInput);
-      C.SourceSlice.push_back(-1);
-      C.SourceBlock.push_back(-1);
-      C.SourceBlocks.push_back(0);
-      C.SourceBlockRows.push_back({0, -1});
+      C.addSource(Src, N.OptionalInput);
       Stack.push_back(Src + (N.OptionalInput ? "?" : ""));
       continue;
     }
     // 'rows' straight on an HF tensor reads one row block of it.
     if (N.Kind == Op::RowBlock && SourceOnStack.back() >= 0) {
-      int K = SourceOnStack.back();
       Json Sizes, Index;
       for (const OpParam &Pm : N.Params)
         (std::string(Pm.Name) == "sizes" ? Sizes : Index) = evaluate(Pm.Value, Env, Where);
@@ -203,9 +197,7 @@ SourceChain chainOf(Span<OpNode> Nodes, const EvalEnv &Env, const std::string &W
         int64_t First = 0;
         for (size_t B = 0; B < Index.get<size_t>(); ++B)
           First += Sizes[B].get<int64_t>();
-        C.SourceBlock[K] = Index.get<int64_t>();
-        C.SourceBlocks[K] = static_cast<int64_t>(Sizes.size());
-        C.SourceBlockRows[K] = {First, Sizes[Index.get<size_t>()].get<int64_t>()};
+        C.SourceRows[SourceOnStack.back()] = {First, Sizes[Index.get<size_t>()].get<int64_t>()};
       }
     }
     // 'expert' straight on an HF tensor reads one slice of it: coverage
@@ -515,9 +507,8 @@ Plan expandPlan(const MappingTable &T, const SchemaTable &S, const std::vector<J
   std::set<std::string> PassThroughRuleSeen;
   // One pass-through rule: a tensor per name the checkpoint holds under
   // the prefix, renamed from one prefix to the other and otherwise kept.
-  auto expandPassThrough = [&](Plan &P, const TensorRule &R, const ParamInfo &Prm, const EvalEnv &Env,
-                               const std::string &Where, const PassThroughLister *Lister,
-                               std::map<std::string, std::string> &ProducedBy) {
+  auto expandPassThrough = [&](const TensorRule &R, const ParamInfo &Prm, const EvalEnv &Env,
+                               const std::string &Where) {
     std::string Target = renderPattern(R.Target, Env, Where);
     PassThroughRuleSeen.insert(nameOf(Prm.Local, {}));
     if (R.Alternatives.Size != 1 || R.Alternatives[0].Size != 1 || !R.Alternatives[0][0].IsSource)
@@ -556,12 +547,7 @@ Plan expandPlan(const MappingTable &T, const SchemaTable &S, const std::vector<J
       SourceChain C;
       C.Nodes = R.Alternatives[0];
       C.Recipe = SPrefix + Suffix;
-      C.Sources = {SPrefix + Suffix};
-      C.SourceOptional = {false};
-      C.SourceSlice = {-1};
-      C.SourceBlock = {-1};
-      C.SourceBlocks = {0};
-      C.SourceBlockRows = {{0, -1}};
+      C.addSource(SPrefix + Suffix, false);
       PT.Alternatives.push_back(std::move(C));
       P.Tensors.push_back(std::move(PT));
     }
@@ -595,7 +581,7 @@ Plan expandPlan(const MappingTable &T, const SchemaTable &S, const std::vector<J
                     "' does not exist in this model configuration (its schema conditions do not hold)");
       std::string Local = nameOf(Prm->Local, Caps);
       if (isPassThroughName(Local)) {
-        expandPassThrough(P, R, *Prm, Env, Where, Lister, ProducedBy);
+        expandPassThrough(R, *Prm, Env, Where);
         return;
       }
       if (!Needed.count(Local))

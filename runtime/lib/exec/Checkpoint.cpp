@@ -55,16 +55,12 @@ const MappingTable &mappingFor(const Json &HF) {
 
 bool layersStacked(const SchemaTable &S, const std::vector<Json> &Fields) {
   // A hybrid model's MambaStack keys every layer by its global index.
-  for (uint32_t I = 0; I < S.Fields.Size; ++I)
-    if (std::string(S.Fields[I].Name) == "hybrid_override_pattern" && !Fields[I].is_null())
-      return false;
-  auto F = fieldGetter(S, Fields);
-  if (F("num_moe_experts") < 0)
+  if (fieldValue(S, Fields, "is_hybrid_model") == true)
+    return false;
+  if (fieldGetter(S, Fields)("num_moe_experts") < 0)
     return true;
-  for (uint32_t I = 0; I < S.Fields.Size; ++I)
-    if (std::string(S.Fields[I].Name) == "moe_layer_freq")
-      return Fields[I].is_number_integer() && Fields[I].get<int64_t>() == 1;
-  return true;
+  const Json &Freq = fieldValue(S, Fields, "moe_layer_freq");
+  return Freq.is_number_integer() && Freq.get<int64_t>() == 1;
 }
 
 std::vector<DistKey> groupByKey(const Plan &P, const SchemaTable &S, const std::vector<Json> &Fields,

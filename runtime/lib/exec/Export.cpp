@@ -250,74 +250,75 @@ Summary runExport(const ExportOptions &O) {
         Type = exec::fromScalarType(V.scalar_type());
       Add(Name, *Type, V);
     };
-    // HF tensors that stack all experts (the 'expert' op's source) are put
-    // together from one slice per expert and written once every slice is in.
-    struct Stacked {
+    // HF tensors put together from pieces, each written once all its pieces
+    // are in: one slice per expert of a tensor stacking all experts (the
+    // 'expert' op's source), or one row block per 'rows' read.
+    struct Pieces {
       at::Tensor Value;
       std::vector<bool> Filled;
       size_t Count = 0;
+      const char *What = "";
     };
-    std::map<std::string, Stacked> Stacking;
-    auto StackSlice = [&](const std::string &Name, int64_t Index, const at::Tensor &Slice, const std::string &Where) {
-      Stacked &St = Stacking[Name];
-      if (!St.Value.defined()) {
-        const Json &Shape = HFTensors.at(Name).at("shape");
-        std::vector<int64_t> Got(Slice.sizes().begin(), Slice.sizes().end());
-        std::vector<int64_t> Want = Shape.is_null() ? Got : Shape.get<std::vector<int64_t>>();
-        if (Shape.is_null())
-          Want.insert(Want.begin(), StackedCount.at(Name));
-        Got.insert(Got.begin(), Want.empty() ? 0 : Want[0]);
-        if (Got != Want)
-          throw Error(Where + ": error: an expert slice of rank " + std::to_string(Slice.dim()) +
-                      " does not fit '" + Name + "' of the source");
-        St.Value = at::empty(Want, Slice.options());
-        St.Filled.assign(static_cast<size_t>(Want[0]), false);
+    std::map<std::string, Pieces> Assembling;
+    // Puts piece \p Index of \p Name where \p SlotOf selects it in the whole,
+    // which \p Make builds on the first piece (with its number of pieces).
+    auto PutPiece = [&](const std::string &Name, const char *What, size_t Index, const at::Tensor &Piece,
+                        const std::function<std::pair<at::Tensor, size_t>()> &Make,
+                        const std::function<at::Tensor(const at::Tensor &)> &SlotOf, const std::string &Where) {
+      Pieces &P = Assembling[Name];
+      if (!P.Value.defined()) {
+        auto [Whole, Count] = Make();
+        P.Value = Whole;
+        P.Filled.assign(Count, false);
+        P.What = What;
       }
-      if (Index < 0 || Index >= static_cast<int64_t>(St.Filled.size()) || St.Filled[Index])
-        throw Error(Where + ": error: expert " + std::to_string(Index) + " of '" + Name +
+      if (Index >= P.Filled.size() || P.Filled[Index])
+        throw Error(Where + ": error: " + What + " " + std::to_string(Index) + " of '" + Name +
                     "' is outside it or written twice");
-      St.Value.select(0, Index).copy_(Slice);
-      St.Filled[Index] = true;
-      if (++St.Count == St.Filled.size()) {
-        Emit(Name, St.Value);
-        Stacking.erase(Name);
-      }
-    };
-    // HF tensors read one row block at a time ('rows'): put together and
-    // written once every block is in.
-    struct Assembled {
-      at::Tensor Value;
-      std::vector<bool> Filled;
-      size_t Count = 0;
-    };
-    std::map<std::string, Assembled> Assembling;
-    auto PutRows = [&](const std::string &Name, const exec::OpParams &Params, const at::Tensor &Block,
-                       const std::string &Where) {
-      Assembled &A = Assembling[Name];
-      std::vector<int64_t> Sizes = Params.at("sizes").get<std::vector<int64_t>>();
-      if (!A.Value.defined()) {
-        std::vector<int64_t> Shape(Block.sizes().begin(), Block.sizes().end());
-        int64_t Rows = 0;
-        for (int64_t S : Sizes)
-          Rows += S;
-        if (Shape.empty())
-          throw Error(Where + ": error: a row block of '" + Name + "' has no rows");
-        Shape[0] = Rows;
-        A.Value = at::empty(Shape, Block.options());
-        A.Filled.assign(Sizes.size(), false);
-      }
-      auto [Offset, Size] = exec::rowBlock(Params, A.Value, Where);
-      size_t Index = static_cast<size_t>(Params.at("index").get<int64_t>());
-      at::Tensor Slot = A.Value.narrow(0, Offset, Size);
-      if (Sizes.size() != A.Filled.size() || A.Filled[Index] || Block.sizes() != Slot.sizes())
-        throw Error(Where + ": error: row block " + std::to_string(Index) + " of '" + Name +
-                    "' does not fit it (other block sizes, another shape) or is written twice");
-      Slot.copy_(Block);
-      A.Filled[Index] = true;
-      if (++A.Count == A.Filled.size()) {
-        Emit(Name, A.Value);
+      at::Tensor Slot = SlotOf(P.Value);
+      if (Slot.sizes() != Piece.sizes())
+        throw Error(Where + ": error: " + What + " " + std::to_string(Index) + " of '" + Name + "' is " +
+                    exec::shapeText(Piece.sizes()) + ", its place in the source's tensor " +
+                    exec::shapeText(Slot.sizes()));
+      Slot.copy_(Piece);
+      P.Filled[Index] = true;
+      if (++P.Count == P.Filled.size()) {
+        Emit(Name, P.Value);
         Assembling.erase(Name);
       }
+    };
+    auto StackSlice = [&](const std::string &Name, int64_t Index, const at::Tensor &Slice, const std::string &Where) {
+      auto Make = [&]() -> std::pair<at::Tensor, size_t> {
+        const Json &Shape = HFTensors.at(Name).at("shape");
+        std::vector<int64_t> Want = Shape.is_null() ? std::vector<int64_t>(Slice.sizes().begin(), Slice.sizes().end())
+                                                    : Shape.get<std::vector<int64_t>>();
+        if (Shape.is_null())
+          Want.insert(Want.begin(), StackedCount.at(Name));
+        if (Want.empty())
+          throw Error(Where + ": error: '" + Name + "' of the source has no expert axis");
+        return {at::empty(Want, Slice.options()), static_cast<size_t>(Want[0])};
+      };
+      PutPiece(Name, "expert", static_cast<size_t>(Index), Slice, Make, // negative: out of range
+               [&](const at::Tensor &Whole) { return Whole.select(0, Index); }, Where);
+    };
+    auto PutRows = [&](const std::string &Name, const exec::OpParams &Params, const at::Tensor &Block,
+                       const std::string &Where) {
+      std::vector<int64_t> Sizes = Params.at("sizes").get<std::vector<int64_t>>();
+      auto Make = [&]() -> std::pair<at::Tensor, size_t> {
+        std::vector<int64_t> Shape(Block.sizes().begin(), Block.sizes().end());
+        if (Shape.empty())
+          throw Error(Where + ": error: a row block of '" + Name + "' has no rows");
+        Shape[0] = 0;
+        for (int64_t S : Sizes)
+          Shape[0] += S;
+        return {at::empty(Shape, Block.options()), Sizes.size()};
+      };
+      PutPiece(Name, "row block", static_cast<size_t>(Params.at("index").get<int64_t>()), Block, Make,
+               [&](const at::Tensor &Whole) {
+                 auto [Offset, Size] = exec::rowBlock(Params, Whole, Where);
+                 return Whole.narrow(0, Offset, Size);
+               },
+               Where);
     };
     uint64_t AllBytes = 0;
     for (const DistKey &K : Keys) {
@@ -439,15 +440,11 @@ Summary runExport(const ExportOptions &O) {
       T.join();
     if (Failure)
       std::rethrow_exception(Failure);
-    if (!Stacking.empty()) {
-      const auto &[Name, St] = *Stacking.begin();
-      throw Error("error: export of '" + Name + "' is missing experts: " + std::to_string(St.Filled.size() - St.Count) +
-                  " of " + std::to_string(St.Filled.size()) + " were never produced");
-    }
     if (!Assembling.empty()) {
-      const auto &[Name, A] = *Assembling.begin();
-      throw Error("error: export of '" + Name + "' is missing row blocks: " + std::to_string(A.Filled.size() - A.Count) +
-                  " of " + std::to_string(A.Filled.size()) + " were never produced");
+      const auto &[Name, P] = *Assembling.begin();
+      throw Error("error: export of '" + Name + "' is missing pieces (" + P.What + "): " +
+                  std::to_string(P.Filled.size() - P.Count) + " of " + std::to_string(P.Filled.size()) +
+                  " were never produced");
     }
     Bar.finish();
     W.finish();

@@ -18,14 +18,6 @@
 
 namespace bridge {
 
-const Json &fieldValue(const SchemaTable &S, const std::vector<Json> &Fields, const char *Name) {
-  static const Json Null;
-  for (uint32_t I = 0; I < S.Fields.Size; ++I)
-    if (std::string(S.Fields[I].Name) == Name)
-      return Fields[I];
-  return Null;
-}
-
 LegacyLayout::LegacyLayout(const SchemaTable &S, const std::vector<Json> &Fields, const Layout &Par, bool Local)
     : L(Par), LocalSpec(Local), LayerVar(rangeVar(S, "layers")), ExpertVar(rangeVar(S, "experts")) {
   auto Field = fieldGetter(S, Fields);

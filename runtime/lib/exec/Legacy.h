@@ -25,9 +25,6 @@
 
 namespace bridge {
 
-/// A config field's value by name (null when the schema lacks it).
-const Json &fieldValue(const SchemaTable &S, const std::vector<Json> &Fields, const char *Name);
-
 class LegacyLayout {
 public:
   LegacyLayout(const SchemaTable &S, const std::vector<Json> &Fields, const Layout &L, bool LocalSpec);

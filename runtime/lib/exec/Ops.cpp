@@ -21,13 +21,6 @@ namespace {
   throw Error(Where + ": error: " + Msg);
 }
 
-std::string shapeText(at::IntArrayRef S) {
-  std::string T = "[";
-  for (size_t I = 0; I < S.size(); ++I)
-    T += (I ? ", " : "") + std::to_string(S[I]);
-  return T + "]";
-}
-
 /// Dims after the first, for reshapes that keep the trailing layout.
 std::vector<int64_t> withLead(std::vector<int64_t> Lead, const at::Tensor &T) {
   for (int64_t D = 1; D < T.dim(); ++D)
@@ -94,6 +87,13 @@ int64_t paramInt(const OpParams &P, const char *Name, const std::string &Where) 
 }
 
 } // namespace
+
+std::string shapeText(at::IntArrayRef S) {
+  std::string T = "[";
+  for (size_t I = 0; I < S.size(); ++I)
+    T += (I ? ", " : "") + std::to_string(S[I]);
+  return T + "]";
+}
 
 int64_t OpConfig::intField(const char *Name, const std::string &Where) const {
   for (uint32_t I = 0; I < S.Fields.Size; ++I)

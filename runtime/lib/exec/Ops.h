@@ -45,6 +45,9 @@ std::vector<at::Tensor> inverse(Op Kind, Transform Custom, const at::Tensor &Out
                                 const OpParams &Params, const OpConfig &Cfg, const std::vector<DType> &InputTypes,
                                 const std::string &Where);
 
+/// "[2, 3]": a shape in messages.
+std::string shapeText(at::IntArrayRef Shape);
+
 /// The 'rows' op's block of \p X: (first row, rows), checked against the
 /// sizes, which must add up to X's rows.
 std::pair<int64_t, int64_t> rowBlock(const OpParams &Params, const at::Tensor &X, const std::string &Where);

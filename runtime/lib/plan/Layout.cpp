@@ -5,6 +5,14 @@
 
 namespace bridge {
 
+const Json &fieldValue(const SchemaTable &S, const std::vector<Json> &Fields, const char *Name) {
+  static const Json Null;
+  for (uint32_t I = 0; I < S.Fields.Size; ++I)
+    if (std::string(S.Fields[I].Name) == Name)
+      return Fields[I];
+  return Null;
+}
+
 std::function<int64_t(const char *)> fieldGetter(const SchemaTable &S, const std::vector<Json> &Fields) {
   return [&S, &Fields](const char *Name) -> int64_t {
     for (uint32_t I = 0; I < S.Fields.Size; ++I)

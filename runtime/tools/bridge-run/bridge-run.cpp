@@ -423,8 +423,7 @@ int cmdPlan(const Options &O) {
                                 {"sources", PT.sources()},
                                 {"optional_sources", PT.chain().SourceOptional},
                                 {"source_slices", PT.chain().SourceSlice},
-                                {"source_blocks", PT.chain().SourceBlock},
-                                {"source_block_counts", PT.chain().SourceBlocks},
+                                {"source_rows", PT.chain().SourceRows},
                                 {"alternatives", Alternatives}});
     }
     Out["ranks"] = Json::array();
