@@ -23,7 +23,7 @@ if "cuda" not in " ".join(sys.argv):
 
 import tiny_models  # noqa: E402
 
-DEFAULT_BRIDGE_RUN = "/work/main/build/runtime/bridge-run"
+DEFAULT_BRIDGE_RUN = str(HERE.parents[1] / "build" / "runtime" / "bridge-run")
 
 
 def pytest_configure(config):

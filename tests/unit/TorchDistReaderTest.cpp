@@ -1331,7 +1331,7 @@ TEST_CASE("torch_dist: hostile or broken checkpoints are refused with the file a
     C.MetadataJson = R"({"sharded_backend": "zarr", "sharded_backend_version": 1})";
     CHECK_ERROR(Open(C), "sharded_backend is 'zarr', not 'torch_dist'");
     C.MetadataJson = "{";
-    CHECK_ERROR(Open(C), "metadata.json: not valid JSON");
+    CHECK_ERROR(Open(C), "metadata.json is not valid JSON");
   }
   SUBCASE("missing files") {
     TempDir D;

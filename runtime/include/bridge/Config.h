@@ -9,6 +9,7 @@
 #ifndef BRIDGE_CONFIG_H
 #define BRIDGE_CONFIG_H
 
+#include "bridge/Error.h"
 #include "bridge/Table.h"
 
 #include <nlohmann/json.hpp>
@@ -22,12 +23,6 @@
 namespace bridge {
 
 using Json = nlohmann::ordered_json;
-
-/// A failure with a message meant for users; already names the file/line.
-class Error : public std::runtime_error {
-public:
-  using std::runtime_error::runtime_error;
-};
 
 /// What an expression may read.
 struct EvalEnv {

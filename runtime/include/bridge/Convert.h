@@ -102,6 +102,10 @@ struct VerifyReport {
 /// and \p Against (its source) hold the same tensors, bit for bit.
 VerifyReport runVerify(const std::string &Dir, const std::string &Against);
 
+/// An HF config.json, or the config.json of the directory \p Path: a regular
+/// file of at most files::kMaxConfigBytes, read by parseJson (errors name it).
+Json readConfigJson(const std::string &Path);
+
 /// The mapping that serves an HF config.json (by model_type, then by
 /// architectures); throws Error naming the supported model types.
 const MappingTable &mappingFor(const Json &HFConfig);

@@ -41,6 +41,38 @@ void injectedDiskFull(uint64_t WriteEnd, const std::string &Path);
 /// The same for a write of \p N bytes at the current offset of \p Fd.
 void injectedDiskFullAppend(int Fd, size_t N, const std::string &Path);
 
+/// Upper bounds on what the runtime reads of each kind of file into memory.
+/// The real files are far smaller (the largest, DeepSeek-V3's bridge.json,
+/// about 20 MB); a file beyond its limit is an error naming it and the limit.
+inline constexpr uint64_t kMaxConfigBytes = uint64_t(64) << 20;     ///< config.json
+inline constexpr uint64_t kMaxIndexBytes = uint64_t(256) << 20;     ///< model.safetensors.index.json
+inline constexpr uint64_t kMaxSidecarBytes = uint64_t(1) << 30;     ///< bridge.json, manifest.json, resume.json
+inline constexpr uint64_t kMaxHeaderBytes = uint64_t(256) << 20;    ///< a safetensors header
+inline constexpr uint64_t kMaxMetadataBytes = uint64_t(2) << 30;    ///< a torch_dist .metadata pickle
+inline constexpr uint64_t kMaxTokenizerBytes = uint64_t(1) << 30;   ///< each tokenizer file copied
+
+/// Opens \p Path for reading without blocking (a FIFO does not stall the
+/// open) and checks that it is a regular file, following links; its size in
+/// \p Size. Throws bridge::Error naming the file (\p What says what it is:
+/// "config.json", "the index") when it cannot be opened or is a FIFO, a
+/// device or a directory.
+int openRegularFile(const std::string &Path, const std::string &What, uint64_t &Size);
+/// The whole of the regular file \p Path, which may hold at most \p Limit
+/// bytes; throws bridge::Error naming the file and the limit otherwise.
+std::string readRegularFile(const std::string &Path, uint64_t Limit, const std::string &What);
+/// Copies the regular file \p From (at most \p Limit bytes) to \p To.
+void copyRegularFile(const std::string &From, const std::string &To, uint64_t Limit, const std::string &What);
+
+/// Whether a name read from a file (an index, bridge.json, a manifest, a
+/// .metadata) is one plain entry of its directory: not empty, no '/', not
+/// '.' or '..', no NUL or other control character, at most 255 bytes.
+bool isPlainName(std::string_view Name);
+/// Whether \p Path, links resolved, lies inside the directory \p Dir, or,
+/// when \p Dir is a snapshot of the Hugging Face cache
+/// (<repo>/snapshots/<revision>), inside that repository's blob store
+/// (<repo>/blobs), where the cache's links lead.
+bool resolvesInside(const std::string &Path, const std::string &Dir);
+
 /// A file mapped read-only. When it cannot be, ok() is false and why() says
 /// what failed ("cannot open: ...", "cannot map: ..."); an empty file maps
 /// to nothing and is ok.

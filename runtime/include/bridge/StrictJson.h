@@ -8,9 +8,7 @@
 #ifndef BRIDGE_STRICTJSON_H
 #define BRIDGE_STRICTJSON_H
 
-#include <set>
 #include <string>
-#include <vector>
 
 namespace bridge {
 
@@ -73,25 +71,19 @@ template <class JsonT> std::string dumpPythonJson(const JsonT &J, int Indent) {
   return Text;
 }
 
-/// Parses \p Text as JsonT (nlohmann::json or ordered_json); the first key
-/// any object names twice is put in \p Duplicate (empty when none). Throws
-/// what JsonT::parse throws on malformed text. Python's NaN and Infinity
-/// literals are read as strings (quotePythonFloatLiterals).
-template <class JsonT> JsonT parseJsonNoDuplicates(const std::string &Text, std::string &Duplicate) {
-  std::vector<std::set<std::string>> Keys;
-  Duplicate.clear();
-  auto Callback = [&](int, typename JsonT::parse_event_t Event, JsonT &Parsed) {
-    if (Event == JsonT::parse_event_t::object_start)
-      Keys.emplace_back();
-    else if (Event == JsonT::parse_event_t::object_end)
-      Keys.pop_back();
-    else if (Event == JsonT::parse_event_t::key && !Keys.back().insert(Parsed.template get<std::string>()).second &&
-             Duplicate.empty())
-      Duplicate = Parsed.template get<std::string>();
-    return true;
-  };
-  return JsonT::parse(quotePythonFloatLiterals(Text), Callback);
-}
+/// How deep arrays and objects may nest in any JSON file read: a config.json
+/// is at most five levels deep; 10^5 levels overflowed the stack of the
+/// recursive copy and dump code.
+inline constexpr unsigned kMaxJsonDepth = 128;
+
+/// The one JSON reader for every file the runtime reads (config.json,
+/// safetensors headers and indexes, bridge.json, manifests, journals). Parses
+/// \p Text as JsonT (nlohmann::json or ordered_json) in time and memory
+/// linear in its size: a key named twice in one object, nesting deeper than
+/// kMaxJsonDepth and malformed text are each an Error naming \p File and
+/// \p What ("the header", "config.json"). Python's NaN and Infinity literals
+/// are read as strings (quotePythonFloatLiterals).
+template <class JsonT> JsonT parseJson(const std::string &Text, const std::string &File, const std::string &What);
 
 } // namespace bridge
 

@@ -1,7 +1,7 @@
 //===- ProcessGroup.cpp - The processes of one conversion -----------------===//
 #include "bridge/ProcessGroup.h"
 
-#include "bridge/Config.h" // bridge::Error
+#include "bridge/Error.h"
 #include "bridge/Interrupt.h"
 
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>

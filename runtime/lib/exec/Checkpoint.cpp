@@ -8,28 +8,21 @@
 #include "bridge/Registry.h"
 #include "bridge/StrictJson.h"
 
-#include <fstream>
-#include <iterator>
+#include <cctype>
 #include <map>
+#include <cstdlib>
 
 
 namespace bridge {
 
 Json readJsonFile(const std::string &Path) {
-  std::ifstream In(Path, std::ios::binary);
-  if (!In)
-    throw Error("error: cannot open " + Path);
-  std::string Text((std::istreambuf_iterator<char>(In)), std::istreambuf_iterator<char>());
-  std::string Duplicate;
-  Json J;
-  try {
-    J = parseJsonNoDuplicates<Json>(Text, Duplicate);
-  } catch (const std::exception &E) {
-    throw Error("error: " + Path + " is not valid JSON: " + E.what());
-  }
-  if (!Duplicate.empty())
-    throw Error("error: " + Path + " has the key '" + Duplicate + "' twice in one object; which one holds is unclear");
-  return J;
+  std::string Name = Path.substr(Path.find_last_of('/') + 1);
+  return parseJson<Json>(files::readRegularFile(Path, files::kMaxSidecarBytes, Name), Path, Name);
+}
+
+Json readConfigJson(const std::string &Path) {
+  std::string File = files::isDirectory(Path) ? files::join(Path, "config.json") : Path;
+  return parseJson<Json>(files::readRegularFile(File, files::kMaxConfigBytes, "config.json"), File, "config.json");
 }
 
 std::string supportedModelTypes() {
@@ -183,8 +176,12 @@ void copyTokenizerFiles(const std::string &From, const std::string &To) {
     std::string Src = files::join(From, N);
     if (!files::exists(Src))
       continue;
+    // The same rule as for shards: a link may not lead out of the checkpoint
+    // (it would copy any file the user can read into the output).
+    if (!files::resolvesInside(Src, From))
+      throw Error("error: " + Src + " resolves outside the checkpoint directory " + From);
     files::makeDirs(To);
-    files::copyFile(Src, files::join(To, N));
+    files::copyRegularFile(Src, files::join(To, N), files::kMaxTokenizerBytes, "the tokenizer file");
   }
 }
 
@@ -229,11 +226,11 @@ std::string iterationDir(const std::string &Dir) {
       files::exists(files::join(Dir, "mp_rank_00_000")) || files::exists(files::join(Dir, "mp_rank_00_000_000")))
     return Dir; // an iteration directory itself (torch_dist, or legacy)
   std::string Tracker = files::join(Dir, "latest_checkpointed_iteration.txt");
-  std::ifstream In(Tracker);
-  if (!In)
+  if (!files::exists(Tracker))
     throw Error("error: " + Dir + " is not a checkpoint: no .metadata and no latest_checkpointed_iteration.txt");
-  std::string It;
-  In >> It;
+  std::string It = files::readRegularFile(Tracker, 64, "the tracker file");
+  while (!It.empty() && std::isspace(static_cast<unsigned char>(It.back())))
+    It.pop_back();
   if (It == "release")
     return files::join(Dir, "release");
   char *End = nullptr;

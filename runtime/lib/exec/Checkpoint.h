@@ -31,7 +31,10 @@ struct DistKey {
 };
 
 
+/// A JSON file the tool wrote (bridge.json, manifest.json, resume.json):
+/// a regular file of at most files::kMaxSidecarBytes, read by parseJson.
 Json readJsonFile(const std::string &Path);
+
 /// The iteration directory of \p Dir: Dir itself (it holds .metadata), or
 /// the one its tracker file names.
 std::string iterationDir(const std::string &Dir);

@@ -345,7 +345,7 @@ Summary importWith(const ImportOptions &O, const std::string &FromDir) {
     } else if (!O.HFDir.empty()) {
       // A legacy checkpoint Megatron-LM saved: the model from the HF config,
       // the layout from its files' args (legacySidecar).
-      HF = readJsonFile(files::isDirectory(O.HFDir) ? files::join(O.HFDir, "config.json") : O.HFDir);
+      HF = readConfigJson(O.HFDir);
       Mapping = &mappingFor(HF);
       Fields = importConfig(*Mapping, S, HF);
       FromSide = legacySidecar(FromIter, HF, Mapping->Name, configToJson(S, Fields));
@@ -356,7 +356,7 @@ Summary importWith(const ImportOptions &O, const std::string &FromDir) {
                   "(or its config.json)");
     }
   } else {
-    HF = readJsonFile(O.HFDir + "/config.json");
+    HF = readConfigJson(files::join(O.HFDir, "config.json"));
     Mapping = &mappingFor(HF);
     Fields = importConfig(*Mapping, S, HF);
   }

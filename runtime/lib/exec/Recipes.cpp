@@ -110,7 +110,7 @@ Layout recipeLayoutFor(const std::string &Name, const std::string &HFDir, std::v
   std::string Path = HFDir;
   if (Path.size() < 5 || Path.compare(Path.size() - 5, 5, ".json") != 0)
     Path += "/config.json";
-  Json HF = readJsonFile(Path), Model = Json::parse(R.ModelConfig);
+  Json HF = readConfigJson(Path), Model = Json::parse(R.ModelConfig);
   const MappingTable &Mine = mappingFor(HF), &Its = mappingFor(Model);
   if (std::string(Mine.Name) != Its.Name)
     throw Error("error: recipe " + std::string(R.Name) + " is for " + S.at("model").get<std::string>() + " (mapping " + std::string(Its.Name) +

@@ -89,8 +89,7 @@ Journals readJournals(const std::string &Iter, int Rank) {
     while (std::getline(In, Line)) {
       JournaledRecord R;
       try {
-        std::string Duplicate;
-        Json L = parseJsonNoDuplicates<Json>(Line, Duplicate);
+        Json L = parseJson<Json>(Line, File + ".journal", "a line");
         R.Key = L.at("key").get<std::string>();
         R.Object = L.value("object", false);
         R.File = L.at("file").get<std::string>();

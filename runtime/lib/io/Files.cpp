@@ -1,9 +1,10 @@
 //===- Files.cpp - POSIX file-system operations ----------------------------===//
 #include "bridge/Files.h"
 
-#include "bridge/Config.h" // bridge::Error
+#include "bridge/Error.h"
 
 #include <algorithm>
+#include <new>
 #include <cerrno>
 #include <dirent.h>
 #include <cstdio>
@@ -136,19 +137,154 @@ bool stat(const std::string &Path, uint64_t &Size, int64_t &ModifiedNs) {
   return true;
 }
 
-MappedFile::MappedFile(const std::string &Path) {
-  int Fd = ::open(Path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (Fd < 0) {
-    Why = std::string("cannot open: ") + std::strerror(errno);
-    return;
-  }
+int openRegularFile(const std::string &Path, const std::string &What, uint64_t &Size) {
+  // O_NONBLOCK: opening a FIFO for reading otherwise waits for a writer.
+  int Fd = ::open(Path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (Fd < 0)
+    throw Error("error: cannot open " + What + " " + Path + ": " + std::strerror(errno));
   struct stat St;
   if (::fstat(Fd, &St) != 0) {
-    Why = std::string("cannot stat: ") + std::strerror(errno);
+    int E = errno;
     ::close(Fd);
+    throw Error("error: cannot stat " + What + " " + Path + ": " + std::strerror(E));
+  }
+  if (!S_ISREG(St.st_mode)) {
+    ::close(Fd);
+    const char *Kind = S_ISFIFO(St.st_mode)  ? "a FIFO"
+                       : S_ISDIR(St.st_mode) ? "a directory"
+                       : S_ISCHR(St.st_mode) ? "a character device"
+                       : S_ISBLK(St.st_mode) ? "a block device"
+                       : S_ISSOCK(St.st_mode) ? "a socket"
+                                              : "not a regular file";
+    throw Error("error: " + What + " " + Path + " is " + Kind + ", not a regular file");
+  }
+  ::fcntl(Fd, F_SETFL, ::fcntl(Fd, F_GETFL) & ~O_NONBLOCK);
+  Size = static_cast<uint64_t>(St.st_size);
+  return Fd;
+}
+
+namespace {
+std::string limitText(uint64_t Bytes) {
+  return Bytes >= (uint64_t(1) << 30) ? std::to_string(Bytes >> 30) + " GiB" : std::to_string(Bytes >> 20) + " MiB";
+}
+} // namespace
+
+std::string readRegularFile(const std::string &Path, uint64_t Limit, const std::string &What) {
+  uint64_t Size = 0;
+  int Fd = openRegularFile(Path, What, Size);
+  if (Size > Limit) {
+    ::close(Fd);
+    throw Error("error: " + What + " " + Path + " is " + std::to_string(Size) + " bytes; at most " +
+                limitText(Limit) + " are read");
+  }
+  std::string Out;
+  try {
+    Out.resize(static_cast<size_t>(Size));
+  } catch (const std::bad_alloc &) {
+    ::close(Fd);
+    throw Error("error: " + What + " " + Path + " (" + std::to_string(Size) + " bytes) does not fit in memory");
+  }
+  size_t Done = 0;
+  while (Done < Out.size()) {
+    ssize_t N = ::read(Fd, Out.data() + Done, Out.size() - Done);
+    if (N < 0 && errno == EINTR)
+      continue;
+    if (N <= 0) {
+      int E = N < 0 ? errno : 0;
+      ::close(Fd);
+      throw Error("error: cannot read " + What + " " + Path + ": " +
+                  (E ? std::strerror(E) : "it shrank while being read"));
+    }
+    Done += static_cast<size_t>(N);
+  }
+  ::close(Fd);
+  return Out;
+}
+
+void copyRegularFile(const std::string &From, const std::string &To, uint64_t Limit, const std::string &What) {
+  uint64_t Size = 0;
+  int In = openRegularFile(From, What, Size);
+  if (Size > Limit) {
+    ::close(In);
+    throw Error("error: " + What + " " + From + " is " + std::to_string(Size) + " bytes; at most " +
+                limitText(Limit) + " are copied");
+  }
+  int Out = ::open(To.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0644);
+  if (Out < 0) {
+    int E = errno;
+    ::close(In);
+    throw Error("error: cannot write " + To + ": " + std::strerror(E));
+  }
+  // Copies the size fstat gave, no more: a file that grows meanwhile (or
+  // lies about its size) cannot make this write without end.
+  char Buf[1 << 16];
+  uint64_t Left = Size;
+  while (Left > 0) {
+    ssize_t N = ::read(In, Buf, static_cast<size_t>(std::min<uint64_t>(Left, sizeof Buf)));
+    if (N < 0 && errno == EINTR)
+      continue;
+    if (N <= 0 || ::write(Out, Buf, static_cast<size_t>(N)) != N) {
+      int E = N < 0 ? errno : errno ? errno : EIO;
+      ::close(In);
+      ::close(Out);
+      throw Error("error: cannot copy " + From + " to " + To + ": " +
+                  (N == 0 ? std::string("it shrank while being read") : std::strerror(E)));
+    }
+    Left -= static_cast<uint64_t>(N);
+  }
+  ::close(In);
+  if (::close(Out) != 0)
+    throw Error("error: writing " + To + " failed: " + std::strerror(errno));
+}
+
+bool isPlainName(std::string_view N) {
+  if (N.empty() || N.size() > 255 || N == "." || N == "..")
+    return false;
+  for (char C : N)
+    if (C == '/' || static_cast<unsigned char>(C) < 0x20 || C == 0x7f)
+      return false;
+  return true;
+}
+
+namespace {
+std::string realPath(const std::string &P) {
+  char *R = ::realpath(P.c_str(), nullptr);
+  std::string Out = R ? R : "";
+  std::free(R);
+  return Out;
+}
+bool under(const std::string &Path, const std::string &Dir) {
+  return !Path.empty() && !Dir.empty() && Path.size() > Dir.size() && Path.compare(0, Dir.size(), Dir) == 0 &&
+         (Dir == "/" || Path[Dir.size()] == '/');
+}
+} // namespace
+
+bool resolvesInside(const std::string &Path, const std::string &Dir) {
+  std::string Real = realPath(Path), RealDir = realPath(Dir);
+  if (under(Real, RealDir))
+    return true;
+  // <repo>/snapshots/<revision>/<file> -> ../../blobs/<hash>
+  size_t Slash = RealDir.find_last_of('/');
+  if (Slash == std::string::npos || Slash == 0)
+    return false;
+  std::string Snapshots = RealDir.substr(0, Slash);
+  size_t Up = Snapshots.find_last_of('/');
+  if (Up == std::string::npos || Snapshots.substr(Up + 1) != "snapshots")
+    return false;
+  return under(Real, Snapshots.substr(0, Up) + "/blobs");
+}
+
+MappedFile::MappedFile(const std::string &Path) {
+  int Fd = -1;
+  uint64_t FileSize = 0;
+  try {
+    Fd = openRegularFile(Path, "file", FileSize);
+  } catch (const Error &E) {
+    std::string M = E.what();
+    Why = M.compare(0, 7, "error: ") == 0 ? M.substr(7) : M;
     return;
   }
-  Size = static_cast<size_t>(St.st_size);
+  Size = static_cast<size_t>(FileSize);
   if (Size) {
     void *M = ::mmap(nullptr, Size, PROT_READ, MAP_PRIVATE, Fd, 0);
     if (M == MAP_FAILED) {

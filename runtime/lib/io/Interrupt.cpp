@@ -1,7 +1,7 @@
 //===- Interrupt.cpp - SIGINT and SIGTERM stop a conversion cleanly ------===//
 #include "bridge/Interrupt.h"
 
-#include "bridge/Config.h" // bridge::Error
+#include "bridge/Error.h"
 
 #include <atomic>
 #include <csignal>

@@ -3,7 +3,7 @@
 #include "bridge/Files.h"
 #include "bridge/Pickle.h"
 
-#include "bridge/Config.h" // bridge::Error
+#include "bridge/Error.h"
 #include "bridge/StrictJson.h"
 
 #include <nlohmann/json.hpp>
@@ -33,50 +33,12 @@ namespace {
   throw Error("error: " + File + ": " + Msg);
 }
 
-/// Parses JSON, rejecting duplicate keys in any object (the last one would
-/// silently win otherwise).
-nlohmann::json parseStrictJson(const std::string &Text, const std::string &File, const char *What) {
-  std::string Duplicate;
-  nlohmann::json J;
-  try {
-    J = parseJsonNoDuplicates<nlohmann::json>(Text, Duplicate);
-  } catch (const std::exception &E) {
-    fail(File, std::string(What) + " is not valid JSON: " + E.what());
-  }
-  if (!Duplicate.empty())
-    fail(File, std::string(What) + " has the key '" + Duplicate + "' twice");
-  return J;
-}
-
-std::string readFile(const std::string &Path) {
-  FILE *F = std::fopen(Path.c_str(), "rb");
-  if (!F)
-    fail(Path, std::string("cannot open: ") + std::strerror(errno));
-  std::string S;
-  char Buf[1 << 16];
-  size_t N;
-  while ((N = std::fread(Buf, 1, sizeof Buf, F)) > 0)
-    S.append(Buf, N);
-  std::fclose(F);
-  return S;
-}
-
-bool isPlainFileName(const std::string &N) {
-  return !N.empty() && N.find('/') == std::string::npos && N != "." && N != ".." && N.find('\0') == std::string::npos;
-}
-
 } // namespace
 
 SafetensorsFile::SafetensorsFile(const std::string &P) : Path(P) {
-  int FD = ::open(Path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (FD < 0)
-    fail(Path, std::string("cannot open: ") + std::strerror(errno));
-  struct stat St;
-  if (::fstat(FD, &St) != 0 || !S_ISREG(St.st_mode)) {
-    ::close(FD);
-    fail(Path, "not a regular file");
-  }
-  Size = static_cast<size_t>(St.st_size);
+  uint64_t FileSize = 0;
+  int FD = files::openRegularFile(Path, "the safetensors file", FileSize);
+  Size = static_cast<size_t>(FileSize);
   if (Size < 8) {
     ::close(FD);
     fail(Path, "truncated: " + std::to_string(Size) + " bytes, shorter than the 8-byte header length");
@@ -94,8 +56,11 @@ SafetensorsFile::SafetensorsFile(const std::string &P) : Path(P) {
   if (HeaderLen > Size - 8)
     fail(Path, "header length " + std::to_string(HeaderLen) + " runs past the end of the file (" +
                    std::to_string(Size) + " bytes)");
+  if (HeaderLen > files::kMaxHeaderBytes)
+    fail(Path, "the header is " + std::to_string(HeaderLen) + " bytes; at most " +
+                   std::to_string(files::kMaxHeaderBytes >> 20) + " MiB are read");
   std::string HeaderText(reinterpret_cast<const char *>(Base + 8), HeaderLen);
-  nlohmann::json Header = parseStrictJson(HeaderText, Path, "the header");
+  nlohmann::json Header = parseJson<nlohmann::json>(HeaderText, Path, "the header");
   if (!Header.is_object())
     fail(Path, "the header is not a JSON object");
   const uint8_t *Data = Base + 8 + HeaderLen;
@@ -171,7 +136,8 @@ SafetensorsCheckpoint::SafetensorsCheckpoint(const std::string &Dir) {
   std::map<std::string, std::string> WeightMap;
   if (::stat(Index.c_str(), &St) == 0) {
     Sharded = true;
-    nlohmann::json J = parseStrictJson(readFile(Index), Index, "the index");
+    nlohmann::json J =
+        parseJson<nlohmann::json>(files::readRegularFile(Index, files::kMaxIndexBytes, "the index"), Index, "the index");
     if (!J.is_object() || !J.contains("weight_map") || !J["weight_map"].is_object())
       fail(Index, "has no weight_map object");
     std::set<std::string> Seen;
@@ -179,7 +145,7 @@ SafetensorsCheckpoint::SafetensorsCheckpoint(const std::string &Dir) {
       if (!It->is_string())
         fail(Index, "weight_map entry '" + It.key() + "' is not a file name");
       std::string F = It->get<std::string>();
-      if (!isPlainFileName(F))
+      if (!files::isPlainName(F))
         fail(Index, "weight_map entry '" + It.key() + "' names '" + F + "', outside the checkpoint directory");
       WeightMap[It.key()] = F;
       if (Seen.insert(F).second)
@@ -193,12 +159,9 @@ SafetensorsCheckpoint::SafetensorsCheckpoint(const std::string &Dir) {
   std::sort(Shards.begin(), Shards.end());
   for (const std::string &S : Shards) {
     std::string P = Dir + "/" + S;
-    // A symlink may not lead out of the checkpoint directory.
-    char *Real = ::realpath(P.c_str(), nullptr), *RealDir = ::realpath(Dir.c_str(), nullptr);
-    bool Inside = Real && RealDir && std::string(Real).rfind(std::string(RealDir) + "/", 0) == 0;
-    std::free(Real);
-    std::free(RealDir);
-    if (!Inside && ::lstat(P.c_str(), &St) == 0)
+    // A symlink may not lead out of the checkpoint directory (or, in the
+    // Hugging Face cache, out of the repository's blob store).
+    if (!files::resolvesInside(P, Dir) && ::lstat(P.c_str(), &St) == 0)
       fail(P, "resolves outside the checkpoint directory " + Dir);
     Files.push_back(std::make_unique<SafetensorsFile>(P));
     for (auto &[Name, View] : Files.back()->tensors()) {

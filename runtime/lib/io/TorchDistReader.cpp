@@ -8,6 +8,8 @@
 //
 //===----------------------------------------------------------------------===//
 #include "bridge/TorchDistReader.h"
+#include "bridge/Files.h"
+#include "bridge/StrictJson.h"
 
 #include <algorithm>
 #include <cerrno>
@@ -60,29 +62,6 @@ int64_t fileSize(const std::string &Path) {
   if (::stat(Path.c_str(), &St) != 0 || !S_ISREG(St.st_mode))
     return -1;
   return static_cast<int64_t>(St.st_size);
-}
-
-std::string readWholeFile(const std::string &Path) {
-  int Fd = ::open(Path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (Fd < 0)
-    fail(Path, std::string("cannot open: ") + std::strerror(errno));
-  std::string Out;
-  char Buf[1 << 16];
-  while (true) {
-    ssize_t N = ::read(Fd, Buf, sizeof(Buf));
-    if (N < 0 && errno == EINTR)
-      continue;
-    if (N < 0) {
-      int E = errno;
-      ::close(Fd);
-      fail(Path, std::string("read failed: ") + std::strerror(E));
-    }
-    if (N == 0)
-      break;
-    Out.append(Buf, static_cast<size_t>(N));
-  }
-  ::close(Fd);
-  return Out;
 }
 
 /// DCP writes a dataclass as NEWOBJ + BUILD(__dict__): its fields are the
@@ -236,12 +215,8 @@ TorchDistCheckpoint::TorchDistCheckpoint(const std::string &IterDir)
   std::string JsonPath = Dir + "/metadata.json";
   if (fileSize(JsonPath) < 0)
     fail(Dir, "no metadata.json: not a Megatron-Core dist checkpoint directory");
-  std::string Text = readWholeFile(JsonPath);
-  try {
-    MetadataJson = Json::parse(Text);
-  } catch (const std::exception &E) {
-    fail(JsonPath, std::string("not valid JSON: ") + E.what());
-  }
+  MetadataJson = parseJson<Json>(files::readRegularFile(JsonPath, files::kMaxConfigBytes, "metadata.json"), JsonPath,
+                                 "metadata.json");
   if (!MetadataJson.is_object() || !MetadataJson.contains("sharded_backend") ||
       !MetadataJson["sharded_backend"].is_string())
     fail(JsonPath, "has no 'sharded_backend' string");
@@ -255,7 +230,7 @@ TorchDistCheckpoint::TorchDistCheckpoint(const std::string &IterDir)
 void TorchDistCheckpoint::parseMetadata(const std::string &Path) {
   if (fileSize(Path) < 0)
     fail(Dir, "no .metadata file: not a torch_dist checkpoint (or an unfinished save)");
-  std::string Bytes = readWholeFile(Path);
+  std::string Bytes = files::readRegularFile(Path, files::kMaxMetadataBytes, ".metadata");
   Metadata = unpickle(Bytes, DcpMetadataGlobals, Path);
   const PyValue &M = *Metadata;
   const char *MetaClass = M.isObjectOf("megatron.core.dist_checkpointing.strategies.torch.MCoreMetadata")
@@ -613,7 +588,7 @@ PyValuePtr TorchDistCheckpoint::readBytesObject(const std::string &Key, const Gl
 PyValuePtr TorchDistCheckpoint::common(const GlobalAllowList &Allowed) const {
   std::string CommonPt = Dir + "/common.pt";
   if (fileSize(CommonPt) >= 0)
-    return readTorchSave(readWholeFile(CommonPt), CommonPt, Allowed);
+    return readTorchSave(files::readRegularFile(CommonPt, files::kMaxMetadataBytes, "common.pt"), CommonPt, Allowed);
   const std::string Key = "common_state/shard_0_1";
   if (!ByteObjects.count(Key))
     fail(Dir, "no common.pt and no '" + Key + "' byte object: the checkpoint has no common state");

@@ -1,7 +1,7 @@
 //===- TorchDistWriter.cpp - torch_dist iteration directories --------------===//
 #include "bridge/TorchDistWriter.h"
 
-#include "bridge/Config.h" // bridge::Error
+#include "bridge/Error.h"
 #include "bridge/Files.h"
 #include "bridge/Pickle.h"
 

@@ -11,7 +11,7 @@
 
 #include "bridge/Pickle.h"
 
-#include "bridge/Config.h" // bridge::Error
+#include "bridge/Error.h"
 
 #include <algorithm>
 #include <charconv>

@@ -182,32 +182,9 @@ uint64_t sizeArg(const std::string &Text, const std::string &Flag) {
   std::exit(2);
 }
 
-Json readConfig(const std::string &Path) {
-  std::string File = Path;
-  struct stat St;
-  if (stat(Path.c_str(), &St) == 0 && S_ISDIR(St.st_mode))
-    File = Path + "/config.json";
-  std::ifstream In(File);
-  if (!In) {
-    std::cerr << "bridge-run: error: cannot open '" << File << "': " << std::strerror(errno) << "\n";
-    std::exit(2);
-  }
-  std::string Text((std::istreambuf_iterator<char>(In)), std::istreambuf_iterator<char>());
-  std::string Duplicate;
-  Json J;
-  try {
-    J = parseJsonNoDuplicates<Json>(Text, Duplicate);
-  } catch (const std::exception &E) {
-    std::cerr << "bridge-run: error: '" << File << "' is not valid JSON: " << E.what() << "\n";
-    std::exit(2);
-  }
-  if (!Duplicate.empty()) {
-    std::cerr << "bridge-run: error: '" << File << "' has the key '" << Duplicate
-              << "' twice in one object; which one holds is unclear\n";
-    std::exit(2);
-  }
-  return J;
-}
+/// Inside main's try: an unreadable or malformed config.json is an error
+/// naming it (exit 1), like any other input.
+Json readConfig(const std::string &Path) { return readConfigJson(Path); }
 
 std::string shapeText(const std::vector<int64_t> &Shape) {
   std::string S = "[";
