@@ -1,7 +1,7 @@
 """`bridge-run plan` from a config alone (no weights) on full-size models:
 DeepSeek-V3 (671B + MTP) at TP=8 PP=8 EP=32 prints every tensor, the bytes
 each rank holds and the largest rank, and checks coverage, in about a second.
-Uses the published config.json when /work/shared is there, else the
+Uses the published config.json when ../shared (beside the checkout) is there, else the
 transformers DeepseekV3Config defaults, which are DeepSeek-V3's sizes."""
 from __future__ import annotations
 

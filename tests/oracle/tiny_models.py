@@ -1,6 +1,6 @@
 """Tiny Hugging Face checkpoints for the oracle tests, built by transformers.
 
-Each family starts from a real published ``config.json`` (``/work/shared/hf-configs``,
+Each family starts from a real published ``config.json`` (``../shared/hf-configs`` beside the checkout,
 or the directory in ``$BRIDGE_HF_CONFIGS``) and is shrunk to tiny dimensions while
 keeping what defines the family: biases, the tie flag, rope scaling, sliding
 window, GQA, whether ``head_dim`` is spelled out. When the published configs are
@@ -25,7 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SHARED_HF_CONFIGS = Path(os.environ.get("BRIDGE_HF_CONFIGS", "/work/shared/hf-configs"))
+# ../shared beside the checkout (CI's clone has it there too).
+SHARED_HF_CONFIGS = Path(
+    os.environ.get("BRIDGE_HF_CONFIGS", Path(__file__).resolve().parents[3] / "shared" / "hf-configs"))
 
 # The tiny dimensions every family is shrunk to.
 TINY_HIDDEN = 64
