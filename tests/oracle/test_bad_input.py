@@ -128,14 +128,24 @@ def test_corrupt_safetensors_header(bridge_run, source, tmp_path, damage):
 
 
 def test_existing_output_is_refused(bridge_run, source, tmp_path):
+    """An existing --out is replaced only with --overwrite, and only when it
+    is an output of bridge-run (or empty): a directory of anything else is
+    never deleted, whatever the flags."""
     out = tmp_path / "out"
     out.mkdir()
-    (out / "keep.txt").write_text("mine")
     r = _import(bridge_run, source, out)
     assert r.returncode == 1 and "exists; pass --overwrite" in r.stderr
-    assert (out / "keep.txt").read_text() == "mine"
+    (out / "keep.txt").write_text("mine")
+    for extra in ((), ("--overwrite",)):
+        r = _import(bridge_run, source, out, *extra)
+        assert r.returncode == 1 and "is not an output of bridge-run" in r.stderr and "--overwrite" not in r.stderr
+        assert (out / "keep.txt").read_text() == "mine"
+    (out / "keep.txt").unlink()
     assert _import(bridge_run, source, out, "--overwrite").returncode == 0
-    assert not (out / "keep.txt").exists() and (out / "latest_checkpointed_iteration.txt").exists()
+    assert (out / "latest_checkpointed_iteration.txt").exists()
+    # A previous output is replaced in place.
+    assert _import(bridge_run, source, out, "--overwrite").returncode == 0
+    assert (out / "latest_checkpointed_iteration.txt").exists() and not list(tmp_path.glob("out.*"))
 
 
 def test_output_path_with_a_trailing_slash(bridge_run, source, tmp_path):

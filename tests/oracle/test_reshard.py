@@ -152,8 +152,13 @@ def test_reshard_refuses_what_does_not_fit(bridge_run, tiny_checkpoints, tmp_pat
     # The layer spec is the source's: --local-spec on a TE checkpoint is refused.
     r = _run(bridge_run, "reshard", "--megatron", str(mg), "--out", str(tmp_path / "w"), "--local-spec")
     assert r.returncode == 1 and "--local-spec does not apply" in r.stderr, r.stderr
-    # An existing output is refused without --overwrite.
-    r = _run(bridge_run, "reshard", "--megatron", str(mg), "--out", str(mg), "--tp", "2")
+    # The source itself is never the output, even with --overwrite; an
+    # existing output is refused without --overwrite.
+    r = _run(bridge_run, "reshard", "--megatron", str(mg), "--out", str(mg), "--tp", "2", "--overwrite")
+    assert r.returncode == 1 and "is the input" in r.stderr, r.stderr
+    (tmp_path / "earlier").mkdir()
+    (tmp_path / "earlier" / "latest_checkpointed_iteration.txt").write_text("0")
+    r = _run(bridge_run, "reshard", "--megatron", str(mg), "--out", str(tmp_path / "earlier"), "--tp", "2")
     assert r.returncode == 1 and "exists; pass --overwrite" in r.stderr
 
 

@@ -65,7 +65,7 @@ std::vector<Json> importConfig(const MappingTable &T, const SchemaTable &S, cons
 /// The Megatron config as a JSON object (null fields left out).
 Json configToJson(const SchemaTable &S, const std::vector<Json> &Fields);
 /// The inverse: a JSON object back to schema-ordered fields.
-std::vector<Json> configFromJson(const SchemaTable &S, const Json &Obj);
+std::vector<Json> configFromJson(const SchemaTable &S, const Json &Obj, const std::string &File = "");
 /// Megatron model config -> the HF config.json the export writes. With a
 /// \p Reference (the source config.json), fields with aliases are spelled
 /// as the reference spelled them.
@@ -140,13 +140,29 @@ struct PassThroughLister {
   std::function<std::vector<std::pair<std::string, std::vector<int64_t>>>(const std::string &Prefix)> List;
 };
 
+/// The most any range of the schema (layers, experts) may count. Published
+/// models have at most 126 layers and 512 experts; a config declaring more
+/// than this is refused before anything proportional to it is allocated.
+inline constexpr int64_t kMaxRangeCount = 4096;
+/// The most Megatron tensors a plan from config.json alone may hold
+/// (DeepSeek-V3 plans 31,015; Ling-1T about 61,000). Each costs about 10 KB.
+inline constexpr uint64_t kMaxPlannedTensors = uint64_t(1) << 17;
+/// With a checkpoint at hand, a plan may hold at most this many Megatron
+/// tensors per source tensor, plus kPlannedTensorsSlack (a fused expert
+/// tensor of gpt-oss-120b becomes 128; over a whole model at most about 20).
+inline constexpr uint64_t kPlannedTensorsPerSource = 64, kPlannedTensorsSlack = 4096;
+
 /// Expands every rule over its loops and checks that each tensor the schema
 /// requires for this config is produced exactly once. \p UseTENames picks the
 /// spelling of written names. Without \p Lister a pass-through rule stays
 /// one entry named by its pattern, with no shape (a plan from config.json
-/// alone).
+/// alone). \p SourceTensors is the number of HF tensors the source holds (0:
+/// config.json alone): the declared counts are checked against it before
+/// the plan is built (a layer has at least one HF tensor), and the plan's
+/// size is bounded by it (kPlannedTensorsPerSource), so a config that
+/// declares a million layers for a checkpoint of two fails at once.
 Plan expandPlan(const MappingTable &T, const SchemaTable &S, const std::vector<Json> &Fields, bool UseTENames = true,
-                const PassThroughLister *Lister = nullptr);
+                const PassThroughLister *Lister = nullptr, uint64_t SourceTensors = 0);
 
 /// Picks, for every tensor with alternative source layouts, the first whose
 /// non-optional HF tensors are all \p Present. When none is complete the

@@ -150,6 +150,9 @@ void forEachIteration(Span<Loop> Loops, const SchemaTable &S, const std::vector<
       Begin = B.get<int64_t>();
       End = E.get<int64_t>();
     }
+    if (End - Begin > kMaxRangeCount)
+      throw Error(Where + ": error: the loop over '" + L.Var + "' would run " + std::to_string(End - Begin) +
+                  " times for this config; at most " + std::to_string(kMaxRangeCount) + " are converted");
     for (int64_t I = Begin; I < End; ++I) {
       Vars.push_back(I);
       EvalEnv Inner{nullptr, &Fields, &S, &Vars};
@@ -300,19 +303,26 @@ Json configToJson(const SchemaTable &S, const std::vector<Json> &Fields) {
   return Out;
 }
 
-std::vector<Json> configFromJson(const SchemaTable &S, const Json &Obj) {
+std::vector<Json> configFromJson(const SchemaTable &S, const Json &Obj, const std::string &File) {
+  const std::string In = File.empty() ? std::string() : File + ": ";
   std::vector<Json> Fields(S.Fields.Size);
   for (uint32_t I = 0; I < S.Fields.Size; ++I) {
     auto It = Obj.find(S.Fields[I].Name);
-    if (It != Obj.end())
-      Fields[I] = *It;
+    if (It == Obj.end())
+      continue;
+    // A sidecar is input like any other: each value of its field's type.
+    Fields[I] = *It;
+    std::string Why;
+    if (!Fields[I].is_null() && !coerce(S.Fields[I], Fields[I], Why))
+      throw Error("error: " + In + "Megatron config field '" + std::string(S.Fields[I].Name) + "': " +
+                  (Why.size() > 200 ? Why.substr(0, 200) + "..." : Why));
   }
   for (auto It = Obj.begin(); It != Obj.end(); ++It) {
     bool Known = false;
     for (const FieldInfo &F : S.Fields)
       Known |= It.key() == F.Name;
     if (!Known)
-      throw Error("error: unknown Megatron config field '" + It.key() + "'");
+      throw Error("error: " + In + "unknown Megatron config field '" + It.key() + "'");
   }
   return Fields;
 }
@@ -462,9 +472,39 @@ bool isPassThroughName(std::string_view Name) {
   return Name.size() >= 3 && Name.substr(Name.size() - 3) == ".**";
 }
 
+namespace {
+/// Checks every range count of this config against kMaxRangeCount and, with
+/// a checkpoint at hand, the layers against its \p SourceTensors; returns
+/// how many Megatron tensors the plan may hold.
+uint64_t checkDeclaredCounts(const SchemaTable &S, const std::vector<Json> &Fields, uint64_t SourceTensors) {
+  for (const RangeInfo &R : S.Ranges) {
+    EvalEnv Env{nullptr, &Fields, &S, nullptr};
+    Json V = evaluate(R.Count, Env, std::string("range ") + R.Name);
+    if (!V.is_number_integer())
+      continue; // a range this model does not have (no experts)
+    int64_t N = V.get<int64_t>();
+    if (N > kMaxRangeCount)
+      throw Error("error: the config declares " + std::to_string(N) + " " + R.Name + "; at most " +
+                  std::to_string(kMaxRangeCount) + " are converted");
+    if (SourceTensors && std::string(R.Name) == "layers" && static_cast<uint64_t>(N) > SourceTensors)
+      throw Error("error: the config declares " + std::to_string(N) + " layers, but the checkpoint holds only " +
+                  std::to_string(SourceTensors) + " tensors; each layer has at least one");
+  }
+  return SourceTensors ? kPlannedTensorsPerSource * SourceTensors + kPlannedTensorsSlack : kMaxPlannedTensors;
+}
+} // namespace
+
 Plan expandPlan(const MappingTable &T, const SchemaTable &S, const std::vector<Json> &Fields, bool UseTENames,
-                const PassThroughLister *Lister) {
+                const PassThroughLister *Lister, uint64_t SourceTensors) {
   Plan P;
+  const uint64_t MaxPlanned = checkDeclaredCounts(S, Fields, SourceTensors);
+  auto TooMany = [&](uint64_t N) {
+    if (N > MaxPlanned)
+      throw Error("error: the config's layer and expert counts make more than " + std::to_string(MaxPlanned) +
+                  " Megatron tensors" +
+                  (SourceTensors ? " for a checkpoint of " + std::to_string(SourceTensors) + " tensors"
+                                 : std::string(" (the most planned from config.json alone)")));
+  };
   // What the schema requires for this config: name -> (param, captures).
   struct Required {
     uint32_t Param;
@@ -492,6 +532,7 @@ Plan expandPlan(const MappingTable &T, const SchemaTable &S, const std::vector<J
           if (!evaluateCondition(C, Env, describe(Prm.Loc)))
             return;
         Needed[nameOf(Prm.Local, Caps)] = {PI, Caps};
+        TooMany(Needed.size());
         return;
       }
       for (int64_t I = 0; I < Counts[D]; ++I) {
@@ -550,6 +591,7 @@ Plan expandPlan(const MappingTable &T, const SchemaTable &S, const std::vector<J
       C.addSource(SPrefix + Suffix, false);
       PT.Alternatives.push_back(std::move(C));
       P.Tensors.push_back(std::move(PT));
+      TooMany(P.Tensors.size());
     }
   };
   for (const TensorRule &R : T.Tensors) {
@@ -607,6 +649,7 @@ Plan expandPlan(const MappingTable &T, const SchemaTable &S, const std::vector<J
       for (const Span<OpNode> &Nodes : R.Alternatives)
         PT.Alternatives.push_back(chainOf(Nodes, Env, Where));
       P.Tensors.push_back(std::move(PT));
+      TooMany(P.Tensors.size());
     });
   }
   // Every required tensor must be produced (a pass-through parameter by

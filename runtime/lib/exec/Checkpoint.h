@@ -34,6 +34,12 @@ struct DistKey {
 /// A JSON file the tool wrote (bridge.json, manifest.json, resume.json):
 /// a regular file of at most files::kMaxSidecarBytes, read by parseJson.
 Json readJsonFile(const std::string &Path);
+/// A checkpoint's bridge.json, read by readJsonFile and checked: every
+/// field export and reshard read has its type, every file name in
+/// hf_tensors is a plain `.safetensors` name of the export's directory,
+/// shapes are non-negative and their sizes do not overflow. Errors name the
+/// file and the field ("bridge.json: hf_tensors['x'].file ...").
+Json readSidecar(const std::string &Path);
 
 /// The iteration directory of \p Dir: Dir itself (it holds .metadata), or
 /// the one its tracker file names.
@@ -65,6 +71,11 @@ bool layersStacked(const SchemaTable &S, const std::vector<Json> &Fields);
 std::vector<DistKey> groupByKey(const Plan &P, const SchemaTable &S, const std::vector<Json> &Fields,
                                 bool LocalSpec = false);
 std::vector<std::string> extraStateKeys(const DistKey &K, bool HybridModel);
+/// The tokenizer files of the checkpoint directory \p From, each checked as
+/// the shards are (inside the directory, a regular file, within
+/// files::kMaxTokenizerBytes): called before anything is written.
+std::vector<std::string> tokenizerFiles(const std::string &From);
+/// Copies them into \p To (made when there is one).
 void copyTokenizerFiles(const std::string &From, const std::string &To);
 
 } // namespace bridge

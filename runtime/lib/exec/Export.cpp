@@ -13,6 +13,7 @@
 #include "bridge/Convert.h"
 #include "bridge/Files.h"
 #include "bridge/Interrupt.h"
+#include "bridge/OutputDir.h"
 #include "bridge/Registry.h"
 #include "bridge/Safetensors.h"
 #include "bridge/StrictJson.h"
@@ -81,15 +82,19 @@ Summary runExport(const ExportOptions &O) {
     throw Error("error: " + Iter +
                 " has no bridge.json: it was not written by 'bridge-run import', so the HF layout to restore is "
                 "unknown");
-  Json Side = readJsonFile(SidePath);
+  Json Side = readSidecar(SidePath);
   if (Side.value("checkpoint_format", "torch_dist") != "torch_dist")
     throw Error("error: " + Iter + " holds the legacy per-rank format; export reads torch_dist: run 'bridge-run "
                 "reshard --megatron " + O.MegatronDir + " --out DIR' first");
   const MappingTable &T = mappingNamed(Side.at("mapping").get<std::string>());
   Sum.Mapping = T.Name;
-  std::vector<Json> Fields = configFromJson(S, Side.at("megatron_config"));
+  std::vector<Json> Fields = configFromJson(S, Side.at("megatron_config"), SidePath);
   const Json &HFRef = Side.at("hf_config");
-  Json HFTensors = Side.at("hf_tensors");
+  if (!Side.contains("hf_tensors"))
+    throw Error("error: " + SidePath + ": hf_tensors is missing: the HF layout to restore is unknown");
+  // Looked up once per tensor and source: a map (ordered_json looks up
+  // linearly, quadratic over DeepSeek-V3's 90,000 tensors).
+  nlohmann::json HFTensors = Side.at("hf_tensors");
 
   TorchDistCheckpoint Ckpt(Iter);
   // Pass-through rules: what the checkpoint holds under the target prefix.
@@ -102,7 +107,7 @@ Summary runExport(const ExportOptions &O) {
         Out.push_back({K, Ckpt.tensor(K).Shape});
     return Out;
   };
-  Plan P = expandPlan(T, S, Fields, /*UseTENames=*/true, &Lister);
+  Plan P = expandPlan(T, S, Fields, /*UseTENames=*/true, &Lister, HFTensors.size());
   // A tensor imported from another of its rule's source layouts (a quantized
   // release) is written in the first layout: its tensors replace those read,
   // in the same file, with the shape and dtype the inverse produces
@@ -184,10 +189,9 @@ Summary runExport(const ExportOptions &O) {
       FileOf[It.key()] = It->at("file").get<std::string>();
   }
 
-  const std::string &Out = O.OutDir;
-  if (files::exists(Out) && !O.Overwrite)
-    throw Error("error: " + O.OutDir + " exists; pass --overwrite to replace it");
-  std::string Tmp = Out + ".partial-" + std::to_string(::getpid());
+  const OutputDir Target(O.OutDir, {O.MegatronDir}, O.Overwrite);
+  tokenizerFiles(files::join(Iter, "tokenizer")); // checked before anything is written
+  std::string Tmp = Target.partialPath();
   files::removeAll(Tmp);
   files::makeDirs(Tmp);
   try {
@@ -199,7 +203,7 @@ Summary runExport(const ExportOptions &O) {
     // out now and written tensor by tensor, in parallel, as they come.
     std::map<std::string, TensorLayout> Known;
     for (auto &[Name, File] : FileOf) {
-      const Json &Meta = HFTensors.at(Name);
+      const nlohmann::json &Meta = HFTensors.at(Name);
       if (Meta.at("shape").is_null())
         continue;
       auto Own = OwnType.find(Name);
@@ -235,7 +239,7 @@ Summary runExport(const ExportOptions &O) {
         throw Error("error: " + SidePath + " records no HF tensor '" + Name +
                     "' (its hf_tensors list the tensors import read); this checkpoint was not imported from the "
                     "HF layout it now holds");
-      const Json &Meta = HFTensors.at(Name);
+      const nlohmann::json &Meta = HFTensors.at(Name);
       if (Meta.at("shape").is_null()) // another layout's tensor: as produced
         return Add(Name, exec::fromScalarType(V.scalar_type()), V);
       std::vector<int64_t> Want = Meta.at("shape").get<std::vector<int64_t>>();
@@ -289,7 +293,7 @@ Summary runExport(const ExportOptions &O) {
     };
     auto StackSlice = [&](const std::string &Name, int64_t Index, const at::Tensor &Slice, const std::string &Where) {
       auto Make = [&]() -> std::pair<at::Tensor, size_t> {
-        const Json &Shape = HFTensors.at(Name).at("shape");
+        const nlohmann::json &Shape = HFTensors.at(Name).at("shape");
         std::vector<int64_t> Want = Shape.is_null() ? std::vector<int64_t>(Slice.sizes().begin(), Slice.sizes().end())
                                                     : Shape.get<std::vector<int64_t>>();
         if (Shape.is_null())
@@ -457,8 +461,7 @@ Summary runExport(const ExportOptions &O) {
       Manifest["tensors"][Name] = {{"file", FileOf.at(Name)}, {"crc32", Crc}};
     files::writeFile(files::join(Tmp, "manifest.json"), Manifest.dump(1) + "\n");
     copyTokenizerFiles(files::join(Iter, "tokenizer"), Tmp);
-    files::removeAll(Out);
-    files::rename(Tmp, Out);
+    Target.commit(Tmp);
   } catch (...) {
     try {
       files::removeAll(Tmp);

@@ -19,6 +19,7 @@
 #include "bridge/Files.h"
 #include "bridge/Interrupt.h"
 #include "bridge/LegacyWriter.h"
+#include "bridge/OutputDir.h"
 #include "bridge/ProcessGroup.h"
 #include "bridge/Registry.h"
 #include "bridge/Safetensors.h"
@@ -124,7 +125,8 @@ at::Tensor runChain(const PlannedTensor &PT, const std::vector<Json> &Fields, co
 
 /// Tests of failure handling set BRIDGE_FAULT_INJECT=R:N[:kill|:pause]:
 /// process R fails (with ':kill', dies by SIGKILL; with ':pause', waits up to
-/// a minute for a signal) as it hands its N-th tensor to the writers.
+/// a minute for a signal, or until the file BRIDGE_FAULT_RELEASE names
+/// exists) as it hands its N-th tensor to the writers.
 void injectFault(int Rank, size_t Item) {
   static const char *Spec = std::getenv("BRIDGE_FAULT_INJECT");
   if (!Spec)
@@ -137,7 +139,8 @@ void injectFault(int Rank, size_t Item) {
   if (std::string(Mode) == "kill")
     ::kill(::getpid(), SIGKILL);
   if (std::string(Mode) == "pause") { // a window for a test's signal
-    for (int Tick = 0; Tick < 6000 && !interruptSignal(); ++Tick)
+    const char *Release = std::getenv("BRIDGE_FAULT_RELEASE");
+    for (int Tick = 0; Tick < 6000 && !interruptSignal() && !(Release && files::exists(Release)); ++Tick)
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
     return;
   }
@@ -338,9 +341,9 @@ Summary importWith(const ImportOptions &O, const std::string &FromDir) {
     FromIter = iterationDir(FromDir);
     std::string SidePath = files::join(FromIter, "bridge.json");
     if (files::exists(SidePath)) {
-      FromSide = readJsonFile(SidePath);
+      FromSide = readSidecar(SidePath);
       Mapping = &mappingNamed(FromSide.at("mapping").get<std::string>());
-      Fields = configFromJson(S, FromSide.at("megatron_config"));
+      Fields = configFromJson(S, FromSide.at("megatron_config"), SidePath);
       HF = FromSide.at("hf_config");
     } else if (!O.HFDir.empty()) {
       // A legacy checkpoint Megatron-LM saved: the model from the HF config,
@@ -421,7 +424,12 @@ Summary importWith(const ImportOptions &O, const std::string &FromDir) {
       return Out;
     };
   }
-  Plan P = expandPlan(T, S, Fields, /*UseTENames=*/true, Lister.List ? &Lister : nullptr);
+  // The declared counts are checked against the HF tensors: the source's,
+  // or those the sidecar records it was imported from.
+  uint64_t SourceTensors = HFCkpt                                      ? HFCkpt->names().size()
+                           : FromSide.contains("hf_tensors") ? FromSide["hf_tensors"].size()
+                                                                       : 0;
+  Plan P = expandPlan(T, S, Fields, /*UseTENames=*/true, Lister.List ? &Lister : nullptr, SourceTensors);
   // Megatron-LM's legacy files hold each rank's module parameters; a hybrid
   // model's Mamba in_proj and conv1d are stored here in parts that a rank
   // holds interleaved, which this writer does not put together.
@@ -493,9 +501,9 @@ Summary importWith(const ImportOptions &O, const std::string &FromDir) {
   }
 
   // -- output directory: built aside, renamed into place when complete ----------------------
-  const std::string &Out = O.OutDir;
-  if (files::exists(Out) && !O.Overwrite)
-    throw Error("error: " + O.OutDir + " exists; pass --overwrite to replace it");
+  const OutputDir OutTarget(O.OutDir, {O.HFDir, FromDir}, O.Overwrite);
+  tokenizerFiles(Reshard ? files::join(FromIter, "tokenizer") : O.HFDir); // checked before anything is written
+  const std::string &Out = OutTarget.path();
   if (O.Resume && Legacy)
     throw Error("error: --resume finishes torch_dist output; a legacy (--format torch) checkpoint is written in one "
                 "pass, so run without --resume");
@@ -514,7 +522,7 @@ Summary importWith(const ImportOptions &O, const std::string &FromDir) {
   std::string Tmp;
   bool Resumed = false;
   if (G.leader()) {
-    Tmp = Out + ".partial-" + std::to_string(::getpid());
+    Tmp = OutTarget.partialPath();
     if (O.Resume) {
       Resumed = !takeOverPartial(Out, Tmp, Fingerprint).empty();
       if (!Resumed && !O.Quiet)
@@ -1037,8 +1045,7 @@ Summary importWith(const ImportOptions &O, const std::string &FromDir) {
     removeResumeFiles(Tmp, Iter);
     // The tracker last: a directory without it is not a checkpoint.
     writeText(files::join(Tmp, "latest_checkpointed_iteration.txt"), "0");
-    files::removeAll(Out);
-    files::rename(Tmp, Out);
+    OutTarget.commit(Tmp);
     G.broadcast("committed", "1");
   } catch (...) {
     if (!G.leader())

@@ -313,7 +313,8 @@ int cmdPlan(const Options &O) {
         Out.push_back({N, HFCkpt->find(N)->Shape});
     return Out;
   };
-  Plan P = expandPlan(T, schema(), Fields, !O.LocalNames, HFCkpt ? &Lister : nullptr);
+  Plan P = expandPlan(T, schema(), Fields, !O.LocalNames, HFCkpt ? &Lister : nullptr,
+                      HFCkpt ? HFCkpt->names().size() : 0);
   // Where each tensor lives: its pipeline stage (layers; embedding first,
   // final norm and output layer last) and each TP/ETP rank's slice, and
   // the bytes every rank holds (params_dtype, as training keeps them).
