@@ -90,7 +90,7 @@ bool coerce(const FieldInfo &F, Json &V, std::string &Why) {
   case ValueKind::Any:
     return true;
   }
-  Why = V.dump() + " is not a " + kindName(F.Kind);
+  Why = V.dump() + (F.Kind == ValueKind::Int || F.Kind == ValueKind::IntList ? " is not an " : " is not a ") + kindName(F.Kind);
   return false;
 }
 

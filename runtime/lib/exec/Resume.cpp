@@ -84,7 +84,15 @@ Journals readJournals(const std::string &Iter, int Rank) {
   auto Check = [&](size_t I) {
     const std::string &File = Files[I];
     files::MappedFile Map(files::join(Iter, File));
-    std::ifstream In(files::join(Iter, File + ".journal"));
+    // A journal that cannot be read (not a regular file, too large) keeps
+    // nothing of its file: those tensors are converted again.
+    std::string Text;
+    try {
+      Text = files::readRegularFile(files::join(Iter, File + ".journal"), files::kMaxSidecarBytes, "the journal");
+    } catch (const Error &) {
+      return;
+    }
+    std::istringstream In(Text);
     std::string Line;
     while (std::getline(In, Line)) {
       JournaledRecord R;

@@ -286,6 +286,9 @@ SafetensorsWriter::SafetensorsWriter(std::string D, std::map<std::string, std::s
     : Dir(std::move(D)), FileOf(std::move(F)), WriteIndex(WI), MaxPending(MaxPendingBytes) {
   std::map<std::string, std::vector<std::string>> Names;
   for (auto &[Name, File] : FileOf) {
+    // Every file is written in Dir itself, whatever a sidecar claimed.
+    if (!files::isPlainName(File))
+      throw Error("error: internal: '" + Name + "' would be written to '" + File + "', outside " + Dir);
     ++Remaining[File];
     Names[File].push_back(Name);
   }

@@ -1,8 +1,17 @@
 //===- bridge-run.cpp - the conversion driver ------------------------------===//
 //
-// bridge-run list
-// bridge-run config --hf DIR|config.json [--json]
-// bridge-run plan   --hf DIR|config.json [--json] [--local-names]
+// bridge-run list                          the families this build converts
+// bridge-run config  --hf PATH             the Megatron config of an HF config.json
+// bridge-run plan    --hf PATH             every Megatron tensor, its slices and stage
+// bridge-run import  --hf DIR --out DIR    HF safetensors -> Megatron-Core torch_dist
+// bridge-run export  --megatron DIR --out DIR   torch_dist -> HF safetensors
+// bridge-run reshard --megatron DIR --out DIR   another layout or format
+// bridge-run verify  DIR [--against SOURCE]     an output against its manifest
+// bridge-run recipe  list | show NAME      the compiled training recipes
+//
+// Every option is one row of kOptions: its spelling, its value, the
+// commands that take it, its help text and how it is applied. The usage
+// text and the parser are made from that table.
 //
 // Exit codes: 0 success, 1 the input cannot be converted (message says why),
 // 2 usage or I/O error.
@@ -35,7 +44,7 @@ using namespace bridge;
 
 namespace {
 
-const char *Usage =
+const char *CommandsText =
     "usage: bridge-run <command> [options]\n"
     "\n"
     "commands:\n"
@@ -63,36 +72,9 @@ const char *Usage =
     "                            a checkpoint written by import or reshard (torch_dist\n"
     "                            or legacy) -> the same model at another layout or\n"
     "                            format (--format): what import would write; a legacy\n"
-    "                            checkpoint Megatron-LM saved needs --hf (its model)\n"
-    "\n"
-    "layout options (validated against the model; they shape chunks and plans):\n"
-    "  --tp N --pp N --ep N --etp N --vpp N\n"
-    "  --first-stage-layers N --last-stage-layers N   uneven pipeline stages\n"
-    "\n"
-    "options:\n"
-    "  --hf PATH                 an HF checkpoint directory or its config.json\n"
-    "  --json                    machine-readable output\n"
-    "  --local-names             name tensors as the local layer spec does\n"
-    "                            (default: Transformer Engine names)\n"
-    "  --device DEV              where dequantization runs: cpu (default), cuda,\n"
-    "                            cuda:N (ops that only move bytes stay on the host)\n"
-    "  --overwrite               replace an existing output directory\n"
-    "  --resume                  import, reshard: finish an interrupted run into the\n"
-    "                            same --out (its <out>.partial-* directory): pieces\n"
-    "                            whose CRC-32 still matches are kept, the rest redone\n"
-    "  --local-spec              import: key tensors for a model built with the local\n"
-    "                            layer spec (no Transformer Engine); default: TE spec\n"
-    "  --writers N               threads writing the output (default 8); import\n"
-    "                            writes N .distcp files, so its output depends on N\n"
-    "  --converters N            threads converting tensors (default 4; the output\n"
-    "                            does not depend on N)\n"
-    "  --memory-budget SIZE      memory converted tensors may hold while they wait\n"
-    "                            for the writers, e.g. 512M, 4G (default 2G)\n"
-    "  --recipe NAME             import: the layout of a recipe (recipe list)\n"
-    "  --format F                import, reshard: torch_dist (default) or torch, the\n"
-    "                            legacy per-rank mp_rank_*/model_optim_rng.pt files\n"
-    "  --quiet                   no progress line\n"
-    "  -h, --help                this text\n"
+    "                            checkpoint Megatron-LM saved needs --hf (its model)\n";
+
+const char *ProcessesText =
     "\n"
     "several processes (import, reshard): start bridge-run with torchrun or srun; the\n"
     "processes share the work and write one checkpoint to a shared file system:\n"
@@ -112,6 +94,186 @@ struct Options {
   unsigned Writers = 8, Converters = 4;
   uint64_t MemoryBudget = uint64_t(2) << 30;
 };
+
+/// The commands, as bits: which take an option.
+enum CommandBit : unsigned {
+  CmdList = 1u << 0,
+  CmdConfig = 1u << 1,
+  CmdPlan = 1u << 2,
+  CmdImport = 1u << 3,
+  CmdExport = 1u << 4,
+  CmdReshard = 1u << 5,
+  CmdVerify = 1u << 6,
+  CmdRecipe = 1u << 7,
+  CmdAll = (1u << 8) - 1,
+};
+
+const std::pair<const char *, unsigned> kCommands[] = {
+    {"list", CmdList},     {"config", CmdConfig},   {"plan", CmdPlan},     {"import", CmdImport},
+    {"export", CmdExport}, {"reshard", CmdReshard}, {"verify", CmdVerify}, {"recipe", CmdRecipe},
+};
+
+unsigned commandBit(const std::string &Name) {
+  for (auto &[N, Bit] : kCommands)
+    if (Name == N)
+      return Bit;
+  return 0;
+}
+
+std::string commandNames(unsigned Bits) {
+  std::string S;
+  for (auto &[N, Bit] : kCommands)
+    if (Bits & Bit)
+      S += (S.empty() ? "" : ", ") + std::string(N);
+  return S;
+}
+
+int numberArg(const std::string &Flag, const std::string &Text);
+uint64_t sizeArg(const std::string &Text, const std::string &Flag);
+
+/// One option: how it is spelled, the value it takes (null: a switch), the
+/// commands that take it, its help text, and what it sets.
+struct OptionDef {
+  const char *Flag;
+  const char *Value;
+  unsigned Commands;
+  bool Layout; ///< listed under "layout options"
+  const char *Help;
+  void (*Apply)(Options &O, const std::string &Flag, const std::string &Value);
+};
+
+constexpr unsigned CmdWrite = CmdImport | CmdExport | CmdReshard;
+constexpr unsigned CmdLayout = CmdPlan | CmdImport | CmdReshard;
+
+const OptionDef kOptions[] = {
+    {"--tp", "N", CmdLayout, true, "tensor-parallel size",
+     [](Options &O, const std::string &F, const std::string &V) { O.Par.TP = numberArg(F, V), O.LayoutGiven = true; }},
+    {"--pp", "N", CmdLayout, true, "pipeline-parallel size",
+     [](Options &O, const std::string &F, const std::string &V) { O.Par.PP = numberArg(F, V), O.LayoutGiven = true; }},
+    {"--ep", "N", CmdLayout, true, "expert-parallel size",
+     [](Options &O, const std::string &F, const std::string &V) { O.Par.EP = numberArg(F, V), O.LayoutGiven = true; }},
+    {"--etp", "N", CmdLayout, true, "expert tensor-parallel size",
+     [](Options &O, const std::string &F, const std::string &V) { O.Par.ETP = numberArg(F, V), O.LayoutGiven = true; }},
+    {"--vpp", "N", CmdLayout, true, "virtual pipeline stages per rank",
+     [](Options &O, const std::string &F, const std::string &V) { O.Par.VPP = numberArg(F, V), O.LayoutGiven = true; }},
+    {"--first-stage-layers", "N", CmdLayout, true, "layers of the first pipeline stage (uneven stages)",
+     [](Options &O, const std::string &F, const std::string &V) {
+       O.Par.FirstStageLayers = numberArg(F, V), O.LayoutGiven = true;
+     }},
+    {"--last-stage-layers", "N", CmdLayout, true, "layers of the last pipeline stage (uneven stages)",
+     [](Options &O, const std::string &F, const std::string &V) {
+       O.Par.LastStageLayers = numberArg(F, V), O.LayoutGiven = true;
+     }},
+    {"--hf", "PATH", CmdConfig | CmdPlan | CmdImport | CmdReshard, false,
+     "an HF checkpoint directory or its config.json",
+     [](Options &O, const std::string &, const std::string &V) { O.HF = V; }},
+    {"--megatron", "DIR", CmdExport | CmdReshard, false, "a checkpoint written by import or reshard",
+     [](Options &O, const std::string &, const std::string &V) { O.Megatron = V; }},
+    {"--out", "DIR", CmdWrite, false,
+     "the output directory (built beside it as\nDIR.partial-<pid>, renamed into place when complete)",
+     [](Options &O, const std::string &, const std::string &V) {
+       O.Out = V;
+       // 'out/' (shell completion) names the same directory; the output is
+       // built beside it as 'out.partial-<pid>', not inside it.
+       while (O.Out.size() > 1 && O.Out.back() == '/')
+         O.Out.pop_back();
+     }},
+    {"--json", nullptr, CmdList | CmdConfig | CmdPlan | CmdRecipe, false, "machine-readable output",
+     [](Options &O, const std::string &, const std::string &) { O.AsJson = true; }},
+    {"--local-names", nullptr, CmdPlan, false,
+     "name tensors as the local layer spec does\n(default: Transformer Engine names)",
+     [](Options &O, const std::string &, const std::string &) { O.LocalNames = true; }},
+    {"--device", "DEV", CmdWrite, false,
+     "where dequantization runs: cpu (default), cuda,\ncuda:N (ops that only move bytes stay on the host)",
+     [](Options &O, const std::string &, const std::string &V) { O.Device = V; }},
+    {"--overwrite", nullptr, CmdWrite, false,
+     "replace an existing output directory (one that\nbridge-run wrote, or an empty one; never an input)",
+     [](Options &O, const std::string &, const std::string &) { O.Overwrite = true; }},
+    {"--resume", nullptr, CmdImport | CmdReshard, false,
+     "finish an interrupted run into the same --out (its\n<out>.partial-* directory): pieces whose CRC-32 still\n"
+     "matches are kept, the rest redone",
+     [](Options &O, const std::string &, const std::string &) { O.Resume = true; }},
+    {"--local-spec", nullptr, CmdImport | CmdReshard, false,
+     "key tensors for a model built with the local layer\nspec (no Transformer Engine); default: TE spec",
+     [](Options &O, const std::string &, const std::string &) { O.LocalSpec = true; }},
+    {"--writers", "N", CmdWrite, false,
+     "threads writing the output (default 8); import writes\nN .distcp files, so its output depends on N",
+     [](Options &O, const std::string &F, const std::string &V) {
+       int N = numberArg(F, V);
+       if (N < 1 || N > 256)
+         usageError(F + " needs a number from 1 to 256");
+       O.Writers = static_cast<unsigned>(N);
+     }},
+    {"--converters", "N", CmdWrite, false,
+     "threads converting tensors (default 4; the output\ndoes not depend on N)",
+     [](Options &O, const std::string &F, const std::string &V) {
+       int N = numberArg(F, V);
+       if (N < 1 || N > 256)
+         usageError(F + " needs a number from 1 to 256");
+       O.Converters = static_cast<unsigned>(N);
+     }},
+    {"--memory-budget", "SIZE", CmdWrite, false,
+     "memory converted tensors may hold while they wait\nfor the writers, e.g. 512M, 4G (default 2G)",
+     [](Options &O, const std::string &F, const std::string &V) { O.MemoryBudget = sizeArg(V, F); }},
+    {"--recipe", "NAME", CmdImport, false, "the layout of a recipe (recipe list)",
+     [](Options &O, const std::string &, const std::string &V) { O.Recipe = V; }},
+    {"--format", "F", CmdImport | CmdReshard | CmdRecipe, false,
+     "import, reshard: torch_dist (default) or torch, the\nlegacy per-rank mp_rank_*/model_optim_rng.pt files;\n"
+     "recipe show: megatron-bridge-yaml or megatron-lm-args",
+     [](Options &O, const std::string &, const std::string &V) { O.Format = V, O.FormatGiven = true; }},
+    {"--checkpoint", "DIR", CmdRecipe, false, "recipe show: the checkpoint to start from",
+     [](Options &O, const std::string &, const std::string &V) { O.Checkpoint = V; }},
+    {"--against", "SOURCE", CmdVerify, false, "the HF source an export must hold bit for bit",
+     [](Options &O, const std::string &, const std::string &V) { O.Against = V; }},
+    {"--quiet", nullptr, CmdAll, false, "no progress line",
+     [](Options &O, const std::string &, const std::string &) { O.Quiet = true; }},
+};
+
+const OptionDef *findOption(const std::string &Flag) {
+  for (const OptionDef &D : kOptions)
+    if (Flag == D.Flag)
+      return &D;
+  return nullptr;
+}
+
+/// The usage text: the commands, then every option of the table.
+std::string usageText() {
+  std::string U = CommandsText;
+  auto Rows = [&](bool Layout) {
+    for (const OptionDef &D : kOptions) {
+      if (D.Layout != Layout)
+        continue;
+      std::string Left = std::string("  ") + D.Flag + (D.Value ? std::string(" ") + D.Value : "");
+      std::string Help = D.Help;
+      // Which commands take it, unless the help says so per command.
+      if (D.Commands != CmdAll && !Layout && Help.find(':') == std::string::npos)
+        Help += "\n(" + commandNames(D.Commands) + ")";
+      size_t Start = 0;
+      bool First = true;
+      while (Start <= Help.size()) {
+        size_t End = Help.find('\n', Start);
+        std::string Line = Help.substr(Start, End == std::string::npos ? std::string::npos : End - Start);
+        std::string Pad = First ? Left : "";
+        if (First && Pad.size() >= 28) {
+          U += Pad + "\n";
+          Pad.clear();
+        }
+        U += Pad + std::string(28 - Pad.size(), ' ') + Line + "\n";
+        First = false;
+        if (End == std::string::npos)
+          break;
+        Start = End + 1;
+      }
+    }
+  };
+  U += "\nlayout options (plan, import, reshard; validated against the model; they\nshape chunks and plans):\n";
+  Rows(true);
+  U += "\noptions:\n";
+  Rows(false);
+  U += "  -h, --help                this text\n";
+  U += ProcessesText;
+  return U;
+}
 
 /// " (process R)" for every process but the first of several.
 std::string who(int Rank) { return Rank ? " (process " + std::to_string(Rank) + ")" : std::string(); }
@@ -151,13 +313,11 @@ void printSummary(const char *What, const Summary &S, const std::string &Out) {
     std::printf("peak GPU memory %s (the caching allocator's reserved peak)\n", human(S.PeakDeviceBytes).c_str());
 }
 
-int intArg(int &I, int argc, char **argv, const std::string &Flag) {
-  if (++I >= argc)
-    usageError(Flag + " needs a number");
+int numberArg(const std::string &Flag, const std::string &Text) {
   char *End = nullptr;
-  long V = std::strtol(argv[I], &End, 10);
-  if (!End || *End || V < 0 || V > 1 << 20)
-    usageError(Flag + " needs a non-negative number, not '" + argv[I] + "'");
+  long V = std::strtol(Text.c_str(), &End, 10);
+  if (Text.empty() || !End || *End || V < 0 || V > 1 << 20)
+    usageError(Flag + " needs a non-negative number, not '" + Text + "'");
   return static_cast<int>(V);
 }
 
@@ -178,7 +338,7 @@ uint64_t sizeArg(const std::string &Text, const std::string &Flag) {
 }
 
 [[noreturn]] void usageError(const std::string &Msg) {
-  std::cerr << "bridge-run: error: " << Msg << "\n\n" << Usage;
+  std::cerr << "bridge-run: error: " << Msg << "\n\n" << usageText();
   std::exit(2);
 }
 
@@ -464,96 +624,33 @@ int cmdPlan(const Options &O) {
 
 int main(int argc, char **argv) {
   Options O;
+  // Options may come before the command; each is checked against it after.
+  std::vector<const OptionDef *> Given;
   for (int I = 1; I < argc; ++I) {
     std::string A = argv[I];
     if (A == "-h" || A == "--help") {
-      std::cout << Usage;
+      std::cout << usageText();
       return 0;
     }
-    if (A == "--hf") {
-      if (++I >= argc)
-        usageError("--hf needs a path");
-      O.HF = argv[I];
-    } else if (A == "--out") {
-      if (++I >= argc)
-        usageError("--out needs a path");
-      O.Out = argv[I];
-      // 'out/' (shell completion) names the same directory; the output is
-      // built beside it as 'out.partial-<pid>', not inside it.
-      while (O.Out.size() > 1 && O.Out.back() == '/')
-        O.Out.pop_back();
-    } else if (A == "--megatron") {
-      if (++I >= argc)
-        usageError("--megatron needs a path");
-      O.Megatron = argv[I];
-    } else if (A == "--device") {
-      if (++I >= argc)
-        usageError("--device needs a value");
-      O.Device = argv[I];
-    } else if (A == "--tp") {
-      O.Par.TP = intArg(I, argc, argv, A);
-      O.LayoutGiven = true;
-    } else if (A == "--pp") {
-      O.Par.PP = intArg(I, argc, argv, A);
-      O.LayoutGiven = true;
-    } else if (A == "--ep") {
-      O.Par.EP = intArg(I, argc, argv, A);
-      O.LayoutGiven = true;
-    } else if (A == "--etp") {
-      O.Par.ETP = intArg(I, argc, argv, A);
-      O.LayoutGiven = true;
-    } else if (A == "--vpp") {
-      O.Par.VPP = intArg(I, argc, argv, A);
-      O.LayoutGiven = true;
-    } else if (A == "--first-stage-layers") {
-      O.Par.FirstStageLayers = intArg(I, argc, argv, A);
-      O.LayoutGiven = true;
-    } else if (A == "--last-stage-layers") {
-      O.Par.LastStageLayers = intArg(I, argc, argv, A);
-      O.LayoutGiven = true;
-    } else if (A == "--writers") {
-      O.Writers = static_cast<unsigned>(intArg(I, argc, argv, A));
-      if (O.Writers < 1 || O.Writers > 256)
-        usageError("--writers needs a number from 1 to 256");
-    } else if (A == "--converters") {
-      O.Converters = static_cast<unsigned>(intArg(I, argc, argv, A));
-      if (O.Converters < 1 || O.Converters > 256)
-        usageError("--converters needs a number from 1 to 256");
-    } else if (A == "--memory-budget") {
-      if (++I >= argc)
-        usageError("--memory-budget needs a size");
-      O.MemoryBudget = sizeArg(argv[I], A);
-    } else if (A == "--local-spec") {
-      O.LocalSpec = true;
-    } else if (A == "--overwrite") {
-      O.Overwrite = true;
-    } else if (A == "--resume") {
-      O.Resume = true;
-    } else if (A == "--quiet") {
-      O.Quiet = true;
-    } else if (A == "--json") {
-      O.AsJson = true;
-    } else if (A == "--against") {
-      if (++I >= argc)
-        usageError("--against needs a directory");
-      O.Against = argv[I];
-    } else if (A == "--format") {
-      if (++I >= argc)
-        usageError("--format needs a value");
-      O.Format = argv[I];
-      O.FormatGiven = true;
-    } else if (A == "--recipe") {
-      if (++I >= argc)
-        usageError("--recipe needs a recipe name (bridge-run recipe list)");
-      O.Recipe = argv[I];
-    } else if (A == "--checkpoint") {
-      if (++I >= argc)
-        usageError("--checkpoint needs a directory");
-      O.Checkpoint = argv[I];
-    } else if (A == "--local-names") {
-      O.LocalNames = true;
-    } else if (!A.empty() && A[0] == '-') {
-      usageError("unknown option '" + A + "'");
+    if (!A.empty() && A[0] == '-') {
+      std::string Value;
+      size_t Eq = A.find('=');
+      std::string Flag = A.substr(0, Eq); // --tp=2 as well as --tp 2
+      const OptionDef *D = findOption(Flag);
+      if (!D)
+        usageError("unknown option '" + A + "'");
+      if (D->Value) {
+        if (Eq != std::string::npos)
+          Value = A.substr(Eq + 1);
+        else if (++I < argc)
+          Value = argv[I];
+        else
+          usageError(Flag + " needs " + (std::string(D->Value) == "N" ? "a number" : std::string("a ") + D->Value));
+      } else if (Eq != std::string::npos) {
+        usageError(Flag + " takes no value");
+      }
+      D->Apply(O, Flag, Value);
+      Given.push_back(D);
     } else if (O.Command.empty()) {
       O.Command = A;
     } else if (O.Command == "verify" && O.Target.empty()) {
@@ -563,6 +660,15 @@ int main(int argc, char **argv) {
     } else {
       usageError("unexpected argument '" + A + "'");
     }
+  }
+  if (!O.Command.empty()) {
+    unsigned Bit = commandBit(O.Command);
+    if (!Bit)
+      usageError("unknown command '" + O.Command + "'");
+    for (const OptionDef *D : Given)
+      if (!(D->Commands & Bit))
+        usageError(std::string(D->Flag) + " does not apply to " + O.Command + " (it applies to " +
+                   commandNames(D->Commands) + ")");
   }
   if (O.Command.empty())
     usageError("no command");
@@ -577,8 +683,6 @@ int main(int argc, char **argv) {
       return cmdList(O);
     if (O.Command == "recipe")
       return cmdRecipe(O);
-    if (!O.Recipe.empty() && O.Command != "import")
-      usageError("--recipe applies to import");
     if (O.Command == "config" || O.Command == "plan") {
       if (O.HF.empty())
         usageError(O.Command + " needs --hf PATH");
