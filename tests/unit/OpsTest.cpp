@@ -1,0 +1,243 @@
+//===- OpsTest.cpp - every weight op against its inverse and its layout ----===//
+//
+// Each op that export inverts, applied and undone, gives its input back bit
+// for bit, in the dtypes checkpoints hold; each layout op puts every element
+// where shared/reference/megatron-bridge-semantics.md says (checked element
+// by element with index arithmetic, not against a stored tensor); the
+// slicing ops (expert, rows), whose inverse is export's assembly, tile their
+// source; the dequantization ops agree with a reference written from their
+// format's definition. Linked against the runtime and libtorch.
+//
+//===----------------------------------------------------------------------===//
+#include "Ops.h"
+
+#include "bridge/Registry.h"
+
+#include <ATen/ATen.h>
+// c10's logging defines a CHECK that aborts; the tests mean doctest's.
+#undef CHECK
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstring>
+
+using namespace bridge;
+using namespace bridge::exec;
+
+namespace {
+
+/// Heads, query groups and head size as the ops read them.
+struct Attention {
+  std::vector<Json> Fields;
+  OpConfig Cfg;
+  Attention(int64_t Heads, int64_t Groups, int64_t HeadDim)
+      : Fields(configFromJson(schema(), Json{{"num_attention_heads", Heads},
+                                             {"num_query_groups", Groups},
+                                             {"kv_channels", HeadDim}})),
+        Cfg(schema(), Fields) {}
+};
+
+bool sameBytes(const at::Tensor &A, const at::Tensor &B) {
+  if (A.scalar_type() != B.scalar_type() || A.sizes() != B.sizes())
+    return false;
+  at::Tensor X = A.contiguous(), Y = B.contiguous();
+  return std::memcmp(X.data_ptr(), Y.data_ptr(), X.nbytes()) == 0;
+}
+
+at::Tensor randomOf(std::vector<int64_t> Shape, at::ScalarType T) {
+  return at::randn(Shape, at::TensorOptions().dtype(at::kFloat)).to(T);
+}
+
+/// forward then inverse of \p Kind on \p In gives \p In back, bit for bit.
+void checkRoundTrip(Op Kind, const std::vector<at::Tensor> &In, const OpConfig &Cfg, const OpParams &P = {},
+                    Transform Custom = Transform::None) {
+  at::Tensor Out = forward(Kind, Custom, In, P, Cfg, "test");
+  std::vector<DType> Types;
+  for (const at::Tensor &T : In)
+    Types.push_back(fromScalarType(T.scalar_type()));
+  std::vector<at::Tensor> Back = inverse(Kind, Custom, Out, static_cast<unsigned>(In.size()), P, Cfg, Types, "test");
+  REQUIRE(Back.size() == In.size());
+  for (size_t I = 0; I < In.size(); ++I)
+    CHECK(sameBytes(Back[I], In[I]));
+}
+
+std::string errorOf(const std::function<void()> &F) {
+  try {
+    F();
+  } catch (const Error &E) {
+    return E.what();
+  }
+  return "";
+}
+
+} // namespace
+
+TEST_CASE("qkv: per query group [q heads of the group; k; v], and back") {
+  for (auto [NH, NG] : {std::pair<int64_t, int64_t>{8, 2}, {8, 8}, {4, 1}}) {
+    const int64_t D = 4, Hidden = 16;
+    Attention A(NH, NG, D);
+    for (at::ScalarType T : {at::kBFloat16, at::kFloat, at::kHalf}) {
+      at::Tensor Q = randomOf({NH * D, Hidden}, T), K = randomOf({NG * D, Hidden}, T), V = randomOf({NG * D, Hidden}, T);
+      at::Tensor Out = forward(Op::FuseQKV, Transform::None, {Q, K, V}, {}, A.Cfg, "test");
+      const int64_t R = NH / NG;
+      REQUIRE(Out.size(0) == (NH + 2 * NG) * D);
+      for (int64_t G = 0; G < NG; ++G)
+        for (int64_t Dd = 0; Dd < D; ++Dd) {
+          int64_t Base = G * (R + 2) * D;
+          for (int64_t H = 0; H < R; ++H)
+            CHECK(sameBytes(Out[Base + H * D + Dd], Q[(G * R + H) * D + Dd]));
+          CHECK(sameBytes(Out[Base + R * D + Dd], K[G * D + Dd]));
+          CHECK(sameBytes(Out[Base + (R + 1) * D + Dd], V[G * D + Dd]));
+        }
+      checkRoundTrip(Op::FuseQKV, {Q, K, V}, A.Cfg);
+      // Biases (one dim) follow the same rows.
+      checkRoundTrip(Op::FuseQKV, {Q.select(1, 0).contiguous(), K.select(1, 0).contiguous(),
+                                   V.select(1, 0).contiguous()},
+                     A.Cfg);
+      // An HF-fused [Q; K; V] (Phi-3) becomes the same interleaved tensor.
+      at::Tensor Concat = forward(Op::QKVFromConcat, Transform::None, {at::cat({Q, K, V}, 0)}, {}, A.Cfg, "test");
+      CHECK(sameBytes(Concat, Out));
+      checkRoundTrip(Op::QKVFromConcat, {at::cat({Q, K, V}, 0)}, A.Cfg);
+    }
+  }
+  Attention A(8, 2, 4);
+  at::Tensor Q = at::zeros({8 * 4 + 1, 16}), K = at::zeros({8, 16});
+  CHECK(errorOf([&] { forward(Op::FuseQKV, Transform::None, {Q, K, K}, {}, A.Cfg, "rule"); })
+            .find("rule: error: q has shape [33, 16] but needs 32 rows") == 0);
+}
+
+TEST_CASE("qkv_gated: HF q_proj [q_h; gate_h] per head, Megatron [q heads; gate heads; k; v] per group") {
+  const int64_t NH = 4, NG = 2, D = 2, R = NH / NG;
+  Attention A(NH, NG, D);
+  at::Tensor Q = randomOf({2 * NH * D, 8}, at::kBFloat16), K = randomOf({NG * D, 8}, at::kBFloat16),
+             V = randomOf({NG * D, 8}, at::kBFloat16);
+  at::Tensor Out = forward(Op::FuseQKVGated, Transform::None, {Q, K, V}, {}, A.Cfg, "test");
+  for (int64_t G = 0; G < NG; ++G)
+    for (int64_t H = 0; H < R; ++H)
+      for (int64_t Dd = 0; Dd < D; ++Dd) {
+        int64_t Head = G * R + H, Base = G * (2 * R + 2) * D;
+        CHECK(sameBytes(Out[Base + H * D + Dd], Q[Head * 2 * D + Dd]));              // query
+        CHECK(sameBytes(Out[Base + (R + H) * D + Dd], Q[Head * 2 * D + D + Dd]));    // its gate
+      }
+  checkRoundTrip(Op::FuseQKVGated, {Q, K, V}, A.Cfg);
+}
+
+TEST_CASE("gated_mlp, gate_up and gate_up_interleaved: fc1 is [gate; up]") {
+  Attention A(4, 2, 2);
+  at::Tensor Gate = randomOf({6, 4}, at::kBFloat16), Up = randomOf({6, 4}, at::kBFloat16);
+  at::Tensor Fc1 = forward(Op::FuseGatedMLP, Transform::None, {Gate, Up}, {}, A.Cfg, "test");
+  CHECK(sameBytes(Fc1, at::cat({Gate, Up}, 0)));
+  checkRoundTrip(Op::FuseGatedMLP, {Gate, Up}, A.Cfg);
+  checkRoundTrip(Op::GateUpConcat, {at::cat({Gate, Up}, 0)}, A.Cfg);
+  // gpt-oss: rows alternate gate, up.
+  at::Tensor Interleaved = at::stack({Gate, Up}, 1).reshape({12, 4});
+  CHECK(sameBytes(forward(Op::GateUpInterleaved, Transform::None, {Interleaved}, {}, A.Cfg, "test"), Fc1));
+  checkRoundTrip(Op::GateUpInterleaved, {Interleaved}, A.Cfg);
+  CHECK(errorOf([&] {
+          forward(Op::GateUpInterleaved, Transform::None, {at::zeros({5, 4})}, {}, A.Cfg, "r");
+        }).find("odd number of rows 5") != std::string::npos);
+}
+
+TEST_CASE("transpose, permute, cast, identity, swap_halves: undone bit for bit") {
+  Attention A(4, 2, 2);
+  at::Tensor M = randomOf({6, 4}, at::kBFloat16);
+  CHECK(sameBytes(forward(Op::Transpose, Transform::None, {M}, {}, A.Cfg, "t"), M.t()));
+  checkRoundTrip(Op::Transpose, {M}, A.Cfg);
+  checkRoundTrip(Op::Identity, {M}, A.Cfg);
+  at::Tensor X = randomOf({2, 3, 4}, at::kFloat);
+  OpParams Dims{{"dims", Json::array({2, 0, 1})}};
+  at::Tensor P = forward(Op::Permute, Transform::None, {X}, Dims, A.Cfg, "t");
+  CHECK(P.sizes() == at::IntArrayRef({4, 2, 3}));
+  CHECK(sameBytes(P[3][1][2], X[1][2][3]));
+  checkRoundTrip(Op::Permute, {X}, A.Cfg, Dims);
+  // bf16 and fp16 widen to fp32 exactly and come back.
+  for (at::ScalarType T : {at::kBFloat16, at::kHalf})
+    checkRoundTrip(Op::Cast, {randomOf({5, 3}, T)}, A.Cfg, {{"dtype", "float32"}});
+  at::Tensor H = randomOf({6, 2}, at::kBFloat16);
+  at::Tensor S = forward(Op::Transform, Transform::SwapHalves, {H}, {}, A.Cfg, "t");
+  CHECK(sameBytes(S, at::cat({H.narrow(0, 3, 3), H.narrow(0, 0, 3)}, 0)));
+  checkRoundTrip(Op::Transform, {H}, A.Cfg, {}, Transform::SwapHalves);
+  CHECK(errorOf([&] { forward(Op::Transform, Transform::SwapHalves, {at::zeros({5})}, {}, A.Cfg, "r"); })
+            .find("swap_halves needs an even dim 0") != std::string::npos);
+}
+
+TEST_CASE("norm_offset: in the tensor's own dtype, undone exactly where the sum is representable") {
+  Attention A(4, 2, 2);
+  // Multiples of 2^-8 below 1 in fp32: x + 1 and back are exact.
+  at::Tensor X = at::randint(-255, 256, {64}, at::TensorOptions().dtype(at::kFloat)).div(256);
+  at::Tensor Y = forward(Op::NormOffset, Transform::None, {X}, {{"delta", 1.0}}, A.Cfg, "t");
+  CHECK(sameBytes(Y, X.add(1.0)));
+  checkRoundTrip(Op::NormOffset, {X}, A.Cfg, {{"delta", 1.0}});
+}
+
+TEST_CASE("expert and rows: the slices export assembles tile their source exactly") {
+  Attention A(4, 2, 2);
+  at::Tensor Stack = randomOf({4, 3, 2}, at::kBFloat16);
+  std::vector<at::Tensor> Experts;
+  for (int64_t E = 0; E < 4; ++E)
+    Experts.push_back(forward(Op::SelectExpert, Transform::None, {Stack}, {{"index", E}}, A.Cfg, "t"));
+  CHECK(sameBytes(at::stack(Experts, 0), Stack));
+  CHECK(errorOf([&] { forward(Op::SelectExpert, Transform::None, {Stack}, {{"index", 4}}, A.Cfg, "r"); })
+            .find("expert 4 is outside [4, 3, 2]") != std::string::npos);
+  at::Tensor In = randomOf({10, 3}, at::kBFloat16);
+  Json Sizes = Json::array({2, 5, 0, 3});
+  std::vector<at::Tensor> Blocks;
+  for (int64_t I = 0; I < 4; ++I)
+    Blocks.push_back(forward(Op::RowBlock, Transform::None, {In}, {{"sizes", Sizes}, {"index", I}}, A.Cfg, "t"));
+  CHECK(sameBytes(at::cat(Blocks, 0), In));
+  CHECK(errorOf([&] {
+          forward(Op::RowBlock, Transform::None, {In}, {{"sizes", Json::array({2, 5})}, {"index", 0}}, A.Cfg, "r");
+        }).find("add up to 7 rows") != std::string::npos);
+  CHECK(errorOf([&] {
+          inverse(Op::SelectExpert, Transform::None, Stack[0], 1, {{"index", 0}}, A.Cfg, {}, "r");
+        }).find("put back by export") != std::string::npos);
+}
+
+TEST_CASE("dequantization agrees with its format's definition") {
+  Attention A(4, 2, 2);
+  // FP8 e4m3 with 128x128 block scales (the last block partial), fp32 product, bf16.
+  at::Tensor W = randomOf({130, 200}, at::kFloat).to(at::kFloat8_e4m3fn);
+  at::Tensor Scale = at::rand({2, 2}).add(0.5);
+  at::Tensor Got = forward(Op::DequantFP8Block, Transform::None, {W, Scale}, {{"block", 128}}, A.Cfg, "t");
+  at::Tensor Want = at::empty({130, 200}, at::kFloat);
+  for (int64_t I = 0; I < 130; I += 43)
+    for (int64_t J = 0; J < 200; J += 37) {
+      float Ref = W[I][J].to(at::kFloat).item<float>() * Scale[I / 128][J / 128].item<float>();
+      CHECK(Got[I][J].item<float>() == at::scalar_tensor(Ref).to(at::kBFloat16).item<float>());
+    }
+  (void)Want;
+  // Per-tensor and per-row scales.
+  at::Tensor Row = at::rand({130}).add(0.5);
+  at::Tensor PerRow = forward(Op::DequantFP8Tensor, Transform::None, {W, Row}, {}, A.Cfg, "t");
+  CHECK(sameBytes(PerRow, W.to(at::kFloat).mul(Row.unsqueeze(1)).to(at::kBFloat16)));
+  at::Tensor One = at::full({}, 0.75);
+  CHECK(sameBytes(forward(Op::DequantFP8Tensor, Transform::None, {W, One}, {}, A.Cfg, "t"),
+                  W.to(at::kFloat).mul(0.75).to(at::kBFloat16)));
+  // MXFP4: two e2m1 codes a byte, low nibble first, one e8m0 scale per block.
+  static const float E2M1[16] = {0, 0.5, 1, 1.5, 2, 3, 4, 6, -0.0f, -0.5, -1, -1.5, -2, -3, -4, -6};
+  at::Tensor Blocks = at::randint(0, 256, {3, 2, 4}, at::TensorOptions().dtype(at::kByte));
+  // Ordinary exponents, the smallest (0: 2^-127) and the largest (255: inf).
+  at::Tensor Scales =
+      at::tensor(std::vector<uint8_t>{120, 127, 130, 0, 255, 1}, at::TensorOptions().dtype(at::kByte)).reshape({3, 2});
+  at::Tensor Out = forward(Op::DequantMXFP4, Transform::None, {Blocks, Scales}, {}, A.Cfg, "t");
+  REQUIRE(Out.sizes() == at::IntArrayRef({3, 16}));
+  for (int64_t R = 0; R < 3; ++R)
+    for (int64_t B = 0; B < 2; ++B)
+      for (int64_t K = 0; K < 4; ++K) {
+        uint8_t Byte = Blocks[R][B][K].item<uint8_t>();
+        int S = Scales[R][B].item<uint8_t>();
+        for (int N = 0; N < 2; ++N) {
+          // x · 2^(s − 127) in fp32, as transformers computes it (s = 255:
+          // infinite, and 0 · inf is NaN).
+          float Ref = E2M1[N ? Byte >> 4 : Byte & 15] * std::ldexp(1.0f, S - 127);
+          float V = Out[R][B * 8 + K * 2 + N].item<float>();
+          if (std::isnan(Ref))
+            CHECK(std::isnan(V));
+          else
+            CHECK(V == at::scalar_tensor(Ref).to(at::kBFloat16).item<float>());
+        }
+      }
+  CHECK(errorOf([&] {
+          inverse(Op::DequantFP8Block, Transform::None, Got, 2, {{"block", 128}}, A.Cfg, {}, "r");
+        }).find("not implemented yet") != std::string::npos);
+}
