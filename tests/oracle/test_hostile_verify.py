@@ -179,3 +179,56 @@ def test_verify_finds_a_record_missing_from_the_manifest(bridge_run, written, tm
     manifest.write_text(json.dumps(m))
     _verify_fails(bridge_run, d, f"{iter_dir / '.metadata'}: tensor chunk of '{gone['key']}' ({gone['file']} at "
                   f"offset {gone['offset']}, length {gone['length']}) is not in manifest.json")
+
+
+# --- legacy (torch) checkpoints -----------------------------------------------------------------------------------
+
+# pickle protocol 2 for os.system("true"), built by hand and never unpickled here:
+# PROTO 2, GLOBAL 'os system', BINUNICODE 'true', TUPLE1, REDUCE, STOP.
+EVIL_PICKLE = b"\x80\x02cos\nsystem\nX\x04\x00\x00\x00true\x85R."
+
+
+def _replace_data_pkl(rank_file: Path, payload: bytes) -> None:
+    with zipfile.ZipFile(rank_file) as z:
+        entries = [(i, z.read(i)) for i in z.infolist()]
+    tmp = rank_file.with_suffix(".new")
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as z:
+        for info, data in entries:
+            z.writestr(info.filename, payload if info.filename.endswith("/data.pkl") else data)
+    tmp.replace(rank_file)
+
+
+def test_verify_reads_each_legacy_pickle_through_the_allow_list(bridge_run, written, tmp_path):
+    d, iter_dir = _copy(written, "legacy", tmp_path)
+    _replace_data_pkl(iter_dir / RANK1, EVIL_PICKLE)
+    _verify_fails(bridge_run, d, str(iter_dir / RANK1), "forbidden global 'os.system'")
+
+
+LEGACY_CASES = {
+    "no-rank-files": (lambda m: m["files"].clear(),
+                      ["'files' lists no rank files", f"{RANK0}: a rank file that manifest.json does not list"]),
+    "rank-file-unlisted": (lambda m: m["files"].pop(RANK1),
+                           [f"{RANK1}: a rank file that manifest.json does not list"]),
+    "file-without-tensors": (lambda m: m["files"].__setitem__(RANK0, {}),
+                             [f"files['{RANK0}'] lists no tensors", "storage entries not in manifest.json: 'data/0', ",
+                              "tensors of 'model' not in manifest.json: '"]),
+    "tensor-unlisted": (lambda m: m["files"][RANK0].pop(next(iter(m["files"][RANK0]))),
+                        [f"{RANK0}: storage entries not in manifest.json: 'data/0'\n",
+                         f"{RANK0}: tensors of 'model' not in manifest.json: '"]),
+    "crc-as-string": (lambda m: next(iter(m["files"][RANK0].values())).__setitem__("crc32", "0"),
+                      [f"files['{RANK0}']['", "']: 'crc32' is a string"]),
+    "entry-missing": (lambda m: next(iter(m["files"][RANK1].values())).pop("entry"),
+                      [f"files['{RANK1}']['", "']: has no 'entry'"]),
+    "file-outside": (lambda m: m["files"].__setitem__("../" + RANK0, m["files"][RANK0]),
+                     [f"files['../{RANK0}']: not a rank file inside the checkpoint"]),
+    "files-not-an-object": (lambda m: m.__setitem__("files", [RANK0]),
+                            ["'files' is an array, not an object of rank files"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LEGACY_CASES))
+def test_verify_checks_the_legacy_manifest(bridge_run, written, tmp_path, case):
+    d, iter_dir = _copy(written, "legacy", tmp_path)
+    edit, expected = LEGACY_CASES[case]
+    _edit_json(iter_dir / "manifest.json", edit)
+    _verify_fails(bridge_run, d, *expected)

@@ -5,10 +5,11 @@
 // records, each at the same place), then every record it lists is read back
 // where it lies, inside its file, its zip entries' CRC-32 checked, and the
 // CRC-32 of the tensor chunk (or of the whole record, for an object)
-// compared with the one taken as it was written. Legacy (torch): each rank
-// file's zip entries and tensor storages against the manifest. Two HF
-// checkpoints (an export and its source): the same tensors, names, dtypes,
-// shapes and bytes.
+// compared with the one taken as it was written. Legacy (torch): every rank
+// file of the directory listed, each one's pickle read through the
+// restricted unpickler, its storage entries and tensors against the
+// manifest. Two HF checkpoints (an export and its source): the same
+// tensors, names, dtypes, shapes and bytes.
 //
 // A manifest is input like any other: a bad entry is a problem naming
 // manifest.json, the entry and the field, never an abort.
@@ -391,47 +392,131 @@ VerifyReport verifyHF(const std::string &Dir) {
   return R;
 }
 
-/// A legacy checkpoint: each rank file's zip entries (their own CRC-32s)
-/// and each tensor's storage against the manifest.
+/// "'a', 'b', 'c' and 7 more".
+std::string nameList(const std::vector<std::string> &Names) {
+  std::string Out;
+  for (size_t I = 0; I < Names.size() && I < 4; ++I)
+    Out += (I ? ", '" : "'") + Names[I] + "'";
+  if (Names.size() > 4)
+    Out += " and " + std::to_string(Names.size() - 4) + " more";
+  return Out;
+}
+
+/// Whether \p Rel is where a legacy rank file lies: "mp_rank_<...>/model_optim_rng.pt".
+bool isRankFilePath(const std::string &Rel) {
+  size_t Slash = Rel.find('/');
+  if (Slash == std::string::npos)
+    return false;
+  std::string RankDir = Rel.substr(0, Slash);
+  return files::isPlainName(RankDir) && RankDir.compare(0, 8, "mp_rank_") == 0 &&
+         Rel.compare(Slash + 1, std::string::npos, "model_optim_rng.pt") == 0;
+}
+
+/// One rank file of a legacy checkpoint: its zip entries (their own
+/// CRC-32s), its pickle (through the restricted unpickler, as reshard reads
+/// it), and its storage entries and tensors against the manifest's \p Tensors.
+void verifyRankFile(const std::string &Path, const std::string &At, const Json &Tensors, VerifyReport &R) {
+  // The manifest's entries: tensor name -> (storage entry "data/N", CRC-32).
+  std::map<std::string, std::pair<std::string, uint32_t>> Listed;
+  std::set<std::string> ListedEntries;
+  for (auto T = Tensors.begin(); T != Tensors.end(); ++T) {
+    std::string TAt = At + "['" + T.key() + "']";
+    if (!T->is_object()) {
+      R.Problems.push_back(TAt + " is " + jsonKind(*T) + ", not an object");
+      continue;
+    }
+    EntryCheck C(*T, TAt, R.Problems);
+    std::string Entry = C.string("entry");
+    uint32_t Crc = C.crc();
+    if (!C.ok())
+      continue;
+    if (!ListedEntries.insert(Entry).second)
+      R.Problems.push_back(TAt + ": storage entry '" + Entry + "' is listed for another tensor too");
+    Listed[T.key()] = {Entry, Crc};
+  }
+
+  files::MappedFile Map(Path);
+  if (!Map.ok()) {
+    R.Problems.push_back(Path + ": " + Map.why());
+    return;
+  }
+  ZipArchive Zip(Map.bytes(), Path);
+  std::map<std::string, uint32_t> ByStorage; // "data/N" -> CRC-32 of its bytes
+  for (const ZipArchive::Entry &E : Zip.entries()) {
+    std::string_view Payload = Zip.read(E); // checks the entry's own CRC-32
+    size_t Data = E.Name.find("/data/");
+    if (Data != std::string::npos)
+      ByStorage[E.Name.substr(Data + 1)] = crc32(reinterpret_cast<const uint8_t *>(Payload.data()), Payload.size());
+  }
+  for (auto &[Name, Want] : Listed) {
+    auto Found = ByStorage.find(Want.first);
+    if (Found == ByStorage.end())
+      R.Problems.push_back(Path + ": '" + Name + "' has no storage entry");
+    else if (Found->second != Want.second)
+      R.Problems.push_back(Path + ": '" + Name + "': CRC-32 " + hex(Found->second) + ", but " + hex(Want.second) +
+                           " when written");
+    ++R.Checked;
+  }
+  std::vector<std::string> Unlisted;
+  for (auto &[Entry, Crc] : ByStorage)
+    if (!ListedEntries.count(Entry))
+      Unlisted.push_back(Entry);
+  if (!Unlisted.empty())
+    R.Problems.push_back(Path + ": storage entries not in manifest.json: " + nameList(Unlisted));
+  R.Bytes += Map.size();
+
+  // The pickle, read as reshard reads it: a forbidden global is a problem,
+  // and every tensor of its 'model' dict must be one the manifest lists.
+  PyValuePtr Root = readTorchSave(Map.bytes(), Path, LegacyCheckpointGlobals, /*Borrow=*/true);
+  const PyValue *Model = Root->find("model");
+  if (!Model || !Model->is(PyValue::Kind::Dict)) {
+    R.Problems.push_back(Path + ": has no 'model' dict: not a Megatron-LM legacy checkpoint file");
+    return;
+  }
+  Unlisted.clear();
+  for (const PyValue::Entry &E : Model->Entries)
+    if (E.second->is(PyValue::Kind::Tensor) && (!E.first->is(PyValue::Kind::Str) || !Listed.count(E.first->Text)))
+      Unlisted.push_back(E.first->is(PyValue::Kind::Str) ? E.first->Text : E.first->repr(80));
+  if (!Unlisted.empty())
+    R.Problems.push_back(Path + ": tensors of 'model' not in manifest.json: " + nameList(Unlisted));
+}
+
+/// A legacy checkpoint: every rank file of the directory listed by the
+/// manifest, and each one checked by verifyRankFile.
 VerifyReport verifyLegacy(const std::string &Iter, const Json &M) {
   VerifyReport R;
-  for (auto F = M.at("files").begin(); F != M.at("files").end(); ++F) {
+  std::string ManifestPath = files::join(Iter, "manifest.json");
+  auto FilesIt = M.find("files");
+  if (FilesIt == M.end() || !FilesIt->is_object())
+    throw Error("error: " + ManifestPath + ": 'files' is " +
+                (FilesIt == M.end() ? std::string("missing") : jsonKind(*FilesIt)) + ", not an object of rank files");
+  if (FilesIt->empty())
+    R.Problems.push_back(ManifestPath + ": 'files' lists no rank files");
+  std::set<std::string> ListedFiles;
+  for (auto F = FilesIt->begin(); F != FilesIt->end(); ++F) {
     const std::string &Rel = F.key();
-    std::string Path = files::join(Iter, Rel);
-    if (Rel.find("..") != std::string::npos || Rel.empty() || Rel[0] == '/') {
-      R.Problems.push_back(Path + ": the manifest names a file outside the checkpoint");
+    std::string At = ManifestPath + ": files['" + Rel + "']";
+    if (!isRankFilePath(Rel)) {
+      R.Problems.push_back(At + ": not a rank file inside the checkpoint (mp_rank_*/model_optim_rng.pt)");
       continue;
     }
-    files::MappedFile Map(Path);
-    if (!Map.ok()) {
-      R.Problems.push_back(Path + ": " + Map.why());
+    ListedFiles.insert(Rel);
+    if (!F->is_object()) {
+      R.Problems.push_back(At + " is " + jsonKind(*F) + ", not an object of tensors");
       continue;
     }
+    if (F->empty())
+      R.Problems.push_back(At + " lists no tensors");
     try {
-      ZipArchive Zip(Map.bytes(), Path);
-      std::map<std::string, uint32_t> ByStorage; // "data/N" -> CRC-32 of its bytes
-      for (const ZipArchive::Entry &E : Zip.entries()) {
-        std::string_view Payload = Zip.read(E); // checks the entry's own CRC-32
-        size_t Data = E.Name.find("/data/");
-        if (Data != std::string::npos)
-          ByStorage[E.Name.substr(Data + 1)] =
-              crc32(reinterpret_cast<const uint8_t *>(Payload.data()), Payload.size());
-      }
-      for (auto T = F.value().begin(); T != F.value().end(); ++T) {
-        auto Found = ByStorage.find(T->at("entry").get<std::string>());
-        uint32_t Want = T->at("crc32").get<uint32_t>();
-        if (Found == ByStorage.end())
-          R.Problems.push_back(Path + ": '" + T.key() + "' has no storage entry");
-        else if (Found->second != Want)
-          R.Problems.push_back(Path + ": '" + T.key() + "': CRC-32 " + hex(Found->second) + ", but " + hex(Want) +
-                               " when written");
-        ++R.Checked;
-      }
-      R.Bytes += Map.size();
-    } catch (const Error &E) {
-      std::string What = E.what();
-      R.Problems.push_back(What.compare(0, 7, "error: ") == 0 ? What.substr(7) : What);
+      verifyRankFile(files::join(Iter, Rel), At, *F, R);
+    } catch (const std::exception &E) {
+      R.Problems.push_back(problemText(E));
     }
+  }
+  for (const std::string &Name : files::list(Iter)) {
+    std::string Rel = Name + "/model_optim_rng.pt";
+    if (isRankFilePath(Rel) && !ListedFiles.count(Rel) && files::exists(files::join(Iter, Rel)))
+      R.Problems.push_back(files::join(Iter, Rel) + ": a rank file that manifest.json does not list");
   }
   return R;
 }
@@ -448,7 +533,7 @@ VerifyReport runVerify(const std::string &Dir, const std::string &Against) {
   std::string ManifestPath = files::join(Iter, "manifest.json");
   if (files::exists(ManifestPath)) {
     Json M = readJsonFile(ManifestPath);
-    if (M.contains("format") && M["format"] == "torch")
+    if (M.is_object() && M.contains("format") && M["format"] == "torch")
       return verifyLegacy(Iter, M);
   }
   return verifyTorchDist(Dir);
