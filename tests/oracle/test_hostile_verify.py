@@ -232,3 +232,29 @@ def test_verify_checks_the_legacy_manifest(bridge_run, written, tmp_path, case):
     edit, expected = LEGACY_CASES[case]
     _edit_json(iter_dir / "manifest.json", edit)
     _verify_fails(bridge_run, d, *expected)
+
+
+# --- HF exports ---------------------------------------------------------------------------------------------------
+
+HF_CASES = {
+    "crc-as-string": (lambda m: next(iter(m["tensors"].values())).__setitem__("crc32", "1"), "'crc32' is a string"),
+    "null-file": (lambda m: next(iter(m["tensors"].values())).__setitem__("file", None),
+                  "'file' is a null, not a string"),
+    "file-dotdot": (lambda m: next(iter(m["tensors"].values())).__setitem__("file", ".."),
+                    "'file' is '..', not a plain file name"),
+    "entry-not-an-object": (lambda m: m["tensors"].__setitem__(next(iter(m["tensors"])), 5),
+                            "] is the number 5, not an object"),
+    "tensors-not-an-object": (lambda m: m.__setitem__("tensors", []), "'tensors' is an array, not an object"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HF_CASES))
+def test_verify_checks_the_export_manifest(bridge_run, written, tmp_path, case):
+    d, _ = _copy(written, "hf", tmp_path)
+    manifest = d / "manifest.json"
+    first = next(iter(json.loads(manifest.read_text())["tensors"]))
+    edit, expected = HF_CASES[case]
+    _edit_json(manifest, edit)
+    said = _verify_fails(bridge_run, d, str(manifest), expected)
+    if case != "tensors-not-an-object":
+        assert f"tensors['{first}']" in said, said

@@ -8,8 +8,9 @@
 // compared with the one taken as it was written. Legacy (torch): every rank
 // file of the directory listed, each one's pickle read through the
 // restricted unpickler, its storage entries and tensors against the
-// manifest. Two HF checkpoints (an export and its source): the same
-// tensors, names, dtypes, shapes and bytes.
+// manifest. An HF export: its manifest's entries checked the same way, each
+// tensor's CRC-32 against them. Two HF checkpoints (an export and its
+// source): the same tensors, names, dtypes, shapes and bytes.
 //
 // A manifest is input like any other: a bad entry is a problem naming
 // manifest.json, the entry and the field, never an abort.
@@ -363,6 +364,11 @@ VerifyReport compareHF(const std::string &Dir, const std::string &Against) {
   return R;
 }
 
+std::string baseName(const std::string &Path) {
+  size_t Slash = Path.find_last_of('/');
+  return Slash == std::string::npos ? Path : Path.substr(Slash + 1);
+}
+
 /// An HF export against the checksums export took as it wrote.
 VerifyReport verifyHF(const std::string &Dir) {
   VerifyReport R;
@@ -371,8 +377,32 @@ VerifyReport verifyHF(const std::string &Dir) {
     throw Error("error: " + Dir + " has no manifest.json (export writes one); --against SOURCE compares it with its "
                 "source instead");
   Json M = readJsonFile(ManifestPath);
+  if (!M.is_object())
+    throw Error("error: " + ManifestPath + " is " + jsonKind(M) + ", not an object");
+  auto Tensors = M.find("tensors");
+  if (Tensors == M.end() || !Tensors->is_object())
+    throw Error("error: " + ManifestPath + ": 'tensors' is " +
+                (Tensors == M.end() ? std::string("missing") : jsonKind(*Tensors)) + ", not an object of tensors");
+  // Each entry: {"file": a plain name, "crc32": an unsigned 32-bit integer}.
+  struct Entry {
+    std::string File;
+    uint32_t Crc = 0;
+    bool Ok = false;
+  };
+  std::map<std::string, Entry> Listed;
+  for (auto It = Tensors->begin(); It != Tensors->end(); ++It) {
+    Entry &E = Listed[It.key()];
+    std::string At = ManifestPath + ": tensors['" + It.key() + "']";
+    if (!It->is_object()) {
+      R.Problems.push_back(At + " is " + jsonKind(*It) + ", not an object");
+      continue;
+    }
+    EntryCheck C(*It, At, R.Problems);
+    E.File = C.fileName("file");
+    E.Crc = C.crc();
+    E.Ok = C.ok();
+  }
   SafetensorsCheckpoint Ckpt(Dir); // headers, offsets and index checked
-  const Json &Listed = M.at("tensors");
   for (const std::string &N : Ckpt.names()) {
     const TensorView *V = Ckpt.find(N);
     auto It = Listed.find(N);
@@ -380,15 +410,20 @@ VerifyReport verifyHF(const std::string &Dir) {
       R.Problems.push_back(V->File + ": '" + N + "' is not in manifest.json");
       continue;
     }
-    uint32_t Want = It->at("crc32").get<uint32_t>(), Got = crc32(V->Data, V->Bytes);
+    if (!It->second.Ok)
+      continue; // its entry is a problem already
+    if (It->second.File != baseName(V->File))
+      R.Problems.push_back(ManifestPath + ": tensors['" + N + "'] names file '" + It->second.File + "', but '" + N +
+                           "' is in " + V->File);
+    uint32_t Want = It->second.Crc, Got = crc32(V->Data, V->Bytes);
     if (Got != Want)
       R.Problems.push_back(V->File + ": '" + N + "': CRC-32 " + hex(Got) + ", but " + hex(Want) + " when written");
     ++R.Checked;
     R.Bytes += V->Bytes;
   }
-  for (auto It = Listed.begin(); It != Listed.end(); ++It)
-    if (!Ckpt.find(It.key()))
-      R.Problems.push_back(Dir + ": '" + It.key() + "' of manifest.json is missing");
+  for (auto &[N, E] : Listed)
+    if (!Ckpt.find(N))
+      R.Problems.push_back(Dir + ": '" + N + "' of manifest.json is missing");
   return R;
 }
 
