@@ -9,6 +9,7 @@
 //
 //===----------------------------------------------------------------------===//
 #include "bridge/Config.h"
+#include "bridge/Plan.h"
 #include "bridge/Registry.h"
 #include "bridge/Sidecar.h"
 #include "bridge/StrictJson.h"

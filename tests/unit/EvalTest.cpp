@@ -6,6 +6,7 @@
 //
 //===----------------------------------------------------------------------===//
 #include "bridge/Config.h"
+#include "bridge/Plan.h"
 #include "bridge/Registry.h"
 #include "bridge/StrictJson.h"
 

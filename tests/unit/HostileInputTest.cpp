@@ -10,6 +10,7 @@
 #include "bridge/Error.h"
 #include "bridge/Files.h"
 #include "bridge/OutputDir.h"
+#include "bridge/Plan.h"
 #include "bridge/Registry.h"
 #include "bridge/Sidecar.h"
 #include "bridge/StrictJson.h"

@@ -10,6 +10,7 @@
 
 #include "bridge/Config.h"
 #include "bridge/Convert.h"
+#include "bridge/Plan.h"
 
 namespace bridge {
 

@@ -13,6 +13,7 @@
 #include "bridge/Config.h"
 #include "bridge/Convert.h"
 #include "bridge/Layout.h"
+#include "bridge/Plan.h"
 
 #include <functional>
 #include <string>

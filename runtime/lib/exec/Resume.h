@@ -14,6 +14,7 @@
 #include "bridge/Config.h"
 #include "bridge/Convert.h"
 #include "bridge/DType.h"
+#include "bridge/Plan.h"
 
 #include <cstdint>
 #include <optional>

@@ -21,6 +21,7 @@
 #include "bridge/Convert.h"
 #include "bridge/Interrupt.h"
 #include "bridge/Layout.h"
+#include "bridge/Plan.h"
 #include "bridge/ProcessGroup.h"
 #include "bridge/Registry.h"
 #include "bridge/Safetensors.h"

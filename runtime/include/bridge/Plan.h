@@ -1,0 +1,122 @@
+//===- Plan.h - every Megatron tensor of a concrete model ---------*- C++ -*-===//
+//
+// The plan: a mapping's weight rules expanded over the layers and experts
+// of one config into concrete tensors, each with its HF sources, its op
+// chain, its global shape and its parallel style; coverage (every tensor
+// the schema requires produced once) is checked as it is built. Import,
+// export, reshard and `plan` all start from it; where each tensor lives
+// under a layout (stage, rank slices) is Layout.h.
+//
+//===----------------------------------------------------------------------===//
+#ifndef BRIDGE_PLAN_H
+#define BRIDGE_PLAN_H
+
+#include "bridge/Config.h"
+
+#include <functional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace bridge {
+
+/// One way to make a Megatron tensor: an op tree over named HF tensors.
+struct SourceChain {
+  Span<OpNode> Nodes;             ///< postfix
+  std::string Recipe;             ///< e.g. "qkv(a, b, c)"
+  std::vector<std::string> Sources; ///< HF tensors read, in op order
+  std::vector<bool> SourceOptional; ///< parallel to Sources
+  /// Parallel to Sources: the expert index when the source is read through
+  /// 'expert' (one slice of a stacked HF tensor), else -1.
+  std::vector<int64_t> SourceSlice;
+  /// Parallel to Sources: for a source read through 'rows' (one block of
+  /// consecutive row blocks), the rows it takes (first row, count); else
+  /// (-1, 0). Coverage then requires the blocks read of a tensor to tile it.
+  std::vector<std::pair<int64_t, int64_t>> SourceRows;
+
+  /// Appends a source read whole (the other parallel vectors' defaults).
+  void addSource(std::string Name, bool Optional) {
+    Sources.push_back(std::move(Name));
+    SourceOptional.push_back(Optional);
+    SourceSlice.push_back(-1);
+    SourceRows.push_back({-1, 0});
+  }
+};
+
+/// One Megatron tensor of a concrete model and where it comes from.
+struct PlannedTensor {
+  std::string Name;      ///< the name written (TE spelling by default)
+  std::string LocalName; ///< the local-spec spelling
+  std::vector<int64_t> Shape;
+  Style ParallelStyle;
+  bool Expert;
+  /// The rule's alternative source layouts ('a | b'), in rule order.
+  std::vector<SourceChain> Alternatives;
+  /// The one read: the first until chooseAlternatives picks by what the
+  /// checkpoint holds. Export always writes the first.
+  size_t Chosen = 0;
+  // The chosen chain, for short.
+  const SourceChain &chain() const { return Alternatives[Chosen]; }
+  const std::string &recipe() const { return chain().Recipe; }
+  const std::vector<std::string> &sources() const { return chain().Sources; }
+  bool Optional;
+  /// Made by a pass-through rule ('a.** <- b.**'): a tensor kept as the
+  /// checkpoint has it (name under the prefix, shape, dtype), replicated.
+  bool PassThrough = false;
+  const TensorRule *Rule;
+  const ParamInfo *Param;         ///< the schema declaration that applies
+  std::vector<int64_t> Captures;  ///< values of Param->Captures
+  std::vector<int64_t> LoopVars;  ///< values of Rule->Loops
+};
+
+struct Plan {
+  std::vector<PlannedTensor> Tensors;
+  std::vector<std::string> IgnoredPatterns; ///< concrete names that may be absent
+  std::vector<std::pair<std::string, std::string>> Ties; ///< HF copy -> HF original
+};
+
+/// Whether a pattern or a schema key names every tensor under a prefix
+/// ('visual.**', a pass-through module).
+bool isPassThroughName(std::string_view Name);
+
+/// The tensors a checkpoint holds under a prefix, with their shapes: what a
+/// pass-through rule ('a.** <- b.**') expands to. Import lists the HF
+/// checkpoint under the rule's source prefix (BySource); export and reshard
+/// list the Megatron checkpoint under its target prefix.
+struct PassThroughLister {
+  bool BySource = true;
+  std::function<std::vector<std::pair<std::string, std::vector<int64_t>>>(const std::string &Prefix)> List;
+};
+
+/// The most any range of the schema (layers, experts) may count. Published
+/// models have at most 126 layers and 512 experts; a config declaring more
+/// than this is refused before anything proportional to it is allocated.
+inline constexpr int64_t kMaxRangeCount = 4096;
+/// The most Megatron tensors a plan from config.json alone may hold
+/// (DeepSeek-V3 plans 31,015; Ling-1T about 61,000). Each costs about 10 KB.
+inline constexpr uint64_t kMaxPlannedTensors = uint64_t(1) << 17;
+/// With a checkpoint at hand, a plan may hold at most this many Megatron
+/// tensors per source tensor, plus kPlannedTensorsSlack (a fused expert
+/// tensor of gpt-oss-120b becomes 128; over a whole model at most about 20).
+inline constexpr uint64_t kPlannedTensorsPerSource = 64, kPlannedTensorsSlack = 4096;
+
+/// Expands every rule over its loops and checks that each tensor the schema
+/// requires for this config is produced exactly once. \p UseTENames picks the
+/// spelling of written names. Without \p Lister a pass-through rule stays
+/// one entry named by its pattern, with no shape (a plan from config.json
+/// alone). \p SourceTensors is the number of HF tensors the source holds (0:
+/// config.json alone): the declared counts are checked against it before
+/// the plan is built (a layer has at least one HF tensor), and the plan's
+/// size is bounded by it (kPlannedTensorsPerSource), so a config that
+/// declares a million layers for a checkpoint of two fails at once.
+Plan expandPlan(const MappingTable &T, const SchemaTable &S, const std::vector<Json> &Fields, bool UseTENames = true,
+                const PassThroughLister *Lister = nullptr, uint64_t SourceTensors = 0);
+
+/// Picks, for every tensor with alternative source layouts, the first whose
+/// non-optional HF tensors are all \p Present. When none is complete the
+/// first stays chosen (its missing tensors are then reported).
+void chooseAlternatives(Plan &P, const std::function<bool(const std::string &)> &Present);
+
+} // namespace bridge
+
+#endif
