@@ -32,6 +32,22 @@ const Json &fieldValue(const SchemaTable &S, const std::vector<Json> &Fields, co
 /// The pipeline stage that holds decoder layer \p Layer.
 int pipelineStage(const Layout &L, int64_t NumLayers, int64_t Layer);
 
+/// Where a planned tensor lives under a layout: the one rule every format
+/// (torch_dist's plan, the legacy rank files) and `plan`'s per-rank bytes
+/// use.
+struct Placement {
+  int Stage = 0;       ///< pipeline stage
+  int ExpertRank = -1; ///< expert-parallel rank; -1: not an expert
+  int64_t LayerInStage = -1;  ///< the layer's index within its stage; -1: not a layer
+  int64_t ExpertInRank = -1;  ///< the expert's index within its rank; -1: not an expert
+};
+/// A decoder layer's tensor is on its layer's stage; outside the layers,
+/// the final norm, the output layer and MTP are on the last stage, the
+/// embedding and what feeds it (a VLM's vision tower and projector) on the
+/// first. Experts are spread evenly over the EP ranks.
+Placement placementOf(const PlannedTensor &PT, const Layout &L, const SchemaTable &S,
+                      const std::vector<Json> &Fields);
+
 } // namespace bridge
 
 #endif

@@ -153,4 +153,38 @@ int pipelineStage(const Layout &L, int64_t NumLayers, int64_t Layer) {
   return static_cast<int>((Layer / Block) % L.PP);
 }
 
+Placement placementOf(const PlannedTensor &PT, const Layout &L, const SchemaTable &S,
+                      const std::vector<Json> &Fields) {
+  auto Field = fieldGetter(S, Fields);
+  const int64_t NumLayers = Field("num_layers"), NumExperts = Field("num_moe_experts");
+  const std::string LayerVar = rangeVar(S, "layers"), ExpertVar = rangeVar(S, "experts");
+  Placement P;
+  bool InLayer = false;
+  for (size_t C = 0; C < PT.Param->Captures.Size; ++C) {
+    const std::string Var = PT.Param->Captures[C];
+    const int64_t Index = PT.Captures[C];
+    if (Var == LayerVar) {
+      InLayer = true;
+      P.Stage = pipelineStage(L, NumLayers, Index);
+      // The first layer of that stage: the stage of each layer is monotone
+      // in the layer index within one virtual chunk.
+      int64_t First = Index;
+      while (First > 0 && pipelineStage(L, NumLayers, First - 1) == P.Stage)
+        --First;
+      P.LayerInStage = Index - First;
+    } else if (Var == ExpertVar && NumExperts > 0 && L.EP > 0) {
+      int64_t PerRank = NumExperts / L.EP;
+      P.ExpertRank = static_cast<int>(Index / PerRank);
+      P.ExpertInRank = Index % PerRank;
+    }
+  }
+  if (!InLayer) {
+    const std::string &N = PT.LocalName;
+    bool Last = N.find("decoder.final_") != std::string::npos || N.find("output_layer") != std::string::npos ||
+                N.rfind("mtp.", 0) == 0;
+    P.Stage = Last ? L.PP - 1 : 0;
+  }
+  return P;
+}
+
 } // namespace bridge

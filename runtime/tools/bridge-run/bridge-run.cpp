@@ -479,31 +479,12 @@ int cmdPlan(const Options &O) {
   // Where each tensor lives: its pipeline stage (layers; embedding first,
   // final norm and output layer last) and each TP/ETP rank's slice, and
   // the bytes every rank holds (params_dtype, as training keeps them).
-  auto Field = fieldGetter(schema(), Fields);
-  int64_t NumLayers = Field("num_layers"), Experts = Field("num_moe_experts");
   size_t Elem = 4;
   for (uint32_t I = 0; I < schema().Fields.Size; ++I)
     if (std::string(schema().Fields[I].Name) == "params_dtype" && Fields[I].is_string())
       Elem = Fields[I].get<std::string>() == "float32" ? 4 : 2;
-  const std::string LayerVar = rangeVar(schema(), "layers"), ExpertVar = rangeVar(schema(), "experts");
-  auto StageOf = [&](const PlannedTensor &PT) -> int {
-    for (size_t C = 0; C < PT.Param->Captures.Size; ++C)
-      if (std::string(PT.Param->Captures[C]) == LayerVar)
-        return pipelineStage(O.Par, NumLayers, PT.Captures[C]);
-    // The final norm, output layer and MTP on the last stage; the embedding
-    // and what feeds it (a VLM's vision tower and projector) on the first.
-    const std::string &N = PT.LocalName;
-    if (N.find("decoder.final_") != std::string::npos || N.find("output_layer") != std::string::npos ||
-        N.rfind("mtp.", 0) == 0)
-      return O.Par.PP - 1;
-    return 0;
-  };
-  auto ExpertRank = [&](const PlannedTensor &PT) -> int {
-    for (size_t C = 0; C < PT.Param->Captures.Size; ++C)
-      if (std::string(PT.Param->Captures[C]) == ExpertVar && Experts > 0)
-        return static_cast<int>(PT.Captures[C] / (Experts / O.Par.EP));
-    return -1;
-  };
+  auto StageOf = [&](const PlannedTensor &PT) { return placementOf(PT, O.Par, schema(), Fields).Stage; };
+  auto ExpertRank = [&](const PlannedTensor &PT) { return placementOf(PT, O.Par, schema(), Fields).ExpertRank; };
   std::map<std::tuple<int, int, int>, uint64_t> RankBytes; // (pp, tp, ep)
   std::vector<std::vector<std::pair<int, ChunkSpec>>> Slices;
   for (const PlannedTensor &PT : P.Tensors) {
