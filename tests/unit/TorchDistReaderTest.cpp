@@ -23,6 +23,8 @@
 #include <string>
 #include <vector>
 
+#include <sys/stat.h>
+
 using namespace bridge;
 namespace fs = std::filesystem;
 using Kind = PyValue::Kind;
@@ -804,8 +806,10 @@ TEST_CASE("unpickle: recursive and too deeply nested values are refused") {
   };
   CHECK(unpickle(Nested(UnpickleMaxDepth), None, "deep.pkl")->is(Kind::List));
   CHECK_ERROR(unpickle(Nested(UnpickleMaxDepth + 1), None, "deeper.pkl"), "nested deeper than");
-  // A million levels: refused without overflowing the stack.
-  CHECK_ERROR(unpickle(Nested(1000000), None, "deepest.pkl"), "nested deeper than");
+  // 60 000 levels: refused without overflowing the stack. (A million, two
+  // bytes each, is refused earlier by the node budget.)
+  CHECK_ERROR(unpickle(Nested(60000), None, "deepest.pkl"), "nested deeper than");
+  CHECK_ERROR(unpickle(Nested(1000000), None, "deepest.pkl"), "makes more than");
 }
 
 TEST_CASE("unpickle: every truncation and random corruption fails cleanly") {
@@ -1308,8 +1312,8 @@ TEST_CASE("torch_dist: hostile or broken checkpoints are refused with the file a
   SUBCASE("a record past the end of its file") {
     SynthCheckpoint C = Base();
     C.Tensors[0].Chunks[1].ExtraLength = 100;
-    CHECK_ERROR(Open(C), "record of 'w' (bytes");
-    CHECK_ERROR(Open(C), "runs past the end of '__0_0.distcp'");
+    CHECK_ERROR(Open(C), "record of 'w' (offset");
+    CHECK_ERROR(Open(C), "lies past the end of '__0_0.distcp'");
   }
   SUBCASE("a record in a missing file") {
     SynthCheckpoint C = Base();
@@ -1346,6 +1350,35 @@ TEST_CASE("torch_dist: hostile or broken checkpoints are refused with the file a
     std::vector<uint8_t> M = readFile(D.Path + "/.metadata");
     writeFile(D.Path + "/.metadata", sv(M).substr(0, M.size() / 2));
     CHECK_ERROR(TorchDistCheckpoint(D.Path), "/.metadata: truncated");
+  }
+  SUBCASE("dimensions beyond 2^62") {
+    SynthCheckpoint C = Base();
+    C.Tensors[0].Shape = {int64_t(1) << 62 | 1, 6};
+    CHECK_ERROR(Open(C), "/.metadata: global shape of 'w' holds 4611686018427387905, outside [0, 2^62]");
+    C = Base();
+    C.Tensors[0].Chunks[1] = {{INT64_MAX, 0}, {2, 6}};
+    CHECK_ERROR(Open(C), "'w' offset holds 9223372036854775807, outside [0, 2^62]");
+  }
+  SUBCASE("a record that no longer fits its file is named with its key") {
+    TempDir D;
+    writeSynth(D.Path, Base());
+    TorchDistCheckpoint Ckpt(D.Path);
+    uint64_t Size = fs::file_size(D.Path + "/__0_0.distcp");
+    // Overflow-safe: offset + length wraps around 2^64.
+    for (DistRecord R : {DistRecord{"__0_0.distcp", Size + 1, 0}, DistRecord{"__0_0.distcp", 8, UINT64_MAX - 4},
+                         DistRecord{"__0_0.distcp", UINT64_MAX - 4, 8}}) {
+      CHECK_ERROR(Ckpt.recordView(R, "w"), "__0_0.distcp: the record of 'w' (offset " + std::to_string(R.Offset));
+      CHECK_ERROR(Ckpt.recordView(R, "w"), "lies past the end of the file (" + std::to_string(Size) + " bytes)");
+      CHECK_ERROR(Ckpt.readRecord(R, "w"), "lies past the end of the file (" + std::to_string(Size) + " bytes)");
+    }
+  }
+  SUBCASE("a FIFO in place of a .distcp file is an error, not a wait") {
+    TempDir D;
+    writeSynth(D.Path, Base());
+    TorchDistCheckpoint Ckpt(D.Path);
+    REQUIRE(::mkfifo((D.Path + "/__7_0.distcp").c_str(), 0600) == 0);
+    CHECK_ERROR(Ckpt.readRecord({"__7_0.distcp", 0, 4}, "w"), "is a FIFO, not a regular file");
+    CHECK_ERROR(Ckpt.recordView({"__7_0.distcp", 0, 4}, "w"), "is a FIFO, not a regular file");
   }
   SUBCASE("a corrupted record") {
     TempDir D;

@@ -101,11 +101,14 @@ public:
   /// one element of byte object 'common_state/shard_0_1' (MCore >= 0.19).
   PyValuePtr common(const GlobalAllowList &Allowed = TorchSaveGlobals) const;
 
-  /// The raw bytes of \p R (bounds were checked when the checkpoint was opened).
-  std::vector<uint8_t> readRecord(const DistRecord &R) const;
+  /// The raw bytes of \p R (bounds were checked when the checkpoint was
+  /// opened, and again against the file as it is now). \p Key, the record's
+  /// key, is for messages. Input files are opened with
+  /// files::openRegularFile: a FIFO or device is an error, never a wait.
+  std::vector<uint8_t> readRecord(const DistRecord &R, const std::string &Key = "") const;
   /// The same bytes in the file, mapped read-only (files are mapped on first
   /// use and stay mapped while this object lives). Safe from several threads.
-  std::string_view recordView(const DistRecord &R) const;
+  std::string_view recordView(const DistRecord &R, const std::string &Key = "") const;
 
 private:
   void parseMetadata(const std::string &MetadataPath);

@@ -140,14 +140,44 @@ struct PyValue {
 /// Nesting limit of an unpickled value, so that consumers may recurse.
 constexpr unsigned UnpickleMaxDepth = 1000;
 
+/// The work and memory one unpickle() may spend are bounded by what its
+/// input holds: a few megabytes of EMPTY_LIST, MARK/LIST, MEMOIZE or
+/// set(memo GET) opcodes used to build gigabytes of nodes (issue 17, 10a).
+///
+/// Value nodes: at most one per UnpickleBytesPerNode bytes of input, plus
+/// UnpickleMinNodes. Every node Python's pickler (or ours) writes costs an
+/// opcode and a memo entry or its contents: real files spend 10 (a
+/// DeepSeek-V3-like DCP .metadata written by Python) to 30 (ours) bytes
+/// per node, so 4 leaves a margin of 2.5 and holds a hostile pickle to a
+/// quarter of the nodes it asks for.
+constexpr uint64_t UnpickleBytesPerNode = 4;
+constexpr uint64_t UnpickleMinNodes = uint64_t(1) << 16;
+/// What the unpickler counts for each node: the PyValue with its
+/// shared_ptr control block (one allocation) and allocator overhead, its
+/// slot in the unpickler's node table and checkGraph's bookkeeping. Items,
+/// dict entries, text, memo entries and the stack's high-water mark are
+/// counted on top, at their own size.
+constexpr uint64_t UnpickleNodeBytes = sizeof(PyValue) + 64;
+/// Memory: at most UnpickleMinMemory + UnpickleMemoryPerByte bytes per
+/// input byte, and never more than UnpickleMaxMemory. Real files need
+/// about 36 bytes of memory per input byte (measured peak RSS of a 32 MB
+/// DeepSeek-V3-like .metadata: 1.2 GB, 3.2 M nodes); 64 leaves room. The
+/// absolute cap fits a DeepSeek-V3 checkpoint of 2048 ranks with its
+/// optimizer state (about 600 K chunks, a .metadata of about 100 MB, about
+/// 3.6 GB unpickled) four times over.
+constexpr uint64_t UnpickleMemoryPerByte = 64;
+constexpr uint64_t UnpickleMinMemory = uint64_t(64) << 20;
+constexpr uint64_t UnpickleMaxMemory = uint64_t(16) << 30;
+
 /// Unpickles \p Bytes, one pickle of protocol 2 to 5 (the opcodes Python
 /// and torch emit, plus the INT/PUT/GET text forms; not the protocol-0 text
 /// strings, floats and persistent ids, nor out-of-band buffers; nothing may
 /// follow STOP), without executing anything. Every GLOBAL / STACK_GLOBAL
 /// must be in \p Allowed. collections.OrderedDict becomes a Dict,
 /// builtins.set and frozenset a List. Throws bridge::Error "error: <Where>:
-/// ..." on forbidden globals, truncated or malformed input, and recursive or
-/// too deeply nested values.
+/// ..." on forbidden globals, truncated or malformed input, recursive or
+/// too deeply nested values, and input that would make more nodes or take
+/// more memory than the budgets above allow.
 PyValuePtr unpickle(std::string_view Bytes, const GlobalAllowList &Allowed, const std::string &Where);
 
 /// A zip archive as torch.save writes it (entries STORED, ZIP64 where

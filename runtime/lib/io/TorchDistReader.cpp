@@ -64,6 +64,12 @@ int64_t fileSize(const std::string &Path) {
   return static_cast<int64_t>(St.st_size);
 }
 
+/// The most fields a DCP dataclass's state may have (they have 2 to 6).
+constexpr size_t MaxFields = 32;
+/// The largest dimension, offset or size .metadata may give (2^62): sums
+/// and products of two of them stay inside int64.
+constexpr int64_t MaxDim = int64_t(1) << 62;
+
 /// DCP writes a dataclass as NEWOBJ + BUILD(__dict__): its fields are the
 /// State dict.
 const PyValue &fields(const PyValue &V, const char *Class, const std::string &Where, const std::string &What) {
@@ -71,6 +77,11 @@ const PyValue &fields(const PyValue &V, const char *Class, const std::string &Wh
     fail(Where, What + " is " + (V.is(Kind::Object) ? "a " + V.qualifiedName() : V.repr(80)) + ", not a " + Class);
   if (!V.State || !V.State->is(Kind::Dict))
     fail(Where, What + " (" + Class + ") has no field dict");
+  // Fields are looked up by a scan; a state dict that many objects share
+  // through the memo must not make that scan long.
+  if (V.State->Entries.size() > MaxFields)
+    fail(Where, What + " (" + Class + ") has " + std::to_string(V.State->Entries.size()) + " fields; a " + Class +
+                    " has fewer than " + std::to_string(MaxFields));
   return *V.State;
 }
 
@@ -104,8 +115,12 @@ std::vector<int64_t> sizeOf(const PyValue &V, const std::string &Where, const st
   if (!T->is(Kind::Tuple) && !T->is(Kind::List))
     fail(Where, What + " is " + V.repr(80) + ", not a torch.Size");
   std::vector<int64_t> Out;
-  for (const PyValuePtr &I : T->Items)
-    Out.push_back(intOf(*I, Where, What + " element"));
+  for (const PyValuePtr &I : T->Items) {
+    int64_t D = intOf(*I, Where, What + " element");
+    if (D < 0 || D > MaxDim)
+      fail(Where, What + " holds " + std::to_string(D) + ", outside [0, 2^62]");
+    Out.push_back(D);
+  }
   return Out;
 }
 
@@ -283,9 +298,8 @@ void TorchDistCheckpoint::parseMetadata(const std::string &Path) {
       fail(Path, "record of '" + Key + "' is in '" + R.File + "', which is not a file in " + Dir);
     uint64_t Size = static_cast<uint64_t>(It->second);
     if (R.Offset > Size || R.Length > Size - R.Offset)
-      fail(Path, "record of '" + Key + "' (bytes " + std::to_string(R.Offset) + ".." +
-                     std::to_string(R.Offset + R.Length) + ") runs past the end of '" + R.File + "' (" +
-                     std::to_string(Size) + " bytes)");
+      fail(Path, "record of '" + Key + "' (offset " + std::to_string(R.Offset) + ", " + std::to_string(R.Length) +
+                     " bytes) lies past the end of '" + R.File + "' (" + std::to_string(Size) + " bytes)");
   };
 
   std::set<std::string> SeenKeys;
@@ -305,6 +319,12 @@ void TorchDistCheckpoint::parseMetadata(const std::string &Path) {
     const PyValue &TF =
         fields(V, "torch.distributed.checkpoint.metadata.TensorStorageMetadata", Path, "metadata of '" + Key + "'");
     if (isSkippedKey(Key)) {
+      // Not read, but its shape is checked like any other.
+      std::vector<int64_t> Shape = sizeOf(field(TF, "size", Path, "'" + Key + "'"), Path, "global shape of '" + Key + "'");
+      int64_t N = 1;
+      for (int64_t D : Shape)
+        if (__builtin_mul_overflow(N, D, &N))
+          fail(Path, "global shape " + dims(Shape) + " of '" + Key + "' is too large");
       Skipped.push_back(Key);
       continue;
     }
@@ -425,42 +445,51 @@ std::string TorchDistCheckpoint::recordWhere(const DistRecord &R, const std::str
   return Dir + "/" + R.File + " (record of '" + Key + "' at byte " + std::to_string(R.Offset) + ")";
 }
 
-std::string_view TorchDistCheckpoint::recordView(const DistRecord &R) const {
+namespace {
+/// Fails unless [Offset, Offset + Length) lies inside a file of \p Size
+/// bytes (overflow-safe).
+void checkInside(const DistRecord &R, uint64_t Size, const std::string &Path, const std::string &Key) {
+  if (R.Offset > Size || R.Length > Size - R.Offset)
+    fail(Path, "the record" + (Key.empty() ? std::string() : " of '" + Key + "'") + " (offset " +
+                   std::to_string(R.Offset) + ", " + std::to_string(R.Length) + " bytes) lies past the end of the file (" +
+                   std::to_string(Size) + " bytes)");
+}
+} // namespace
+
+std::string_view TorchDistCheckpoint::recordView(const DistRecord &R, const std::string &Key) const {
   std::lock_guard<std::mutex> G(Mapped->Lock);
+  std::string Path = Dir + "/" + R.File;
   auto It = Mapped->Files.find(R.File);
   if (It == Mapped->Files.end()) {
-    std::string Path = Dir + "/" + R.File;
-    int Fd = ::open(Path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (Fd < 0)
-      fail(Path, std::string("cannot open: ") + std::strerror(errno));
-    struct stat St;
+    uint64_t Size = 0;
+    int Fd = files::openRegularFile(Path, "checkpoint file", Size);
     Mappings::Map M;
-    if (::fstat(Fd, &St) != 0 || St.st_size <= 0) {
-      int E = errno;
+    if (Size == 0 || Size > SIZE_MAX) {
       ::close(Fd);
-      fail(Path, St.st_size <= 0 ? std::string("is empty") : std::string("cannot stat: ") + std::strerror(E));
+      fail(Path, Size == 0 ? "is empty" : "is too large to map");
     }
-    void *P = ::mmap(nullptr, static_cast<size_t>(St.st_size), PROT_READ, MAP_PRIVATE, Fd, 0);
+    void *P = ::mmap(nullptr, static_cast<size_t>(Size), PROT_READ, MAP_PRIVATE, Fd, 0);
     int E = errno;
     ::close(Fd);
     if (P == MAP_FAILED) // not remembered: a later call tries again
       fail(Path, std::string("cannot map: ") + std::strerror(E));
     M.Data = static_cast<const uint8_t *>(P);
-    M.Size = static_cast<size_t>(St.st_size);
+    M.Size = static_cast<size_t>(Size);
     It = Mapped->Files.emplace(R.File, M).first;
   }
   const Mappings::Map &M = It->second;
-  if (R.Offset + R.Length > M.Size)
-    fail(Dir + "/" + R.File, "cannot map bytes " + std::to_string(R.Offset) + ".." +
-                                 std::to_string(R.Offset + R.Length) + " (the file shrank?)");
+  checkInside(R, M.Size, Path, Key);
   return std::string_view(reinterpret_cast<const char *>(M.Data + R.Offset), static_cast<size_t>(R.Length));
 }
 
-std::vector<uint8_t> TorchDistCheckpoint::readRecord(const DistRecord &R) const {
+std::vector<uint8_t> TorchDistCheckpoint::readRecord(const DistRecord &R, const std::string &Key) const {
   std::string Path = Dir + "/" + R.File;
-  int Fd = ::open(Path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (Fd < 0)
-    fail(Path, std::string("cannot open: ") + std::strerror(errno));
+  uint64_t Size = 0;
+  int Fd = files::openRegularFile(Path, "checkpoint file", Size);
+  if (R.Offset > Size || R.Length > Size - R.Offset) {
+    ::close(Fd);
+    checkInside(R, Size, Path, Key);
+  }
   std::vector<uint8_t> Out(static_cast<size_t>(R.Length));
   size_t Done = 0;
   while (Done < Out.size()) {
@@ -470,8 +499,9 @@ std::vector<uint8_t> TorchDistCheckpoint::readRecord(const DistRecord &R) const 
     if (N <= 0) {
       int E = N < 0 ? errno : 0;
       ::close(Fd);
-      fail(Path, "cannot read bytes " + std::to_string(R.Offset) + ".." + std::to_string(R.Offset + R.Length) +
-                     (E ? std::string(": ") + std::strerror(E) : std::string(": file shrank")));
+      fail(Path, "cannot read the record" + (Key.empty() ? std::string() : " of '" + Key + "'") + " (bytes " +
+                     std::to_string(R.Offset) + ".." + std::to_string(R.Offset + R.Length) + ")" +
+                     (E ? std::string(": ") + std::strerror(E) : std::string(": the file ends first")));
     }
     Done += static_cast<size_t>(N);
   }
@@ -490,7 +520,7 @@ TensorRecord TorchDistCheckpoint::chunkRecord(const std::string &Key, size_t Ind
   const DistChunk &C = T.Chunks[Index];
   std::string Where = recordWhere(C.Record, Key);
   // Borrowed: a contiguous record's elements stay in the mapped file.
-  TensorRecord R = readTorchSaveTensor(recordView(C.Record), Where, Borrow);
+  TensorRecord R = readTorchSaveTensor(recordView(C.Record, Key), Where, Borrow);
   if (R.Type != T.Type)
     fail(Where,
          "record holds " + std::string(torchName(R.Type)) + " but .metadata says " + std::string(torchName(T.Type)));
@@ -580,7 +610,7 @@ PyValuePtr TorchDistCheckpoint::readBytesObject(const std::string &Key, const Gl
   auto It = ByteObjects.find(Key);
   if (It == ByteObjects.end())
     fail(Dir + "/.metadata", "no byte object '" + Key + "'");
-  std::vector<uint8_t> Bytes = readRecord(It->second);
+  std::vector<uint8_t> Bytes = readRecord(It->second, Key);
   return readTorchSave(std::string_view(reinterpret_cast<const char *>(Bytes.data()), Bytes.size()),
                        recordWhere(It->second, Key), Allowed);
 }

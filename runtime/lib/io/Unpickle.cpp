@@ -319,7 +319,8 @@ using Kind = PyValue::Kind;
 class Unpickler {
 public:
   Unpickler(std::string_view In, const GlobalAllowList &Allowed, const std::string &Where)
-      : In(In), Allowed(Allowed), Where(Where) {}
+      : In(In), Allowed(Allowed), Where(Where), NodeLimit(UnpickleMinNodes + In.size() / UnpickleBytesPerNode),
+        MemoryLimit(std::min(UnpickleMaxMemory, UnpickleMinMemory + UnpickleMemoryPerByte * In.size())) {}
   ~Unpickler();
   PyValuePtr run();
 
@@ -332,11 +333,20 @@ private:
   std::string_view line();
   int64_t decimal(std::string_view Text, const char *What);
 
+  void charge(uint64_t Bytes);
   PyValuePtr make(Kind K);
   PyValuePtr intNode(int64_t V);
   PyValuePtr boolNode(bool V);
   PyValuePtr strNode(std::string_view V);
-  void push(PyValuePtr V) { Stack.push_back(std::move(V)); }
+  void push(PyValuePtr V) {
+    Stack.push_back(std::move(V));
+    if (Stack.size() > StackHigh) { // the stack's memory is its high-water mark
+      charge(sizeof(PyValuePtr));
+      StackHigh = Stack.size();
+    }
+  }
+  /// Charges \p N more items (or dict entries) of \p Each bytes.
+  void chargeItems(size_t N, size_t Each) { charge(static_cast<uint64_t>(N) * Each); }
   size_t floor() const { return Marks.empty() ? 0 : Marks.back(); }
   PyValuePtr pop(const char *Op);
   PyValuePtr &top(const char *Op);
@@ -364,8 +374,16 @@ private:
   /// Short strings (keys, file names) without a memo entry repeat a lot in
   /// protocol-2 pickles; they are interned up to this length.
   static constexpr uint64_t MaxInternedStr = 256;
+  /// Approximate bytes of a hash map entry (node, bucket): the interned
+  /// ints, strings and globals, and the memo.
+  static constexpr uint64_t InternEntryBytes = 48, MemoEntryBytes = 64;
   std::unordered_map<std::string_view, PyValuePtr> Strs;
   bool Committed = false;
+  /// Budgets (Unpickle.h): nodes made, and bytes charged so far against
+  /// MemoryLimit (never given back: a budget of what was ever held).
+  const uint64_t NodeLimit, MemoryLimit;
+  uint64_t Charged = 0;
+  size_t StackHigh = 0, MarksHigh = 0;
 };
 
 Unpickler::~Unpickler() {
@@ -419,9 +437,21 @@ int64_t Unpickler::decimal(std::string_view Text, const char *What) {
   return V;
 }
 
+void Unpickler::charge(uint64_t Bytes) {
+  Charged += Bytes;
+  if (Charged > MemoryLimit)
+    fail("holding its values would take more than " + std::to_string(MemoryLimit >> 20) + " MiB (the budget for " +
+         std::to_string(In.size()) + " bytes of pickle: " + std::to_string(UnpickleMemoryPerByte) +
+         " bytes per byte plus " + std::to_string(UnpickleMinMemory >> 20) + " MiB, at most " +
+         std::to_string(UnpickleMaxMemory >> 30) + " GiB); not a checkpoint's pickle");
+}
+
 PyValuePtr Unpickler::make(Kind K) {
-  if (All.size() >= UINT32_MAX)
-    fail("too many values in one pickle");
+  if (All.size() >= NodeLimit || All.size() >= UINT32_MAX)
+    fail("makes more than " + std::to_string(All.size()) + " values from " + std::to_string(In.size()) +
+         " bytes of pickle (at most one per " + std::to_string(UnpickleBytesPerNode) + " bytes plus " +
+         std::to_string(UnpickleMinNodes) + "); not a checkpoint's pickle (a storm of empty containers?)");
+  charge(UnpickleNodeBytes);
   auto V = std::make_shared<PyValue>(K);
   V->Serial = static_cast<uint32_t>(All.size());
   All.push_back(V);
@@ -435,6 +465,7 @@ PyValuePtr Unpickler::intNode(int64_t V) {
   if (!Slot) {
     Slot = make(Kind::Int);
     Slot->Int = V;
+    charge(InternEntryBytes);
   }
   return Slot;
 }
@@ -444,6 +475,7 @@ PyValuePtr Unpickler::strNode(std::string_view V) {
   if (It != Strs.end())
     return It->second;
   PyValuePtr S = make(Kind::Str);
+  charge(V.size() + InternEntryBytes);
   S->Text.assign(V);
   Strs.emplace(S->Text, S); // the key views the node's own text
   return S;
@@ -482,7 +514,20 @@ std::vector<PyValuePtr> Unpickler::popMark(const char *Op) {
   return Items;
 }
 
-void Unpickler::memoPut(uint64_t Index, const char *Op) { Memo[Index] = top(Op); }
+void Unpickler::memoPut(uint64_t Index, const char *Op) {
+  const PyValuePtr &V = top(Op);
+  auto It = Memo.find(Index);
+  if (It == Memo.end()) {
+    // Python memoizes each value once: more entries than the node budget
+    // is a storm of PUTs or MEMOIZEs.
+    if (Memo.size() >= NodeLimit)
+      fail("stores more than " + std::to_string(NodeLimit) + " memo entries from " + std::to_string(In.size()) +
+           " bytes of pickle; not a checkpoint's pickle");
+    charge(MemoEntryBytes);
+    It = Memo.emplace(Index, nullptr).first;
+  }
+  It->second = V;
+}
 
 void Unpickler::memoGet(uint64_t Index) {
   auto It = Memo.find(Index);
@@ -509,6 +554,7 @@ void Unpickler::global(std::string Module, std::string Name) {
   PyValuePtr &G = Globals[Qualified];
   if (!G) {
     G = make(Kind::Global);
+    charge(Qualified.size() * 2 + InternEntryBytes);
     G->Text = std::move(Module);
     G->Name = std::move(Name);
   }
@@ -531,6 +577,8 @@ void Unpickler::call(PyValuePtr Callable, PyValuePtr Args, PyValuePtr Kwargs, co
       const PyValue &Pairs = *Args->Items[0];
       if (!Pairs.is(Kind::List) && !Pairs.is(Kind::Tuple))
         fail("OrderedDict built from a " + std::string(PyValue::kindName(Pairs.Tag)));
+      chargeItems(Pairs.Items.size(), sizeof(PyValue::Entry));
+      D->Entries.reserve(Pairs.Items.size());
       for (const PyValuePtr &P : Pairs.Items) {
         if ((!P->is(Kind::Tuple) && !P->is(Kind::List)) || P->Items.size() != 2)
           fail("OrderedDict built from something other than key/value pairs");
@@ -548,6 +596,7 @@ void Unpickler::call(PyValuePtr Callable, PyValuePtr Args, PyValuePtr Kwargs, co
       const PyValue &Elems = *Args->Items[0];
       if (!Elems.is(Kind::List) && !Elems.is(Kind::Tuple))
         fail("set built from a " + std::string(PyValue::kindName(Elems.Tag)));
+      chargeItems(Elems.Items.size(), sizeof(PyValuePtr)); // a copy: the same list may make many sets
       L->Items = Elems.Items;
     }
     push(std::move(L));
@@ -563,6 +612,7 @@ void Unpickler::call(PyValuePtr Callable, PyValuePtr Args, PyValuePtr Kwargs, co
 void Unpickler::appendTo(PyValue &Target, std::vector<PyValuePtr> Items, const char *Op) {
   if (!Target.is(Kind::List) && !Target.is(Kind::Object))
     fail(std::string(Op) + " to a " + PyValue::kindName(Target.Tag));
+  chargeItems(Items.size(), sizeof(PyValuePtr));
   for (PyValuePtr &V : Items)
     Target.Items.push_back(std::move(V));
 }
@@ -572,6 +622,7 @@ void Unpickler::setItemsOn(PyValue &Target, std::vector<PyValuePtr> KV, const ch
     fail(std::string(Op) + " on a " + PyValue::kindName(Target.Tag));
   if (KV.size() % 2)
     fail(std::string(Op) + " with an odd number of keys and values");
+  chargeItems(KV.size() / 2, sizeof(PyValue::Entry));
   for (size_t I = 0; I < KV.size(); I += 2)
     Target.Entries.emplace_back(std::move(KV[I]), std::move(KV[I + 1]));
 }
@@ -658,6 +709,10 @@ PyValuePtr Unpickler::run() {
     }
     case '(': // MARK
       Marks.push_back(Stack.size());
+      if (Marks.size() > MarksHigh) {
+        charge(sizeof(size_t));
+        MarksHigh = Marks.size();
+      }
       break;
     case '0': // POP: an empty frame pops its mark, as Python does
       if (Stack.size() > floor())
@@ -759,6 +814,7 @@ PyValuePtr Unpickler::run() {
         break;
       }
       PyValuePtr V = make(IsStr ? Kind::Str : Kind::Bytes);
+      charge(N);
       V->Text.assign(Text);
       push(std::move(V));
       break;
@@ -772,6 +828,7 @@ PyValuePtr Unpickler::run() {
     case 't': {
       PyValuePtr T = make(Kind::Tuple);
       T->Items = popMark("TUPLE");
+      chargeItems(T->Items.size(), sizeof(PyValuePtr));
       push(std::move(T));
       break;
     }
@@ -782,6 +839,7 @@ PyValuePtr Unpickler::run() {
       if (Stack.size() < floor() + N)
         fail("TUPLE" + std::to_string(N) + " needs " + std::to_string(N) + " values on the stack");
       PyValuePtr T = make(Kind::Tuple);
+      chargeItems(N, sizeof(PyValuePtr));
       T->Items.assign(std::make_move_iterator(Stack.end() - N), std::make_move_iterator(Stack.end()));
       Stack.resize(Stack.size() - N);
       push(std::move(T));
@@ -796,6 +854,7 @@ PyValuePtr Unpickler::run() {
     case 0x91: { // LIST, FROZENSET
       PyValuePtr L = make(Kind::List);
       L->Items = popMark(Op == 'l' ? "LIST" : "FROZENSET");
+      chargeItems(L->Items.size(), sizeof(PyValuePtr));
       push(std::move(L));
       break;
     }
@@ -1073,6 +1132,13 @@ namespace {
 
 bool mulOverflows(int64_t A, int64_t B, int64_t &Out) { return __builtin_mul_overflow(A, B, &Out); }
 
+std::string shapeList(const std::vector<int64_t> &D) {
+  std::string S = "[";
+  for (size_t I = 0; I < D.size(); ++I)
+    S += (I ? ", " : "") + std::to_string(D[I]);
+  return S + "]";
+}
+
 std::vector<int64_t> intTuple(const PyValue &V, const std::string &Where, const char *What) {
   if (!V.is(Kind::Tuple) && !V.is(Kind::List) && !V.isObjectOf("torch.Size"))
     failAt(Where, std::string(What) + " is a " + PyValue::kindName(V.Tag) + ", not a tuple of ints");
@@ -1165,6 +1231,17 @@ TensorRecord rebuildTensor(const PyValue &Args, bool V3, const ZipArchive &Zip, 
   int64_t OutBytes;
   if (mulOverflows(Numel, static_cast<int64_t>(Elem), OutBytes))
     failAt(Where, "tensor shape overflows");
+  if (T.StorageOffset > StorageNumel)
+    failAt(Where, "storage offset " + std::to_string(T.StorageOffset) + " is past the end of storage '" + Key + "' (" +
+                      std::to_string(StorageNumel) + " elements)");
+  // Gathering copies every element: one that reads its storage's elements
+  // more than once (a stride-0 broadcast, overlapping strides) could turn
+  // a few bytes of file into gigabytes. torch.save of a checkpoint's
+  // tensors never holds such views.
+  if (Numel > StorageNumel)
+    failAt(Where, "shape " + shapeList(T.Shape) + " with strides " + shapeList(T.Strides) + " has " +
+                      std::to_string(Numel) + " elements, more than the " + std::to_string(StorageNumel) +
+                      " of its storage '" + Key + "' (an expanded or overlapping view; save a copy)");
   if (Numel > 0) {
     for (size_t D = 0; D < T.Shape.size(); ++D) {
       int64_t Reach;
@@ -1244,18 +1321,21 @@ PyValuePtr readTorchSave(std::string_view Bytes, const std::string &Where, const
 
   // Turn tensor objects into Tensor leaves in place, so shared references
   // (one tensor reached twice through the memo) stay shared.
+  // Each node goes with the last string dict key on its way from the root,
+  // so that messages name the tensor ('model' entry) at fault.
   std::unordered_set<const PyValue *> Seen;
-  std::vector<PyValue *> Work{Root.get()};
+  std::vector<std::pair<PyValue *, const std::string *>> Work{{Root.get(), nullptr}};
   while (!Work.empty()) {
-    PyValue *V = Work.back();
+    auto [V, Name] = Work.back();
     Work.pop_back();
     if (!V || !Seen.insert(V).second)
       continue;
     bool V3 = V->isObjectOf("torch._utils._rebuild_tensor_v3");
     if (V3 || V->isObjectOf("torch._utils._rebuild_tensor_v2")) {
+      std::string TensorWhere = Name ? Where + ": tensor '" + *Name + "'" : Where;
       if (V->State || V->Kwargs || !V->Items.empty() || !V->Entries.empty())
-        failAt(Where, "tensor with extra attributes (a tensor subclass?) is not supported");
-      auto T = std::make_shared<TensorRecord>(rebuildTensor(*V->Args, V3, Zip, Folder, Where, Borrow));
+        failAt(TensorWhere, "tensor with extra attributes (a tensor subclass?) is not supported");
+      auto T = std::make_shared<TensorRecord>(rebuildTensor(*V->Args, V3, Zip, Folder, TensorWhere, Borrow));
       V->Tag = Kind::Tensor;
       V->Tensor = std::move(T);
       V->Class.reset();
@@ -1263,13 +1343,13 @@ PyValuePtr readTorchSave(std::string_view Bytes, const std::string &Where, const
       continue;
     }
     for (const PyValuePtr &C : V->Items)
-      Work.push_back(C.get());
+      Work.push_back({C.get(), Name});
     for (const PyValue::Entry &E : V->Entries) {
-      Work.push_back(E.first.get());
-      Work.push_back(E.second.get());
+      Work.push_back({E.first.get(), Name});
+      Work.push_back({E.second.get(), E.first && E.first->is(Kind::Str) ? &E.first->Text : Name});
     }
     for (const PyValuePtr *C : {&V->Class, &V->Args, &V->Kwargs, &V->State})
-      Work.push_back(C->get());
+      Work.push_back({C->get(), Name});
   }
   return Root;
 }
