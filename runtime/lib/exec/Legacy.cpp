@@ -19,42 +19,29 @@
 namespace bridge {
 
 LegacyLayout::LegacyLayout(const SchemaTable &S, const std::vector<Json> &Fields, const Layout &Par, bool Local)
-    : L(Par), LocalSpec(Local), LayerVar(rangeVar(S, "layers")), ExpertVar(rangeVar(S, "experts")) {
-  auto Field = fieldGetter(S, Fields);
-  NumLayers = Field("num_layers");
-  NumExperts = Field("num_moe_experts");
+    : L(Par), LocalSpec(Local), S(S), Fields(Fields) {
   const Json &Share = fieldValue(S, Fields, "share_embeddings_and_output_weights");
   Tied = Share.is_boolean() && Share.get<bool>();
   const Json &V = fieldValue(S, Fields, "vocab_size"), &D = fieldValue(S, Fields, "make_vocab_size_divisible_by");
   int64_t Vocab = V.is_number_integer() ? V.get<int64_t>() : 0;
   int64_t Multiple = (D.is_number_integer() && D.get<int64_t>() > 0 ? D.get<int64_t>() : 128) * L.TP;
   PaddedVocab = (Vocab + Multiple - 1) / Multiple * Multiple;
-  StageFirst.assign(static_cast<size_t>(L.PP), 0);
-  for (int64_t Layer = NumLayers - 1; Layer >= 0; --Layer) {
-    int Stage = pipelineStage(L, NumLayers, Layer);
-    if (Stage < 0 || Stage >= L.PP)
-      throw Error("error: internal: layer " + std::to_string(Layer) + " falls in pipeline stage " +
-                  std::to_string(Stage) + " of " + std::to_string(L.PP));
-    StageFirst[static_cast<size_t>(Stage)] = Layer;
-  }
 }
 
 LegacyLayout::Place LegacyLayout::place(const PlannedTensor &PT) const {
+  // Where it lives is the one rule every format shares; a rank file names
+  // layers and experts by their index within the stage and the EP rank.
+  const Placement At = placementOf(PT, L, S, Fields);
+  const std::string LayerVar = rangeVar(S, "layers"), ExpertVar = rangeVar(S, "experts");
   std::vector<int64_t> Caps = PT.Captures;
-  Place Where{"", -1, -1};
   for (size_t C = 0; C < PT.Param->Captures.Size; ++C) {
     std::string Var = PT.Param->Captures[C];
-    if (Var == LayerVar) {
-      Where.Stage = pipelineStage(L, NumLayers, PT.Captures[C]);
-      Caps[C] = PT.Captures[C] - StageFirst[static_cast<size_t>(Where.Stage)];
-    } else if (Var == ExpertVar && NumExperts > 0) {
-      int64_t PerRank = NumExperts / L.EP;
-      Where.ExpertRank = static_cast<int>(PT.Captures[C] / PerRank);
-      Caps[C] = PT.Captures[C] % PerRank;
-    }
+    if (Var == LayerVar && At.LayerInStage >= 0)
+      Caps[C] = At.LayerInStage;
+    else if (Var == ExpertVar && At.ExpertInRank >= 0)
+      Caps[C] = At.ExpertInRank;
   }
-  if (Where.Stage < 0) // embedding first; final norm, output layer, MTP last
-    Where.Stage = PT.LocalName.rfind("embedding", 0) == 0 ? 0 : L.PP - 1;
+  Place Where{"", At.Stage, At.ExpertRank};
   for (const PatternPiece &Pc : LocalSpec ? PT.Param->Local : PT.Param->TE)
     Where.Name += Pc.Literal ? std::string(Pc.Literal) : std::to_string(Caps[static_cast<size_t>(Pc.Index.Code[0].A)]);
   return Where;
@@ -223,7 +210,7 @@ LegacyCheckpoint::LegacyCheckpoint(const std::string &IterDir, const Layout &Par
           if (V->Tag == PyValue::Kind::Tensor)
             F->Tensors[K->Text] = V->Tensor.get();
           else if (V->Tag == PyValue::Kind::None ||
-                   K->Text.size() > 13 && K->Text.compare(K->Text.size() - 13, 13, "._extra_state") == 0)
+                   (K->Text.size() > 13 && K->Text.compare(K->Text.size() - 13, 13, "._extra_state") == 0))
             F->Nones.push_back(K->Text); // extra state, whatever its form
           else
             throw Error("error: " + F->Path + ": 'model' entry '" + K->Text + "' is neither a tensor nor extra state");

@@ -57,9 +57,9 @@ public:
 private:
   Layout L;
   bool LocalSpec, Tied;
-  std::string LayerVar, ExpertVar;
-  int64_t NumLayers, NumExperts, PaddedVocab;
-  std::vector<int64_t> StageFirst;
+  const SchemaTable &S;
+  const std::vector<Json> &Fields; ///< outlive the layout (the import's config)
+  int64_t PaddedVocab;
 };
 
 /// The files of a legacy checkpoint's iteration directory, mapped and read
