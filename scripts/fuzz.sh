@@ -5,11 +5,11 @@
 # build-fuzz/corpus/<target>; a crash leaves its input in
 # build-fuzz/crashes/<target>/ and fails the run. One line per target is
 # appended to tests/fuzz/RESULTS.md.
-#   scripts/fuzz.sh [SECONDS] [TARGET...]     (unpickle safetensors config json sidecar bridge)
+#   scripts/fuzz.sh [SECONDS] [TARGET...]     (unpickle safetensors config json sidecar manifest bridge)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-600}; shift || true
-targets=${*:-unpickle safetensors config json sidecar bridge}
+targets=${*:-unpickle safetensors config json sidecar manifest bridge}
 CC=clang-14 CXX=clang++-14 cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DBRIDGE_FUZZ=ON -DBRIDGE_BUILD_TESTS=OFF > build-fuzz.log 2>&1 || { tail -30 build-fuzz.log; exit 1; }
 ninja -C build-fuzz $(for t in $targets; do echo fuzz-$t; done) >> build-fuzz.log 2>&1 || { tail -30 build-fuzz.log; exit 1; }

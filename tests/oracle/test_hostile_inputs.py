@@ -88,10 +88,10 @@ def test_export_refuses_a_sidecar_file_name_outside_the_output(bridge_run, megat
 
 
 @pytest.mark.parametrize("field,value,words", [
-    ("mapping", ["llama"], ["bridge.json", "mapping is a list, not a string"]),
-    ("mapping", None, ["bridge.json", "mapping is null, not a string"]),
+    ("mapping", ["llama"], ["bridge.json", "mapping is an array, not a string"]),
+    ("mapping", None, ["bridge.json", "mapping is a null, not a string"]),
     ("megatron_config", "x", ["bridge.json", "megatron_config is a string, not an object"]),
-    ("hf_tensors", [], ["bridge.json", "hf_tensors is a list, not an object"]),
+    ("hf_tensors", [], ["bridge.json", "hf_tensors is an array, not an object"]),
     ("alternatives", {"x": "1"}, ["bridge.json", "alternatives['x']", "not a source layout number"]),
     ("layout", {"tp": -1}, ["bridge.json", "layout.tp"]),
     ("checkpoint_format", "zarr", ["bridge.json", "checkpoint_format"]),

@@ -221,14 +221,14 @@ TEST_CASE("checkSidecar: file names, dtypes, shapes and field types are checked 
   for (const char *Name : {"../x.safetensors", "/tmp/x.safetensors", "a/b.safetensors", "x.bin", ".safetensors"})
     CHECK(With("file", Name) == "error: bridge.json: hf_tensors['w'].file is '" + std::string(Name) +
                                     "', not a plain .safetensors file name");
-  CHECK(With("file", 3) == "error: bridge.json: hf_tensors['w'].file is a number, not a string");
+  CHECK(With("file", 3) == "error: bridge.json: hf_tensors['w'].file is the number 3, not a string");
   CHECK(With("dtype", "BX16") == "error: bridge.json: hf_tensors['w'].dtype is \"BX16\", not a safetensors dtype");
   CHECK(With("shape", Json::parse("[-1]")).find("has the dimension -1, not a size") != std::string::npos);
   CHECK(With("shape", Json::parse("[18446744073709551615]")).find("not a size") != std::string::npos);
   CHECK(With("shape", Json::parse("[1099511627776, 1099511627776]")).find("impossibly large") != std::string::npos);
   Json S = Good;
   S["mapping"] = Json::array();
-  CHECK(errorOf([&] { checkSidecar(S, "bridge.json"); }) == "error: bridge.json: mapping is a list, not a string");
+  CHECK(errorOf([&] { checkSidecar(S, "bridge.json"); }) == "error: bridge.json: mapping is an array, not a string");
   S = Good;
   S.erase("hf_config");
   CHECK(errorOf([&] { checkSidecar(S, "bridge.json"); }) == "error: bridge.json: hf_config is missing");

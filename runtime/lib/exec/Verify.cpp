@@ -21,6 +21,7 @@
 
 #include "bridge/Convert.h"
 #include "bridge/Files.h"
+#include "bridge/Manifest.h"
 #include "bridge/Pickle.h"
 #include "bridge/Safetensors.h"
 #include "bridge/TorchDistReader.h"
@@ -46,131 +47,10 @@ std::string hex(uint32_t V) {
   return B;
 }
 
-/// What a JSON value is, for "'crc32' is a string, not ...".
-std::string jsonKind(const Json &V) {
-  if (V.is_number_float())
-    return "a non-integer number";
-  if (V.is_number_integer() && !V.is_number_unsigned())
-    return "a negative number";
-  if (V.is_number_unsigned())
-    return "the number " + std::to_string(V.get<uint64_t>());
-  const char *Name = V.type_name();
-  return (Name[0] == 'a' || Name[0] == 'o' ? "an " : "a ") + std::string(Name);
-}
-
 /// An error's text without its "error: " prefix (a problem gets its own).
 std::string problemText(const std::exception &E) {
   std::string What = E.what();
   return What.compare(0, 7, "error: ") == 0 ? What.substr(7) : What;
-}
-
-/// Checks the members of one manifest entry; each bad one is a problem
-/// "<At>: <why>", and ok() says whether all were good.
-class EntryCheck {
-public:
-  EntryCheck(const Json &Entry, std::string At, std::vector<std::string> &Problems)
-      : E(Entry), At(std::move(At)), Problems(Problems) {}
-
-  bool ok() const { return Ok; }
-  /// The entry's name in messages from now on (once its key is known).
-  void name(const std::string &Key) { At += " ('" + Key + "')"; }
-  void bad(const std::string &Why) {
-    Problems.push_back(At + ": " + Why);
-    Ok = false;
-  }
-
-  /// Member \p Name, a string.
-  std::string string(const char *Name) {
-    auto It = E.find(Name);
-    if (It == E.end())
-      bad(std::string("has no '") + Name + "'");
-    else if (!It->is_string())
-      bad(std::string("'") + Name + "' is " + jsonKind(*It) + ", not a string");
-    else
-      return It->get<std::string>();
-    return "";
-  }
-  /// Member \p Name, a plain file name of the directory.
-  std::string fileName(const char *Name) {
-    auto It = E.find(Name);
-    if (It != E.end() && It->is_string() && !files::isPlainName(It->get_ref<const std::string &>())) {
-      bad(std::string("'") + Name + "' is '" + It->get<std::string>() +
-          "', not a plain file name inside the checkpoint directory");
-      return "";
-    }
-    return string(Name);
-  }
-  /// Member \p Name, an unsigned integer of at most \p Max.
-  uint64_t number(const char *Name, uint64_t Max = UINT64_MAX) {
-    auto It = E.find(Name);
-    if (It == E.end())
-      bad(std::string("has no '") + Name + "'");
-    else if (!It->is_number_unsigned())
-      bad(std::string("'") + Name + "' is " + jsonKind(*It) + ", not an unsigned integer");
-    else if (It->get<uint64_t>() > Max)
-      bad(std::string("'") + Name + "' is " + std::to_string(It->get<uint64_t>()) + ", more than " +
-          std::to_string(Max));
-    else
-      return It->get<uint64_t>();
-    return 0;
-  }
-  /// Member crc32: an unsigned 32-bit integer.
-  uint32_t crc() { return static_cast<uint32_t>(number("crc32", 0xffffffffu)); }
-
-private:
-  const Json &E;
-  std::string At;
-  std::vector<std::string> &Problems;
-  bool Ok = true;
-};
-
-/// A record manifest.json lists, its fields checked.
-struct ListedRecord {
-  std::string At; ///< "<manifest>: chunks[3] ('key')", for messages
-  std::string Key, File;
-  uint64_t Offset = 0, Length = 0;
-  uint32_t Crc = 0;
-  bool Chunk = true;
-};
-
-/// The entries of the array \p Member ("chunks", "objects") of the
-/// torch_dist manifest \p M; every bad entry is a problem and left out (its
-/// key, when it has one, added to \p BadKeys).
-std::vector<ListedRecord> listedRecords(const Json &M, const char *Member, const std::string &Path,
-                                        std::vector<std::string> &Problems, std::set<std::string> &BadKeys) {
-  std::vector<ListedRecord> Out;
-  auto It = M.find(Member);
-  if (It == M.end() || !It->is_array()) {
-    Problems.push_back(Path + ": '" + Member + "' is " + (It == M.end() ? "missing" : jsonKind(*It)) +
-                       ", not an array of records");
-    return Out;
-  }
-  for (size_t I = 0; I < It->size(); ++I) {
-    const Json &E = (*It)[I];
-    ListedRecord R;
-    R.At = Path + ": " + Member + "[" + std::to_string(I) + "]";
-    R.Chunk = std::strcmp(Member, "chunks") == 0;
-    if (!E.is_object()) {
-      Problems.push_back(R.At + " is " + jsonKind(E) + ", not an object");
-      continue;
-    }
-    EntryCheck C(E, R.At, Problems);
-    R.Key = C.string("key");
-    if (C.ok())
-      C.name(R.Key);
-    R.File = C.fileName("file");
-    R.Offset = C.number("offset");
-    R.Length = C.number("length");
-    R.Crc = C.crc();
-    if (!C.ok()) {
-      if (E.contains("key") && E["key"].is_string())
-        BadKeys.insert(R.Key);
-      continue;
-    }
-    R.At += " ('" + R.Key + "')";
-    Out.push_back(std::move(R));
-  }
-  return Out;
 }
 
 /// A record of .metadata's storage_data: key, chunk or byte object, place.
@@ -397,7 +277,7 @@ VerifyReport verifyHF(const std::string &Dir) {
       R.Problems.push_back(At + " is " + jsonKind(*It) + ", not an object");
       continue;
     }
-    EntryCheck C(*It, At, R.Problems);
+    ManifestEntry C(*It, At, R.Problems);
     E.File = C.fileName("file");
     E.Crc = C.crc();
     E.Ok = C.ok();
@@ -460,7 +340,7 @@ void verifyRankFile(const std::string &Path, const std::string &At, const Json &
       R.Problems.push_back(TAt + " is " + jsonKind(*T) + ", not an object");
       continue;
     }
-    EntryCheck C(*T, TAt, R.Problems);
+    ManifestEntry C(*T, TAt, R.Problems);
     std::string Entry = C.string("entry");
     uint32_t Crc = C.crc();
     if (!C.ok())

@@ -10,16 +10,13 @@
 #include "bridge/DType.h"
 #include "bridge/Error.h"
 #include "bridge/Files.h"
+#include "bridge/Manifest.h" // jsonKind
 
 namespace bridge {
 
 namespace {
 [[noreturn]] void badField(const std::string &Path, const std::string &Field, const std::string &What) {
   throw Error("error: " + Path + ": " + Field + " " + What);
-}
-std::string kindOf(const Json &J) {
-  return J.is_null() ? "null" : J.is_object() ? "an object" : J.is_array() ? "a list" : J.is_string() ? "a string"
-         : J.is_boolean() ? "a bool" : "a number";
 }
 /// \p J[Key] when present: of the kind \p Is tests, else an error.
 /// \p In is where \p J lies in the file ("hf_tensors['x'].").
@@ -29,7 +26,7 @@ const Json *optionalField(const std::string &Path, const Json &J, const char *Ke
   if (It == J.end())
     return nullptr;
   if (!((*It).*Is)())
-    badField(Path, In + Key, "is " + kindOf(*It) + ", not " + Want);
+    badField(Path, In + Key, "is " + jsonKind(*It) + ", not " + Want);
   return &*It;
 }
 const Json &requiredField(const std::string &Path, const Json &J, const char *Key, bool (Json::*Is)() const noexcept,
@@ -43,11 +40,11 @@ const Json &requiredField(const std::string &Path, const Json &J, const char *Ke
 
 void checkSidecar(const Json &Side, const std::string &Path) {
   if (!Side.is_object())
-    throw Error("error: " + Path + " is " + kindOf(Side) + ", not an object");
+    throw Error("error: " + Path + " is " + jsonKind(Side) + ", not an object");
   requiredField(Path, Side, "mapping", &Json::is_string, "a string");
   requiredField(Path, Side, "megatron_config", &Json::is_object, "an object");
   requiredField(Path, Side, "hf_config", &Json::is_object, "an object");
-  optionalField(Path, Side, "hf_sharded", &Json::is_boolean, "a bool");
+  optionalField(Path, Side, "hf_sharded", &Json::is_boolean, "a boolean");
   optionalField(Path, Side, "layer_spec", &Json::is_string, "a string");
   if (const Json *F = optionalField(Path, Side, "checkpoint_format", &Json::is_string, "a string"))
     if (*F != "torch_dist" && *F != "torch")
@@ -55,7 +52,7 @@ void checkSidecar(const Json &Side, const std::string &Path) {
   if (const Json *A = optionalField(Path, Side, "alternatives", &Json::is_object, "an object"))
     for (auto It = A->begin(); It != A->end(); ++It)
       if (!It->is_number_unsigned())
-        badField(Path, "alternatives['" + It.key() + "']", "is " + kindOf(*It) + ", not a source layout number");
+        badField(Path, "alternatives['" + It.key() + "']", "is " + jsonKind(*It) + ", not a source layout number");
   if (const Json *L = optionalField(Path, Side, "layout", &Json::is_object, "an object"))
     for (auto It = L->begin(); It != L->end(); ++It)
       if (!It->is_number_unsigned() || It->get<uint64_t>() > (1u << 20))
@@ -64,7 +61,7 @@ void checkSidecar(const Json &Side, const std::string &Path) {
     for (auto It = T->begin(); It != T->end(); ++It) {
       std::string Field = "hf_tensors['" + It.key() + "']";
       if (!It->is_object())
-        badField(Path, Field, "is " + kindOf(*It) + ", not an object");
+        badField(Path, Field, "is " + jsonKind(*It) + ", not an object");
       const Json &File = requiredField(Path, *It, "file", &Json::is_string, "a string", Field + ".");
       const std::string &Name = File.get_ref<const std::string &>();
       // export writes this file: it must be one of the export's own shards.
@@ -73,7 +70,7 @@ void checkSidecar(const Json &Side, const std::string &Path) {
       const Json &Type = requiredField(Path, *It, "dtype", &Json::is_string, "a string", Field + ".");
       if (!dtypeFromSafetensors(Type.get<std::string>()))
         badField(Path, Field + ".dtype", "is " + Type.dump() + ", not a safetensors dtype");
-      const Json &Shape = requiredField(Path, *It, "shape", &Json::is_array, "a list", Field + ".");
+      const Json &Shape = requiredField(Path, *It, "shape", &Json::is_array, "an array", Field + ".");
       __int128 Numel = 1;
       for (const Json &D : Shape) {
         if (!D.is_number_unsigned() || D.get<uint64_t>() > (uint64_t(1) << 62))
