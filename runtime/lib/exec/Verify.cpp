@@ -195,7 +195,7 @@ VerifyReport verifyTorchDist(const std::string &Dir) {
       std::string Why;
       std::optional<uint32_t> Got;
       try {
-        Got = recordCrc(Ckpt.recordView({L->File, L->Offset, L->Length}), Where, L->Chunk, Why);
+        Got = recordCrc(Ckpt.recordView({L->File, L->Offset, L->Length}, L->Key), Where, L->Chunk, Why);
       } catch (const std::exception &E) {
         Why = "cannot read the record: " + problemText(E);
       }
