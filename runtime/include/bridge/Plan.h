@@ -88,6 +88,14 @@ struct PassThroughLister {
   std::function<std::vector<std::pair<std::string, std::vector<int64_t>>>(const std::string &Prefix)> List;
 };
 
+class SafetensorsCheckpoint;
+class TorchDistCheckpoint;
+/// What a pass-through rule expands to in an HF checkpoint (the tensors under
+/// its source prefix) and in a torch_dist one (the keys under its target
+/// prefix). The checkpoints must outlive the listers.
+PassThroughLister passThroughOf(const SafetensorsCheckpoint &HF);
+PassThroughLister passThroughOf(const TorchDistCheckpoint &Megatron);
+
 /// The most any range of the schema (layers, experts) may count. Published
 /// models have at most 126 layers and 512 experts; a config declaring more
 /// than this is refused before anything proportional to it is allocated.

@@ -177,16 +177,6 @@ Json importSidecar(const Conversion &C, const SafetensorsCheckpoint &Ckpt) {
   return Side;
 }
 
-/// The HF tensors \p Prefix heads in \p Ckpt, with their shapes.
-std::vector<std::pair<std::string, std::vector<int64_t>>> hfUnder(const SafetensorsCheckpoint &Ckpt,
-                                                                  const std::string &Prefix) {
-  std::vector<std::pair<std::string, std::vector<int64_t>>> Out;
-  for (const std::string &N : Ckpt.names())
-    if (N.rfind(Prefix, 0) == 0)
-      Out.push_back({N, Ckpt.find(N)->Shape});
-  return Out;
-}
-
 int64_t elements(const std::vector<int64_t> &Shape) {
   int64_t N = 1;
   for (int64_t D : Shape)
@@ -207,11 +197,7 @@ public:
   const std::string &dir() const override { return Dir; }
   std::string tokenizerDir() const override { return Dir; }
   void open(const Conversion &) override { Ckpt = std::make_unique<SafetensorsCheckpoint>(Dir); }
-  PassThroughLister passThrough() const override {
-    PassThroughLister L;
-    L.List = [this](const std::string &Prefix) { return hfUnder(*Ckpt, Prefix); };
-    return L;
-  }
+  PassThroughLister passThrough() const override { return passThroughOf(*Ckpt); }
   uint64_t hfTensorCount() const override { return Ckpt->names().size(); }
   void check(Conversion &C) override {
     chooseAlternatives(C.P, [&](const std::string &Name) { return Ckpt->find(Name) != nullptr; });
@@ -261,18 +247,7 @@ public:
   const std::string &dir() const override { return Iter; }
   std::string tokenizerDir() const override { return files::join(Iter, "tokenizer"); }
   void open(const Conversion &) override { Ckpt = std::make_unique<TorchDistCheckpoint>(Iter); }
-  PassThroughLister passThrough() const override {
-    PassThroughLister L;
-    L.BySource = false;
-    L.List = [this](const std::string &Prefix) {
-      std::vector<std::pair<std::string, std::vector<int64_t>>> Out;
-      for (const std::string &K : Ckpt->tensorKeys())
-        if (K.rfind(Prefix, 0) == 0)
-          Out.push_back({K, Ckpt->tensor(K).Shape});
-      return Out;
-    };
-    return L;
-  }
+  PassThroughLister passThrough() const override { return passThroughOf(*Ckpt); }
   uint64_t hfTensorCount() const override { return Side.contains("hf_tensors") ? Side["hf_tensors"].size() : 0; }
   void check(Conversion &) override {}
   void checkKeys(const Conversion &C) const override {

@@ -9,6 +9,9 @@
 //===----------------------------------------------------------------------===//
 #include "bridge/Plan.h"
 
+#include "bridge/Safetensors.h"
+#include "bridge/TorchDistReader.h"
+
 #include <algorithm>
 #include <functional>
 #include <map>
@@ -135,6 +138,31 @@ SourceChain chainOf(Span<OpNode> Nodes, const EvalEnv &Env, const std::string &W
 }
 
 } // namespace
+
+PassThroughLister passThroughOf(const SafetensorsCheckpoint &HF) {
+  PassThroughLister L;
+  L.List = [&HF](const std::string &Prefix) {
+    std::vector<std::pair<std::string, std::vector<int64_t>>> Out;
+    for (const std::string &N : HF.names())
+      if (N.rfind(Prefix, 0) == 0)
+        Out.push_back({N, HF.find(N)->Shape});
+    return Out;
+  };
+  return L;
+}
+
+PassThroughLister passThroughOf(const TorchDistCheckpoint &Megatron) {
+  PassThroughLister L;
+  L.BySource = false;
+  L.List = [&Megatron](const std::string &Prefix) {
+    std::vector<std::pair<std::string, std::vector<int64_t>>> Out;
+    for (const std::string &K : Megatron.tensorKeys())
+      if (K.rfind(Prefix, 0) == 0)
+        Out.push_back({K, Megatron.tensor(K).Shape});
+    return Out;
+  };
+  return L;
+}
 
 bool isPassThroughName(std::string_view Name) {
   return Name.size() >= 3 && Name.substr(Name.size() - 3) == ".**";

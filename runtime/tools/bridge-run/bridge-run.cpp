@@ -466,14 +466,7 @@ int cmdPlan(const Options &O) {
       (stat((O.HF + "/model.safetensors").c_str(), &St) == 0 ||
        stat((O.HF + "/model.safetensors.index.json").c_str(), &St) == 0))
     HFCkpt = std::make_unique<SafetensorsCheckpoint>(O.HF);
-  PassThroughLister Lister;
-  Lister.List = [&](const std::string &Prefix) {
-    std::vector<std::pair<std::string, std::vector<int64_t>>> Out;
-    for (const std::string &N : HFCkpt->names())
-      if (N.rfind(Prefix, 0) == 0)
-        Out.push_back({N, HFCkpt->find(N)->Shape});
-    return Out;
-  };
+  PassThroughLister Lister = HFCkpt ? passThroughOf(*HFCkpt) : PassThroughLister();
   Plan P = expandPlan(T, schema(), Fields, !O.LocalNames, HFCkpt ? &Lister : nullptr,
                       HFCkpt ? HFCkpt->names().size() : 0);
   // Where each tensor lives: its pipeline stage (layers; embedding first,
