@@ -60,11 +60,9 @@ Summary runExport(const ExportOptions &O) {
   PO.Label = "export";
   PO.Start = Begin;
   Summary Sum = runPipeline(*Src, C, *Snk, PO);
-  // Export reports what it always has: the keys read (each layer by layer),
-  // no split of the time, no count of files.
+  // What export reads are torch_dist keys (each layer by layer); the
+  // pipeline counts the planned tensors it gets from them.
   Sum.TensorsRead = C.Keys.size();
-  Sum.PrepareSeconds = Sum.DataSeconds = 0;
-  Sum.FilesWritten = 0;
   if (!NotExported.empty() && !O.Quiet) {
     std::cerr << "bridge-run export: " << NotExported.size()
               << " source tensor(s) the mapping ignores were not written back, e.g. " << NotExported[0] << "\n";
