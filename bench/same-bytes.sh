@@ -3,7 +3,7 @@
 # file byte for byte, and each step's time side by side (a restructuring
 # must change neither the bytes nor the speed). On a GPU host, one call:
 #   bench/same-bytes.sh OLD_BRIDGE_RUN NEW_BRIDGE_RUN MODEL...
-# MODEL as in bench/run.sh. For each: import (--device cuda), export of that
+# MODEL as in bench/run.sh. For each: import (--device $DEVICE, default cuda), export of that
 # import, reshard to TP 2 (and, for MoE, EP 2); one JSON line per step and one
 # per comparison to $OUT/same-bytes.jsonl.
 set -euo pipefail
@@ -35,7 +35,7 @@ for model in "$@"; do
   bytes=$(du -sb "$src" | cut -f1)
   for v in old new; do
     b=$old; [ $v = new ] && b=$new
-    m --label "$model import ($v)" --bytes "$bytes" -- "$b" import --hf "$src" --out "$work/mg-$v" --device cuda --quiet
+    m --label "$model import ($v)" --bytes "$bytes" -- "$b" import --hf "$src" --out "$work/mg-$v" --device "${DEVICE:-cuda}" --quiet
   done
   same "$model import" "$work/mg-old" "$work/mg-new"
   rm -rf "$work/mg-old"
