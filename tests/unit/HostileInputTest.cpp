@@ -16,6 +16,8 @@
 #include "bridge/StrictJson.h"
 
 #include <doctest/doctest.h>
+
+#include "TestUtil.h"
 #include <nlohmann/json.hpp>
 
 #include <chrono>
@@ -25,17 +27,10 @@
 #include <unistd.h>
 
 using namespace bridge;
+using bridge::test::errorOf;
 
 namespace {
 
-std::string errorOf(const std::function<void()> &F) {
-  try {
-    F();
-  } catch (const Error &E) {
-    return E.what();
-  }
-  return "";
-}
 
 /// A fresh directory under /tmp, removed at the end of the test.
 struct TempDir {

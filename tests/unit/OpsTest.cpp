@@ -18,10 +18,13 @@
 #undef CHECK
 #include <doctest/doctest.h>
 
+#include "TestUtil.h"
+
 #include <cmath>
 #include <cstring>
 
 using namespace bridge;
+using bridge::test::errorOf;
 using namespace bridge::exec;
 
 namespace {
@@ -61,14 +64,6 @@ void checkRoundTrip(Op Kind, const std::vector<at::Tensor> &In, const OpConfig &
     CHECK(sameBytes(Back[I], In[I]));
 }
 
-std::string errorOf(const std::function<void()> &F) {
-  try {
-    F();
-  } catch (const Error &E) {
-    return E.what();
-  }
-  return "";
-}
 
 } // namespace
 

@@ -16,12 +16,15 @@
 
 #include <doctest/doctest.h>
 
+#include "TestUtil.h"
+
 #include <cstdint>
 #include <fstream>
 #include <map>
 #include <unistd.h>
 
 using namespace bridge;
+using bridge::test::errorOf;
 
 namespace {
 
@@ -55,14 +58,6 @@ Planned planOf(const char *ModelType, const Json &HF) {
   return Out;
 }
 
-std::string errorOf(const std::function<void()> &F) {
-  try {
-    F();
-  } catch (const Error &E) {
-    return E.what();
-  }
-  return "";
-}
 
 } // namespace
 

@@ -67,6 +67,8 @@ void copyRegularFile(const std::string &From, const std::string &To, uint64_t Li
 /// .metadata) is one plain entry of its directory: not empty, no '/', not
 /// '.' or '..', no NUL or other control character, at most 255 bytes.
 bool isPlainName(std::string_view Name);
+/// \p Path with every link resolved (realpath(3)); "" when it does not exist.
+std::string realPath(const std::string &Path);
 /// Whether \p Path, links resolved, lies inside the directory \p Dir, or,
 /// when \p Dir is a snapshot of the Hugging Face cache
 /// (<repo>/snapshots/<revision>), inside that repository's blob store

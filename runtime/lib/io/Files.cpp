@@ -246,13 +246,14 @@ bool isPlainName(std::string_view N) {
   return true;
 }
 
-namespace {
 std::string realPath(const std::string &P) {
   char *R = ::realpath(P.c_str(), nullptr);
   std::string Out = R ? R : "";
   std::free(R);
   return Out;
 }
+
+namespace {
 bool under(const std::string &Path, const std::string &Dir) {
   return !Path.empty() && !Dir.empty() && Path.size() > Dir.size() && Path.compare(0, Dir.size(), Dir) == 0 &&
          (Dir == "/" || Path[Dir.size()] == '/');

@@ -23,13 +23,6 @@ std::string currentDirectory() {
   return ::getcwd(Buf, sizeof Buf) ? std::string(Buf) : std::string("/");
 }
 
-std::string realPathOf(const std::string &P) {
-  char *R = ::realpath(P.c_str(), nullptr);
-  std::string Out = R ? R : "";
-  std::free(R);
-  return Out;
-}
-
 /// Whether \p Inner is \p Outer or lies below it (both resolved).
 bool within(const std::string &Inner, const std::string &Outer) {
   if (Inner == Outer || Outer == "/")
@@ -80,7 +73,7 @@ std::string resolvedPath(const std::string &Path) {
     std::string Prefix;
     for (size_t K = 0; K < Keep; ++K)
       Prefix += "/" + Parts[K];
-    std::string Real = realPathOf(Prefix.empty() ? "/" : Prefix);
+    std::string Real = files::realPath(Prefix.empty() ? "/" : Prefix);
     if (Real.empty())
       continue;
     for (size_t K = Keep; K < Parts.size(); ++K)
