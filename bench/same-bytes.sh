@@ -5,7 +5,8 @@
 #   bench/same-bytes.sh OLD_BRIDGE_RUN NEW_BRIDGE_RUN MODEL...
 # MODEL as in bench/run.sh. For each: import (--device $DEVICE, default cuda), export of that
 # import, reshard to TP 2 (and, for MoE, EP 2); one JSON line per step and one
-# per comparison to $OUT/same-bytes.jsonl.
+# per comparison to $OUT/same-bytes.jsonl. Outputs are compared by each
+# file's SHA-256, so one output of each step is on disk at a time.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 old=$(realpath "$1"); new=$(realpath "$2"); shift 2
@@ -15,12 +16,27 @@ work=${BENCH_DIR:-/dev/shm/bridge-same-bytes}
 log=$out/same-bytes.jsonl
 mkdir -p "$out" "$work"
 m() { python3 "$here/measure.py" --log "$log" "$@"; }
-same() { # label dirA dirB
-  if diff -r -q "$2" "$3" > "$work/diff.txt"; then
-    echo "{\"label\": \"$1: byte-identical\", \"files\": $(find "$2" -type f | wc -l)}" >> "$log"
+# Every file's SHA-256 under a directory (paths relative to it): two trees
+# are compared by their lists, so only one of them need be on disk.
+digests() { (cd "$1" && find . -type f -print0 | sort -z | xargs -0 sha256sum); }
+same() { # label listA listB
+  if cmp -s "$2" "$3"; then
+    echo "{\"label\": \"$1: byte-identical\", \"files\": $(wc -l < "$2")}" >> "$log"
   else
-    echo "{\"label\": \"$1: DIFFERENT\", \"diff\": $(head -5 "$work/diff.txt" | python3 -c 'import json,sys; print(json.dumps(sys.stdin.read()))')}" >> "$log"
+    echo "{\"label\": \"$1: DIFFERENT\", \"diff\": $(diff "$2" "$3" | head -5 | python3 -c 'import json,sys; print(json.dumps(sys.stdin.read()))')}" >> "$log"
   fi
+}
+# Runs step $1 with both builds into $work/$2-old and $work/$2-new; keeps
+# only the new output (the input of the next steps).
+both() {
+  local label=$1 dir=$2 bytes=$3; shift 3
+  for v in old new; do
+    b=$old; [ $v = new ] && b=$new
+    m --label "$model $label ($v)" --bytes "$bytes" -- "$b" "$@" --out "$work/$dir-$v" --quiet
+    digests "$work/$dir-$v" > "$work/$dir-$v.sha256"
+    if [ $v = old ]; then rm -rf "$work/$dir-old"; fi
+  done
+  same "$model $label" "$work/$dir-old.sha256" "$work/$dir-new.sha256"
 }
 for model in "$@"; do
   case $model in
@@ -32,25 +48,11 @@ for model in "$@"; do
   rm -rf "$work"/*
   src=$work/src
   python3 "$here/gen_checkpoint.py" "$configs/$cfg" "$src" "${gen[@]}" 2>&1 | grep -v "token_id" | tail -1
-  bytes=$(du -sb "$src" | cut -f1)
-  for v in old new; do
-    b=$old; [ $v = new ] && b=$new
-    m --label "$model import ($v)" --bytes "$bytes" -- "$b" import --hf "$src" --out "$work/mg-$v" --device "${DEVICE:-cuda}" --quiet
-  done
-  same "$model import" "$work/mg-old" "$work/mg-new"
-  rm -rf "$work/mg-old"
+  both import mg "$(du -sb "$src" | cut -f1)" import --hf "$src" --device "${DEVICE:-cuda}"
   mbytes=$(du -sb "$work/mg-new" | cut -f1)
-  for v in old new; do
-    b=$old; [ $v = new ] && b=$new
-    m --label "$model export ($v)" --bytes "$mbytes" -- "$b" export --megatron "$work/mg-new" --out "$work/hf-$v" --quiet
-  done
-  same "$model export" "$work/hf-old" "$work/hf-new"
-  rm -rf "$work/hf-old" "$work/hf-new"
-  for v in old new; do
-    b=$old; [ $v = new ] && b=$new
-    m --label "$model reshard ${reshard[*]} ($v)" --bytes "$mbytes" -- \
-      "$b" reshard --megatron "$work/mg-new" --out "$work/rs-$v" "${reshard[@]}" --quiet
-  done
-  same "$model reshard" "$work/rs-old" "$work/rs-new"
+  both export hf "$mbytes" export --megatron "$work/mg-new"
+  rm -rf "$work/hf-new"
+  both "reshard ${reshard[*]}" rs "$mbytes" reshard --megatron "$work/mg-new" "${reshard[@]}"
+  rm -rf "$work/rs-new"
 done
 rm -rf "$work"
