@@ -24,8 +24,6 @@ void makeDirs(const std::string &Path);
 void removeAll(const std::string &Path);
 /// rename(2); throws bridge::Error.
 void rename(const std::string &From, const std::string &To);
-/// Copies a regular file; throws bridge::Error.
-void copyFile(const std::string &From, const std::string &To);
 /// Writes \p Bytes to \p Path; throws bridge::Error.
 void writeFile(const std::string &Path, const std::string &Bytes);
 std::string join(const std::string &A, const std::string &B);

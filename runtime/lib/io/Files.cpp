@@ -57,28 +57,6 @@ void rename(const std::string &From, const std::string &To) {
     fail("rename " + From + " to", To);
 }
 
-void copyFile(const std::string &From, const std::string &To) {
-  int In = ::open(From.c_str(), O_RDONLY | O_CLOEXEC);
-  if (In < 0)
-    fail("read", From);
-  int Out = ::open(To.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (Out < 0) {
-    ::close(In);
-    fail("write", To);
-  }
-  char Buf[1 << 16];
-  ssize_t N;
-  while ((N = ::read(In, Buf, sizeof Buf)) > 0)
-    if (::write(Out, Buf, static_cast<size_t>(N)) != N) {
-      ::close(In);
-      ::close(Out);
-      fail("write", To);
-    }
-  ::close(In);
-  if (::close(Out) != 0 || N < 0)
-    fail("copy to", To);
-}
-
 void writeFile(const std::string &P, const std::string &Bytes) {
   FILE *F = std::fopen(P.c_str(), "wb");
   if (!F)
