@@ -66,23 +66,26 @@ at::Tensor cutChunk(const at::Tensor &X, const ChunkSpec &Spec) {
 }
 } // namespace
 
-std::vector<at::Tensor> LegacyLayout::cut(const PlannedTensor &PT, at::Tensor X) const {
+bool LegacyLayout::splits(const PlannedTensor &PT) const {
+  return PT.ParallelStyle == Style::Vocab || chunksOf(PT, L).size() > 1;
+}
+
+at::Tensor LegacyLayout::cutFor(const PlannedTensor &PT, at::Tensor X, int Rank) const {
   const int TP = L.TP;
-  std::vector<at::Tensor> ByRank(static_cast<size_t>(TP));
   if (PT.ParallelStyle == Style::Vocab) {
     // The model allocates the padded vocabulary: zero rows at the end.
     if (X.size(0) > PaddedVocab)
       throw Error("error: '" + PT.Name + "' has " + std::to_string(X.size(0)) +
                   " rows, more than the padded vocabulary (" + std::to_string(PaddedVocab) + ") the config gives");
-    if (X.size(0) < PaddedVocab) {
-      std::vector<int64_t> Pad(X.sizes().begin(), X.sizes().end());
-      Pad[0] = PaddedVocab - X.size(0);
-      X = at::cat({X, at::zeros(Pad, X.options())}, 0);
-    }
-    int64_t Rows = PaddedVocab / TP;
-    for (int T = 0; T < TP; ++T)
-      ByRank[static_cast<size_t>(T)] = X.narrow(0, T * Rows, Rows).contiguous();
-    return ByRank;
+    int64_t Rows = PaddedVocab / TP, First = Rank * Rows;
+    if (First + Rows <= X.size(0))
+      return X.narrow(0, First, Rows);
+    std::vector<int64_t> Pad(X.sizes().begin(), X.sizes().end());
+    Pad[0] = First + Rows - std::max(First, X.size(0));
+    at::Tensor Zeros = at::zeros(Pad, X.options());
+    if (First >= X.size(0))
+      return Zeros;
+    return at::cat({X.narrow(0, First, X.size(0) - First), Zeros}, 0);
   }
   std::vector<ChunkSpec> Chunks = chunksOf(PT, L);
   // A split style that comes back whole did not divide: every rank would
@@ -91,18 +94,18 @@ std::vector<at::Tensor> LegacyLayout::cut(const PlannedTensor &PT, at::Tensor X)
   if (Splits && Chunks.size() == 1 && (PT.Expert ? L.ETP : L.TP) > 1)
     throw Error("error: '" + PT.Name + "' cannot be cut for TP " + std::to_string(PT.Expert ? L.ETP : L.TP) +
                 ": its split dimension does not divide");
-  size_t Split = PT.ParallelStyle == Style::Gated ? Chunks.size() / 2 : Chunks.size();
-  for (int T = 0; T < TP; ++T) {
-    size_t R = static_cast<size_t>(T);
-    at::Tensor Local;
-    if (Chunks.size() == 1) // replicated, or experts held whole (ETP 1)
-      Local = X;
-    else if (PT.ParallelStyle == Style::Gated) // rank-local [gate_r; up_r]
-      Local = at::cat({cutChunk(X, Chunks[R]), cutChunk(X, Chunks[Split + R])}, 0);
-    else
-      Local = cutChunk(X, Chunks[R]);
-    ByRank[R] = Local.contiguous();
-  }
+  size_t R = static_cast<size_t>(Rank);
+  if (Chunks.size() == 1) // replicated, or experts held whole (ETP 1)
+    return X;
+  if (PT.ParallelStyle == Style::Gated) // rank-local [gate_r; up_r]
+    return at::cat({cutChunk(X, Chunks[R]), cutChunk(X, Chunks[Chunks.size() / 2 + R])}, 0);
+  return cutChunk(X, Chunks[R]);
+}
+
+std::vector<at::Tensor> LegacyLayout::cut(const PlannedTensor &PT, at::Tensor X) const {
+  std::vector<at::Tensor> ByRank(static_cast<size_t>(L.TP));
+  for (int T = 0; T < L.TP; ++T)
+    ByRank[static_cast<size_t>(T)] = cutFor(PT, X, T).contiguous();
   return ByRank;
 }
 

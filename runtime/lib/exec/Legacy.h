@@ -38,12 +38,19 @@ public:
   /// Each TP rank's local tensor of the global \p X (views where no copy is
   /// needed).
   std::vector<at::Tensor> cut(const PlannedTensor &PT, at::Tensor X) const;
+  /// TP rank \p Rank's local tensor of the global \p X (cut's element \p
+  /// Rank, made alone: a view where no copy is needed).
+  at::Tensor cutFor(const PlannedTensor &PT, at::Tensor X, int Rank) const;
+  /// Whether TP ranks hold different parts of \p PT (cut splits it).
+  bool splits(const PlannedTensor &PT) const;
   /// The global tensor from each TP rank's local one: cut's inverse (the
   /// vocabulary's padding rows dropped, replicas checked equal).
   at::Tensor join(const PlannedTensor &PT, const std::vector<at::Tensor> &ByRank, const std::string &Where) const;
   /// The vocabulary the model allocates: the next multiple of
   /// make_vocab_size_divisible_by x TP.
   int64_t paddedVocab() const { return PaddedVocab; }
+  /// A live model allocated its own padded vocabulary (\p Rows in all).
+  void setPaddedVocab(int64_t Rows) { PaddedVocab = Rows; }
   /// With tied embeddings and PP > 1 the last stage holds a copy of the
   /// embedding as output_layer.weight.
   bool tiedCopy() const { return Tied && L.PP > 1; }

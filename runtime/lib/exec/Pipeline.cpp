@@ -74,10 +74,10 @@ OpParams evalParams(const OpNode &N, const EvalEnv &Env, const std::string &Wher
   return P;
 }
 
-/// A planned tensor's chain backwards, from its Megatron value \p Value to
-/// the HF tensors (or pieces of them) it was made of, in the chain's order.
+} // namespace
+
 std::vector<HFPiece> invertChain(const PlannedTensor &PT, const Conversion &C, const at::Tensor &Value,
-                                 const Sink &Into) {
+                                 const std::function<DType(const std::string &)> &HFType) {
   std::vector<HFPiece> Out;
   OpConfig Cfg(C.S, C.Fields);
   const SourceChain &Ch = PT.Alternatives[0];
@@ -120,7 +120,7 @@ std::vector<HFPiece> invertChain(const PlannedTensor &PT, const Conversion &C, c
     std::vector<DType> Types;
     for (size_t Ci : Children)
       if (Nodes[Ci].IsSource)
-        Types.push_back(Into.hfType(SourceAt(Ci)));
+        Types.push_back(HFType(SourceAt(Ci)));
     std::vector<at::Tensor> Inputs = exec::inverse(N.Kind, N.Custom, V, N.NumInputs, Params, Cfg, Types, Where);
     for (size_t Ci = 0; Ci < Children.size(); ++Ci)
       Invert(Children[Ci], Inputs[Ci]);
@@ -128,6 +128,8 @@ std::vector<HFPiece> invertChain(const PlannedTensor &PT, const Conversion &C, c
   Invert(Nodes.Size - 1, Value);
   return Out;
 }
+
+namespace {
 
 /// Tests of failure handling set BRIDGE_FAULT_INJECT=R:N[:kill|:pause]:
 /// process R fails (with ':kill', dies by SIGKILL; with ':pause', waits up to
@@ -372,7 +374,7 @@ Summary runPipeline(Source &Src, const Conversion &C, Sink &Snk, const PipelineO
         Global = Src.global(C, It, R);
       std::vector<HFPiece> Pieces;
       if (Snk.hfSide()) {
-        Pieces = invertChain(PT, C, Global, Snk);
+        Pieces = invertChain(PT, C, Global, [&](const std::string &N) { return Snk.hfType(N); });
         Global = at::Tensor();
       } else {
         Global = Global.contiguous();

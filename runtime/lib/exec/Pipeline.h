@@ -32,7 +32,9 @@
 
 #include <chrono>
 #include <functional>
+#include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -164,6 +166,69 @@ struct HFPiece {
   exec::OpParams Params;    ///< Rows: the block's 'rows' parameters
   std::string Where;        ///< the rule, for messages
 };
+
+/// The HF tensors an export gives back, from the pieces inverse chains
+/// produce: whole tensors as they come, a tensor stacking experts (or made
+/// of row blocks) once all its pieces are in, in the source's dtype and
+/// shape (a padded vocabulary cut back), a tied copy beside its original.
+/// What the source's sidecar \p Side (hf_tensors, alternatives) records is
+/// what is given back; the source tensors the mapping ignored go to \p
+/// NotExported. Shared by the safetensors sink and the live stream.
+class HFAssembler {
+public:
+  HFAssembler(const Conversion &C, const std::function<DType(const std::string &)> &KeyType, const Json &Side,
+              std::string SidePath, std::vector<std::string> &NotExported);
+  /// Receives each finished HF tensor, in the dtype to give it.
+  using Emit = std::function<void(const std::string &Name, DType Type, const at::Tensor &Value)>;
+  void put(std::vector<HFPiece> &Pieces, const Emit &Out);
+  /// After the last piece: throws when a tensor is still missing pieces.
+  void finish() const;
+  /// The dtype the source had \p Name in (what inverses give back).
+  DType hfType(const std::string &Name) const;
+  /// HF tensor -> the file of the source that held it.
+  const std::map<std::string, std::string> &fileOf() const { return FileOf; }
+  struct Known {
+    DType Type;
+    std::vector<int64_t> Shape;
+  };
+  /// The tensors whose dtype and shape are known before they are produced.
+  std::map<std::string, Known> known() const;
+
+private:
+  struct Pieces {
+    at::Tensor Value;
+    std::vector<bool> Filled;
+    size_t Count = 0;
+    const char *What = "";
+  };
+  void emit(const std::string &Name, at::Tensor V, const Emit &Out);
+  /// Puts piece \p Index of \p Name where \p SlotOf selects it in the
+  /// whole, which \p Make builds on the first piece (with its number of
+  /// pieces).
+  void putPiece(const std::string &Name, const char *What, size_t Index, const at::Tensor &Piece,
+                const std::function<std::pair<at::Tensor, size_t>()> &Make,
+                const std::function<at::Tensor(const at::Tensor &)> &SlotOf, const std::string &Where,
+                const Emit &Out);
+  void stackSlice(const std::string &Name, int64_t Index, const at::Tensor &Slice, const std::string &Where,
+                  const Emit &Out);
+  void putRows(const std::string &Name, const exec::OpParams &Params, const at::Tensor &Block,
+               const std::string &Where, const Emit &Out);
+
+  std::string SidePath;
+  Json HFTensors;
+  std::map<std::string, int64_t> StackedCount;
+  std::set<std::string> OwnDtype;
+  std::map<std::string, DType> OwnType; ///< a dequantized weight's dtype: its Megatron key's
+  std::map<std::string, std::string> FileOf;
+  std::map<std::string, std::vector<std::string>> TieCopyOf; ///< original -> its copies
+  std::map<std::string, Pieces> Assembling;
+};
+
+/// A planned tensor's chain backwards, from its Megatron value \p Value to
+/// the HF tensors (or pieces of them) it was made of, in the chain's order;
+/// \p HFType gives the dtype the source had each HF tensor in.
+std::vector<HFPiece> invertChain(const PlannedTensor &PT, const Conversion &C, const at::Tensor &Value,
+                                 const std::function<DType(const std::string &)> &HFType);
 
 /// A sink's form of one result, made on a converter thread and handed to
 /// put() in plan order.

@@ -345,6 +345,221 @@ std::unique_ptr<Sink> legacySink(const Layout &Par, Json Side, std::string Token
 } // namespace bridge
 
 namespace bridge {
+
+HFAssembler::HFAssembler(const Conversion &C, const std::function<DType(const std::string &)> &KeyType,
+                         const Json &Side, std::string SidePath, std::vector<std::string> &NotExported)
+    : SidePath(std::move(SidePath)) {
+  // Looked up once per tensor and source: a map (ordered_json looks up
+  // linearly, quadratic over DeepSeek-V3's 90,000 tensors).
+  HFTensors = Side.at("hf_tensors");
+  // A tensor imported from another of its rule's source layouts (a
+  // quantized release) is written in the first layout: its tensors replace
+  // those read, in the same file, with the shape and dtype the inverse
+  // produces (null shape: known when produced; a stacked tensor counts its
+  // experts).
+  std::set<std::string> Replaced;
+  const Json Chosen = Side.value("alternatives", Json::object());
+  for (const PlannedTensor &PT : C.P.Tensors) {
+    size_t A = Chosen.value(PT.LocalName, size_t{0});
+    if (A == 0)
+      continue;
+    if (A >= PT.Alternatives.size())
+      throw Error("error: " + this->SidePath + " names source layout " + std::to_string(A) + " for '" +
+                  PT.LocalName + "', which its rule does not have");
+    const SourceChain &Read = PT.Alternatives[A], &First = PT.Alternatives[0];
+    std::string File;
+    for (const std::string &Src : Read.Sources)
+      if (HFTensors.contains(Src)) {
+        File = HFTensors.at(Src).at("file").get<std::string>();
+        Replaced.insert(Src);
+      }
+    for (size_t K = 0; K < First.Sources.size(); ++K) {
+      const std::string &Src = First.Sources[K];
+      if (First.SourceOptional[K])
+        continue;
+      if (!HFTensors.contains(Src))
+        HFTensors[Src] = {{"file", File}, {"dtype", nullptr}, {"shape", nullptr}};
+      if (First.SourceSlice[K] >= 0)
+        StackedCount[Src] = std::max(StackedCount[Src], First.SourceSlice[K] + 1);
+    }
+  }
+  for (const std::string &R : Replaced)
+    HFTensors.erase(R);
+  // Ops with an optional input (dequantization with its scale) were
+  // applied when the source had that input: export then writes the op's
+  // result under its first input's name and dtype of the result, and not
+  // the scale.
+  std::set<std::string> Dropped;
+  for (const DistKey &K : C.Keys) {
+    for (size_t Member : K.Members) {
+      const SourceChain &Ch = C.P.Tensors[Member].Alternatives[0];
+      const Span<OpNode> &Nodes = Ch.Nodes;
+      OpTree Tree(Nodes);
+      for (size_t I = 0; I < Nodes.Size; ++I) {
+        if (Nodes[I].IsSource)
+          continue;
+        std::vector<size_t> Children = Tree.children(Nodes, I);
+        bool Applied = false;
+        for (size_t Ci : Children)
+          if (Nodes[Ci].IsSource && Nodes[Ci].OptionalInput && HFTensors.contains(Ch.Sources[Tree.SourceOrdinal[Ci]])) {
+            Applied = true;
+            Dropped.insert(Ch.Sources[Tree.SourceOrdinal[Ci]]);
+          }
+        if (Applied && Nodes[Children[0]].IsSource) {
+          OwnDtype.insert(Ch.Sources[Tree.SourceOrdinal[Children[0]]]);
+          OwnType[Ch.Sources[Tree.SourceOrdinal[Children[0]]]] = KeyType(K.Key);
+        }
+      }
+    }
+  }
+  // What export writes: the source's tensors, except those import ignored.
+  std::set<std::string> Ignored(C.P.IgnoredPatterns.begin(), C.P.IgnoredPatterns.end());
+  for (const std::string &D : Dropped)
+    Ignored.insert(D);
+  for (auto It = HFTensors.begin(); It != HFTensors.end(); ++It) {
+    if (Ignored.count(It.key()))
+      NotExported.push_back(It.key());
+    else
+      FileOf[It.key()] = It->at("file").get<std::string>();
+  }
+  for (auto &[Copy, Of] : C.P.Ties)
+    if (FileOf.count(Copy))
+      TieCopyOf[Of].push_back(Copy);
+}
+
+std::map<std::string, HFAssembler::Known> HFAssembler::known() const {
+  std::map<std::string, Known> Out;
+  for (auto &[Name, File] : FileOf) {
+    const nlohmann::json &Meta = HFTensors.at(Name);
+    if (Meta.at("shape").is_null())
+      continue;
+    auto Own = OwnType.find(Name);
+    Out[Name] = {Own != OwnType.end() ? Own->second : *dtypeFromSafetensors(Meta.at("dtype").get<std::string>()),
+                 Meta.at("shape").get<std::vector<int64_t>>()};
+  }
+  return Out;
+}
+
+DType HFAssembler::hfType(const std::string &Name) const {
+  return *dtypeFromSafetensors(HFTensors.at(Name).at("dtype").get<std::string>());
+}
+
+void HFAssembler::put(std::vector<HFPiece> &Pieces, const Emit &Out) {
+  for (HFPiece &Pc : Pieces)
+    switch (Pc.Of) {
+    case HFPiece::Whole:
+      emit(Pc.Name, Pc.Value, Out);
+      break;
+    case HFPiece::Expert:
+      stackSlice(Pc.Name, Pc.Index, Pc.Value, Pc.Where, Out);
+      break;
+    case HFPiece::Rows:
+      putRows(Pc.Name, Pc.Params, Pc.Value, Pc.Where, Out);
+      break;
+    }
+}
+
+void HFAssembler::finish() const {
+  if (!Assembling.empty()) {
+    const auto &[Name, P] = *Assembling.begin();
+    throw Error("error: export of '" + Name + "' is missing pieces (" + P.What + "): " +
+                std::to_string(P.Filled.size() - P.Count) + " of " + std::to_string(P.Filled.size()) +
+                " were never produced");
+  }
+}
+
+void HFAssembler::emit(const std::string &Name, at::Tensor V, const Emit &Out) {
+  if (!HFTensors.contains(Name))
+    throw Error("error: " + SidePath + " records no HF tensor '" + Name +
+                "' (its hf_tensors list the tensors import read); this checkpoint was not imported from the "
+                "HF layout it now holds");
+  const nlohmann::json &Meta = HFTensors.at(Name);
+  DType Type;
+  if (Meta.at("shape").is_null()) { // another layout's tensor: as produced
+    Type = exec::fromScalarType(V.scalar_type());
+  } else {
+    std::vector<int64_t> Want = Meta.at("shape").get<std::vector<int64_t>>();
+    // A vocabulary padded for training comes back to the source's rows.
+    if (V.dim() >= 1 && !Want.empty() && V.size(0) > Want[0])
+      V = V.narrow(0, 0, Want[0]);
+    std::vector<int64_t> Got(V.sizes().begin(), V.sizes().end());
+    if (Got != Want)
+      throw Error("error: export of '" + Name + "' gives a tensor of another shape than the source's");
+    Type = *dtypeFromSafetensors(Meta.at("dtype").get<std::string>());
+    if (OwnDtype.count(Name)) // a dequantized weight keeps its new dtype
+      Type = exec::fromScalarType(V.scalar_type());
+  }
+  // Copies first, then the original: the order the writer has always had.
+  if (auto Cp = TieCopyOf.find(Name); Cp != TieCopyOf.end())
+    for (const std::string &CopyName : Cp->second)
+      Out(CopyName, Type, V);
+  Out(Name, Type, V);
+}
+
+void HFAssembler::putPiece(const std::string &Name, const char *What, size_t Index, const at::Tensor &Piece,
+                           const std::function<std::pair<at::Tensor, size_t>()> &Make,
+                           const std::function<at::Tensor(const at::Tensor &)> &SlotOf, const std::string &Where,
+                           const Emit &Out) {
+  Pieces &P = Assembling[Name];
+  if (!P.Value.defined()) {
+    auto [Whole, Count] = Make();
+    P.Value = Whole;
+    P.Filled.assign(Count, false);
+    P.What = What;
+  }
+  if (Index >= P.Filled.size() || P.Filled[Index])
+    throw Error(Where + ": error: " + What + " " + std::to_string(Index) + " of '" + Name +
+                "' is outside it or written twice");
+  at::Tensor Slot = SlotOf(P.Value);
+  if (Slot.sizes() != Piece.sizes())
+    throw Error(Where + ": error: " + What + " " + std::to_string(Index) + " of '" + Name + "' is " +
+                exec::shapeText(Piece.sizes()) + ", its place in the source's tensor " +
+                exec::shapeText(Slot.sizes()));
+  Slot.copy_(Piece);
+  P.Filled[Index] = true;
+  if (++P.Count == P.Filled.size()) {
+    at::Tensor Whole = P.Value;
+    Assembling.erase(Name);
+    emit(Name, Whole, Out);
+  }
+}
+
+void HFAssembler::stackSlice(const std::string &Name, int64_t Index, const at::Tensor &Slice,
+                             const std::string &Where, const Emit &Out) {
+  auto Make = [&]() -> std::pair<at::Tensor, size_t> {
+    const nlohmann::json &Shape = HFTensors.at(Name).at("shape");
+    std::vector<int64_t> Want = Shape.is_null() ? std::vector<int64_t>(Slice.sizes().begin(), Slice.sizes().end())
+                                                : Shape.get<std::vector<int64_t>>();
+    if (Shape.is_null())
+      Want.insert(Want.begin(), StackedCount.at(Name));
+    if (Want.empty())
+      throw Error(Where + ": error: '" + Name + "' of the source has no expert axis");
+    return {at::empty(Want, Slice.options()), static_cast<size_t>(Want[0])};
+  };
+  putPiece(Name, "expert", static_cast<size_t>(Index), Slice, Make, // negative: out of range
+           [&](const at::Tensor &Whole) { return Whole.select(0, Index); }, Where, Out);
+}
+
+void HFAssembler::putRows(const std::string &Name, const exec::OpParams &Params, const at::Tensor &Block,
+                          const std::string &Where, const Emit &Out) {
+  std::vector<int64_t> Sizes = Params.at("sizes").get<std::vector<int64_t>>();
+  auto Make = [&]() -> std::pair<at::Tensor, size_t> {
+    std::vector<int64_t> Shape(Block.sizes().begin(), Block.sizes().end());
+    if (Shape.empty())
+      throw Error(Where + ": error: a row block of '" + Name + "' has no rows");
+    Shape[0] = 0;
+    for (int64_t S : Sizes)
+      Shape[0] += S;
+    return {at::empty(Shape, Block.options()), Sizes.size()};
+  };
+  putPiece(Name, "row block", static_cast<size_t>(Params.at("index").get<int64_t>()), Block, Make,
+           [&](const at::Tensor &Whole) {
+             auto [Offset, Size] = exec::rowBlock(Params, Whole, Where);
+             return Whole.narrow(0, Offset, Size);
+           },
+           Where, Out);
+}
+
 namespace {
 
 /// HF safetensors, as the checkpoint's sidecar records its source: each
@@ -356,85 +571,8 @@ public:
   SafetensorsSink(const Conversion &C, const std::function<DType(const std::string &)> &KeyType, const Json &Side,
                   std::string SidePath, unsigned Writers, uint64_t MemoryBudget, std::string TokenizerFrom,
                   std::vector<std::string> &NotExported)
-      : SidePath(std::move(SidePath)), Sharded(Side.value("hf_sharded", false)), Writers(Writers),
-        MemoryBudget(MemoryBudget), TokenizerFrom(std::move(TokenizerFrom)) {
-    // Looked up once per tensor and source: a map (ordered_json looks up
-    // linearly, quadratic over DeepSeek-V3's 90,000 tensors).
-    HFTensors = Side.at("hf_tensors");
-    // A tensor imported from another of its rule's source layouts (a
-    // quantized release) is written in the first layout: its tensors replace
-    // those read, in the same file, with the shape and dtype the inverse
-    // produces (null shape: known when produced; a stacked tensor counts its
-    // experts).
-    std::set<std::string> Replaced;
-    const Json Chosen = Side.value("alternatives", Json::object());
-    for (const PlannedTensor &PT : C.P.Tensors) {
-      size_t A = Chosen.value(PT.LocalName, size_t{0});
-      if (A == 0)
-        continue;
-      if (A >= PT.Alternatives.size())
-        throw Error("error: " + this->SidePath + " names source layout " + std::to_string(A) + " for '" +
-                    PT.LocalName + "', which its rule does not have");
-      const SourceChain &Read = PT.Alternatives[A], &First = PT.Alternatives[0];
-      std::string File;
-      for (const std::string &Src : Read.Sources)
-        if (HFTensors.contains(Src)) {
-          File = HFTensors.at(Src).at("file").get<std::string>();
-          Replaced.insert(Src);
-        }
-      for (size_t K = 0; K < First.Sources.size(); ++K) {
-        const std::string &Src = First.Sources[K];
-        if (First.SourceOptional[K])
-          continue;
-        if (!HFTensors.contains(Src))
-          HFTensors[Src] = {{"file", File}, {"dtype", nullptr}, {"shape", nullptr}};
-        if (First.SourceSlice[K] >= 0)
-          StackedCount[Src] = std::max(StackedCount[Src], First.SourceSlice[K] + 1);
-      }
-    }
-    for (const std::string &R : Replaced)
-      HFTensors.erase(R);
-    // Ops with an optional input (dequantization with its scale) were
-    // applied when the source had that input: export then writes the op's
-    // result under its first input's name and dtype of the result, and not
-    // the scale.
-    std::set<std::string> Dropped;
-    for (const DistKey &K : C.Keys) {
-      for (size_t Member : K.Members) {
-        const SourceChain &Ch = C.P.Tensors[Member].Alternatives[0];
-        const Span<OpNode> &Nodes = Ch.Nodes;
-        OpTree Tree(Nodes);
-        for (size_t I = 0; I < Nodes.Size; ++I) {
-          if (Nodes[I].IsSource)
-            continue;
-          std::vector<size_t> Children = Tree.children(Nodes, I);
-          bool Applied = false;
-          for (size_t Ci : Children)
-            if (Nodes[Ci].IsSource && Nodes[Ci].OptionalInput && HFTensors.contains(Ch.Sources[Tree.SourceOrdinal[Ci]])) {
-              Applied = true;
-              Dropped.insert(Ch.Sources[Tree.SourceOrdinal[Ci]]);
-            }
-          if (Applied && Nodes[Children[0]].IsSource) {
-            OwnDtype.insert(Ch.Sources[Tree.SourceOrdinal[Children[0]]]);
-            OwnType[Ch.Sources[Tree.SourceOrdinal[Children[0]]]] = KeyType(K.Key);
-          }
-        }
-      }
-    }
-    // What export writes: the source's tensors, except those import ignored.
-    std::set<std::string> Ignored(C.P.IgnoredPatterns.begin(), C.P.IgnoredPatterns.end());
-    for (const std::string &D : Dropped)
-      Ignored.insert(D);
-    for (auto It = HFTensors.begin(); It != HFTensors.end(); ++It) {
-      if (Ignored.count(It.key()))
-        NotExported.push_back(It.key());
-      else
-        FileOf[It.key()] = It->at("file").get<std::string>();
-    }
-    for (auto &[Copy, Of] : C.P.Ties)
-      if (FileOf.count(Copy))
-        TieCopyOf[Of].push_back(Copy);
-  }
+      : HF(C, KeyType, Side, std::move(SidePath), NotExported), Sharded(Side.value("hf_sharded", false)),
+        Writers(Writers), MemoryBudget(MemoryBudget), TokenizerFrom(std::move(TokenizerFrom)) {}
 
   bool hfSide() const override { return true; }
   std::string dataDir() const override { return ""; }
@@ -443,20 +581,12 @@ public:
     // Files whose every tensor keeps the source's dtype and shape are laid
     // out now and written tensor by tensor, in parallel, as they come.
     std::map<std::string, TensorLayout> Known;
-    for (auto &[Name, File] : FileOf) {
-      const nlohmann::json &Meta = HFTensors.at(Name);
-      if (Meta.at("shape").is_null())
-        continue;
-      auto Own = OwnType.find(Name);
-      Known[Name] = {Own != OwnType.end() ? Own->second : *dtypeFromSafetensors(Meta.at("dtype").get<std::string>()),
-                     Meta.at("shape").get<std::vector<int64_t>>()};
-    }
-    W.emplace(Dir, FileOf, Sharded, std::move(Known), Writers, MemoryBudget);
+    for (auto &[Name, K] : HF.known())
+      Known[Name] = {K.Type, K.Shape};
+    W.emplace(Dir, HF.fileOf(), Sharded, std::move(Known), Writers, MemoryBudget);
   }
 
-  DType hfType(const std::string &Name) const override {
-    return *dtypeFromSafetensors(HFTensors.at(Name).at("dtype").get<std::string>());
-  }
+  DType hfType(const std::string &Name) const override { return HF.hfType(Name); }
 
   struct Tensors : Prepared {
     std::vector<HFPiece> Of;
@@ -474,28 +604,14 @@ public:
 
   uint64_t put(const Conversion &, const WorkItem &, Prepared &P) override {
     uint64_t Before = Written;
-    for (HFPiece &Pc : static_cast<Tensors &>(P).Of)
-      switch (Pc.Of) {
-      case HFPiece::Whole:
-        emit(Pc.Name, Pc.Value);
-        break;
-      case HFPiece::Expert:
-        stackSlice(Pc.Name, Pc.Index, Pc.Value, Pc.Where);
-        break;
-      case HFPiece::Rows:
-        putRows(Pc.Name, Pc.Params, Pc.Value, Pc.Where);
-        break;
-      }
+    HF.put(static_cast<Tensors &>(P).Of, [&](const std::string &Name, DType Type, const at::Tensor &V) {
+      add(Name, Type, V);
+    });
     return Written - Before;
   }
 
   void finishData() override {
-    if (!Assembling.empty()) {
-      const auto &[Name, P] = *Assembling.begin();
-      throw Error("error: export of '" + Name + "' is missing pieces (" + P.What + "): " +
-                  std::to_string(P.Filled.size() - P.Count) + " of " + std::to_string(P.Filled.size()) +
-                  " were never produced");
-    }
+    HF.finish();
     W->finish();
   }
   uint64_t bytesWritten() const override { return W->bytesWritten(); }
@@ -509,7 +625,7 @@ public:
     // Checksums taken as the tensors were written, for `bridge-run verify`.
     Json Manifest = {{"format", "safetensors"}, {"tensors", Json::object()}};
     for (const auto &[Name, Crc] : W->checksums())
-      Manifest["tensors"][Name] = {{"file", FileOf.at(Name)}, {"crc32", Crc}};
+      Manifest["tensors"][Name] = {{"file", HF.fileOf().at(Name)}, {"crc32", Crc}};
     files::writeFile(files::join(Tmp, "manifest.json"), Manifest.dump(1) + "\n");
     copyTokenizerFiles(TokenizerFrom, Tmp);
   }
@@ -523,124 +639,16 @@ private:
     TW.Data = static_cast<const uint8_t *>(Host.data_ptr());
     TW.Size = Host.nbytes();
     TW.Owner = std::make_shared<at::Tensor>(Host);
-    if (auto Cp = TieCopyOf.find(Name); Cp != TieCopyOf.end())
-      for (const std::string &CopyName : Cp->second) {
-        TensorToWrite Copy = TW;
-        Copy.Name = CopyName;
-        W->add(std::move(Copy));
-        ++Written;
-      }
     W->add(std::move(TW));
     ++Written;
   }
 
-  void emit(const std::string &Name, at::Tensor V) {
-    if (!HFTensors.contains(Name))
-      throw Error("error: " + SidePath + " records no HF tensor '" + Name +
-                  "' (its hf_tensors list the tensors import read); this checkpoint was not imported from the "
-                  "HF layout it now holds");
-    const nlohmann::json &Meta = HFTensors.at(Name);
-    if (Meta.at("shape").is_null()) // another layout's tensor: as produced
-      return add(Name, exec::fromScalarType(V.scalar_type()), V);
-    std::vector<int64_t> Want = Meta.at("shape").get<std::vector<int64_t>>();
-    // A vocabulary padded for training comes back to the source's rows.
-    if (V.dim() >= 1 && !Want.empty() && V.size(0) > Want[0])
-      V = V.narrow(0, 0, Want[0]);
-    std::vector<int64_t> Got(V.sizes().begin(), V.sizes().end());
-    if (Got != Want)
-      throw Error("error: export of '" + Name + "' gives a tensor of another shape than the source's");
-    auto Type = dtypeFromSafetensors(Meta.at("dtype").get<std::string>());
-    if (OwnDtype.count(Name)) // a dequantized weight keeps its new dtype
-      Type = exec::fromScalarType(V.scalar_type());
-    add(Name, *Type, V);
-  }
-
-  /// HF tensors put together from pieces, each written once all its pieces
-  /// are in: one slice per expert of a tensor stacking all experts (the
-  /// 'expert' op's source), or one row block per 'rows' read.
-  struct Pieces {
-    at::Tensor Value;
-    std::vector<bool> Filled;
-    size_t Count = 0;
-    const char *What = "";
-  };
-
-  /// Puts piece \p Index of \p Name where \p SlotOf selects it in the whole,
-  /// which \p Make builds on the first piece (with its number of pieces).
-  void putPiece(const std::string &Name, const char *What, size_t Index, const at::Tensor &Piece,
-                const std::function<std::pair<at::Tensor, size_t>()> &Make,
-                const std::function<at::Tensor(const at::Tensor &)> &SlotOf, const std::string &Where) {
-    Pieces &P = Assembling[Name];
-    if (!P.Value.defined()) {
-      auto [Whole, Count] = Make();
-      P.Value = Whole;
-      P.Filled.assign(Count, false);
-      P.What = What;
-    }
-    if (Index >= P.Filled.size() || P.Filled[Index])
-      throw Error(Where + ": error: " + What + " " + std::to_string(Index) + " of '" + Name +
-                  "' is outside it or written twice");
-    at::Tensor Slot = SlotOf(P.Value);
-    if (Slot.sizes() != Piece.sizes())
-      throw Error(Where + ": error: " + What + " " + std::to_string(Index) + " of '" + Name + "' is " +
-                  exec::shapeText(Piece.sizes()) + ", its place in the source's tensor " +
-                  exec::shapeText(Slot.sizes()));
-    Slot.copy_(Piece);
-    P.Filled[Index] = true;
-    if (++P.Count == P.Filled.size()) {
-      emit(Name, P.Value);
-      Assembling.erase(Name);
-    }
-  }
-
-  void stackSlice(const std::string &Name, int64_t Index, const at::Tensor &Slice, const std::string &Where) {
-    auto Make = [&]() -> std::pair<at::Tensor, size_t> {
-      const nlohmann::json &Shape = HFTensors.at(Name).at("shape");
-      std::vector<int64_t> Want = Shape.is_null() ? std::vector<int64_t>(Slice.sizes().begin(), Slice.sizes().end())
-                                                  : Shape.get<std::vector<int64_t>>();
-      if (Shape.is_null())
-        Want.insert(Want.begin(), StackedCount.at(Name));
-      if (Want.empty())
-        throw Error(Where + ": error: '" + Name + "' of the source has no expert axis");
-      return {at::empty(Want, Slice.options()), static_cast<size_t>(Want[0])};
-    };
-    putPiece(Name, "expert", static_cast<size_t>(Index), Slice, Make, // negative: out of range
-             [&](const at::Tensor &Whole) { return Whole.select(0, Index); }, Where);
-  }
-
-  void putRows(const std::string &Name, const exec::OpParams &Params, const at::Tensor &Block,
-               const std::string &Where) {
-    std::vector<int64_t> Sizes = Params.at("sizes").get<std::vector<int64_t>>();
-    auto Make = [&]() -> std::pair<at::Tensor, size_t> {
-      std::vector<int64_t> Shape(Block.sizes().begin(), Block.sizes().end());
-      if (Shape.empty())
-        throw Error(Where + ": error: a row block of '" + Name + "' has no rows");
-      Shape[0] = 0;
-      for (int64_t S : Sizes)
-        Shape[0] += S;
-      return {at::empty(Shape, Block.options()), Sizes.size()};
-    };
-    putPiece(Name, "row block", static_cast<size_t>(Params.at("index").get<int64_t>()), Block, Make,
-             [&](const at::Tensor &Whole) {
-               auto [Offset, Size] = exec::rowBlock(Params, Whole, Where);
-               return Whole.narrow(0, Offset, Size);
-             },
-             Where);
-  }
-
-  std::string SidePath;
+  HFAssembler HF;
   bool Sharded;
   unsigned Writers;
   uint64_t MemoryBudget;
   std::string TokenizerFrom;
-  nlohmann::json HFTensors;
-  std::map<std::string, int64_t> StackedCount;
-  std::set<std::string> OwnDtype;
-  std::map<std::string, DType> OwnType; ///< a dequantized weight's dtype: its Megatron key's
-  std::map<std::string, std::string> FileOf;
-  std::map<std::string, std::vector<std::string>> TieCopyOf; ///< original -> its copies
   std::optional<SafetensorsWriter> W;
-  std::map<std::string, Pieces> Assembling;
   uint64_t Written = 0;
 };
 

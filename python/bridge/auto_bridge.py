@@ -1,0 +1,282 @@
+"""AutoBridge: Megatron-Bridge's calls, run by this project's C++ runtime.
+
+Names and call shapes follow Megatron-Bridge's ``megatron.bridge.AutoBridge``
+so that switching is a changed import. The work is done in ``bridge._C``
+(runtime/lib/exec/Live.cpp): the plan and the ops of the compiled mapping,
+the slices each rank holds, and the export's collectives over the model's
+own process groups, bucket by bucket.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+class BridgeError(ValueError):
+    """What the runtime refused, with its message (file, tensor, parameter)."""
+
+
+def _native():
+    # Imported when first needed: the builders in megatron_model need no
+    # extension, and the test suite imports them from the source tree.
+    from . import _C
+
+    return _C
+
+
+def _config_text(config: Any) -> str:
+    if isinstance(config, (str, os.PathLike)):
+        path = Path(config)
+        if path.is_dir():
+            path = path / "config.json"
+        return path.read_text()
+    if hasattr(config, "to_dict"):
+        config = config.to_dict()
+    return json.dumps(config)
+
+
+def _chunks(model) -> list:
+    chunks = model if isinstance(model, (list, tuple)) else [model]
+    out = []
+    for chunk in chunks:
+        # DDP and Float16Module wrap the model in .module.
+        while hasattr(chunk, "module") and not hasattr(chunk, "decoder"):
+            chunk = chunk.module
+        out.append(chunk)
+    return out
+
+
+_LAYER = re.compile(r"^((?:.*\.)?decoder\.layers\.)(\d+)\.")
+
+
+def _local_tensors(model) -> list[tuple[str, Any]]:
+    """This rank's parameters and persistent buffers, named as the model's
+    state_dict names them with each decoder layer's index made global (its
+    layer_number - 1), so that virtual pipeline chunks and pipeline stages
+    name the same layer alike."""
+    out = []
+    for chunk in _chunks(model):
+        layers = getattr(getattr(chunk, "decoder", None), "layers", None)
+        for name, value in chunk.state_dict(keep_vars=True).items():
+            if name.endswith("_extra_state") or value is None or not hasattr(value, "dtype"):
+                continue
+            m = _LAYER.match(name)
+            if m and layers is not None:
+                layer = layers[int(m.group(2))]
+                number = getattr(layer, "layer_number", None)
+                if number is not None:
+                    name = f"{m.group(1)}{number - 1}.{name[m.end():]}"
+            out.append((name, value))
+    return out
+
+
+def _local_spec(names: list[str]) -> bool:
+    """A model built without Transformer Engine names its norms apart
+    (input_layernorm) where TE fuses them into the next linear layer."""
+    return not any("layer_norm_weight" in n for n in names)
+
+
+def _parallel_state():
+    from megatron.core import parallel_state as ps
+
+    def group(get):
+        try:
+            return get()
+        except (AssertionError, AttributeError, RuntimeError):
+            return None
+
+    sizes = dict(
+        tp=ps.get_tensor_model_parallel_world_size(),
+        pp=ps.get_pipeline_model_parallel_world_size(),
+        ep=ps.get_expert_model_parallel_world_size(),
+        etp=ps.get_expert_tensor_parallel_world_size(),
+    )
+    ranks = dict(
+        tp=ps.get_tensor_model_parallel_rank(),
+        pp=ps.get_pipeline_model_parallel_rank(),
+        ep=ps.get_expert_model_parallel_rank(),
+        etp=ps.get_expert_tensor_parallel_rank(),
+    )
+    groups = dict(
+        tp=group(ps.get_tensor_model_parallel_group),
+        pp=group(ps.get_pipeline_model_parallel_group),
+        ep=group(ps.get_expert_model_parallel_group),
+        etp=group(ps.get_expert_tensor_parallel_group),
+    )
+    return sizes, ranks, groups
+
+
+class AutoBridge:
+    """One HF checkpoint (config and weights, memory-mapped) and its mapping."""
+
+    def __init__(self, hf):
+        self._hf = hf
+        self._live: dict[int, Any] = {}
+
+    # -- the checkpoint and its model ------------------------------------------------------
+
+    @classmethod
+    def from_hf_pretrained(cls, path: str | os.PathLike, **_: Any) -> "AutoBridge":
+        """The HF checkpoint in `path` (safetensors and config.json). Its
+        mapping, config and every tensor's plan are checked here."""
+        C = _native()
+        try:
+            return cls(C.HFModel(str(path)))
+        except ValueError as e:
+            raise BridgeError(str(e)) from None
+
+    @classmethod
+    def supports(cls, config: Any) -> bool:
+        """Whether a mapping serves this HF config (a dict, a transformers
+        config, a config.json path or a checkpoint directory)."""
+        try:
+            _native().mapping_for(_config_text(config))
+            return True
+        except ValueError:
+            return False
+
+    @classmethod
+    def list_supported_models(cls) -> list[str]:
+        """The families (mapping names) this build converts."""
+        return list(_native().families())
+
+    @property
+    def hf_path(self) -> str:
+        return self._hf.path
+
+    @property
+    def mapping(self) -> str:
+        return self._hf.mapping
+
+    @property
+    def hf_config(self) -> dict:
+        return json.loads(self._hf.hf_config())
+
+    def megatron_config(self) -> dict:
+        """The Megatron-Core model config (what `bridge-run config` prints)."""
+        return json.loads(self._hf.megatron_config())
+
+    def to_megatron_provider(self, load_weights: bool = False):
+        """A provider of the Megatron-Core model: set its parallel sizes,
+        finalize(), provide_distributed_model()."""
+        from .provider import ModelProvider
+
+        return ModelProvider(self, load_weights=load_weights)
+
+    # -- the live model ---------------------------------------------------------------------
+
+    def _live_model(self, model, hf_path=None):
+        sizes, ranks, groups = _parallel_state()
+        tensors = _local_tensors(model)
+        names = [n for n, _ in tensors]
+        elsewhere: dict[str, tuple[int, Any]] = {}
+        if sizes["pp"] > 1:
+            import torch.distributed as dist
+
+            # Which stage holds what: once per model, as Megatron-Bridge's
+            # conversion tasks are (an all_gather_object over the PP group).
+            mine = {n: str(t.dtype).removeprefix("torch.") for n, t in tensors}
+            stages: list[Any] = [None] * sizes["pp"]
+            dist.all_gather_object(stages, mine, group=groups["pp"])
+            import torch
+
+            for stage, held in enumerate(stages):
+                if stage == ranks["pp"]:
+                    continue
+                for n, dtype in held.items():
+                    elsewhere.setdefault(n, (stage, getattr(torch, dtype)))
+        hf = self._hf if hf_path is None else _native().HFModel(str(hf_path))
+        try:
+            live = _native().LiveModel(hf, sizes, ranks, _local_spec(names), tensors, elsewhere)
+        except ValueError as e:
+            raise BridgeError(str(e)) from None
+        return live, groups
+
+    def load_hf_weights(self, model, hf_path: str | os.PathLike | None = None) -> None:
+        """Fills every parameter of this rank's model (a module or a list of
+        virtual-pipeline chunks) in place from the HF checkpoint: each rank
+        reads and converts only its own tensors; no collective. A model whose
+        parameters do not match the mapping is refused before any is written."""
+        live, _ = self._live_model(model, hf_path)
+        try:
+            live.load()
+        except ValueError as e:
+            raise BridgeError(str(e)) from None
+
+    def export_hf_weights(self, model, cpu: bool = False, show_progress: bool = False,
+                          bucket_size: int = 256 << 20, receivers: str | int = "all",
+                          **_: Any) -> Iterator[tuple[str, Any]]:
+        """The model as HF tensors, `(hf_name, tensor)` in plan order. Every
+        rank of the model must drive the iterator in lockstep: each step runs
+        one bucket's collectives (TP, then EP, then PP) from C++. `bucket_size`
+        bounds the bytes one bucket gathers; `receivers` is "all", "dp0"
+        (the ranks of data-parallel replica 0) or one global rank: the others
+        take part in the collectives and yield nothing. Tensors may share
+        memory with the parameters: copy what you keep past the next step."""
+        live, groups = self._live_model(model)
+        receive = self._receives(receivers)
+        stream = live.export(groups["tp"], groups["pp"], groups["ep"], groups["etp"], int(bucket_size),
+                             bool(cpu), receive)
+        while True:
+            try:
+                batch = stream.next()
+            except ValueError as e:
+                raise BridgeError(str(e)) from None
+            if batch is None:
+                return
+            yield from batch
+
+    @staticmethod
+    def _receives(receivers) -> bool:
+        import torch.distributed as dist
+
+        if receivers == "all":
+            return True
+        if receivers == "dp0":
+            from megatron.core import parallel_state as ps
+
+            return ps.get_data_parallel_rank() == 0
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        return rank == int(receivers)
+
+    def save_hf_pretrained(self, model, out_dir: str | os.PathLike, rank: int = 0, **kw: Any) -> None:
+        """The export stream written as an HF checkpoint by global rank
+        `rank` (safetensors shards as the source had them, their index,
+        config.json, the source's tokenizer files); every rank must call it."""
+        import shutil
+
+        import torch.distributed as dist
+
+        me = dist.get_rank() if dist.is_initialized() else 0
+        tensors = {}
+        for name, tensor in self.export_hf_weights(model, cpu=True, receivers=rank, **kw):
+            tensors[name] = tensor.contiguous()
+        if me != rank:
+            return
+        from safetensors.torch import save_file
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        index = json.loads(Path(self.hf_path, "model.safetensors.index.json").read_text()) \
+            if Path(self.hf_path, "model.safetensors.index.json").exists() else None
+        if index:
+            by_file: dict[str, dict] = {}
+            for name, tensor in tensors.items():
+                by_file.setdefault(index["weight_map"].get(name, "model.safetensors"), {})[name] = tensor
+            for file, part in by_file.items():
+                save_file(part, str(out / file), metadata={"format": "pt"})
+            weight_map = {n: f for f, part in by_file.items() for n in part}
+            (out / "model.safetensors.index.json").write_text(
+                json.dumps({"metadata": index.get("metadata", {}), "weight_map": weight_map}, indent=2))
+        else:
+            save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+        (out / "config.json").write_text(json.dumps(json.loads(self._hf.exported_config()), indent=2) + "\n")
+        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                     "generation_config.json", "vocab.json", "merges.txt"):
+            if Path(self.hf_path, name).is_file():
+                shutil.copyfile(Path(self.hf_path, name), out / name)

@@ -1,0 +1,393 @@
+//===- Live.cpp - the live bridge: a running Megatron-Core model as source and sink ===//
+//
+// Load runs each planned tensor's chain forward from views of the mapped HF
+// files and copies this rank's slice into its parameter; export gathers the
+// slices of one bucket at a time (TP or ETP, then EP, then PP) into global
+// tensors and runs their chains backwards into HF tensors. See Live.h.
+//
+//===----------------------------------------------------------------------===//
+#include "Live.h"
+
+#include "Checkpoint.h"
+#include "Ops.h"
+
+#include "bridge/Registry.h"
+#include "bridge/Sidecar.h"
+
+#include <ATen/ops/cat.h>
+#include <ATen/ops/empty.h>
+#include <c10/core/GradMode.h>
+
+#include <set>
+
+namespace bridge::live {
+
+namespace {
+
+/// Byte offsets inside a packed buffer are kept multiples of this, so that
+/// every tensor packed there can be viewed in its own dtype.
+constexpr int64_t kPackAlign = 16;
+
+int64_t aligned(int64_t Bytes) { return (Bytes + kPackAlign - 1) / kPackAlign * kPackAlign; }
+
+int64_t numel(const std::vector<int64_t> &Shape) {
+  int64_t N = 1;
+  for (int64_t D : Shape)
+    N *= D;
+  return N;
+}
+
+/// Tensors laid end to end in one flat uint8 buffer, and back.
+struct Packing {
+  std::vector<int64_t> Offsets;
+  int64_t Total = 0;
+
+  void add(int64_t Bytes) {
+    Offsets.push_back(Total);
+    Total += aligned(Bytes);
+  }
+  static at::Tensor pack(const std::vector<at::Tensor> &Ts, const Packing &P, const at::Device &Dev) {
+    at::Tensor Buf = at::empty({P.Total}, at::TensorOptions().dtype(at::kByte).device(Dev));
+    for (size_t I = 0; I < Ts.size(); ++I) {
+      at::Tensor Bytes = Ts[I].contiguous().view({-1}).view(at::kByte);
+      Buf.narrow(0, P.Offsets[I], Bytes.numel()).copy_(Bytes);
+    }
+    return Buf;
+  }
+  at::Tensor unpack(const at::Tensor &Buf, size_t I, at::IntArrayRef Shape, at::ScalarType Type) const {
+    int64_t Bytes = numel(std::vector<int64_t>(Shape.begin(), Shape.end())) * c10::elementSize(Type);
+    return Buf.narrow(0, Offsets[I], Bytes).view(Type).view(Shape);
+  }
+};
+
+std::string shapeOf(at::IntArrayRef S) { return exec::shapeText(S); }
+
+} // namespace
+
+// -- the HF checkpoint -----------------------------------------------------------------
+
+HFModel::HFModel(const std::string &Dir) : C(schema()), Dir(Dir) {
+  Src = hfSource(Dir, C, /*LocalSpec=*/false);
+  Src->open(C);
+  PassThroughLister Lister = Src->passThrough();
+  C.P = expandPlan(*C.Mapping, C.S, C.Fields, /*UseTENames=*/true, Lister.List ? &Lister : nullptr,
+                   Src->hfTensorCount());
+  // Alternatives chosen by what the checkpoint holds, coverage, every
+  // chain run on meta tensors: a checkpoint that does not fit its mapping
+  // fails here, before any model is touched.
+  Src->check(C);
+  C.Keys = groupByKey(C.P, C.S, C.Fields, C.LocalSpec);
+  Side = Src->sidecar(C);
+}
+
+Json HFModel::megatronConfig() const { return configToJson(C.S, C.Fields); }
+
+Json HFModel::exportedConfig() const { return exportConfig(*C.Mapping, C.S, C.Fields, &C.HFConfig); }
+
+at::Tensor HFModel::hfTensor(const std::string &Name, int64_t Slice) const {
+  Reading R;
+  return Src->hfTensor(Name, Slice, R);
+}
+
+// -- one rank of the model -------------------------------------------------------------
+
+std::string LiveModel::liveName(const PlannedTensor &PT) const {
+  if (PT.PassThrough)
+    return LocalSpec ? PT.LocalName : PT.Name;
+  // Layers keep their global index (the caller made them global); experts
+  // are named by their index within their EP rank, as the model names them.
+  const Conversion &C = Model->conversion();
+  const Placement P = placementOf(PT, L, C.S, C.Fields);
+  const std::string ExpertVar = rangeVar(C.S, "experts");
+  std::vector<int64_t> Caps = PT.Captures;
+  for (size_t I = 0; I < PT.Param->Captures.Size; ++I)
+    if (PT.Param->Captures[I] == ExpertVar && P.ExpertInRank >= 0)
+      Caps[I] = P.ExpertInRank;
+  std::string Name;
+  for (const PatternPiece &Pc : LocalSpec ? PT.Param->Local : PT.Param->TE)
+    Name += Pc.Literal ? std::string(Pc.Literal) : std::to_string(Caps[static_cast<size_t>(Pc.Index.Code[0].A)]);
+  return Name;
+}
+
+int LiveModel::tpRankOf(const PlannedTensor &) const {
+  // Experts are cut over ETP, which is 1 (whole) or TP (the same rank).
+  return At.TP;
+}
+
+LiveModel::LiveModel(std::shared_ptr<const HFModel> M, const Layout &Par, Coordinates Where, bool Local,
+                     std::vector<std::pair<std::string, at::Tensor>> Params, std::map<std::string, Remote> Others)
+    : Model(std::move(M)), L(Par), At(Where), LocalSpec(Local), Elsewhere(std::move(Others)) {
+  const Conversion &C = Model->conversion();
+  std::string Context = "the model (TP " + std::to_string(L.TP) + ", PP " + std::to_string(L.PP) + ", EP " +
+                        std::to_string(L.EP) + ", ETP " + std::to_string(L.ETP) + ") and mapping '" +
+                        C.Mapping->Name + "' for " + Model->dir();
+  std::vector<std::string> Problems = checkLayout(L, fieldGetter(C.S, C.Fields));
+  if (!Problems.empty())
+    throw Error("error: " + Context + " do not fit: " + Problems[0]);
+  if (L.ETP != 1 && L.ETP != L.TP)
+    throw Error("error: the live bridge cuts experts whole (ETP 1) or like the dense layers (ETP = TP = " +
+                std::to_string(L.TP) + "), not ETP " + std::to_string(L.ETP));
+  for (auto &[Name, T] : Params)
+    if (!ByName.emplace(Name, T).second)
+      throw Error("error: the model has two parameters named '" + Name + "'");
+  Cuts.emplace(C.S, C.Fields, L, LocalSpec);
+
+  std::set<std::string> Used;
+  std::vector<std::string> Missing, Unexpected, WrongShape;
+  for (size_t I = 0; I < C.P.Tensors.size(); ++I) {
+    const PlannedTensor &PT = C.P.Tensors[I];
+    const Placement P = placementOf(PT, L, C.S, C.Fields);
+    if (P.ExpertRank >= 0 && P.ExpertRank != At.EP)
+      continue; // another EP rank's expert
+    std::string Name = liveName(PT);
+    if (PT.ParallelStyle == Style::Vocab && !PT.Expert && PT.Name.rfind("embedding.", 0) == 0)
+      TiedFrom = I;
+    auto It = ByName.find(Name);
+    if (It == ByName.end()) {
+      if (!Elsewhere.count(Name))
+        Missing.push_back(Name);
+      continue;
+    }
+    Used.insert(Name);
+    Mine.push_back({I, It->second});
+    // The model's own vocabulary padding (a multiple of TP at least).
+    if (PT.ParallelStyle == Style::Vocab)
+      Cuts->setPaddedVocab(It->second.size(0) * L.TP);
+  }
+  // With tied embeddings the last stage holds a copy of the embedding as
+  // its output layer when it is not the first.
+  const Json &Share = fieldValue(C.S, C.Fields, "share_embeddings_and_output_weights");
+  if (Share.is_boolean() && Share.get<bool>() && TiedFrom) {
+    auto It = ByName.find("output_layer.weight");
+    if (It != ByName.end() && !Used.count(It->first)) {
+      TiedCopy = It->second;
+      Used.insert(It->first);
+      Cuts->setPaddedVocab(TiedCopy.size(0) * L.TP);
+    }
+  }
+  for (auto &[Name, T] : ByName)
+    if (!Used.count(Name))
+      Unexpected.push_back(Name);
+  auto Expected = [&](size_t Planned) {
+    const PlannedTensor &PT = C.P.Tensors[Planned];
+    at::Tensor Meta = at::empty(PT.Shape, at::TensorOptions().device(at::kMeta));
+    at::Tensor Local = Cuts->cutFor(PT, Meta, tpRankOf(PT));
+    return std::vector<int64_t>(Local.sizes().begin(), Local.sizes().end());
+  };
+  for (const Held &H : Mine) {
+    std::vector<int64_t> Want = Expected(H.Planned);
+    if (H.Param.sizes() != at::IntArrayRef(Want))
+      WrongShape.push_back(liveName(C.P.Tensors[H.Planned]) + " is " + shapeOf(H.Param.sizes()) +
+                           ", the mapping gives this rank " + shapeOf(Want));
+  }
+  if (TiedCopy.defined()) {
+    std::vector<int64_t> Want = Expected(*TiedFrom);
+    if (TiedCopy.sizes() != at::IntArrayRef(Want))
+      WrongShape.push_back("output_layer.weight is " + shapeOf(TiedCopy.sizes()) + ", the tied embedding gives " +
+                           shapeOf(Want));
+  }
+  if (!Missing.empty() || !Unexpected.empty() || !WrongShape.empty()) {
+    std::string Msg = "error: " + Context + " do not match on rank (TP " + std::to_string(At.TP) + ", PP " +
+                      std::to_string(At.PP) + ", EP " + std::to_string(At.EP) + "); nothing was written:";
+    Msg += nameList("parameter(s) the mapping gives this rank are missing", Missing);
+    Msg += nameList("parameter(s) the mapping does not produce", Unexpected);
+    Msg += nameList("parameter(s) of another shape", WrongShape);
+    throw Error(Msg);
+  }
+}
+
+std::vector<std::string> LiveModel::names() const {
+  std::vector<std::string> Out;
+  for (const Held &H : Mine)
+    Out.push_back(liveName(Model->conversion().P.Tensors[H.Planned]));
+  return Out;
+}
+
+void LiveModel::load() {
+  const Conversion &C = Model->conversion();
+  c10::AutoGradMode NoGrad(false); // parameters are written in place
+  auto Leaf = [&](const std::string &Name, int64_t Slice) { return Model->hfTensor(Name, Slice); };
+  auto Fill = [&](size_t Planned, at::Tensor &Param) {
+    const PlannedTensor &PT = C.P.Tensors[Planned];
+    at::Device Dev = Param.device();
+    // Ops that compute (dequantization) run on the parameter's GPU; a
+    // rename stays a view of the mapped file, so the slice copied is all
+    // that is read.
+    at::Tensor Global = runChain(PT, C.Fields, C.S, Leaf, Dev.is_cuda() ? &Dev : nullptr);
+    at::Tensor Local = Cuts->cutFor(PT, Global, tpRankOf(PT));
+    if (Local.scalar_type() != Param.scalar_type())
+      Local = Local.to(Local.device(), Param.scalar_type());
+    Param.copy_(Local);
+  };
+  for (Held &H : Mine)
+    Fill(H.Planned, H.Param);
+  if (TiedCopy.defined())
+    Fill(*TiedFrom, TiedCopy);
+}
+
+std::unique_ptr<ExportStream> LiveModel::exportHF(Group *TP, Group *PP, Group *EP, Group *ETP, ExportOptions O) {
+  return std::make_unique<ExportStream>(*this, TP, PP, EP, ETP, O);
+}
+
+// -- export ----------------------------------------------------------------------------
+
+ExportStream::ExportStream(LiveModel &Model, Group *TPG, Group *PPG, Group *EPG, Group *ETPG, ExportOptions Opts)
+    : M(Model), TP(TPG), PP(PPG), EP(EPG), ETP(ETPG), O(Opts),
+      // Export writes a dequantized weight in the dtype its chain gives.
+      HF(M.Model->conversion(), [](const std::string &) { return DType::BF16; }, M.Model->sidecar(),
+         M.Model->dir(), NotExported) {
+  auto Check = [](Group *G, int Want, const char *What) {
+    if (Want > 1 && (!G || G->size() != Want))
+      throw Error(std::string("error: the live export needs the model's ") + What + " group of size " +
+                  std::to_string(Want) + (G ? ", not " + std::to_string(G->size()) : std::string(", not none")));
+  };
+  Check(TP, M.L.TP, "tensor-parallel");
+  Check(PP, M.L.PP, "pipeline-parallel");
+  Check(EP, M.L.EP, "expert-parallel");
+  Check(ETP, M.L.ETP, "expert-tensor-parallel");
+  const Conversion &C = M.Model->conversion();
+  std::map<std::string, size_t> SlotOf;
+  for (size_t I = 0; I < C.P.Tensors.size(); ++I) {
+    const PlannedTensor &PT = C.P.Tensors[I];
+    std::string Name = M.liveName(PT);
+    int Stage;
+    at::ScalarType Type;
+    if (auto It = M.ByName.find(Name); It != M.ByName.end()) {
+      Stage = M.At.PP;
+      Type = It->second.scalar_type();
+    } else {
+      const Remote &R = M.Elsewhere.at(Name); // the constructor checked it is there
+      Stage = R.Stage;
+      Type = R.Type;
+    }
+    auto [It, New] = SlotOf.emplace(Name, Slots.size());
+    if (New)
+      Slots.push_back({{}, Stage, placementOf(PT, M.L, C.S, C.Fields).ExpertRank >= 0, Type, 0});
+    Slot &S = Slots[It->second];
+    S.Members.push_back(I); // experts come in expert order: by EP rank
+    S.Bytes += static_cast<uint64_t>(numel(PT.Shape)) * c10::elementSize(Type);
+  }
+}
+
+std::optional<std::vector<std::pair<std::string, at::Tensor>>> ExportStream::next() {
+  if (Next >= Slots.size()) {
+    if (O.Receive)
+      HF.finish();
+    return std::nullopt;
+  }
+  const Conversion &C = M.Model->conversion();
+  const size_t First = Next;
+  const int Stage = Slots[First].Stage;
+  uint64_t Bytes = 0;
+  while (Next < Slots.size() && Slots[Next].Stage == Stage &&
+         (Next == First || Bytes + Slots[Next].Bytes <= O.BucketBytes))
+    Bytes += Slots[Next++].Bytes;
+  const at::Device Dev = M.ByName.begin()->second.device();
+  std::map<size_t, at::Tensor> Global; // planned tensor -> its global value
+  uint64_t Held = 0;
+
+  if (M.At.PP == Stage) {
+    // TP (ETP for experts): each rank's slice of every split tensor, one
+    // gather per group.
+    for (bool Experts : {false, true}) {
+      Group *G = Experts ? ETP : TP;
+      std::vector<size_t> Split; // planned tensors to gather
+      std::vector<at::Tensor> Locals;
+      Packing P;
+      for (size_t S = First; S < Next; ++S) {
+        const Slot &Sl = Slots[S];
+        if (Sl.Expert != Experts)
+          continue;
+        size_t Mem = Sl.Members[Sl.Expert ? static_cast<size_t>(M.At.EP) : 0];
+        const PlannedTensor &PT = C.P.Tensors[Mem];
+        const at::Tensor &Local = M.ByName.at(M.liveName(PT));
+        if (G && G->size() > 1 && M.Cuts->splits(PT)) {
+          Split.push_back(Mem);
+          Locals.push_back(Local);
+          P.add(static_cast<int64_t>(Local.nbytes()));
+        } else {
+          // Held whole (or TP 1): the vocabulary's padding rows dropped.
+          Global[Mem] = M.Cuts->splits(PT) ? M.Cuts->join(PT, {Local}, "the live model") : Local;
+        }
+      }
+      if (Split.empty())
+        continue;
+      at::Tensor Buf = Packing::pack(Locals, P, Dev);
+      std::vector<at::Tensor> All = G->allGather(Buf);
+      Held += static_cast<uint64_t>(P.Total) * (1 + All.size());
+      for (size_t I = 0; I < Split.size(); ++I) {
+        std::vector<at::Tensor> ByRank;
+        for (const at::Tensor &R : All)
+          ByRank.push_back(P.unpack(R, I, Locals[I].sizes(), Locals[I].scalar_type()));
+        const PlannedTensor &PT = C.P.Tensors[Split[I]];
+        Global[Split[I]] = M.Cuts->join(PT, ByRank, "the live model");
+      }
+    }
+    // EP: every EP rank's experts of the same local index, one gather.
+    if (EP && EP->size() > 1) {
+      std::vector<size_t> Expert;
+      std::vector<at::Tensor> Mine;
+      Packing P;
+      for (size_t S = First; S < Next; ++S)
+        if (Slots[S].Expert) {
+          Expert.push_back(S);
+          Mine.push_back(Global.at(Slots[S].Members[static_cast<size_t>(M.At.EP)]));
+          P.add(static_cast<int64_t>(Mine.back().nbytes()));
+        }
+      if (!Expert.empty()) {
+        at::Tensor Buf = Packing::pack(Mine, P, Dev);
+        std::vector<at::Tensor> All = EP->allGather(Buf);
+        Held += static_cast<uint64_t>(P.Total) * (1 + All.size());
+        for (size_t I = 0; I < Expert.size(); ++I)
+          for (size_t R = 0; R < All.size(); ++R)
+            if (static_cast<int>(R) != M.At.EP)
+              Global[Slots[Expert[I]].Members[R]] = P.unpack(All[R], I, Mine[I].sizes(), Mine[I].scalar_type());
+      }
+    }
+  }
+  // PP: the owning stage's global tensors to every other stage.
+  if (PP && PP->size() > 1) {
+    std::vector<size_t> Order;
+    Packing P;
+    for (size_t S = First; S < Next; ++S)
+      for (size_t Mem : Slots[S].Members) {
+        Order.push_back(Mem);
+        P.add(numel(C.P.Tensors[Mem].Shape) * static_cast<int64_t>(c10::elementSize(Slots[S].Type)));
+      }
+    at::Tensor Buf;
+    if (M.At.PP == Stage) {
+      std::vector<at::Tensor> Ts;
+      for (size_t Mem : Order)
+        Ts.push_back(Global.at(Mem));
+      Buf = Packing::pack(Ts, P, Dev);
+    } else {
+      Buf = at::empty({P.Total}, at::TensorOptions().dtype(at::kByte).device(Dev));
+    }
+    PP->broadcast(Buf, Stage);
+    Held += static_cast<uint64_t>(P.Total);
+    if (M.At.PP != Stage) {
+      size_t I = 0;
+      for (size_t S = First; S < Next; ++S)
+        for (size_t Mem : Slots[S].Members)
+          Global[Mem] = P.unpack(Buf, I++, C.P.Tensors[Mem].Shape, Slots[S].Type);
+    }
+  }
+  PeakBytes = std::max(PeakBytes, Held);
+
+  std::vector<std::pair<std::string, at::Tensor>> Out;
+  if (!O.Receive)
+    return Out;
+  auto HFType = [&](const std::string &Name) { return HF.hfType(Name); };
+  auto Emit = [&](const std::string &Name, DType Type, const at::Tensor &V) {
+    at::Tensor T = V.scalar_type() == exec::toScalarType(Type) ? V : V.to(exec::toScalarType(Type));
+    Out.emplace_back(Name, O.ToCPU ? T.cpu() : T);
+  };
+  for (size_t S = First; S < Next; ++S)
+    for (size_t Mem : Slots[S].Members) {
+      std::vector<HFPiece> Pieces = invertChain(C.P.Tensors[Mem], C, Global.at(Mem), HFType);
+      HF.put(Pieces, Emit);
+    }
+  return Out;
+}
+
+} // namespace bridge::live

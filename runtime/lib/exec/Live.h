@@ -1,0 +1,175 @@
+//===- Live.h - the live bridge: a running Megatron-Core model as source and sink -*- C++ -*-===//
+//
+// The pipeline's pieces run against the parameters of a model in memory
+// instead of files:
+//
+//   load     HF safetensors --ops forward--> this rank's slice --> param.copy_
+//   export   local params --gather (TP/ETP, EP, PP)--> global --ops inverse--> HF tensors
+//
+// A LiveModel is one rank's view: its parameters (named as the model's
+// state_dict names them, with layer indices made global), the layout, its
+// coordinates, and where the parameters it does not hold live (their
+// pipeline stage). Where each planned tensor lives and how a TP rank's
+// slice is cut are the legacy format's rules (Legacy.h): a legacy rank file
+// is a state_dict, so the two agree by construction.
+//
+// Collectives go through the Group interface, which the Python extension
+// implements over the job's torch.distributed process groups (NCCL or
+// Gloo); every rank of a group calls them in the same order. Export packs
+// each bucket's tensors into one flat byte buffer per collective.
+// Private to runtime/lib/exec and the Python extension.
+//
+//===----------------------------------------------------------------------===//
+#ifndef BRIDGE_LIB_EXEC_LIVE_H
+#define BRIDGE_LIB_EXEC_LIVE_H
+
+#include "Legacy.h"
+#include "Pipeline.h"
+
+#include <ATen/core/Tensor.h>
+
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace bridge::live {
+
+/// One process group of the job, as the live bridge uses it.
+class Group {
+public:
+  virtual ~Group() = default;
+  virtual int size() const = 0;
+  virtual int rank() const = 0;
+  /// Every rank's \p Bytes (one-dimensional, uint8, the same size on every
+  /// rank), in group rank order.
+  virtual std::vector<at::Tensor> allGather(const at::Tensor &Bytes) = 0;
+  /// \p Bytes from group rank \p Root into every rank's \p Bytes.
+  virtual void broadcast(at::Tensor &Bytes, int Root) = 0;
+};
+
+/// The HF checkpoint a live model is loaded from and exported as: its
+/// mapping, Megatron config, plan and mapped tensors.
+class HFModel {
+public:
+  explicit HFModel(const std::string &Dir);
+  const Conversion &conversion() const { return C; }
+  const std::string &dir() const { return Dir; }
+  /// The Megatron-Core config (`bridge-run config`'s "megatron").
+  Json megatronConfig() const;
+  /// The config.json export writes.
+  Json exportedConfig() const;
+  /// An HF tensor as a view of the mapped file (nothing is read until it
+  /// is used); expert \p Slice of a stacked one when >= 0; undefined when
+  /// the checkpoint lacks it.
+  at::Tensor hfTensor(const std::string &Name, int64_t Slice) const;
+  const Json &sidecar() const { return Side; }
+
+private:
+  Conversion C;
+  std::string Dir;
+  std::unique_ptr<Source> Src;
+  Json Side;
+};
+
+/// Which rank of each group this process is.
+struct Coordinates {
+  int TP = 0, PP = 0, EP = 0, ETP = 0;
+};
+
+/// A parameter another pipeline stage holds: its stage and dtype, which
+/// every rank needs to receive it.
+struct Remote {
+  int Stage = 0;
+  at::ScalarType Type = at::kFloat;
+};
+
+struct ExportOptions {
+  uint64_t BucketBytes = uint64_t(256) << 20;
+  bool ToCPU = false;
+  /// This rank gets the stream's tensors; a rank that does not still takes
+  /// part in every collective.
+  bool Receive = true;
+};
+
+class ExportStream;
+
+class LiveModel {
+public:
+  /// \p Params: this rank's parameters and persistent buffers, by name with
+  /// global layer indices and local expert indices (as the model's
+  /// state_dict names experts); \p Elsewhere: the parameters of the other
+  /// stages of this rank's pipeline. Checks that they are exactly what the
+  /// mapping gives this rank, with this rank's shapes, before anything is
+  /// written; errors name the parameter.
+  LiveModel(std::shared_ptr<const HFModel> Model, const Layout &L, Coordinates At, bool LocalSpec,
+            std::vector<std::pair<std::string, at::Tensor>> Params, std::map<std::string, Remote> Elsewhere);
+
+  /// Fills every parameter of this rank in place with its slice of the HF
+  /// checkpoint (ops on the parameter's device when it is a GPU).
+  void load();
+  /// The model as HF tensors, bucket by bucket; every rank of the model
+  /// calls next() in lockstep.
+  std::unique_ptr<ExportStream> exportHF(Group *TP, Group *PP, Group *EP, Group *ETP, ExportOptions O);
+  /// The names of this rank's parameters the mapping fills, in plan order.
+  std::vector<std::string> names() const;
+
+private:
+  friend class ExportStream;
+  /// A planned tensor this rank holds (its slice in Param).
+  struct Held {
+    size_t Planned;
+    at::Tensor Param;
+  };
+  std::string liveName(const PlannedTensor &PT) const;
+  int tpRankOf(const PlannedTensor &PT) const;
+
+  std::shared_ptr<const HFModel> Model;
+  Layout L;
+  Coordinates At;
+  bool LocalSpec;
+  std::optional<LegacyLayout> Cuts;
+  std::vector<Held> Mine;                 ///< in plan order
+  std::map<std::string, at::Tensor> ByName; ///< this rank's parameters
+  std::map<std::string, Remote> Elsewhere;
+  at::Tensor TiedCopy;                    ///< output_layer.weight, a copy of the embedding
+  std::optional<size_t> TiedFrom;         ///< the embedding's planned tensor
+};
+
+/// Export, one bucket at a time: the planned tensors of one pipeline stage,
+/// gathered over TP (ETP for experts), then EP, then broadcast over PP, and
+/// run backwards into HF tensors.
+class ExportStream {
+public:
+  ExportStream(LiveModel &M, Group *TP, Group *PP, Group *EP, Group *ETP, ExportOptions O);
+  /// The next finished HF tensors; std::nullopt after the last bucket.
+  std::optional<std::vector<std::pair<std::string, at::Tensor>>> next();
+  /// Most bytes one bucket held on this rank (gathered and global), for
+  /// the benchmark's memory accounting.
+  uint64_t peakBucketBytes() const { return PeakBytes; }
+
+private:
+  /// Planned tensors sharing one live name: one (dense) or one per EP rank
+  /// (an expert's local index), all on one stage.
+  struct Slot {
+    std::vector<size_t> Members; ///< planned tensors, by EP rank
+    int Stage;
+    bool Expert;
+    at::ScalarType Type;
+    uint64_t Bytes; ///< global bytes of all members
+  };
+  LiveModel &M;
+  Group *TP, *PP, *EP, *ETP;
+  ExportOptions O;
+  std::vector<Slot> Slots;
+  size_t Next = 0;
+  std::vector<std::string> NotExported;
+  HFAssembler HF;
+  uint64_t PeakBytes = 0;
+};
+
+} // namespace bridge::live
+
+#endif

@@ -1,0 +1,138 @@
+"""One rank of a live-bridge test job (torchrun, gloo, CPU): builds the
+Megatron-Core model with bridge's provider at the layout given, loads the HF
+checkpoint into it and checks it against the real things, writing what it
+found to OUT/rank-<r>.json for the test to assert on:
+  * the parameters equal what `bridge-run import` followed by
+    dist_checkpointing.load gives (--megatron);
+  * without pipeline stages, the logits equal transformers' (fp32);
+  * export_hf_weights gives every tensor of `bridge-run export`'s output
+    (--exported) bit for bit, and nothing else;
+  * save_hf_pretrained writes --save (the test loads it with transformers);
+  * --mismatch HF: a model of that other checkpoint is refused by name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import traceback
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--hf", required=True)
+    p.add_argument("--tp", type=int, default=1)
+    p.add_argument("--pp", type=int, default=1)
+    p.add_argument("--ep", type=int, default=1)
+    p.add_argument("--etp", type=int, default=None)
+    p.add_argument("--megatron")
+    p.add_argument("--exported")
+    p.add_argument("--save")
+    p.add_argument("--mismatch")
+    p.add_argument("--bucket", type=int, default=4096)
+    p.add_argument("--device", default="cpu", help="cpu (gloo) or cuda (nccl, GPU LOCAL_RANK)")
+    p.add_argument("--out", required=True)
+    a = p.parse_args()
+    if a.device == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if a.device == "cuda" else "gloo")
+    rank = dist.get_rank()
+    result: dict = {"rank": rank}
+    try:
+        run(a, result)
+    except Exception:  # noqa: BLE001 - the test shows it
+        result["error"] = traceback.format_exc()
+    Path(a.out, f"rank-{rank}.json").write_text(json.dumps(result, indent=1))
+    dist.destroy_process_group()
+
+
+def run(a, result: dict) -> None:
+    from bridge import AutoBridge, BridgeError
+    from megatron.core import parallel_state as ps
+
+    bridge = AutoBridge.from_hf_pretrained(a.hf)
+    provider = bridge.to_megatron_provider()
+    provider.tensor_model_parallel_size = a.tp
+    provider.pipeline_model_parallel_size = a.pp
+    provider.expert_model_parallel_size = a.ep
+    provider.expert_tensor_parallel_size = a.etp
+    provider.params_dtype = torch.float32
+    provider.finalize()
+    model = provider.provide_distributed_model(wrap_with_ddp=False)
+
+    if a.mismatch:
+        other = AutoBridge.from_hf_pretrained(a.mismatch)
+        try:
+            other.load_hf_weights(model)
+            result["mismatch"] = "accepted"
+        except BridgeError as e:
+            result["mismatch"] = str(e)
+        return
+
+    bridge.load_hf_weights(model)
+
+    if a.megatron:
+        from megatron.core import dist_checkpointing
+
+        again = provider.provide_distributed_model(wrap_with_ddp=False)
+        unequal = []
+        for mine, theirs in zip(model, again):
+            state = dist_checkpointing.load(theirs.sharded_state_dict(), str(Path(a.megatron, "iter_0000000")))
+            theirs.load_state_dict({k: v for k, v in state.items() if k in theirs.state_dict()}, strict=True)
+            want = theirs.state_dict()
+            for name, value in mine.state_dict().items():
+                if name.endswith("_extra_state"):
+                    continue
+                if not torch.equal(value, want[name]):
+                    unequal.append(name)
+        result["unequal_to_import"] = unequal
+        result["compared_to_import"] = len(model[0].state_dict())
+
+    if ps.get_pipeline_model_parallel_world_size() == 1:
+        import transformers
+
+        dev = torch.device("cuda", torch.cuda.current_device()) if a.device == "cuda" else torch.device("cpu")
+        hf = transformers.AutoModelForCausalLM.from_pretrained(a.hf, dtype=torch.float32).eval().to(dev)
+        seq = 16
+        torch.manual_seed(0)
+        tokens = torch.randint(0, hf.config.vocab_size, (2, seq)).to(dev)
+        positions = torch.arange(seq, device=dev).unsqueeze(0).expand(2, -1)
+        mask = torch.triu(torch.ones(seq, seq, dtype=torch.bool, device=dev), 1)[None, None]
+        with torch.no_grad():
+            ours = model[0].eval()(tokens, positions, mask).float()
+            group = ps.get_tensor_model_parallel_group()
+            parts = [torch.empty_like(ours) for _ in range(ps.get_tensor_model_parallel_world_size())]
+            dist.all_gather(parts, ours.contiguous(), group=group)
+            ours = torch.cat(parts, -1)[..., : hf.config.vocab_size]
+            ref = hf(tokens).logits.float()
+        result["logits_max_diff"] = (ours - ref).abs().max().item()
+
+    if a.exported:
+        from safetensors.torch import load_file
+
+        want = {}
+        for f in Path(a.exported).glob("*.safetensors"):
+            want.update(load_file(str(f)))
+        got = {}
+        for name, tensor in bridge.export_hf_weights(model, cpu=True, bucket_size=a.bucket):
+            if name in got:
+                result.setdefault("export_twice", []).append(name)
+            got[name] = tensor.clone()
+        result["export_missing"] = sorted(set(want) - set(got))
+        result["export_extra"] = sorted(set(got) - set(want))
+        result["export_unequal"] = sorted(n for n in set(want) & set(got)
+                                          if want[n].dtype != got[n].dtype or not torch.equal(want[n], got[n]))
+        result["export_count"] = len(got)
+        result["export_devices"] = sorted({str(t.device.type) for t in got.values()})
+
+    if a.save:
+        bridge.save_hf_pretrained(model, a.save)
+
+
+if __name__ == "__main__":
+    main()

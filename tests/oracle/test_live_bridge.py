@@ -1,0 +1,179 @@
+"""The live bridge (python/bridge, docs/live-bridge.md) against the real
+things, on CPU with gloo: Megatron-Core models built by bridge's provider at
+several layouts under torchrun, filled by load_hf_weights, compared with
+`bridge-run import` + dist_checkpointing.load and with transformers' logits,
+streamed back out by export_hf_weights bit for bit, and written by
+save_hf_pretrained into a checkpoint transformers loads. Each job's ranks
+report to JSON files (tests/live/live_worker.py); the assertions are here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+WORKER = ROOT / "tests" / "live" / "live_worker.py"
+PACKAGE = ROOT / "build" / "python"
+LOGITS_ATOL = 1e-5
+
+
+def _package() -> Path:
+    if not list((PACKAGE / "bridge").glob("_C*.so")):
+        pytest.fail(f"the live bridge's extension is not built in {PACKAGE / 'bridge'} (cmake --build build)")
+    return PACKAGE
+
+
+def _bridge_run(bridge_run, *args: str) -> None:
+    r = subprocess.run([str(bridge_run.path), *args, "--quiet"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _job(nproc: int, out: Path, *args: str, device: str = "cpu") -> list[dict]:
+    out.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, PYTHONPATH=str(_package()), OMP_NUM_THREADS="1")
+    if device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    else:
+        env.pop("CUDA_VISIBLE_DEVICES", None)  # conftest hides the GPU from CPU runs
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
+                        "--master-port", str(_port()), str(WORKER), "--out", str(out), "--device", device,
+                        *args],
+                       env=env, capture_output=True, text=True, timeout=600)
+    reports = [json.loads((out / f"rank-{r_}.json").read_text()) for r_ in range(nproc)
+               if (out / f"rank-{r_}.json").exists()]
+    assert len(reports) == nproc, f"torchrun exit {r.returncode}:\n{r.stderr[-4000:]}"
+    for rep in reports:
+        assert "error" not in rep, f"rank {rep['rank']}:\n{rep['error']}"
+    return reports
+
+
+@pytest.fixture(scope="module")
+def prepared(bridge_run, tiny_checkpoints, tmp_path_factory):
+    """family -> (checkpoint, what `bridge-run export` of its import writes)."""
+    cache = {}
+
+    def get(family: str):
+        if family not in cache:
+            ckpt = tiny_checkpoints(family)
+            root = tmp_path_factory.mktemp(f"live-{family}")
+            mg = root / "mg"
+            _bridge_run(bridge_run, "import", "--hf", str(ckpt.path), "--out", str(mg), "--local-spec")
+            hf = root / "hf"
+            _bridge_run(bridge_run, "export", "--megatron", str(mg), "--out", str(hf))
+            cache[family] = (ckpt, hf, mg)
+        return cache[family]
+
+    return get
+
+
+# (family, layout flags, processes). llama3.1-8b: dense, untied; llama3.2-1b:
+# tied embeddings (megatron-core 0.16.1 moves a tied embedding to CUDA when
+# PP > 1, so only TP here); qwen3-30b-a3b: MoE with q/k norms.
+LAYOUTS = [
+    ("llama3.1-8b", ["--tp", "2"], 2),
+    ("llama3.1-8b", ["--pp", "2"], 2),
+    ("llama3.1-8b", ["--tp", "2", "--pp", "2"], 4),
+    ("llama3.2-1b", ["--tp", "2"], 2),
+    ("qwen3-30b-a3b", ["--ep", "2"], 2),
+    ("qwen3-30b-a3b", ["--tp", "2", "--etp", "1"], 2),
+    ("qwen3-30b-a3b", ["--pp", "2", "--ep", "2"], 4),
+]
+
+
+# On a GPU host (--bridge-device cuda): world size 1 on the one GPU, NCCL.
+CUDA_LAYOUTS = [("llama3.1-8b", [], 1), ("llama3.2-1b", [], 1), ("qwen3-30b-a3b", [], 1)]
+
+
+def _layout_id(f, layout, nproc):
+    return f"{f}-{'-'.join(layout).replace('--', '') or 'one'}"
+
+
+@pytest.mark.parametrize("family,layout,nproc", LAYOUTS + CUDA_LAYOUTS,
+                         ids=[_layout_id(*x) for x in LAYOUTS + CUDA_LAYOUTS])
+def test_load_and_export_match_the_real_things(bridge_run, bridge_device, prepared, tmp_path, family, layout,
+                                               nproc):
+    if (bridge_device == "cuda") != ((family, layout, nproc) in CUDA_LAYOUTS):
+        pytest.skip("CPU layouts run with gloo, the CUDA ones on a GPU host (--bridge-device cuda)")
+    # torch_dist holds global tensors: one import serves every layout.
+    ckpt, exported, mg = prepared(family)
+    reports = _job(nproc, tmp_path / "job", "--hf", str(ckpt.path), *layout, "--megatron", str(mg),
+                   "--exported", str(exported), "--bucket", "3000", device=bridge_device)
+    for rep in reports:
+        # Load: every parameter of every rank as import + dist_checkpointing.load gives it.
+        assert rep["compared_to_import"] > 0
+        assert rep["unequal_to_import"] == [], rep
+        # Logits (where megatron-core runs a forward without a pipeline schedule).
+        if "logits_max_diff" in rep:
+            assert rep["logits_max_diff"] <= LOGITS_ATOL, rep
+        # Export: bridge-run export's tensors, bit for bit, each once, nothing else.
+        assert rep["export_count"] > 0
+        assert rep["export_missing"] == [] and rep["export_extra"] == [] and rep["export_unequal"] == [], rep
+        assert "export_twice" not in rep, rep
+        assert rep["export_devices"] == ["cpu"], rep  # cpu=True
+    if "--pp" not in layout:
+        assert all("logits_max_diff" in rep for rep in reports)
+
+
+def test_save_hf_pretrained_gives_a_checkpoint_transformers_loads(prepared, tmp_path):
+    import torch
+    import transformers
+
+    ckpt, _, _ = prepared("qwen3-30b-a3b")
+    out = tmp_path / "saved"
+    _job(2, tmp_path / "job", "--hf", str(ckpt.path), "--tp", "2", "--save", str(out))
+    auto = getattr(transformers, ckpt.family.auto_class)
+    ours = auto.from_pretrained(str(out), dtype=torch.float32).eval()
+    ref = auto.from_pretrained(str(ckpt.path), dtype=torch.float32).eval()
+    torch.manual_seed(0)
+    tokens = torch.randint(0, ref.config.vocab_size, (2, 16))
+    with torch.no_grad():
+        assert torch.equal(ours(tokens).logits, ref(tokens).logits)
+
+
+def test_a_model_of_another_family_is_refused_by_name(prepared, tmp_path):
+    llama, _, _ = prepared("llama3.1-8b")
+    qwen, _, _ = prepared("qwen3-30b-a3b")
+    reports = _job(2, tmp_path / "job", "--hf", str(llama.path), "--tp", "2", "--mismatch", str(qwen.path))
+    for rep in reports:
+        msg = rep["mismatch"]
+        assert msg.startswith("error: the model (TP 2"), msg
+        assert "nothing was written" in msg
+        assert "decoder.layers.0.mlp.router.weight" in msg  # missing, by name
+        assert "decoder.layers.0.mlp.linear_fc1.weight" in msg  # unexpected, by name
+
+
+def test_a_wrong_path_is_a_clear_error(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(_package()), CUDA_VISIBLE_DEVICES="")
+    code = ("from bridge import AutoBridge, BridgeError\n"
+            "try:\n    AutoBridge.from_hf_pretrained(%r)\nexcept BridgeError as e:\n    print(e)\n"
+            % str(tmp_path / "nowhere"))
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "nowhere" in r.stdout and "config.json" in r.stdout, r.stdout
+
+
+def test_supports_and_families():
+    env = dict(os.environ, PYTHONPATH=str(_package()), CUDA_VISIBLE_DEVICES="")
+    code = ("from bridge import AutoBridge\n"
+            "print(AutoBridge.supports({'model_type': 'llama', 'architectures': ['LlamaForCausalLM']}))\n"
+            "print(AutoBridge.supports({'model_type': 'no-such-model'}))\n"
+            "print(' '.join(AutoBridge.list_supported_models()))\n")
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    yes, no, families = r.stdout.splitlines()
+    assert (yes, no) == ("True", "False")
+    assert {"llama", "qwen3_moe"} <= set(families.split())
