@@ -23,6 +23,11 @@ ThreadStream::ThreadStream(int DeviceType, int DeviceIndex) : State(std::make_un
 
 ThreadStream::~ThreadStream() = default;
 
+void ThreadStream::synchronize() {
+  if (State->Guard)
+    State->Guard->current_stream().synchronize();
+}
+
 uint64_t peakDeviceBytes(int DeviceType, int DeviceIndex) {
   if (static_cast<c10::DeviceType>(DeviceType) != c10::DeviceType::CUDA)
     return 0;

@@ -23,6 +23,8 @@ public:
   /// DeviceType: c10's enum value; for anything but CUDA this does nothing.
   ThreadStream(int DeviceType, int DeviceIndex);
   ~ThreadStream();
+  /// Waits until the work queued on the thread's stream is done.
+  void synchronize();
   ThreadStream(const ThreadStream &) = delete;
   ThreadStream &operator=(const ThreadStream &) = delete;
 

@@ -9,6 +9,7 @@
 #include "Live.h"
 
 #include "Checkpoint.h"
+#include "CudaSupport.h"
 #include "Ops.h"
 
 #include "bridge/Registry.h"
@@ -18,7 +19,10 @@
 #include <ATen/ops/empty.h>
 #include <c10/core/GradMode.h>
 
+#include <atomic>
+#include <mutex>
 #include <set>
+#include <thread>
 
 namespace bridge::live {
 
@@ -205,24 +209,72 @@ std::vector<std::string> LiveModel::names() const {
 
 void LiveModel::load() {
   const Conversion &C = Model->conversion();
-  c10::AutoGradMode NoGrad(false); // parameters are written in place
-  auto Leaf = [&](const std::string &Name, int64_t Slice) { return Model->hfTensor(Name, Slice); };
+  // Parameters on a GPU are filled by several threads, each on a stream of
+  // its own: the reads from the mapped files (into pinned memory, reused
+  // blocks) overlap each other and the copies to the device.
+  const bool Cuda = !Mine.empty() && Mine.front().Param.is_cuda();
+  std::vector<std::pair<size_t, at::Tensor>> Work;
+  for (Held &H : Mine)
+    Work.emplace_back(H.Planned, H.Param);
+  if (TiedCopy.defined())
+    Work.emplace_back(*TiedFrom, TiedCopy);
+
+  auto Staged = [&](const at::Tensor &X, const at::Device &Dev) {
+    at::Tensor Pinned = at::empty(X.sizes(), X.options().pinned_memory(true));
+    Pinned.copy_(X); // the read, on this thread
+    return Pinned.to(Dev, /*non_blocking=*/true);
+  };
   auto Fill = [&](size_t Planned, at::Tensor &Param) {
     const PlannedTensor &PT = C.P.Tensors[Planned];
-    at::Device Dev = Param.device();
-    // Ops that compute (dequantization) run on the parameter's GPU; a
-    // rename stays a view of the mapped file, so the slice copied is all
-    // that is read.
+    const at::Device Dev = Param.device();
+    // A chain that only renames (and picks an expert) is a view of the
+    // mapped file: its slice is all that is read and copied. Others run on
+    // the parameter's device from their whole sources.
+    bool Renames = true;
+    for (const OpNode &N : PT.chain().Nodes)
+      Renames &= N.IsSource || N.Kind == Op::SelectExpert;
+    auto Leaf = [&](const std::string &Name, int64_t Slice) {
+      at::Tensor X = Model->hfTensor(Name, Slice);
+      return X.defined() && !Renames && Dev.is_cuda() ? Staged(X, Dev) : X;
+    };
     at::Tensor Global = runChain(PT, C.Fields, C.S, Leaf, Dev.is_cuda() ? &Dev : nullptr);
     at::Tensor Local = Cuts->cutFor(PT, Global, tpRankOf(PT));
     if (Local.scalar_type() != Param.scalar_type())
-      Local = Local.to(Local.device(), Param.scalar_type());
-    Param.copy_(Local);
+      Local = Local.to(Param.scalar_type());
+    if (Dev.is_cuda() && Local.is_cpu())
+      Local = Staged(Local, Dev);
+    Param.copy_(Local, /*non_blocking=*/true);
   };
-  for (Held &H : Mine)
-    Fill(H.Planned, H.Param);
-  if (TiedCopy.defined())
-    Fill(*TiedFrom, TiedCopy);
+
+  const size_t Threads = Cuda ? std::min<size_t>(8, Work.size()) : 1;
+  std::atomic<size_t> Next{0};
+  std::mutex Failed;
+  std::exception_ptr Error;
+  auto Run = [&] {
+    c10::AutoGradMode NoGrad(false); // parameters are written in place
+    std::optional<exec::ThreadStream> Stream;
+    if (Cuda)
+      Stream.emplace(static_cast<int>(c10::DeviceType::CUDA), Work.front().second.device().index());
+    try {
+      for (size_t I; (I = Next++) < Work.size();)
+        Fill(Work[I].first, Work[I].second);
+      if (Stream)
+        Stream->synchronize();
+    } catch (...) {
+      std::lock_guard<std::mutex> Lock(Failed);
+      if (!Error)
+        Error = std::current_exception();
+      Next = Work.size();
+    }
+  };
+  std::vector<std::thread> Pool;
+  for (size_t T = 1; T < Threads; ++T)
+    Pool.emplace_back(Run);
+  Run();
+  for (std::thread &T : Pool)
+    T.join();
+  if (Error)
+    std::rethrow_exception(Error);
 }
 
 std::unique_ptr<ExportStream> LiveModel::exportHF(Group *TP, Group *PP, Group *EP, Group *ETP, ExportOptions O) {

@@ -1,0 +1,179 @@
+#!/usr/bin/env python3
+"""The live bridge against the peers on one GPU: load_hf_weights from tmpfs
+and export_hf_weights of the whole model, each peer in its own process on
+the same random checkpoint, with the copy floor measured in the same call.
+
+  bench/live.py MODEL_DIR --peer ours|mbridge [--log results.jsonl] [--check]
+
+One JSON line per step to --log: seconds, bytes, extra GPU memory (the
+peak allocated during the step above what the model itself holds), and with
+--check whether every exported tensor equals the checkpoint's bit for bit.
+The model is built with the local layer spec (no Transformer Engine), bf16,
+on a world of one process (NCCL). `ours` is this project's package
+(PYTHONPATH=build/python); `mbridge` is mbridge 0.15.1 on the same
+megatron-core.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+
+def log(path: str | None, **row) -> None:
+    print(json.dumps(row), flush=True)
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def init_world() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(port))
+    torch.cuda.set_device(0)
+    dist.init_process_group("nccl", rank=0, world_size=1)
+    from megatron.core import parallel_state, tensor_parallel
+
+    parallel_state.initialize_model_parallel(1, 1)
+    tensor_parallel.model_parallel_cuda_manual_seed(1234)
+
+
+def checkpoint_bytes(hf: Path) -> int:
+    return sum(f.stat().st_size for f in hf.glob("*.safetensors"))
+
+
+def source_tensors(hf: Path):
+    from safetensors import safe_open
+
+    for f in sorted(hf.glob("*.safetensors")):
+        with safe_open(str(f), framework="pt", device="cpu") as h:
+            for k in h.keys():
+                yield k, h
+
+
+def timed(fn):
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    t = time.perf_counter()
+    out = fn()
+    torch.cuda.synchronize()
+    return out, time.perf_counter() - t, torch.cuda.max_memory_allocated() - base
+
+
+def run_ours(hf: Path, a) -> None:
+    from bridge import AutoBridge
+
+    bridge = AutoBridge.from_hf_pretrained(hf)
+    provider = bridge.to_megatron_provider()
+    provider.params_dtype = torch.bfloat16
+    provider.finalize()
+    model = provider.provide_distributed_model(wrap_with_ddp=False)
+    model_bytes = sum(p.numel() * p.element_size() for m in model for p in m.parameters())
+    _, load_s, load_extra = timed(lambda: bridge.load_hf_weights(model))
+    log(a.log, label=f"{a.name} ours load_hf_weights", seconds=round(load_s, 3), bytes=checkpoint_bytes(hf),
+        model_bytes=model_bytes, extra_gpu_bytes=load_extra)
+
+    largest = max(p.numel() * p.element_size() for m in model for p in m.parameters())
+
+    def export():
+        n = b = 0
+        for name, t in bridge.export_hf_weights(model, cpu=False, bucket_size=a.bucket):
+            n += 1
+            b += t.numel() * t.element_size()
+        return n, b
+
+    (n, b), export_s, export_extra = timed(export)
+    log(a.log, label=f"{a.name} ours export_hf_weights", seconds=round(export_s, 3), tensors=n, bytes=b,
+        extra_gpu_bytes=export_extra, bucket_bytes=a.bucket, largest_tensor_bytes=largest)
+    if a.check:
+        check(a, "ours", bridge.export_hf_weights(model, cpu=False, bucket_size=a.bucket), hf)
+
+
+def check(a, who: str, stream, hf: Path) -> None:
+    src = {}
+    for k, h in source_tensors(hf):
+        src[k] = h
+    seen, unequal = set(), []
+    for name, t in stream:
+        seen.add(name)
+        if name not in src:
+            unequal.append(f"{name}: not in the source")
+            continue
+        want = src[name].get_tensor(name).to(t.device)
+        if want.dtype != t.dtype or not torch.equal(want, t):
+            unequal.append(name)
+    missing = sorted(set(src) - seen)
+    log(a.log, label=f"{a.name} {who} export equals the source", exported=len(seen), missing=missing[:10],
+        missing_count=len(missing), unequal=unequal[:10], unequal_count=len(unequal))
+
+
+def run_mbridge(hf: Path, a) -> None:
+    import mbridge.core.llm_bridge as llm_bridge
+    from mbridge import AutoBridge
+
+    orig = llm_bridge.get_gpt_decoder_block_spec
+
+    def local_block_spec(config, use_transformer_engine=True, **kw):  # no Transformer Engine here
+        return orig(config, use_transformer_engine=False, **kw)
+
+    llm_bridge.get_gpt_decoder_block_spec = local_block_spec
+    bridge = AutoBridge.from_pretrained(str(hf))
+    hc = bridge.hf_config
+    if not hasattr(hc, "rope_theta"):  # transformers 5 keeps it in rope_parameters
+        hc.rope_theta = (getattr(hc, "rope_parameters", None) or {}).get("rope_theta", 10000.0)
+    # The local spec names the norms apart; mbridge's mappings know only TE's fused names.
+    cls = type(bridge)
+    if hasattr(cls, "_MLP_MAPPING"):
+        cls._MLP_MAPPING = dict(cls._MLP_MAPPING)
+        cls._MLP_MAPPING["pre_mlp_layernorm.weight"] = ["model.layers.{layer_number}.post_attention_layernorm.weight"]
+    if hasattr(cls, "_OTHER_MAPPING"):
+        cls._OTHER_MAPPING = dict(getattr(cls, "_OTHER_MAPPING", {}) or {})
+        cls._OTHER_MAPPING["input_layernorm.weight"] = ["model.layers.{layer_number}.input_layernorm.weight"]
+    bridge.set_extra_args(masked_softmax_fusion=False, perform_initialization=False)
+    model = bridge.get_model(wrap_with_ddp=False, bf16=True)
+    _, load_s, load_extra = timed(lambda: bridge.load_weights(model, str(hf)))
+    log(a.log, label=f"{a.name} mbridge load_weights", seconds=round(load_s, 3), bytes=checkpoint_bytes(hf),
+        extra_gpu_bytes=load_extra)
+
+    def export():
+        n = b = 0
+        for name, t in bridge.export_weights(model):
+            n += 1
+            b += t.numel() * t.element_size()
+        return n, b
+
+    (n, b), export_s, export_extra = timed(export)
+    log(a.log, label=f"{a.name} mbridge export_weights", seconds=round(export_s, 3), tensors=n, bytes=b,
+        extra_gpu_bytes=export_extra)
+    if a.check:
+        check(a, "mbridge", bridge.export_weights(model), hf)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("hf")
+    ap.add_argument("--peer", choices=["ours", "mbridge"], default="ours")
+    ap.add_argument("--name", default="")
+    ap.add_argument("--log")
+    ap.add_argument("--bucket", type=int, default=256 << 20)
+    ap.add_argument("--check", action="store_true")
+    a = ap.parse_args()
+    hf = Path(a.hf)
+    a.name = a.name or hf.name
+    init_world()
+    {"ours": run_ours, "mbridge": run_mbridge}[a.peer](hf, a)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
