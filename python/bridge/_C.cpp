@@ -117,10 +117,10 @@ PYBIND11_MODULE(_C, m) {
            }),
            py::arg("hf"), py::arg("sizes"), py::arg("ranks"), py::arg("local_spec"), py::arg("params"),
            py::arg("elsewhere"))
-      .def("load", [](live::LiveModel &M) {
+      .def("load", [](live::LiveModel &M, uint64_t MemoryBudget) {
         py::gil_scoped_release Free;
-        M.load();
-      })
+        M.load(MemoryBudget);
+      }, py::arg("memory_budget") = uint64_t(256) << 20)
       .def("names", &live::LiveModel::names)
       .def("export", [](live::LiveModel &M, std::optional<PG> TP, std::optional<PG> PP, std::optional<PG> EP,
                         std::optional<PG> ETP, uint64_t BucketBytes, bool ToCPU, bool Receive) {

@@ -197,14 +197,17 @@ class AutoBridge:
             raise BridgeError(str(e)) from None
         return live, groups
 
-    def load_hf_weights(self, model, hf_path: str | os.PathLike | None = None) -> None:
+    def load_hf_weights(self, model, hf_path: str | os.PathLike | None = None,
+                        memory_budget: int = 256 << 20) -> None:
         """Fills every parameter of this rank's model (a module or a list of
         virtual-pipeline chunks) in place from the HF checkpoint: each rank
         reads and converts only its own tensors; no collective. A model whose
-        parameters do not match the mapping is refused before any is written."""
+        parameters do not match the mapping is refused before any is written.
+        On a GPU, several threads fill parameters at once, with at most
+        `memory_budget` bytes of temporaries in flight beyond one tensor."""
         live, _ = self._live_model(model, hf_path)
         try:
-            live.load()
+            live.load(int(memory_budget))
         except ValueError as e:
             raise BridgeError(str(e)) from None
 

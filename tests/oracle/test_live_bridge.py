@@ -21,19 +21,36 @@ import pytest
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 WORKER = ROOT / "tests" / "live" / "live_worker.py"
-PACKAGE = ROOT / "build" / "python"
+PACKAGE = ROOT / "build" / "python"  # the default build; else beside the bridge-run tested
 LOGITS_ATOL = 1e-5
 
 
+_BUILD: list[Path] = []
+
+
+@pytest.fixture(autouse=True)
+def _build_of(bridge_run):
+    # The package is built beside the bridge-run under test: BUILD/python.
+    _BUILD[:] = [Path(bridge_run.path).resolve().parents[1]]
+
+
 def _package() -> Path:
-    if not list((PACKAGE / "bridge").glob("_C*.so")):
-        pytest.fail(f"the live bridge's extension is not built in {PACKAGE / 'bridge'} (cmake --build build)")
-    return PACKAGE
+    package = _BUILD[0] / "python" if _BUILD else PACKAGE
+    if not list((package / "bridge").glob("_C*.so")):
+        pytest.fail(f"the live bridge's extension is not built in {package / 'bridge'} (cmake --build build)")
+    return package
 
 
 def _bridge_run(bridge_run, *args: str) -> None:
     r = subprocess.run([str(bridge_run.path), *args, "--quiet"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
+
+
+def _env(**extra: str) -> dict:
+    # The package first; whatever the caller's PYTHONPATH adds (megatron-core
+    # installed with --target on a GPU host) after it.
+    path = os.pathsep.join(p for p in (str(_package()), os.environ.get("PYTHONPATH", "")) if p)
+    return dict(os.environ, PYTHONPATH=path, **extra)
 
 
 def _port() -> int:
@@ -44,7 +61,7 @@ def _port() -> int:
 
 def _job(nproc: int, out: Path, *args: str, device: str = "cpu") -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, PYTHONPATH=str(_package()), OMP_NUM_THREADS="1")
+    env = _env(OMP_NUM_THREADS="1")
     if device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
     else:
@@ -157,7 +174,7 @@ def test_a_model_of_another_family_is_refused_by_name(prepared, tmp_path):
 
 
 def test_a_wrong_path_is_a_clear_error(tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(_package()), CUDA_VISIBLE_DEVICES="")
+    env = _env(CUDA_VISIBLE_DEVICES="")
     code = ("from bridge import AutoBridge, BridgeError\n"
             "try:\n    AutoBridge.from_hf_pretrained(%r)\nexcept BridgeError as e:\n    print(e)\n"
             % str(tmp_path / "nowhere"))
@@ -167,7 +184,7 @@ def test_a_wrong_path_is_a_clear_error(tmp_path):
 
 
 def test_supports_and_families():
-    env = dict(os.environ, PYTHONPATH=str(_package()), CUDA_VISIBLE_DEVICES="")
+    env = _env(CUDA_VISIBLE_DEVICES="")
     code = ("from bridge import AutoBridge\n"
             "print(AutoBridge.supports({'model_type': 'llama', 'architectures': ['LlamaForCausalLM']}))\n"
             "print(AutoBridge.supports({'model_type': 'no-such-model'}))\n"

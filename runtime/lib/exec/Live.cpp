@@ -20,6 +20,7 @@
 #include <c10/core/GradMode.h>
 
 #include <atomic>
+#include <condition_variable>
 #include <mutex>
 #include <set>
 #include <thread>
@@ -207,7 +208,7 @@ std::vector<std::string> LiveModel::names() const {
   return Out;
 }
 
-void LiveModel::load() {
+void LiveModel::load(uint64_t MemoryBudget) {
   const Conversion &C = Model->conversion();
   // Parameters on a GPU are filled by several threads, each on a stream of
   // its own: the reads from the mapped files (into pinned memory, reused
@@ -250,16 +251,44 @@ void LiveModel::load() {
   std::atomic<size_t> Next{0};
   std::mutex Failed;
   std::exception_ptr Error;
+  // The threads' temporaries on the device (staged sources, fused results)
+  // are bounded by the budget: a thread waits until its tensor fits beside
+  // those in flight, or runs alone.
+  std::mutex BudgetLock;
+  std::condition_variable BudgetFreed;
+  uint64_t InFlight = 0;
+  auto Bytes = [&](size_t Planned) {
+    const PlannedTensor &PT = C.P.Tensors[Planned];
+    return static_cast<uint64_t>(numel(PT.Shape)) * 4; // sources and result, two bytes each
+  };
   auto Run = [&] {
     c10::AutoGradMode NoGrad(false); // parameters are written in place
     std::optional<exec::ThreadStream> Stream;
     if (Cuda)
       Stream.emplace(static_cast<int>(c10::DeviceType::CUDA), Work.front().second.device().index());
     try {
-      for (size_t I; (I = Next++) < Work.size();)
-        Fill(Work[I].first, Work[I].second);
-      if (Stream)
-        Stream->synchronize();
+      for (size_t I; (I = Next++) < Work.size();) {
+        uint64_t Need = Bytes(Work[I].first);
+        {
+          std::unique_lock<std::mutex> Lock(BudgetLock);
+          BudgetFreed.wait(Lock, [&] { return InFlight == 0 || InFlight + Need <= MemoryBudget; });
+          InFlight += Need;
+        }
+        auto Release = [&] {
+          if (Stream)
+            Stream->synchronize(); // its temporaries are free once its copies are done
+          std::lock_guard<std::mutex> Lock(BudgetLock);
+          InFlight -= Need;
+          BudgetFreed.notify_all();
+        };
+        try {
+          Fill(Work[I].first, Work[I].second);
+        } catch (...) {
+          Release();
+          throw;
+        }
+        Release();
+      }
     } catch (...) {
       std::lock_guard<std::mutex> Lock(Failed);
       if (!Error)

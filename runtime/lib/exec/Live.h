@@ -108,8 +108,10 @@ public:
             std::vector<std::pair<std::string, at::Tensor>> Params, std::map<std::string, Remote> Elsewhere);
 
   /// Fills every parameter of this rank in place with its slice of the HF
-  /// checkpoint (ops on the parameter's device when it is a GPU).
-  void load();
+  /// checkpoint (ops on the parameter's device when it is a GPU). At most
+  /// \p MemoryBudget bytes of tensors are in flight at once beyond the one
+  /// being converted (a single larger one still goes, alone).
+  void load(uint64_t MemoryBudget = uint64_t(256) << 20);
   /// The model as HF tensors, bucket by bucket; every rank of the model
   /// calls next() in lockstep.
   std::unique_ptr<ExportStream> exportHF(Group *TP, Group *PP, Group *EP, Group *ETP, ExportOptions O);
