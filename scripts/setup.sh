@@ -10,6 +10,7 @@ APT_PACKAGES=(
   llvm-14-dev llvm-14-tools             # LLVM Support for bridgec; FileCheck, not, split-file
   nlohmann-json3-dev doctest-dev        # JSON in the runtime; unit tests
   cmake ninja-build ccache g++ python3 python3-pip
+  python3-dev                           # Python.h: the live bridge's extension (bridge._C)
 )
 
 missing=()
