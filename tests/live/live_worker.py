@@ -30,6 +30,7 @@ def main() -> None:
     p.add_argument("--pp", type=int, default=1)
     p.add_argument("--ep", type=int, default=1)
     p.add_argument("--etp", type=int, default=None)
+    p.add_argument("--vpp", type=int, default=None)
     p.add_argument("--megatron")
     p.add_argument("--exported")
     p.add_argument("--save")
@@ -61,6 +62,7 @@ def run(a, result: dict) -> None:
     provider.pipeline_model_parallel_size = a.pp
     provider.expert_model_parallel_size = a.ep
     provider.expert_tensor_parallel_size = a.etp
+    provider.virtual_pipeline_model_parallel_size = a.vpp
     provider.params_dtype = torch.float32
     provider.finalize()
     model = provider.provide_distributed_model(wrap_with_ddp=False)
@@ -81,9 +83,12 @@ def run(a, result: dict) -> None:
 
         again = provider.provide_distributed_model(wrap_with_ddp=False)
         unequal = []
-        for mine, theirs in zip(model, again):
-            state = dist_checkpointing.load(theirs.sharded_state_dict(), str(Path(a.megatron, "iter_0000000")))
-            theirs.load_state_dict({k: v for k, v in state.items() if k in theirs.state_dict()}, strict=True)
+        # All chunks in one load, as Megatron-LM saves virtual pipeline stages.
+        state = dist_checkpointing.load({f"model{i}": c.sharded_state_dict() for i, c in enumerate(again)},
+                                        str(Path(a.megatron, "iter_0000000")))
+        for i, (mine, theirs) in enumerate(zip(model, again)):
+            own = state[f"model{i}"]
+            theirs.load_state_dict({k: v for k, v in own.items() if k in theirs.state_dict()}, strict=True)
             want = theirs.state_dict()
             for name, value in mine.state_dict().items():
                 if name.endswith("_extra_state"):

@@ -78,6 +78,30 @@ def _job(nproc: int, out: Path, *args: str, device: str = "cpu") -> list[dict]:
     return reports
 
 
+# Virtual pipeline stages need more layers than the tiny models' two.
+FOUR_LAYERS = "llama3.1-8b-4l"
+
+
+def _four_layers(out: Path):
+    """The tiny Llama-3.1-8B with four layers, made by transformers."""
+    import torch
+    import transformers
+
+    import tiny_models
+
+    family = tiny_models.FAMILY_BY_ID["llama3.1-8b"]
+    cfg = tiny_models.tiny_hf_config(family)
+    cfg.num_hidden_layers = 4
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(cfg)
+    with torch.no_grad():
+        for tensor in model.state_dict().values():
+            if tensor.is_floating_point():
+                tensor.add_(torch.randn_like(tensor) * 0.05)
+    model.save_pretrained(out)
+    return tiny_models.TinyCheckpoint(family=family, path=out, origin="tiny", tensors={}, num_parameters=0)
+
+
 @pytest.fixture(scope="module")
 def prepared(bridge_run, tiny_checkpoints, tmp_path_factory):
     """family -> (checkpoint, what `bridge-run export` of its import writes)."""
@@ -85,8 +109,8 @@ def prepared(bridge_run, tiny_checkpoints, tmp_path_factory):
 
     def get(family: str):
         if family not in cache:
-            ckpt = tiny_checkpoints(family)
             root = tmp_path_factory.mktemp(f"live-{family}")
+            ckpt = _four_layers(root / "src") if family == FOUR_LAYERS else tiny_checkpoints(family)
             mg = root / "mg"
             _bridge_run(bridge_run, "import", "--hf", str(ckpt.path), "--out", str(mg), "--local-spec")
             hf = root / "hf"
@@ -97,7 +121,8 @@ def prepared(bridge_run, tiny_checkpoints, tmp_path_factory):
     return get
 
 
-# (family, layout flags, processes). llama3.1-8b: dense, untied; llama3.2-1b:
+# (family, layout flags, processes). llama3.1-8b: dense, untied (with four
+# layers for virtual pipeline stages); llama3.2-1b:
 # tied embeddings (megatron-core 0.16.1 moves a tied embedding to CUDA when
 # PP > 1, so only TP here); qwen3-30b-a3b: MoE with q/k norms.
 LAYOUTS = [
@@ -108,6 +133,7 @@ LAYOUTS = [
     ("qwen3-30b-a3b", ["--ep", "2"], 2),
     ("qwen3-30b-a3b", ["--tp", "2", "--etp", "1"], 2),
     ("qwen3-30b-a3b", ["--pp", "2", "--ep", "2"], 4),
+    (FOUR_LAYERS, ["--pp", "2", "--vpp", "2"], 2),
 ]
 
 
