@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -116,7 +117,7 @@ class AutoBridge:
 
     def __init__(self, hf):
         self._hf = hf
-        self._live: dict[int, Any] = {}
+        self.last_load: dict[str, Any] = {}
 
     # -- the checkpoint and its model ------------------------------------------------------
 
@@ -206,10 +207,14 @@ class AutoBridge:
         On a GPU, several threads fill parameters at once, with at most
         `memory_budget` bytes of temporaries in flight beyond one tensor."""
         live, _ = self._live_model(model, hf_path)
+        start = time.perf_counter()
         try:
             live.load(int(memory_budget))
         except ValueError as e:
             raise BridgeError(str(e)) from None
+        # What this rank did, for logs and tests: a TP rank reads its own slices.
+        self.last_load = dict(parameters=len(live.names()), bytes_read=live.bytes_read,
+                              seconds=time.perf_counter() - start)
 
     def export_hf_weights(self, model, cpu: bool = False, show_progress: bool = False,
                           bucket_size: int = 256 << 20, receivers: str | int = "all",

@@ -77,6 +77,8 @@ def run(a, result: dict) -> None:
         return
 
     bridge.load_hf_weights(model)
+    result["load"] = bridge.last_load
+    result["hf_bytes"] = sum(f.stat().st_size for f in Path(a.hf).glob("*.safetensors"))
 
     if a.megatron:
         from megatron.core import dist_checkpointing

@@ -169,6 +169,13 @@ def test_load_and_export_match_the_real_things(bridge_run, bridge_device, prepar
         assert rep["export_devices"] == ["cpu"], rep  # cpu=True
     if "--pp" not in layout:
         assert all("logits_max_diff" in rep for rep in reports)
+    if layout == ["--tp", "2"]:
+        # Each TP rank reads its own slices (fused QKV and gate/up included):
+        # together they read the checkpoint once, plus the replicated norms.
+        total = reports[0]["hf_bytes"]
+        for rep in reports:
+            assert 0 < rep["load"]["bytes_read"] < 0.6 * total, rep["load"]
+        assert sum(rep["load"]["bytes_read"] for rep in reports) < 1.1 * total
 
 
 def test_save_hf_pretrained_gives_a_checkpoint_transformers_loads(prepared, tmp_path):

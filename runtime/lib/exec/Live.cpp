@@ -15,7 +15,11 @@
 #include "bridge/Registry.h"
 #include "bridge/Sidecar.h"
 
+#include <ATen/ops/arange.h>
 #include <ATen/ops/cat.h>
+#include <ATen/ops/floor_divide.h>
+#include <ATen/ops/nonzero.h>
+#include <ATen/ops/remainder.h>
 #include <ATen/ops/empty.h>
 #include <c10/core/GradMode.h>
 
@@ -208,12 +212,101 @@ std::vector<std::string> LiveModel::names() const {
   return Out;
 }
 
+std::vector<Op> LiveModel::appliedOps(const PlannedTensor &PT) const {
+  // An op with an optional input the checkpoint lacks (a dequantization
+  // without its scale) passes its first input through: it is not applied.
+  const SourceChain &Ch = PT.chain();
+  OpTree Tree(Ch.Nodes);
+  std::vector<Op> Out;
+  for (size_t I = 0; I < Ch.Nodes.Size; ++I) {
+    const OpNode &N = Ch.Nodes[I];
+    if (N.IsSource)
+      continue;
+    bool Absent = false;
+    for (size_t Child : Tree.children(Ch.Nodes, I))
+      if (Ch.Nodes[Child].IsSource && Ch.Nodes[Child].OptionalInput &&
+          !Model->hfTensor(Ch.Sources[static_cast<size_t>(Tree.SourceOrdinal[Child])], -1).defined())
+        Absent = true;
+    if (!Absent)
+      Out.push_back(N.Kind);
+  }
+  return Out;
+}
+
+bool LiveModel::movesRows(const PlannedTensor &PT) const {
+  // Styles whose rank slices are sets of rows (dim 0), cut for more than one rank.
+  if (PT.ParallelStyle != Style::QKV && PT.ParallelStyle != Style::Gated && PT.ParallelStyle != Style::Column)
+    return false;
+  if ((PT.Expert ? L.ETP : L.TP) < 2 || !Cuts->splits(PT))
+    return false;
+  for (Op Kind : appliedOps(PT)) {
+    switch (Kind) {
+    case Op::Identity:
+    case Op::FuseQKV:
+    case Op::FuseQKVGated:
+    case Op::QKVFromConcat:
+    case Op::FuseGatedMLP:
+    case Op::GateUpConcat:
+    case Op::GateUpInterleaved:
+    case Op::SelectExpert:
+    case Op::RowBlock:
+      break;
+    default:
+      return false; // values change (casts, offsets, dequantization) or dims move
+    }
+  }
+  return true;
+}
+
+at::Tensor LiveModel::ownRows(const PlannedTensor &PT) const {
+  // Every op of the chain moves whole rows, so each row of the result is
+  // one row of one source. The chain runs once on each source's row numbers
+  // (a one-column tensor tagged with the source's ordinal), the rank's
+  // slice is cut from that, and only those rows are read from the mapped
+  // sources: a TP rank reads its own bytes, and no other rank's slice of a
+  // fused tensor is made.
+  const Conversion &C = Model->conversion();
+  std::vector<at::Tensor> Sources;
+  constexpr int64_t kTag = int64_t(1) << 40;
+  auto Numbers = [&](const std::string &Name, int64_t Slice) {
+    at::Tensor X = Model->hfTensor(Name, Slice);
+    if (!X.defined())
+      return X; // an optional input the checkpoint lacks: its op passes through
+    if (X.dim() == 0)
+      throw Error("error: '" + PT.Name + "': source '" + Name + "' has no rows to cut");
+    Sources.push_back(X);
+    at::Tensor Rows = at::arange(X.size(0), at::kLong).add(static_cast<int64_t>(Sources.size() - 1) * kTag);
+    std::vector<int64_t> Shape(static_cast<size_t>(X.dim()), 1);
+    Shape[0] = X.size(0);
+    return Rows.view(Shape);
+  };
+  at::Tensor Origin = runChain(PT, C.Fields, C.S, Numbers);
+  if (Origin.dim() != static_cast<int64_t>(PT.Shape.size()))
+    return at::Tensor(); // not a plain row permutation after all: the general path
+  at::Tensor Mine = Cuts->cutFor(PT, Origin.expand(PT.Shape), tpRankOf(PT));
+  // One column holds the row numbers; the rank's slice keeps all columns.
+  std::vector<int64_t> Shape(Mine.sizes().begin(), Mine.sizes().end());
+  at::Tensor Rows = Mine.reshape({Mine.size(0), -1}).select(1, 0).contiguous();
+  at::Tensor Out = at::empty(Shape, Sources.front().options());
+  at::Tensor Which = at::floor_divide(Rows, kTag), Row = at::remainder(Rows, kTag);
+  for (size_t K = 0; K < Sources.size(); ++K) {
+    at::Tensor Here = at::nonzero(Which.eq(static_cast<int64_t>(K))).view({-1});
+    if (Here.numel() == 0)
+      continue;
+    at::Tensor Read = Sources[K].index_select(0, Row.index_select(0, Here));
+    BytesRead += Read.nbytes();
+    Out.index_copy_(0, Here, Read);
+  }
+  return Out;
+}
+
 void LiveModel::load(uint64_t MemoryBudget) {
   const Conversion &C = Model->conversion();
   // Parameters on a GPU are filled by several threads, each on a stream of
   // its own: the reads from the mapped files (into pinned memory, reused
   // blocks) overlap each other and the copies to the device.
   const bool Cuda = !Mine.empty() && Mine.front().Param.is_cuda();
+  BytesRead = 0;
   std::vector<std::pair<size_t, at::Tensor>> Work;
   for (Held &H : Mine)
     Work.emplace_back(H.Planned, H.Param);
@@ -232,14 +325,23 @@ void LiveModel::load(uint64_t MemoryBudget) {
     // mapped file: its slice is all that is read and copied. Others run on
     // the parameter's device from their whole sources.
     bool Renames = true;
-    for (const OpNode &N : PT.chain().Nodes)
-      Renames &= N.IsSource || N.Kind == Op::SelectExpert;
+    for (Op Kind : appliedOps(PT))
+      Renames &= Kind == Op::SelectExpert || Kind == Op::Identity;
     auto Leaf = [&](const std::string &Name, int64_t Slice) {
       at::Tensor X = Model->hfTensor(Name, Slice);
+      if (X.defined() && !Renames) // a rename's slice is counted when copied
+        BytesRead += X.nbytes();
       return X.defined() && !Renames && Dev.is_cuda() ? Staged(X, Dev) : X;
     };
-    at::Tensor Global = runChain(PT, C.Fields, C.S, Leaf, Dev.is_cuda() ? &Dev : nullptr);
-    at::Tensor Local = Cuts->cutFor(PT, Global, tpRankOf(PT));
+    at::Tensor Local;
+    if (!Renames && movesRows(PT))
+      Local = ownRows(PT);
+    if (!Local.defined()) {
+      at::Tensor Global = runChain(PT, C.Fields, C.S, Leaf, Dev.is_cuda() ? &Dev : nullptr);
+      Local = Cuts->cutFor(PT, Global, tpRankOf(PT));
+    }
+    if (Renames)
+      BytesRead += Local.nbytes();
     if (Local.scalar_type() != Param.scalar_type())
       Local = Local.to(Param.scalar_type());
     if (Dev.is_cuda() && Local.is_cpu())

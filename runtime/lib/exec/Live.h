@@ -28,6 +28,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <atomic>
 #include <map>
 #include <memory>
 #include <optional>
@@ -117,6 +118,8 @@ public:
   std::unique_ptr<ExportStream> exportHF(Group *TP, Group *PP, Group *EP, Group *ETP, ExportOptions O);
   /// The names of this rank's parameters the mapping fills, in plan order.
   std::vector<std::string> names() const;
+  /// Bytes the last load() read from the mapped HF files.
+  uint64_t bytesRead() const { return BytesRead; }
 
 private:
   friend class ExportStream;
@@ -127,6 +130,13 @@ private:
   };
   std::string liveName(const PlannedTensor &PT) const;
   int tpRankOf(const PlannedTensor &PT) const;
+  /// The ops of \p PT's chain that apply to what the checkpoint holds.
+  std::vector<Op> appliedOps(const PlannedTensor &PT) const;
+  /// The chain only moves whole rows and the rank's slice is a set of rows.
+  bool movesRows(const PlannedTensor &PT) const;
+  /// This rank's slice of \p PT from its sources' own rows only (undefined
+  /// when the chain turns out not to be a row permutation).
+  at::Tensor ownRows(const PlannedTensor &PT) const;
 
   std::shared_ptr<const HFModel> Model;
   Layout L;
@@ -138,6 +148,7 @@ private:
   std::map<std::string, Remote> Elsewhere;
   at::Tensor TiedCopy;                    ///< output_layer.weight, a copy of the embedding
   std::optional<size_t> TiedFrom;         ///< the embedding's planned tensor
+  mutable std::atomic<uint64_t> BytesRead{0};
 };
 
 /// Export, one bucket at a time: the planned tensors of one pipeline stage,
