@@ -145,5 +145,14 @@ PYBIND11_MODULE(_C, m) {
         py::gil_scoped_release Free;
         return S.S->next();
       }, "The next bucket's finished HF tensors as (name, tensor) pairs; None after the last.")
-      .def_property_readonly("peak_bucket_bytes", [](const Stream &S) { return S.S->peakBucketBytes(); });
+      .def_property_readonly("peak_bucket_bytes", [](const Stream &S) { return S.S->peakBucketBytes(); })
+      .def("save", [](Stream &S, const std::string &Dir, bool Overwrite, unsigned Writers) {
+        py::gil_scoped_release Free;
+        return S.S->save(Dir, Overwrite, Writers);
+      }, py::arg("path"), py::arg("overwrite") = false, py::arg("writers") = 8,
+         "Writes the whole stream as an HF checkpoint (the receiving rank).")
+      .def("drain", [](Stream &S) {
+        py::gil_scoped_release Free;
+        S.S->drain();
+      }, "Takes part in every remaining collective, keeping nothing (the other ranks).");
 }

@@ -252,39 +252,24 @@ class AutoBridge:
         rank = dist.get_rank() if dist.is_initialized() else 0
         return rank == int(receivers)
 
-    def save_hf_pretrained(self, model, out_dir: str | os.PathLike, rank: int = 0, **kw: Any) -> None:
-        """The export stream written as an HF checkpoint by global rank
-        `rank` (safetensors shards as the source had them, their index,
-        config.json, the source's tokenizer files); every rank must call it."""
-        import shutil
-
+    def save_hf_pretrained(self, model, out_dir: str | os.PathLike, rank: int = 0, overwrite: bool = False,
+                           bucket_size: int = 256 << 20, writers: int = 8, **_: Any) -> None:
+        """The export stream written as an HF checkpoint by global rank `rank`,
+        with the runtime's parallel safetensors writers: the source's shard
+        files and index, config.json from the config map, manifest.json, the
+        source's tokenizer files; built beside `out_dir` and renamed into place
+        (an existing `out_dir` is replaced only with `overwrite`, and only if
+        it looks like an earlier output). Every rank must call it."""
         import torch.distributed as dist
 
         me = dist.get_rank() if dist.is_initialized() else 0
-        tensors = {}
-        for name, tensor in self.export_hf_weights(model, cpu=True, receivers=rank, **kw):
-            tensors[name] = tensor.contiguous()
-        if me != rank:
-            return
-        from safetensors.torch import save_file
-
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        index = json.loads(Path(self.hf_path, "model.safetensors.index.json").read_text()) \
-            if Path(self.hf_path, "model.safetensors.index.json").exists() else None
-        if index:
-            by_file: dict[str, dict] = {}
-            for name, tensor in tensors.items():
-                by_file.setdefault(index["weight_map"].get(name, "model.safetensors"), {})[name] = tensor
-            for file, part in by_file.items():
-                save_file(part, str(out / file), metadata={"format": "pt"})
-            weight_map = {n: f for f, part in by_file.items() for n in part}
-            (out / "model.safetensors.index.json").write_text(
-                json.dumps({"metadata": index.get("metadata", {}), "weight_map": weight_map}, indent=2))
-        else:
-            save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
-        (out / "config.json").write_text(json.dumps(json.loads(self._hf.exported_config()), indent=2) + "\n")
-        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-                     "generation_config.json", "vocab.json", "merges.txt"):
-            if Path(self.hf_path, name).is_file():
-                shutil.copyfile(Path(self.hf_path, name), out / name)
+        live, groups = self._live_model(model)
+        stream = live.export(groups["tp"], groups["pp"], groups["ep"], groups["etp"], int(bucket_size), True,
+                             me == rank)
+        try:
+            if me == rank:
+                stream.save(str(out_dir), bool(overwrite), int(writers))
+            else:
+                stream.drain()
+        except ValueError as e:
+            raise BridgeError(str(e)) from None

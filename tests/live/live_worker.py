@@ -31,6 +31,7 @@ def main() -> None:
     p.add_argument("--ep", type=int, default=1)
     p.add_argument("--etp", type=int, default=None)
     p.add_argument("--vpp", type=int, default=None)
+    p.add_argument("--receivers", default="all")
     p.add_argument("--megatron")
     p.add_argument("--exported")
     p.add_argument("--save")
@@ -126,7 +127,8 @@ def run(a, result: dict) -> None:
         for f in Path(a.exported).glob("*.safetensors"):
             want.update(load_file(str(f)))
         got = {}
-        for name, tensor in bridge.export_hf_weights(model, cpu=True, bucket_size=a.bucket):
+        receivers = int(a.receivers) if a.receivers.isdigit() else a.receivers
+        for name, tensor in bridge.export_hf_weights(model, cpu=True, bucket_size=a.bucket, receivers=receivers):
             if name in got:
                 result.setdefault("export_twice", []).append(name)
             got[name] = tensor.clone()

@@ -178,13 +178,19 @@ def test_load_and_export_match_the_real_things(bridge_run, bridge_device, prepar
         assert sum(rep["load"]["bytes_read"] for rep in reports) < 1.1 * total
 
 
-def test_save_hf_pretrained_gives_a_checkpoint_transformers_loads(prepared, tmp_path):
+def test_save_hf_pretrained_gives_a_checkpoint_transformers_loads(bridge_run, prepared, tmp_path):
     import torch
     import transformers
 
-    ckpt, _, _ = prepared("qwen3-30b-a3b")
+    ckpt, exported, _ = prepared("qwen3-30b-a3b")
     out = tmp_path / "saved"
     _job(2, tmp_path / "job", "--hf", str(ckpt.path), "--tp", "2", "--save", str(out))
+    # The same writers as `bridge-run export`: the same files, byte for byte.
+    shards = sorted(p.name for p in exported.glob("*.safetensors"))
+    assert shards == sorted(p.name for p in out.glob("*.safetensors"))
+    for name in shards + ["config.json"]:
+        assert (out / name).read_bytes() == (exported / name).read_bytes(), name
+    _bridge_run(bridge_run, "verify", str(out), "--against", str(ckpt.path))
     auto = getattr(transformers, ckpt.family.auto_class)
     ours = auto.from_pretrained(str(out), dtype=torch.float32).eval()
     ref = auto.from_pretrained(str(ckpt.path), dtype=torch.float32).eval()
@@ -192,6 +198,16 @@ def test_save_hf_pretrained_gives_a_checkpoint_transformers_loads(prepared, tmp_
     tokens = torch.randint(0, ref.config.vocab_size, (2, 16))
     with torch.no_grad():
         assert torch.equal(ours(tokens).logits, ref(tokens).logits)
+
+
+def test_only_the_receiving_rank_gets_the_stream(prepared, tmp_path):
+    ckpt, exported, _ = prepared("qwen3-30b-a3b")
+    reports = _job(2, tmp_path / "job", "--hf", str(ckpt.path), "--ep", "2", "--exported", str(exported),
+                   "--receivers", "1")
+    by_rank = {rep["rank"]: rep for rep in reports}
+    assert by_rank[0]["export_count"] == 0  # took part in the collectives, kept nothing
+    got = by_rank[1]
+    assert got["export_count"] > 0 and got["export_missing"] == [] and got["export_unequal"] == [], got
 
 
 def test_a_model_of_another_family_is_refused_by_name(prepared, tmp_path):

@@ -12,8 +12,12 @@
 #include "CudaSupport.h"
 #include "Ops.h"
 
+#include "bridge/Files.h"
+#include "bridge/OutputDir.h"
 #include "bridge/Registry.h"
+#include "bridge/Safetensors.h"
 #include "bridge/Sidecar.h"
+#include "bridge/StrictJson.h"
 
 #include <ATen/ops/arange.h>
 #include <ATen/ops/cat.h>
@@ -571,6 +575,53 @@ std::optional<std::vector<std::pair<std::string, at::Tensor>>> ExportStream::nex
       HF.put(Pieces, Emit);
     }
   return Out;
+}
+
+void ExportStream::drain() {
+  while (next())
+    ;
+}
+
+uint64_t ExportStream::save(const std::string &OutDir, bool Overwrite, unsigned Writers) {
+  if (!O.Receive)
+    throw Error("error: this rank does not receive the export; save it on the rank that does");
+  const Conversion &C = M.Model->conversion();
+  OutputDir Out(OutDir, {M.Model->dir()}, Overwrite);
+  std::string Partial = Out.partialPath();
+  files::makeDirs(Partial);
+  uint64_t Written = 0;
+  try {
+    std::map<std::string, TensorLayout> Known;
+    for (auto &[Name, K] : HF.known())
+      Known[Name] = {K.Type, K.Shape};
+    SafetensorsWriter W(Partial, HF.fileOf(), M.Model->sidecar().value("hf_sharded", false), std::move(Known),
+                        Writers);
+    while (auto Batch = next())
+      for (auto &[Name, T] : *Batch) {
+        at::Tensor Host = T.contiguous().cpu();
+        TensorToWrite TW{Name, exec::fromScalarType(Host.scalar_type()),
+                         std::vector<int64_t>(Host.sizes().begin(), Host.sizes().end()), {}};
+        // The writer holds the tensor until its bytes are on disk.
+        TW.Data = static_cast<const uint8_t *>(Host.data_ptr());
+        TW.Size = Host.nbytes();
+        TW.Owner = std::make_shared<at::Tensor>(Host);
+        W.add(std::move(TW));
+        ++Written;
+      }
+    W.finish();
+    files::writeFile(files::join(Partial, "config.json"),
+                     dumpPythonJson(exportConfig(*C.Mapping, C.S, C.Fields, &C.HFConfig), 2) + "\n");
+    Json Manifest = {{"format", "safetensors"}, {"tensors", Json::object()}};
+    for (const auto &[Name, Crc] : W.checksums())
+      Manifest["tensors"][Name] = {{"file", HF.fileOf().at(Name)}, {"crc32", Crc}};
+    files::writeFile(files::join(Partial, "manifest.json"), Manifest.dump(1) + "\n");
+    copyTokenizerFiles(M.Model->dir(), Partial);
+    Out.commit(Partial);
+  } catch (...) {
+    files::removeAll(Partial);
+    throw;
+  }
+  return Written;
 }
 
 } // namespace bridge::live

@@ -162,6 +162,15 @@ public:
   /// Most bytes one bucket held on this rank (gathered and global), for
   /// the benchmark's memory accounting.
   uint64_t peakBucketBytes() const { return PeakBytes; }
+  /// The whole stream written as an HF checkpoint in \p OutDir by the
+  /// runtime's safetensors writers (\p Writers threads): the source's shard
+  /// files and index, config.json from the config map, manifest.json, the
+  /// source's tokenizer files; built aside and renamed into place, with the
+  /// checks `bridge-run export --out` makes (\p Overwrite). Returns the
+  /// tensors written. Only the receiving rank calls it; the others drain().
+  uint64_t save(const std::string &OutDir, bool Overwrite, unsigned Writers);
+  /// Takes part in every remaining bucket's collectives, keeping nothing.
+  void drain();
 
 private:
   /// Planned tensors sharing one live name: one (dense) or one per EP rank
