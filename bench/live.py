@@ -3,7 +3,7 @@
 and export_hf_weights of the whole model, each peer in its own process on
 the same random checkpoint, with the copy floor measured in the same call.
 
-  bench/live.py MODEL_DIR --peer ours|mbridge [--log results.jsonl] [--check]
+  bench/live.py MODEL_DIR --peer ours|mbridge|megatron-bridge [--log results.jsonl] [--check]
 
 One JSON line per step to --log: seconds, bytes, extra GPU memory (the
 peak allocated during the step above what the model itself holds), and with
@@ -11,7 +11,10 @@ peak allocated during the step above what the model itself holds), and with
 The model is built with the local layer spec (no Transformer Engine), bf16,
 on a world of one process (NCCL). `ours` is this project's package
 (PYTHONPATH=build/python); `mbridge` is mbridge 0.15.1 on the same
-megatron-core.
+megatron-core; `megatron-bridge` is Megatron-Bridge 0.6.2 on its own
+megatron-core 0.19.2 (PYTHONPATH to a site holding the wheels that
+../shared/peers/README.md lists, BRIDGE_PEERS_DIR to a copy of
+../shared/peers for its stubs; bench/live.sh sets both up).
 """
 from __future__ import annotations
 
@@ -205,10 +208,54 @@ def run_mbridge(hf: Path, a) -> None:
         check(a, "mbridge", bridge.export_weights(model), hf)
 
 
+def run_megatron_bridge(hf: Path, a) -> None:
+    """Megatron-Bridge 0.6.2 (its own megatron-core 0.19.2, in a site of its
+    own): the stubs of ../shared/peers/mb_stubs.py (copied beside the
+    checkout into $BRIDGE_PEERS_DIR) let it import without Transformer
+    Engine and its training-only dependencies; its provider gets the local
+    layer spec and the forward-only fusions turned off, as
+    ../shared/peers/mb_import.py does for its import."""
+    import importlib.util
+    import sys
+
+    sys.path.insert(0, os.environ["BRIDGE_PEERS_DIR"])
+    import mb_stubs  # noqa: F401  (before megatron.bridge)
+    from megatron.bridge import AutoBridge
+    from megatron.bridge.models.gpt_provider import local_layer_spec
+
+    bridge = AutoBridge.from_hf_pretrained(str(hf))
+    provider = bridge.to_megatron_provider(load_weights=False)
+    provider.transformer_layer_spec = local_layer_spec
+    if importlib.util.find_spec("transformer_engine") is None:
+        for f in ("apply_rope_fusion", "bias_activation_fusion", "masked_softmax_fusion", "persist_layer_norm",
+                  "bias_dropout_fusion", "gradient_accumulation_fusion"):
+            if getattr(provider, f, False):
+                setattr(provider, f, False)
+    provider.params_dtype = torch.bfloat16
+    provider.finalize()
+    model = provider.provide_distributed_model(wrap_with_ddp=False)
+    _, load_s, load_extra = timed(lambda: bridge.load_hf_weights(model))
+    log(a.log, label=f"{a.name} megatron-bridge load_hf_weights", seconds=round(load_s, 3),
+        bytes=checkpoint_bytes(hf), extra_gpu_bytes=load_extra)
+
+    def export():
+        n = b = 0
+        for name, t in bridge.export_hf_weights(model, cpu=False, show_progress=False):
+            n += 1
+            b += t.numel() * t.element_size()
+        return n, b
+
+    (n, b), export_s, export_extra = timed(export)
+    log(a.log, label=f"{a.name} megatron-bridge export_hf_weights", seconds=round(export_s, 3), tensors=n, bytes=b,
+        extra_gpu_bytes=export_extra)
+    if a.check:
+        check(a, "megatron-bridge", bridge.export_hf_weights(model, cpu=False, show_progress=False), hf)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("hf")
-    ap.add_argument("--peer", choices=["ours", "mbridge"], default="ours")
+    ap.add_argument("--peer", choices=["ours", "mbridge", "megatron-bridge"], default="ours")
     ap.add_argument("--name", default="")
     ap.add_argument("--log")
     ap.add_argument("--bucket", type=int, default=256 << 20)
@@ -216,9 +263,21 @@ def main() -> None:
     a = ap.parse_args()
     hf = Path(a.hf)
     a.name = a.name or hf.name
-    init_world()
-    {"ours": run_ours, "mbridge": run_mbridge}[a.peer](hf, a)
-    dist.destroy_process_group()
+    if a.peer == "megatron-bridge":
+        # It sets up torch.distributed and its parallel state itself.
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            os.environ.setdefault("MASTER_PORT", str(s.getsockname()[1]))
+        os.environ.setdefault("RANK", "0")
+        os.environ.setdefault("WORLD_SIZE", "1")
+        os.environ.setdefault("LOCAL_RANK", "0")
+        run_megatron_bridge(hf, a)
+    else:
+        init_world()
+        {"ours": run_ours, "mbridge": run_mbridge}[a.peer](hf, a)
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
