@@ -32,6 +32,9 @@ class ModelProvider:
     expert_tensor_parallel_size: int | None = None
     params_dtype: torch.dtype | None = None
     use_cpu_initialization: bool | None = None
+    #: Megatron config fields set over the mapping's (e.g. a test's CPU
+    #: workaround); each must be a field the config has.
+    config_overrides: dict | None = None
     _finalized: bool = False
 
     def finalize(self) -> None:
@@ -60,6 +63,10 @@ class ModelProvider:
 
         megatron_model.setup_cpu()  # the CPU workarounds; the parallel state is kept
         meg = self.bridge.megatron_config()
+        for key, value in (self.config_overrides or {}).items():
+            if key not in meg:
+                raise KeyError(f"config_overrides: {key!r} is not a field of the Megatron config")
+            meg[key] = value
         if self.params_dtype is not None:
             meg["params_dtype"] = str(self.params_dtype).removeprefix("torch.")
             meg["bf16"] = self.params_dtype == torch.bfloat16

@@ -134,6 +134,22 @@ LAYOUTS = [
     ("qwen3-30b-a3b", ["--tp", "2", "--etp", "1"], 2),
     ("qwen3-30b-a3b", ["--pp", "2", "--ep", "2"], 4),
     (FOUR_LAYERS, ["--pp", "2", "--vpp", "2"], 2),
+    # One layout for each other family megatron-core builds on CPU, for its
+    # ops: biases (Qwen2.5), sliding windows (Mistral, Phi-3, gpt-oss), the
+    # fused qkv_concat (Phi-3), shared experts and dense first layers (GLM),
+    # full-width q/k norms (OLMoE, MiniMax-M2: TP 1 only in our builder),
+    # interleaved gate/up of stacked experts with biases (gpt-oss).
+    ("mistral-7b", ["--tp", "2"], 2),
+    ("qwen2.5-7b", ["--tp", "2"], 2),
+    ("qwen3-8b", ["--tp", "2"], 2),
+    ("phi3-mini", ["--tp", "2"], 2),
+    ("mixtral-8x7b", ["--ep", "2"], 2),
+    ("glm4.5-air", ["--tp", "2"], 2),
+    ("glm4.5-air", ["--ep", "2"], 2),
+    ("olmoe-1b-7b", ["--ep", "2"], 2),
+    ("minimax-m2", ["--ep", "2"], 2),
+    ("gpt-oss-20b", ["--ep", "2"], 2),
+    ("gpt-oss-20b", ["--tp", "2", "--etp", "1"], 2),
 ]
 
 

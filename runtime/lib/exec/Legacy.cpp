@@ -90,7 +90,8 @@ at::Tensor LegacyLayout::cutFor(const PlannedTensor &PT, at::Tensor X, int Rank)
   std::vector<ChunkSpec> Chunks = chunksOf(PT, L);
   // A split style that comes back whole did not divide: every rank would
   // hold the whole tensor, which no model of this layout loads.
-  bool Splits = PT.ParallelStyle != Style::Replicated && PT.ParallelStyle != Style::Any;
+  bool Splits = PT.ParallelStyle != Style::Replicated && PT.ParallelStyle != Style::Any &&
+                !(PT.ParallelStyle == Style::Row && PT.Shape.size() == 1); // a row-parallel bias is whole
   if (Splits && Chunks.size() == 1 && (PT.Expert ? L.ETP : L.TP) > 1)
     throw Error("error: '" + PT.Name + "' cannot be cut for TP " + std::to_string(PT.Expert ? L.ETP : L.TP) +
                 ": its split dimension does not divide");
