@@ -233,6 +233,45 @@ TEST_CASE("dequantization agrees with its format's definition") {
         }
       }
   CHECK(errorOf([&] {
-          inverse(Op::DequantFP8Block, Transform::None, Got, 2, {{"block", 128}}, A.Cfg, {}, "r");
+          inverse(Op::DequantFP8Tensor, Transform::None, PerRow, 2, {}, A.Cfg, {}, "r");
         }).find("not implemented yet") != std::string::npos);
+}
+
+TEST_CASE("dequant_fp8_block's inverse: 128x128 blocks, scale amax / 448, and back") {
+  Attention A(4, 2, 2);
+  // A partial last block, an all-zero block (scale 1) and one large value.
+  at::Tensor X = randomOf({130, 200}, at::kFloat).mul(3.0);
+  X.narrow(0, 0, 128).narrow(1, 128, 72).zero_();
+  X[129][5] = 1000.0f;
+  std::vector<at::Tensor> QS = inverse(Op::DequantFP8Block, Transform::None, X, 2, {{"block", 128}}, A.Cfg, {}, "r");
+  REQUIRE(QS.size() == 2);
+  const at::Tensor &Q = QS[0], &Scale = QS[1];
+  CHECK((Q.scalar_type() == at::kFloat8_e4m3fn));
+  CHECK((Scale.scalar_type() == at::kFloat));
+  REQUIRE(Scale.sizes() == at::IntArrayRef({2, 2}));
+  for (int64_t BI = 0; BI < 2; ++BI)
+    for (int64_t BJ = 0; BJ < 2; ++BJ) {
+      at::Tensor Block = X.narrow(0, BI * 128, BI ? 2 : 128).narrow(1, BJ * 128, BJ ? 72 : 128);
+      float Amax = Block.abs().max().item<float>();
+      CHECK(Scale[BI][BJ].item<float>() == (Amax == 0 ? 1.0f : Amax / 448.0f));
+    }
+  // Each element: value / its block's scale, rounded to e4m3 (the largest
+  // element of a block lands on 448).
+  for (int64_t I = 0; I < 130; I += 13)
+    for (int64_t J = 0; J < 200; J += 11) {
+      float Want = at::scalar_tensor(X[I][J].item<float>() / Scale[I / 128][J / 128].item<float>())
+                       .to(at::kFloat8_e4m3fn)
+                       .to(at::kFloat)
+                       .item<float>();
+      CHECK(Q[I][J].to(at::kFloat).item<float>() == Want);
+    }
+  CHECK(Q[129][5].to(at::kFloat).item<float>() == 448.0f);
+  // Quantizing what dequantization gives is the same e4m3 tensor again.
+  at::Tensor Back = forward(Op::DequantFP8Block, Transform::None, {Q, Scale}, {{"block", 128}}, A.Cfg, "t");
+  at::Tensor Again =
+      inverse(Op::DequantFP8Block, Transform::None, Back.to(at::kFloat), 2, {{"block", 128}}, A.Cfg, {}, "r")[0];
+  CHECK(at::equal(Again.view(at::kByte), Q.view(at::kByte)));
+  CHECK(errorOf([&] {
+          inverse(Op::DequantFP8Block, Transform::None, X.view({-1}), 2, {{"block", 128}}, A.Cfg, {}, "r");
+        }).find("needs a matrix") != std::string::npos);
 }

@@ -64,6 +64,9 @@ struct ExportOptions {
   unsigned Writers = 8;                       ///< threads writing tensors
   uint64_t MemoryBudget = uint64_t(2) << 30;  ///< bytes that may wait for them
   unsigned Converters = 4;                    ///< threads inverting tensors
+  /// "fp8-block": the weights the mapping reads through dequant_fp8_block
+  /// written as 128x128-block e4m3 with weight_scale_inv; "": as converted.
+  std::string Quantize;
 };
 
 struct Summary {

@@ -42,6 +42,18 @@ Summary runExport(const ExportOptions &O) {
   C.P = expandPlan(*C.Mapping, C.S, C.Fields, /*UseTENames=*/true, &Lister, Src->hfTensorCount());
   C.Keys = groupByKey(C.P, C.S, C.Fields, C.LocalSpec);
   Src->checkKeys(C);
+  if (!O.Quantize.empty()) {
+    if (O.Quantize != "fp8-block")
+      throw Error("error: unknown --quantize scheme '" + O.Quantize + "' (fp8-block)");
+    bool Declared = false;
+    for (const PlannedTensor &PT : C.P.Tensors)
+      for (const OpNode &N : PT.Alternatives[0].Nodes)
+        Declared |= !N.IsSource && N.Kind == Op::DequantFP8Block;
+    if (!Declared)
+      throw Error("error: mapping '" + std::string(C.Mapping->Name) +
+                  "' reads no weight through dequant_fp8_block, so --quantize fp8-block has nothing to quantize");
+    C.QuantizeFP8Block = true;
+  }
   std::vector<std::string> NotExported;
   std::unique_ptr<Sink> Snk = safetensorsSink(C, KeyType, Side, SidePath, O.Writers, O.MemoryBudget,
                                               Src->tokenizerDir(), NotExported);

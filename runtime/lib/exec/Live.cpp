@@ -95,7 +95,7 @@ HFModel::HFModel(const std::string &Dir) : C(schema()), Dir(Dir) {
 
 Json HFModel::megatronConfig() const { return configToJson(C.S, C.Fields); }
 
-Json HFModel::exportedConfig() const { return exportConfig(*C.Mapping, C.S, C.Fields, &C.HFConfig); }
+Json HFModel::exportedConfig() const { return exportedHFConfig(C); }
 
 at::Tensor HFModel::hfTensor(const std::string &Name, int64_t Slice) const {
   Reading R;
@@ -609,8 +609,7 @@ uint64_t ExportStream::save(const std::string &OutDir, bool Overwrite, unsigned 
         ++Written;
       }
     W.finish();
-    files::writeFile(files::join(Partial, "config.json"),
-                     dumpPythonJson(exportConfig(*C.Mapping, C.S, C.Fields, &C.HFConfig), 2) + "\n");
+    files::writeFile(files::join(Partial, "config.json"), dumpPythonJson(exportedHFConfig(C), 2) + "\n");
     Json Manifest = {{"format", "safetensors"}, {"tensors", Json::object()}};
     for (const auto &[Name, Crc] : W.checksums())
       Manifest["tensors"][Name] = {{"file", HF.fileOf().at(Name)}, {"crc32", Crc}};

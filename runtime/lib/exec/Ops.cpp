@@ -10,6 +10,7 @@
 #include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/where.h>
+#include <ATen/ops/zeros.h>
 #include <ATen/ops/stack.h>
 
 #include <numeric>
@@ -362,7 +363,23 @@ std::vector<at::Tensor> inverse(Op Kind, Transform Custom, const at::Tensor &Out
   case Op::SelectExpert:
   case Op::RowBlock:
     fail(Where, "internal: a slice of an HF tensor is put back by export, not inverted");
-  case Op::DequantFP8Block:
+  case Op::DequantFP8Block: {
+    // Per block: scale = amax / 448 (e4m3's largest finite value; 1 for an
+    // all-zero block), weight = value / scale rounded to e4m3, computed in
+    // fp32 (DeepSeek's weight_quant). dequant_fp8_block takes it back.
+    int64_t Block = paramInt(P, "block", Where);
+    if (Out.dim() != 2)
+      fail(Where, "block quantization needs a matrix, not " + shapeText(Out.sizes()));
+    int64_t M = Out.size(0), N = Out.size(1);
+    int64_t BM = (M + Block - 1) / Block, BN = (N + Block - 1) / Block;
+    at::Tensor W = Out.to(at::kFloat);
+    at::Tensor Padded = at::zeros({BM * Block, BN * Block}, W.options());
+    Padded.narrow(0, 0, M).narrow(1, 0, N).copy_(W);
+    at::Tensor Amax = Padded.view({BM, Block, BN, Block}).abs().amax({1, 3});
+    at::Tensor Scale = Amax.div(448.0).masked_fill(Amax.eq(0), 1.0);
+    at::Tensor S = Scale.repeat_interleave(Block, 0).repeat_interleave(Block, 1).narrow(0, 0, M).narrow(1, 0, N);
+    return {W.div(S).clamp(-448.0, 448.0).to(at::kFloat8_e4m3fn), Scale};
+  }
   case Op::DequantFP8Tensor:
   case Op::DequantMXFP4:
     fail(Where, "export of a dequantized tensor back to its quantized form is not implemented yet");

@@ -96,6 +96,14 @@ std::vector<HFPiece> invertChain(const PlannedTensor &PT, const Conversion &C, c
     bool HasOptional = false;
     for (size_t Ci : Children)
       HasOptional |= Nodes[Ci].IsSource && Nodes[Ci].OptionalInput;
+    if (HasOptional && C.QuantizeFP8Block && N.Kind == Op::DequantFP8Block) {
+      // --quantize fp8-block: the weight in e4m3 and its block scales.
+      std::vector<at::Tensor> Parts =
+          exec::inverse(N.Kind, N.Custom, V, N.NumInputs, evalParams(N, Env, Where), Cfg, {}, Where);
+      for (size_t Ci = 0; Ci < Children.size(); ++Ci)
+        Invert(Children[Ci], Parts[Ci]);
+      return;
+    }
     if (HasOptional) {
       // Dequantized on import (or passed through): the value is the first
       // input's, in the Megatron dtype.

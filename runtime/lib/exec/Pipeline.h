@@ -51,6 +51,10 @@ struct Conversion {
   std::vector<Json> Fields; ///< the Megatron config
   Json HFConfig;
   bool LocalSpec = false; ///< keys of the local layer spec, not Transformer Engine's
+  /// Export: weights the mapping reads through dequant_fp8_block are
+  /// written quantized again (e4m3 and their block scales), not as the
+  /// dequantized values.
+  bool QuantizeFP8Block = false;
   Plan P;
   std::vector<DistKey> Keys;
 
@@ -223,6 +227,10 @@ private:
   std::map<std::string, std::vector<std::string>> TieCopyOf; ///< original -> its copies
   std::map<std::string, Pieces> Assembling;
 };
+
+/// The config.json an export writes: the mapping's export rules, and the
+/// quantization_config of what it quantizes (--quantize).
+Json exportedHFConfig(const Conversion &C);
 
 /// A planned tensor's chain backwards, from its Megatron value \p Value to
 /// the HF tensors (or pieces of them) it was made of, in the chain's order;

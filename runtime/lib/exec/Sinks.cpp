@@ -346,6 +346,16 @@ std::unique_ptr<Sink> legacySink(const Layout &Par, Json Side, std::string Token
 
 namespace bridge {
 
+Json exportedHFConfig(const Conversion &C) {
+  Json Cfg = exportConfig(*C.Mapping, C.S, C.Fields, &C.HFConfig);
+  if (C.QuantizeFP8Block)
+    Cfg["quantization_config"] = {{"activation_scheme", "dynamic"},
+                                  {"fmt", "e4m3"},
+                                  {"quant_method", "fp8"},
+                                  {"weight_block_size", {128, 128}}};
+  return Cfg;
+}
+
 HFAssembler::HFAssembler(const Conversion &C, const std::function<DType(const std::string &)> &KeyType,
                          const Json &Side, std::string SidePath, std::vector<std::string> &NotExported)
     : SidePath(std::move(SidePath)) {
@@ -399,6 +409,19 @@ HFAssembler::HFAssembler(const Conversion &C, const std::function<DType(const st
         if (Nodes[I].IsSource)
           continue;
         std::vector<size_t> Children = Tree.children(Nodes, I);
+        if (C.QuantizeFP8Block && Nodes[I].Kind == Op::DequantFP8Block && Nodes[Children[0]].IsSource &&
+            Nodes[Children[1]].IsSource) {
+          // Written quantized: the weight in e4m3 beside its block scales,
+          // in the weight's file, as they are produced.
+          const std::string &W = Ch.Sources[Tree.SourceOrdinal[Children[0]]];
+          const std::string &Sc = Ch.Sources[Tree.SourceOrdinal[Children[1]]];
+          if (HFTensors.contains(W)) {
+            std::string File = HFTensors.at(W).at("file").get<std::string>();
+            HFTensors[W] = {{"file", File}, {"dtype", nullptr}, {"shape", nullptr}};
+            HFTensors[Sc] = {{"file", File}, {"dtype", nullptr}, {"shape", nullptr}};
+          }
+          continue;
+        }
         bool Applied = false;
         for (size_t Ci : Children)
           if (Nodes[Ci].IsSource && Nodes[Ci].OptionalInput && HFTensors.contains(Ch.Sources[Tree.SourceOrdinal[Ci]])) {
@@ -620,8 +643,7 @@ public:
   void finish(const Conversion &C, const std::string &Tmp, const std::string &, const std::vector<std::string> &,
               bool) override {
     // Python's NaN and Infinity literals as the source wrote them.
-    files::writeFile(files::join(Tmp, "config.json"),
-                     dumpPythonJson(exportConfig(*C.Mapping, C.S, C.Fields, &C.HFConfig), 2) + "\n");
+    files::writeFile(files::join(Tmp, "config.json"), dumpPythonJson(exportedHFConfig(C), 2) + "\n");
     // Checksums taken as the tensors were written, for `bridge-run verify`.
     Json Manifest = {{"format", "safetensors"}, {"tensors", Json::object()}};
     for (const auto &[Name, Crc] : W->checksums())

@@ -87,7 +87,8 @@ const char *ProcessesText =
 [[noreturn]] void usageError(const std::string &Msg);
 
 struct Options {
-  std::string Command, HF, Out, Megatron, Device = "cpu", Format = "torch_dist", Target, Against, Recipe, Checkpoint;
+  std::string Command, HF, Out, Megatron, Device = "cpu", Format = "torch_dist", Target, Against, Recipe, Checkpoint,
+      Quantize;
   std::vector<std::string> Rest; ///< words after the command (recipe list/show NAME)
   bool FormatGiven = false, LayoutGiven = false;
   bool AsJson = false, LocalNames = false, Overwrite = false, Quiet = false, LocalSpec = false, Resume = false;
@@ -194,6 +195,14 @@ const OptionDef kOptions[] = {
      "finish an interrupted run into the same --out (its\n<out>.partial-* directory): pieces whose CRC-32 still\n"
      "matches are kept, the rest redone",
      [](Options &O, const std::string &, const std::string &) { O.Resume = true; }},
+    {"--quantize", "SCHEME", CmdExport, false,
+     "fp8-block: write the weights the mapping reads through\ndequant_fp8_block as e4m3 with 128x128 block scales\n"
+     "(weight_scale_inv, DeepSeek-V3's layout); default: as converted",
+     [](Options &O, const std::string &F, const std::string &V) {
+       if (V != "fp8-block")
+         usageError(F + " takes fp8-block");
+       O.Quantize = V;
+     }},
     {"--local-spec", nullptr, CmdImport | CmdReshard, false,
      "key tensors for a model built with the local layer\nspec (no Transformer Engine); default: TE spec",
      [](Options &O, const std::string &, const std::string &) { O.LocalSpec = true; }},
@@ -731,7 +740,8 @@ int main(int argc, char **argv) {
     if (O.Command == "export") {
       if (O.Megatron.empty() || O.Out.empty())
         usageError("export needs --megatron DIR and --out DIR");
-      ExportOptions EO{O.Megatron, O.Out, O.Device, O.Overwrite, O.Quiet, O.Writers, O.MemoryBudget, O.Converters};
+      ExportOptions EO{O.Megatron, O.Out, O.Device, O.Overwrite, O.Quiet, O.Writers, O.MemoryBudget, O.Converters,
+                       O.Quantize};
       printSummary("export", runExport(EO), O.Out);
       return 0;
     }
