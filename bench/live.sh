@@ -24,10 +24,13 @@ for model in "$@"; do
   src=/dev/shm/live-$model
   rm -rf /dev/shm/live-*
   python3 "$here/gen_checkpoint.py" "$here/configs/$cfg" "$src" "${gen[@]}" 2>&1 | grep -v token_id | tail -1
-  mkdir -p /dev/shm/live-floor
-  python3 "$here/measure.py" --log "$log" --label "$model parallel copy (tmpfs floor)" --bytes "$(du -sb "$src" | cut -f1)" \
-    -- python3 "$here/parallel_copy.py" "$src" /dev/shm/live-floor/x > /dev/null
-  rm -rf /dev/shm/live-floor
+  for method in copy_file_range read_write; do
+    mkdir -p /dev/shm/live-floor
+    python3 "$here/measure.py" --log "$log" --label "$model parallel copy ($method, tmpfs floor)" \
+      --bytes "$(du -sb "$src" | cut -f1)" -- python3 "$here/parallel_copy.py" "$src" /dev/shm/live-floor/x \
+      --method "$method" > /dev/null
+    rm -rf /dev/shm/live-floor
+  done
   PYTHONPATH="$build/python:/tmp/site" python3 "$here/live.py" "$src" --peer ours --name "$model" --log "$log" --check 2>&1 | grep '"label"'
   [ -d /tmp/site/mbridge ] && PYTHONPATH=/tmp/site python3 "$here/live.py" "$src" --peer mbridge --name "$model" --log "$log" --check 2>&1 | grep -E '"label"|Error' | tail -4
   [ -d /tmp/site-mb/megatron/bridge ] && BRIDGE_PEERS_DIR="${BRIDGE_PEERS_DIR:-$here/../.peers}" PYTHONPATH=/tmp/site-mb \
