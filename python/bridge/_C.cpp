@@ -89,14 +89,7 @@ PYBIND11_MODULE(_C, m) {
       .def_property_readonly("path", &live::HFModel::dir)
       .def_property_readonly("mapping", [](const live::HFModel &M) { return std::string(M.conversion().Mapping->Name); })
       .def("megatron_config", [](const live::HFModel &M) { return M.megatronConfig().dump(); })
-      .def("hf_config", [](const live::HFModel &M) { return M.conversion().HFConfig.dump(); })
-      .def("exported_config", [](const live::HFModel &M) { return M.exportedConfig().dump(); })
-      .def("tensor_names", [](const live::HFModel &M) {
-        std::vector<std::string> Out;
-        for (auto It = M.sidecar().at("hf_tensors").begin(); It != M.sidecar().at("hf_tensors").end(); ++It)
-          Out.push_back(It.key());
-        return Out;
-      });
+      .def("hf_config", [](const live::HFModel &M) { return M.conversion().HFConfig.dump(); });
 
   py::class_<live::LiveModel>(m, "LiveModel")
       .def(py::init([](std::shared_ptr<live::HFModel> M, std::map<std::string, int> Sizes,

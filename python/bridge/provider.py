@@ -31,7 +31,6 @@ class ModelProvider:
     expert_model_parallel_size: int = 1
     expert_tensor_parallel_size: int | None = None
     params_dtype: torch.dtype | None = None
-    use_cpu_initialization: bool | None = None
     #: Megatron config fields set over the mapping's (e.g. a test's CPU
     #: workaround); each must be a field the config has.
     config_overrides: dict | None = None

@@ -43,12 +43,6 @@ constexpr int64_t kPackAlign = 16;
 
 int64_t aligned(int64_t Bytes) { return (Bytes + kPackAlign - 1) / kPackAlign * kPackAlign; }
 
-int64_t numel(const std::vector<int64_t> &Shape) {
-  int64_t N = 1;
-  for (int64_t D : Shape)
-    N *= D;
-  return N;
-}
 
 /// Tensors laid end to end in one flat uint8 buffer, and back.
 struct Packing {
@@ -68,12 +62,11 @@ struct Packing {
     return Buf;
   }
   at::Tensor unpack(const at::Tensor &Buf, size_t I, at::IntArrayRef Shape, at::ScalarType Type) const {
-    int64_t Bytes = numel(std::vector<int64_t>(Shape.begin(), Shape.end())) * c10::elementSize(Type);
+    int64_t Bytes = elementsOf(std::vector<int64_t>(Shape.begin(), Shape.end())) * c10::elementSize(Type);
     return Buf.narrow(0, Offsets[I], Bytes).view(Type).view(Shape);
   }
 };
 
-std::string shapeOf(at::IntArrayRef S) { return exec::shapeText(S); }
 
 } // namespace
 
@@ -95,7 +88,6 @@ HFModel::HFModel(const std::string &Dir) : C(schema()), Dir(Dir) {
 
 Json HFModel::megatronConfig() const { return configToJson(C.S, C.Fields); }
 
-Json HFModel::exportedConfig() const { return exportedHFConfig(C); }
 
 at::Tensor HFModel::hfTensor(const std::string &Name, int64_t Slice) const {
   Reading R;
@@ -190,14 +182,14 @@ LiveModel::LiveModel(std::shared_ptr<const HFModel> M, const Layout &Par, Coordi
   for (const Held &H : Mine) {
     std::vector<int64_t> Want = Expected(H.Planned);
     if (H.Param.sizes() != at::IntArrayRef(Want))
-      WrongShape.push_back(liveName(C.P.Tensors[H.Planned]) + " is " + shapeOf(H.Param.sizes()) +
-                           ", the mapping gives this rank " + shapeOf(Want));
+      WrongShape.push_back(liveName(C.P.Tensors[H.Planned]) + " is " + exec::shapeText(H.Param.sizes()) +
+                           ", the mapping gives this rank " + exec::shapeText(Want));
   }
   if (TiedCopy.defined()) {
     std::vector<int64_t> Want = Expected(*TiedFrom);
     if (TiedCopy.sizes() != at::IntArrayRef(Want))
-      WrongShape.push_back("output_layer.weight is " + shapeOf(TiedCopy.sizes()) + ", the tied embedding gives " +
-                           shapeOf(Want));
+      WrongShape.push_back("output_layer.weight is " + exec::shapeText(TiedCopy.sizes()) + ", the tied embedding gives " +
+                           exec::shapeText(Want));
   }
   if (!Missing.empty() || !Unexpected.empty() || !WrongShape.empty()) {
     std::string Msg = "error: " + Context + " do not match on rank (TP " + std::to_string(At.TP) + ", PP " +
@@ -365,7 +357,7 @@ void LiveModel::load(uint64_t MemoryBudget) {
   uint64_t InFlight = 0;
   auto Bytes = [&](size_t Planned) {
     const PlannedTensor &PT = C.P.Tensors[Planned];
-    return static_cast<uint64_t>(numel(PT.Shape)) * 4; // sources and result, two bytes each
+    return static_cast<uint64_t>(elementsOf(PT.Shape)) * 4; // sources and result, two bytes each
   };
   auto Run = [&] {
     c10::AutoGradMode NoGrad(false); // parameters are written in place
@@ -452,7 +444,7 @@ ExportStream::ExportStream(LiveModel &Model, Group *TPG, Group *PPG, Group *EPG,
       Slots.push_back({{}, Stage, placementOf(PT, M.L, C.S, C.Fields).ExpertRank >= 0, Type, 0});
     Slot &S = Slots[It->second];
     S.Members.push_back(I); // experts come in expert order: by EP rank
-    S.Bytes += static_cast<uint64_t>(numel(PT.Shape)) * c10::elementSize(Type);
+    S.Bytes += static_cast<uint64_t>(elementsOf(PT.Shape)) * c10::elementSize(Type);
   }
 }
 
@@ -539,7 +531,7 @@ std::optional<std::vector<std::pair<std::string, at::Tensor>>> ExportStream::nex
     for (size_t S = First; S < Next; ++S)
       for (size_t Mem : Slots[S].Members) {
         Order.push_back(Mem);
-        P.add(numel(C.P.Tensors[Mem].Shape) * static_cast<int64_t>(c10::elementSize(Slots[S].Type)));
+        P.add(elementsOf(C.P.Tensors[Mem].Shape) * static_cast<int64_t>(c10::elementSize(Slots[S].Type)));
       }
     at::Tensor Buf;
     if (M.At.PP == Stage) {

@@ -60,8 +60,6 @@ public:
   const std::string &dir() const { return Dir; }
   /// The Megatron-Core config (`bridge-run config`'s "megatron").
   Json megatronConfig() const;
-  /// The config.json export writes.
-  Json exportedConfig() const;
   /// An HF tensor as a view of the mapped file (nothing is read until it
   /// is used); expert \p Slice of a stacked one when >= 0; undefined when
   /// the checkpoint lacks it.

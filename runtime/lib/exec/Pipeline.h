@@ -63,6 +63,14 @@ struct Conversion {
   bool hybrid() const;
 };
 
+/// The number of elements of a tensor of \p Shape.
+inline int64_t elementsOf(const std::vector<int64_t> &Shape) {
+  int64_t N = 1;
+  for (int64_t D : Shape)
+    N *= D;
+  return N;
+}
+
 /// One unit of work: planned tensor Keys[Key].Members[Member].
 struct WorkItem {
   size_t Key, Member;

@@ -177,12 +177,6 @@ Json importSidecar(const Conversion &C, const SafetensorsCheckpoint &Ckpt) {
   return Side;
 }
 
-int64_t elements(const std::vector<int64_t> &Shape) {
-  int64_t N = 1;
-  for (int64_t D : Shape)
-    N *= D;
-  return N;
-}
 
 /// An HF checkpoint: safetensors shards (or one file), config.json.
 class HFSource final : public Source {
@@ -282,7 +276,7 @@ public:
     return Result;
   }
   uint64_t bytesOf(const Conversion &C, const WorkItem &It) const override {
-    return static_cast<uint64_t>(elements(plannedOf(C, It).Shape)) * dtypeSize(Ckpt->tensor(C.Keys[It.Key].Key).Type);
+    return static_cast<uint64_t>(elementsOf(plannedOf(C, It).Shape)) * dtypeSize(Ckpt->tensor(C.Keys[It.Key].Key).Type);
   }
   /// The dtype the checkpoint stores \p Key in.
   DType keyType(const std::string &Key) const { return Ckpt->tensor(Key).Type; }
@@ -381,7 +375,7 @@ public:
     return Result;
   }
   uint64_t bytesOf(const Conversion &C, const WorkItem &It) const override {
-    return static_cast<uint64_t>(elements(plannedOf(C, It).Shape)) * 2; // bf16, for the progress line
+    return static_cast<uint64_t>(elementsOf(plannedOf(C, It).Shape)) * 2; // bf16, for the progress line
   }
 
 private:
