@@ -45,12 +45,15 @@ def _reference(w):
 
 
 @pytest.fixture(scope="module")
-def quantized(bridge_run, tiny_checkpoints, tmp_path_factory):
+def quantized(bridge_run, bridge_device, tiny_checkpoints, tmp_path_factory):
+    # The quantizer runs where the export's ops run (--bridge-device; the
+    # GPU host's gpu-quantized test runs it on cuda): same bits either way.
     ckpt = tiny_checkpoints("deepseek-v3")
     root = tmp_path_factory.mktemp("fp8-out")
     r = _run(bridge_run, "import", "--hf", str(ckpt.path), "--out", str(root / "mg"))
     assert r.returncode == 0, r.stderr
-    r = _run(bridge_run, "export", "--megatron", str(root / "mg"), "--out", str(root / "q"), "--quantize", "fp8-block")
+    r = _run(bridge_run, "export", "--megatron", str(root / "mg"), "--out", str(root / "q"), "--quantize", "fp8-block",
+             "--device", bridge_device)
     assert r.returncode == 0, r.stderr
     return ckpt, root
 
