@@ -488,10 +488,32 @@ def mamba_local_spec(num_experts):
     ))
 
 
-def build_mamba_model(meg: dict):
+MAMBA_VPP_UNSUPPORTED = (
+    "megatron-core 0.16.1's MambaStack has no virtual pipeline stages (it asserts "
+    "virtual_pipeline_model_parallel_size is None)"
+)
+
+
+def _set_parallel(r: RoutedConfig, parallel: dict | None) -> None:
+    """The job's ModelParallelConfig sizes over the routed config."""
+    if not parallel:
+        return
+    r.tc_kwargs.update(parallel)
+    if parallel.get("pipeline_model_parallel_size", 1) > 1:
+        import torch
+
+        r.tc_kwargs["pipeline_dtype"] = r.tc_kwargs.get("params_dtype", torch.float32)
+
+
+def build_mamba_model(meg: dict, *, parallel: dict | None = None, pre_process: bool = True,
+                      post_process: bool = True, vp_stage: int | None = None):
     """The MambaModel (hybrid, plain torch modules, CPU) that bridge-run's
     config describes: for its parameters and torch_dist keys; see
-    _mamba_cpu_patches for what a CPU needs and MAMBA_FORWARD_UNAVAILABLE."""
+    _mamba_cpu_patches for what a CPU needs and MAMBA_FORWARD_UNAVAILABLE.
+    ``parallel``, ``pre_process`` and ``post_process`` as build_gpt_model's;
+    MambaModel has no virtual pipeline stages (MAMBA_VPP_UNSUPPORTED)."""
+    if vp_stage is not None or (parallel or {}).get("virtual_pipeline_model_parallel_size", 1) > 1:
+        raise Unsupported(MAMBA_VPP_UNSUPPORTED)
     setup_cpu()
     _mamba_cpu_patches()
     from megatron.core.models.mamba.mamba_model import MambaModel
@@ -500,6 +522,7 @@ def build_mamba_model(meg: dict):
     if r.tc_kwargs.get("num_moe_experts"):
         # The all-to-all dispatcher makes CUDA streams; the keys are the same.
         r.tc_kwargs["moe_token_dispatcher_type"] = "allgather"
+    _set_parallel(r, parallel)
     cfg = make_transformer_config(r)
     # GPTModel's Llama-3 rope scaling arguments: MambaModel has no rotary
     # scaling (Nemotron-H has no rotary positions at all).
@@ -507,7 +530,7 @@ def build_mamba_model(meg: dict):
     assert not kwargs.pop("rope_scaling", False), "rope_scaling on a MambaModel"
     kwargs.pop("rope_scaling_factor", None)
     return MambaModel(config=cfg, mamba_stack_spec=mamba_local_spec(r.tc_kwargs.get("num_moe_experts")),
-                      pre_process=True, post_process=True, **kwargs)
+                      pre_process=pre_process, post_process=post_process, **kwargs)
 
 
 def build_gpt_model(meg: dict, with_mtp: bool = False, *, parallel: dict | None = None, pre_process: bool = True,
@@ -519,17 +542,15 @@ def build_gpt_model(meg: dict, with_mtp: bool = False, *, parallel: dict | None 
     for a model of the job's parallel state; ``pre_process``,
     ``post_process`` and ``vp_stage`` place a pipeline stage's chunk."""
     if meg.get("hybrid_override_pattern"):
-        return build_mamba_model(meg)
+        return build_mamba_model(meg, parallel=parallel, pre_process=pre_process, post_process=post_process,
+                                 vp_stage=vp_stage)
     if meg.get("multi_latent_attention"):
         raise Unsupported(MLA_UNSUPPORTED)
     if meg.get("post_layernorm"):
         raise Unsupported(GEMMA_UNSUPPORTED)
     mods = setup_cpu()
     r = route_megatron_config(meg)
-    if parallel:
-        r.tc_kwargs.update(parallel)
-        if parallel.get("pipeline_model_parallel_size", 1) > 1:
-            r.tc_kwargs["pipeline_dtype"] = r.tc_kwargs.get("params_dtype", mods["torch"].float32)
+    _set_parallel(r, parallel)
     cfg = make_transformer_config(r)
     stage = {} if vp_stage is None else {"vp_stage": vp_stage}
     if r.spec_kwargs["num_experts"]:

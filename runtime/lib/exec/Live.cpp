@@ -27,6 +27,7 @@
 #include <ATen/ops/empty.h>
 #include <c10/core/GradMode.h>
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <mutex>
@@ -139,6 +140,8 @@ LiveModel::LiveModel(std::shared_ptr<const HFModel> M, const Layout &Par, Coordi
 
   std::set<std::string> Used;
   std::vector<std::string> Missing, Unexpected, WrongShape;
+  for (const std::string &Base : viewParts(WrongShape))
+    Used.insert(Base);
   for (size_t I = 0; I < C.P.Tensors.size(); ++I) {
     const PlannedTensor &PT = C.P.Tensors[I];
     const Placement P = placementOf(PT, L, C.S, C.Fields);
@@ -173,20 +176,14 @@ LiveModel::LiveModel(std::shared_ptr<const HFModel> M, const Layout &Par, Coordi
   for (auto &[Name, T] : ByName)
     if (!Used.count(Name))
       Unexpected.push_back(Name);
-  auto Expected = [&](size_t Planned) {
-    const PlannedTensor &PT = C.P.Tensors[Planned];
-    at::Tensor Meta = at::empty(PT.Shape, at::TensorOptions().device(at::kMeta));
-    at::Tensor Local = Cuts->cutFor(PT, Meta, tpRankOf(PT));
-    return std::vector<int64_t>(Local.sizes().begin(), Local.sizes().end());
-  };
   for (const Held &H : Mine) {
-    std::vector<int64_t> Want = Expected(H.Planned);
+    std::vector<int64_t> Want = localShape(H.Planned);
     if (H.Param.sizes() != at::IntArrayRef(Want))
       WrongShape.push_back(liveName(C.P.Tensors[H.Planned]) + " is " + exec::shapeText(H.Param.sizes()) +
                            ", the mapping gives this rank " + exec::shapeText(Want));
   }
   if (TiedCopy.defined()) {
-    std::vector<int64_t> Want = Expected(*TiedFrom);
+    std::vector<int64_t> Want = localShape(*TiedFrom);
     if (TiedCopy.sizes() != at::IntArrayRef(Want))
       WrongShape.push_back("output_layer.weight is " + exec::shapeText(TiedCopy.sizes()) + ", the tied embedding gives " +
                            exec::shapeText(Want));
@@ -199,6 +196,81 @@ LiveModel::LiveModel(std::shared_ptr<const HFModel> M, const Layout &Par, Coordi
     Msg += nameList("parameter(s) of another shape", WrongShape);
     throw Error(Msg);
   }
+}
+
+std::vector<int64_t> LiveModel::localShape(size_t Planned) const {
+  const PlannedTensor &PT = Model->conversion().P.Tensors[Planned];
+  at::Tensor Meta = at::empty(PT.Shape, at::TensorOptions().device(at::kMeta));
+  at::Tensor Local = Cuts->cutFor(PT, Meta, tpRankOf(PT));
+  return std::vector<int64_t>(Local.sizes().begin(), Local.sizes().end());
+}
+
+std::vector<std::string> LiveModel::viewParts(std::vector<std::string> &WrongShape) {
+  // A parameter torch_dist keeps in parts (Mamba's in_proj [z | x | B | C |
+  // dt] and conv1d [x | B | C]): the mapping names each part
+  // '<parameter>.<part>', a name the model does not have. Each rank's
+  // parameter is its slice of every part, laid end to end in rows in the
+  // order the schema declares the parts (MambaMixer's order).
+  const Conversion &C = Model->conversion();
+  std::set<std::string> Planned;
+  std::vector<std::pair<size_t, std::string>> Ours; // this rank's planned tensors, by live name
+  for (size_t I = 0; I < C.P.Tensors.size(); ++I) {
+    const PlannedTensor &PT = C.P.Tensors[I];
+    const Placement P = placementOf(PT, L, C.S, C.Fields);
+    if (P.ExpertRank >= 0 && P.ExpertRank != At.EP)
+      continue;
+    Ours.emplace_back(I, liveName(PT));
+    Planned.insert(Ours.back().second);
+  }
+  std::map<std::string, std::vector<size_t>> PartsOf;
+  for (auto &[I, Name] : Ours) {
+    size_t Dot = Name.rfind('.');
+    if (ByName.count(Name) || Elsewhere.count(Name) || Dot == std::string::npos)
+      continue;
+    std::string Base = Name.substr(0, Dot);
+    if (!Planned.count(Base) && (ByName.count(Base) || Elsewhere.count(Base)))
+      PartsOf[Base].push_back(I);
+  }
+  std::vector<std::string> Bases;
+  for (auto &[Base, Parts] : PartsOf) {
+    Bases.push_back(Base);
+    std::sort(Parts.begin(), Parts.end(),
+              [&](size_t A, size_t B) { return C.P.Tensors[A].Param < C.P.Tensors[B].Param; });
+    if (auto It = Elsewhere.find(Base); It != Elsewhere.end()) {
+      for (size_t I : Parts)
+        Elsewhere.emplace(liveName(C.P.Tensors[I]), It->second);
+      continue;
+    }
+    const at::Tensor &Param = ByName.at(Base);
+    std::vector<std::pair<std::string, at::Tensor>> Views;
+    std::vector<int64_t> Rows(static_cast<size_t>(Param.dim()), 0);
+    std::string Names;
+    bool Fits = Param.dim() > 0;
+    for (size_t I : Parts) {
+      std::vector<int64_t> Want = localShape(I);
+      std::string Name = liveName(C.P.Tensors[I]);
+      Names += (Names.empty() ? "" : ", ") + Name.substr(Base.size() + 1);
+      Fits = Fits && Want.size() == Rows.size() &&
+             std::equal(Want.begin() + 1, Want.end(), Param.sizes().begin() + 1) &&
+             Rows[0] + Want[0] <= Param.size(0);
+      if (Fits)
+        Views.emplace_back(Name, Param.narrow(0, Rows[0], Want[0]));
+      if (Want.size() == Rows.size()) {
+        Rows[0] += Want[0];
+        std::copy(Want.begin() + 1, Want.end(), Rows.begin() + 1);
+      }
+    }
+    if (!Fits || Rows[0] != Param.size(0)) {
+      WrongShape.push_back(Base + " is " + exec::shapeText(Param.sizes()) + ", its parts (" + Names +
+                           ") give this rank " + exec::shapeText(Rows));
+      for (size_t I : Parts) // reported once, as the parameter
+        Elsewhere.emplace(liveName(C.P.Tensors[I]), Remote{At.PP, Param.scalar_type()});
+      continue;
+    }
+    for (auto &[Name, View] : Views)
+      ByName.emplace(Name, View);
+  }
+  return Bases;
 }
 
 std::vector<std::string> LiveModel::names() const {
@@ -230,13 +302,19 @@ std::vector<Op> LiveModel::appliedOps(const PlannedTensor &PT) const {
 }
 
 bool LiveModel::movesRows(const PlannedTensor &PT) const {
-  // Styles whose rank slices are sets of rows (dim 0), cut for more than one rank.
+  // Styles whose rank slices are sets of rows (dim 0).
   if (PT.ParallelStyle != Style::QKV && PT.ParallelStyle != Style::Gated && PT.ParallelStyle != Style::Column)
     return false;
-  if ((PT.Expert ? L.ETP : L.TP) < 2 || !Cuts->splits(PT))
-    return false;
+  // Worth it when the rank holds some rows of the result (cut for more than
+  // one rank), or when the chain keeps some rows of its sources (a row
+  // block: one part of Mamba's in_proj, which is otherwise read whole for
+  // each of its five parts).
+  bool Some = (PT.Expert ? L.ETP : L.TP) >= 2 && Cuts->splits(PT);
   for (Op Kind : appliedOps(PT)) {
     switch (Kind) {
+    case Op::RowBlock:
+      Some = true;
+      break;
     case Op::Identity:
     case Op::FuseQKV:
     case Op::FuseQKVGated:
@@ -245,13 +323,12 @@ bool LiveModel::movesRows(const PlannedTensor &PT) const {
     case Op::GateUpConcat:
     case Op::GateUpInterleaved:
     case Op::SelectExpert:
-    case Op::RowBlock:
       break;
     default:
       return false; // values change (casts, offsets, dequantization) or dims move
     }
   }
-  return true;
+  return Some;
 }
 
 at::Tensor LiveModel::ownRows(const PlannedTensor &PT) const {

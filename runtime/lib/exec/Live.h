@@ -128,9 +128,18 @@ private:
   };
   std::string liveName(const PlannedTensor &PT) const;
   int tpRankOf(const PlannedTensor &PT) const;
+  /// The shape of this rank's slice of planned tensor \p Planned.
+  std::vector<int64_t> localShape(size_t Planned) const;
+  /// Views of the parameters the mapping writes in parts ('<name>.<part>':
+  /// Mamba's in_proj and conv1d), one per part, added to ByName (or the
+  /// parts to Elsewhere when another stage holds the parameter); a
+  /// parameter its parts do not fill goes to \p WrongShape. Returns the
+  /// parameters so composed.
+  std::vector<std::string> viewParts(std::vector<std::string> &WrongShape);
   /// The ops of \p PT's chain that apply to what the checkpoint holds.
   std::vector<Op> appliedOps(const PlannedTensor &PT) const;
-  /// The chain only moves whole rows and the rank's slice is a set of rows.
+  /// The chain only moves whole rows, and the rank needs only some of its
+  /// sources' rows (its slice is cut from the result, or a row block).
   bool movesRows(const PlannedTensor &PT) const;
   /// This rank's slice of \p PT from its sources' own rows only (undefined
   /// when the chain turns out not to be a row permutation).
