@@ -62,14 +62,19 @@ def _local_tensors(model) -> list[tuple[str, Any]]:
     name the same layer alike."""
     out = []
     for chunk in _chunks(model):
-        layers = getattr(getattr(chunk, "decoder", None), "layers", None)
+        stacks: dict[str, Any] = {}  # 'decoder.layers.' (a VLM's 'language_model.decoder.layers.') -> its layers
         for name, value in chunk.state_dict(keep_vars=True).items():
             if name.endswith("_extra_state") or value is None or not hasattr(value, "dtype"):
                 continue
             m = _LAYER.match(name)
-            if m and layers is not None:
-                layer = layers[int(m.group(2))]
-                number = getattr(layer, "layer_number", None)
+            if m:
+                if m.group(1) not in stacks:
+                    try:
+                        stacks[m.group(1)] = chunk.get_submodule(m.group(1)[:-1])
+                    except AttributeError:
+                        stacks[m.group(1)] = None
+                layers = stacks[m.group(1)]
+                number = getattr(layers[int(m.group(2))], "layer_number", None) if layers is not None else None
                 if number is not None:
                     name = f"{m.group(1)}{number - 1}.{name[m.end():]}"
             out.append((name, value))

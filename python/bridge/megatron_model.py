@@ -575,3 +575,74 @@ def build_gpt_model(meg: dict, with_mtp: bool = False, *, parallel: dict | None 
         **r.gpt_kwargs,
         **extra,
     )
+
+
+# A VLM's vision tower, as Megatron-Bridge's VLM models hold it
+# (Qwen25VLModel): the HF module built from the HF config's vision_config, at
+# the attribute under which the mapping passes its tensors through
+# ('visual.**'). vision_model -> (attribute, transformers module, its config
+# class, its model class).
+VISION_TOWERS = {
+    "qwen2_5_vl": ("visual", "transformers.models.qwen2_5_vl.modeling_qwen2_5_vl", "Qwen2_5_VLVisionConfig",
+                   "Qwen2_5_VisionTransformerPretrainedModel"),
+}
+
+
+def build_vision_tower(meg: dict):
+    """(attribute, module): the HF vision tower a VLM config names, in the
+    config's params_dtype, on the CPU. Its weights come from a checkpoint."""
+    import importlib
+
+    name = meg["vision_model"]
+    if name not in VISION_TOWERS:
+        raise Unsupported(f"no vision tower is built for vision_model={name!r}")
+    attr, module, config_class, model_class = VISION_TOWERS[name]
+    mod = importlib.import_module(module)
+    config = getattr(mod, config_class).from_dict(dict(meg["vision_config"]))
+    dtype = torch_dtype(meg.get("params_dtype") or "float32")
+    return attr, getattr(mod, model_class)._from_config(config, dtype=dtype)
+
+
+def _vision_language_model_class():
+    if "VisionLanguageModel" in _STATE:
+        return _STATE["VisionLanguageModel"]
+    from megatron.core.transformer.module import MegatronModule
+
+    class VisionLanguageModel(MegatronModule):
+        """Megatron-Bridge's VLM model shape (Qwen25VLModel): the GPTModel as
+        ``language_model`` and, on the first pipeline stage, the HF vision
+        tower beside it (replicated over TP). Its sharded_state_dict is
+        MegatronModule's: the GPT's under 'language_model.', the tower's
+        tensors whole. Its forward is the language model's, text only: the
+        image tokens' embedding is Megatron-Bridge's model's forward."""
+
+        def __init__(self, language_model, vision_attr: str | None = None, vision=None):
+            super().__init__(config=language_model.config)
+            self.language_model = language_model
+            self.pre_process = language_model.pre_process
+            self.post_process = language_model.post_process
+            if vision is not None:
+                setattr(self, vision_attr, vision)
+
+        def set_input_tensor(self, input_tensor) -> None:
+            self.language_model.set_input_tensor(input_tensor)
+
+        def forward(self, *args, **kwargs):
+            return self.language_model(*args, **kwargs)
+
+    _STATE["VisionLanguageModel"] = VisionLanguageModel
+    return VisionLanguageModel
+
+
+def build_megatron_model(meg: dict, *, parallel: dict | None = None, pre_process: bool = True,
+                         post_process: bool = True, vp_stage: int | None = None):
+    """The model bridge-run's config describes, as Megatron-Bridge's provider
+    builds it: the GPTModel (or a hybrid's MambaModel) of build_gpt_model,
+    and for a VLM (vision_model) that GPTModel as ``language_model`` with the
+    HF vision tower on the first pipeline stage (VisionLanguageModel)."""
+    model = build_gpt_model(meg, parallel=parallel, pre_process=pre_process, post_process=post_process,
+                            vp_stage=vp_stage)
+    if not meg.get("vision_model"):
+        return model
+    attr, vision = build_vision_tower(meg) if pre_process else (None, None)
+    return _vision_language_model_class()(model, attr, vision)

@@ -6,8 +6,10 @@
     model = provider.provide_distributed_model(wrap_with_ddp=False)
 
 The model is built from the mapping's Megatron config by
-bridge.megatron_model (the same builder the test suite's oracle uses) with
-the local layer spec: plain torch modules, no Transformer Engine needed.
+bridge.megatron_model.build_megatron_model (the builders the test suite's
+oracle uses) with the local layer spec: plain torch modules, no Transformer
+Engine needed. A GPTModel, a hybrid's MambaModel, or for a VLM a module with
+the GPTModel as ``language_model`` and the HF vision tower beside it.
 Parallel state is the job's: initialize torch.distributed first; when
 megatron-core's parallel state is not set up yet, finalize() sets it up with
 the sizes given here.
@@ -82,7 +84,7 @@ class ModelProvider:
         chunks = []
         for v in range(vpp):
             stage = dict(ignore_virtual=False, vp_stage=v) if vpp > 1 else {}
-            model = megatron_model.build_gpt_model(
+            model = megatron_model.build_megatron_model(
                 meg, parallel=parallel, pre_process=ps.is_pipeline_first_stage(**stage),
                 post_process=ps.is_pipeline_last_stage(**stage), vp_stage=v if vpp > 1 else None)
             if torch.cuda.is_available():

@@ -6,7 +6,8 @@ found to OUT/rank-<r>.json for the test to assert on:
     dist_checkpointing.load gives (--megatron);
   * without pipeline stages, the logits equal transformers' (fp32), except
     for a hybrid (Mamba) model, whose forward megatron-core cannot run here
-    (logits_skipped says why);
+    (logits_skipped says why); a VLM's vision tower gives the HF one's output
+    on an image (vision_max_diff);
   * export_hf_weights gives every tensor of `bridge-run export`'s output
     (--exported) bit for bit, and nothing else;
   * save_hf_pretrained writes --save (the test loads it with transformers);
@@ -117,21 +118,37 @@ def run(a, result: dict) -> None:
     elif ps.get_pipeline_model_parallel_world_size() == 1:
         import transformers
 
+        vlm = bool(bridge.megatron_config().get("vision_model"))
+        auto = transformers.AutoModelForImageTextToText if vlm else transformers.AutoModelForCausalLM
         dev = torch.device("cuda", torch.cuda.current_device()) if a.device == "cuda" else torch.device("cpu")
-        hf = transformers.AutoModelForCausalLM.from_pretrained(a.hf, dtype=torch.float32).eval().to(dev)
+        hf = auto.from_pretrained(a.hf, dtype=torch.float32).eval().to(dev)
+        vocab = hf.config.get_text_config().vocab_size
         seq = 16
         torch.manual_seed(0)
-        tokens = torch.randint(0, hf.config.vocab_size, (2, seq)).to(dev)
+        tokens = torch.randint(0, vocab, (2, seq)).to(dev)
         positions = torch.arange(seq, device=dev).unsqueeze(0).expand(2, -1)
+        if vlm:
+            # Text alone: the time, height and width positions (mrope) are all the token's.
+            positions = positions.unsqueeze(0).expand(3, -1, -1)
         mask = torch.triu(torch.ones(seq, seq, dtype=torch.bool, device=dev), 1)[None, None]
         with torch.no_grad():
             ours = model[0].eval()(tokens, positions, mask).float()
             group = ps.get_tensor_model_parallel_group()
             parts = [torch.empty_like(ours) for _ in range(ps.get_tensor_model_parallel_world_size())]
             dist.all_gather(parts, ours.contiguous(), group=group)
-            ours = torch.cat(parts, -1)[..., : hf.config.vocab_size]
+            ours = torch.cat(parts, -1)[..., :vocab]
             ref = hf(tokens).logits.float()
         result["logits_max_diff"] = (ours - ref).abs().max().item()
+        if vlm:
+            # The vision tower (replicated on every TP rank) on one image of
+            # 4x4 patches, against the HF model's.
+            cfg = hf.config.vision_config
+            grid = torch.tensor([[1, 4, 4]], device=dev)
+            pixels = torch.randn(16, cfg.in_channels * cfg.temporal_patch_size * cfg.patch_size ** 2, device=dev)
+            with torch.no_grad():
+                ours = model[0].visual(pixels, grid_thw=grid).pooler_output
+                ref = hf.model.visual(pixels, grid_thw=grid).pooler_output
+            result["vision_max_diff"] = (ours - ref).abs().max().item()
 
     if a.exported:
         from safetensors.torch import load_file
