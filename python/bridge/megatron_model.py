@@ -248,12 +248,15 @@ class RoutedConfig:
     dropped: dict[str, str] = field(default_factory=dict)  # key -> why
 
 
-def route_megatron_config(meg: dict, *, megatron_compatible: bool = True) -> RoutedConfig:
+def route_megatron_config(meg: dict, *, megatron_compatible: bool = True,
+                          transformer_engine: bool = False) -> RoutedConfig:
     """Route bridge-run's "megatron" object onto Megatron-Core's constructors.
 
     megatron_compatible=True applies the translations that megatron-core needs
     but bridge-run's output does not yet satisfy (each one is also asserted by
-    its own xfail test, see test_megatron_model.py)."""
+    its own xfail test, see test_megatron_model.py). ``transformer_engine``:
+    the model gets the Transformer Engine layer spec (which_layer_spec), whose
+    grouped experts need no grouped_gemm package."""
     mods = import_megatron_classes()
     tc_fields = config_field_names(mods["TransformerConfig"])
     mla_fields = config_field_names(mods["MLATransformerConfig"])
@@ -297,16 +300,18 @@ def route_megatron_config(meg: dict, *, megatron_compatible: bool = True) -> Rou
         raise KeyError(
             f"bridge-run megatron keys with no place in megatron-core {sorted(unknown)}"
         )
-    if r.tc_kwargs.get("moe_grouped_gemm"):
+    if r.tc_kwargs.get("moe_grouped_gemm") and not transformer_engine:
         # Without Transformer Engine the grouped experts are the legacy
         # GroupedMLP, which needs the grouped_gemm CUDA package; SequentialMLP
         # has the same checkpoint keys (format spec 3.3), so build that.
         r.tc_kwargs["moe_grouped_gemm"] = False
         r.dropped["moe_grouped_gemm"] = "SequentialMLP on CPU (same torch_dist keys)"
-    # Local spec arguments (what Megatron-Bridge's local_layer_spec passes).
+    # Layer spec arguments (what Megatron-Bridge's local_layer_spec passes;
+    # the TE spec takes the same but normalization, which TE reads from the
+    # config).
     r.spec_kwargs = dict(
         num_experts=meg.get("num_moe_experts"),
-        moe_grouped_gemm=False,
+        moe_grouped_gemm=bool(r.tc_kwargs.get("moe_grouped_gemm", False)),
         qk_layernorm=bool(meg.get("qk_layernorm", False)),
         multi_latent_attention=is_mla,
         normalization=meg.get("normalization"),
@@ -533,31 +538,64 @@ def build_mamba_model(meg: dict, *, parallel: dict | None = None, pre_process: b
                       pre_process=pre_process, post_process=post_process, **kwargs)
 
 
+TE_UNAVAILABLE = "use_transformer_engine=True, but transformer_engine does not import here"
+
+
+def which_layer_spec(use_transformer_engine: bool | None = None) -> str:
+    """The one choice of layer spec for the GPT builders: "transformer_engine"
+    (megatron-core's get_gpt_layer_with_transformer_engine_spec, or
+    get_gpt_decoder_block_spec(use_transformer_engine=True) for MoE) or
+    "local" (plain torch modules). None: Transformer Engine's when
+    transformer_engine imports, the local one otherwise; False: local; True:
+    Transformer Engine's, or MegatronUnavailable without it. (No machine of
+    this project's test suite has Transformer Engine: the "transformer_engine"
+    branch is not exercised by the tests.)"""
+    if use_transformer_engine is False:
+        return "local"
+    try:
+        import transformer_engine  # noqa: F401
+    except Exception as e:  # noqa: BLE001 - not installed, or its CUDA libraries missing
+        if use_transformer_engine:
+            raise MegatronUnavailable(f"{TE_UNAVAILABLE} ({type(e).__name__}: {e})") from e
+        return "local"
+    return "transformer_engine"
+
+
 def build_gpt_model(meg: dict, with_mtp: bool = False, *, parallel: dict | None = None, pre_process: bool = True,
-                    post_process: bool = True, vp_stage: int | None = None):
-    """The GPTModel (local layer spec, CPU) that bridge-run's config describes;
-    with ``with_mtp``, also its multi-token-prediction block (mtp_num_layers).
-    A hybrid config (hybrid_override_pattern) gives its MambaModel.
+                    post_process: bool = True, vp_stage: int | None = None,
+                    use_transformer_engine: bool | None = False):
+    """The GPTModel (CPU) that bridge-run's config describes, with the layer
+    spec which_layer_spec(use_transformer_engine) picks (the local one by
+    default, which the test suite's oracle compares); with ``with_mtp``, also
+    its multi-token-prediction block (mtp_num_layers).
+    A hybrid config (hybrid_override_pattern) gives its MambaModel, always
+    with mamba_local_spec.
     ``parallel``: ModelParallelConfig sizes (tensor_model_parallel_size, ...)
     for a model of the job's parallel state; ``pre_process``,
     ``post_process`` and ``vp_stage`` place a pipeline stage's chunk."""
     if meg.get("hybrid_override_pattern"):
         return build_mamba_model(meg, parallel=parallel, pre_process=pre_process, post_process=post_process,
                                  vp_stage=vp_stage)
-    if meg.get("multi_latent_attention"):
+    te = which_layer_spec(use_transformer_engine) == "transformer_engine"
+    if meg.get("multi_latent_attention") and not te:
         raise Unsupported(MLA_UNSUPPORTED)
     if meg.get("post_layernorm"):
         raise Unsupported(GEMMA_UNSUPPORTED)
     mods = setup_cpu()
-    r = route_megatron_config(meg)
+    r = route_megatron_config(meg, transformer_engine=te)
     _set_parallel(r, parallel)
     cfg = make_transformer_config(r)
     stage = {} if vp_stage is None else {"vp_stage": vp_stage}
     if r.spec_kwargs["num_experts"]:
         # MoE (possibly mixed dense/MoE layers through moe_layer_freq).
         spec = mods["get_gpt_decoder_block_spec"](
-            cfg, use_transformer_engine=False, normalization=r.spec_kwargs["normalization"], **stage
+            cfg, use_transformer_engine=te, normalization=r.spec_kwargs["normalization"], **stage
         )
+    elif te:
+        from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
+
+        spec = get_gpt_layer_with_transformer_engine_spec(
+            **{k: v for k, v in r.spec_kwargs.items() if k != "normalization"})
     else:
         spec = mods["get_gpt_layer_local_spec"](**r.spec_kwargs)
     spec = _apply_layer_choices(spec, r.layer_choices)
@@ -566,7 +604,7 @@ def build_gpt_model(meg: dict, with_mtp: bool = False, *, parallel: dict | None 
         from megatron.core.models.gpt.gpt_layer_specs import get_gpt_mtp_block_spec
 
         cfg.mtp_num_layers = meg["mtp_num_layers"]
-        extra["mtp_block_spec"] = get_gpt_mtp_block_spec(cfg, spec, use_transformer_engine=False, **stage)
+        extra["mtp_block_spec"] = get_gpt_mtp_block_spec(cfg, spec, use_transformer_engine=te, **stage)
     return mods["GPTModel"](
         config=cfg,
         transformer_layer_spec=spec,
@@ -635,13 +673,15 @@ def _vision_language_model_class():
 
 
 def build_megatron_model(meg: dict, *, parallel: dict | None = None, pre_process: bool = True,
-                         post_process: bool = True, vp_stage: int | None = None):
+                         post_process: bool = True, vp_stage: int | None = None,
+                         use_transformer_engine: bool | None = None):
     """The model bridge-run's config describes, as Megatron-Bridge's provider
     builds it: the GPTModel (or a hybrid's MambaModel) of build_gpt_model,
     and for a VLM (vision_model) that GPTModel as ``language_model`` with the
-    HF vision tower on the first pipeline stage (VisionLanguageModel)."""
+    HF vision tower on the first pipeline stage (VisionLanguageModel). The
+    layer spec: which_layer_spec(use_transformer_engine)."""
     model = build_gpt_model(meg, parallel=parallel, pre_process=pre_process, post_process=post_process,
-                            vp_stage=vp_stage)
+                            vp_stage=vp_stage, use_transformer_engine=use_transformer_engine)
     if not meg.get("vision_model"):
         return model
     attr, vision = build_vision_tower(meg) if pre_process else (None, None)

@@ -7,8 +7,9 @@
 
 The model is built from the mapping's Megatron config by
 bridge.megatron_model.build_megatron_model (the builders the test suite's
-oracle uses) with the local layer spec: plain torch modules, no Transformer
-Engine needed. A GPTModel, a hybrid's MambaModel, or for a VLM a module with
+oracle uses) with Transformer Engine's layer spec when transformer_engine
+imports and the local one (plain torch modules) otherwise; set
+use_transformer_engine=False to force the local one. A GPTModel, a hybrid's MambaModel, or for a VLM a module with
 the GPTModel as ``language_model`` and the HF vision tower beside it.
 Parallel state is the job's: initialize torch.distributed first; when
 megatron-core's parallel state is not set up yet, finalize() sets it up with
@@ -36,6 +37,10 @@ class ModelProvider:
     #: Megatron config fields set over the mapping's (e.g. a test's CPU
     #: workaround); each must be a field the config has.
     config_overrides: dict | None = None
+    #: The layer spec (megatron_model.which_layer_spec): None, Transformer
+    #: Engine's when transformer_engine imports and the local one otherwise;
+    #: False, the local one; True, Transformer Engine's (an error without it).
+    use_transformer_engine: bool | None = None
     _finalized: bool = False
 
     def finalize(self) -> None:
@@ -86,7 +91,8 @@ class ModelProvider:
             stage = dict(ignore_virtual=False, vp_stage=v) if vpp > 1 else {}
             model = megatron_model.build_megatron_model(
                 meg, parallel=parallel, pre_process=ps.is_pipeline_first_stage(**stage),
-                post_process=ps.is_pipeline_last_stage(**stage), vp_stage=v if vpp > 1 else None)
+                post_process=ps.is_pipeline_last_stage(**stage), vp_stage=v if vpp > 1 else None,
+                use_transformer_engine=self.use_transformer_engine)
             if torch.cuda.is_available():
                 model = model.cuda(torch.cuda.current_device())
             chunks.append(model)

@@ -290,6 +290,23 @@ def test_a_wrong_path_is_a_clear_error(tmp_path):
     assert "nowhere" in r.stdout and "config.json" in r.stdout, r.stdout
 
 
+def test_the_layer_spec_is_one_choice():
+    """The provider's layer spec: Transformer Engine's when it imports, the
+    local one otherwise or when forced; TE asked for without TE is an error.
+    (Transformer Engine is installed on no machine of this suite.)"""
+    import importlib.util
+
+    import megatron_oracle
+
+    assert megatron_oracle.which_layer_spec(False) == "local"
+    if importlib.util.find_spec("transformer_engine") is not None:
+        assert megatron_oracle.which_layer_spec(None) == megatron_oracle.which_layer_spec(True)
+        return
+    assert megatron_oracle.which_layer_spec(None) == "local"
+    with pytest.raises(megatron_oracle.MegatronUnavailable, match="transformer_engine does not import"):
+        megatron_oracle.which_layer_spec(True)
+
+
 def test_supports_and_families():
     env = _env(CUDA_VISIBLE_DEVICES="")
     code = ("from bridge import AutoBridge\n"
