@@ -227,8 +227,11 @@ def run_megatron_bridge(hf: Path, a) -> None:
     provider = bridge.to_megatron_provider(load_weights=False)
     provider.transformer_layer_spec = local_layer_spec
     if importlib.util.find_spec("transformer_engine") is None:
+        # Its bridges turn on kernels that need Transformer Engine (Qwen3-MoE:
+        # grouped GEMM and fused permutation); without them its experts are
+        # the local spec's SequentialMLP, as ours are.
         for f in ("apply_rope_fusion", "bias_activation_fusion", "masked_softmax_fusion", "persist_layer_norm",
-                  "bias_dropout_fusion", "gradient_accumulation_fusion"):
+                  "bias_dropout_fusion", "gradient_accumulation_fusion", "moe_grouped_gemm", "moe_permute_fusion"):
             if getattr(provider, f, False):
                 setattr(provider, f, False)
     provider.params_dtype = torch.bfloat16

@@ -380,26 +380,61 @@ void LiveModel::load(uint64_t MemoryBudget) {
   // blocks) overlap each other and the copies to the device.
   const bool Cuda = !Mine.empty() && Mine.front().Param.is_cuda();
   BytesRead = 0;
-  std::vector<std::pair<size_t, at::Tensor>> Work;
+  // A chain that only renames (and picks an expert) is a view of the
+  // mapped file: its slice is all that is read and copied.
+  auto RenamesOnly = [&](const PlannedTensor &PT) {
+    for (Op Kind : appliedOps(PT))
+      if (Kind != Op::SelectExpert && Kind != Op::Identity)
+        return false;
+    return true;
+  };
+  // One item of work: a parameter, or a block of rows of a renamed one. A
+  // large renamed tensor (an embedding, the output layer) is cut into
+  // blocks of rows that the threads share, and the rest is taken largest
+  // first, so no thread is left copying one big tensor alone at the end.
+  struct Item {
+    size_t Planned;
+    at::Tensor Param;
+    bool Renames;
+    int64_t Begin = 0, Rows = -1; // a block of dim 0; Rows -1: all of it
+    uint64_t Bytes;               // its temporaries: sources and result, two bytes each
+  };
+  constexpr uint64_t kBlockBytes = uint64_t(64) << 20;
+  std::vector<Item> Work;
+  auto Add = [&](size_t Planned, const at::Tensor &Param) {
+    const PlannedTensor &PT = C.P.Tensors[Planned];
+    const bool Renames = RenamesOnly(PT);
+    const uint64_t Bytes = static_cast<uint64_t>(Param.nbytes());
+    if (!Cuda || !Renames || Param.dim() == 0 || Bytes <= 2 * kBlockBytes) {
+      Work.push_back({Planned, Param, Renames, 0, -1, static_cast<uint64_t>(elementsOf(PT.Shape)) * 4});
+      return;
+    }
+    const int64_t RowBytes = std::max<int64_t>(1, static_cast<int64_t>(Bytes) / Param.size(0));
+    const int64_t Step = std::max<int64_t>(1, static_cast<int64_t>(kBlockBytes) / RowBytes);
+    for (int64_t B = 0; B < Param.size(0); B += Step) {
+      const int64_t N = std::min(Step, Param.size(0) - B);
+      Work.push_back({Planned, Param, true, B, N, static_cast<uint64_t>(N * RowBytes)});
+    }
+  };
   for (Held &H : Mine)
-    Work.emplace_back(H.Planned, H.Param);
+    Add(H.Planned, H.Param);
   if (TiedCopy.defined())
-    Work.emplace_back(*TiedFrom, TiedCopy);
+    Add(*TiedFrom, TiedCopy);
+  if (Cuda)
+    std::stable_sort(Work.begin(), Work.end(), [](const Item &A, const Item &B) { return A.Bytes > B.Bytes; });
 
   auto Staged = [&](const at::Tensor &X, const at::Device &Dev) {
     at::Tensor Pinned = at::empty(X.sizes(), X.options().pinned_memory(true));
     Pinned.copy_(X); // the read, on this thread
     return Pinned.to(Dev, /*non_blocking=*/true);
   };
-  auto Fill = [&](size_t Planned, at::Tensor &Param) {
-    const PlannedTensor &PT = C.P.Tensors[Planned];
+  auto Fill = [&](const Item &W) {
+    const PlannedTensor &PT = C.P.Tensors[W.Planned];
+    const bool Renames = W.Renames;
+    at::Tensor Param = W.Rows < 0 ? W.Param : W.Param.narrow(0, W.Begin, W.Rows);
     const at::Device Dev = Param.device();
-    // A chain that only renames (and picks an expert) is a view of the
-    // mapped file: its slice is all that is read and copied. Others run on
-    // the parameter's device from their whole sources.
-    bool Renames = true;
-    for (Op Kind : appliedOps(PT))
-      Renames &= Kind == Op::SelectExpert || Kind == Op::Identity;
+    // Chains other than renames run on the parameter's device from their
+    // whole sources (or, moving rows only, from the rows the rank keeps).
     auto Leaf = [&](const std::string &Name, int64_t Slice) {
       at::Tensor X = Model->hfTensor(Name, Slice);
       if (X.defined() && !Renames) // a rename's slice is counted when copied
@@ -413,6 +448,8 @@ void LiveModel::load(uint64_t MemoryBudget) {
       at::Tensor Global = runChain(PT, C.Fields, C.S, Leaf, Dev.is_cuda() ? &Dev : nullptr);
       Local = Cuts->cutFor(PT, Global, tpRankOf(PT));
     }
+    if (W.Rows >= 0)
+      Local = Local.narrow(0, W.Begin, W.Rows);
     if (Renames)
       BytesRead += Local.nbytes();
     if (Local.scalar_type() != Param.scalar_type())
@@ -432,18 +469,14 @@ void LiveModel::load(uint64_t MemoryBudget) {
   std::mutex BudgetLock;
   std::condition_variable BudgetFreed;
   uint64_t InFlight = 0;
-  auto Bytes = [&](size_t Planned) {
-    const PlannedTensor &PT = C.P.Tensors[Planned];
-    return static_cast<uint64_t>(elementsOf(PT.Shape)) * 4; // sources and result, two bytes each
-  };
   auto Run = [&] {
     c10::AutoGradMode NoGrad(false); // parameters are written in place
     std::optional<exec::ThreadStream> Stream;
     if (Cuda)
-      Stream.emplace(static_cast<int>(c10::DeviceType::CUDA), Work.front().second.device().index());
+      Stream.emplace(static_cast<int>(c10::DeviceType::CUDA), Work.front().Param.device().index());
     try {
       for (size_t I; (I = Next++) < Work.size();) {
-        uint64_t Need = Bytes(Work[I].first);
+        uint64_t Need = Work[I].Bytes;
         {
           std::unique_lock<std::mutex> Lock(BudgetLock);
           BudgetFreed.wait(Lock, [&] { return InFlight == 0 || InFlight + Need <= MemoryBudget; });
@@ -457,7 +490,7 @@ void LiveModel::load(uint64_t MemoryBudget) {
           BudgetFreed.notify_all();
         };
         try {
-          Fill(Work[I].first, Work[I].second);
+          Fill(Work[I]);
         } catch (...) {
           Release();
           throw;
