@@ -9,6 +9,7 @@ own process groups, bucket by bucket.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -123,6 +124,7 @@ class AutoBridge:
     def __init__(self, hf):
         self._hf = hf
         self.last_load: dict[str, Any] = {}
+        self._live_cache: tuple | None = None  # (fingerprint, live model, groups): see _live_model
 
     # -- the checkpoint and its model ------------------------------------------------------
 
@@ -177,6 +179,22 @@ class AutoBridge:
     # -- the live model ---------------------------------------------------------------------
 
     def _live_model(self, model, hf_path=None):
+        # An RL loop exports the same model every step: the live model (its
+        # parameters named and checked against the mapping) is kept while the
+        # model holds the same parameter and buffer objects with the same
+        # storage, which is cheaper to check than to name and check them again.
+        chunks = _chunks(model)
+        fingerprint = (None if hf_path is None else str(hf_path),
+                       tuple((id(t), t.data_ptr()) for chunk in chunks
+                             for t in itertools.chain(chunk.parameters(), chunk.buffers())))
+        cached = self._live_cache
+        if cached is not None and cached[0] == fingerprint:
+            return cached[1], cached[2]
+        live, groups = self._new_live_model(model, hf_path)
+        self._live_cache = (fingerprint, live, groups)
+        return live, groups
+
+    def _new_live_model(self, model, hf_path=None):
         sizes, ranks, groups = _parallel_state()
         tensors = _local_tensors(model)
         names = [n for n, _ in tensors]
@@ -211,7 +229,7 @@ class AutoBridge:
         parameters do not match the mapping is refused before any is written.
         On a GPU, several threads fill parameters at once, with at most
         `memory_budget` bytes of temporaries in flight beyond one tensor."""
-        live, _ = self._live_model(model, hf_path)
+        live, _ = self._new_live_model(model, hf_path)  # once per model: not kept
         start = time.perf_counter()
         try:
             live.load(int(memory_budget))
@@ -230,7 +248,10 @@ class AutoBridge:
         bounds the bytes one bucket gathers; `receivers` is "all", "dp0"
         (the ranks of data-parallel replica 0) or one global rank: the others
         take part in the collectives and yield nothing. Tensors may share
-        memory with the parameters: copy what you keep past the next step."""
+        memory with the parameters: copy what you keep past the next step.
+        The model's naming and checks are kept for the next call while it
+        holds the same parameters (an RL loop's every step); the bridge then
+        holds references to them until it exports another model."""
         live, groups = self._live_model(model)
         receive = self._receives(receivers)
         stream = live.export(groups["tp"], groups["pp"], groups["ep"], groups["etp"], int(bucket_size),

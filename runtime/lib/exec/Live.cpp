@@ -255,7 +255,7 @@ std::vector<std::string> LiveModel::viewParts(std::vector<std::string> &WrongSha
              Rows[0] + Want[0] <= Param.size(0);
       if (Fits)
         Views.emplace_back(Name, Param.narrow(0, Rows[0], Want[0]));
-      if (Want.size() == Rows.size()) {
+      if (!Want.empty() && Want.size() == Rows.size()) {
         Rows[0] += Want[0];
         std::copy(Want.begin() + 1, Want.end(), Rows.begin() + 1);
       }
