@@ -521,10 +521,8 @@ std::unique_ptr<ExportStream> LiveModel::exportHF(Group *TP, Group *PP, Group *E
 // -- export ----------------------------------------------------------------------------
 
 ExportStream::ExportStream(LiveModel &Model, Group *TPG, Group *PPG, Group *EPG, Group *ETPG, ExportOptions Opts)
-    : M(Model), TP(TPG), PP(PPG), EP(EPG), ETP(ETPG), O(Opts),
-      // Export writes a dequantized weight in the dtype its chain gives.
-      HF(M.Model->conversion(), [](const std::string &) { return DType::BF16; }, M.Model->sidecar(),
-         M.Model->dir(), NotExported) {
+    : M(Model), TP(TPG), PP(PPG), EP(EPG), ETP(ETPG), O(Opts), Slots(Model.exportSlots()),
+      HF(Model.exportAssembler()) {
   auto Check = [](Group *G, int Want, const char *What) {
     if (Want > 1 && (!G || G->size() != Want))
       throw Error(std::string("error: the live export needs the model's ") + What + " group of size " +
@@ -534,28 +532,48 @@ ExportStream::ExportStream(LiveModel &Model, Group *TPG, Group *PPG, Group *EPG,
   Check(PP, M.L.PP, "pipeline-parallel");
   Check(EP, M.L.EP, "expert-parallel");
   Check(ETP, M.L.ETP, "expert-tensor-parallel");
-  const Conversion &C = M.Model->conversion();
+}
+
+const HFAssembler &LiveModel::exportAssembler() {
+  if (!Assembler) {
+    std::vector<std::string> NotExported; // the source tensors the mapping ignores: not streamed
+    // Export writes a dequantized weight in the dtype its chain gives.
+    Assembler.emplace(Model->conversion(), [](const std::string &) { return DType::BF16; }, Model->sidecar(),
+                      Model->dir(), NotExported);
+  }
+  return *Assembler;
+}
+
+const std::vector<LiveModel::ExportSlot> &LiveModel::exportSlots() {
+  if (Slots)
+    return *Slots;
+  const Conversion &C = Model->conversion();
+  std::vector<ExportSlot> Out;
   std::map<std::string, size_t> SlotOf;
   for (size_t I = 0; I < C.P.Tensors.size(); ++I) {
     const PlannedTensor &PT = C.P.Tensors[I];
-    std::string Name = M.liveName(PT);
+    std::string Name = liveName(PT);
     int Stage;
     at::ScalarType Type;
-    if (auto It = M.ByName.find(Name); It != M.ByName.end()) {
-      Stage = M.At.PP;
+    at::Tensor Local;
+    if (auto It = ByName.find(Name); It != ByName.end()) {
+      Stage = At.PP;
       Type = It->second.scalar_type();
+      Local = It->second;
     } else {
-      const Remote &R = M.Elsewhere.at(Name); // the constructor checked it is there
+      const Remote &R = Elsewhere.at(Name); // the constructor checked it is there
       Stage = R.Stage;
       Type = R.Type;
     }
-    auto [It, New] = SlotOf.emplace(Name, Slots.size());
+    auto [It, New] = SlotOf.emplace(Name, Out.size());
     if (New)
-      Slots.push_back({{}, Stage, placementOf(PT, M.L, C.S, C.Fields).ExpertRank >= 0, Type, 0});
-    Slot &S = Slots[It->second];
+      Out.push_back({{}, Stage, placementOf(PT, L, C.S, C.Fields).ExpertRank >= 0, Type, 0, Local});
+    ExportSlot &S = Out[It->second];
     S.Members.push_back(I); // experts come in expert order: by EP rank
     S.Bytes += static_cast<uint64_t>(elementsOf(PT.Shape)) * c10::elementSize(Type);
   }
+  Slots = std::move(Out);
+  return *Slots;
 }
 
 std::optional<std::vector<std::pair<std::string, at::Tensor>>> ExportStream::next() {
@@ -589,7 +607,7 @@ std::optional<std::vector<std::pair<std::string, at::Tensor>>> ExportStream::nex
           continue;
         size_t Mem = Sl.Members[Sl.Expert ? static_cast<size_t>(M.At.EP) : 0];
         const PlannedTensor &PT = C.P.Tensors[Mem];
-        const at::Tensor &Local = M.ByName.at(M.liveName(PT));
+        const at::Tensor &Local = Sl.Local;
         if (G && G->size() > 1 && M.Cuts->splits(PT)) {
           Split.push_back(Mem);
           Locals.push_back(Local);

@@ -121,6 +121,22 @@ public:
 
 private:
   friend class ExportStream;
+  /// Planned tensors sharing one live name: one (dense) or one per EP rank
+  /// (an expert's local index), all on one stage.
+  struct ExportSlot {
+    std::vector<size_t> Members; ///< planned tensors, by EP rank
+    int Stage;
+    bool Expert;
+    at::ScalarType Type;
+    uint64_t Bytes;  ///< global bytes of all members
+    at::Tensor Local; ///< this rank's slice of its member (undefined on other stages)
+  };
+  /// The export's slots in plan order: worked out on the first export and
+  /// kept (an RL loop exports every step).
+  const std::vector<ExportSlot> &exportSlots();
+  /// What every export assembles HF tensors with, before its first piece:
+  /// built once (the sidecar's tensor table) and copied per export.
+  const HFAssembler &exportAssembler();
   /// A planned tensor this rank holds (its slice in Param).
   struct Held {
     size_t Planned;
@@ -156,6 +172,8 @@ private:
   at::Tensor TiedCopy;                    ///< output_layer.weight, a copy of the embedding
   std::optional<size_t> TiedFrom;         ///< the embedding's planned tensor
   mutable std::atomic<uint64_t> BytesRead{0};
+  std::optional<std::vector<ExportSlot>> Slots;
+  std::optional<HFAssembler> Assembler;
 };
 
 /// Export, one bucket at a time: the planned tensors of one pipeline stage,
@@ -180,21 +198,12 @@ public:
   void drain();
 
 private:
-  /// Planned tensors sharing one live name: one (dense) or one per EP rank
-  /// (an expert's local index), all on one stage.
-  struct Slot {
-    std::vector<size_t> Members; ///< planned tensors, by EP rank
-    int Stage;
-    bool Expert;
-    at::ScalarType Type;
-    uint64_t Bytes; ///< global bytes of all members
-  };
+  using Slot = LiveModel::ExportSlot;
   LiveModel &M;
   Group *TP, *PP, *EP, *ETP;
   ExportOptions O;
-  std::vector<Slot> Slots;
+  const std::vector<Slot> &Slots;
   size_t Next = 0;
-  std::vector<std::string> NotExported;
   HFAssembler HF;
   uint64_t PeakBytes = 0;
 };

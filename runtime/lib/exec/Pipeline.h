@@ -227,7 +227,10 @@ private:
                const std::string &Where, const Emit &Out);
 
   std::string SidePath;
-  Json HFTensors;
+  /// The sidecar's hf_tensors, looked up several times per tensor: a tree
+  /// (the ordered Json the sidecar is read as looks up linearly, quadratic
+  /// over an export of thousands of tensors).
+  nlohmann::json HFTensors;
   std::map<std::string, int64_t> StackedCount;
   std::set<std::string> OwnDtype;
   std::map<std::string, DType> OwnType; ///< a dequantized weight's dtype: its Megatron key's

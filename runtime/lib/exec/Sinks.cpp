@@ -359,9 +359,7 @@ Json exportedHFConfig(const Conversion &C) {
 HFAssembler::HFAssembler(const Conversion &C, const std::function<DType(const std::string &)> &KeyType,
                          const Json &Side, std::string SidePath, std::vector<std::string> &NotExported)
     : SidePath(std::move(SidePath)) {
-  // Looked up once per tensor and source: a map (ordered_json looks up
-  // linearly, quadratic over DeepSeek-V3's 90,000 tensors).
-  HFTensors = Side.at("hf_tensors");
+  HFTensors = nlohmann::json(Side.at("hf_tensors"));
   // A tensor imported from another of its rule's source layouts (a
   // quantized release) is written in the first layout: its tensors replace
   // those read, in the same file, with the shape and dtype the inverse
