@@ -6,7 +6,8 @@
 #   bench/live.sh BUILD_DIR MODEL...      (MODEL: llama3.1-8b | qwen3-30b-a3b-12l | qwen3-30b-a3b)
 # Wheels (carried as .whl/, see the device README): megatron-core 0.16.1,
 # mbridge 0.15.1, einops into /tmp/site; Megatron-Bridge's set
-# (../shared/peers/WHEELS.sha256) in .whl-mb/ into /tmp/site-mb; a copy of
+# (../shared/peers/WHEELS.sha256, plus einops and huggingface_hub 1.x, which
+# transformers 5.12.1 needs beside a newer hub) in .whl-mb/ into /tmp/site-mb; a copy of
 # ../shared/peers in .peers/. A peer whose site is missing is skipped.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
