@@ -115,6 +115,7 @@ PYBIND11_MODULE(_C, m) {
         M.load(MemoryBudget);
       }, py::arg("memory_budget") = uint64_t(256) << 20)
       .def("names", &live::LiveModel::names)
+      .def("unchanged", &live::LiveModel::unchanged)
       .def_property_readonly("bytes_read", &live::LiveModel::bytesRead)
       .def("export", [](live::LiveModel &M, std::optional<PG> TP, std::optional<PG> PP, std::optional<PG> EP,
                         std::optional<PG> ETP, uint64_t BucketBytes, bool ToCPU, bool Receive) {

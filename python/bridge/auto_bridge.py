@@ -9,7 +9,6 @@ own process groups, bucket by bucket.
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import re
@@ -80,6 +79,26 @@ def _local_tensors(model) -> list[tuple[str, Any]]:
                     name = f"{m.group(1)}{number - 1}.{name[m.end():]}"
             out.append((name, value))
     return out
+
+
+# How many parameters, buffers and submodules any module of this process has
+# registered (assigned) since the bridge started watching: a kept live model
+# is stale once its model may hold another object than it named.
+_REGISTRATIONS = [0]
+_WATCHING: list[Any] = []
+
+
+def _watch_registrations() -> None:
+    if _WATCHING:
+        return
+    from torch.nn.modules import module
+
+    def bump(*_: Any) -> None:
+        _REGISTRATIONS[0] += 1
+
+    _WATCHING.extend([module.register_module_parameter_registration_hook(bump),
+                      module.register_module_buffer_registration_hook(bump),
+                      module.register_module_module_registration_hook(bump)])
 
 
 def _local_spec(names: list[str]) -> bool:
@@ -181,14 +200,15 @@ class AutoBridge:
     def _live_model(self, model, hf_path=None):
         # An RL loop exports the same model every step: the live model (its
         # parameters named and checked against the mapping) is kept while the
-        # model holds the same parameter and buffer objects with the same
-        # storage, which is cheaper to check than to name and check them again.
+        # model holds the same parameter, buffer and submodule objects (no
+        # module of the process registered a new one since: a counter the
+        # registration hooks bump) and each has the storage, shape and dtype
+        # it had (checked in C++), which is cheaper than walking the modules.
+        _watch_registrations()
         chunks = _chunks(model)
-        fingerprint = (None if hf_path is None else str(hf_path),
-                       tuple((id(t), t.data_ptr()) for chunk in chunks
-                             for t in itertools.chain(chunk.parameters(), chunk.buffers())))
+        fingerprint = (None if hf_path is None else str(hf_path), tuple(id(c) for c in chunks), _REGISTRATIONS[0])
         cached = self._live_cache
-        if cached is not None and cached[0] == fingerprint:
+        if cached is not None and cached[0] == fingerprint and cached[1].unchanged():
             return cached[1], cached[2]
         live, groups = self._new_live_model(model, hf_path)
         self._live_cache = (fingerprint, live, groups)

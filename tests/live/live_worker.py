@@ -175,6 +175,31 @@ def run(a, result: dict) -> None:
     if a.save:
         bridge.save_hf_pretrained(model, a.save)
 
+    if a.exported:
+        # An RL loop's next step: the weights change in place and the same
+        # model is exported again (from the live model kept by the first
+        # export): the stream must carry the new values. Last, as it zeroes
+        # the model.
+        from bridge.auto_bridge import _local_tensors
+
+        with torch.no_grad():
+            for _, t in _local_tensors(model):
+                t.zero_()
+        again = {n: t for n, t in bridge.export_hf_weights(model, cpu=True, bucket_size=a.bucket,
+                                                             receivers=receivers)}
+        result["export_again_count"] = len(again)
+        result["export_again_nonzero"] = sorted(n for n, t in again.items() if t.count_nonzero().item())
+        # Parameters given new storage (`param.data = ...`, as some wrappers
+        # do): the kept live model no longer serves; the stream has the new
+        # values, none of the old zeros.
+        with torch.no_grad():
+            for _, t in _local_tensors(model):
+                t.data = torch.ones_like(t)
+        swapped = {n: t for n, t in bridge.export_hf_weights(model, cpu=True, bucket_size=a.bucket,
+                                                               receivers=receivers)}
+        result["export_swapped_count"] = len(swapped)
+        result["export_swapped_zero"] = sorted(n for n, t in swapped.items() if t.count_nonzero().item() == 0)
+
 
 if __name__ == "__main__":
     main()

@@ -217,6 +217,13 @@ def test_load_and_export_match_the_real_things(bridge_run, bridge_device, prepar
         assert rep["export_missing"] == [] and rep["export_extra"] == [] and rep["export_unequal"] == [], rep
         assert "export_twice" not in rep, rep
         assert rep["export_devices"] == ["cpu"], rep  # cpu=True
+        # Exported again after the weights changed in place (zeroed): the
+        # kept live model streams the new values.
+        assert rep["export_again_count"] == rep["export_count"], rep
+        assert rep["export_again_nonzero"] == [], rep
+        # ... and after they were given new storage (ones), the new values.
+        assert rep["export_swapped_count"] == rep["export_count"], rep
+        assert rep["export_swapped_zero"] == [], rep
     if family in HYBRID:
         from megatron_oracle import MAMBA_FORWARD_UNAVAILABLE
 

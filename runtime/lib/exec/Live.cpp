@@ -133,9 +133,12 @@ LiveModel::LiveModel(std::shared_ptr<const HFModel> M, const Layout &Par, Coordi
   if (L.ETP != 1 && L.ETP != L.TP)
     throw Error("error: the live bridge cuts experts whole (ETP 1) or like the dense layers (ETP = TP = " +
                 std::to_string(L.TP) + "), not ETP " + std::to_string(L.ETP));
-  for (auto &[Name, T] : Params)
+  auto DataOf = [](const at::Tensor &T) -> const void * { return T.has_storage() ? T.data_ptr() : nullptr; };
+  for (auto &[Name, T] : Params) {
     if (!ByName.emplace(Name, T).second)
       throw Error("error: the model has two parameters named '" + Name + "'");
+    Inputs.push_back({T, DataOf(T), std::vector<int64_t>(T.sizes().begin(), T.sizes().end()), T.scalar_type()});
+  }
   Cuts.emplace(C.S, C.Fields, L, LocalSpec);
 
   std::set<std::string> Used;
@@ -271,6 +274,14 @@ std::vector<std::string> LiveModel::viewParts(std::vector<std::string> &WrongSha
       ByName.emplace(Name, View);
   }
   return Bases;
+}
+
+bool LiveModel::unchanged() const {
+  for (const Given &G : Inputs)
+    if ((G.T.has_storage() ? G.T.data_ptr() : nullptr) != G.Data || G.T.scalar_type() != G.Type ||
+        !std::equal(G.Sizes.begin(), G.Sizes.end(), G.T.sizes().begin(), G.T.sizes().end()))
+      return false;
+  return true;
 }
 
 std::vector<std::string> LiveModel::names() const {

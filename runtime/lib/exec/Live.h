@@ -118,6 +118,10 @@ public:
   std::vector<std::string> names() const;
   /// Bytes the last load() read from the mapped HF files.
   uint64_t bytesRead() const { return BytesRead; }
+  /// Every parameter given still has the storage, shape and dtype it had
+  /// here (a `param.data = ...` swap breaks the views this model cut), so
+  /// the model can serve another export.
+  bool unchanged() const;
 
 private:
   friend class ExportStream;
@@ -172,6 +176,14 @@ private:
   at::Tensor TiedCopy;                    ///< output_layer.weight, a copy of the embedding
   std::optional<size_t> TiedFrom;         ///< the embedding's planned tensor
   mutable std::atomic<uint64_t> BytesRead{0};
+  /// The parameters given, as they were: see unchanged().
+  struct Given {
+    at::Tensor T;
+    const void *Data;
+    std::vector<int64_t> Sizes;
+    at::ScalarType Type;
+  };
+  std::vector<Given> Inputs;
   std::optional<std::vector<ExportSlot>> Slots;
   std::optional<HFAssembler> Assembler;
 };
