@@ -95,6 +95,17 @@ Summary runReshard(const ImportOptions &O, const std::string &FromDir);
 /// torch_dist checkpoint written by runImport -> HF safetensors, config.json.
 Summary runExport(const ExportOptions &O);
 
+/// runImport / runReshard by the processes of a torchrun or srun job
+/// (groupEnvironment()), which share the work (one GPU each with --device
+/// cuda); by this process alone outside one.
+struct GroupSummary {
+  Summary Sum;
+  int Size = 1;
+  bool Leader = true; ///< the process that reports
+};
+GroupSummary runImportInGroup(ImportOptions O);
+GroupSummary runReshardInGroup(ImportOptions O, const std::string &FromDir);
+
 struct VerifyReport {
   uint64_t Checked = 0, Bytes = 0;
   std::vector<std::string> Problems; ///< each names the file and the tensor

@@ -127,4 +127,21 @@ Summary runReshard(const ImportOptions &O, const std::string &FromDir) {
   }
 }
 
+GroupSummary runImportInGroup(ImportOptions O) {
+  ProcessGroup Group(groupEnvironment());
+  if (Group.size() > 1) {
+    O.Group = &Group;
+    if (O.Device == "cuda") // one GPU per process on its host
+      O.Device = "cuda:" + std::to_string(Group.localRank());
+  }
+  return {runImport(O), Group.size(), Group.leader()};
+}
+
+GroupSummary runReshardInGroup(ImportOptions O, const std::string &FromDir) {
+  ProcessGroup Group(groupEnvironment());
+  if (Group.size() > 1)
+    O.Group = &Group;
+  return {runReshard(O, FromDir), Group.size(), Group.leader()};
+}
+
 } // namespace bridge

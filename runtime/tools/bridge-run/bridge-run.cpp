@@ -19,6 +19,7 @@
 //===----------------------------------------------------------------------===//
 #include "bridge/Config.h"
 #include "bridge/Convert.h"
+#include "bridge/ExecModule.h"
 #include "bridge/Interrupt.h"
 #include "bridge/Layout.h"
 #include "bridge/Plan.h"
@@ -687,21 +688,13 @@ int main(int argc, char **argv) {
       ImportOptions IO{O.HF, O.Out, O.Par, O.Device, O.Overwrite, O.Quiet, O.LocalSpec, O.Writers, O.MemoryBudget,
                        O.Converters};
       // Under torchrun or srun the processes share the work (ProcessGroup.h).
-      GroupEnvironment Env = groupEnvironment();
-      Rank = Env.Rank;
-      ProcessGroup Group(Env);
+      Rank = groupEnvironment().Rank;
       IO.Format = O.Format;
       IO.Resume = O.Resume;
-      if (Group.size() > 1) {
-        IO.Group = &Group;
-        if (IO.Device == "cuda") // one GPU per process on its host
-          IO.Device = "cuda:" + std::to_string(Group.localRank());
-      }
-      Summary Sum = runImport(IO);
-      if (Group.leader())
-        printSummary(Group.size() > 1 ? ("import by " + std::to_string(Group.size()) + " processes").c_str()
-                                      : "import",
-                     Sum, O.Out);
+      GroupSummary G = execImportInGroup(IO);
+      if (G.Leader)
+        printSummary(G.Size > 1 ? ("import by " + std::to_string(G.Size) + " processes").c_str() : "import",
+                     G.Sum, O.Out);
       return 0;
     }
     if (O.Command == "reshard") {
@@ -709,18 +702,13 @@ int main(int argc, char **argv) {
         usageError("reshard needs --megatron DIR and --out DIR");
       ImportOptions IO{O.HF, O.Out, O.Par, O.Device, O.Overwrite, O.Quiet, O.LocalSpec, O.Writers, O.MemoryBudget,
                        O.Converters};
-      GroupEnvironment Env = groupEnvironment();
-      Rank = Env.Rank;
-      ProcessGroup Group(Env);
+      Rank = groupEnvironment().Rank;
       IO.Format = O.Format;
       IO.Resume = O.Resume;
-      if (Group.size() > 1)
-        IO.Group = &Group;
-      Summary Sum = runReshard(IO, O.Megatron);
-      if (Group.leader())
-        printSummary(Group.size() > 1 ? ("reshard by " + std::to_string(Group.size()) + " processes").c_str()
-                                      : "reshard",
-                     Sum, O.Out);
+      GroupSummary G = execReshardInGroup(IO, O.Megatron);
+      if (G.Leader)
+        printSummary(G.Size > 1 ? ("reshard by " + std::to_string(G.Size) + " processes").c_str() : "reshard",
+                     G.Sum, O.Out);
       return 0;
     }
     if (O.Command == "verify") {
@@ -742,7 +730,7 @@ int main(int argc, char **argv) {
         usageError("export needs --megatron DIR and --out DIR");
       ExportOptions EO{O.Megatron, O.Out, O.Device, O.Overwrite, O.Quiet, O.Writers, O.MemoryBudget, O.Converters,
                        O.Quantize};
-      printSummary("export", runExport(EO), O.Out);
+      printSummary("export", execExport(EO), O.Out);
       return 0;
     }
     usageError("unknown command '" + O.Command + "'");
