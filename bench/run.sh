@@ -8,8 +8,11 @@
 # a byte comparison of the two imports, and the Python route
 # (bench/python_baseline.py; SKIP_PYTHON=1 leaves it out). With
 # BENCH_DISK_DIR the copies, import and export run again from and to that
-# disk (for the models in $DISK_MODELS, default all). One JSON line per step
-# goes to $OUT/bench.jsonl (bench/measure.py).
+# disk (for the models in $DISK_MODELS, default all). With PEERS_DIR,
+# Megatron-Bridge's import of each checkpoint beside ours (tmpfs). An FP8
+# model is also exported quantized (--quantize fp8-block). One JSON line per
+# step goes to $OUT/bench.jsonl (bench/measure.py); bench/startup.sh's lines
+# to $OUT/startup.jsonl.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 bridge=$(realpath "$1"); shift
@@ -52,9 +55,34 @@ steps() {
   m --label "$model [$where] bridge-run export" --bytes "$mbytes" -- \
     "$bridge" export --megatron "$mg" --out "$dir/hf"
   rm -rf "$dir/hf"; cold "$where"
+  if [[ $model == *fp8* ]]; then # FP8 out: quantized on the GPU, as the source was
+    m --label "$model [$where] bridge-run export --quantize fp8-block (cuda)" --bytes "$mbytes" -- \
+      "$bridge" export --megatron "$mg" --out "$dir/hf" --quantize fp8-block --device cuda
+    rm -rf "$dir/hf"; cold "$where"
+  fi
+  # Megatron-Bridge 0.6.2's import of the same checkpoint ($PEERS_DIR: a copy
+  # of ../shared/peers with its wheels in whl/), its output compared with ours
+  # tensor by tensor; its time without its 12-20 s of Python imports is
+  # convert_s in the logged line.
+  if [ -n "${PEERS_DIR:-}" ] && [ -f "$PEERS_DIR/peer_mb.sh" ] && [ "$where" = tmpfs ]; then
+    local rc=0
+    MB_OVERWRITE=1 bash "$PEERS_DIR/peer_mb.sh" "$src" "$dir/mb" "$mg" > "$out/mb-$model.log" 2>&1 || rc=$?
+    python3 - "$out/mb-$model.log" "$model [$where] Megatron-Bridge import" "$rc" >> "$log" <<'PY'
+import json, sys
+text = open(sys.argv[1]).read()
+row = {"label": sys.argv[2], "rc": int(sys.argv[3])}
+for line in text.splitlines():
+    if line.startswith("@@MB_RESULT "):
+        row.update(json.loads(line[len("@@MB_RESULT "):]))
+row["equal_to_ours"] = "every tensor bit-identical" in text
+print(json.dumps(row))
+PY
+    tail -1 "$log"; rm -rf "$dir/mb"; cold "$where"
+  fi
   rm -rf "$mg"
 }
 
+bash "$here/startup.sh" "$bridge" 20 > /dev/null
 for model in "$@"; do
   case $model in
     llama3.1-8b) cfg=meta-llama__Llama-3.1-8B.json; gen=() ;;
