@@ -19,15 +19,23 @@ matchDecl   : MATCH name STRING SEMI ;
 // from that section (a VLM keeps its language model's fields there).
 aliasDecl   : ALIAS (hfPath | HF) ASSIGN hfPath SEMI ;
 
-configBlock : CONFIG LBRACE (configAssign | requireStmt)* RBRACE ;
+// 'when COND { ... }' (a guarded group, in config, export and weights): every
+// rule inside also needs COND, as if 'COND && ' began its own 'when'; groups
+// nest. The AST builder expands it (ast::GuardGroup).
+configBlock : CONFIG LBRACE configItem* RBRACE ;
+configItem  : configAssign | requireStmt | configGroup ;
+configGroup : WHEN expr LBRACE configItem* RBRACE ;
 // A condition the HF config must meet, or conversion stops with the message.
 requireStmt : REQUIRE expr COMMA STRING SEMI ;
 configAssign: OVERRIDE? name ASSIGN expr (WHEN expr)? SEMI ;
-exportBlock : EXPORT LBRACE exportAssign* RBRACE ;
+exportBlock : EXPORT LBRACE exportItem* RBRACE ;
+exportItem  : exportAssign | exportGroup ;
+exportGroup : WHEN expr LBRACE exportItem* RBRACE ;
 exportAssign: OVERRIDE? hfPath ASSIGN expr (WHEN expr)? SEMI ;
 
 weightsBlock: WEIGHTS LBRACE weightItem* RBRACE ;
-weightItem  : forBlock | tensorRule | ignoreRule | tieRule ;
+weightItem  : forBlock | weightGroup | tensorRule | ignoreRule | tieRule ;
+weightGroup : WHEN expr LBRACE weightItem* RBRACE ;
 forBlock    : FOR name IN rangeSpec (WHERE expr)? LBRACE weightItem* RBRACE ;
 rangeSpec   : expr DOTDOT expr   # rangeBounds
             | name               # rangeNamed

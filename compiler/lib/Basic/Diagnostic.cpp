@@ -22,8 +22,8 @@ void DiagnosticEngine::report(DiagId Id, llvm::SMRange Range, const std::string 
     if (LastSuppressed || Stopped)
       return;
   } else {
-    LastSuppressed = Stopped;
-    if (Stopped)
+    LastSuppressed = Stopped || !Shown.emplace(Info.Code, Range.Start.getPointer(), Message).second;
+    if (LastSuppressed)
       return;
     if (Info.Sev == Severity::Error && NumErrors >= ErrorLimit) {
       Stopped = true;

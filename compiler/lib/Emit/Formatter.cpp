@@ -105,6 +105,47 @@ private:
 
   std::string when(const ExprP &W, const char *Kw = " when ") { return W ? Kw + print(*W) : ""; }
 
+  /// The guarded groups open in one section or loop body: the items
+  /// printed next sit at depth Depth + Open.size().
+  struct Groups {
+    const GuardGroup *Base; ///< the group around the section or loop, if any
+    unsigned Depth;
+    std::vector<const GuardGroup *> Open = {};
+  };
+
+  /// Closes and opens groups so that the next item sits in \p G; returns
+  /// the item's depth.
+  unsigned enter(Groups &S, const GuardGroup *G) {
+    std::vector<const GuardGroup *> Chain; // outermost first
+    for (const GuardGroup *P = G; P && P != S.Base; P = P->Outer.get())
+      Chain.insert(Chain.begin(), P);
+    size_t Keep = 0;
+    while (Keep < S.Open.size() && Keep < Chain.size() && S.Open[Keep] == Chain[Keep])
+      ++Keep;
+    while (S.Open.size() > Keep)
+      close(S);
+    for (size_t I = Keep; I < Chain.size(); ++I) {
+      unsigned D = S.Depth + S.Open.size();
+      comments(Chain[I]->Range.Start, D);
+      indent(D);
+      OS << "when " << print(*Chain[I]->Cond) << " {\n";
+      S.Open.push_back(Chain[I]);
+    }
+    return S.Depth + S.Open.size();
+  }
+  void close(Groups &S) {
+    const GuardGroup *G = S.Open.back();
+    comments(G->Range.End, S.Depth + S.Open.size());
+    S.Open.pop_back();
+    indent(S.Depth + S.Open.size());
+    OS << "}\n";
+    ended(G->Range.End);
+  }
+  void closeAll(Groups &S) {
+    while (!S.Open.empty())
+      close(S);
+  }
+
   void recipeDecl(const RecipeDecl &R) {
     comments(R.Range.Start, 0);
     OS << (R.IsPreset ? "preset " : "recipe ") << R.Name;
@@ -152,35 +193,40 @@ private:
         line(2, "require " + print(*Rq.Cond), ", ", quote(Rq.Message) + ";");
         ended(Rq.Range.End);
       }
+      Groups S{nullptr, 2};
       for (auto &A : B.Config) {
-        comments(A.Range.Start, 2);
-        indent(2);
-        OS << (A.Override ? "override " : "") << A.Field << " = " << print(*A.Value) << when(A.When) << ";\n";
+        unsigned D = enter(S, A.Group.get());
+        comments(A.Range.Start, D);
+        indent(D);
+        OS << (A.Override ? "override " : "") << A.Field << " = " << print(*A.Value) << when(A.OwnWhen) << ";\n";
         ended(A.Range.End);
       }
+      closeAll(S);
       indent(1);
       OS << "}\n";
     }
     if (!B.Export.empty()) {
       indent(1);
       OS << "export {\n";
+      Groups S{nullptr, 2};
       for (auto &A : B.Export) {
-        comments(A.Range.Start, 2);
-        indent(2);
+        unsigned D = enter(S, A.Group.get());
+        comments(A.Range.Start, D);
+        indent(D);
         OS << (A.Override ? "override " : "") << "hf";
         for (auto &P : A.Path)
           OS << "." << P;
-        OS << " = " << print(*A.Value) << when(A.When) << ";\n";
+        OS << " = " << print(*A.Value) << when(A.OwnWhen) << ";\n";
         ended(A.Range.End);
       }
+      closeAll(S);
       indent(1);
       OS << "}\n";
     }
     if (!B.Weights.empty()) {
       indent(1);
       OS << "weights {\n";
-      for (auto &It : B.Weights)
-        item(It, 2);
+      items(B.Weights, nullptr, 2);
       indent(1);
       OS << "}\n";
     }
@@ -201,6 +247,20 @@ private:
     return Out + ")";
   }
 
+  /// The weight items of a section or loop body (inside \p Base), with
+  /// their guarded groups.
+  void items(const std::vector<WeightItem> &Items, const GuardGroup *Base, unsigned Depth) {
+    Groups S{Base, Depth};
+    for (auto &It : Items) {
+      const GuardGroup *G = It.K == WeightItem::TensorItem ? It.Tensor->Group.get()
+                            : It.K == WeightItem::IgnoreItem ? It.Ignore->Group.get()
+                            : It.K == WeightItem::TieItem    ? It.Tie->Group.get()
+                                                             : It.For->Group.get();
+      item(It, enter(S, G));
+    }
+    closeAll(S);
+  }
+
   void item(const WeightItem &It, unsigned Depth) {
     switch (It.K) {
     case WeightItem::TensorItem: {
@@ -208,7 +268,7 @@ private:
       comments(T.Range.Start, Depth);
       std::string Head =
           std::string(T.Optional ? "optional " : "") + (T.Override ? "override " : "") + print(T.Target);
-      std::string Tail = (T.Style.empty() ? "" : " : " + T.Style) + when(T.When) + ";";
+      std::string Tail = (T.Style.empty() ? "" : " : " + T.Style) + when(T.OwnWhen) + ";";
       std::vector<std::string> Alts;
       size_t Width = 2 * Depth + Head.size() + 4 + Tail.size();
       for (auto &A : T.Alternatives) {
@@ -232,13 +292,13 @@ private:
     case WeightItem::IgnoreItem:
       comments(It.Ignore->Range.Start, Depth);
       indent(Depth);
-      OS << "ignore " << print(It.Ignore->Pat) << when(It.Ignore->When) << ";\n";
+      OS << "ignore " << print(It.Ignore->Pat) << when(It.Ignore->OwnWhen) << ";\n";
       ended(It.Ignore->Range.End);
       return;
     case WeightItem::TieItem:
       comments(It.Tie->Range.Start, Depth);
       indent(Depth);
-      OS << "tie " << print(It.Tie->Copy) << " = " << print(It.Tie->Of) << when(It.Tie->When) << ";\n";
+      OS << "tie " << print(It.Tie->Copy) << " = " << print(It.Tie->Of) << when(It.Tie->OwnWhen) << ";\n";
       ended(It.Tie->Range.End);
       return;
     case WeightItem::ForItem: {
@@ -248,8 +308,7 @@ private:
       OS << "for " << B.Var << " in "
          << (B.RangeName.empty() ? print(*B.Begin) + " .. " + print(*B.End) : B.RangeName) << when(B.Where, " where ")
          << " {\n";
-      for (auto &Sub : B.Items)
-        item(Sub, Depth + 1);
+      items(B.Items, B.Group.get(), Depth + 1);
       comments(B.Range.End, Depth + 1);
       indent(Depth);
       OS << "}\n";

@@ -7,6 +7,8 @@
 //===----------------------------------------------------------------------===//
 #include "ParseImpl.h"
 
+#include "bridgec/AST/Print.h"
+
 #include <cerrno>
 #include <cstdlib>
 #include <optional>
@@ -94,52 +96,152 @@ private:
           A.Alternative.push_back(N->getText());
         B.Aliases.push_back(std::move(A));
       } else if (auto *CB = I->configBlock()) {
-        for (auto *Rq : CB->requireStmt())
-          if (Rq->expr() && Rq->STRING())
-            if (auto Cond = expr(Rq->expr()))
-              B.Requires.push_back({R(Rq), Cond, unquote(Rq->STRING()->getText())});
-        for (auto *A : CB->configAssign()) {
-          auto Es = A->expr();
-          if (!A->name() || Es.empty())
-            continue;
-          ast::ConfigAssign CA;
-          CA.Range = R(A);
-          CA.Override = A->OVERRIDE() != nullptr;
-          CA.Field = A->name()->getText();
-          CA.FieldRange = R(A->name());
-          CA.Value = expr(Es[0]);
-          if (Es.size() > 1)
-            CA.When = expr(Es[1]);
-          if (CA.Value)
-            B.Config.push_back(std::move(CA));
-        }
+        for (auto *Ci : CB->configItem())
+          configItem(Ci, B, nullptr);
       } else if (auto *EB = I->exportBlock()) {
-        for (auto *A : EB->exportAssign()) {
-          auto Es = A->expr();
-          if (!A->hfPath() || Es.empty())
-            continue;
-          ast::ExportAssign EA;
-          EA.Range = R(A);
-          EA.Override = A->OVERRIDE() != nullptr;
-          for (auto *N : A->hfPath()->name())
-            EA.Path.push_back(N->getText());
-          EA.PathRange = R(A->hfPath());
-          EA.Value = expr(Es[0]);
-          if (Es.size() > 1)
-            EA.When = expr(Es[1]);
-          if (EA.Value && !EA.Path.empty())
-            B.Export.push_back(std::move(EA));
-        }
+        for (auto *Ei : EB->exportItem())
+          exportItem(Ei, B, nullptr);
       } else if (auto *WB = I->weightsBlock()) {
         for (auto *W : WB->weightItem())
-          if (auto It = weightItem(W))
-            B.Weights.push_back(std::move(*It));
+          weightItem(W, B.Weights, nullptr);
       }
     }
     return B;
   }
 
-  std::optional<ast::WeightItem> weightItem(P::WeightItemContext *C) {
+  // ---- guarded groups ---------------------------------------------------------
+  /// A copy of \p E with fresh nodes (each rule owns its condition).
+  static ast::ExprP clone(const ast::ExprP &E) {
+    if (!E)
+      return nullptr;
+    auto C = std::make_shared<ast::Expr>(*E);
+    for (auto &Op : C->Ops)
+      Op = clone(Op);
+    return C;
+  }
+
+  /// \p Own conjoined to the conditions of \p G and its outer groups,
+  /// outermost first. Built as the parser builds 'G && Own' (a left-leaning
+  /// '&&' chain), so a rule moved into a group means exactly what it meant
+  /// with the guard written out.
+  ast::ExprP guarded(const ast::GuardGroupP &G, const ast::ExprP &Own) {
+    if (!G)
+      return Own;
+    ast::ExprP Acc = guarded(G->Outer, clone(G->Cond));
+    if (!Own)
+      return Acc;
+    // The operands of Own's top-level '&&' chain, leftmost first.
+    std::vector<ast::ExprP> Chain;
+    ast::ExprP E = Own;
+    while (E->K == ast::Expr::Binary && E->Text == "&&") {
+      Chain.push_back(E->Ops[1]);
+      E = E->Ops[0];
+    }
+    Chain.push_back(E);
+    for (auto It = Chain.rbegin(); It != Chain.rend(); ++It) {
+      auto And = make(ast::Expr::Binary, {Acc->Range.Start, (*It)->Range.End});
+      And->Text = "&&";
+      And->Ops = {Acc, *It};
+      Acc = And;
+    }
+    return Acc;
+  }
+
+  /// The group of 'when COND {' inside \p Outer; null after a syntax error.
+  ast::GuardGroupP group(antlr4::ParserRuleContext *C, P::ExprContext *Cond, size_t Items,
+                         const ast::GuardGroupP &Outer) {
+    if (!Cond)
+      return nullptr;
+    auto G = std::make_shared<ast::GuardGroup>();
+    G->Range = R(C);
+    G->Cond = expr(Cond);
+    G->Outer = Outer;
+    if (!G->Cond)
+      return nullptr;
+    if (Items == 0)
+      Ctx.Diags.emit(DiagId::EmptyGuardGroup, G->Range, ast::print(*G->Cond));
+    return G;
+  }
+
+  void configItem(P::ConfigItemContext *C, ast::BridgeDecl &B, const ast::GuardGroupP &G) {
+    if (auto *Rq = C->requireStmt()) {
+      if (G) {
+        Ctx.Diags.emit(DiagId::GuardedRequire, R(Rq), ast::print(*G->Cond));
+        return;
+      }
+      if (Rq->expr() && Rq->STRING())
+        if (auto Cond = expr(Rq->expr()))
+          B.Requires.push_back({R(Rq), Cond, unquote(Rq->STRING()->getText())});
+      return;
+    }
+    if (auto *Gc = C->configGroup()) {
+      if (auto Sub = group(Gc, Gc->expr(), Gc->configItem().size(), G))
+        for (auto *Ci : Gc->configItem())
+          configItem(Ci, B, Sub);
+      return;
+    }
+    auto *A = C->configAssign();
+    if (!A)
+      return;
+    auto Es = A->expr();
+    if (!A->name() || Es.empty())
+      return;
+    ast::ConfigAssign CA;
+    CA.Range = R(A);
+    CA.Override = A->OVERRIDE() != nullptr;
+    CA.Field = A->name()->getText();
+    CA.FieldRange = R(A->name());
+    CA.Value = expr(Es[0]);
+    if (Es.size() > 1)
+      CA.OwnWhen = expr(Es[1]);
+    CA.When = guarded(G, CA.OwnWhen);
+    CA.Group = G;
+    if (CA.Value)
+      B.Config.push_back(std::move(CA));
+  }
+
+  void exportItem(P::ExportItemContext *C, ast::BridgeDecl &B, const ast::GuardGroupP &G) {
+    if (auto *Gc = C->exportGroup()) {
+      if (auto Sub = group(Gc, Gc->expr(), Gc->exportItem().size(), G))
+        for (auto *Ei : Gc->exportItem())
+          exportItem(Ei, B, Sub);
+      return;
+    }
+    auto *A = C->exportAssign();
+    if (!A)
+      return;
+    auto Es = A->expr();
+    if (!A->hfPath() || Es.empty())
+      return;
+    ast::ExportAssign EA;
+    EA.Range = R(A);
+    EA.Override = A->OVERRIDE() != nullptr;
+    for (auto *N : A->hfPath()->name())
+      EA.Path.push_back(N->getText());
+    EA.PathRange = R(A->hfPath());
+    EA.Value = expr(Es[0]);
+    if (Es.size() > 1)
+      EA.OwnWhen = expr(Es[1]);
+    EA.When = guarded(G, EA.OwnWhen);
+    EA.Group = G;
+    if (EA.Value && !EA.Path.empty())
+      B.Export.push_back(std::move(EA));
+  }
+
+  /// Appends the rules of \p C to \p Out; a guarded group's rules go to
+  /// \p Out directly, each with the group's condition.
+  void weightItem(P::WeightItemContext *C, std::vector<ast::WeightItem> &Out, const ast::GuardGroupP &G) {
+    if (auto *Gc = C->weightGroup()) {
+      if (auto Sub = group(Gc, Gc->expr(), Gc->weightItem().size(), G))
+        for (auto *W : Gc->weightItem())
+          weightItem(W, Out, Sub);
+      return;
+    }
+    if (auto It = weightItem(C, G))
+      Out.push_back(std::move(*It));
+  }
+
+  std::optional<ast::WeightItem> weightItem(P::WeightItemContext *C, const ast::GuardGroupP &G) {
     ast::WeightItem It;
     if (auto *T = C->tensorRule()) {
       auto Pat = T->pattern();
@@ -160,7 +262,9 @@ private:
         TR->StyleRange = R(T->name());
       }
       if (T->expr())
-        TR->When = expr(T->expr());
+        TR->OwnWhen = expr(T->expr());
+      TR->When = guarded(G, TR->OwnWhen);
+      TR->Group = G;
       It.K = ast::WeightItem::TensorItem;
       It.Tensor = TR;
       return It;
@@ -172,7 +276,9 @@ private:
       IR->Range = R(I);
       IR->Pat = pattern(I->pattern());
       if (I->expr())
-        IR->When = expr(I->expr());
+        IR->OwnWhen = expr(I->expr());
+      IR->When = guarded(G, IR->OwnWhen);
+      IR->Group = G;
       It.K = ast::WeightItem::IgnoreItem;
       It.Ignore = IR;
       return It;
@@ -186,7 +292,9 @@ private:
       TR->Copy = pattern(Ps[0]);
       TR->Of = pattern(Ps[1]);
       if (T->expr())
-        TR->When = expr(T->expr());
+        TR->OwnWhen = expr(T->expr());
+      TR->When = guarded(G, TR->OwnWhen);
+      TR->Group = G;
       It.K = ast::WeightItem::TieItem;
       It.Tie = TR;
       return It;
@@ -218,9 +326,9 @@ private:
         return std::nullopt;
       if (F->expr())
         FB->Where = expr(F->expr());
+      FB->Group = G;
       for (auto *W : F->weightItem())
-        if (auto Sub = weightItem(W))
-          FB->Items.push_back(std::move(*Sub));
+        weightItem(W, FB->Items, G);
       It.K = ast::WeightItem::ForItem;
       It.For = FB;
       return It;

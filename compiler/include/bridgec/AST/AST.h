@@ -53,6 +53,18 @@ struct Pattern {
   std::vector<PatternPiece> Pieces;
 };
 
+/// 'when COND { ... }' in a config, export or weights section: a guard
+/// written once for the rules inside. The builder expands it: each rule's
+/// When is the conjunction of its groups' conditions (outermost first) and
+/// its own, so later phases see only plain rules; the groups stay for the
+/// formatter and for locations.
+struct GuardGroup {
+  SMRange Range;
+  ExprP Cond;                              ///< as written
+  std::shared_ptr<const GuardGroup> Outer; ///< the enclosing group, if any
+};
+using GuardGroupP = std::shared_ptr<const GuardGroup>;
+
 struct Source;
 using SourceP = std::shared_ptr<const Source>;
 
@@ -89,20 +101,26 @@ struct TensorRule {
   std::vector<SourceP> Alternatives;
   std::string Style; ///< empty when not written
   SMRange StyleRange;
-  ExprP When;
+  ExprP When;          ///< in effect: the enclosing groups' conditions && OwnWhen
+  ExprP OwnWhen;       ///< the rule's own 'when', as written
+  GuardGroupP Group;   ///< the innermost enclosing guarded group, if any
 };
 
 struct IgnoreRule {
   SMRange Range;
   Pattern Pat;
-  ExprP When;
+  ExprP When;          ///< in effect: the enclosing groups' conditions && OwnWhen
+  ExprP OwnWhen;       ///< the rule's own 'when', as written
+  GuardGroupP Group;   ///< the innermost enclosing guarded group, if any
 };
 
 struct TieRule {
   SMRange Range;
   Pattern Copy; ///< the HF tensor that duplicates ...
   Pattern Of;   ///< ... this one
-  ExprP When;
+  ExprP When;          ///< in effect: the enclosing groups' conditions && OwnWhen
+  ExprP OwnWhen;       ///< the rule's own 'when', as written
+  GuardGroupP Group;   ///< the innermost enclosing guarded group, if any
 };
 
 struct ForBlock;
@@ -124,6 +142,7 @@ struct ForBlock {
   ExprP Begin, End;      ///< 'a .. b' (half-open)
   ExprP Where;
   std::vector<WeightItem> Items;
+  GuardGroupP Group; ///< the innermost enclosing guarded group, if any
 };
 
 struct MatchDecl {
@@ -145,7 +164,9 @@ struct ConfigAssign {
   std::string Field;
   SMRange FieldRange;
   ExprP Value;
-  ExprP When;
+  ExprP When;          ///< in effect: the enclosing groups' conditions && OwnWhen
+  ExprP OwnWhen;       ///< the rule's own 'when', as written
+  GuardGroupP Group;   ///< the innermost enclosing guarded group, if any
 };
 
 /// 'require cond, "message";' in a config block.
@@ -161,7 +182,9 @@ struct ExportAssign {
   std::vector<std::string> Path; ///< HF path after 'hf.'
   SMRange PathRange;
   ExprP Value;
-  ExprP When;
+  ExprP When;          ///< in effect: the enclosing groups' conditions && OwnWhen
+  ExprP OwnWhen;       ///< the rule's own 'when', as written
+  GuardGroupP Group;   ///< the innermost enclosing guarded group, if any
 };
 
 struct NameRef {

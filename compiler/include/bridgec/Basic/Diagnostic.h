@@ -14,7 +14,9 @@
 #include "llvm/Support/SourceMgr.h"
 #include "llvm/Support/raw_ostream.h"
 
+#include <set>
 #include <string>
+#include <tuple>
 
 namespace bridgec {
 
@@ -64,6 +66,9 @@ private:
   unsigned NumErrors = 0;
   bool Stopped = false;
   bool LastSuppressed = false; // notes follow their error's fate
+  /// Errors and warnings already shown: a guarded group's condition is
+  /// checked once per rule inside it, and reports its mistake once.
+  std::set<std::tuple<unsigned, const char *, std::string>> Shown;
 };
 
 /// "; did you mean 'x'?" for the closest candidate within a small edit
