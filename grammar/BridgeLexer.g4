@@ -9,6 +9,7 @@ FRAGMENT  : 'fragment';
 SCHEMA    : 'schema';
 MATCH     : 'match';
 ALIAS     : 'alias';
+LET       : 'let';
 REQUIRE   : 'require';
 CONFIG    : 'config';
 EXPORT    : 'export';

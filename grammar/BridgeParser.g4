@@ -10,7 +10,7 @@ topDecl     : bridgeDecl | schemaDecl | recipeDecl ;
 
 bridgeDecl  : kind=(BRIDGE | FRAGMENT) name baseList? LBRACE bridgeItem* RBRACE ;
 baseList    : COLON name (COMMA name)* ;
-bridgeItem  : matchDecl | aliasDecl | configBlock | exportBlock | weightsBlock ;
+bridgeItem  : matchDecl | aliasDecl | letDecl | configBlock | exportBlock | weightsBlock ;
 matchDecl   : MATCH name STRING SEMI ;
 // Two spellings of one HF config field (transformers 5 renamed some):
 // import reads the second when the first is absent; export writes the one
@@ -18,6 +18,11 @@ matchDecl   : MATCH name STRING SEMI ;
 // 'alias hf = hf.text_config;' reads every field absent at the top level
 // from that section (a VLM keeps its language model's fields there).
 aliasDecl   : ALIAS (hfPath | HF) ASSIGN hfPath SEMI ;
+// 'let NAME = EXPR;': a name for an expression, usable wherever an expression
+// is in this bridge or fragment (its sections, wherever the 'let' stands, and
+// the lets after it). The AST builder puts a copy of EXPR at each use
+// (ast::LetDecl), so later phases see the expression written out.
+letDecl     : LET name ASSIGN expr SEMI ;
 
 // 'when COND { ... }' (a guarded group, in config, export and weights): every
 // rule inside also needs COND, as if 'COND && ' began its own 'when'; groups
@@ -118,6 +123,6 @@ primary     : INT                                     # litInt
             ;
 hfPath      : HF (DOT name)+ ;
 
-name        : IDENT | IMPORT | BRIDGE | FRAGMENT | SCHEMA | MATCH | ALIAS | REQUIRE | CONFIG | EXPORT
+name        : IDENT | IMPORT | BRIDGE | FRAGMENT | SCHEMA | MATCH | ALIAS | LET | REQUIRE | CONFIG | EXPORT
             | WEIGHTS | FOR | IN | WHERE | WHEN | OPTIONAL | OVERRIDE | IGNORE | TIE
             | FIELD | PARAM | BLOCK | USE | AT_KW | RANGE | TE | DIST | LOCALDIST | EXPERT | RECIPE | PRESET ;

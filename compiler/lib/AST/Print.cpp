@@ -58,6 +58,7 @@ std::string floatText(double V) {
 
 struct Printer {
   const std::map<std::string, std::string> *Rename;
+  bool AsWritten; ///< a let's use prints as its name, not as its expression
 
   std::string name(const std::string &N) const {
     if (Rename) {
@@ -70,10 +71,13 @@ struct Printer {
 
   std::string sub(const Expr &E, int MinPrec) {
     std::string S = expr(E);
-    return precOf(E) < MinPrec ? "(" + S + ")" : S;
+    int P = AsWritten && !E.LetUse.empty() ? PPrimary : precOf(E);
+    return P < MinPrec ? "(" + S + ")" : S;
   }
 
   std::string expr(const Expr &E) {
+    if (AsWritten && !E.LetUse.empty())
+      return E.LetUse;
     switch (E.K) {
     case Expr::Int:
       return std::to_string(E.IntVal);
@@ -142,11 +146,12 @@ std::string bridgec::ast::quote(const std::string &S) {
   return Out + "\"";
 }
 
-std::string bridgec::ast::print(const Expr &E, const std::map<std::string, std::string> *Rename) {
-  return Printer{Rename}.expr(E);
+std::string bridgec::ast::print(const Expr &E, const std::map<std::string, std::string> *Rename, bool AsWritten) {
+  return Printer{Rename, AsWritten}.expr(E);
 }
 
-std::string bridgec::ast::print(const Pattern &P, const std::map<std::string, std::string> *Rename) {
+std::string bridgec::ast::print(const Pattern &P, const std::map<std::string, std::string> *Rename,
+                                bool AsWritten) {
   std::string S;
   for (auto &Pc : P.Pieces) {
     switch (Pc.K) {
@@ -154,7 +159,7 @@ std::string bridgec::ast::print(const Pattern &P, const std::map<std::string, st
       S += Pc.Text;
       break;
     case PatternPiece::Capture:
-      S += "{" + print(*Pc.E, Rename) + "}";
+      S += "{" + print(*Pc.E, Rename, AsWritten) + "}";
       break;
     case PatternPiece::Alternatives: {
       S += "{";

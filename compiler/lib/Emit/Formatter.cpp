@@ -1,7 +1,8 @@
 //===- Formatter.cpp - canonical form of a .bridge file ------------------===//
 //
 // '--format': one item per line, two-space indentation, sections in a fixed
-// order (match, config, export, weights), the fewest parentheses, and every
+// order (match, config, export, weights; each 'let' before the section that
+// followed it), the fewest parentheses, a 'let' used by its name, and every
 // comment kept, placed before the item that followed it. The output parses
 // to the same model (tested in tests/compiler/format).
 //
@@ -51,6 +52,10 @@ private:
   const char *LastEnd = nullptr; ///< end of the last item or comment printed
 
   void indent(unsigned N) { OS.indent(2 * N); }
+
+  // A use of a 'let' is printed as written: the name, not its expression.
+  static std::string print(const Expr &E) { return ast::print(E, nullptr, true); }
+  static std::string print(const Pattern &P) { return ast::print(P, nullptr, true); }
 
   /// Keeps one blank line where the source had at least one before \p Next.
   void gap(const char *Next) {
@@ -185,7 +190,21 @@ private:
         OS << "." << P;
       OS << ";\n";
     }
+    // Each 'let' stays before the section that followed it (the sections
+    // print in a fixed order), the rest at the end.
+    size_t NextLet = 0;
+    auto Lets = [&](llvm::SMLoc Before) {
+      for (; NextLet < B.Lets.size(); ++NextLet) {
+        const LetDecl &L = B.Lets[NextLet];
+        if (Before.isValid() && L.Range.Start.getPointer() > Before.getPointer())
+          return;
+        comments(L.Range.Start, 1);
+        line(1, "let " + L.Name + " =", " ", print(*L.Value) + ";");
+        ended(L.Range.End);
+      }
+    };
     if (!B.Config.empty() || !B.Requires.empty()) {
+      Lets(B.ConfigAt);
       indent(1);
       OS << "config {\n";
       for (auto &Rq : B.Requires) {
@@ -206,6 +225,7 @@ private:
       OS << "}\n";
     }
     if (!B.Export.empty()) {
+      Lets(B.ExportAt);
       indent(1);
       OS << "export {\n";
       Groups S{nullptr, 2};
@@ -224,12 +244,14 @@ private:
       OS << "}\n";
     }
     if (!B.Weights.empty()) {
+      Lets(B.WeightsAt);
       indent(1);
       OS << "weights {\n";
       items(B.Weights, nullptr, 2);
       indent(1);
       OS << "}\n";
     }
+    Lets(llvm::SMLoc());
     comments(B.Range.End, 1);
     OS << "}\n";
     ended(B.Range.End);

@@ -9,8 +9,10 @@
 
 #include "bridgec/AST/Print.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
+#include <map>
 #include <optional>
 
 using namespace bridgec;
@@ -78,7 +80,18 @@ private:
     if (auto *BL = C->baseList())
       for (auto *N : BL->name())
         B.Bases.push_back({N->getText(), R(N)});
+    // The lets first: each may use the lets before it, the sections any.
+    Lets.clear();
+    for (auto *I : C->bridgeItem())
+      if (auto *L = I->letDecl())
+        letDecl(L, B);
+    auto First = [&](llvm::SMLoc &At, antlr4::ParserRuleContext *S) {
+      if (!At.isValid())
+        At = R(S).Start;
+    };
     for (auto *I : C->bridgeItem()) {
+      if (I->letDecl())
+        continue;
       if (auto *M = I->matchDecl()) {
         if (M->name() && M->STRING())
           B.Matches.push_back({R(M), M->name()->getText(), R(M->name()), unquote(M->STRING()->getText())});
@@ -96,17 +109,87 @@ private:
           A.Alternative.push_back(N->getText());
         B.Aliases.push_back(std::move(A));
       } else if (auto *CB = I->configBlock()) {
+        First(B.ConfigAt, CB);
         for (auto *Ci : CB->configItem())
           configItem(Ci, B, nullptr);
       } else if (auto *EB = I->exportBlock()) {
+        First(B.ExportAt, EB);
         for (auto *Ei : EB->exportItem())
           exportItem(Ei, B, nullptr);
       } else if (auto *WB = I->weightsBlock()) {
+        First(B.WeightsAt, WB);
         for (auto *W : WB->weightItem())
           weightItem(W, B.Weights, nullptr);
       }
     }
+    for (auto &L : B.Lets)
+      if (auto It = Lets.find(L.Name); It != Lets.end() && It->second.NameRange.Start == L.NameRange.Start &&
+                                       It->second.Uses == 0)
+        Ctx.Diags.emit(DiagId::UnusedLet, L.NameRange, L.Name);
+    Lets.clear();
     return B;
+  }
+
+  // ---- lets -------------------------------------------------------------------
+  /// The lets of the bridge being built, by name.
+  struct LetInfo {
+    ast::ExprP Value;
+    llvm::SMRange NameRange;
+    size_t Size = 0;   ///< expression nodes once written out (saturating)
+    unsigned Uses = 0;
+  };
+  std::map<std::string, LetInfo> Lets;
+  /// The loop variables bound where the expression being built stands: a
+  /// name bound by a loop is the loop variable, never a let.
+  std::vector<std::string> LoopVars;
+  /// A let may stand for at most this many expression nodes written out,
+  /// so that lets of lets cannot blow up (each use doubling the last).
+  static constexpr size_t MaxLetSize = 4096;
+
+  /// Nodes of \p E written out; a use of a let counts that let's size
+  /// without walking its copy again.
+  size_t size(const ast::Expr &E) {
+    if (!E.LetUse.empty())
+      if (auto It = Lets.find(E.LetUse); It != Lets.end())
+        return It->second.Size;
+    size_t N = 1;
+    for (auto &Op : E.Ops)
+      N = std::min(N + size(*Op), MaxLetSize + 1);
+    return N;
+  }
+
+  void letDecl(P::LetDeclContext *C, ast::BridgeDecl &B) {
+    if (!C->name() || !C->expr())
+      return;
+    ast::LetDecl L;
+    L.Range = R(C);
+    L.Name = C->name()->getText();
+    L.NameRange = R(C->name());
+    L.Value = expr(C->expr());
+    if (!L.Value)
+      return;
+    if (auto It = Lets.find(L.Name); It != Lets.end()) {
+      Ctx.Diags.emit(DiagId::DuplicateLet, L.NameRange, L.Name);
+      Ctx.Diags.note(DiagId::NotePreviousHere, It->second.NameRange);
+    } else {
+      size_t N = size(*L.Value);
+      if (N > MaxLetSize)
+        Ctx.Diags.emit(DiagId::LetTooLarge, L.NameRange, L.Name, MaxLetSize);
+      else
+        Lets[L.Name] = {L.Value, L.NameRange, N};
+    }
+    B.Lets.push_back(std::move(L));
+  }
+
+  /// A use of the let \p Name at \p Rg: a new root over the let's
+  /// expression (the nodes below are shared, and only read), carrying the
+  /// use's range and spelling.
+  ast::ExprP letUse(LetInfo &L, const std::string &Name, llvm::SMRange Rg) {
+    ++L.Uses;
+    auto E = std::make_shared<ast::Expr>(*L.Value);
+    E->Range = Rg;
+    E->LetUse = Name;
+    return E;
   }
 
   // ---- guarded groups ---------------------------------------------------------
@@ -324,11 +407,15 @@ private:
       }
       if (FB->RangeName.empty() && (!FB->Begin || !FB->End))
         return std::nullopt;
+      if (Lets.count(FB->Var))
+        Ctx.Diags.emit(DiagId::LoopVarIsLet, FB->VarRange, FB->Var);
+      LoopVars.push_back(FB->Var);
       if (F->expr())
         FB->Where = expr(F->expr());
       FB->Group = G;
       for (auto *W : F->weightItem())
         weightItem(W, FB->Items, G);
+      LoopVars.pop_back();
       It.K = ast::WeightItem::ForItem;
       It.For = FB;
       return It;
@@ -676,6 +763,8 @@ private:
       E->IntVal = -Sub->IntVal;
       E->FloatVal = -Sub->FloatVal;
       E->Text = "-" + Sub->Text;
+      if (!Sub->LetUse.empty()) // '-x' of 'let x = 2;' is the literal '-2'
+        E->LetUse = "-" + Sub->LetUse;
       return E;
     }
     auto E = make(ast::Expr::Unary, R(C));
@@ -746,8 +835,12 @@ private:
     if (auto *N = dynamic_cast<P::RefNameContext *>(C)) {
       if (!N->name())
         return nullptr;
+      std::string Name = N->name()->getText();
+      if (auto It = Lets.find(Name);
+          It != Lets.end() && std::find(LoopVars.begin(), LoopVars.end(), Name) == LoopVars.end())
+        return letUse(It->second, Name, R(C));
       auto E = make(ast::Expr::Name, R(C));
-      E->Text = N->name()->getText();
+      E->Text = Name;
       return E;
     }
     if (auto *L = dynamic_cast<P::ListContext *>(C)) {

@@ -777,6 +777,11 @@ public:
   Resolved resolve(const ast::BridgeDecl &B) {
     Resolved R;
     R.Decl = &B;
+    // A let's uses are already its expression; a let named like a field
+    // would make the field unreachable by that name in this declaration.
+    for (const ast::LetDecl &L : B.Lets)
+      if (S.field(L.Name))
+        D.emit(DiagId::LetIsField, L.NameRange, L.Name);
     for (const ast::MatchDecl &M : B.Matches) {
       if (M.Key == "model_type")
         R.ModelTypes.push_back(M.Value);

@@ -34,6 +34,10 @@ struct Expr {
   std::string Text;              ///< string value, name, callee, operator spelling, or number spelling
   std::vector<std::string> Path; ///< HFPath segments after 'hf.'
   std::vector<ExprP> Ops;        ///< operands / call arguments / list items
+  /// Non-empty on a use of a 'let' (this node is the copy of its
+  /// expression put there): the use as written ('x', or '-x' folded), which
+  /// the formatter prints instead of the expression.
+  std::string LetUse;
 };
 
 /// A piece of a tensor-name pattern. Literal pieces hold text including
@@ -192,6 +196,17 @@ struct NameRef {
   SMRange Range;
 };
 
+/// 'let NAME = EXPR;' in a bridge or fragment: a name for an expression. The
+/// builder puts a copy of Value at each use (Expr::LetUse marks it), so later
+/// phases see only the expression written out; the declaration stays for the
+/// formatter and for Sema's check of its name.
+struct LetDecl {
+  SMRange Range;
+  std::string Name;
+  SMRange NameRange;
+  ExprP Value;
+};
+
 struct BridgeDecl {
   SMRange Range;
   bool IsFragment = false;
@@ -204,6 +219,11 @@ struct BridgeDecl {
   std::vector<RequireStmt> Requires;
   std::vector<ExportAssign> Export;
   std::vector<WeightItem> Weights;
+  std::vector<LetDecl> Lets;
+  /// Where the first config, export and weights section starts (invalid
+  /// when there is none): the formatter prints each 'let' before the
+  /// section that followed it.
+  llvm::SMLoc ConfigAt, ExportAt, WeightsAt;
 };
 
 // ---- schema -------------------------------------------------------------------
