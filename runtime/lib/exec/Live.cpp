@@ -44,7 +44,6 @@ constexpr int64_t kPackAlign = 16;
 
 int64_t aligned(int64_t Bytes) { return (Bytes + kPackAlign - 1) / kPackAlign * kPackAlign; }
 
-
 /// Tensors laid end to end in one flat uint8 buffer, and back.
 struct Packing {
   std::vector<int64_t> Offsets;
@@ -68,7 +67,6 @@ struct Packing {
   }
 };
 
-
 } // namespace
 
 // -- the HF checkpoint -----------------------------------------------------------------
@@ -88,7 +86,6 @@ HFModel::HFModel(const std::string &Dir) : C(schema()), Dir(Dir) {
 }
 
 Json HFModel::megatronConfig() const { return configToJson(C.S, C.Fields); }
-
 
 at::Tensor HFModel::hfTensor(const std::string &Name, int64_t Slice) const {
   Reading R;
@@ -555,6 +552,19 @@ const HFAssembler &LiveModel::exportAssembler() {
   return *Assembler;
 }
 
+const ChainInverse &LiveModel::inverseOf(size_t Planned) {
+  const Conversion &C = Model->conversion();
+  if (Inverses.empty())
+    Inverses.resize(C.P.Tensors.size());
+  std::unique_ptr<ChainInverse> &I = Inverses[Planned];
+  if (!I) {
+    const HFAssembler &HF = exportAssembler();
+    I = std::make_unique<ChainInverse>(C.P.Tensors[Planned], C,
+                                       [&](const std::string &Name) { return HF.hfType(Name); });
+  }
+  return *I;
+}
+
 const std::vector<LiveModel::ExportSlot> &LiveModel::exportSlots() {
   if (Slots)
     return *Slots;
@@ -695,14 +705,13 @@ std::optional<std::vector<std::pair<std::string, at::Tensor>>> ExportStream::nex
   std::vector<std::pair<std::string, at::Tensor>> Out;
   if (!O.Receive)
     return Out;
-  auto HFType = [&](const std::string &Name) { return HF.hfType(Name); };
   auto Emit = [&](const std::string &Name, DType Type, const at::Tensor &V) {
     at::Tensor T = V.scalar_type() == exec::toScalarType(Type) ? V : V.to(exec::toScalarType(Type));
     Out.emplace_back(Name, O.ToCPU ? T.cpu() : T);
   };
   for (size_t S = First; S < Next; ++S)
     for (size_t Mem : Slots[S].Members) {
-      std::vector<HFPiece> Pieces = invertChain(C.P.Tensors[Mem], C, Global.at(Mem), HFType);
+      std::vector<HFPiece> Pieces = M.inverseOf(Mem).run(Global.at(Mem));
       HF.put(Pieces, Emit);
     }
   return Out;

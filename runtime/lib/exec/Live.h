@@ -141,6 +141,9 @@ private:
   /// What every export assembles HF tensors with, before its first piece:
   /// built once (the sidecar's tensor table) and copied per export.
   const HFAssembler &exportAssembler();
+  /// Planned tensor \p Planned's chain backwards, prepared on its first
+  /// export and kept.
+  const ChainInverse &inverseOf(size_t Planned);
   /// A planned tensor this rank holds (its slice in Param).
   struct Held {
     size_t Planned;
@@ -186,6 +189,7 @@ private:
   std::vector<Given> Inputs;
   std::optional<std::vector<ExportSlot>> Slots;
   std::optional<HFAssembler> Assembler;
+  std::vector<std::unique_ptr<ChainInverse>> Inverses; ///< by planned tensor
 };
 
 /// Export, one bucket at a time: the planned tensors of one pipeline stage,

@@ -76,65 +76,103 @@ OpParams evalParams(const OpNode &N, const EvalEnv &Env, const std::string &Wher
 
 } // namespace
 
-std::vector<HFPiece> invertChain(const PlannedTensor &PT, const Conversion &C, const at::Tensor &Value,
-                                 const std::function<DType(const std::string &)> &HFType) {
-  std::vector<HFPiece> Out;
-  OpConfig Cfg(C.S, C.Fields);
+ChainInverse::ChainInverse(const PlannedTensor &PT, const Conversion &C,
+                           const std::function<DType(const std::string &)> &HFType)
+    : C(C), PT(PT), Cfg(C.S, C.Fields), Where(describe(PT.Rule->Loc)) {
+  const Span<OpNode> &Ops = PT.Alternatives[0].Nodes;
+  Nodes.resize(Ops.Size);
+  prepare(Ops.Size - 1, HFType);
+}
+
+void ChainInverse::prepare(size_t At, const std::function<DType(const std::string &)> &HFType) {
   const SourceChain &Ch = PT.Alternatives[0];
-  const Span<OpNode> &Nodes = Ch.Nodes;
-  std::string Where = describe(PT.Rule->Loc);
+  const Span<OpNode> &Ops = Ch.Nodes;
+  OpTree Tree(Ops);
+  auto SourceAt = [&](size_t I) -> const std::string & { return Ch.Sources[Tree.SourceOrdinal[I]]; };
   EvalEnv Env{nullptr, &C.Fields, &C.S, &PT.LoopVars};
-  OpTree Tree(Nodes);
-  auto SourceAt = [&](size_t Node) -> const std::string & { return Ch.Sources[Tree.SourceOrdinal[Node]]; };
-  std::function<void(size_t, at::Tensor)> Invert = [&](size_t Node, at::Tensor V) {
-    const OpNode &N = Nodes[Node];
+  // The nodes the inverse reaches, from the chain's result down.
+  std::vector<size_t> Todo{At};
+  while (!Todo.empty()) {
+    size_t I = Todo.back();
+    Todo.pop_back();
+    const OpNode &N = Ops[I];
+    Node &P = Nodes[I];
+    P.Op = &N;
     if (N.IsSource) {
-      Out.push_back({HFPiece::Whole, SourceAt(Node), V, 0, {}, Where});
-      return;
+      P.How = Step::Source;
+      P.Source = SourceAt(I);
+      continue;
     }
-    std::vector<size_t> Children = Tree.children(Nodes, Node);
+    P.Children = Tree.children(Ops, I);
     bool HasOptional = false;
-    for (size_t Ci : Children)
-      HasOptional |= Nodes[Ci].IsSource && Nodes[Ci].OptionalInput;
+    for (size_t Ci : P.Children)
+      HasOptional |= Ops[Ci].IsSource && Ops[Ci].OptionalInput;
     if (HasOptional && C.QuantizeFP8Block && N.Kind == Op::DequantFP8Block) {
       // --quantize fp8-block: the weight in e4m3 and its block scales.
-      std::vector<at::Tensor> Parts =
-          exec::inverse(N.Kind, N.Custom, V, N.NumInputs, evalParams(N, Env, Where), Cfg, {}, Where);
-      for (size_t Ci = 0; Ci < Children.size(); ++Ci)
-        Invert(Children[Ci], Parts[Ci]);
-      return;
+      P.How = Step::Invert;
+      P.Params = evalParams(N, Env, Where);
+      Todo.insert(Todo.end(), P.Children.begin(), P.Children.end());
+      continue;
     }
     if (HasOptional) {
-      // Dequantized on import (or passed through): the value is the first
-      // input's, in the Megatron dtype.
-      Invert(Children[0], V);
-      return;
+      P.How = Step::PassFirst;
+      Todo.push_back(P.Children[0]);
+      continue;
     }
-    OpParams Params = evalParams(N, Env, Where);
-    if (N.Kind == Op::SelectExpert) {
-      // The inverse of taking one expert is putting it back in its place.
-      if (!Nodes[Children[0]].IsSource)
-        throw Error(Where + ": error: export needs 'expert' applied directly to an HF tensor");
-      Out.push_back({HFPiece::Expert, SourceAt(Children[0]), V, Params.at("index").get<int64_t>(), {}, Where});
-      return;
+    P.Params = evalParams(N, Env, Where);
+    if (N.Kind == Op::SelectExpert || N.Kind == Op::RowBlock) {
+      // The inverse of taking a slice is putting it back in its place.
+      if (!Ops[P.Children[0]].IsSource)
+        throw Error(Where + ": error: export needs '" + (N.Kind == Op::SelectExpert ? "expert" : "rows") +
+                    "' applied directly to an HF tensor");
+      P.How = N.Kind == Op::SelectExpert ? Step::Expert : Step::Rows;
+      P.Source = SourceAt(P.Children[0]);
+      if (P.How == Step::Expert)
+        P.Index = P.Params.at("index").get<int64_t>();
+      continue;
     }
-    if (N.Kind == Op::RowBlock) {
-      // The inverse of taking a row block is putting it back in place.
-      if (!Nodes[Children[0]].IsSource)
-        throw Error(Where + ": error: export needs 'rows' applied directly to an HF tensor");
-      Out.push_back({HFPiece::Rows, SourceAt(Children[0]), V, 0, std::move(Params), Where});
-      return;
-    }
-    std::vector<DType> Types;
-    for (size_t Ci : Children)
-      if (Nodes[Ci].IsSource)
-        Types.push_back(HFType(SourceAt(Ci)));
-    std::vector<at::Tensor> Inputs = exec::inverse(N.Kind, N.Custom, V, N.NumInputs, Params, Cfg, Types, Where);
-    for (size_t Ci = 0; Ci < Children.size(); ++Ci)
-      Invert(Children[Ci], Inputs[Ci]);
-  };
-  Invert(Nodes.Size - 1, Value);
+    P.How = Step::Invert;
+    for (size_t Ci : P.Children)
+      if (Ops[Ci].IsSource)
+        P.InputTypes.push_back(HFType(SourceAt(Ci)));
+    Todo.insert(Todo.end(), P.Children.begin(), P.Children.end());
+  }
+}
+
+std::vector<HFPiece> ChainInverse::run(const at::Tensor &Value) const {
+  std::vector<HFPiece> Out;
+  invert(Nodes.size() - 1, Value, Out);
   return Out;
+}
+
+void ChainInverse::invert(size_t At, const at::Tensor &V, std::vector<HFPiece> &Out) const {
+  const Node &P = Nodes[At];
+  switch (P.How) {
+  case Step::Source:
+    Out.push_back({HFPiece::Whole, P.Source, V, 0, {}, Where});
+    return;
+  case Step::PassFirst:
+    invert(P.Children[0], V, Out);
+    return;
+  case Step::Expert:
+    Out.push_back({HFPiece::Expert, P.Source, V, P.Index, {}, Where});
+    return;
+  case Step::Rows:
+    Out.push_back({HFPiece::Rows, P.Source, V, 0, P.Params, Where});
+    return;
+  case Step::Invert: {
+    std::vector<at::Tensor> Inputs =
+        exec::inverse(P.Op->Kind, P.Op->Custom, V, P.Op->NumInputs, P.Params, Cfg, P.InputTypes, Where);
+    for (size_t Ci = 0; Ci < P.Children.size(); ++Ci)
+      invert(P.Children[Ci], Inputs[Ci], Out);
+    return;
+  }
+  }
+}
+
+std::vector<HFPiece> invertChain(const PlannedTensor &PT, const Conversion &C, const at::Tensor &Value,
+                                 const std::function<DType(const std::string &)> &HFType) {
+  return ChainInverse(PT, C, HFType).run(Value);
 }
 
 namespace {

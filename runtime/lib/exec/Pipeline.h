@@ -33,9 +33,11 @@
 #include <chrono>
 #include <functional>
 #include <map>
+#include <optional>
 #include <memory>
 #include <set>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 namespace bridge {
@@ -198,7 +200,7 @@ public:
   /// The dtype the source had \p Name in (what inverses give back).
   DType hfType(const std::string &Name) const;
   /// HF tensor -> the file of the source that held it.
-  const std::map<std::string, std::string> &fileOf() const { return FileOf; }
+  const std::map<std::string, std::string> &fileOf() const { return T->FileOf; }
   struct Known {
     DType Type;
     std::vector<int64_t> Shape;
@@ -207,12 +209,28 @@ public:
   std::map<std::string, Known> known() const;
 
 private:
+  /// What the sidecar records of one HF tensor, as export checks it.
+  struct Entry {
+    std::optional<std::vector<int64_t>> Shape; ///< none: another layout's, known when produced
+    std::optional<DType> SourceType;          ///< the dtype the source had it in
+    std::optional<DType> OwnType;             ///< a dequantized weight keeps the dtype its chain gives
+    int64_t StackedCount = 0;                 ///< a stacked tensor of unknown shape: its experts
+    std::vector<std::string> TieCopies;       ///< tied copies written beside it
+  };
+  /// Everything worked out from the sidecar, fixed after construction and
+  /// shared by the copies an RL loop makes for each export (the table of
+  /// thousands of tensors is built once, looked up once per tensor).
+  struct Tables {
+    std::unordered_map<std::string, Entry> Tensors;
+    std::map<std::string, std::string> FileOf;
+  };
   struct Pieces {
     at::Tensor Value;
     std::vector<bool> Filled;
     size_t Count = 0;
     const char *What = "";
   };
+  const Entry &entry(const std::string &Name) const;
   void emit(const std::string &Name, at::Tensor V, const Emit &Out);
   /// Puts piece \p Index of \p Name where \p SlotOf selects it in the
   /// whole, which \p Make builds on the first piece (with its number of
@@ -227,15 +245,7 @@ private:
                const std::string &Where, const Emit &Out);
 
   std::string SidePath;
-  /// The sidecar's hf_tensors, looked up several times per tensor: a tree
-  /// (the ordered Json the sidecar is read as looks up linearly, quadratic
-  /// over an export of thousands of tensors).
-  nlohmann::json HFTensors;
-  std::map<std::string, int64_t> StackedCount;
-  std::set<std::string> OwnDtype;
-  std::map<std::string, DType> OwnType; ///< a dequantized weight's dtype: its Megatron key's
-  std::map<std::string, std::string> FileOf;
-  std::map<std::string, std::vector<std::string>> TieCopyOf; ///< original -> its copies
+  std::shared_ptr<const Tables> T;
   std::map<std::string, Pieces> Assembling;
 };
 
@@ -243,9 +253,48 @@ private:
 /// quantization_config of what it quantizes (--quantize).
 Json exportedHFConfig(const Conversion &C);
 
-/// A planned tensor's chain backwards, from its Megatron value \p Value to
-/// the HF tensors (or pieces of them) it was made of, in the chain's order;
-/// \p HFType gives the dtype the source had each HF tensor in.
+/// A planned tensor's chain backwards, from its Megatron value to the HF
+/// tensors (or pieces of them) it was made of, in the chain's order. What
+/// does not depend on the value (the op tree, each op's evaluated
+/// parameters, its sources and the dtypes the source had them in, the
+/// rule's location) is worked out on construction: an RL loop exports the
+/// same tensors every step.
+class ChainInverse {
+public:
+  /// \p HFType gives the dtype the source had each HF tensor in.
+  ChainInverse(const PlannedTensor &PT, const Conversion &C,
+               const std::function<DType(const std::string &)> &HFType);
+  std::vector<HFPiece> run(const at::Tensor &Value) const;
+
+private:
+  /// What the inverse does at one node of the chain.
+  enum class Step : uint8_t {
+    Source,    ///< an HF tensor: the value is it, whole
+    Invert,    ///< the op's inverse gives its inputs
+    PassFirst, ///< dequantized on import (or passed through): the first input's value
+    Expert,    ///< one expert of a stacked HF tensor
+    Rows,      ///< a row block of an HF tensor
+  };
+  struct Node {
+    Step How = Step::Source;
+    const OpNode *Op = nullptr;
+    std::vector<size_t> Children;
+    exec::OpParams Params;
+    std::vector<DType> InputTypes;
+    std::string Source; ///< Source, Expert, Rows: the HF tensor
+    int64_t Index = 0;  ///< Expert: which expert
+  };
+  void prepare(size_t At, const std::function<DType(const std::string &)> &HFType);
+  void invert(size_t At, const at::Tensor &V, std::vector<HFPiece> &Out) const;
+
+  const Conversion &C;
+  const PlannedTensor &PT;
+  exec::OpConfig Cfg;
+  std::string Where;
+  std::vector<Node> Nodes; ///< by node of the chain; those the inverse reaches
+};
+
+/// \p PT's chain backwards once (ChainInverse for a single value).
 std::vector<HFPiece> invertChain(const PlannedTensor &PT, const Conversion &C, const at::Tensor &Value,
                                  const std::function<DType(const std::string &)> &HFType);
 

@@ -359,7 +359,11 @@ Json exportedHFConfig(const Conversion &C) {
 HFAssembler::HFAssembler(const Conversion &C, const std::function<DType(const std::string &)> &KeyType,
                          const Json &Side, std::string SidePath, std::vector<std::string> &NotExported)
     : SidePath(std::move(SidePath)) {
-  HFTensors = nlohmann::json(Side.at("hf_tensors"));
+  // Worked out on a tree of the sidecar's hf_tensors (the ordered Json it
+  // is read as looks up linearly), then kept as the table export reads.
+  nlohmann::json HFTensors(Side.at("hf_tensors"));
+  std::map<std::string, int64_t> StackedCount;
+  std::map<std::string, DType> OwnType;
   // A tensor imported from another of its rule's source layouts (a
   // quantized release) is written in the first layout: its tensors replace
   // those read, in the same file, with the shape and dtype the inverse
@@ -426,43 +430,65 @@ HFAssembler::HFAssembler(const Conversion &C, const std::function<DType(const st
             Applied = true;
             Dropped.insert(Ch.Sources[Tree.SourceOrdinal[Ci]]);
           }
-        if (Applied && Nodes[Children[0]].IsSource) {
-          OwnDtype.insert(Ch.Sources[Tree.SourceOrdinal[Children[0]]]);
+        if (Applied && Nodes[Children[0]].IsSource)
           OwnType[Ch.Sources[Tree.SourceOrdinal[Children[0]]]] = KeyType(K.Key);
-        }
       }
     }
   }
   // What export writes: the source's tensors, except those import ignored.
+  auto Out = std::make_shared<Tables>();
   std::set<std::string> Ignored(C.P.IgnoredPatterns.begin(), C.P.IgnoredPatterns.end());
   for (const std::string &D : Dropped)
     Ignored.insert(D);
+  Out->Tensors.reserve(HFTensors.size());
   for (auto It = HFTensors.begin(); It != HFTensors.end(); ++It) {
+    Entry &E = Out->Tensors[It.key()];
+    const nlohmann::json &Shape = It->at("shape"), &Type = It->at("dtype");
+    if (!Shape.is_null())
+      E.Shape = Shape.get<std::vector<int64_t>>();
+    if (!Type.is_null())
+      E.SourceType = *dtypeFromSafetensors(Type.get<std::string>());
+    if (auto Own = OwnType.find(It.key()); Own != OwnType.end())
+      E.OwnType = Own->second;
+    if (auto N = StackedCount.find(It.key()); N != StackedCount.end())
+      E.StackedCount = N->second;
     if (Ignored.count(It.key()))
       NotExported.push_back(It.key());
     else
-      FileOf[It.key()] = It->at("file").get<std::string>();
+      Out->FileOf[It.key()] = It->at("file").get<std::string>();
   }
   for (auto &[Copy, Of] : C.P.Ties)
-    if (FileOf.count(Copy))
-      TieCopyOf[Of].push_back(Copy);
+    if (Out->FileOf.count(Copy))
+      if (auto E = Out->Tensors.find(Of); E != Out->Tensors.end())
+        E->second.TieCopies.push_back(Copy);
+  T = std::move(Out);
 }
 
 std::map<std::string, HFAssembler::Known> HFAssembler::known() const {
   std::map<std::string, Known> Out;
-  for (auto &[Name, File] : FileOf) {
-    const nlohmann::json &Meta = HFTensors.at(Name);
-    if (Meta.at("shape").is_null())
+  for (auto &[Name, File] : T->FileOf) {
+    const Entry &E = entry(Name);
+    if (!E.Shape)
       continue;
-    auto Own = OwnType.find(Name);
-    Out[Name] = {Own != OwnType.end() ? Own->second : *dtypeFromSafetensors(Meta.at("dtype").get<std::string>()),
-                 Meta.at("shape").get<std::vector<int64_t>>()};
+    Out[Name] = {E.OwnType ? *E.OwnType : *E.SourceType, *E.Shape};
   }
   return Out;
 }
 
+const HFAssembler::Entry &HFAssembler::entry(const std::string &Name) const {
+  auto It = T->Tensors.find(Name);
+  if (It == T->Tensors.end())
+    throw Error("error: " + SidePath + " records no HF tensor '" + Name +
+                "' (its hf_tensors list the tensors import read); this checkpoint was not imported from the "
+                "HF layout it now holds");
+  return It->second;
+}
+
 DType HFAssembler::hfType(const std::string &Name) const {
-  return *dtypeFromSafetensors(HFTensors.at(Name).at("dtype").get<std::string>());
+  const Entry &E = entry(Name);
+  if (!E.SourceType)
+    throw Error("error: " + SidePath + " records no dtype for HF tensor '" + Name + "'");
+  return *E.SourceType;
 }
 
 void HFAssembler::put(std::vector<HFPiece> &Pieces, const Emit &Out) {
@@ -490,30 +516,22 @@ void HFAssembler::finish() const {
 }
 
 void HFAssembler::emit(const std::string &Name, at::Tensor V, const Emit &Out) {
-  if (!HFTensors.contains(Name))
-    throw Error("error: " + SidePath + " records no HF tensor '" + Name +
-                "' (its hf_tensors list the tensors import read); this checkpoint was not imported from the "
-                "HF layout it now holds");
-  const nlohmann::json &Meta = HFTensors.at(Name);
+  const Entry &E = entry(Name);
   DType Type;
-  if (Meta.at("shape").is_null()) { // another layout's tensor: as produced
+  if (!E.Shape) { // another layout's tensor: as produced
     Type = exec::fromScalarType(V.scalar_type());
   } else {
-    std::vector<int64_t> Want = Meta.at("shape").get<std::vector<int64_t>>();
+    const std::vector<int64_t> &Want = *E.Shape;
     // A vocabulary padded for training comes back to the source's rows.
     if (V.dim() >= 1 && !Want.empty() && V.size(0) > Want[0])
       V = V.narrow(0, 0, Want[0]);
-    std::vector<int64_t> Got(V.sizes().begin(), V.sizes().end());
-    if (Got != Want)
+    if (!std::equal(V.sizes().begin(), V.sizes().end(), Want.begin(), Want.end()))
       throw Error("error: export of '" + Name + "' gives a tensor of another shape than the source's");
-    Type = *dtypeFromSafetensors(Meta.at("dtype").get<std::string>());
-    if (OwnDtype.count(Name)) // a dequantized weight keeps its new dtype
-      Type = exec::fromScalarType(V.scalar_type());
+    Type = E.OwnType ? exec::fromScalarType(V.scalar_type()) : *E.SourceType;
   }
   // Copies first, then the original: the order the writer has always had.
-  if (auto Cp = TieCopyOf.find(Name); Cp != TieCopyOf.end())
-    for (const std::string &CopyName : Cp->second)
-      Out(CopyName, Type, V);
+  for (const std::string &CopyName : E.TieCopies)
+    Out(CopyName, Type, V);
   Out(Name, Type, V);
 }
 
@@ -548,11 +566,10 @@ void HFAssembler::putPiece(const std::string &Name, const char *What, size_t Ind
 void HFAssembler::stackSlice(const std::string &Name, int64_t Index, const at::Tensor &Slice,
                              const std::string &Where, const Emit &Out) {
   auto Make = [&]() -> std::pair<at::Tensor, size_t> {
-    const nlohmann::json &Shape = HFTensors.at(Name).at("shape");
-    std::vector<int64_t> Want = Shape.is_null() ? std::vector<int64_t>(Slice.sizes().begin(), Slice.sizes().end())
-                                                : Shape.get<std::vector<int64_t>>();
-    if (Shape.is_null())
-      Want.insert(Want.begin(), StackedCount.at(Name));
+    const Entry &E = entry(Name);
+    std::vector<int64_t> Want = E.Shape ? *E.Shape : std::vector<int64_t>(Slice.sizes().begin(), Slice.sizes().end());
+    if (!E.Shape)
+      Want.insert(Want.begin(), E.StackedCount);
     if (Want.empty())
       throw Error(Where + ": error: '" + Name + "' of the source has no expert axis");
     return {at::empty(Want, Slice.options()), static_cast<size_t>(Want[0])};

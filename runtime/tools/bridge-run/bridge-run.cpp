@@ -83,7 +83,10 @@ const char *ProcessesText =
     "  torchrun --nproc_per_node 4 --no-python bridge-run import --hf DIR --out DIR\n"
     "  (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT, or srun's SLURM_*;\n"
     "  --device cuda uses GPU LOCAL_RANK; BRIDGE_DIST_TIMEOUT: seconds a silent\n"
-    "  process is waited for, default 120)\n";
+    "  process is waited for, default 120)\n"
+    "\n"
+    "import, reshard and export load libbridge_exec.so from beside bridge-run;\n"
+    "BRIDGE_EXEC_MODULE names another path\n";
 
 [[noreturn]] void usageError(const std::string &Msg);
 
