@@ -121,24 +121,13 @@ struct Ty {
 struct BuiltinInfo {
   const char *Name;
   unsigned MinArgs, MaxArgs;
+  const char *ArgKinds; ///< a letter per argument, the last repeating (Builtins.def)
+  char Result;          ///< the result's kind (Builtins.def)
   const char *Doc;
 };
 const BuiltinInfo Builtins[] = {
-    {"has", 1, 1, "has(x): x is present and not null"},
-    {"min", 2, 8, "min(a, b, ...)"},
-    {"max", 2, 8, "max(a, b, ...)"},
-    {"len", 1, 1, "len(list or string)"},
-    {"at", 2, 2, "at(list, i): item i of a list"},
-    {"count", 2, 2, "count(list or string, value): how many items (characters) equal value"},
-    {"repeat", 2, 2, "repeat(value, n): a list of n copies"},
-    {"indicator", 2, 2, "indicator(list, value): 1 where an item equals value, else 0"},
-    {"labels", 3, 3, "labels(flags, if_zero, if_one): each 0/1 flag replaced by a value"},
-    {"int", 1, 1, "int(x)"},
-    {"float", 1, 1, "float(x)"},
-    {"is_moe_layer", 1, 1, "is_moe_layer(i): layer i has an MoE MLP (moe_layer_freq)"},
-    {"hybrid_layer", 1, 1, "hybrid_layer(i): the symbol of layer i in hybrid_override_pattern (M, *, -, E)"},
-    {"to_pattern", 3, 3, "to_pattern(list, names, symbols): a string of the symbol of each item"},
-    {"from_pattern", 3, 3, "from_pattern(string, symbols, names): a list of the name of each symbol"},
+#define BRIDGE_BUILTIN(Id, Name, Min, Max, Args, Result, Doc) {Name, Min, Max, Args, Result, Doc},
+#include "bridge/Builtins.def"
 };
 
 } // namespace
@@ -432,53 +421,46 @@ public:
                                            std::to_string(E.Ops.size()) + "; " + B->Doc);
       return {};
     }
-    std::string N = E.Text;
     // Argument kinds: 'n' number, 'i' int, 'l' list, 's' list or string, '*' anything.
-    static const std::pair<const char *, const char *> Kinds[] = {
-        {"min", "n"}, {"max", "n"}, {"len", "s"}, {"repeat", "*i"}, {"int", "n"}, {"float", "n"},
-        {"is_moe_layer", "i"}, {"at", "li"}, {"count", "s*"}, {"has", "*"},
-        {"indicator", "l*"}, {"labels", "l*"}, {"hybrid_layer", "i"}, {"to_pattern", "lll"},
-        {"from_pattern", "sll"}};
-    for (auto &[Fn, Spec] : Kinds) {
-      if (N != Fn)
-        continue;
-      for (size_t I = 0; I < Args.size(); ++I) {
-        char K = Spec[std::min(I, std::strlen(Spec) - 1)];
-        ValueKind A = Args[I].K;
-        bool OK = A == ValueKind::Any || K == '*' || (K == 'n' && isNumeric(A)) || (K == 'i' && A == ValueKind::Int) ||
-                  (K == 'l' && isList(A)) || (K == 's' && (isList(A) || A == ValueKind::String));
-        if (!OK && !Args[I].Null)
-          D.emit(DiagId::TypeMismatch, E.Ops[I]->Range, "argument " + std::to_string(I + 1), Args[I].str(),
-                 "'" + N + "'",
-                 K == 'n' ? "int or float" : K == 'i' ? "int" : K == 'l' ? "a list" : "a list or string");
-      }
+    const char *Spec = B->ArgKinds;
+    for (size_t I = 0; I < Args.size(); ++I) {
+      char K = Spec[std::min(I, std::strlen(Spec) - 1)];
+      ValueKind A = Args[I].K;
+      bool OK = A == ValueKind::Any || K == '*' || (K == 'n' && isNumeric(A)) || (K == 'i' && A == ValueKind::Int) ||
+                (K == 'l' && isList(A)) || (K == 's' && (isList(A) || A == ValueKind::String));
+      if (!OK && !Args[I].Null)
+        D.emit(DiagId::TypeMismatch, E.Ops[I]->Range, "argument " + std::to_string(I + 1), Args[I].str(),
+               "'" + E.Text + "'",
+               K == 'n' ? "int or float" : K == 'i' ? "int" : K == 'l' ? "a list" : "a list or string");
     }
-    if (N == "has" || N == "is_moe_layer")
+    switch (B->Result) {
+    case 'b':
       return {ValueKind::Bool};
-    if (N == "at")
+    case 'i':
+      return {ValueKind::Int};
+    case 'f':
+      return {ValueKind::Float};
+    case 's':
+      return {ValueKind::String};
+    case 'L':
+      return {ValueKind::List};
+    case 'I':
+      return {ValueKind::IntList};
+    case 'e':
       return {Args[0].K == ValueKind::IntList ? ValueKind::Int
               : Args[0].K == ValueKind::FloatList ? ValueKind::Float
                                                   : ValueKind::Any};
-    if (N == "len" || N == "int" || N == "count")
-      return {ValueKind::Int};
-    if (N == "hybrid_layer" || N == "to_pattern")
-      return {ValueKind::String};
-    if (N == "from_pattern")
-      return {ValueKind::List};
-    if (N == "indicator")
-      return {ValueKind::IntList};
-    if (N == "labels")
-      return {ValueKind::List};
-    if (N == "float")
-      return {ValueKind::Float};
-    if (N == "repeat")
+    case 'r':
       return {Args[0].K == ValueKind::Int ? ValueKind::IntList
               : Args[0].K == ValueKind::Float ? ValueKind::FloatList
                                               : ValueKind::List};
-    Ty Acc = Args[0];
-    for (size_t I = 1; I < Args.size(); ++I)
-      Acc = join(Acc, Args[I]);
-    return Acc;
+    default: { // 'j'
+      Ty Acc = Args[0];
+      for (size_t I = 1; I < Args.size(); ++I)
+        Acc = join(Acc, Args[I]);
+      return Acc;
+    }
+    }
   }
 
   /// Checks that a value of type \p V may be stored in \p F.

@@ -8,6 +8,7 @@
 #include "bridge/Config.h"
 
 #include <cmath>
+#include <optional>
 #include <sstream>
 
 namespace bridge {
@@ -107,11 +108,34 @@ bool equalValues(const Json &L, const Json &R) {
   return L == R;
 }
 
+/// The functions of the mapping language (Builtins.def, which bridgec
+/// checks calls against).
+enum class Builtin : uint8_t {
+#define BRIDGE_BUILTIN(Id, Name, Min, Max, Args, Result, Doc) Id,
+#include "bridge/Builtins.def"
+};
+
+std::optional<Builtin> builtinNamed(const std::string &Name) {
+  static const std::pair<const char *, Builtin> Names[] = {
+#define BRIDGE_BUILTIN(Id, Name, Min, Max, Args, Result, Doc) {Name, Builtin::Id},
+#include "bridge/Builtins.def"
+  };
+  for (auto &[Spelling, B] : Names)
+    if (Name == Spelling)
+      return B;
+  return std::nullopt;
+}
+
 Json callBuiltin(const std::string &Name, std::vector<Json> &Args, const EvalEnv &Env, const std::string &Where,
                  const Expr &E) {
-  if (Name == "has")
+  std::optional<Builtin> B = builtinNamed(Name);
+  if (!B)
+    fail(Where, E, "unknown builtin '" + Name + "'");
+  switch (*B) {
+  case Builtin::Has:
     return !Args[0].is_null();
-  if (Name == "min" || Name == "max") {
+  case Builtin::Min:
+  case Builtin::Max: {
     Json Best = Args[0];
     for (auto &A : Args) {
       if (!isNum(A))
@@ -121,14 +145,14 @@ Json callBuiltin(const std::string &Name, std::vector<Json> &Args, const EvalEnv
     }
     return Best;
   }
-  if (Name == "len") {
+  case Builtin::Len: {
     if (Args[0].is_array())
       return static_cast<int64_t>(Args[0].size());
     if (Args[0].is_string())
       return static_cast<int64_t>(Args[0].get<std::string>().size());
     fail(Where, E, "len() of " + show(Args[0]));
   }
-  if (Name == "at") {
+  case Builtin::At: {
     if (!Args[0].is_array() || !Args[1].is_number_integer())
       fail(Where, E, "at() needs a list and an int, not " + show(Args[0]) + " and " + show(Args[1]));
     int64_t I = Args[1].get<int64_t>();
@@ -136,7 +160,7 @@ Json callBuiltin(const std::string &Name, std::vector<Json> &Args, const EvalEnv
       fail(Where, E, "index " + std::to_string(I) + " is outside " + show(Args[0]));
     return Args[0][I];
   }
-  if (Name == "count") {
+  case Builtin::Count: {
     if (Args[0].is_string()) { // the characters of a string equal to a one-character string
       int64_t N = 0;
       for (char C : Args[0].get<std::string>())
@@ -150,7 +174,7 @@ Json callBuiltin(const std::string &Name, std::vector<Json> &Args, const EvalEnv
       N += equalValues(X, Args[1]) ? 1 : 0;
     return N;
   }
-  if (Name == "indicator") {
+  case Builtin::Indicator: {
     if (!Args[0].is_array())
       fail(Where, E, "indicator() needs a list, not " + show(Args[0]));
     Json Out = Json::array();
@@ -158,7 +182,7 @@ Json callBuiltin(const std::string &Name, std::vector<Json> &Args, const EvalEnv
       Out.push_back(int64_t(equalValues(X, Args[1]) ? 1 : 0));
     return Out;
   }
-  if (Name == "labels") {
+  case Builtin::Labels: {
     if (!Args[0].is_array())
       fail(Where, E, "labels() needs a list of 0/1 flags, not " + show(Args[0]));
     Json Out = Json::array();
@@ -169,7 +193,7 @@ Json callBuiltin(const std::string &Name, std::vector<Json> &Args, const EvalEnv
     }
     return Out;
   }
-  if (Name == "repeat") {
+  case Builtin::Repeat: {
     if (!Args[1].is_number_integer() || Args[1].get<int64_t>() < 0)
       fail(Where, E, "repeat() needs a count, not " + show(Args[1]));
     Json Out = Json::array();
@@ -177,19 +201,20 @@ Json callBuiltin(const std::string &Name, std::vector<Json> &Args, const EvalEnv
       Out.push_back(Args[0]);
     return Out;
   }
-  if (Name == "int") {
+  case Builtin::Int: {
     if (Args[0].is_number_integer())
       return Args[0];
     if (Args[0].is_number_float() && Args[0].get<double>() == std::floor(Args[0].get<double>()))
       return static_cast<int64_t>(Args[0].get<double>());
     fail(Where, E, "int() of " + show(Args[0]));
   }
-  if (Name == "float") {
+  case Builtin::Float: {
     if (!isNum(Args[0]))
       fail(Where, E, "float() of " + show(Args[0]));
     return Args[0].get<double>();
   }
-  if (Name == "to_pattern" || Name == "from_pattern") {
+  case Builtin::ToPattern:
+  case Builtin::FromPattern: {
     // A list of names <-> a string of one symbol each (a hybrid model's
     // layer types: transformers 5's layers_block_type and Megatron's
     // hybrid_override_pattern), through two parallel lists.
@@ -222,7 +247,7 @@ Json callBuiltin(const std::string &Name, std::vector<Json> &Args, const EvalEnv
       Out.push_back(Translate(std::string(1, C)));
     return Out;
   }
-  if (Name == "hybrid_layer") {
+  case Builtin::HybridLayer: {
     // The symbol of layer i in hybrid_override_pattern; null without one.
     if (!Env.Fields || !Env.Schema)
       fail(Where, E, "hybrid_layer() needs the Megatron config");
@@ -241,7 +266,7 @@ Json callBuiltin(const std::string &Name, std::vector<Json> &Args, const EvalEnv
       }
     return nullptr;
   }
-  if (Name == "is_moe_layer") {
+  case Builtin::IsMoeLayer: {
     if (!Env.Fields || !Env.Schema)
       fail(Where, E, "is_moe_layer() needs the Megatron config");
     const Json *Experts = nullptr, *Freq = nullptr;
@@ -266,7 +291,8 @@ Json callBuiltin(const std::string &Name, std::vector<Json> &Args, const EvalEnv
     }
     fail(Where, E, "moe_layer_freq must be an int or a list, not " + show(*Freq));
   }
-  fail(Where, E, "unknown builtin '" + Name + "'");
+  }
+  fail(Where, E, "internal: builtin '" + Name + "' has no evaluation");
 }
 
 } // namespace
