@@ -31,6 +31,41 @@ def pytest_configure(config):
     # and deprecations on every build; they say nothing about the mappings.
     for category in ("UserWarning", "DeprecationWarning", "FutureWarning"):
         config.addinivalue_line("filterwarnings", f"ignore::{category}:megatron")
+    config.addinivalue_line(
+        "markers",
+        "families(where): parametrize family_id over the families whose `bridge-run config` "
+        "\"megatron\" object satisfies where(meg) (see pytest_generate_tests)")
+
+
+def pytest_generate_tests(metafunc):
+    """``@pytest.mark.families(where=predicate)``: ``family_id`` takes every
+    family whose converted config (``bridge-run config``'s "megatron" object of
+    its tiny config.json) satisfies ``predicate``, so that what a family is comes
+    from its mapping, not from a list of names. A family whose config bridge-run
+    cannot give at collection is kept: a new family is tested by default, and
+    its test says why it cannot run."""
+    mark = metafunc.definition.get_closest_marker("families")
+    if mark is None:
+        return
+    predicate = mark.kwargs["where"]  # a keyword: a lone callable argument would be the marked function
+    bridge_run = str(Path(metafunc.config.getoption("--bridge-run")).resolve())
+    chosen = []
+    for fid in tiny_models.family_ids():
+        meg = tiny_models.collected_megatron_config(bridge_run, fid)
+        if meg is None or predicate(meg):
+            chosen.append(fid)
+    metafunc.parametrize("family_id", chosen, ids=tiny_models.family_param_id)
+
+
+def pytest_collection_modifyitems(items):
+    """``-k <mapping>`` selects every case of a mapping, also where a test's
+    id names only the family (hand-written case lists such as test_reshard's
+    CHAINS): each family id among a case's parameters adds its mapping name
+    to the case's keywords."""
+    for item in items:
+        for value in getattr(getattr(item, "callspec", None), "params", {}).values():
+            if isinstance(value, str) and value in tiny_models.FAMILY_BY_ID:
+                item.extra_keyword_matches.add(tiny_models.FAMILY_BY_ID[value].mapping)
 
 
 def pytest_addoption(parser):

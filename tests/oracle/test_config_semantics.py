@@ -13,9 +13,34 @@ import pytest
 import tiny_models
 
 
-@pytest.fixture(params=tiny_models.family_ids())
+@pytest.fixture(params=tiny_models.family_ids(), ids=tiny_models.family_param_id)
 def family_id(request):
     return request.param
+
+
+def _norm(ckpt: tiny_models.TinyCheckpoint, full) -> dict:
+    """normalization and layernorm_epsilon from the norm the HF model itself
+    builds before its first layer's mixer (the model made on the meta device,
+    no weights): its class says RMSNorm or LayerNorm, its own epsilon is the
+    value, whatever the config calls it (rms_norm_eps; Nemotron-H's RMSNorm
+    reads layer_norm_epsilon)."""
+    import torch
+    import transformers
+
+    with torch.device("meta"):
+        model = getattr(transformers, ckpt.family.auto_class).from_config(full)
+    norm = next(m for name, m in model.named_modules()
+                if name.endswith(("layers.0.input_layernorm", "layers.0.norm"))
+                and not name.startswith(("visual.", "vision_tower.", "model.visual.", "model.vision_tower.")))
+    kind = type(norm).__name__
+    if "RMSNorm" in kind:
+        kind = "RMSNorm"
+    elif "LayerNorm" in kind:
+        kind = "LayerNorm"
+    else:
+        raise AssertionError(f"no expectation written for the norm class {kind}")
+    eps = getattr(norm, "variance_epsilon", None)
+    return dict(normalization=kind, layernorm_epsilon=norm.eps if eps is None else eps)
 
 
 def _expected(ckpt: tiny_models.TinyCheckpoint) -> dict:
@@ -23,7 +48,7 @@ def _expected(ckpt: tiny_models.TinyCheckpoint) -> dict:
 
     full = transformers.AutoConfig.from_pretrained(ckpt.path)
     if full.model_type == "nemotron_h":
-        return _expected_nemotron_h(full, ckpt.tensors)
+        return dict(_expected_nemotron_h(full, ckpt.tensors), **_norm(ckpt, full))
     # A VLM: its language model's config is the text section; its layers
     # are wherever transformers saved the decoder ('language_model.model.').
     cfg = full.get_text_config()
@@ -39,7 +64,7 @@ def _expected(ckpt: tiny_models.TinyCheckpoint) -> dict:
             heads * (cfg.qk_nope_head_dim + cfg.v_head_dim), cfg.kv_lora_rank)
         exp = dict(
             num_layers=cfg.num_hidden_layers, hidden_size=cfg.hidden_size, num_attention_heads=heads,
-            vocab_size=cfg.vocab_size, layernorm_epsilon=cfg.rms_norm_eps, activation_func=cfg.hidden_act,
+            vocab_size=cfg.vocab_size, activation_func=cfg.hidden_act,
             share_embeddings_and_output_weights=bool(cfg.tie_word_embeddings), multi_latent_attention=True,
             q_lora_rank=cfg.q_lora_rank, kv_lora_rank=cfg.kv_lora_rank, qk_head_dim=cfg.qk_nope_head_dim,
             qk_pos_emb_head_dim=cfg.qk_rope_head_dim, v_head_dim=cfg.v_head_dim,
@@ -50,6 +75,7 @@ def _expected(ckpt: tiny_models.TinyCheckpoint) -> dict:
             moe_router_topk_scaling_factor=cfg.routed_scaling_factor,
             rotary_base=rope.get("rope_theta"),
             rotary_scaling_factor=rope.get("factor", 1.0) if rope.get("rope_type") == "yarn" else 1.0,
+            **_norm(ckpt, full),
         )
         return exp
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
@@ -67,7 +93,7 @@ def _expected(ckpt: tiny_models.TinyCheckpoint) -> dict:
         num_query_groups=cfg.num_key_value_heads,
         kv_channels=head_dim,
         vocab_size=cfg.vocab_size,
-        layernorm_epsilon=cfg.rms_norm_eps,
+        **_norm(ckpt, full),
         activation_func=getattr(cfg, "hidden_act", None) or getattr(cfg, "hidden_activation", None),
         share_embeddings_and_output_weights=bool(full.tie_word_embeddings),
         add_qkv_bias=attn + "q_proj.bias" in keys or attn + "qkv_proj.bias" in keys,
@@ -152,8 +178,7 @@ def _expected_nemotron_h(cfg, keys: dict) -> dict:
         hidden_size=cfg.hidden_size, ffn_hidden_size=cfg.intermediate_size,
         num_attention_heads=cfg.num_attention_heads, num_query_groups=cfg.num_key_value_heads,
         kv_channels=keys[attn][0] // cfg.num_attention_heads, vocab_size=cfg.vocab_size,
-        layernorm_epsilon=cfg.layer_norm_epsilon, activation_func="squared_relu", gated_linear_unit=False,
-        position_embedding_type="none", normalization="RMSNorm",
+        activation_func="squared_relu", gated_linear_unit=False, position_embedding_type="none",
         share_embeddings_and_output_weights=bool(cfg.tie_word_embeddings),
         add_qkv_bias=attn.replace("weight", "bias") in keys, add_bias_linear=False,
         mamba_num_heads=heads, mamba_head_dim=head_dim, mamba_num_groups=groups, mamba_state_dim=state,

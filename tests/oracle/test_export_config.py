@@ -83,7 +83,8 @@ def _params():
                 marks = []
                 if (layer, fam.id, f) in KNOWN:
                     marks = [pytest.mark.xfail(strict=True, reason=KNOWN[(layer, fam.id, f)])]
-                out.append(pytest.param(layer, fam.id, f, marks=marks, id=f"{layer}-{fam.id}-{f}"))
+                out.append(pytest.param(layer, fam.id, f, marks=marks,
+                                        id=f"{layer}-{tiny_models.family_param_id(fam.id)}-{f}"))
     return out
 
 

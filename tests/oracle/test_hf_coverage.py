@@ -72,7 +72,7 @@ def _nested_shape(recipe: str, shapes: dict) -> tuple:
     raise AssertionError(f"no shape rule for {op!r} in {recipe}")
 
 
-@pytest.fixture(params=tiny_models.family_ids())
+@pytest.fixture(params=tiny_models.family_ids(), ids=tiny_models.family_param_id)
 def family_id(request):
     return request.param
 

@@ -15,73 +15,100 @@ import pytest
 import megatron_oracle
 import tiny_models
 
-# What each family must exercise in the Megatron model (so that a family
-# silently losing its feature is noticed): names that must / must not exist.
-FEATURES = {
-    "llama3.2-1b": dict(absent=["output_layer.weight"]),  # tied
-    "llama3.1-8b": dict(present=["output_layer.weight"]),  # untied
-    "mistral-7b": dict(present=["output_layer.weight"]),
-    "gemma3-1b": dict(present=["decoder.layers.0.self_attention.q_layernorm.weight",
-                               "decoder.layers.0.mlp.linear_fc2.post_layernorm.weight"]),
-    "gemma2-9b": dict(present=["decoder.layers.0.self_attention.linear_proj.post_layernorm.weight"]),
-    "nemotron-h-56b": dict(present=["decoder.layers.0.mixer.in_proj.weight", "decoder.layers.1.mlp.linear_fc1.weight",
-                                    "decoder.layers.7.self_attention.linear_qkv.weight", "decoder.final_norm.weight"],
-                           absent=["decoder.layers.0.mlp.router.weight"]),
-    "nemotron-3-nano": dict(present=["decoder.layers.0.mixer.conv1d.weight", "decoder.layers.1.mlp.router.expert_bias",
-                                     "decoder.layers.1.mlp.shared_experts.linear_fc1.weight",
-                                     "decoder.layers.5.self_attention.linear_qkv.weight"]),
-    "gemma3-vl-4b": dict(present=["language_model.decoder.layers.0.self_attention.q_layernorm.weight",
-                                  "multi_modal_projector.proj.weight"]),
-    "qwen2.5-vl-7b": dict(present=["language_model.decoder.layers.0.self_attention.linear_qkv.bias",
-                                   "language_model.output_layer.weight", "visual.merger.mlp.0.weight"]),
-    "phi3-mini": dict(present=["output_layer.weight"],
-                      absent=["decoder.layers.0.self_attention.linear_qkv.bias"]),
-    "qwen2.5-7b": dict(
-        present=[
-            "decoder.layers.0.self_attention.linear_qkv.bias",
-            "decoder.layers.1.self_attention.linear_qkv.bias",
-        ],
-        absent=["decoder.layers.0.self_attention.linear_proj.bias"],
-    ),
-    "qwen3-8b": dict(
-        present=[
-            "decoder.layers.0.self_attention.q_layernorm.weight",
-            "decoder.layers.0.self_attention.k_layernorm.weight",
-        ]
-    ),
-    "qwen3-30b-a3b": dict(
-        present=[
-            "decoder.layers.1.mlp.router.weight",
-            "decoder.layers.1.mlp.experts.local_experts.3.linear_fc1.weight",
-            "decoder.layers.0.self_attention.q_layernorm.weight",
-        ],
-        absent=["decoder.layers.0.mlp.linear_fc1.weight"],
-    ),
-    "glm4.5-air": dict(
-        present=["decoder.layers.1.mlp.shared_experts.linear_fc1.weight", "decoder.layers.1.mlp.router.expert_bias",
-                 "decoder.layers.0.mlp.linear_fc1.weight", "decoder.layers.0.self_attention.linear_qkv.bias"],
-    ),
-    "olmoe-1b-7b": dict(
-        present=["decoder.layers.0.self_attention.q_layernorm.weight", "decoder.layers.1.mlp.router.weight"],
-        absent=["decoder.layers.0.mlp.linear_fc1.weight"],
-    ),
-    "minimax-m2": dict(
-        present=["decoder.layers.0.self_attention.k_layernorm.weight", "decoder.layers.1.mlp.router.expert_bias"],
-        absent=["decoder.layers.0.mlp.linear_fc1.weight"],
-    ),
-    "gpt-oss-20b": dict(
-        present=["decoder.layers.0.self_attention.core_attention.softmax_offset",
-                 "decoder.layers.1.mlp.router.bias", "decoder.layers.0.self_attention.linear_proj.bias",
-                 "decoder.layers.0.mlp.experts.local_experts.3.linear_fc1.bias"],
-    ),
-    "mixtral-8x7b": dict(
-        present=["decoder.layers.0.mlp.experts.local_experts.0.linear_fc2.weight"],
-        absent=["decoder.layers.0.mlp.linear_fc1.weight"],
-    ),
-}
+
+def _layer_kinds(meg: dict) -> list[str]:
+    """Each decoder layer's parts, as the converted config describes them:
+    'M' a Mamba mixer, '*' attention, '-' a dense MLP, 'E' experts. A hybrid
+    model's layer is one part (hybrid_override_pattern); a GPT layer is
+    attention and an MLP, experts where moe_layer_freq says so."""
+    if meg.get("hybrid_override_pattern"):
+        return list(meg["hybrid_override_pattern"])
+    n, freq = meg["num_layers"], meg.get("moe_layer_freq", 1)
+    if not meg.get("num_moe_experts"):
+        moe = [False] * n
+    elif isinstance(freq, list):
+        moe = [bool(x) for x in freq]
+    else:
+        moe = [i % freq == 0 for i in range(n)]
+    return ["*E" if m else "*-" for m in moe]
 
 
-@pytest.fixture(params=tiny_models.family_ids())
+def _feature_names(meg: dict) -> tuple[list[str], list[str]]:
+    """(present, absent): the parameter names the converted config's features
+    imply, layer by layer, so that a feature megatron-core's model does not
+    build from the config (a bias, a q/k norm, a router's expert bias, a dense
+    first layer) is noticed. test_tiny_model_keeps_the_published_features
+    checks that the tiny config has the published model's features."""
+    prefix = megatron_oracle.language_model_prefix(meg)
+    present: list[str] = []
+    absent: list[str] = []
+
+    def want(cond, name: str) -> None:
+        (present if cond else absent).append(prefix + name)
+
+    hybrid = bool(meg.get("hybrid_override_pattern"))
+    linear_bias = bool(meg.get("add_bias_linear"))
+    post_norm = bool(meg.get("post_layernorm"))
+    want(not meg.get("share_embeddings_and_output_weights"), "output_layer.weight")
+    want(True, "decoder.final_norm.weight" if hybrid else "decoder.final_layernorm.weight")
+    for i, kinds in enumerate(_layer_kinds(meg)):
+        layer = f"decoder.layers.{i}."
+        if "M" in kinds:
+            want(True, layer + "mixer.in_proj.weight")
+            want(True, layer + "mixer.conv1d.weight")
+        if "*" in kinds:
+            attn = layer + "self_attention."
+            if meg.get("multi_latent_attention"):
+                q_lora = bool(meg.get("q_lora_rank"))
+                want(q_lora, attn + "linear_q_down_proj.weight")
+                want(q_lora, attn + "q_layernorm.weight")
+                want(not q_lora, attn + "linear_q_proj.weight")
+                want(True, attn + "linear_kv_down_proj.weight")
+                want(True, attn + "kv_layernorm.weight")
+            else:
+                want(True, attn + "linear_qkv.weight")
+                want(meg.get("add_qkv_bias"), attn + "linear_qkv.bias")
+                want(meg.get("qk_layernorm"), attn + "q_layernorm.weight")
+                want(meg.get("qk_layernorm"), attn + "k_layernorm.weight")
+            want(linear_bias, attn + "linear_proj.bias")
+            want(post_norm, attn + "linear_proj.post_layernorm.weight")
+            want(meg.get("softmax_type") == "learnable", attn + "core_attention.softmax_offset")
+        if "-" in kinds:
+            want(True, layer + "mlp.linear_fc1.weight")
+            want(linear_bias, layer + "mlp.linear_fc1.bias")
+            want(post_norm, layer + "mlp.linear_fc2.post_layernorm.weight")
+        if "E" in kinds:
+            mlp = layer + "mlp."
+            last = f"experts.local_experts.{meg['num_moe_experts'] - 1}."
+            want(True, mlp + "router.weight")
+            want(linear_bias, mlp + "router.bias")
+            want(meg.get("moe_router_enable_expert_bias"), mlp + "router.expert_bias")
+            want(meg.get("moe_shared_expert_intermediate_size"), mlp + "shared_experts.linear_fc1.weight")
+            want(True, mlp + last + "linear_fc1.weight")
+            want(True, mlp + last + "linear_fc2.weight")
+            want(linear_bias, mlp + last + "linear_fc1.bias")
+            want(False, mlp + "linear_fc1.weight")
+        else:
+            want(False, layer + "mlp.router.weight")
+    return present, absent
+
+
+def _features(meg: dict) -> dict:
+    """What a converted config exercises, independent of its sizes."""
+    return dict(
+        layer_kinds="".join(sorted(set("".join(_layer_kinds(meg))))),
+        tied=bool(meg.get("share_embeddings_and_output_weights")),
+        **{key: bool(meg.get(key)) for key in (
+            "add_qkv_bias", "add_bias_linear", "qk_layernorm", "post_layernorm", "multi_latent_attention",
+            "q_lora_rank", "moe_router_enable_expert_bias", "moe_shared_expert_intermediate_size", "window_size",
+            "vision_model")},
+        softmax_type=meg.get("softmax_type"),
+        normalization=meg.get("normalization"),
+        position_embedding_type=meg.get("position_embedding_type"),
+    )
+
+
+@pytest.fixture(params=tiny_models.family_ids(), ids=tiny_models.family_param_id)
 def family_id(request):
     return request.param
 
@@ -152,11 +179,11 @@ def test_state_dict_matches_plan(bridge_run, tiny_checkpoints, megatron_models, 
 
     assert actual == expected, _diff_report(actual, expected)
 
-    feats = FEATURES[family_id]
-    for name in feats.get("present", []):
-        assert name in actual or name in kept, f"{family_id} should exercise {name}"
-    for name in feats.get("absent", []):
-        assert name not in actual, f"{family_id} should not have {name}"
+    present, absent = _feature_names(meg)
+    missing = [name for name in present if name not in actual]
+    assert not missing, f"{family_id}: its config's features imply {missing}; megatron-core's model has none"
+    extra = [name for name in absent if name in actual]
+    assert not extra, f"{family_id}: its config has not the features of {extra}; megatron-core's model has them"
 
     # The plan's parameter count is the model's (tied weights once).
     n = sum(p.numel() for p in model.parameters())
@@ -197,6 +224,22 @@ def test_published_config_accepted_by_transformer_config(
     assert cfg.num_layers == field("num_hidden_layers")
     head_dim = raw.get("head_dim") if "head_dim" in raw or tiny_models.text_section(pub) is pub else text.head_dim
     assert cfg.kv_channels == (head_dim or field("hidden_size") // field("num_attention_heads"))
+
+
+def test_tiny_model_keeps_the_published_features(bridge_run, tiny_checkpoints, tmp_path, family_id):
+    """The shrink keeps what defines the family: the tiny checkpoint's
+    converted config has the features of the published full-size model's
+    (a bias, tied embeddings, q/k norms, experts and their shared expert, a
+    dense first layer, Mamba layers, a window...), so that the tests above
+    still exercise them."""
+    fam = tiny_models.FAMILY_BY_ID[family_id]
+    pub = tiny_models.published_config(fam)
+    if pub is None:
+        pytest.skip(f"no published config in {tiny_models.SHARED_HF_CONFIGS}")
+    full = bridge_run.config(str(tiny_models.write_config_dir(pub, tmp_path / family_id)))["megatron"]
+    tiny = bridge_run.config(str(tiny_checkpoints(family_id).path))["megatron"]
+    want, got = _features(full), _features(tiny)
+    assert got == want, {k: (want[k], got[k]) for k in want if want[k] != got[k]}
 
 
 def test_import_has_exactly_the_keys_megatron_core_requests(

@@ -45,7 +45,7 @@ SAME = {
 
 
 @pytest.mark.parametrize("tp", [1, 2])
-@pytest.mark.parametrize("family_id", FAMILIES)
+@pytest.mark.parametrize("family_id", FAMILIES, ids=tiny_models.family_param_id)
 def test_megatron_core_loads_every_mamba_tensor_as_hf_wrote_it(bridge_run, tiny_checkpoints, mcore, tmp_path,
                                                                family_id, tp):
     import re

@@ -327,6 +327,13 @@ def family_ids() -> list[str]:
     return [f.id for f in FAMILIES]
 
 
+def family_param_id(family_id: str) -> str:
+    """A family's pytest id: its mapping, then the family (``qwen3_moe-qwen3-30b-a3b``),
+    so that ``-k qwen3_moe`` selects every case of a mapping and ``-k qwen3-30b-a3b``
+    those of one family."""
+    return f"{FAMILY_BY_ID[family_id].mapping}-{family_id}"
+
+
 def have_published_configs() -> bool:
     return all((SHARED_HF_CONFIGS / f.published).is_file() for f in FAMILIES)
 
@@ -553,6 +560,27 @@ def write_config_dir(config: dict, out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     return out_dir
+
+
+@functools.lru_cache(maxsize=None)
+def collected_megatron_config(bridge_run_path: str, family_id: str) -> dict | None:
+    """``bridge-run config``'s "megatron" object for the family's tiny
+    config.json, asked while tests are collected (it reads no weights), so that
+    what a family is (mixture of experts, hybrid, VLM) comes from its mapping.
+    None when bridge-run cannot answer: not built (every test that needs it
+    then skips on the bridge_run fixture), or the mapping refuses the config
+    (the family's tests then fail on that refusal)."""
+    import tempfile
+
+    path = Path(bridge_run_path)
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        return None
+    config, _ = tiny_config_dict(FAMILY_BY_ID[family_id])
+    with tempfile.TemporaryDirectory(prefix="bridge-collect-") as tmp:
+        try:
+            return BridgeRun(path).config(str(write_config_dir(config, Path(tmp))))["megatron"]
+        except (BridgeRunError, subprocess.TimeoutExpired, json.JSONDecodeError, KeyError):
+            return None
 
 
 class BridgeRunError(RuntimeError):
