@@ -27,6 +27,7 @@ PARAM     : 'param';
 BLOCK     : 'block';
 USE       : 'use';
 AT_KW     : 'at';
+FROM      : 'from';
 RANGE     : 'range';
 TE        : 'te';
 EXPERT    : 'expert';

@@ -39,7 +39,14 @@ exportGroup : WHEN expr LBRACE exportItem* RBRACE ;
 exportAssign: OVERRIDE? hfPath ASSIGN expr (WHEN expr)? SEMI ;
 
 weightsBlock: WEIGHTS LBRACE weightItem* RBRACE ;
-weightItem  : forBlock | weightGroup | tensorRule | ignoreRule | tieRule ;
+weightItem  : forBlock | weightGroup | weightBlock | weightUse | tensorRule | ignoreRule | tieRule ;
+// 'block NAME { ... }': weight rules whose names are relative, written once
+// for a sub-tree that appears more than once (DeepSeek's MTP layer restates a
+// decoder layer); 'use NAME at PREFIX from HF_PREFIX;' (after the block)
+// stands for its rules with PREFIX before each Megatron name and HF_PREFIX
+// before each HF name. The AST builder expands it (ast::WeightUse).
+weightBlock : BLOCK name LBRACE weightItem* RBRACE ;
+weightUse   : USE name AT_KW pattern FROM pattern SEMI ;
 weightGroup : WHEN expr LBRACE weightItem* RBRACE ;
 forBlock    : FOR name IN rangeSpec (WHERE expr)? LBRACE weightItem* RBRACE ;
 rangeSpec   : expr DOTDOT expr   # rangeBounds
@@ -125,4 +132,4 @@ hfPath      : HF (DOT name)+ ;
 
 name        : IDENT | IMPORT | BRIDGE | FRAGMENT | SCHEMA | MATCH | ALIAS | LET | REQUIRE | CONFIG | EXPORT
             | WEIGHTS | FOR | IN | WHERE | WHEN | OPTIONAL | OVERRIDE | IGNORE | TIE
-            | FIELD | PARAM | BLOCK | USE | AT_KW | RANGE | TE | DIST | LOCALDIST | EXPERT | RECIPE | PRESET ;
+            | FIELD | PARAM | BLOCK | USE | AT_KW | FROM | RANGE | TE | DIST | LOCALDIST | EXPERT | RECIPE | PRESET ;

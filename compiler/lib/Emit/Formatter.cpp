@@ -277,6 +277,8 @@ private:
       const GuardGroup *G = It.K == WeightItem::TensorItem ? It.Tensor->Group.get()
                             : It.K == WeightItem::IgnoreItem ? It.Ignore->Group.get()
                             : It.K == WeightItem::TieItem    ? It.Tie->Group.get()
+                            : It.K == WeightItem::BlockItem  ? It.Block->Group.get()
+                            : It.K == WeightItem::UseItem    ? It.Use->Group.get()
                                                              : It.For->Group.get();
       item(It, enter(S, G));
     }
@@ -322,6 +324,24 @@ private:
       indent(Depth);
       OS << "tie " << print(It.Tie->Copy) << " = " << print(It.Tie->Of) << when(It.Tie->OwnWhen) << ";\n";
       ended(It.Tie->Range.End);
+      return;
+    case WeightItem::BlockItem: {
+      const WeightBlock &B = *It.Block;
+      comments(B.Range.Start, Depth);
+      indent(Depth);
+      OS << "block " << B.Name << " {\n";
+      items(B.Items, nullptr, Depth + 1);
+      comments(B.Range.End, Depth + 1);
+      indent(Depth);
+      OS << "}\n";
+      ended(B.Range.End);
+      return;
+    }
+    case WeightItem::UseItem:
+      comments(It.Use->Range.Start, Depth);
+      indent(Depth);
+      OS << "use " << It.Use->Name << " at " << print(It.Use->At) << " from " << print(It.Use->From) << ";\n";
+      ended(It.Use->Range.End);
       return;
     case WeightItem::ForItem: {
       const ForBlock &B = *It.For;

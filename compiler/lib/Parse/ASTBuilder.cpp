@@ -127,6 +127,10 @@ private:
                                        It->second.Uses == 0)
         Ctx.Diags.emit(DiagId::UnusedLet, L.NameRange, L.Name);
     Lets.clear();
+    for (auto &[Name, Info] : Blocks)
+      if (Info.Uses == 0)
+        Ctx.Diags.emit(DiagId::UnusedWeightBlock, Info.Block->NameRange, Name);
+    Blocks.clear();
     return B;
   }
 
@@ -314,6 +318,16 @@ private:
   /// Appends the rules of \p C to \p Out; a guarded group's rules go to
   /// \p Out directly, each with the group's condition.
   void weightItem(P::WeightItemContext *C, std::vector<ast::WeightItem> &Out, const ast::GuardGroupP &G) {
+    if (auto *Bc = C->weightBlock()) {
+      if (auto It = weightBlock(Bc, G))
+        Out.push_back(std::move(*It));
+      return;
+    }
+    if (auto *Uc = C->weightUse()) {
+      if (auto It = weightUse(Uc, G))
+        Out.push_back(std::move(*It));
+      return;
+    }
     if (auto *Gc = C->weightGroup()) {
       if (auto Sub = group(Gc, Gc->expr(), Gc->weightItem().size(), G))
         for (auto *W : Gc->weightItem())
@@ -421,6 +435,154 @@ private:
       return It;
     }
     return std::nullopt;
+  }
+
+  // ---- weight blocks ---------------------------------------------------------
+  struct BlockInfo {
+    std::shared_ptr<const ast::WeightBlock> Block;
+    unsigned Uses = 0;
+  };
+  /// The weight blocks of the bridge being built, by name.
+  std::map<std::string, BlockInfo> Blocks;
+
+  std::optional<ast::WeightItem> weightBlock(P::WeightBlockContext *C, const ast::GuardGroupP &G) {
+    if (!C->name())
+      return std::nullopt;
+    auto WB = std::make_shared<ast::WeightBlock>();
+    WB->Range = R(C);
+    WB->Name = C->name()->getText();
+    WB->NameRange = R(C->name());
+    WB->Group = G;
+    // The block's own groups start inside it: a use adds the groups around
+    // the use instead.
+    for (auto *W : C->weightItem())
+      weightItem(W, WB->Items, nullptr);
+    if (auto It = Blocks.find(WB->Name); It != Blocks.end()) {
+      Ctx.Diags.emit(DiagId::DuplicateWeightBlock, WB->NameRange, WB->Name);
+      Ctx.Diags.note(DiagId::NotePreviousHere, It->second.Block->NameRange);
+    } else {
+      Blocks[WB->Name] = {WB};
+    }
+    ast::WeightItem It;
+    It.K = ast::WeightItem::BlockItem;
+    It.Block = WB;
+    return It;
+  }
+
+  std::optional<ast::WeightItem> weightUse(P::WeightUseContext *C, const ast::GuardGroupP &G) {
+    auto Ps = C->pattern();
+    if (!C->name() || Ps.size() != 2)
+      return std::nullopt;
+    auto U = std::make_shared<ast::WeightUse>();
+    U->Range = R(C);
+    U->Name = C->name()->getText();
+    U->NameRange = R(C->name());
+    U->At = pattern(Ps[0]);
+    U->From = pattern(Ps[1]);
+    U->Group = G;
+    auto It = Blocks.find(U->Name);
+    if (It == Blocks.end()) {
+      std::vector<std::string> Names;
+      for (auto &[N, _] : Blocks)
+        Names.push_back(N);
+      Ctx.Diags.emit(DiagId::UnknownWeightBlock, U->NameRange, U->Name, didYouMean(U->Name, Names));
+      return std::nullopt;
+    }
+    ++It->second.Uses;
+    for (const ast::WeightItem &Item : It->second.Block->Items)
+      U->Expanded.push_back(instantiate(Item, *U));
+    ast::WeightItem Out;
+    Out.K = ast::WeightItem::UseItem;
+    Out.Use = U;
+    return Out;
+  }
+
+  /// \p Prefix, a '.', then \p Rel: literal text joined as the builder
+  /// joins a name written out, captures copied.
+  static ast::Pattern prefixed(const ast::Pattern &Prefix, const ast::Pattern &Rel) {
+    ast::Pattern Out;
+    Out.Range = Rel.Range;
+    auto Add = [&](const ast::PatternPiece &Pc) {
+      if (Pc.K == ast::PatternPiece::Literal && !Out.Pieces.empty() &&
+          Out.Pieces.back().K == ast::PatternPiece::Literal) {
+        Out.Pieces.back().Text += Pc.Text;
+        return;
+      }
+      ast::PatternPiece C = Pc;
+      C.E = clone(Pc.E);
+      Out.Pieces.push_back(std::move(C));
+    };
+    for (const ast::PatternPiece &Pc : Prefix.Pieces)
+      Add(Pc);
+    ast::PatternPiece Dot;
+    Dot.K = ast::PatternPiece::Literal;
+    Dot.Range = Rel.Range;
+    Dot.Text = ".";
+    Add(Dot);
+    for (const ast::PatternPiece &Pc : Rel.Pieces)
+      Add(Pc);
+    return Out;
+  }
+
+  static ast::SourceP prefixedSource(const ast::SourceP &S, const ast::Pattern &From) {
+    auto Out = std::make_shared<ast::Source>(*S);
+    if (S->K == ast::Source::PatternRef)
+      Out->Pat = prefixed(From, S->Pat);
+    for (ast::OpArg &A : Out->Args)
+      if (A.Src)
+        A.Src = prefixedSource(A.Src, From);
+    return Out;
+  }
+
+  /// Item \p It of a block as written at the use \p U: names prefixed, and
+  /// the conditions of the groups around the use conjoined to each rule's.
+  ast::WeightItem instantiate(const ast::WeightItem &It, const ast::WeightUse &U) {
+    ast::WeightItem Out = It;
+    switch (It.K) {
+    case ast::WeightItem::TensorItem: {
+      auto T = std::make_shared<ast::TensorRule>(*It.Tensor);
+      T->Target = prefixed(U.At, T->Target);
+      for (ast::SourceP &A : T->Alternatives)
+        A = prefixedSource(A, U.From);
+      T->When = guarded(U.Group, T->When);
+      Out.Tensor = T;
+      break;
+    }
+    case ast::WeightItem::IgnoreItem: {
+      auto I = std::make_shared<ast::IgnoreRule>(*It.Ignore);
+      I->Pat = prefixed(U.From, I->Pat);
+      I->When = guarded(U.Group, I->When);
+      Out.Ignore = I;
+      break;
+    }
+    case ast::WeightItem::TieItem: {
+      auto T = std::make_shared<ast::TieRule>(*It.Tie);
+      T->Copy = prefixed(U.From, T->Copy);
+      T->Of = prefixed(U.From, T->Of);
+      T->When = guarded(U.Group, T->When);
+      Out.Tie = T;
+      break;
+    }
+    case ast::WeightItem::ForItem: {
+      auto F = std::make_shared<ast::ForBlock>(*It.For);
+      for (ast::WeightItem &Sub : F->Items)
+        Sub = instantiate(Sub, U);
+      // A loop's 'where' holds for its rules; the groups around the use are
+      // conjoined to each rule inside.
+      Out.For = F;
+      break;
+    }
+    case ast::WeightItem::BlockItem:
+      break; // a block declared inside a block: its uses are expanded already
+    case ast::WeightItem::UseItem: {
+      auto V = std::make_shared<ast::WeightUse>(*It.Use);
+      for (ast::WeightItem &Sub : V->Expanded)
+        Sub = instantiate(Sub, U);
+      Out.Use = V;
+      break;
+    }
+    }
+    return Out;
   }
 
   ast::SourceP source(P::SourceContext *C) {

@@ -836,6 +836,12 @@ public:
     switch (It.K) {
     case ast::WeightItem::ForItem:
       return resolveFor(*It.For, Loops, Sc, R);
+    case ast::WeightItem::BlockItem:
+      return; // seen through its uses
+    case ast::WeightItem::UseItem:
+      for (const ast::WeightItem &Sub : It.Use->Expanded)
+        resolveItem(Sub, Loops, Sc, R);
+      return;
     case ast::WeightItem::TensorItem:
       return resolveTensor(*It.Tensor, Loops, Sc, R);
     case ast::WeightItem::IgnoreItem: {

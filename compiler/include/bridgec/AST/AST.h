@@ -128,13 +128,40 @@ struct TieRule {
 };
 
 struct ForBlock;
+struct WeightBlock;
+struct WeightUse;
 struct WeightItem {
-  enum Kind { TensorItem, IgnoreItem, TieItem, ForItem };
+  enum Kind { TensorItem, IgnoreItem, TieItem, ForItem, BlockItem, UseItem };
   Kind K;
   std::shared_ptr<const TensorRule> Tensor;
   std::shared_ptr<const IgnoreRule> Ignore;
   std::shared_ptr<const TieRule> Tie;
   std::shared_ptr<const ForBlock> For;
+  std::shared_ptr<const WeightBlock> Block;
+  std::shared_ptr<const WeightUse> Use;
+};
+
+/// 'block NAME { ... }' in a weights section: rules with relative names,
+/// for 'use' to instantiate. Later phases see only its uses' expansions.
+struct WeightBlock {
+  SMRange Range;
+  std::string Name;
+  SMRange NameRange;
+  std::vector<WeightItem> Items; ///< as written (relative names)
+  GuardGroupP Group;             ///< the innermost enclosing guarded group, if any
+};
+
+/// 'use NAME at PREFIX from HF_PREFIX;': the block's rules with PREFIX
+/// before each Megatron name and HF_PREFIX before each HF name, built by
+/// the builder as if written out here (Expanded, in the block's order);
+/// the use itself stays for the formatter.
+struct WeightUse {
+  SMRange Range;
+  std::string Name;
+  SMRange NameRange;
+  Pattern At, From;
+  std::vector<WeightItem> Expanded;
+  GuardGroupP Group; ///< the innermost enclosing guarded group, if any
 };
 
 struct ForBlock {
