@@ -3,6 +3,7 @@
 // bridge-run list                          the families this build converts
 // bridge-run config  --hf PATH             the Megatron config of an HF config.json
 // bridge-run plan    --hf PATH             every Megatron tensor, its slices and stage
+// bridge-run inspect --hf DIR [--draft FILE] what a new family needs (Inspect.cpp)
 // bridge-run import  --hf DIR --out DIR    HF safetensors -> Megatron-Core torch_dist
 // bridge-run export  --megatron DIR --out DIR   torch_dist -> HF safetensors
 // bridge-run reshard --megatron DIR --out DIR   another layout or format
@@ -27,6 +28,7 @@
 #include "bridge/Registry.h"
 #include "bridge/Safetensors.h"
 #include "bridge/StrictJson.h"
+#include "Inspect.h"
 
 #include <algorithm>
 #include <cmath>
@@ -56,6 +58,13 @@ const char *CommandsText =
     "  plan   --hf PATH          every Megatron tensor: its HF sources, op, global\n"
     "         [layout options]   shape, parallel style, pipeline stage and rank slice,\n"
     "                            and the bytes each rank holds (no weights are read)\n"
+    "  inspect --hf DIR [--draft FILE]\n"
+    "                            which mapping serves an HF checkpoint and whether it\n"
+    "                            reads every tensor; for an unknown family, the config\n"
+    "                            fields no mapping reads, the tensor names as patterns\n"
+    "                            ({i} layer, {e} expert) with the shipped rules that\n"
+    "                            read each, and with --draft a .bridge file to fill in\n"
+    "                            (no weights are read)\n"
     "  import --hf DIR --out DIR HF safetensors checkpoint -> Megatron-Core torch_dist\n"
     "         [layout options]\n"
     "  export --megatron DIR --out DIR\n"
@@ -92,8 +101,9 @@ const char *ProcessesText =
 
 struct Options {
   std::string Command, HF, Out, Megatron, Device = "cpu", Format = "torch_dist", Target, Against, Recipe, Checkpoint,
-      Quantize;
+      Quantize, Draft;
   std::vector<std::string> Rest; ///< words after the command (recipe list/show NAME)
+  std::vector<std::string> IgnoreMappings; ///< inspect: mappings treated as absent
   bool FormatGiven = false, LayoutGiven = false;
   bool AsJson = false, LocalNames = false, Overwrite = false, Quiet = false, LocalSpec = false, Resume = false;
   Layout Par;
@@ -111,12 +121,14 @@ enum CommandBit : unsigned {
   CmdReshard = 1u << 5,
   CmdVerify = 1u << 6,
   CmdRecipe = 1u << 7,
-  CmdAll = (1u << 8) - 1,
+  CmdInspect = 1u << 8,
+  CmdAll = (1u << 9) - 1,
 };
 
 const std::pair<const char *, unsigned> kCommands[] = {
     {"list", CmdList},     {"config", CmdConfig},   {"plan", CmdPlan},     {"import", CmdImport},
     {"export", CmdExport}, {"reshard", CmdReshard}, {"verify", CmdVerify}, {"recipe", CmdRecipe},
+    {"inspect", CmdInspect},
 };
 
 unsigned commandBit(const std::string &Name) {
@@ -170,7 +182,7 @@ const OptionDef kOptions[] = {
      [](Options &O, const std::string &F, const std::string &V) {
        O.Par.LastStageLayers = numberArg(F, V), O.LayoutGiven = true;
      }},
-    {"--hf", "PATH", CmdConfig | CmdPlan | CmdImport | CmdReshard, false,
+    {"--hf", "PATH", CmdConfig | CmdPlan | CmdImport | CmdReshard | CmdInspect, false,
      "an HF checkpoint directory or its config.json",
      [](Options &O, const std::string &, const std::string &V) { O.HF = V; }},
     {"--megatron", "DIR", CmdExport | CmdReshard, false, "a checkpoint written by import or reshard",
@@ -184,7 +196,7 @@ const OptionDef kOptions[] = {
        while (O.Out.size() > 1 && O.Out.back() == '/')
          O.Out.pop_back();
      }},
-    {"--json", nullptr, CmdList | CmdConfig | CmdPlan | CmdRecipe, false, "machine-readable output",
+    {"--json", nullptr, CmdList | CmdConfig | CmdPlan | CmdRecipe | CmdInspect, false, "machine-readable output",
      [](Options &O, const std::string &, const std::string &) { O.AsJson = true; }},
     {"--local-names", nullptr, CmdPlan, false,
      "name tensors as the local layer spec does\n(default: Transformer Engine names)",
@@ -237,6 +249,11 @@ const OptionDef kOptions[] = {
      [](Options &O, const std::string &, const std::string &V) { O.Format = V, O.FormatGiven = true; }},
     {"--checkpoint", "DIR", CmdRecipe, false, "recipe show: the checkpoint to start from",
      [](Options &O, const std::string &, const std::string &V) { O.Checkpoint = V; }},
+    {"--draft", "FILE", CmdInspect, false, "inspect: write a draft .bridge file for a family no\nmapping serves",
+     [](Options &O, const std::string &, const std::string &V) { O.Draft = V; }},
+    {"--ignore-mapping", "NAME", CmdInspect, false,
+     "inspect: treat shipped mapping NAME as absent (repeatable;\nfor testing drafts against a shipped family)",
+     [](Options &O, const std::string &, const std::string &V) { O.IgnoreMappings.push_back(V); }},
     {"--against", "SOURCE", CmdVerify, false, "the HF source an export must hold bit for bit",
      [](Options &O, const std::string &, const std::string &V) { O.Against = V; }},
     {"--quiet", nullptr, CmdAll, false, "no progress line",
@@ -675,6 +692,16 @@ int main(int argc, char **argv) {
       if (O.HF.empty())
         usageError(O.Command + " needs --hf PATH");
       return O.Command == "config" ? cmdConfig(O) : cmdPlan(O);
+    }
+    if (O.Command == "inspect") {
+      if (O.HF.empty())
+        usageError("inspect needs --hf DIR");
+      InspectOptions IO;
+      IO.HF = O.HF;
+      IO.Draft = O.Draft;
+      IO.IgnoreMappings = O.IgnoreMappings;
+      IO.AsJson = O.AsJson;
+      return runInspect(IO);
     }
     if (O.Command == "import") {
       if (O.HF.empty() || O.Out.empty())
