@@ -28,6 +28,7 @@ BLOCK     : 'block';
 USE       : 'use';
 AT_KW     : 'at';
 FROM      : 'from';
+QUANTIZED : 'quantized';
 RANGE     : 'range';
 TE        : 'te';
 EXPERT    : 'expert';

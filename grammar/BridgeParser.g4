@@ -38,7 +38,13 @@ exportItem  : exportAssign | exportGroup ;
 exportGroup : WHEN expr LBRACE exportItem* RBRACE ;
 exportAssign: OVERRIDE? hfPath ASSIGN expr (WHEN expr)? SEMI ;
 
-weightsBlock: WEIGHTS LBRACE weightItem* RBRACE ;
+// 'quantized fp8_block(scale = "_scale_inv") for "*_proj.weight", ...;' at
+// the start of a weights section: every HF source of this bridge's rules
+// whose name matches a glob is read through the scheme's dequantization op
+// with the tensor named like it plus the suffix as its optional scale, as if
+// 'dequant_fp8_block(X, X_scale_inv?)' were written (Sema expands it).
+weightsBlock: WEIGHTS LBRACE quantizedDecl* weightItem* RBRACE ;
+quantizedDecl: QUANTIZED name LPAREN name ASSIGN STRING RPAREN FOR STRING (COMMA STRING)* SEMI ;
 weightItem  : forBlock | weightGroup | weightBlock | weightUse | tensorRule | ignoreRule | tieRule ;
 // 'block NAME { ... }': weight rules whose names are relative, written once
 // for a sub-tree that appears more than once (DeepSeek's MTP layer restates a
@@ -132,4 +138,4 @@ hfPath      : HF (DOT name)+ ;
 
 name        : IDENT | IMPORT | BRIDGE | FRAGMENT | SCHEMA | MATCH | ALIAS | LET | REQUIRE | CONFIG | EXPORT
             | WEIGHTS | FOR | IN | WHERE | WHEN | OPTIONAL | OVERRIDE | IGNORE | TIE
-            | FIELD | PARAM | BLOCK | USE | AT_KW | FROM | RANGE | TE | DIST | LOCALDIST | EXPERT | RECIPE | PRESET ;
+            | FIELD | PARAM | BLOCK | USE | AT_KW | FROM | QUANTIZED | RANGE | TE | DIST | LOCALDIST | EXPERT | RECIPE | PRESET ;

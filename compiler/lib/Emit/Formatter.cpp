@@ -243,10 +243,19 @@ private:
       indent(1);
       OS << "}\n";
     }
-    if (!B.Weights.empty()) {
+    if (!B.Weights.empty() || !B.Quantized.empty()) {
       Lets(B.WeightsAt);
       indent(1);
       OS << "weights {\n";
+      for (const QuantizedDecl &Q : B.Quantized) {
+        comments(Q.Range.Start, 2);
+        std::vector<std::string> Globs;
+        for (auto &G : Q.Globs)
+          Globs.push_back(quote(G.first));
+        line(2, "quantized " + Q.Scheme + "(" + Q.Param + " = " + quote(Q.Suffix) + ") for", " ",
+             llvm::join(Globs, ", ") + ";");
+        ended(Q.Range.End);
+      }
       items(B.Weights, nullptr, 2);
       indent(1);
       OS << "}\n";

@@ -118,6 +118,22 @@ private:
           exportItem(Ei, B, nullptr);
       } else if (auto *WB = I->weightsBlock()) {
         First(B.WeightsAt, WB);
+        for (auto *Q : WB->quantizedDecl()) {
+          auto Names = Q->name();
+          auto Strings = Q->STRING();
+          if (Names.size() != 2 || Strings.size() < 2)
+            continue;
+          ast::QuantizedDecl D;
+          D.Range = R(Q);
+          D.Scheme = Names[0]->getText();
+          D.SchemeRange = R(Names[0]);
+          D.Param = Names[1]->getText();
+          D.ParamRange = R(Names[1]);
+          D.Suffix = unquote(Strings[0]->getText());
+          for (size_t I = 1; I < Strings.size(); ++I)
+            D.Globs.push_back({unquote(Strings[I]->getText()), Ctx.tokenRange(Strings[I]->getSymbol())});
+          B.Quantized.push_back(std::move(D));
+        }
         for (auto *W : WB->weightItem())
           weightItem(W, B.Weights, nullptr);
       }

@@ -14,6 +14,7 @@
 
 #include "llvm/ADT/StringExtras.h"
 #include "llvm/Support/FileSystem.h"
+#include "llvm/Support/GlobPattern.h"
 #include "llvm/Support/MemoryBuffer.h"
 #include "llvm/Support/Path.h"
 
@@ -827,9 +828,101 @@ public:
     std::vector<model::Loop> Loops;
     Scope Sc;
     Sc.What = "a weight rule";
+    declareQuantized(B);
     for (const ast::WeightItem &It : B.Weights)
       resolveItem(It, Loops, Sc, R);
+    for (const QuantizedGlob &G : Quantized)
+      if (!G.Used)
+        D.emit(DiagId::UnusedQuantGlob, G.Range, G.Glob);
+    Quantized.clear();
     return R;
+  }
+
+  // -- declared quantization ----------------------------------------------------------
+  /// A glob of a 'quantized' declaration of the bridge being resolved.
+  struct QuantizedGlob {
+    std::string Glob;
+    llvm::GlobPattern Pattern;
+    std::string Op;     ///< the dequantization op
+    std::string Suffix; ///< the scale's name: the tensor's plus this
+    SMRange Range, DeclRange;
+    bool Used = false;
+  };
+  std::vector<QuantizedGlob> Quantized;
+  /// Building the inputs of a dequantization op: its sources are read as
+  /// they are written.
+  bool InDequant = false;
+
+  void declareQuantized(const ast::BridgeDecl &B) {
+    static const std::pair<const char *, const char *> Schemes[] = {{"fp8_block", "dequant_fp8_block"},
+                                                                    {"fp8", "dequant_fp8"}};
+    for (const ast::QuantizedDecl &Q : B.Quantized) {
+      const char *Op = nullptr;
+      std::vector<std::string> Names;
+      for (auto &[Name, DequantOp] : Schemes) {
+        Names.push_back(Name);
+        if (Q.Scheme == Name)
+          Op = DequantOp;
+      }
+      if (!Op) {
+        D.emit(DiagId::UnknownQuantScheme, Q.SchemeRange, Q.Scheme, didYouMean(Q.Scheme, Names));
+        continue;
+      }
+      if (Q.Param != "scale") {
+        D.emit(DiagId::QuantScaleParam, Q.ParamRange, Q.Param);
+        continue;
+      }
+      for (auto &[Glob, Range] : Q.Globs) {
+        auto Pat = llvm::GlobPattern::create(Glob);
+        if (!Pat) {
+          llvm::consumeError(Pat.takeError());
+          D.emit(DiagId::OpParam, Range, "\"" + Glob + "\" is not a glob ('*' any text, '?' one character)");
+          continue;
+        }
+        Quantized.push_back({Glob, std::move(*Pat), Op, Q.Suffix, Range, Q.Range});
+      }
+    }
+  }
+
+  /// The declared quantization that reads HF source \p P, if any.
+  QuantizedGlob *quantizedFor(const model::Pattern &P) {
+    if (InDequant || Quantized.empty())
+      return nullptr;
+    std::string Name = P.str();
+    for (QuantizedGlob &G : Quantized)
+      if (G.Pattern.match(Name))
+        return &G;
+    return nullptr;
+  }
+
+  /// \p P as a pattern of the AST (captures keep their expressions), so a
+  /// dequantization op built around it goes through buildSource as a written
+  /// one does.
+  static ast::Pattern astPattern(const model::Pattern &P, SMRange Range, const std::string &Suffix = "") {
+    ast::Pattern Out;
+    Out.Range = Range;
+    for (const model::Pattern::Piece &Pc : P.Pieces) {
+      ast::PatternPiece A;
+      A.Range = Range;
+      if (Pc.E) {
+        A.K = ast::PatternPiece::Capture;
+        A.E = Pc.E;
+      } else {
+        A.K = ast::PatternPiece::Literal;
+        A.Text = Pc.Literal;
+      }
+      Out.Pieces.push_back(std::move(A));
+    }
+    if (!Suffix.empty()) {
+      if (Out.Pieces.empty() || Out.Pieces.back().K != ast::PatternPiece::Literal) {
+        ast::PatternPiece A;
+        A.K = ast::PatternPiece::Literal;
+        A.Range = Range;
+        Out.Pieces.push_back(std::move(A));
+      }
+      Out.Pieces.back().Text += Suffix;
+    }
+    return Out;
   }
 
   void resolveItem(const ast::WeightItem &It, std::vector<model::Loop> &Loops, Scope &Sc, Resolved &R) {
@@ -934,6 +1027,27 @@ public:
     if (Src.K == ast::Source::PatternRef) {
       auto Pats = expand(Src.Pat, Sc);
       for (auto &P : Pats) {
+        if (QuantizedGlob *Q = Src.OptionalInput ? nullptr : quantizedFor(P)) {
+          // As if 'OP(P, P<suffix>?)' were written here.
+          Q->Used = true;
+          ast::Source Op;
+          Op.K = ast::Source::Op;
+          Op.Range = Op.OpNameRange = Src.Range;
+          Op.OpName = Q->Op;
+          for (bool Scale : {false, true}) {
+            auto In = std::make_shared<ast::Source>();
+            In->K = ast::Source::PatternRef;
+            In->Range = Src.Range;
+            In->Pat = astPattern(P, Src.Pat.Range, Scale ? Q->Suffix : "");
+            In->OptionalInput = Scale;
+            ast::OpArg A;
+            A.Range = Src.Range;
+            A.Src = In;
+            Op.Args.push_back(std::move(A));
+          }
+          buildSource(Op, Sc, Out, Vars, OK);
+          continue;
+        }
         model::OpNode N;
         N.IsSource = true;
         N.OptionalInput = Src.OptionalInput;
@@ -999,10 +1113,17 @@ public:
       }
       if (A.Src)
         FirstInput = false;
-      if (A.Src)
+      if (A.Src) {
+        // A dequantization op's inputs are read as written, never again
+        // through a declared quantization.
+        bool Was = InDequant;
+        InDequant |= N.Kind == bridge::Op::DequantFP8Block || N.Kind == bridge::Op::DequantFP8Tensor ||
+                     N.Kind == bridge::Op::DequantMXFP4;
         Inputs += buildSource(*A.Src, Sc, Out, Vars, OK);
-      else
+        InDequant = Was;
+      } else {
         Named.push_back(&A);
+      }
     }
     if (Inputs < MinIn || Inputs > MaxIn) {
       D.emit(DiagId::OpArity, Src.OpNameRange, (Src.Escape ? "@" : "") + Src.OpName,

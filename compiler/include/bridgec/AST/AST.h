@@ -234,6 +234,19 @@ struct LetDecl {
   ExprP Value;
 };
 
+/// 'quantized SCHEME(scale = "SUFFIX") for "GLOB", ...;' at the start of a
+/// weights section: the HF sources of the bridge's rules matching a glob are
+/// dequantized by the scheme's op with NAME + SUFFIX as the optional scale.
+struct QuantizedDecl {
+  SMRange Range;
+  std::string Scheme;
+  SMRange SchemeRange;
+  std::string Param; ///< must be 'scale'
+  SMRange ParamRange;
+  std::string Suffix;
+  std::vector<std::pair<std::string, SMRange>> Globs;
+};
+
 struct BridgeDecl {
   SMRange Range;
   bool IsFragment = false;
@@ -245,6 +258,7 @@ struct BridgeDecl {
   std::vector<ConfigAssign> Config;
   std::vector<RequireStmt> Requires;
   std::vector<ExportAssign> Export;
+  std::vector<QuantizedDecl> Quantized;
   std::vector<WeightItem> Weights;
   std::vector<LetDecl> Lets;
   /// Where the first config, export and weights section starts (invalid
