@@ -1201,7 +1201,54 @@ public:
     return 1;
   }
 
+  /// 'A.{x,y,z} <- rows(S, sizes = L);': one rule per part, part j reading
+  /// row block j ('index = j'), as if written out; false when \p T is not
+  /// of that form.
+  bool resolveRowParts(const ast::TensorRule &T, std::vector<model::Loop> &Loops, Scope &Sc, Resolved &R) {
+    size_t At = T.Target.Pieces.size();
+    for (size_t I = 0; I < T.Target.Pieces.size(); ++I)
+      if (T.Target.Pieces[I].K == ast::PatternPiece::Alternatives) {
+        if (At != T.Target.Pieces.size())
+          return false; // two alternative pieces: reported as before
+        At = I;
+      }
+    if (At == T.Target.Pieces.size() || T.Alternatives.size() != 1)
+      return false;
+    const ast::Source &Src = *T.Alternatives[0];
+    if (Src.K != ast::Source::Op || Src.Escape || Src.OpName != "rows")
+      return false;
+    for (const ast::OpArg &A : Src.Args)
+      if (A.Param == "index")
+        return false;
+    const ast::PatternPiece &Parts = T.Target.Pieces[At];
+    for (size_t J = 0; J < Parts.Alts.size(); ++J) {
+      ast::TensorRule Part = T;
+      ast::PatternPiece Lit;
+      Lit.K = ast::PatternPiece::Literal;
+      Lit.Range = Parts.Range;
+      Lit.Text = Parts.Alts[J];
+      Part.Target.Pieces[At] = std::move(Lit);
+      auto Rows = std::make_shared<ast::Source>(Src);
+      auto Index = std::make_shared<ast::Expr>();
+      Index->K = ast::Expr::Int;
+      Index->Range = Parts.Range;
+      Index->IntVal = static_cast<int64_t>(J);
+      Index->Text = std::to_string(J);
+      ast::OpArg A;
+      A.Range = Parts.Range;
+      A.Param = "index";
+      A.ParamRange = Parts.Range;
+      A.Value = Index;
+      Rows->Args.push_back(std::move(A));
+      Part.Alternatives = {Rows};
+      resolveTensor(Part, Loops, Sc, R);
+    }
+    return true;
+  }
+
   void resolveTensor(const ast::TensorRule &T, std::vector<model::Loop> &Loops, Scope &Sc, Resolved &R) {
+    if (resolveRowParts(T, Loops, Sc, R))
+      return;
     model::TensorRule TR;
     TR.Loops = Loops;
     TR.When = T.When;
@@ -1218,7 +1265,8 @@ public:
         appendLiteral(TR.Target, Pc.Text);
       } else if (Pc.K == ast::PatternPiece::Alternatives) {
         D.emit(DiagId::BadTargetPiece, Pc.Range,
-               "alternatives like '{a,b}' belong to HF names; a Megatron tensor name names one tensor");
+               "alternatives like '{a,b}' belong to HF names; a Megatron tensor name names one tensor (or, read "
+               "from 'rows(X, sizes = ...)' without an index, one part per row block)");
         OK = false;
       } else if (Pc.E->K != ast::Expr::Name || !Sc.hasVar(Pc.E->Text)) {
         D.emit(DiagId::BadTargetPiece, Pc.Range,
