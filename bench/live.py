@@ -8,6 +8,9 @@ the same random checkpoint, with the copy floor measured in the same call.
 One JSON line per step to --log: seconds, bytes, extra GPU memory (the
 peak allocated during the step above what the model itself holds), and with
 --check whether every exported tensor equals the checkpoint's bit for bit.
+After the first export, --again N more are timed (an RL loop's steady state:
+the median and the fastest are logged); --profile DIR writes a
+torch.profiler table of one steady export of ours.
 The model is built with the local layer spec (no Transformer Engine), bf16,
 on a world of one process (NCCL). `ours` is this project's package
 (PYTHONPATH=build/python); `mbridge` is mbridge 0.15.1 on the same
@@ -74,6 +77,35 @@ def timed(fn):
     out = fn()
     torch.cuda.synchronize()
     return out, time.perf_counter() - t, torch.cuda.max_memory_allocated() - base
+
+
+def steady(export, name: str, a) -> None:
+    """An RL loop's every later step: the export timed AGAIN times after the
+    first, the median and the fastest logged."""
+    times = []
+    for _ in range(a.again):
+        (n, b), seconds, _ = timed(export)
+        times.append(seconds)
+    times.sort()
+    log(a.log, label=f"{name}, again", seconds=round(times[len(times) // 2], 4), fastest=round(times[0], 4),
+        runs=len(times), tensors=n, bytes=b)
+
+
+def profile(export, name: str, a) -> None:
+    """Where one steady export spends its time (torch.profiler, CPU and CUDA
+    self times), as a table in PROFILE_DIR."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    export()
+    with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        export()
+        torch.cuda.synchronize()
+    out = Path(a.profile) / f"{name.replace(' ', '_')}.txt"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    averages = prof.key_averages()
+    out.write_text(averages.table(sort_by="self_cpu_time_total", row_limit=20) + "\n" +
+                   averages.table(sort_by="self_cuda_time_total", row_limit=12))
 
 
 def floor_to_gpu(hf: Path, a, threads: int = 8, chunk: int = 64 << 20) -> None:
@@ -144,8 +176,9 @@ def run_ours(hf: Path, a) -> None:
     (n, b), export_s, export_extra = timed(export)
     log(a.log, label=f"{a.name} ours export_hf_weights", seconds=round(export_s, 3), tensors=n, bytes=b,
         extra_gpu_bytes=export_extra, bucket_bytes=a.bucket, largest_tensor_bytes=largest)
-    (n, b), again_s, _ = timed(export)  # an RL loop's every later step
-    log(a.log, label=f"{a.name} ours export_hf_weights, again", seconds=round(again_s, 3), tensors=n, bytes=b)
+    steady(export, f"{a.name} ours export_hf_weights", a)
+    if a.profile:
+        profile(export, f"{a.name} ours export", a)
     if a.check:
         check(a, "ours", bridge.export_hf_weights(model, cpu=False, bucket_size=a.bucket), hf)
 
@@ -206,8 +239,7 @@ def run_mbridge(hf: Path, a) -> None:
     (n, b), export_s, export_extra = timed(export)
     log(a.log, label=f"{a.name} mbridge export_weights", seconds=round(export_s, 3), tensors=n, bytes=b,
         extra_gpu_bytes=export_extra)
-    (n, b), again_s, _ = timed(export)  # an RL loop's every later step
-    log(a.log, label=f"{a.name} mbridge export_weights, again", seconds=round(again_s, 3), tensors=n, bytes=b)
+    steady(export, f"{a.name} mbridge export_weights", a)
     if a.check:
         check(a, "mbridge", bridge.export_weights(model), hf)
 
@@ -255,8 +287,7 @@ def run_megatron_bridge(hf: Path, a) -> None:
     (n, b), export_s, export_extra = timed(export)
     log(a.log, label=f"{a.name} megatron-bridge export_hf_weights", seconds=round(export_s, 3), tensors=n, bytes=b,
         extra_gpu_bytes=export_extra)
-    (n, b), again_s, _ = timed(export)  # an RL loop's every later step
-    log(a.log, label=f"{a.name} megatron-bridge export_hf_weights, again", seconds=round(again_s, 3), tensors=n, bytes=b)
+    steady(export, f"{a.name} megatron-bridge export_hf_weights", a)
     if a.check:
         check(a, "megatron-bridge", bridge.export_hf_weights(model, cpu=False, show_progress=False), hf)
 
@@ -269,6 +300,8 @@ def main() -> None:
     ap.add_argument("--log")
     ap.add_argument("--bucket", type=int, default=256 << 20)
     ap.add_argument("--check", action="store_true")
+    ap.add_argument("--again", type=int, default=5, help="steady exports timed after the first (median logged)")
+    ap.add_argument("--profile", help="a directory for a torch.profiler table of one steady export (ours)")
     a = ap.parse_args()
     hf = Path(a.hf)
     a.name = a.name or hf.name

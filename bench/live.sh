@@ -32,7 +32,7 @@ for model in "$@"; do
       --method "$method" > /dev/null
     rm -rf /dev/shm/live-floor
   done
-  PYTHONPATH="$build/python:/tmp/site" python3 "$here/live.py" "$src" --peer ours --name "$model" --log "$log" --check 2>&1 | grep '"label"'
+  PYTHONPATH="$build/python:/tmp/site" python3 "$here/live.py" "$src" --peer ours --name "$model" --log "$log" --check --profile "$out/profile" 2>&1 | grep '"label"'
   [ -d /tmp/site/mbridge ] && PYTHONPATH=/tmp/site python3 "$here/live.py" "$src" --peer mbridge --name "$model" --log "$log" --check 2>&1 | grep -E '"label"|Error' | tail -4
   [ -d /tmp/site-mb/megatron/bridge ] && BRIDGE_PEERS_DIR="${BRIDGE_PEERS_DIR:-$here/../.peers}" PYTHONPATH=/tmp/site-mb \
     python3 "$here/live.py" "$src" --peer megatron-bridge --name "$model" --log "$log" --check 2>&1 | grep -E '"label"|Error' | tail -4
