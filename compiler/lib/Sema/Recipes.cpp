@@ -518,11 +518,7 @@ private:
     const int64_t Dense = TP * PP * CP, Expert = ETP * EP * PP;
     const int64_t Minimum = std::max(TP * CP, ETP * EP) * PP;
     if (Gpus % Dense || Gpus % Expert || Gpus < Minimum) {
-      Diags.emit(DiagId::LayoutDoesNotFitGpus, At("gpus"),
-                 llvm::formatv("gpus {0} cannot hold the layout: it needs a multiple of tp*pp*cp = {1} and of "
-                               "etp*ep*pp = {2} (at least max(tp*cp, etp*ep)*pp = {3})",
-                               Gpus, Dense, Expert, Minimum)
-                     .str());
+      Diags.emit(DiagId::LayoutDoesNotFitGpus, At("gpus"), Gpus, Dense, Expert, Minimum);
       OK = false;
     }
     const int64_t DP = std::max<int64_t>(Gpus / Dense, 1);
@@ -533,36 +529,32 @@ private:
     }
     // MoELayer refuses to train with TP > 1 and no sequence parallelism.
     if (M.Experts && TP > 1 && !B("sequence_parallel")) {
-      Diags.emit(DiagId::SequenceParallelNeeded, At("sequence_parallel"),
-                 llvm::formatv("{0} has experts and tp {1} > 1: megatron-core's MoE layers train only with "
-                               "sequence_parallel = true",
-                               Name, TP)
-                     .str());
+      Diags.emit(DiagId::SequenceParallelNeeded, At("sequence_parallel"), Name, TP);
       OK = false;
     }
     auto Inconsistent = [&](const char *Key, const std::string &Msg) {
-      Diags.emit(DiagId::RecipeInconsistent, At(Key), Msg);
+      Diags.emit(DiagId::RecipeInconsistent, At(Key), Key, Msg);
       OK = false;
     };
     if (B("sequence_parallel") && TP == 1)
-      Inconsistent("sequence_parallel", "sequence_parallel needs tp > 1 (megatron-core refuses it otherwise)");
+      Inconsistent("sequence_parallel", "it needs tp > 1, and tp is 1 (megatron-core refuses it otherwise)");
     if (CP > 1 && I("seq_length") % (2 * CP))
-      Inconsistent("seq_length", llvm::formatv("seq_length {0} is not a multiple of 2 * cp = {1}", I("seq_length"),
+      Inconsistent("seq_length", llvm::formatv("{0} is not a multiple of 2 * cp = {1}", I("seq_length"),
                                                2 * CP).str());
     if (M.MaxPositions && I("seq_length") > M.MaxPositions)
-      Inconsistent("seq_length", llvm::formatv("seq_length {0} exceeds the model's max_position_embeddings {1}",
+      Inconsistent("seq_length", llvm::formatv("{0} exceeds the model's max_position_embeddings {1}",
                                                I("seq_length"), M.MaxPositions).str());
     if (F("min_lr") > F("lr"))
-      Inconsistent("min_lr", "min_lr " + R["min_lr"].first.json() + " is above lr " + R["lr"].first.json());
+      Inconsistent("min_lr", R["min_lr"].first.json() + " is above lr " + R["lr"].first.json());
     if (I("warmup_iters") > I("train_iters"))
-      Inconsistent("warmup_iters", llvm::formatv("warmup_iters {0} is more than train_iters {1}", I("warmup_iters"),
+      Inconsistent("warmup_iters", llvm::formatv("{0} is more than train_iters {1}", I("warmup_iters"),
                                                  I("train_iters")).str());
     const bool Lora = I("lora_dim") || I("lora_alpha") || !R["lora_targets"].first.L.empty();
     if (Mode == "peft" && (!I("lora_dim") || !I("lora_alpha") || R["lora_targets"].first.L.empty()))
-      Inconsistent("mode", "a peft recipe sets lora_dim, lora_alpha and lora_targets");
+      Inconsistent("mode", "mode \"peft\" needs lora_dim, lora_alpha and lora_targets set");
     if (Mode != "peft" && Lora)
       Inconsistent(I("lora_dim") ? "lora_dim" : I("lora_alpha") ? "lora_alpha" : "lora_targets",
-                   "LoRA settings belong to mode \"peft\", not \"" + Mode + "\"");
+                   "LoRA settings belong to mode \"peft\", and mode is \"" + Mode + "\"");
     if (!OK)
       return false;
 
