@@ -248,3 +248,40 @@ TEST_CASE("qwen2_5_vl: the language fields read from text_config, written back t
   CHECK(Back["text_config"]["hidden_act"] == "silu");
   CHECK(!Back.contains("hidden_size"));
 }
+
+namespace {
+/// Evaluates the call NAME(args...) of Builtins.def on literal arguments.
+Json call(const char *Name, std::vector<Json> Args) {
+  std::vector<Insn> Code;
+  std::vector<std::string> Strings;
+  Strings.reserve(Args.size() + 1);
+  for (const Json &A : Args) {
+    if (A.is_number_integer()) {
+      Code.push_back({ExprOp::PushInt, A.get<int64_t>(), 0, nullptr});
+    } else if (A.is_string()) {
+      Strings.push_back(A.get<std::string>());
+      Code.push_back({ExprOp::PushString, 0, 0, Strings.back().c_str()});
+    } else {
+      for (const Json &X : A)
+        Code.push_back({ExprOp::PushInt, X.get<int64_t>(), 0, nullptr});
+      Code.push_back({ExprOp::MakeList, static_cast<int64_t>(A.size()), 0, nullptr});
+    }
+  }
+  Code.push_back({ExprOp::Call, static_cast<int64_t>(Args.size()), 0, Name});
+  Expr E{{Code.data(), static_cast<uint32_t>(Code.size())}, Name};
+  EvalEnv Env;
+  return evaluate(E, Env, "test");
+}
+} // namespace
+
+TEST_CASE("range, mask, where and index_of: per-layer lists from lists of layers and back") {
+  CHECK(call("range", {4}) == Json::array({0, 1, 2, 3}));
+  CHECK(call("range", {0}) == Json::array());
+  CHECK(call("mask", {5, Json::array({0, 3})}) == Json::array({1, 0, 0, 1, 0}));
+  CHECK(call("where", {Json::array({1, 0, 0, 1, 0}), 1}) == Json::array({0, 3}));
+  CHECK(call("where", {call("mask", {6, Json::array({2, 5})}), 1}) == Json::array({2, 5}));
+  CHECK(call("index_of", {Json::array({7, 8, 9}), 9}) == 2);
+  CHECK_THROWS_WITH_AS(call("mask", {3, Json::array({3})}), doctest::Contains("outside 0 .. 2"), Error);
+  CHECK_THROWS_WITH_AS(call("index_of", {Json::array({7}), 9}), doctest::Contains("is not in"), Error);
+  CHECK_THROWS_WITH_AS(call("range", {-1}), doctest::Contains("range() needs a count"), Error);
+}

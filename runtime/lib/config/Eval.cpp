@@ -201,6 +201,48 @@ Json callBuiltin(const std::string &Name, std::vector<Json> &Args, const EvalEnv
       Out.push_back(Args[0]);
     return Out;
   }
+  case Builtin::Range: {
+    if (!Args[0].is_number_integer() || Args[0].get<int64_t>() < 0 || Args[0].get<int64_t>() > (int64_t(1) << 24))
+      fail(Where, E, "range() needs a count from 0 to 2^24, not " + show(Args[0]));
+    Json Out = Json::array();
+    for (int64_t I = 0; I < Args[0].get<int64_t>(); ++I)
+      Out.push_back(I);
+    return Out;
+  }
+  case Builtin::Mask: {
+    // Per-layer flags from a list of layer indices (Qwen2-MoE's
+    // mlp_only_layers); where() takes them back.
+    if (!Args[0].is_number_integer() || Args[0].get<int64_t>() < 0 || Args[0].get<int64_t>() > (int64_t(1) << 24))
+      fail(Where, E, "mask() needs a count from 0 to 2^24, not " + show(Args[0]));
+    if (!Args[1].is_array())
+      fail(Where, E, "mask() needs a list of indices, not " + show(Args[1]));
+    Json Out = Json::array();
+    for (int64_t I = 0; I < Args[0].get<int64_t>(); ++I)
+      Out.push_back(int64_t(0));
+    for (const Json &X : Args[1]) {
+      if (!X.is_number_integer() || X.get<int64_t>() < 0 || X.get<int64_t>() >= Args[0].get<int64_t>())
+        fail(Where, E, "mask(): index " + show(X) + " is outside 0 .. " + std::to_string(Args[0].get<int64_t>() - 1));
+      Out[static_cast<size_t>(X.get<int64_t>())] = int64_t(1);
+    }
+    return Out;
+  }
+  case Builtin::Where: {
+    if (!Args[0].is_array())
+      fail(Where, E, "where() needs a list, not " + show(Args[0]));
+    Json Out = Json::array();
+    for (size_t I = 0; I < Args[0].size(); ++I)
+      if (equalValues(Args[0][I], Args[1]))
+        Out.push_back(static_cast<int64_t>(I));
+    return Out;
+  }
+  case Builtin::IndexOf: {
+    if (!Args[0].is_array())
+      fail(Where, E, "index_of() needs a list, not " + show(Args[0]));
+    for (size_t I = 0; I < Args[0].size(); ++I)
+      if (equalValues(Args[0][I], Args[1]))
+        return static_cast<int64_t>(I);
+    fail(Where, E, "index_of(): " + show(Args[1]) + " is not in " + show(Args[0]));
+  }
   case Builtin::Int: {
     if (Args[0].is_number_integer())
       return Args[0];
