@@ -130,6 +130,19 @@ FAMILIES += [
                 "mlp_only_layers": []},
     ),
     Family(
+        "qwen1.5-moe-a2.7b",
+        "qwen2_moe",
+        "qwen2_moe",
+        "Qwen__Qwen1.5-MoE-A2.7B.json",
+        "mixture of experts (softmax over all experts, top-k not renormalized) beside a gated shared expert, "
+        "q/k/v biases, a dense layer listed in mlp_only_layers",
+        traits={"tie_word_embeddings": False, "num_experts": 60, "num_experts_per_tok": 4,
+                "moe_intermediate_size": 1408, "shared_expert_intermediate_size": 5632, "norm_topk_prob": False,
+                "decoder_sparse_step": 1, "qkv_bias": True},
+        # Layer 1 of the two is dense, so both kinds of layer are converted.
+        tiny={"mlp_only_layers": [1], "shared_expert_intermediate_size": 96},
+    ),
+    Family(
         "mixtral-8x7b",
         "mixtral",
         "mixtral",
