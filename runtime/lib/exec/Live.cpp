@@ -433,11 +433,7 @@ void LiveModel::load(uint64_t MemoryBudget) {
 
   auto Staged = [&](const at::Tensor &X, const at::Device &Dev) {
     at::Tensor Pinned = at::empty(X.sizes(), X.options().pinned_memory(true));
-    // The read, on this thread: a contiguous view of a mapped file is read
-    // from the file, as the floor reads it (a copy out of the mapping takes
-    // a page fault per page), anything else copied.
-    if (!X.is_contiguous() || !Model->readMapped(X.data_ptr(), X.nbytes(), Pinned.data_ptr()))
-      Pinned.copy_(X);
+    Pinned.copy_(X); // the read, on this thread
     return Pinned.to(Dev, /*non_blocking=*/true);
   };
   auto Fill = [&](const Item &W) {
