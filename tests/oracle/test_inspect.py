@@ -20,7 +20,7 @@ import pytest
 
 import tiny_models
 
-HF_CONFIGS = Path("/work/shared/hf-configs")
+HF_CONFIGS = tiny_models.SHARED_HF_CONFIGS  # ../shared/hf-configs beside the checkout
 
 # Dense GQA families whose mapping, hidden, the others' rules cover.
 DENSE = ["llama3.1-8b", "qwen2.5-7b", "mistral-7b"]
