@@ -32,7 +32,15 @@ for model in "$@"; do
       --method "$method" > /dev/null
     rm -rf /dev/shm/live-floor
   done
-  PYTHONPATH="$build/python:/tmp/site" python3 "$here/live.py" "$src" --peer ours --name "$model" --log "$log" --check --profile "$out/profile" 2>&1 | grep '"label"'
+  # STAGINGS: the load's ways to the GPU side by side (BRIDGE_LIVE_STAGING,
+  # runtime/lib/exec/Live.cpp); the first is the default's and is profiled.
+  first=1
+  for staging in ${STAGINGS:-block}; do
+    name=$model; [ $first = 1 ] || name="$model staging=$staging"
+    BRIDGE_LIVE_STAGING=$staging PYTHONPATH="$build/python:/tmp/site" python3 "$here/live.py" "$src" --peer ours \
+      --name "$name" --log "$log" --check --loads "${LOADS:-1}" $([ $first = 1 ] && echo --profile "$out/profile") 2>&1 | grep '"label"'
+    first=0
+  done
   [ -d /tmp/site/mbridge ] && PYTHONPATH=/tmp/site python3 "$here/live.py" "$src" --peer mbridge --name "$model" --log "$log" --check 2>&1 | grep -E '"label"|Error' | tail -4
   [ -d /tmp/site-mb/megatron/bridge ] && BRIDGE_PEERS_DIR="${BRIDGE_PEERS_DIR:-$here/../.peers}" PYTHONPATH=/tmp/site-mb \
     python3 "$here/live.py" "$src" --peer megatron-bridge --name "$model" --log "$log" --check 2>&1 | grep -E '"label"|Error' | tail -4

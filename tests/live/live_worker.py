@@ -40,6 +40,8 @@ def main() -> None:
     p.add_argument("--save")
     p.add_argument("--mismatch")
     p.add_argument("--bucket", type=int, default=4096)
+    p.add_argument("--params-dtype", default="float32",
+                   help="the model's; with bfloat16 the local spec's torch norms stay float32 and no logits are compared")
     p.add_argument("--device", default="cpu", help="cpu (gloo) or cuda (nccl, GPU LOCAL_RANK)")
     p.add_argument("--out", required=True)
     a = p.parse_args()
@@ -67,7 +69,7 @@ def run(a, result: dict) -> None:
     provider.expert_model_parallel_size = a.ep
     provider.expert_tensor_parallel_size = a.etp
     provider.virtual_pipeline_model_parallel_size = a.vpp
-    provider.params_dtype = torch.float32
+    provider.params_dtype = getattr(torch, a.params_dtype)
     # The reference import is written with the local spec's keys (TE's for
     # a hybrid, whose builder has one spec): compare models of that spec.
     provider.use_transformer_engine = False
@@ -90,6 +92,7 @@ def run(a, result: dict) -> None:
 
     bridge.load_hf_weights(model)
     result["load"] = bridge.last_load
+    result["param_dtypes"] = sorted({str(p.dtype) for m in model for p in m.parameters()})
     result["hf_bytes"] = sum(f.stat().st_size for f in Path(a.hf).glob("*.safetensors"))
 
     if a.megatron:
@@ -118,6 +121,8 @@ def run(a, result: dict) -> None:
         from bridge.megatron_model import MAMBA_FORWARD_UNAVAILABLE
 
         result["logits_skipped"] = MAMBA_FORWARD_UNAVAILABLE
+    elif a.params_dtype != "float32":
+        result["logits_skipped"] = f"{a.params_dtype} parameters, against transformers in float32"
     elif ps.get_pipeline_model_parallel_world_size() == 1:
         import transformers
 

@@ -243,6 +243,34 @@ def test_load_and_export_match_the_real_things(bridge_run, bridge_device, prepar
         assert sum(rep["load"]["bytes_read"] - whole for rep in reports) < 1.1 * total
 
 
+def test_a_bf16_model_with_fp32_norms_streams_its_bf16_checkpoint_bit_for_bit(bridge_run, tmp_path):
+    """A bf16 checkpoint in a bf16 model whose local-spec norms torch keeps
+    in float32: export converts those back, the small ones all together
+    (ExportStream::convertSmallAhead), each to its own place."""
+    import torch
+    import transformers
+
+    import tiny_models
+
+    family = tiny_models.FAMILY_BY_ID["llama3.1-8b"]
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(tiny_models.tiny_hf_config(family))
+    with torch.no_grad():
+        for tensor in model.state_dict().values():
+            tensor.add_(torch.randn_like(tensor) * 0.05)  # norms unlike one another
+    model.to(torch.bfloat16).save_pretrained(tmp_path / "src")
+    exported = tmp_path / "exported"
+    _bridge_run(bridge_run, "import", "--hf", str(tmp_path / "src"), "--out", str(tmp_path / "mg"), "--local-spec")
+    _bridge_run(bridge_run, "export", "--megatron", str(tmp_path / "mg"), "--out", str(exported))
+    reports = _job(2, tmp_path / "job", "--hf", str(tmp_path / "src"), "--tp", "2", "--params-dtype", "bfloat16",
+                   "--exported", str(exported), "--bucket", "3000")
+    for rep in reports:
+        assert rep["param_dtypes"] == ["torch.bfloat16", "torch.float32"], rep["param_dtypes"]
+        assert rep["export_count"] > 0
+        assert rep["export_missing"] == [] and rep["export_extra"] == [] and rep["export_unequal"] == [], rep
+        assert rep["export_again_nonzero"] == [] and rep["export_swapped_zero"] == [], rep
+
+
 def test_save_hf_pretrained_gives_a_checkpoint_transformers_loads(bridge_run, prepared, tmp_path):
     import torch
     import transformers

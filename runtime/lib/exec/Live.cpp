@@ -11,6 +11,7 @@
 #include "Checkpoint.h"
 #include "CudaSupport.h"
 #include "Ops.h"
+#include "PinnedBlock.h"
 
 #include "bridge/Files.h"
 #include "bridge/OutputDir.h"
@@ -431,12 +432,14 @@ void LiveModel::load(uint64_t MemoryBudget) {
   if (Cuda)
     std::stable_sort(Work.begin(), Work.end(), [](const Item &A, const Item &B) { return A.Bytes > B.Bytes; });
 
-  auto Staged = [&](const at::Tensor &X, const at::Device &Dev) {
-    at::Tensor Pinned = at::empty(X.sizes(), X.options().pinned_memory(true));
-    Pinned.copy_(X); // the read, on this thread
-    return Pinned.to(Dev, /*non_blocking=*/true);
+  const exec::Staging How = exec::stagingFromEnvironment();
+  // A host tensor on \p Dev through the thread's pinned block.
+  auto Staged = [](const at::Tensor &X, const at::Device &Dev, exec::PinnedBlock &Block) {
+    at::Tensor Dst = at::empty(X.sizes(), X.options().device(Dev));
+    Block.copy(X, Dst);
+    return Dst;
   };
-  auto Fill = [&](const Item &W) {
+  auto Fill = [&](const Item &W, exec::PinnedBlock *Block) {
     const PlannedTensor &PT = C.P.Tensors[W.Planned];
     const bool Renames = W.Renames;
     at::Tensor Param = W.Rows < 0 ? W.Param : W.Param.narrow(0, W.Begin, W.Rows);
@@ -447,7 +450,7 @@ void LiveModel::load(uint64_t MemoryBudget) {
       at::Tensor X = Model->hfTensor(Name, Slice);
       if (X.defined() && !Renames) // a rename's slice is counted when copied
         BytesRead += X.nbytes();
-      return X.defined() && !Renames && Dev.is_cuda() ? Staged(X, Dev) : X;
+      return X.defined() && !Renames && Block ? Staged(X, Dev, *Block) : X;
     };
     at::Tensor Local;
     if (!Renames && movesRows(PT))
@@ -460,10 +463,15 @@ void LiveModel::load(uint64_t MemoryBudget) {
       Local = Local.narrow(0, W.Begin, W.Rows);
     if (Renames)
       BytesRead += Local.nbytes();
+    if (Block && Local.is_cpu()) {
+      if (Local.scalar_type() == Param.scalar_type() && Param.is_contiguous()) {
+        Block->copy(Local, Param); // a rename: straight into the parameter
+        return;
+      }
+      Local = Staged(Local, Dev, *Block);
+    }
     if (Local.scalar_type() != Param.scalar_type())
       Local = Local.to(Param.scalar_type());
-    if (Dev.is_cuda() && Local.is_cpu())
-      Local = Staged(Local, Dev);
     Param.copy_(Local, /*non_blocking=*/true);
   };
 
@@ -480,8 +488,13 @@ void LiveModel::load(uint64_t MemoryBudget) {
   auto Run = [&] {
     c10::AutoGradMode NoGrad(false); // parameters are written in place
     std::optional<exec::ThreadStream> Stream;
-    if (Cuda)
+    std::optional<exec::PinnedBlock> Block;
+    if (Cuda) {
       Stream.emplace(static_cast<int>(c10::DeviceType::CUDA), Work.front().Param.device().index());
+      Block.emplace(How, *Stream, [this](const void *Mapped, size_t Bytes, void *Dst) {
+        return Model->readMapped(Mapped, Bytes, Dst);
+      });
+    }
     try {
       for (size_t I; (I = Next++) < Work.size();) {
         uint64_t Need = Work[I].Bytes;
@@ -498,7 +511,7 @@ void LiveModel::load(uint64_t MemoryBudget) {
           BudgetFreed.notify_all();
         };
         try {
-          Fill(Work[I]);
+          Fill(Work[I], Block ? &*Block : nullptr);
         } catch (...) {
           Release();
           throw;
@@ -597,7 +610,45 @@ const std::vector<LiveModel::ExportSlot> &LiveModel::exportSlots() {
   return *Slots;
 }
 
+void ExportStream::convertSmallAhead() {
+  // Several stages exchange model-dtype tensors; a rank that receives
+  // nothing converts nothing.
+  if (!O.Receive || (PP && PP->size() > 1))
+    return;
+  constexpr uint64_t kSmallBytes = uint64_t(1) << 20;
+  const Conversion &C = M.Model->conversion();
+  std::map<std::pair<at::ScalarType, at::ScalarType>, std::vector<size_t>> Groups; // (model, HF) dtypes -> slots
+  for (size_t S = 0; S < Slots.size(); ++S) {
+    const Slot &Sl = Slots[S];
+    if (Sl.Expert || Sl.Stage != M.At.PP || Sl.Members.size() != 1 || Sl.Bytes > kSmallBytes ||
+        !Sl.Local.defined() || M.Cuts->splits(C.P.Tensors[Sl.Members[0]]))
+      continue;
+    const std::string *Name = M.inverseOf(Sl.Members[0]).wholeSource();
+    if (!Name)
+      continue;
+    const at::ScalarType To = exec::toScalarType(HF.emitType(*Name, Sl.Type));
+    if (To != Sl.Type)
+      Groups[{Sl.Type, To}].push_back(S);
+  }
+  for (const auto &[Types, Members] : Groups) {
+    if (Members.size() < 2)
+      continue;
+    std::vector<at::Tensor> Flat;
+    for (size_t S : Members)
+      Flat.push_back(Slots[S].Local.reshape({-1}));
+    const at::Tensor All = at::cat(Flat).to(Types.second);
+    int64_t Offset = 0;
+    for (size_t I = 0; I < Members.size(); ++I) {
+      const Slot &Sl = Slots[Members[I]];
+      Converted[Sl.Members[0]] = All.narrow(0, Offset, Flat[I].numel()).view(Sl.Local.sizes());
+      Offset += Flat[I].numel();
+    }
+  }
+}
+
 std::optional<std::vector<std::pair<std::string, at::Tensor>>> ExportStream::next() {
+  if (Next == 0)
+    convertSmallAhead();
   if (Next >= Slots.size()) {
     if (O.Receive)
       HF.finish();
@@ -635,7 +686,10 @@ std::optional<std::vector<std::pair<std::string, at::Tensor>>> ExportStream::nex
           P.add(static_cast<int64_t>(Local.nbytes()));
         } else {
           // Held whole (or TP 1): the vocabulary's padding rows dropped.
-          Global[Mem] = M.Cuts->splits(PT) ? M.Cuts->join(PT, {Local}, "the live model") : Local;
+          if (auto It = Converted.find(Mem); It != Converted.end())
+            Global[Mem] = It->second;
+          else
+            Global[Mem] = M.Cuts->splits(PT) ? M.Cuts->join(PT, {Local}, "the live model") : Local;
         }
       }
       if (Split.empty())

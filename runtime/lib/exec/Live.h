@@ -32,6 +32,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <unordered_map>
 #include <string>
 #include <utility>
 #include <vector>
@@ -64,6 +65,8 @@ public:
   /// is used); expert \p Slice of a stacked one when >= 0; undefined when
   /// the checkpoint lacks it.
   at::Tensor hfTensor(const std::string &Name, int64_t Slice) const;
+  /// Source::readMapped of the checkpoint.
+  bool readMapped(const void *Mapped, size_t Bytes, void *Dst) const { return Src->readMapped(Mapped, Bytes, Dst); }
   const Json &sidecar() const { return Side; }
 
 private:
@@ -219,6 +222,12 @@ private:
   Group *TP, *PP, *EP, *ETP;
   ExportOptions O;
   const std::vector<Slot> &Slots;
+  /// Small tensors held whole whose HF dtype is not the model's (a bf16
+  /// checkpoint's norms kept in fp32 by the model), converted together by
+  /// the first next(): one concatenation and one cast per pair of dtypes
+  /// instead of a kernel launch each. By planned tensor.
+  void convertSmallAhead();
+  std::unordered_map<size_t, at::Tensor> Converted;
   size_t Next = 0;
   HFAssembler HF;
   uint64_t PeakBytes = 0;

@@ -71,13 +71,24 @@ at::Tensor fuseQKV(const at::Tensor &Q, const at::Tensor &K, const at::Tensor &V
   return Out.reshape(withLead({(H.NH + 2 * H.NG) * H.D}, Q));
 }
 
-std::vector<at::Tensor> splitQKV(const at::Tensor &X, const Heads &H, const std::string &Where) {
+/// The interleaved \p X as one buffer [q; k; v], filled by two strided
+/// copies (q, then k and v together): on a GPU each copy is a kernel
+/// launch, and an export runs this once per layer.
+at::Tensor deinterleaveQKV(const at::Tensor &X, const Heads &H, const std::string &Where) {
   expectRows(X, (H.NH + 2 * H.NG) * H.D, "linear_qkv", "(heads + 2 × groups) × kv_channels", Where);
-  at::Tensor G = X.reshape(withLead({H.NG, (H.R + 2) * H.D}, X));
-  auto Parts = G.split_with_sizes({H.R * H.D, H.D, H.D}, 1);
-  return {Parts[0].reshape(withLead({H.NH * H.D}, X)).contiguous(),
-          Parts[1].reshape(withLead({H.NG * H.D}, X)).contiguous(),
-          Parts[2].reshape(withLead({H.NG * H.D}, X)).contiguous()};
+  at::Tensor G = X.reshape(withLead({H.NG, H.R + 2, H.D}, X));
+  at::Tensor Out = at::empty(X.sizes(), X.options().memory_format(at::MemoryFormat::Contiguous));
+  const int64_t QRows = H.NH * H.D, KRows = H.NG * H.D;
+  Out.narrow(0, 0, QRows).view(withLead({H.NG, H.R, H.D}, X)).copy_(G.narrow(1, 0, H.R));
+  Out.narrow(0, QRows, 2 * KRows).view(withLead({2, H.NG, H.D}, X)).copy_(G.narrow(1, H.R, 2).transpose(0, 1));
+  return Out;
+}
+
+/// q, k and v: row ranges of deinterleaveQKV's buffer.
+std::vector<at::Tensor> splitQKV(const at::Tensor &X, const Heads &H, const std::string &Where) {
+  at::Tensor Out = deinterleaveQKV(X, H, Where);
+  const int64_t QRows = H.NH * H.D, KRows = H.NG * H.D;
+  return {Out.narrow(0, 0, QRows), Out.narrow(0, QRows, KRows), Out.narrow(0, QRows + KRows, KRows)};
 }
 
 int64_t paramInt(const OpParams &P, const char *Name, const std::string &Where) {
@@ -332,8 +343,7 @@ std::vector<at::Tensor> inverse(Op Kind, Transform Custom, const at::Tensor &Out
             Parts[3].reshape(withLead({H.NG * H.D}, Out)).contiguous()};
   }
   case Op::QKVFromConcat: {
-    auto QKV = splitQKV(Out, heads(Cfg, Where), Where);
-    return {at::cat(QKV, 0)};
+    return {deinterleaveQKV(Out, heads(Cfg, Where), Where)};
   }
   case Op::FuseGatedMLP: {
     auto Parts = Out.chunk(2, 0);

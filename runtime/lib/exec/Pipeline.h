@@ -117,6 +117,10 @@ public:
   /// HF side: tensor \p Name, or expert \p Slice of it (>= 0); undefined
   /// when absent (an optional input).
   virtual at::Tensor hfTensor(const std::string &Name, int64_t Slice, Reading &R) const;
+  /// Reads the \p Bytes at \p Mapped, inside a file this source has mapped,
+  /// into \p Dst with a read of the file instead of a copy out of the
+  /// mapping; false when it has no such file.
+  virtual bool readMapped(const void *, size_t, void *) const { return false; }
   /// Megatron side: the global tensor of \p It.
   virtual at::Tensor global(const Conversion &C, const WorkItem &It, Reading &R) const;
   /// The bytes \p It reads, for the progress line.
@@ -199,6 +203,8 @@ public:
   void finish() const;
   /// The dtype the source had \p Name in (what inverses give back).
   DType hfType(const std::string &Name) const;
+  /// The dtype HF tensor \p Name is emitted in when produced as \p Produced.
+  DType emitType(const std::string &Name, at::ScalarType Produced) const;
   /// HF tensor -> the file of the source that held it.
   const std::map<std::string, std::string> &fileOf() const { return T->FileOf; }
   struct Known {
@@ -265,6 +271,10 @@ public:
   ChainInverse(const PlannedTensor &PT, const Conversion &C,
                const std::function<DType(const std::string &)> &HFType);
   std::vector<HFPiece> run(const at::Tensor &Value) const;
+  /// The HF tensor the value is, whole and unchanged (a rename), or null.
+  const std::string *wholeSource() const {
+    return Nodes.back().How == Step::Source ? &Nodes.back().Source : nullptr;
+  }
 
 private:
   /// What the inverse does at one node of the chain.

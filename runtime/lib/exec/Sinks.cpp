@@ -491,6 +491,12 @@ DType HFAssembler::hfType(const std::string &Name) const {
   return *E.SourceType;
 }
 
+DType HFAssembler::emitType(const std::string &Name, at::ScalarType Produced) const {
+  const Entry &E = entry(Name);
+  // Another layout's tensor, or one whose dtype the chain sets: as produced.
+  return !E.Shape || E.OwnType ? exec::fromScalarType(Produced) : *E.SourceType;
+}
+
 void HFAssembler::put(std::vector<HFPiece> &Pieces, const Emit &Out) {
   for (HFPiece &Pc : Pieces)
     switch (Pc.Of) {
@@ -517,17 +523,14 @@ void HFAssembler::finish() const {
 
 void HFAssembler::emit(const std::string &Name, at::Tensor V, const Emit &Out) {
   const Entry &E = entry(Name);
-  DType Type;
-  if (!E.Shape) { // another layout's tensor: as produced
-    Type = exec::fromScalarType(V.scalar_type());
-  } else {
+  const DType Type = emitType(Name, V.scalar_type());
+  if (E.Shape) {
     const std::vector<int64_t> &Want = *E.Shape;
     // A vocabulary padded for training comes back to the source's rows.
     if (V.dim() >= 1 && !Want.empty() && V.size(0) > Want[0])
       V = V.narrow(0, 0, Want[0]);
     if (!std::equal(V.sizes().begin(), V.sizes().end(), Want.begin(), Want.end()))
       throw Error("error: export of '" + Name + "' gives a tensor of another shape than the source's");
-    Type = E.OwnType ? exec::fromScalarType(V.scalar_type()) : *E.SourceType;
   }
   // Copies first, then the original: the order the writer has always had.
   for (const std::string &CopyName : E.TieCopies)
