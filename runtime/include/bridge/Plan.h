@@ -125,6 +125,20 @@ Plan expandPlan(const MappingTable &T, const SchemaTable &S, const std::vector<J
 /// first stays chosen (its missing tensors are then reported).
 void chooseAlternatives(Plan &P, const std::function<bool(const std::string &)> &Present);
 
+/// The HF side of coverage: every tensor of a checkpoint read once (whole,
+/// every expert of a stack, or row blocks that tile it), tied or ignored.
+struct HFCoverage {
+  std::vector<std::string> Missing; ///< read by the plan, absent: "name  (for Megatron name[; or instead ...])"
+  std::vector<std::string> Unread;  ///< held, and no rule reads, ties or ignores it
+};
+/// \p P (its alternatives chosen) against a checkpoint holding \p Names;
+/// \p ShapeOf gives a held tensor's shape, or null when only its name is
+/// known (an index without its shards: the expert and row-block counts
+/// are then not checked). Throws, naming the rule, for a plan that reads a
+/// tensor twice, whole and in parts, or in parts that do not cover it.
+HFCoverage hfCoverage(const Plan &P, const std::vector<std::string> &Names,
+                      const std::function<const std::vector<int64_t> *(const std::string &)> &ShapeOf);
+
 } // namespace bridge
 
 #endif

@@ -33,103 +33,21 @@ namespace {
 void checkAgainstHF(const std::string &HFDir, const Conversion &Cv, const SafetensorsCheckpoint &Ckpt) {
   const MappingTable &T = *Cv.Mapping;
   const Plan &P = Cv.P;
-  std::map<std::string, std::string> ConsumedBy;
-  // A stacked HF tensor read one expert at a time: every slice exactly once.
-  std::map<std::string, std::pair<std::set<int64_t>, const PlannedTensor *>> SlicesRead;
-  // One read a row block at a time ('rows'): every block exactly once.
-  struct Blocks {
-    std::vector<std::pair<int64_t, int64_t>> Rows; ///< (first row, rows) of each read
-    const PlannedTensor *By = nullptr;
-  };
-  std::map<std::string, Blocks> BlocksRead;
-  std::vector<std::string> Missing;
-  for (const PlannedTensor &PT : P.Tensors)
-    for (size_t K = 0; K < PT.sources().size(); ++K) {
-      const SourceChain &C = PT.chain();
-      const std::string &Src = C.Sources[K];
-      if (C.SourceOptional[K] && !Ckpt.find(Src))
-        continue; // an optional input this checkpoint does not have
-      int64_t Slice = C.SourceSlice[K];
-      auto [FirstRow, Rows] = C.SourceRows[K];
-      std::string Read = Slice >= 0      ? Src + " (expert " + std::to_string(Slice) + ")"
-                         : FirstRow >= 0 ? Src + " (rows " + std::to_string(FirstRow) + " to " +
-                                               std::to_string(FirstRow + Rows) + ")"
-                                         : Src;
-      auto [It, New] = ConsumedBy.emplace(Read, PT.LocalName);
-      if (!New)
-        throw Error(describe(PT.Rule->Loc) + ": error: HF tensor '" + Read + "' is read for both '" + It->second +
-                    "' and '" + PT.LocalName + "'");
-      if (Slice >= 0) {
-        auto &Entry = SlicesRead[Src];
-        Entry.first.insert(Slice);
-        Entry.second = &PT;
-      }
-      if (FirstRow >= 0) {
-        auto &Entry = BlocksRead[Src];
-        Entry.Rows.push_back(C.SourceRows[K]);
-        Entry.By = &PT;
-      }
-      if (!Ckpt.find(Src)) {
-        std::string Others;
-        for (size_t A = 1; A < PT.Alternatives.size(); ++A)
-          Others += (A > 1 ? " or " : "; or instead ") + PT.Alternatives[A].Recipe;
-        Missing.push_back(Src + "  (for " + PT.Name + Others + ")");
-      }
-    }
-  for (auto &[Src, Entry] : SlicesRead) {
-    if (auto Whole = ConsumedBy.find(Src); Whole != ConsumedBy.end())
-      throw Error(describe(Entry.second->Rule->Loc) + ": error: HF tensor '" + Src + "' is read whole for '" +
-                  Whole->second + "' and by expert for '" + Entry.second->LocalName + "'");
-    const TensorView *V = Ckpt.find(Src);
-    if (!V)
-      continue; // reported as missing below
-    int64_t Experts = V->Shape.empty() ? 0 : V->Shape[0];
-    if (static_cast<int64_t>(Entry.first.size()) != Experts || *Entry.first.rbegin() != Experts - 1)
-      throw Error(describe(Entry.second->Rule->Loc) + ": error: HF tensor '" + Src + "' stacks " +
-                  std::to_string(Experts) + " experts on dim 0, but the mapping reads " +
-                  std::to_string(Entry.first.size()) + " of them");
-    ConsumedBy.emplace(Src, "(by expert)");
-  }
-  for (auto &[Src, Entry] : BlocksRead) {
-    if (auto Whole = ConsumedBy.find(Src); Whole != ConsumedBy.end())
-      throw Error(describe(Entry.By->Rule->Loc) + ": error: HF tensor '" + Src + "' is read whole for '" +
-                  Whole->second + "' and by row block for '" + Entry.By->LocalName + "'");
-    // The blocks, as read, must tile the tensor's rows: each row once.
-    std::sort(Entry.Rows.begin(), Entry.Rows.end());
-    int64_t Next = 0;
-    for (auto &[First, Rows] : Entry.Rows) {
-      if (First != Next)
-        throw Error(describe(Entry.By->Rule->Loc) + ": error: the row blocks read of HF tensor '" + Src +
-                    "' " + (First < Next ? "overlap" : "leave a gap") + " at row " + std::to_string(std::min(First, Next)));
-      Next = First + Rows;
-    }
-    if (const TensorView *V = Ckpt.find(Src); V && (V->Shape.empty() || V->Shape[0] != Next))
-      throw Error(describe(Entry.By->Rule->Loc) + ": error: the row blocks read of HF tensor '" + Src + "' cover " +
-                  std::to_string(Next) + " rows, but it has " +
-                  (V->Shape.empty() ? std::string("none") : std::to_string(V->Shape[0])));
-    ConsumedBy.emplace(Src, "(by row block)");
-  }
   for (auto &[Copy, Of] : P.Ties) {
     const TensorView *C = Ckpt.find(Copy), *F = Ckpt.find(Of);
-    if (!C)
-      continue;
-    if (!F || C->Bytes != F->Bytes || C->Type != F->Type || std::memcmp(C->Data, F->Data, C->Bytes) != 0)
+    if (C && (!F || C->Bytes != F->Bytes || C->Type != F->Type || std::memcmp(C->Data, F->Data, C->Bytes) != 0))
       throw Error("error: " + C->File + ": '" + Copy + "' differs from '" + Of +
                   "', but the config ties them (tie_word_embeddings); the checkpoint contradicts its config");
-    ConsumedBy.emplace(Copy, "(tied to " + Of + ")");
   }
-  for (const std::string &Ign : P.IgnoredPatterns)
-    if (Ckpt.find(Ign))
-      ConsumedBy.emplace(Ign, "(ignored)");
-  std::vector<std::string> Unmapped;
-  for (const std::string &N : Ckpt.names())
-    if (!ConsumedBy.count(N))
-      Unmapped.push_back(N);
-  if (!Missing.empty() || !Unmapped.empty()) {
+  HFCoverage Cov = hfCoverage(P, Ckpt.names(), [&](const std::string &Name) -> const std::vector<int64_t> * {
+    const TensorView *V = Ckpt.find(Name);
+    return V ? &V->Shape : nullptr;
+  });
+  if (!Cov.Missing.empty() || !Cov.Unread.empty()) {
     std::string M =
         "error: the checkpoint in " + HFDir + " does not match mapping '" + T.Name + "' (" + T.SourceFile + "):";
-    M += nameList("HF tensor(s) the mapping reads are missing", Missing);
-    M += nameList("HF tensor(s) no rule reads or ignores", Unmapped);
+    M += nameList("HF tensor(s) the mapping reads are missing", Cov.Missing);
+    M += nameList("HF tensor(s) no rule reads or ignores", Cov.Unread);
     throw Error(M);
   }
 

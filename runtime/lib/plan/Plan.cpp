@@ -412,4 +412,97 @@ void chooseAlternatives(Plan &P, const std::function<bool(const std::string &)> 
   }
 }
 
+HFCoverage hfCoverage(const Plan &P, const std::vector<std::string> &Names,
+                      const std::function<const std::vector<int64_t> *(const std::string &)> &ShapeOf) {
+  const std::set<std::string> Held(Names.begin(), Names.end());
+  auto Present = [&](const std::string &N) { return Held.count(N) > 0; };
+  HFCoverage Out;
+  std::map<std::string, std::string> ConsumedBy;
+  // A stacked HF tensor read one expert at a time: every slice exactly once.
+  std::map<std::string, std::pair<std::set<int64_t>, const PlannedTensor *>> SlicesRead;
+  // One read a row block at a time ('rows'): every block exactly once.
+  struct Blocks {
+    std::vector<std::pair<int64_t, int64_t>> Rows; ///< (first row, rows) of each read
+    const PlannedTensor *By = nullptr;
+  };
+  std::map<std::string, Blocks> BlocksRead;
+  for (const PlannedTensor &PT : P.Tensors)
+    for (size_t K = 0; K < PT.sources().size(); ++K) {
+      const SourceChain &C = PT.chain();
+      const std::string &Src = C.Sources[K];
+      if (C.SourceOptional[K] && !Present(Src))
+        continue; // an optional input this checkpoint does not have
+      int64_t Slice = C.SourceSlice[K];
+      auto [FirstRow, Rows] = C.SourceRows[K];
+      std::string Read = Slice >= 0      ? Src + " (expert " + std::to_string(Slice) + ")"
+                         : FirstRow >= 0 ? Src + " (rows " + std::to_string(FirstRow) + " to " +
+                                               std::to_string(FirstRow + Rows) + ")"
+                                         : Src;
+      auto [It, New] = ConsumedBy.emplace(Read, PT.LocalName);
+      if (!New)
+        throw Error(describe(PT.Rule->Loc) + ": error: HF tensor '" + Read + "' is read for both '" + It->second +
+                    "' and '" + PT.LocalName + "'");
+      if (Slice >= 0) {
+        auto &Entry = SlicesRead[Src];
+        Entry.first.insert(Slice);
+        Entry.second = &PT;
+      }
+      if (FirstRow >= 0) {
+        auto &Entry = BlocksRead[Src];
+        Entry.Rows.push_back(C.SourceRows[K]);
+        Entry.By = &PT;
+      }
+      if (!Present(Src)) {
+        std::string Others;
+        for (size_t A = 1; A < PT.Alternatives.size(); ++A)
+          Others += (A > 1 ? " or " : "; or instead ") + PT.Alternatives[A].Recipe;
+        Out.Missing.push_back(Src + "  (for " + PT.Name + Others + ")");
+      }
+    }
+  for (auto &[Src, Entry] : SlicesRead) {
+    if (auto Whole = ConsumedBy.find(Src); Whole != ConsumedBy.end())
+      throw Error(describe(Entry.second->Rule->Loc) + ": error: HF tensor '" + Src + "' is read whole for '" +
+                  Whole->second + "' and by expert for '" + Entry.second->LocalName + "'");
+    ConsumedBy.emplace(Src, "(by expert)");
+    const std::vector<int64_t> *Shape = Present(Src) ? ShapeOf(Src) : nullptr;
+    if (!Shape)
+      continue; // missing (reported), or its shape unknown
+    int64_t Experts = Shape->empty() ? 0 : (*Shape)[0];
+    if (static_cast<int64_t>(Entry.first.size()) != Experts || *Entry.first.rbegin() != Experts - 1)
+      throw Error(describe(Entry.second->Rule->Loc) + ": error: HF tensor '" + Src + "' stacks " +
+                  std::to_string(Experts) + " experts on dim 0, but the mapping reads " +
+                  std::to_string(Entry.first.size()) + " of them");
+  }
+  for (auto &[Src, Entry] : BlocksRead) {
+    if (auto Whole = ConsumedBy.find(Src); Whole != ConsumedBy.end())
+      throw Error(describe(Entry.By->Rule->Loc) + ": error: HF tensor '" + Src + "' is read whole for '" +
+                  Whole->second + "' and by row block for '" + Entry.By->LocalName + "'");
+    // The blocks, as read, must tile the tensor's rows: each row once.
+    std::sort(Entry.Rows.begin(), Entry.Rows.end());
+    int64_t Next = 0;
+    for (auto &[First, Rows] : Entry.Rows) {
+      if (First != Next)
+        throw Error(describe(Entry.By->Rule->Loc) + ": error: the row blocks read of HF tensor '" + Src +
+                    "' " + (First < Next ? "overlap" : "leave a gap") + " at row " + std::to_string(std::min(First, Next)));
+      Next = First + Rows;
+    }
+    const std::vector<int64_t> *Shape = Present(Src) ? ShapeOf(Src) : nullptr;
+    if (Shape && (Shape->empty() || (*Shape)[0] != Next))
+      throw Error(describe(Entry.By->Rule->Loc) + ": error: the row blocks read of HF tensor '" + Src + "' cover " +
+                  std::to_string(Next) + " rows, but it has " +
+                  (Shape->empty() ? std::string("none") : std::to_string((*Shape)[0])));
+    ConsumedBy.emplace(Src, "(by row block)");
+  }
+  for (auto &[Copy, Of] : P.Ties)
+    if (Present(Copy))
+      ConsumedBy.emplace(Copy, "(tied to " + Of + ")");
+  for (const std::string &Ign : P.IgnoredPatterns)
+    if (Present(Ign))
+      ConsumedBy.emplace(Ign, "(ignored)");
+  for (const std::string &N : Names)
+    if (!ConsumedBy.count(N))
+      Out.Unread.push_back(N);
+  return Out;
+}
+
 } // namespace bridge

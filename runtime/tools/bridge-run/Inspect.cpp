@@ -241,24 +241,17 @@ Coverage coverageOf(const MappingTable &T, const Json &HF, const TensorList &L) 
     std::vector<Json> Fields = importConfig(T, schema(), HF);
     PassThroughLister Lister = listerOf(L);
     Plan P = expandPlan(T, schema(), Fields, true, &Lister, L.Tensors.size());
-    auto Present = [&](const std::string &N) { return L.Tensors.count(N) > 0; };
-    chooseAlternatives(P, Present);
-    std::set<std::string> Read, Missing;
-    for (const PlannedTensor &PT : P.Tensors)
-      for (size_t K = 0; K < PT.sources().size(); ++K) {
-        const std::string &Src = PT.sources()[K];
-        if (Present(Src))
-          Read.insert(Src);
-        else if (!PT.chain().SourceOptional[K] && Missing.insert(Src).second)
-          C.Missing.push_back(Src + "  (for " + PT.Name + ")");
-      }
-    for (auto &[Copy, Of] : P.Ties)
-      Read.insert(Copy);
-    for (const std::string &I : P.IgnoredPatterns)
-      Read.insert(I);
+    chooseAlternatives(P, [&](const std::string &N) { return L.Tensors.count(N) > 0; });
+    // Import's own check of the HF side (Sources.cpp checkAgainstHF).
+    std::vector<std::string> Names;
     for (auto &[N, V] : L.Tensors)
-      if (!Read.count(N))
-        C.Unread.push_back(N);
+      Names.push_back(N);
+    HFCoverage Cov = hfCoverage(P, Names, [&](const std::string &N) -> const std::vector<int64_t> * {
+      auto It = L.Tensors.find(N);
+      return It != L.Tensors.end() && It->second.ShapeKnown ? &It->second.Shape : nullptr;
+    });
+    C.Missing = std::move(Cov.Missing);
+    C.Unread = std::move(Cov.Unread);
   } catch (const Error &E) {
     C.Error = E.what();
   }
