@@ -284,4 +284,10 @@ TEST_CASE("range, mask, where and index_of: per-layer lists from lists of layers
   CHECK_THROWS_WITH_AS(call("mask", {3, Json::array({3})}), doctest::Contains("outside 0 .. 2"), Error);
   CHECK_THROWS_WITH_AS(call("index_of", {Json::array({7}), 9}), doctest::Contains("is not in"), Error);
   CHECK_THROWS_WITH_AS(call("range", {-1}), doctest::Contains("range() needs a count"), Error);
+  // A hostile count is refused before any list is built, by every builtin that builds one.
+  const int64_t Huge = int64_t(1) << 40;
+  CHECK_THROWS_WITH_AS(call("range", {Huge}), doctest::Contains("range() needs a count from 0 to 2^24"), Error);
+  CHECK_THROWS_WITH_AS(call("mask", {Huge, Json::array()}), doctest::Contains("mask() needs a count"), Error);
+  CHECK_THROWS_WITH_AS(call("repeat", {1, Huge}), doctest::Contains("repeat() needs a count"), Error);
+  CHECK(call("repeat", {7, 2}) == Json::array({7, 7}));
 }

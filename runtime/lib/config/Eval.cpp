@@ -20,6 +20,14 @@ std::string show(const Json &V) { return V.dump(); }
   throw Error(Where + ": error: " + Msg + (E.Text ? std::string(" in '") + E.Text + "'" : std::string()));
 }
 
+/// The length argument of range(), mask() and repeat(): an int from 0 to
+/// 2^24, so a hostile config cannot make one list take all memory.
+int64_t listLength(const Json &V, const char *Fn, const std::string &Where, const Expr &E) {
+  if (!V.is_number_integer() || V.get<int64_t>() < 0 || V.get<int64_t>() > (int64_t(1) << 24))
+    fail(Where, E, std::string(Fn) + "() needs a count from 0 to 2^24, not " + show(V));
+  return V.get<int64_t>();
+}
+
 const Json *lookupPath(const Json &Root, const char *Path) {
   const Json *Cur = &Root;
   std::string P = Path;
@@ -194,34 +202,31 @@ Json callBuiltin(const std::string &Name, std::vector<Json> &Args, const EvalEnv
     return Out;
   }
   case Builtin::Repeat: {
-    if (!Args[1].is_number_integer() || Args[1].get<int64_t>() < 0)
-      fail(Where, E, "repeat() needs a count, not " + show(Args[1]));
+    const int64_t N = listLength(Args[1], "repeat", Where, E);
     Json Out = Json::array();
-    for (int64_t I = 0; I < Args[1].get<int64_t>(); ++I)
+    for (int64_t I = 0; I < N; ++I)
       Out.push_back(Args[0]);
     return Out;
   }
   case Builtin::Range: {
-    if (!Args[0].is_number_integer() || Args[0].get<int64_t>() < 0 || Args[0].get<int64_t>() > (int64_t(1) << 24))
-      fail(Where, E, "range() needs a count from 0 to 2^24, not " + show(Args[0]));
+    const int64_t N = listLength(Args[0], "range", Where, E);
     Json Out = Json::array();
-    for (int64_t I = 0; I < Args[0].get<int64_t>(); ++I)
+    for (int64_t I = 0; I < N; ++I)
       Out.push_back(I);
     return Out;
   }
   case Builtin::Mask: {
     // Per-layer flags from a list of layer indices (Qwen2-MoE's
     // mlp_only_layers); where() takes them back.
-    if (!Args[0].is_number_integer() || Args[0].get<int64_t>() < 0 || Args[0].get<int64_t>() > (int64_t(1) << 24))
-      fail(Where, E, "mask() needs a count from 0 to 2^24, not " + show(Args[0]));
+    const int64_t N = listLength(Args[0], "mask", Where, E);
     if (!Args[1].is_array())
       fail(Where, E, "mask() needs a list of indices, not " + show(Args[1]));
     Json Out = Json::array();
-    for (int64_t I = 0; I < Args[0].get<int64_t>(); ++I)
+    for (int64_t I = 0; I < N; ++I)
       Out.push_back(int64_t(0));
     for (const Json &X : Args[1]) {
-      if (!X.is_number_integer() || X.get<int64_t>() < 0 || X.get<int64_t>() >= Args[0].get<int64_t>())
-        fail(Where, E, "mask(): index " + show(X) + " is outside 0 .. " + std::to_string(Args[0].get<int64_t>() - 1));
+      if (!X.is_number_integer() || X.get<int64_t>() < 0 || X.get<int64_t>() >= N)
+        fail(Where, E, "mask(): index " + show(X) + " is outside 0 .. " + std::to_string(N - 1));
       Out[static_cast<size_t>(X.get<int64_t>())] = int64_t(1);
     }
     return Out;
