@@ -32,13 +32,16 @@ for model in "$@"; do
       --method "$method" > /dev/null
     rm -rf /dev/shm/live-floor
   done
-  # STAGINGS: the load's ways to the GPU side by side (BRIDGE_LIVE_STAGING,
-  # runtime/lib/exec/Live.cpp); the first is the default's and is profiled.
+  # STAGINGS: the load's ways to the GPU side by side, each WAY[:BUDGET_MIB]
+  # (BRIDGE_LIVE_STAGING, runtime/lib/exec/PinnedBlock.h; load_hf_weights'
+  # memory_budget); the first is the default's and is profiled.
   first=1
-  for staging in ${STAGINGS:-block}; do
-    name=$model; [ $first = 1 ] || name="$model staging=$staging"
+  for entry in ${STAGINGS:-whole}; do
+    staging=${entry%%:*}; budget=; [ "$entry" = "$staging" ] || budget=${entry#*:}
+    name=$model; [ $first = 1 ] || name="$model staging=$entry"
     BRIDGE_LIVE_STAGING=$staging PYTHONPATH="$build/python:/tmp/site" python3 "$here/live.py" "$src" --peer ours \
-      --name "$name" --log "$log" --check --loads "${LOADS:-1}" $([ $first = 1 ] && echo --profile "$out/profile") 2>&1 | grep '"label"'
+      --name "$name" --log "$log" --check --loads "${LOADS:-1}" ${budget:+--memory-budget "$budget"} \
+      $([ $first = 1 ] && echo --profile "$out/profile") 2>&1 | grep '"label"'
     first=0
   done
   [ -d /tmp/site/mbridge ] && PYTHONPATH=/tmp/site python3 "$here/live.py" "$src" --peer mbridge --name "$model" --log "$log" --check 2>&1 | grep -E '"label"|Error' | tail -4

@@ -12,7 +12,6 @@
 #include "bridge/OutputDir.h"
 #include "bridge/Plan.h"
 #include "bridge/Registry.h"
-#include "bridge/Safetensors.h"
 #include "bridge/Sidecar.h"
 #include "bridge/StrictJson.h"
 
@@ -249,21 +248,4 @@ TEST_CASE("expandPlan: declared counts are checked before anything proportional 
           "error: the config declares 1000000 layers; at most 4096 are converted");
   });
   CHECK(Secs < 1.0);
-}
-
-TEST_CASE("SafetensorsFile::readMapped reads a mapped range from the file, and nothing outside its mapping") {
-  TempDir D;
-  std::vector<uint8_t> Bytes(3 * 4096 + 17);
-  for (size_t I = 0; I < Bytes.size(); ++I)
-    Bytes[I] = static_cast<uint8_t>(I * 7 + 3);
-  TensorToWrite T{"w", DType::U8, {static_cast<int64_t>(Bytes.size())}, Bytes};
-  writeSafetensors(D / "model.safetensors", {&T});
-  SafetensorsFile F(D / "model.safetensors");
-  const TensorView &V = F.tensors().at("w");
-  std::vector<uint8_t> Out(Bytes.size() - 100, 0);
-  REQUIRE(F.readMapped(V.Data + 100, Out.size(), Out.data()));
-  CHECK(std::equal(Out.begin(), Out.end(), Bytes.begin() + 100));
-  uint8_t Elsewhere[16] = {};
-  CHECK_FALSE(F.readMapped(Elsewhere, sizeof Elsewhere, Out.data()));
-  CHECK_FALSE(F.readMapped(V.Data, V.Bytes + 1, Out.data())); // runs past the file
 }

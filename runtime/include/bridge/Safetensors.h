@@ -53,17 +53,11 @@ public:
   const std::string &path() const { return Path; }
   const std::map<std::string, TensorView> &tensors() const { return Tensors; }
   const std::map<std::string, std::string> &metadata() const { return Metadata; }
-  /// Reads the \p Bytes of this file that its mapping holds at \p Mapped
-  /// into \p Dst with pread, touching no page of the mapping (a large copy
-  /// out of a mapping pays a page fault per page; a read pays none). False,
-  /// reading nothing, when the range is not inside this file's mapping.
-  bool readMapped(const void *Mapped, size_t Bytes, void *Dst) const;
 
 private:
   std::string Path;
   void *Map = nullptr;
   size_t Size = 0;
-  int FD = -1; ///< kept open for readMapped
   std::map<std::string, TensorView> Tensors;
   std::map<std::string, std::string> Metadata;
 };
@@ -79,8 +73,6 @@ public:
   /// Source file of each tensor, relative to the directory.
   const std::map<std::string, std::string> &fileOf() const { return FileOf; }
   bool sharded() const { return Sharded; }
-  /// SafetensorsFile::readMapped over the checkpoint's files.
-  bool readMapped(const void *Mapped, size_t Bytes, void *Dst) const;
 
 private:
   std::vector<std::unique_ptr<SafetensorsFile>> Files;

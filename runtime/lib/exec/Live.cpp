@@ -491,9 +491,7 @@ void LiveModel::load(uint64_t MemoryBudget) {
     std::optional<exec::PinnedBlock> Block;
     if (Cuda) {
       Stream.emplace(static_cast<int>(c10::DeviceType::CUDA), Work.front().Param.device().index());
-      Block.emplace(How, *Stream, [this](const void *Mapped, size_t Bytes, void *Dst) {
-        return Model->readMapped(Mapped, Bytes, Dst);
-      });
+      Block.emplace(How, *Stream);
     }
     try {
       for (size_t I; (I = Next++) < Work.size();) {

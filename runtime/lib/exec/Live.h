@@ -65,8 +65,6 @@ public:
   /// is used); expert \p Slice of a stacked one when >= 0; undefined when
   /// the checkpoint lacks it.
   at::Tensor hfTensor(const std::string &Name, int64_t Slice) const;
-  /// Source::readMapped of the checkpoint.
-  bool readMapped(const void *Mapped, size_t Bytes, void *Dst) const { return Src->readMapped(Mapped, Bytes, Dst); }
   const Json &sidecar() const { return Side; }
 
 private:

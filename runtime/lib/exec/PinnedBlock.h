@@ -1,10 +1,11 @@
 //===- PinnedBlock.h - a loader thread's way from host memory to the GPU -===//
 //
-// A host tensor reaches the GPU through one pinned block per thread,
-// allocated once, in block-sized pieces: each piece read into the block,
-// copied to the device on the thread's stream and waited for, as the
-// files -> GPU floor of bench/live.py copies. Pinning a fresh buffer for
-// each tensor costs more than its copy.
+// How a loader thread's host tensor reaches the GPU: through a pinned copy
+// of the whole tensor (the caching host allocator keeps the blocks), or
+// through one pinned block per thread in block-sized pieces, each read into
+// the block, copied to the device and waited for, as the files -> GPU floor
+// of bench/live.py copies. On an H100 host the whole copy was the faster
+// (bench/results/2026-12-07-h100-live.md, call 7).
 //
 //===----------------------------------------------------------------------===//
 #ifndef BRIDGE_EXEC_PINNEDBLOCK_H
@@ -15,30 +16,23 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
-#include <functional>
 
 namespace bridge::exec {
 
 /// How a host tensor reaches the GPU. BRIDGE_LIVE_STAGING picks one, for
 /// the benchmark's side-by-side runs (bench/live.sh STAGINGS).
 enum class Staging {
-  Block,     ///< through the thread's pinned block, read from the file when mapped
-  BlockCopy, ///< through the thread's pinned block, copied out of the mapping
-  Whole,     ///< a pinned copy of each whole tensor
+  Whole, ///< a pinned copy of each whole tensor
+  Block, ///< through the thread's pinned block, piece by piece
 };
 
-/// BRIDGE_LIVE_STAGING (block, block-copy or whole; unset: block).
+/// BRIDGE_LIVE_STAGING (whole or block; unset: whole).
 Staging stagingFromEnvironment();
 
 class PinnedBlock {
 public:
   static constexpr int64_t kBytes = int64_t(64) << 20;
-  /// Reads the bytes a file's mapping holds at Mapped into Dst without
-  /// touching the mapping; false when Mapped is in no mapped file.
-  using MappedReader = std::function<bool(const void *Mapped, size_t Bytes, void *Dst)>;
-
-  PinnedBlock(Staging How, ThreadStream &Stream, MappedReader Read, int64_t Bytes = kBytes)
-      : How(How), Stream(Stream), Read(std::move(Read)), Bytes(Bytes) {}
+  PinnedBlock(Staging How, ThreadStream &Stream, int64_t Bytes = kBytes) : How(How), Stream(Stream), Bytes(Bytes) {}
 
   /// \p Host's values into \p Dst, a contiguous device tensor of its shape
   /// and dtype. A non-contiguous \p Host goes by blocks of dim-0 rows.
@@ -47,7 +41,6 @@ public:
 private:
   Staging How;
   ThreadStream &Stream;
-  MappedReader Read;
   int64_t Bytes;
   at::Tensor Block; ///< pinned, allocated on the first copy
 };

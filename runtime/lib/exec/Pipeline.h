@@ -117,10 +117,6 @@ public:
   /// HF side: tensor \p Name, or expert \p Slice of it (>= 0); undefined
   /// when absent (an optional input).
   virtual at::Tensor hfTensor(const std::string &Name, int64_t Slice, Reading &R) const;
-  /// Reads the \p Bytes at \p Mapped, inside a file this source has mapped,
-  /// into \p Dst with a read of the file instead of a copy out of the
-  /// mapping; false when it has no such file.
-  virtual bool readMapped(const void *, size_t, void *) const { return false; }
   /// Megatron side: the global tensor of \p It.
   virtual at::Tensor global(const Conversion &C, const WorkItem &It, Reading &R) const;
   /// The bytes \p It reads, for the progress line.

@@ -130,9 +130,6 @@ public:
     R.Tensors += Slice <= 0; // a stacked tensor counts once
     return X;
   }
-  bool readMapped(const void *Mapped, size_t Bytes, void *Dst) const override {
-    return Ckpt && Ckpt->readMapped(Mapped, Bytes, Dst);
-  }
   uint64_t bytesOf(const Conversion &C, const WorkItem &It) const override {
     uint64_t N = 0;
     for (const TensorView *V : readsOf(C, It))

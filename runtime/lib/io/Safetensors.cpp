@@ -37,33 +37,18 @@ namespace {
 
 SafetensorsFile::SafetensorsFile(const std::string &P) : Path(P) {
   uint64_t FileSize = 0;
-  FD = files::openRegularFile(Path, "the safetensors file", FileSize);
+  int FD = files::openRegularFile(Path, "the safetensors file", FileSize);
   Size = static_cast<size_t>(FileSize);
   if (Size < 8) {
     ::close(FD);
-    FD = -1;
     fail(Path, "truncated: " + std::to_string(Size) + " bytes, shorter than the 8-byte header length");
   }
   Map = ::mmap(nullptr, Size, PROT_READ, MAP_PRIVATE, FD, 0);
+  ::close(FD);
   if (Map == MAP_FAILED) {
-    ::close(FD);
-    FD = -1;
     Map = nullptr;
     fail(Path, std::string("cannot map: ") + std::strerror(errno));
   }
-  // A file refused below is released here: no destructor runs for it.
-  struct Release {
-    SafetensorsFile &F;
-    bool Keep = false;
-    ~Release() {
-      if (Keep)
-        return;
-      ::munmap(F.Map, F.Size);
-      ::close(F.FD);
-      F.Map = nullptr;
-      F.FD = -1;
-    }
-  } Guard{*this};
   const uint8_t *Base = static_cast<const uint8_t *>(Map);
   uint64_t HeaderLen = 0;
   for (int I = 7; I >= 0; --I)
@@ -137,40 +122,11 @@ SafetensorsFile::SafetensorsFile(const std::string &P) : Path(P) {
     if (Ranges[I].first < Ranges[I - 1].second)
       fail(Path, "two tensors overlap at bytes [" + std::to_string(Ranges[I].first) + ", " +
                      std::to_string(Ranges[I - 1].second) + ") of the data area");
-  Guard.Keep = true;
 }
 
 SafetensorsFile::~SafetensorsFile() {
   if (Map)
     ::munmap(Map, Size);
-  if (FD >= 0)
-    ::close(FD);
-}
-
-bool SafetensorsFile::readMapped(const void *Mapped, size_t Bytes, void *Dst) const {
-  const auto *Begin = static_cast<const uint8_t *>(Map), *At = static_cast<const uint8_t *>(Mapped);
-  if (!Map || FD < 0 || At < Begin || At > Begin + Size || Bytes > static_cast<size_t>(Begin + Size - At))
-    return false;
-  auto Offset = static_cast<off_t>(At - Begin);
-  auto *Out = static_cast<uint8_t *>(Dst);
-  while (Bytes > 0) {
-    ssize_t Got = ::pread(FD, Out, Bytes, Offset);
-    if (Got < 0 && errno == EINTR)
-      continue;
-    if (Got <= 0)
-      fail(Path, Got < 0 ? std::string("cannot read: ") + std::strerror(errno) : std::string("shorter than its header says"));
-    Out += Got;
-    Offset += Got;
-    Bytes -= static_cast<size_t>(Got);
-  }
-  return true;
-}
-
-bool SafetensorsCheckpoint::readMapped(const void *Mapped, size_t Bytes, void *Dst) const {
-  for (const auto &F : Files)
-    if (F->readMapped(Mapped, Bytes, Dst))
-      return true;
-  return false;
 }
 
 SafetensorsCheckpoint::SafetensorsCheckpoint(const std::string &Dir) {
