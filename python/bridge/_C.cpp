@@ -124,7 +124,8 @@ PYBIND11_MODULE(_C, m) {
       .def("load", [](live::LiveModel &M, uint64_t MemoryBudget) {
         py::gil_scoped_release Free;
         M.load(MemoryBudget);
-      }, py::arg("memory_budget") = uint64_t(256) << 20)
+      }, py::arg("memory_budget") = live::LiveModel::kDefaultLoadBudget)
+      .def_readonly_static("default_memory_budget", &live::LiveModel::kDefaultLoadBudget)
       .def("names", &live::LiveModel::names)
       .def("unchanged", &live::LiveModel::unchanged)
       .def_property_readonly("bytes_read", &live::LiveModel::bytesRead)

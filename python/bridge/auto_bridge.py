@@ -242,17 +242,21 @@ class AutoBridge:
         return live, groups
 
     def load_hf_weights(self, model, hf_path: str | os.PathLike | None = None,
-                        memory_budget: int = 256 << 20) -> None:
+                        memory_budget: int | None = None) -> None:
         """Fills every parameter of this rank's model (a module or a list of
         virtual-pipeline chunks) in place from the HF checkpoint: each rank
         reads and converts only its own tensors; no collective. A model whose
         parameters do not match the mapping is refused before any is written.
         On a GPU, several threads fill parameters at once, with at most
-        `memory_budget` bytes of temporaries in flight beyond one tensor."""
+        `memory_budget` bytes of temporaries in flight beyond one tensor
+        (None: the runtime's default, 1 GiB)."""
         live, _ = self._new_live_model(model, hf_path)  # once per model: not kept
         start = time.perf_counter()
         try:
-            live.load(int(memory_budget))
+            if memory_budget is None:
+                live.load()
+            else:
+                live.load(int(memory_budget))
         except ValueError as e:
             raise BridgeError(str(e)) from None
         # What this rank did, for logs and tests: a TP rank reads its own slices.

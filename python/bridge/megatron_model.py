@@ -237,6 +237,15 @@ LAYER_CHOICE_KEYS = {
 }
 
 
+# Keys that extend the built model, as Megatron-Bridge's providers do after
+# building it.
+MODEL_EXTENSION_KEYS = {
+    # Gemma: the word embeddings times sqrt(hidden_size) on the first stage
+    # (GemmaModelProvider.provide: EmbeddingScalingMixin); scale_embeddings below.
+    "apply_embedding_scaling",
+}
+
+
 @dataclass
 class RoutedConfig:
     tc_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -245,6 +254,7 @@ class RoutedConfig:
     config_attrs: dict[str, Any] = field(default_factory=dict)  # setattr after build
     spec_kwargs: dict[str, Any] = field(default_factory=dict)
     layer_choices: dict[str, Any] = field(default_factory=dict)
+    model_extensions: dict[str, Any] = field(default_factory=dict)
     dropped: dict[str, str] = field(default_factory=dict)  # key -> why
 
 
@@ -277,6 +287,8 @@ def route_megatron_config(meg: dict, *, megatron_compatible: bool = True,
             r.dropped[key] = NOT_CONSTRUCTOR_ARGS[key]
         elif key in LAYER_CHOICE_KEYS:
             r.layer_choices[key] = value
+        elif key in MODEL_EXTENSION_KEYS:
+            r.model_extensions[key] = value
         elif key in YARN_CONFIG_ATTRS:
             r.config_attrs[key] = value
         elif key == "activation_func":
@@ -377,6 +389,51 @@ def full_width_qk_attention():
             return (query, key, *rest)
 
     return FullWidthQKSelfAttention
+
+
+def zero_centered_rms_norm():
+    """The local spec's stand-in for Transformer Engine's RMSNorm with
+    zero_centered_gamma (megatron-core's torch norm refuses that flag): the
+    weight is stored zero-centred and the output is x / rms(x) * (1 + w),
+    computed in fp32 and cast back, as transformers' Gemma norm computes."""
+    if "ZeroCenteredRMSNorm" in _STATE:
+        return _STATE["ZeroCenteredRMSNorm"]
+    import torch
+
+    class ZeroCenteredRMSNorm(torch.nn.Module):
+        def __init__(self, config, hidden_size: int, eps: float = 1e-5, persist_layer_norm: bool = False,
+                     zero_centered_gamma: bool = False, normalization: str = "RMSNorm"):
+            super().__init__()
+            if normalization != "RMSNorm":
+                raise Unsupported(f"a zero-centred {normalization} has no local stand-in")
+            self.eps = eps
+            self.weight = torch.nn.Parameter(torch.zeros(hidden_size, dtype=config.params_dtype))
+            setattr(self.weight, "sequence_parallel", config.sequence_parallel)
+
+        def forward(self, x):
+            y = x.float()
+            y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + self.eps)
+            return (y * (1.0 + self.weight.float())).type_as(x)
+
+    _STATE["ZeroCenteredRMSNorm"] = ZeroCenteredRMSNorm
+    return ZeroCenteredRMSNorm
+
+
+def _zero_centered_norms(spec, config, vp_stage):
+    """The local spec with every norm (each layer's two and the final one)
+    the zero-centred stand-in, as a block spec: a layer spec alone would get
+    the block's final norm from megatron-core's default."""
+    from megatron.core.transformer.transformer_block import TransformerBlockSubmodules, get_num_layers_to_build
+
+    norm = zero_centered_rms_norm()
+    if not isinstance(spec, TransformerBlockSubmodules):
+        spec = TransformerBlockSubmodules(layer_specs=[spec] * get_num_layers_to_build(config, vp_stage=vp_stage),
+                                          layer_norm=norm)
+    spec.layer_norm = norm
+    for layer in {id(s): s for s in spec.layer_specs}.values():
+        layer.submodules.input_layernorm = norm
+        layer.submodules.pre_mlp_layernorm = norm
+    return spec
 
 
 def _apply_layer_choices(spec, choices: dict[str, Any]):
@@ -599,13 +656,15 @@ def build_gpt_model(meg: dict, with_mtp: bool = False, *, parallel: dict | None 
     else:
         spec = mods["get_gpt_layer_local_spec"](**r.spec_kwargs)
     spec = _apply_layer_choices(spec, r.layer_choices)
+    if not te and cfg.layernorm_zero_centered_gamma:
+        spec = _zero_centered_norms(spec, cfg, vp_stage)
     extra = dict(stage)
     if with_mtp:
         from megatron.core.models.gpt.gpt_layer_specs import get_gpt_mtp_block_spec
 
         cfg.mtp_num_layers = meg["mtp_num_layers"]
         extra["mtp_block_spec"] = get_gpt_mtp_block_spec(cfg, spec, use_transformer_engine=te, **stage)
-    return mods["GPTModel"](
+    model = mods["GPTModel"](
         config=cfg,
         transformer_layer_spec=spec,
         pre_process=pre_process,
@@ -613,6 +672,27 @@ def build_gpt_model(meg: dict, with_mtp: bool = False, *, parallel: dict | None 
         **r.gpt_kwargs,
         **extra,
     )
+    if r.model_extensions.get("apply_embedding_scaling") and pre_process:
+        scale_embeddings(model.embedding)
+    return model
+
+
+def scale_embeddings(embedding) -> None:
+    """The embedding's output times sqrt(hidden_size), in its own dtype, as
+    Megatron-Bridge's Gemma providers extend it (EmbeddingScalingMixin) and
+    transformers' Gemma embeddings scale: the instance's class becomes a
+    subclass whose forward multiplies."""
+    import torch
+
+    base = type(embedding)
+
+    class ScaledEmbedding(base):
+        def forward(self, *args, **kwargs):
+            out = super().forward(*args, **kwargs)
+            return out * torch.tensor(self.config.hidden_size ** 0.5, dtype=out.dtype)
+
+    ScaledEmbedding.__name__ = base.__name__
+    embedding.__class__ = ScaledEmbedding
 
 
 # A VLM's vision tower, as Megatron-Bridge's VLM models hold it

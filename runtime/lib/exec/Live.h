@@ -111,7 +111,11 @@ public:
   /// checkpoint (ops on the parameter's device when it is a GPU). At most
   /// \p MemoryBudget bytes of tensors are in flight at once beyond the one
   /// being converted (a single larger one still goes, alone).
-  void load(uint64_t MemoryBudget = uint64_t(256) << 20);
+  void load(uint64_t MemoryBudget = kDefaultLoadBudget);
+  /// 1 GiB: Llama-3.1-8B's fused gate/up (448 MiB of temporaries) loads
+  /// two at a time rather than alone; on an H100 the load took 0.58 s with
+  /// it and 0.96 s with 256 MiB (bench/results/2026-12-07-h100-live.md).
+  static constexpr uint64_t kDefaultLoadBudget = uint64_t(1) << 30;
   /// The model as HF tensors, bucket by bucket; every rank of the model
   /// calls next() in lockstep.
   std::unique_ptr<ExportStream> exportHF(Group *TP, Group *PP, Group *EP, Group *ETP, ExportOptions O);

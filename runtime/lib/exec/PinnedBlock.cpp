@@ -14,11 +14,11 @@ namespace bridge::exec {
 Staging stagingFromEnvironment() {
   const char *V = std::getenv("BRIDGE_LIVE_STAGING");
   const std::string S = V ? V : "";
-  if (S.empty() || S == "whole")
-    return Staging::Whole;
-  if (S == "block")
+  if (S.empty() || S == "block")
     return Staging::Block;
-  throw Error("error: BRIDGE_LIVE_STAGING is '" + S + "'; expected whole or block");
+  if (S == "whole")
+    return Staging::Whole;
+  throw Error("error: BRIDGE_LIVE_STAGING is '" + S + "'; expected block or whole");
 }
 
 void PinnedBlock::copy(const at::Tensor &Host, const at::Tensor &Dst) {
@@ -35,9 +35,9 @@ void PinnedBlock::copy(const at::Tensor &Host, const at::Tensor &Dst) {
   if (!Block.defined())
     Block = at::empty({Bytes}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
   if (Host.is_contiguous()) {
-    // at::Tensor::copy_ reads with the intra-op threads: a large tensor
-    // runs alone under the load's memory budget, and one thread's memcpy
-    // alone was 4x slower than the floor.
+    // at::Tensor::copy_ reads with the intra-op threads: a tensor over the
+    // load's memory budget runs alone, and one thread's memcpy of it made
+    // the whole load 4x slower than the floor (call 7).
     at::Tensor HostBytes = Host.view({-1}).view(at::kByte), DstBytes = Dst.view({-1}).view(at::kByte);
     for (int64_t Off = 0; Off < Total; Off += Bytes) {
       const int64_t N = std::min(Bytes, Total - Off);

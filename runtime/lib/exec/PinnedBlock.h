@@ -1,11 +1,12 @@
 //===- PinnedBlock.h - a loader thread's way from host memory to the GPU -===//
 //
-// How a loader thread's host tensor reaches the GPU: through a pinned copy
-// of the whole tensor (the caching host allocator keeps the blocks), or
-// through one pinned block per thread in block-sized pieces, each read into
-// the block, copied to the device and waited for, as the files -> GPU floor
-// of bench/live.py copies. On an H100 host the whole copy was the faster
-// (bench/results/2026-12-07-h100-live.md, call 7).
+// How a loader thread's host tensor reaches the GPU: through one pinned
+// block per thread, allocated once, in block-sized pieces, each read into
+// the block (by the intra-op threads), copied to the device and waited for,
+// as the files -> GPU floor of bench/live.py copies; or through a pinned
+// copy of the whole tensor. With a 1 GiB load budget the block staging
+// loaded Llama-3.1-8B in 0.58 s where the whole copies took 1.04 s, the
+// floor 0.95-1.06 s (bench/results/2026-12-07-h100-live.md, call 8).
 //
 //===----------------------------------------------------------------------===//
 #ifndef BRIDGE_EXEC_PINNEDBLOCK_H
@@ -22,11 +23,11 @@ namespace bridge::exec {
 /// How a host tensor reaches the GPU. BRIDGE_LIVE_STAGING picks one, for
 /// the benchmark's side-by-side runs (bench/live.sh STAGINGS).
 enum class Staging {
-  Whole, ///< a pinned copy of each whole tensor
   Block, ///< through the thread's pinned block, piece by piece
+  Whole, ///< a pinned copy of each whole tensor
 };
 
-/// BRIDGE_LIVE_STAGING (whole or block; unset: whole).
+/// BRIDGE_LIVE_STAGING (block or whole; unset: block).
 Staging stagingFromEnvironment();
 
 class PinnedBlock {
