@@ -43,6 +43,24 @@ def _norm(ckpt: tiny_models.TinyCheckpoint, full) -> dict:
     return dict(normalization=kind, layernorm_epsilon=norm.eps if eps is None else eps)
 
 
+def _embedding_scaling(ckpt: tiny_models.TinyCheckpoint, full) -> dict:
+    """apply_embedding_scaling from the word embedding the HF model builds
+    (on the meta device): a scaled one (Gemma's) multiplies by its
+    embed_scale, which must then be sqrt(hidden_size)."""
+    import torch
+    import transformers
+
+    with torch.device("meta"):
+        model = getattr(transformers, ckpt.family.auto_class).from_config(full)
+    embedding = next(m for name, m in model.named_modules()
+                     if name.endswith("embed_tokens") and "vision" not in name and "visual" not in name)
+    scale = getattr(embedding, "scalar_embed_scale", None)
+    if scale is None or scale == 1.0:
+        return dict(apply_embedding_scaling=False)
+    assert scale == full.get_text_config().hidden_size ** 0.5, scale
+    return dict(apply_embedding_scaling=True)
+
+
 def _expected(ckpt: tiny_models.TinyCheckpoint) -> dict:
     import transformers
 
@@ -76,6 +94,7 @@ def _expected(ckpt: tiny_models.TinyCheckpoint) -> dict:
             rotary_base=rope.get("rope_theta"),
             rotary_scaling_factor=rope.get("factor", 1.0) if rope.get("rope_type") == "yarn" else 1.0,
             **_norm(ckpt, full),
+            **_embedding_scaling(ckpt, full),
         )
         return exp
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
@@ -94,6 +113,7 @@ def _expected(ckpt: tiny_models.TinyCheckpoint) -> dict:
         kv_channels=head_dim,
         vocab_size=cfg.vocab_size,
         **_norm(ckpt, full),
+        **_embedding_scaling(ckpt, full),
         activation_func=getattr(cfg, "hidden_act", None) or getattr(cfg, "hidden_activation", None),
         share_embeddings_and_output_weights=bool(full.tie_word_embeddings),
         add_qkv_bias=attn + "q_proj.bias" in keys or attn + "qkv_proj.bias" in keys,
@@ -147,6 +167,11 @@ def _expected(ckpt: tiny_models.TinyCheckpoint) -> dict:
         else:
             exp.update(video_token_id=full.video_token_id, vision_start_token_id=full.vision_start_token_id,
                        vision_end_token_id=full.vision_end_token_id)
+    if cfg.model_type == "gemma":
+        # As Megatron-Bridge's GemmaBridge: the tanh GELU is fast_gelu, norms
+        # multiply by (1 + w), embeddings tied unless the config says not.
+        exp.update(activation_func="fast_gelu", layernorm_zero_centered_gamma=True,
+                   share_embeddings_and_output_weights=bool(cfg.tie_word_embeddings))
     if cfg.model_type == "gemma2":
         # As Megatron-Bridge converts Gemma 2: the tanh GELU is fast_gelu, norms
         # multiply by (1 + w), a norm follows attention and MLP, scores are

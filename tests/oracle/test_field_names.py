@@ -60,6 +60,9 @@ ALLOWED = {
     # Not a provider field: Megatron-Bridge builds Gemma 2 and 3 with a layer
     # spec whose linear_proj and linear_fc2 carry a norm after them.
     "post_layernorm": "TERowParallelLinearLayerNorm in Megatron-Bridge's Gemma layer specs",
+    # Not a provider field: Megatron-Bridge's Gemma providers extend the built
+    # model's embedding (models/gemma/modules.py), whose docstring names it so.
+    "apply_embedding_scaling": "EmbeddingScalingMixin in Megatron-Bridge's Gemma providers",
     # Gemma3ModelProvider takes rotary_base as a (local, global) pair.
     "rotary_base_local": "Gemma3ModelProvider.rotary_base[0]",
     # Vision-language providers (Megatron-Bridge models/qwen_vl/qwen25_vl_provider.py,

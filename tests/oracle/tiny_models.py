@@ -242,6 +242,15 @@ FAMILIES += [
         traits={"tie_word_embeddings": False, "sliding_window": 2047, "rope_scaling": None},
     ),
     Family(
+        "gemma-7b",
+        "gemma",
+        "gemma",
+        "google__gemma-7b.json",
+        "zero-centred RMSNorm, GELU-tanh gated MLP, word embeddings scaled by sqrt(hidden), tied embeddings, "
+        "explicit head_dim",
+        traits={"tie_word_embeddings": True, "hidden_act": "gelu_pytorch_tanh", "head_dim": 256},
+    ),
+    Family(
         "gemma2-9b",
         "gemma2",
         "gemma2",
