@@ -391,32 +391,39 @@ def full_width_qk_attention():
     return FullWidthQKSelfAttention
 
 
-def zero_centered_rms_norm():
-    """The local spec's stand-in for Transformer Engine's RMSNorm with
+def zero_centered_norm():
+    """The local spec's stand-in for Transformer Engine's norms with
     zero_centered_gamma (megatron-core's torch norm refuses that flag): the
-    weight is stored zero-centred and the output is x / rms(x) * (1 + w),
-    computed in fp32 and cast back, as transformers' Gemma norm computes."""
-    if "ZeroCenteredRMSNorm" in _STATE:
-        return _STATE["ZeroCenteredRMSNorm"]
+    weight is stored zero-centred. RMSNorm gives x / rms(x) * (1 + w) in fp32,
+    cast back (transformers' Gemma norm); LayerNorm gives layer_norm(x) with
+    weight w + 1 and its bias (transformers' Nemotron LayerNorm1P)."""
+    if "ZeroCenteredNorm" in _STATE:
+        return _STATE["ZeroCenteredNorm"]
     import torch
 
-    class ZeroCenteredRMSNorm(torch.nn.Module):
+    class ZeroCenteredNorm(torch.nn.Module):
         def __init__(self, config, hidden_size: int, eps: float = 1e-5, persist_layer_norm: bool = False,
-                     zero_centered_gamma: bool = False, normalization: str = "RMSNorm"):
+                     zero_centered_gamma: bool = False, normalization: str = "LayerNorm"):
             super().__init__()
-            if normalization != "RMSNorm":
-                raise Unsupported(f"a zero-centred {normalization} has no local stand-in")
+            self.rms = config.normalization == "RMSNorm"  # megatron-core passes the config alone
             self.eps = eps
             self.weight = torch.nn.Parameter(torch.zeros(hidden_size, dtype=config.params_dtype))
-            setattr(self.weight, "sequence_parallel", config.sequence_parallel)
+            params = [self.weight]
+            if not self.rms:
+                self.bias = torch.nn.Parameter(torch.zeros(hidden_size, dtype=config.params_dtype))
+                params.append(self.bias)
+            for p in params:
+                setattr(p, "sequence_parallel", config.sequence_parallel)
 
         def forward(self, x):
+            if not self.rms:
+                return torch.nn.functional.layer_norm(x, self.weight.shape, self.weight + 1.0, self.bias, self.eps)
             y = x.float()
             y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + self.eps)
             return (y * (1.0 + self.weight.float())).type_as(x)
 
-    _STATE["ZeroCenteredRMSNorm"] = ZeroCenteredRMSNorm
-    return ZeroCenteredRMSNorm
+    _STATE["ZeroCenteredNorm"] = ZeroCenteredNorm
+    return ZeroCenteredNorm
 
 
 def _zero_centered_norms(spec, config, vp_stage):
@@ -425,7 +432,7 @@ def _zero_centered_norms(spec, config, vp_stage):
     the block's final norm from megatron-core's default."""
     from megatron.core.transformer.transformer_block import TransformerBlockSubmodules, get_num_layers_to_build
 
-    norm = zero_centered_rms_norm()
+    norm = zero_centered_norm()
     if not isinstance(spec, TransformerBlockSubmodules):
         spec = TransformerBlockSubmodules(layer_specs=[spec] * get_num_layers_to_build(config, vp_stage=vp_stage),
                                           layer_norm=norm)

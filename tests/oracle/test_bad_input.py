@@ -256,6 +256,21 @@ def test_nemotron_h_experts_it_does_not_convert_are_refused(bridge_run, tiny_che
     _nothing_written(tmp_path / "out")
 
 
+@pytest.mark.parametrize("change", [{"hidden_act": "gelu"}, {"mlp_bias": True}])
+def test_nemotron_configs_it_does_not_convert_are_refused(bridge_run, tiny_checkpoints, tmp_path, change):
+    """Another activation, biases: each stops the import by its require line
+    before anything is written."""
+    hf = tmp_path / "hf"
+    shutil.copytree(tiny_checkpoints("nemotron-4-15b").path, hf)
+    cfg = json.loads((hf / "config.json").read_text())
+    cfg.update(change)
+    (hf / "config.json").write_text(json.dumps(cfg))
+    r = _import(bridge_run, hf, tmp_path / "out")
+    want = {"hidden_act": "squared ReLU", "mlp_bias": "biases on its linear layers"}[next(iter(change))]
+    assert r.returncode == 1 and want in r.stderr and "nemotron.bridge" in r.stderr, r.stderr
+    _nothing_written(tmp_path / "out")
+
+
 def test_vlm_text_section_wins_over_the_top_level(bridge_run, tiny_checkpoints, tmp_path):
     """A config that keeps a language field at both levels (transformers 4.5x
     saved some so): transformers builds the model from text_config, and so

@@ -167,6 +167,14 @@ def _expected(ckpt: tiny_models.TinyCheckpoint) -> dict:
         else:
             exp.update(video_token_id=full.video_token_id, vision_start_token_id=full.vision_start_token_id,
                        vision_end_token_id=full.vision_end_token_id)
+    if "partial_rotary_factor" in rope:
+        # The rotary embedding on that part of each head (Nemotron, GLM-4.5).
+        exp["rotary_percent"] = rope["partial_rotary_factor"]
+    if cfg.model_type == "nemotron":
+        # As Megatron-Bridge's NemotronBridge: relu2 is squared_relu, the MLP has
+        # no gate (no gate_proj was written), LayerNorm1P multiplies by (w + 1).
+        assert cfg.hidden_act == "relu2" and lm + "layers.0.mlp.gate_proj.weight" not in keys
+        exp.update(activation_func="squared_relu", gated_linear_unit=False, layernorm_zero_centered_gamma=True)
     if cfg.model_type == "gemma":
         # As Megatron-Bridge's GemmaBridge: the tanh GELU is fast_gelu, norms
         # multiply by (1 + w), embeddings tied unless the config says not.
@@ -247,3 +255,23 @@ def test_megatron_config_agrees_with_transformers(bridge_run, tiny_checkpoints, 
         if not same:
             errors.append(f"{key}: bridge-run {got!r}, transformers {want!r}")
     assert not errors, "\n".join(errors)
+
+
+def test_nemotron_file_saved_before_transformers_5(bridge_run, tiny_checkpoints, tmp_path):
+    """Minitron's and Nemotron-4's published files keep partial_rotary_factor
+    at the top level and have no rope_parameters: transformers 5 reads it
+    from there, and so does the conversion."""
+    import json
+    import shutil
+
+    import transformers
+
+    hf = tmp_path / "hf"
+    shutil.copytree(tiny_checkpoints("nemotron-4-15b").path, hf)
+    cfg = json.loads((hf / "config.json").read_text())
+    rope = cfg.pop("rope_parameters")
+    cfg.update(partial_rotary_factor=0.25, rope_theta=rope["rope_theta"])
+    (hf / "config.json").write_text(json.dumps(cfg))
+    want = transformers.AutoConfig.from_pretrained(hf).rope_parameters["partial_rotary_factor"]
+    assert want == 0.25
+    assert bridge_run.config(str(hf))["megatron"]["rotary_percent"] == want

@@ -242,6 +242,17 @@ FAMILIES += [
         traits={"tie_word_embeddings": False, "sliding_window": 2047, "rope_scaling": None},
     ),
     Family(
+        "nemotron-4-15b",
+        "nemotron",
+        "nemotron",
+        "nvidia__Nemotron-4-15B.json",
+        "LayerNorm with biases stored zero-centred (LayerNorm1P), rotary on half of each head, an ungated "
+        "squared-ReLU MLP, untied embeddings, grouped-query attention",
+        # Nemotron-4-15B's 8 key-value heads (transformers' class default leaves
+        # them None, which its own attention cannot build).
+        traits={"tie_word_embeddings": False, "hidden_act": "relu2", "num_key_value_heads": 8},
+    ),
+    Family(
         "gemma-7b",
         "gemma",
         "gemma",
