@@ -242,6 +242,18 @@ FAMILIES += [
         traits={"tie_word_embeddings": False, "sliding_window": 2047, "rope_scaling": None},
     ),
     Family(
+        "glm4.7-flash",
+        "glm4_moe_lite",
+        "glm4_moe_lite",
+        "zai-org__GLM-4.7-Flash.json",
+        "MLA with query LoRA, GLM's sigmoid router with expert bias and renormalized top-k, a shared expert, "
+        "the first layer dense (mlp_layer_types)",
+        traits={"tie_word_embeddings": False, "n_routed_experts": 64, "num_experts_per_tok": 4,
+                "moe_intermediate_size": 1536, "n_shared_experts": 1, "q_lora_rank": 768, "kv_lora_rank": 512,
+                "qk_nope_head_dim": 192, "qk_rope_head_dim": 64, "v_head_dim": 256, "n_group": 1, "topk_group": 1,
+                "routed_scaling_factor": 1.8, "norm_topk_prob": True},
+    ),
+    Family(
         "nemotron-4-15b",
         "nemotron",
         "nemotron",
