@@ -231,6 +231,8 @@ LAYER_CHOICE_KEYS = {
     # Gemma 2 and 3: a norm after linear_proj and linear_fc2 (Megatron-Bridge's
     # TERowParallelLinearLayerNorm); megatron-core 0.16.1 has no such module.
     "post_layernorm",
+    # EXAONE 4: no norm before attention or the MLP (exaone4_layer_spec).
+    "pre_layernorm",
     # OLMoE / MiniMax-M2: q/k RMSNorm over all heads (olmoe_layer_spec,
     # minimax_m2_layer_spec in Megatron-Bridge); FullWidthQKSelfAttention below.
     "qk_layernorm_full_width",
@@ -346,7 +348,7 @@ def make_transformer_config(r: RoutedConfig):
 
 
 GEMMA_UNSUPPORTED = (
-    "megatron-core 0.16.1 cannot build Gemma 2 or 3: the norms after the attention and the MLP "
+    "megatron-core 0.16.1 cannot build Gemma 2 or 3 or EXAONE 4: the norms after the attention and the MLP "
     "(Megatron-Bridge's TERowParallelLinearLayerNorm), attention and final-logit soft-capping and the "
     "embedding scaling are Megatron-Bridge's own modules"
 )

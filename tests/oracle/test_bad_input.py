@@ -287,6 +287,20 @@ def test_glm47_flash_configs_it_does_not_convert_are_refused(bridge_run, tiny_ch
     _nothing_written(tmp_path / "out")
 
 
+def test_exaone4_window_without_layer_types_is_refused(bridge_run, tiny_checkpoints, tmp_path):
+    """Which layers are windowed (and go without rotary) is read from
+    layer_types alone: a windowed config without it is refused."""
+    hf = tmp_path / "hf"
+    shutil.copytree(tiny_checkpoints("exaone4-32b").path, hf)
+    cfg = json.loads((hf / "config.json").read_text())
+    assert cfg["sliding_window"]
+    cfg.pop("layer_types")
+    (hf / "config.json").write_text(json.dumps(cfg))
+    r = _import(bridge_run, hf, tmp_path / "out")
+    assert r.returncode == 1 and "needs layer_types" in r.stderr and "exaone4.bridge" in r.stderr, r.stderr
+    _nothing_written(tmp_path / "out")
+
+
 def test_vlm_text_section_wins_over_the_top_level(bridge_run, tiny_checkpoints, tmp_path):
     """A config that keeps a language field at both levels (transformers 4.5x
     saved some so): transformers builds the model from text_config, and so

@@ -29,8 +29,9 @@ def _norm(ckpt: tiny_models.TinyCheckpoint, full) -> dict:
 
     with torch.device("meta"):
         model = getattr(transformers, ckpt.family.auto_class).from_config(full)
+    # (EXAONE 4 has no norm before the mixer: the one after it.)
     norm = next(m for name, m in model.named_modules()
-                if name.endswith(("layers.0.input_layernorm", "layers.0.norm"))
+                if name.endswith(("layers.0.input_layernorm", "layers.0.norm", "layers.0.post_attention_layernorm"))
                 and not name.startswith(("visual.", "vision_tower.", "model.visual.", "model.vision_tower.")))
     kind = type(norm).__name__
     if "RMSNorm" in kind:
@@ -71,8 +72,9 @@ def _expected(ckpt: tiny_models.TinyCheckpoint) -> dict:
     # are wherever transformers saved the decoder ('language_model.model.').
     cfg = full.get_text_config()
     keys = ckpt.tensors
-    lm = next(k[: -len("layers.0.input_layernorm.weight")] for k in keys
-              if k.endswith("layers.0.input_layernorm.weight") and not k.startswith(("visual.", "vision_tower.")))
+    # The language model's prefix, from its first layer's attention.
+    lm = next(k[: -len("layers.0.self_attn.o_proj.weight")] for k in keys
+              if k.endswith("layers.0.self_attn.o_proj.weight") and not k.startswith(("visual.", "vision_tower.")))
     rope = dict(getattr(cfg, "rope_parameters", None) or {})
     heads = cfg.num_attention_heads
     if getattr(cfg, "kv_lora_rank", None):
@@ -170,6 +172,14 @@ def _expected(ckpt: tiny_models.TinyCheckpoint) -> dict:
     if "partial_rotary_factor" in rope:
         # The rotary embedding on that part of each head (Nemotron, GLM-4.5).
         exp["rotary_percent"] = rope["partial_rotary_factor"]
+    if cfg.model_type == "exaone4":
+        # Norms after attention and the MLP and none before (no input_layernorm
+        # was written); a layer without a window has no rotary.
+        assert lm + "layers.0.input_layernorm.weight" not in keys
+        assert lm + "layers.0.post_feedforward_layernorm.weight" in keys
+        exp.update(post_layernorm=True, pre_layernorm=False)
+        if window:
+            exp["no_rope_freq"] = [int(t == "full_attention") for t in cfg.layer_types]
     if cfg.model_type == "nemotron":
         # As Megatron-Bridge's NemotronBridge: relu2 is squared_relu, the MLP has
         # no gate (no gate_proj was written), LayerNorm1P multiplies by (w + 1).

@@ -63,6 +63,9 @@ ALLOWED = {
     # Not a provider field: Megatron-Bridge's Gemma providers extend the built
     # model's embedding (models/gemma/modules.py), whose docstring names it so.
     "apply_embedding_scaling": "EmbeddingScalingMixin in Megatron-Bridge's Gemma providers",
+    # Not a provider field: Megatron-Bridge builds EXAONE 4 with a layer spec
+    # whose linear_qkv and linear_fc1 have no fused norm.
+    "pre_layernorm": "exaone4_layer_spec (Megatron-Bridge): no norm before attention or the MLP",
     # Gemma3ModelProvider takes rotary_base as a (local, global) pair.
     "rotary_base_local": "Gemma3ModelProvider.rotary_base[0]",
     # Vision-language providers (Megatron-Bridge models/qwen_vl/qwen25_vl_provider.py,

@@ -254,6 +254,19 @@ FAMILIES += [
                 "routed_scaling_factor": 1.8, "norm_topk_prob": True},
     ),
     Family(
+        "exaone4-32b",
+        "exaone4",
+        "exaone4",
+        "LGAI-EXAONE__EXAONE-4.0-32B.json",
+        "norms after attention and MLP and none before, q/k norms, llama3 rope scaling, a sliding window on three "
+        "layers of four whose full-attention layers have no rotary",
+        traits={"tie_word_embeddings": False, "sliding_window": 4096, "rope_theta": 1000000.0,
+                "rope_scaling": {"factor": 16.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                                 "original_max_position_embeddings": 8192, "rope_type": "llama3"}},
+        # Both kinds of layer in the two tiny ones.
+        tiny={"layer_types": ["sliding_attention", "full_attention"]},
+    ),
+    Family(
         "nemotron-4-15b",
         "nemotron",
         "nemotron",
