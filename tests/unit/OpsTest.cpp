@@ -93,6 +93,15 @@ TEST_CASE("qkv: per query group [q heads of the group; k; v], and back") {
       at::Tensor Concat = forward(Op::QKVFromConcat, Transform::None, {at::cat({Q, K, V}, 0)}, {}, A.Cfg, "test");
       CHECK(sameBytes(Concat, Out));
       checkRoundTrip(Op::QKVFromConcat, {at::cat({Q, K, V}, 0)}, A.Cfg);
+      // Export's split of a non-contiguous fused tensor (a column slice, as a
+      // TP join may give): q, k and v, each contiguous.
+      at::Tensor Slice = at::cat({Out, Out}, 1).narrow(1, Hidden, Hidden);
+      REQUIRE(!Slice.is_contiguous());
+      auto Parts = inverse(Op::FuseQKV, Transform::None, Slice, 3, {}, A.Cfg, {}, "test");
+      CHECK(sameBytes(Parts[0], Q));
+      CHECK(sameBytes(Parts[1], K));
+      CHECK(sameBytes(Parts[2], V));
+      CHECK((Parts[0].is_contiguous() && Parts[1].is_contiguous() && Parts[2].is_contiguous()));
     }
   }
   Attention A(8, 2, 4);
@@ -131,6 +140,15 @@ TEST_CASE("gated_mlp, gate_up and gate_up_interleaved: fc1 is [gate; up]") {
   CHECK(errorOf([&] {
           forward(Op::GateUpInterleaved, Transform::None, {at::zeros({5, 4})}, {}, A.Cfg, "r");
         }).find("odd number of rows 5") != std::string::npos);
+  // Export's halves of a non-contiguous fc1 (a column slice) are its rows, and an odd one is refused.
+  at::Tensor Wide = at::cat({Fc1, Fc1}, 1), Slice = Wide.narrow(1, 0, 4);
+  REQUIRE(!Slice.is_contiguous());
+  auto Halves = inverse(Op::FuseGatedMLP, Transform::None, Slice, 2, {}, A.Cfg, {}, "test");
+  CHECK(sameBytes(Halves[0], Gate));
+  CHECK(sameBytes(Halves[1], Up));
+  CHECK(errorOf([&] {
+          inverse(Op::FuseGatedMLP, Transform::None, at::zeros({5, 4}), 2, {}, A.Cfg, {}, "r");
+        }).find("gated_mlp needs an even dim 0") != std::string::npos);
 }
 
 TEST_CASE("transpose, permute, cast, identity, swap_halves: undone bit for bit") {
