@@ -271,10 +271,12 @@ def test_nemotron_configs_it_does_not_convert_are_refused(bridge_run, tiny_check
     _nothing_written(tmp_path / "out")
 
 
-@pytest.mark.parametrize("change", [{"norm_topk_prob": False}, {"first_k_dense_replace": 2}])
+@pytest.mark.parametrize("change", [{"norm_topk_prob": False}, {"first_k_dense_replace": 2},
+                                    {"mlp_layer_types": ["dense", "sparse", "sparse"]}])
 def test_glm47_flash_configs_it_does_not_convert_are_refused(bridge_run, tiny_checkpoints, tmp_path, change):
     """Top-k left unnormalized; dense layers given only by first_k_dense_replace,
-    which transformers' class does not read (it builds from mlp_layer_types)."""
+    which transformers' class does not read (it builds from mlp_layer_types);
+    an mlp_layer_types longer than the model."""
     hf = tmp_path / "hf"
     shutil.copytree(tiny_checkpoints("glm4.7-flash").path, hf)
     cfg = json.loads((hf / "config.json").read_text())
@@ -282,7 +284,8 @@ def test_glm47_flash_configs_it_does_not_convert_are_refused(bridge_run, tiny_ch
     cfg.update(change)
     (hf / "config.json").write_text(json.dumps(cfg))
     r = _import(bridge_run, hf, tmp_path / "out")
-    want = "without norm_topk_prob" if "norm_topk_prob" in change else "needs mlp_layer_types"
+    want = {"norm_topk_prob": "without norm_topk_prob", "first_k_dense_replace": "needs mlp_layer_types",
+            "mlp_layer_types": "one type per layer"}[next(iter(change))]
     assert r.returncode == 1 and want in r.stderr and "glm4_moe_lite.bridge" in r.stderr, r.stderr
     _nothing_written(tmp_path / "out")
 

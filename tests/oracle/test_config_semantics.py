@@ -161,12 +161,12 @@ def _expected(ckpt: tiny_models.TinyCheckpoint) -> dict:
         # The vision side: its config as the checkpoint has it, its width
         # (the projector's input) and the special tokens.
         vision = full.vision_config
-        exp.update(vision_model={"qwen2_5_vl": "qwen2_5_vl", "gemma3": "siglip"}[full.model_type],
+        exp.update(vision_model={"qwen2_5_vl": "qwen2_5_vl", "gemma3": "siglip", "mistral3": "pixtral"}[full.model_type],
                    image_token_id=getattr(full, "image_token_id", None) or getattr(full, "image_token_index"))
         if full.model_type == "gemma3":
             exp.update(vision_hidden_size=vision.hidden_size, mm_tokens_per_image=full.mm_tokens_per_image,
                        vision_start_token_id=full.boi_token_index, vision_end_token_id=full.eoi_token_index)
-        else:
+        elif full.model_type == "qwen2_5_vl":
             exp.update(video_token_id=full.video_token_id, vision_start_token_id=full.vision_start_token_id,
                        vision_end_token_id=full.vision_end_token_id)
     if "partial_rotary_factor" in rope:

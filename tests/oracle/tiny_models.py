@@ -376,6 +376,22 @@ FAMILIES += [
               "mm_tokens_per_image": 4},
         auto_class="AutoModelForImageTextToText",
     ),
+    Family(
+        "mistral3-small-24b",
+        "mistral3",
+        "mistral3",
+        "mistralai__Mistral-Small-3.1-24B-Instruct-2503.json",
+        "VLM: Mistral decoder under language_model. (text_config, head_dim apart from hidden / heads), the Pixtral "
+        "vision tower (vision_tower.**) and the projector (multi_modal_projector.**) kept as they are",
+        # Untied at both levels: transformers 5 ties a Mistral 3 by the top-level flag (default true).
+        traits={"tie_word_embeddings": False,
+                "text_config": {"head_dim": 128, "num_key_value_heads": 8, "sliding_window": None,
+                                "tie_word_embeddings": False}},
+        tiny={"text_config": {"head_dim": TINY_HEAD_DIM * 2, "num_key_value_heads": TINY_KV_HEADS_GQA},
+              "vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                                "num_attention_heads": 2, "head_dim": 16, "image_size": 64, "patch_size": 16}},
+        auto_class="AutoModelForImageTextToText",
+    ),
 ]
 
 FAMILY_BY_ID = {f.id: f for f in FAMILIES}
@@ -476,7 +492,7 @@ def _shrink(d: dict) -> dict:
             d[key] = dict(rope, mrope_section=tiny)
     if "max_window_layers" in d:
         d["max_window_layers"] = min(d["max_window_layers"], TINY_LAYERS)
-    for key in ("layer_types", "attn_type_list"):
+    for key in ("layer_types", "attn_type_list", "mlp_layer_types"):
         if isinstance(d.get(key), list):
             d[key] = d[key][:TINY_LAYERS]
     # The tiny model is made in fp32/bf16; FP8 sources are made by the FP8 tests.
