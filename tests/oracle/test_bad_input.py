@@ -304,6 +304,24 @@ def test_exaone4_window_without_layer_types_is_refused(bridge_run, tiny_checkpoi
     _nothing_written(tmp_path / "out")
 
 
+@pytest.mark.parametrize("change", ["text_model", "no_vision"])
+def test_mistral3_configs_it_does_not_convert_are_refused(bridge_run, tiny_checkpoints, tmp_path, change):
+    """Ministral 3's text model, or no vision section: refused by name before
+    anything is written."""
+    hf = tmp_path / "hf"
+    shutil.copytree(tiny_checkpoints("mistral3-small-24b").path, hf)
+    cfg = json.loads((hf / "config.json").read_text())
+    if change == "text_model":
+        cfg["text_config"]["model_type"] = "ministral3"
+    else:
+        cfg.pop("vision_config")
+    (hf / "config.json").write_text(json.dumps(cfg))
+    r = _import(bridge_run, hf, tmp_path / "out")
+    want = "with a Mistral text model" if change == "text_model" else "config.json has no 'vision_config'"
+    assert r.returncode == 1 and want in r.stderr and "mistral3.bridge" in r.stderr, r.stderr
+    _nothing_written(tmp_path / "out")
+
+
 def test_vlm_text_section_wins_over_the_top_level(bridge_run, tiny_checkpoints, tmp_path):
     """A config that keeps a language field at both levels (transformers 4.5x
     saved some so): transformers builds the model from text_config, and so
