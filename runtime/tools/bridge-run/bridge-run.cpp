@@ -404,13 +404,23 @@ int cmdList(const Options &O) {
     std::cout << Out.dump(2) << "\n";
     return 0;
   }
-  std::printf("%-12s %-34s %-28s %6s %6s\n", "mapping", "model types", "source", "config", "rules");
+  // Columns as wide as their longest entry, so that every row lines up.
+  std::vector<std::string> Types;
+  int NameW = 7, TypesW = 11, SourceW = 6;
   for (auto &R : Out) {
-    std::string Types;
+    std::string T;
     for (auto &A : R["model_types"])
-      Types += (Types.empty() ? "" : ",") + A.get<std::string>();
-    std::printf("%-12s %-34s %-28s %6d %6d\n", R["name"].get<std::string>().c_str(), Types.c_str(),
-                R["source"].get<std::string>().c_str(), R["config_rules"].get<int>(), R["tensor_rules"].get<int>());
+      T += (T.empty() ? "" : ",") + A.get<std::string>();
+    Types.push_back(T);
+    NameW = std::max(NameW, static_cast<int>(R["name"].get<std::string>().size()));
+    TypesW = std::max(TypesW, static_cast<int>(T.size()));
+    SourceW = std::max(SourceW, static_cast<int>(R["source"].get<std::string>().size()));
+  }
+  std::printf("%-*s %-*s %-*s %6s %6s\n", NameW, "mapping", TypesW, "model types", SourceW, "source", "config", "rules");
+  for (size_t I = 0; I < Out.size(); ++I) {
+    const Json &R = Out[I];
+    std::printf("%-*s %-*s %-*s %6d %6d\n", NameW, R["name"].get<std::string>().c_str(), TypesW, Types[I].c_str(),
+                SourceW, R["source"].get<std::string>().c_str(), R["config_rules"].get<int>(), R["tensor_rules"].get<int>());
   }
   return 0;
 }
