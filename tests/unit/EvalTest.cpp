@@ -91,6 +91,16 @@ TEST_CASE("a missing required HF field names the Megatron field") {
                        doctest::Contains("config.json has no 'num_hidden_layers' for Megatron field 'num_layers'"), Error);
 }
 
+TEST_CASE("a requirement on config.json alone is checked before the rules it guards") {
+  // mistral3 requires vision_config before a rule copies it: without one, the
+  // requirement's message, not the rule's missing key.
+  const MappingTable *T = findMappingByModelType("mistral3");
+  REQUIRE(T);
+  Json HF = Json::parse(R"({"model_type": "mistral3", "text_config": {"model_type": "mistral"}})");
+  CHECK_THROWS_WITH_AS(importConfig(*T, schema(), HF),
+                       doctest::Contains("a Mistral 3 config.json has a vision_config section"), Error);
+}
+
 TEST_CASE("mistral sliding window maps to window_size and back") {
   const MappingTable *T = findMappingByModelType("mistral");
   REQUIRE(T);

@@ -135,6 +135,23 @@ std::vector<Json> importConfig(const MappingTable &T, const SchemaTable &S, cons
     return V;
   };
   Env.ResolveField = &Resolve;
+  auto Check = [&](const Requirement &Rq) {
+    if (!evaluateCondition(Rq.Cond, Env, describe(Rq.Loc)))
+      throw Error(describe(Rq.Loc) + ": error: " + Rq.Message + " (mapping '" + T.Name + "' requires '" +
+                  Rq.Cond.Text + "')");
+  };
+  auto ReadsMegatron = [](const Expr &E) {
+    for (const Insn &I : E.Code)
+      if (I.Op == ExprOp::LoadField)
+        return true;
+    return false;
+  };
+  // A requirement on config.json alone is checked before any rule runs: it
+  // guards the rules (a section they read, a combination they cannot
+  // convert), whose own errors would otherwise come first and hide it.
+  for (const Requirement &Rq : T.Requires)
+    if (!ReadsMegatron(Rq.Cond))
+      Check(Rq);
   for (const ConfigRule &R : T.Config) {
     std::string Where = describe(R.Loc);
     if (!evaluateCondition(R.When, Env, Where))
@@ -169,11 +186,10 @@ std::vector<Json> importConfig(const MappingTable &T, const SchemaTable &S, cons
       throw Error(std::string("error: Megatron config field '") + F.Name + "' has no value: mapping '" + T.Name +
                   "' (" + T.SourceFile + ") sets none from this config.json and the schema has no default");
   }
-  // Requirements see the HF config and the finished Megatron config.
+  // The others see the finished Megatron config too.
   for (const Requirement &Rq : T.Requires)
-    if (!evaluateCondition(Rq.Cond, Env, describe(Rq.Loc)))
-      throw Error(describe(Rq.Loc) + ": error: " + Rq.Message + " (mapping '" + T.Name + "' requires '" +
-                  Rq.Cond.Text + "')");
+    if (ReadsMegatron(Rq.Cond))
+      Check(Rq);
   return Fields;
 }
 
