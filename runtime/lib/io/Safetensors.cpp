@@ -49,6 +49,17 @@ SafetensorsFile::SafetensorsFile(const std::string &P) : Path(P) {
     Map = nullptr;
     fail(Path, std::string("cannot map: ") + std::strerror(errno));
   }
+  // A file refused below is unmapped here: no destructor runs for it.
+  struct Release {
+    SafetensorsFile &F;
+    bool Keep = false;
+    ~Release() {
+      if (Keep)
+        return;
+      ::munmap(F.Map, F.Size);
+      F.Map = nullptr;
+    }
+  } Guard{*this};
   const uint8_t *Base = static_cast<const uint8_t *>(Map);
   uint64_t HeaderLen = 0;
   for (int I = 7; I >= 0; --I)
@@ -122,6 +133,7 @@ SafetensorsFile::SafetensorsFile(const std::string &P) : Path(P) {
     if (Ranges[I].first < Ranges[I - 1].second)
       fail(Path, "two tensors overlap at bytes [" + std::to_string(Ranges[I].first) + ", " +
                      std::to_string(Ranges[I - 1].second) + ") of the data area");
+  Guard.Keep = true;
 }
 
 SafetensorsFile::~SafetensorsFile() {
