@@ -347,10 +347,10 @@ def make_transformer_config(r: RoutedConfig):
     return cfg
 
 
-GEMMA_UNSUPPORTED = (
-    "megatron-core 0.16.1 cannot build Gemma 2 or 3 or EXAONE 4: the norms after the attention and the MLP "
-    "(Megatron-Bridge's TERowParallelLinearLayerNorm), attention and final-logit soft-capping and the "
-    "embedding scaling are Megatron-Bridge's own modules"
+POST_LAYERNORM_UNSUPPORTED = (
+    "megatron-core 0.16.1 cannot build a layer with norms after the attention and the MLP (post_layernorm: "
+    "Gemma 2 and 3, EXAONE 4): Megatron-Bridge's TERowParallelLinearLayerNorm is its own module, as are "
+    "Gemma 2's soft-capping layers"
 )
 
 MLA_UNSUPPORTED = (
@@ -646,7 +646,7 @@ def build_gpt_model(meg: dict, with_mtp: bool = False, *, parallel: dict | None 
     if meg.get("multi_latent_attention") and not te:
         raise Unsupported(MLA_UNSUPPORTED)
     if meg.get("post_layernorm"):
-        raise Unsupported(GEMMA_UNSUPPORTED)
+        raise Unsupported(POST_LAYERNORM_UNSUPPORTED)
     mods = setup_cpu()
     r = route_megatron_config(meg, transformer_engine=te)
     _set_parallel(r, parallel)

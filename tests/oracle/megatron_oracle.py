@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "python"))
 from bridge import megatron_model as _built  # noqa: E402
 from bridge.megatron_model import *  # noqa: E402,F401,F403
 from bridge.megatron_model import (  # noqa: E402,F401
-    GEMMA_UNSUPPORTED,
+    POST_LAYERNORM_UNSUPPORTED,
     MAMBA_FORWARD_UNAVAILABLE,
     MLA_UNSUPPORTED,
     MegatronUnavailable,

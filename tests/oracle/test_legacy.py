@@ -54,7 +54,7 @@ def _is_gpt(meg: dict) -> bool:
 
 # Every GPT family. Those megatron-core 0.16.1 cannot build on a CPU (Gemma's
 # post norms and soft-capping, multi-latent attention) skip in build_gpt_model
-# with the reason (megatron_oracle.GEMMA_UNSUPPORTED, MLA_UNSUPPORTED).
+# with the reason (megatron_oracle.POST_LAYERNORM_UNSUPPORTED, MLA_UNSUPPORTED).
 @pytest.mark.families(where=_is_gpt)
 def test_legacy_file_loads_into_megatron_core_with_hf_logits(bridge_run, tiny_checkpoints, mcore, tmp_path,
                                                              family_id):

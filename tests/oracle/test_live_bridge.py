@@ -167,7 +167,7 @@ LAYOUTS = [
     # A VLM (Megatron-Bridge's Qwen25VLModel shape): the GPTModel under
     # language_model, the HF vision tower whole on every TP rank of the first
     # stage. Gemma 3 VL: megatron-core 0.16.1 cannot build Gemma's language
-    # model (megatron_model.GEMMA_UNSUPPORTED).
+    # model (megatron_model.POST_LAYERNORM_UNSUPPORTED).
     ("qwen2.5-vl-7b", ["--tp", "2"], 2),
     ("qwen2.5-vl-7b", ["--pp", "2"], 2),
 ]
