@@ -11,7 +11,8 @@
 # disk (for the models in $DISK_MODELS, default all). With PEERS_DIR,
 # Megatron-Bridge's import of each checkpoint beside ours (tmpfs). An FP8
 # model is also exported quantized (--quantize fp8-block). One JSON line per
-# step goes to $OUT/bench.jsonl (bench/measure.py); bench/startup.sh's lines
+# step goes to $OUT/bench.jsonl ($VARIANTS: more import/export runs with other
+# options, see steps()) (bench/measure.py); bench/startup.sh's lines
 # to $OUT/startup.jsonl.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -43,6 +44,20 @@ steps() {
       "$bridge" import --hf "$src" --out "$dir/mg-$dev" --device "$dev"
     cold "$where"
   done
+  # $VARIANTS: extra import/export runs with other options, ';'-separated
+  # (e.g. "--writers 16;--converters 8"), each labelled with its options.
+  local variant
+  IFS=';' read -ra variants <<< "${VARIANTS:-}"
+  for variant in "${variants[@]}"; do
+    # shellcheck disable=SC2086
+    m --label "$model [$where] bridge-run import (cpu) $variant" --bytes "$bytes" -- \
+      "$bridge" import --hf "$src" --out "$dir/mg-variant" --device cpu $variant
+    cold "$where"
+    # shellcheck disable=SC2086
+    m --label "$model [$where] bridge-run export $variant" --bytes "$bytes" -- \
+      "$bridge" export --megatron "$dir/mg-variant" --out "$dir/hf-variant" $variant
+    rm -rf "$dir/mg-variant" "$dir/hf-variant"; cold "$where"
+  done
   mbytes=$(du -sb "$dir/mg-cuda" 2>/dev/null | cut -f1 || du -sb "$dir/mg-cpu" | cut -f1)
   # The same bytes on both devices (each run's files and metadata).
   if [ -d "$dir/mg-cuda" ] && [ -d "$dir/mg-cpu" ]; then
@@ -66,7 +81,7 @@ steps() {
   # convert_s in the logged line.
   if [ -n "${PEERS_DIR:-}" ] && [ -f "$PEERS_DIR/peer_mb.sh" ] && [ "$where" = tmpfs ]; then
     local rc=0
-    MB_OVERWRITE=1 bash "$PEERS_DIR/peer_mb.sh" "$src" "$dir/mb" "$mg" > "$out/mb-$model.log" 2>&1 || rc=$?
+    MB_OVERWRITE=1 timeout "${PEER_TIMEOUT:-300}" bash "$PEERS_DIR/peer_mb.sh" "$src" "$dir/mb" "$mg" > "$out/mb-$model.log" 2>&1 || rc=$?
     python3 - "$out/mb-$model.log" "$model [$where] Megatron-Bridge import" "$rc" >> "$log" <<'PY'
 import json, sys
 text = open(sys.argv[1]).read()

@@ -20,10 +20,13 @@
 #include "TestUtil.h"
 #include <nlohmann/json.hpp>
 
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
+#include <fcntl.h>
 #include <fstream>
 #include <sys/stat.h>
+#include <thread>
 #include <unistd.h>
 
 using namespace bridge;
@@ -89,6 +92,40 @@ TEST_CASE("parseJson: nesting beyond 128 levels, duplicate keys and bad text are
   CHECK(errorOf([&] { parseJson<Json>("{\"a\": ", "c.json", "config.json"); })
             .rfind("error: c.json: config.json is not valid JSON: ", 0) == 0);
   CHECK(parseJson<Json>("[1, 2.5, true, null, \"s\"]", "c", "x").dump() == "[1,2.5,true,null,\"s\"]");
+}
+
+TEST_CASE("files: a failed run's directory is removed while another process still creates files in it") {
+  // The race of a multi-process import whose process 1 failed: process 0
+  // removes the partial directory while process 2's writers still open
+  // their files in it by path. Removed in place, an entry created after the
+  // listing made the final rmdir fail and the directory stayed behind.
+  TempDir T;
+  const std::string Out = T / "mg.partial-1";
+  for (int Round = 0; Round < 20; ++Round) {
+    files::makeDirs(Out + "/iter_0000000");
+    for (int I = 0; I < 200; ++I)
+      writeText(Out + "/iter_0000000/old" + std::to_string(I), "x");
+    std::atomic<bool> Stop{false};
+    std::atomic<int> Made{0};
+    std::thread Writer([&] {
+      for (int I = 0; !Stop; ++I) {
+        std::string P = Out + "/iter_0000000/__" + std::to_string(I) + ".distcp";
+        if (int Fd = ::open(P.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644); Fd >= 0) {
+          ::close(Fd);
+          ++Made;
+        }
+      }
+    });
+    while (Made < 50)
+      std::this_thread::yield();
+    CHECK_NOTHROW(files::removeShared(Out));
+    Stop = true;
+    Writer.join();
+    INFO("round " << Round);
+    CHECK_FALSE(files::exists(Out));
+    CHECK_FALSE(files::exists(Out + ".removing"));
+  }
+  files::removeShared(T / "absent"); // no error
 }
 
 TEST_CASE("files: names read from files are plain names of one directory") {

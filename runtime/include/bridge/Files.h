@@ -22,6 +22,11 @@ bool isDirectory(const std::string &Path);
 void makeDirs(const std::string &Path);
 /// rm -rf; no error when absent.
 void removeAll(const std::string &Path);
+/// rm -rf of a directory that other processes may still be creating files in
+/// by path (a failed multi-process run's output): it is renamed aside first,
+/// so no entry can appear in it while it is emptied (which would leave it
+/// behind, not empty). No error when absent.
+void removeShared(const std::string &Path);
 /// rename(2); throws bridge::Error.
 void rename(const std::string &From, const std::string &To);
 /// Writes \p Bytes to \p Path; throws bridge::Error.

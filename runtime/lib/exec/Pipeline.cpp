@@ -570,7 +570,7 @@ Summary runPipeline(Source &Src, const Conversion &C, Sink &Snk, const PipelineO
                   ", and the same command with --resume finishes it");
     }
     try {
-      files::removeAll(Tmp);
+      files::removeShared(Tmp); // other processes may still be opening their files in it
     } catch (...) {
     }
     throw;

@@ -52,6 +52,15 @@ void removeAll(const std::string &P) {
     fail("remove", P);
 }
 
+void removeShared(const std::string &P) {
+  std::string Aside = P + ".removing";
+  if (::rename(P.c_str(), Aside.c_str()) != 0) {
+    removeAll(P); // absent, or not movable: remove in place
+    return;
+  }
+  removeAll(Aside);
+}
+
 void rename(const std::string &From, const std::string &To) {
   if (::rename(From.c_str(), To.c_str()) != 0)
     fail("rename " + From + " to", To);
