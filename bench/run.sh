@@ -45,17 +45,20 @@ steps() {
     cold "$where"
   done
   # $VARIANTS: extra import/export runs with other options, ';'-separated
-  # (e.g. "--writers 16;--converters 8"), each labelled with its options.
-  local variant
+  # (e.g. "--writers 16;BRIDGE_WRITE_PIECE_KIB=0"), each labelled with its
+  # options; a NAME=VALUE word is set in the environment.
+  local variant word
   IFS=';' read -ra variants <<< "${VARIANTS:-}"
   for variant in "${variants[@]}"; do
-    # shellcheck disable=SC2086
+    local vars=() args=()
+    for word in $variant; do
+      if [[ $word == *=* ]]; then vars+=("$word"); else args+=("$word"); fi
+    done
     m --label "$model [$where] bridge-run import (cpu) $variant" --bytes "$bytes" -- \
-      "$bridge" import --hf "$src" --out "$dir/mg-variant" --device cpu $variant
+      env "${vars[@]}" "$bridge" import --hf "$src" --out "$dir/mg-variant" --device cpu "${args[@]}"
     cold "$where"
-    # shellcheck disable=SC2086
     m --label "$model [$where] bridge-run export $variant" --bytes "$bytes" -- \
-      "$bridge" export --megatron "$dir/mg-variant" --out "$dir/hf-variant" $variant
+      env "${vars[@]}" "$bridge" export --megatron "$dir/mg-variant" --out "$dir/hf-variant" "${args[@]}"
     rm -rf "$dir/mg-variant" "$dir/hf-variant"; cold "$where"
   done
   mbytes=$(du -sb "$dir/mg-cuda" 2>/dev/null | cut -f1 || du -sb "$dir/mg-cpu" | cut -f1)

@@ -44,6 +44,14 @@ void injectedDiskFull(uint64_t WriteEnd, const std::string &Path);
 /// The same for a write of \p N bytes at the current offset of \p Fd.
 void injectedDiskFullAppend(int Fd, size_t N, const std::string &Path);
 
+/// Writes \p N bytes to \p Fd (at \p Offset, or at its current offset when
+/// \p Offset is negative) and returns their CRC-32, taken as they are
+/// written: piece by piece, so the kernel copies each piece while the
+/// checksum has it in the CPU's cache (whole tensors at once read every
+/// byte twice from memory, and a mapped source's pages twice through the
+/// TLB). Throws bridge::Error naming \p Path.
+uint32_t writeWithCrc(int Fd, int64_t Offset, const uint8_t *Data, uint64_t N, const std::string &Path);
+
 /// Upper bounds on what the runtime reads of each kind of file into memory.
 /// The real files are far smaller (the largest, DeepSeek-V3's bridge.json,
 /// about 20 MB); a file beyond its limit is an error naming it and the limit.

@@ -55,6 +55,9 @@ private:
 /// CRC-32 (IEEE 802.3, as zip uses): carry-less multiply folding where the
 /// CPU has it, else slicing by 8 bytes.
 uint32_t crc32(const uint8_t *Data, uint64_t Size);
+/// The CRC-32 of bytes that follow those whose CRC-32 is \p Crc (zlib's
+/// crc32(crc, buf, len)): crc32(A + B) == crc32Update(crc32(A), B).
+uint32_t crc32Update(uint32_t Crc, const uint8_t *Data, uint64_t Size);
 /// The same without carry-less multiply (the reference crc32 is tested against).
 uint32_t crc32Portable(const uint8_t *Data, uint64_t Size);
 

@@ -2,6 +2,7 @@
 #include "bridge/Files.h"
 
 #include "bridge/Error.h"
+#include "bridge/Pickle.h"
 
 #include <algorithm>
 #include <new>
@@ -113,6 +114,29 @@ void injectedDiskFull(uint64_t WriteEnd, const std::string &Path) {
 void injectedDiskFullAppend(int Fd, size_t N, const std::string &Path) {
   if (diskFullLimit()) // the file offset is asked only in a test's run
     injectedDiskFull(static_cast<uint64_t>(::lseek(Fd, 0, SEEK_CUR)) + N, Path);
+}
+
+uint32_t writeWithCrc(int Fd, int64_t Offset, const uint8_t *Data, uint64_t N, const std::string &Path) {
+  static const uint64_t Piece = [] {
+    const char *E = std::getenv("BRIDGE_WRITE_PIECE_KIB");
+    return E ? std::strtoull(E, nullptr, 10) << 10 : uint64_t(1) << 20;
+  }();
+  uint32_t Crc = 0;
+  for (uint64_t Done = 0; Done < N;) {
+    const uint64_t Len = Piece ? std::min(Piece, N - Done) : N - Done;
+    Crc = crc32Update(Crc, Data + Done, Len);
+    for (uint64_t Put = 0; Put < Len;) {
+      ssize_t K = Offset < 0 ? ::write(Fd, Data + Done + Put, Len - Put)
+                             : ::pwrite(Fd, Data + Done + Put, Len - Put, static_cast<off_t>(Offset + Done + Put));
+      if (K < 0 && errno == EINTR)
+        continue;
+      if (K <= 0)
+        throw Error("error: writing " + Path + " failed: " + std::strerror(K < 0 ? errno : ENOSPC));
+      Put += static_cast<uint64_t>(K);
+    }
+    Done += Len;
+  }
+  return Crc;
 }
 
 bool stat(const std::string &Path, uint64_t &Size, int64_t &ModifiedNs) {

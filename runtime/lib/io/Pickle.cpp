@@ -234,8 +234,10 @@ bool haveClmul() {
 
 uint32_t crc32Portable(const uint8_t *D, uint64_t N) { return ~crc32Table(0xFFFFFFFFu, D, N); }
 
-uint32_t crc32(const uint8_t *D, uint64_t N) {
-  uint32_t C = 0xFFFFFFFFu;
+uint32_t crc32(const uint8_t *D, uint64_t N) { return crc32Update(0, D, N); }
+
+uint32_t crc32Update(uint32_t Crc, const uint8_t *D, uint64_t N) {
+  uint32_t C = ~Crc;
 #if defined(__x86_64__)
   if (N >= 64 && haveClmul()) {
     uint64_t Bulk = N & ~uint64_t(15);

@@ -390,20 +390,9 @@ void SafetensorsWriter::run() {
     try {
       const uint8_t *P = J.T.data();
       files::injectedDiskFull(J.Offset + Size, J.Path);
-      uint32_t Crc = crc32(P, Size);
-      {
-        std::lock_guard<std::mutex> G(Lock);
-        Crcs[J.T.Name] = Crc;
-      }
-      uint64_t Done = 0;
-      while (Done < Size) {
-        ssize_t K = ::pwrite(J.Fd, P + Done, Size - Done, static_cast<off_t>(J.Offset + Done));
-        if (K < 0 && errno == EINTR)
-          continue;
-        if (K <= 0)
-          throw Error("error: writing " + J.Path + " failed: " + std::strerror(K < 0 ? errno : ENOSPC));
-        Done += static_cast<uint64_t>(K);
-      }
+      uint32_t Crc = files::writeWithCrc(J.Fd, static_cast<int64_t>(J.Offset), P, Size, J.Path);
+      std::lock_guard<std::mutex> G(Lock);
+      Crcs[J.T.Name] = Crc;
     } catch (...) {
       std::lock_guard<std::mutex> G(Lock);
       if (!Failure)

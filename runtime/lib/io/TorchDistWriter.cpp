@@ -148,8 +148,8 @@ void TorchDistWriter::run(OutFile &F) {
     }
     try {
       if (J.Pickle.empty()) {
-        *J.Crc = crc32(J.Data, J.Size);
-        Write(J.Data, J.Size);
+        files::injectedDiskFullAppend(F.Fd, J.Size, Path);
+        *J.Crc = files::writeWithCrc(F.Fd, -1, J.Data, J.Size, Path);
       } else { // the checksums are taken here, on this file's thread
         TorchSaveWriter Z(Write);
         Z.addTorchRecords(J.Pickle);
