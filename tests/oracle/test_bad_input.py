@@ -322,6 +322,41 @@ def test_mistral3_configs_it_does_not_convert_are_refused(bridge_run, tiny_check
     _nothing_written(tmp_path / "out")
 
 
+@pytest.mark.parametrize("change,want", [
+    ({"layer_types": None}, "needs layer_types"),
+    ({"layer_types": ["sliding_attention"]}, "layer_types must name one type per layer"),
+    ({"mlp_layer_types": ["dense", "sparse", "sparse"]}, "mlp_layer_types must name one type per layer"),
+    ({"topk_method": "greedy"}, "routing other than noaux_tc"),
+    ({"scoring_func": "softmax"}, "routing other than noaux_tc"),
+    ({"norm_topk_prob": False}, "without norm_topk_prob"),
+    ({"num_experts_per_tok": 1}, "one expert per token"),
+    ({"n_group": 2, "topk_group": 2}, "group routing needs num_experts_per_tok = 2 * topk_group"),
+    ({"num_nextn_predict_layers": 1}, "multi-token-prediction layers"),
+    ({"swiglu_limits": [0.0, 7.0]}, "with swiglu_limits"),
+    ({"rope_parameters": {"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0}}, "rope_scaling type"),
+], ids=["no-layer-types", "short-layer-types", "long-mlp-layer-types", "topk-method", "softmax", "unnormalized",
+        "top-1", "group-scoring", "mtp", "swiglu-limits", "yarn"])
+def test_exaone_moe_configs_it_does_not_convert_are_refused(bridge_run, tiny_checkpoints, tmp_path, change, want):
+    """Which layers are windowed comes from layer_types alone; the router must
+    be the one Megatron-Core computes as transformers does (noaux_tc sigmoid,
+    renormalized top-k over more than one expert, groups scored as Megatron-Core
+    scores them); MTP layers, SwiGLU limits and unmapped rope scalings stop."""
+    hf = tmp_path / "hf"
+    shutil.copytree(tiny_checkpoints("k-exaone-236b").path, hf)
+    cfg = json.loads((hf / "config.json").read_text())
+    assert cfg["sliding_window"]
+    for key, value in change.items():
+        if value is None:
+            cfg.pop(key)
+        else:
+            cfg[key] = value
+    (hf / "config.json").write_text(json.dumps(cfg))
+    r = _import(bridge_run, hf, tmp_path / "out")
+    # (The rope scaling's refusal is the shared attention fragment's.)
+    assert r.returncode == 1 and want in r.stderr and "mapping 'exaone_moe'" in r.stderr, r.stderr
+    _nothing_written(tmp_path / "out")
+
+
 def test_vlm_text_section_wins_over_the_top_level(bridge_run, tiny_checkpoints, tmp_path):
     """A config that keeps a language field at both levels (transformers 4.5x
     saved some so): transformers builds the model from text_config, and so

@@ -180,6 +180,22 @@ def _expected(ckpt: tiny_models.TinyCheckpoint) -> dict:
         exp.update(post_layernorm=True, pre_layernorm=False)
         if window:
             exp["no_rope_freq"] = [int(t == "full_attention") for t in cfg.layer_types]
+    if cfg.model_type == "exaone_moe":
+        # A layer without a window has no rotary; dense and sparse layers by
+        # mlp_layer_types; DeepSeek-V3's router (sigmoid scores, expert bias
+        # stored beside the gate, renormalized top-k), a shared expert.
+        if window:
+            exp["no_rope_freq"] = [int(t == "full_attention") for t in cfg.layer_types]
+        sparse = [int(t == "sparse") for t in cfg.mlp_layer_types]
+        for i, s in enumerate(sparse):
+            assert (lm + f"layers.{i}.mlp.e_score_correction_bias" in keys) == bool(s)
+        assert cfg.norm_topk_prob
+        exp.update(num_moe_experts=cfg.num_experts, moe_router_topk=cfg.num_experts_per_tok,
+                   moe_ffn_hidden_size=cfg.moe_intermediate_size, moe_layer_freq=sparse,
+                   moe_shared_expert_intermediate_size=cfg.moe_intermediate_size * cfg.num_shared_experts,
+                   moe_router_score_function="sigmoid", moe_router_enable_expert_bias=True,
+                   moe_router_topk_scaling_factor=cfg.routed_scaling_factor, moe_router_num_groups=cfg.n_group,
+                   moe_router_group_topk=cfg.topk_group)
     if cfg.model_type == "nemotron":
         # As Megatron-Bridge's NemotronBridge: relu2 is squared_relu, the MLP has
         # no gate (no gate_proj was written), LayerNorm1P multiplies by (w + 1).

@@ -267,6 +267,21 @@ FAMILIES += [
         tiny={"layer_types": ["sliding_attention", "full_attention"]},
     ),
     Family(
+        "k-exaone-236b",
+        "exaone_moe",
+        "exaone_moe",
+        "LGAI-EXAONE__K-EXAONE-236B-A23B.json",
+        "pre-norm decoder with per-head q/k norms, a sliding window on three layers of four whose full-attention "
+        "layers have no rotary, DeepSeek-V3's router (sigmoid, expert bias, renormalized and scaled top-k) beside "
+        "a shared expert, the first layer dense (mlp_layer_types), the expert bias stored beside the gate",
+        # ExaoneMoeConfig's defaults (the published config is not on this machine).
+        traits={"tie_word_embeddings": False, "sliding_window": 4096, "num_experts": 64, "num_experts_per_tok": 8,
+                "moe_intermediate_size": 1024, "num_shared_experts": 1, "first_k_dense_replace": 1,
+                "norm_topk_prob": True, "routed_scaling_factor": 2.5, "n_group": 1, "topk_group": 1},
+        # Both kinds of attention and of MLP in the two tiny layers.
+        tiny={"layer_types": ["sliding_attention", "full_attention"], "mlp_layer_types": ["dense", "sparse"]},
+    ),
+    Family(
         "nemotron-4-15b",
         "nemotron",
         "nemotron",
