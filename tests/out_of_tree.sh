@@ -5,7 +5,8 @@
 # `list` shows my_llama after the shipped mappings, `config` reads a my_llama
 # config.json, and a tiny my_llama checkpoint (random weights, by
 # transformers) imports and exports back bit for bit through the converter
-# module, which finds my_llama in the executable.
+# module, which finds my_llama in the executable; and a draft of the same
+# family by bridge-run inspect builds and imports byte for byte alike.
 #   tests/out_of_tree.sh BUILD_DIR WORK_DIR [cmake arguments for the example...]
 set -euo pipefail
 src=$(cd "$(dirname "$0")/.." && pwd)
@@ -50,3 +51,22 @@ my_llama "$work/hf/config.json"
 "$run" export --megatron "$work/megatron" --out "$work/hf-back"
 grep -q '"model_type": "my_llama"' "$work/hf-back/config.json"
 "$python" "$src/scripts/compare_checkpoints.py" "$work/hf" "$work/hf-back"
+
+# A draft for a family no mapping serves is a mapping: bridge-run inspect
+# (which knows no my_llama) drafts one from the checkpoint, a project of its
+# own builds it, and its import is byte for byte the written my_llama's.
+mkdir -p "$work/draft"
+"$build/runtime/bridge-run" inspect --hf "$work/hf" --draft "$work/draft/my_llama.bridge" | tee "$work/inspect.txt"
+grep -q ", 0 TODO(s)" "$work/inspect.txt"
+cat >"$work/draft/CMakeLists.txt" <<'CMAKE'
+cmake_minimum_required(VERSION 3.20)
+project(draft LANGUAGES CXX)
+find_package(Bridge 0.1 REQUIRED)
+bridge_add_mappings(TARGET bridge-run MAPPINGS my_llama.bridge)
+CMAKE
+cmake -S "$work/draft" -B "$work/draft-build" -DCMAKE_PREFIX_PATH="$work/prefix" "$@"
+cmake --build "$work/draft-build"
+"$work/draft-build/bridge-run" import --hf "$work/hf" --out "$work/megatron-draft" --tp 2
+(cd "$work/megatron/iter_0000000" && for f in *.distcp .metadata; do cmp "$f" "$work/megatron-draft/iter_0000000/$f"; done)
+[ "$(ls -A "$work/megatron/iter_0000000" | wc -l)" = "$(ls -A "$work/megatron-draft/iter_0000000" | wc -l)" ]
+echo "the drafted mapping imports byte for byte as the written one"
