@@ -357,6 +357,28 @@ def test_exaone_moe_configs_it_does_not_convert_are_refused(bridge_run, tiny_che
     _nothing_written(tmp_path / "out")
 
 
+@pytest.mark.parametrize("change,want", [
+    ({"norm_topk_prob": False}, "without norm_topk_prob"),
+    ({"num_experts_per_tok": 1}, "one expert per token"),
+    ({"n_group": 2, "topk_group": 2}, "group routing needs num_experts_per_tok = 2 * topk_group"),
+    ({"num_nextn_predict_layers": 1}, "multi-token-prediction layers"),
+    ({"rope_parameters": {"rope_type": "yarn", "factor": 4.0, "rope_theta": 8000000.0}}, "rope_scaling type"),
+], ids=["unnormalized", "top-1", "group-scoring", "mtp", "yarn"])
+def test_sarvam_moe_configs_it_does_not_convert_are_refused(bridge_run, tiny_checkpoints, tmp_path, change, want):
+    """The router must be the one Megatron-Core computes as transformers does
+    (renormalized top-k over more than one expert, groups scored as
+    Megatron-Core scores them); MTP layers and unmapped rope scalings stop."""
+    hf = tmp_path / "hf"
+    shutil.copytree(tiny_checkpoints("sarvam-30b").path, hf)
+    cfg = json.loads((hf / "config.json").read_text())
+    cfg.update(change)
+    (hf / "config.json").write_text(json.dumps(cfg))
+    r = _import(bridge_run, hf, tmp_path / "out")
+    # (The rope scaling's refusal is the shared attention fragment's.)
+    assert r.returncode == 1 and want in r.stderr and "mapping 'sarvam_moe'" in r.stderr, r.stderr
+    _nothing_written(tmp_path / "out")
+
+
 def test_vlm_text_section_wins_over_the_top_level(bridge_run, tiny_checkpoints, tmp_path):
     """A config that keeps a language field at both levels (transformers 4.5x
     saved some so): transformers builds the model from text_config, and so

@@ -73,8 +73,12 @@ def _expected(ckpt: tiny_models.TinyCheckpoint) -> dict:
     cfg = full.get_text_config()
     keys = ckpt.tensors
     # The language model's prefix, from its first layer's attention.
-    lm = next(k[: -len("layers.0.self_attn.o_proj.weight")] for k in keys
-              if k.endswith("layers.0.self_attn.o_proj.weight") and not k.startswith(("visual.", "vision_tower.")))
+    # Sarvam MoE's saved names are its own (attention.dense, query_key_value,
+    # query_layernorm): read its attention under them.
+    sarvam = cfg.model_type == "sarvam_moe"
+    o_proj = "layers.0.attention.dense.weight" if sarvam else "layers.0.self_attn.o_proj.weight"
+    lm = next(k[: -len(o_proj)] for k in keys
+              if k.endswith(o_proj) and not k.startswith(("visual.", "vision_tower.")))
     rope = dict(getattr(cfg, "rope_parameters", None) or {})
     heads = cfg.num_attention_heads
     if getattr(cfg, "kv_lora_rank", None):
@@ -102,7 +106,10 @@ def _expected(ckpt: tiny_models.TinyCheckpoint) -> dict:
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
     # The attention's real q rows / heads (what the HF module uses).
     attn = lm + "layers.0.self_attn."
-    if attn + "qkv_proj.weight" in keys:  # HF-fused [q; k; v] (Phi-3)
+    if sarvam:
+        attn = lm + "layers.0.attention."
+        assert keys[attn + "query_key_value.weight"][0] == (heads + 2 * cfg.num_key_value_heads) * head_dim
+    elif attn + "qkv_proj.weight" in keys:  # HF-fused [q; k; v] (Phi-3)
         assert keys[attn + "qkv_proj.weight"][0] == (heads + 2 * cfg.num_key_value_heads) * head_dim
     else:
         assert keys[attn + "q_proj.weight"][0] == heads * head_dim
@@ -118,9 +125,9 @@ def _expected(ckpt: tiny_models.TinyCheckpoint) -> dict:
         **_embedding_scaling(ckpt, full),
         activation_func=getattr(cfg, "hidden_act", None) or getattr(cfg, "hidden_activation", None),
         share_embeddings_and_output_weights=bool(full.tie_word_embeddings),
-        add_qkv_bias=attn + "q_proj.bias" in keys or attn + "qkv_proj.bias" in keys,
-        add_bias_linear=attn + "o_proj.bias" in keys,
-        qk_layernorm=attn + "q_norm.weight" in keys,
+        add_qkv_bias=any(attn + n in keys for n in ("q_proj.bias", "qkv_proj.bias", "query_key_value.bias")),
+        add_bias_linear=attn + "o_proj.bias" in keys or attn + "dense.bias" in keys,
+        qk_layernorm=attn + "q_norm.weight" in keys or attn + "query_layernorm.weight" in keys,
         rotary_base=rope.get("rope_theta"),
         params_dtype=str(cfg.dtype).replace("torch.", "") if cfg.dtype else "float32",
     )
@@ -196,6 +203,20 @@ def _expected(ckpt: tiny_models.TinyCheckpoint) -> dict:
                    moe_router_score_function="sigmoid", moe_router_enable_expert_bias=True,
                    moe_router_topk_scaling_factor=cfg.routed_scaling_factor, moe_router_num_groups=cfg.n_group,
                    moe_router_group_topk=cfg.topk_group)
+    if sarvam:
+        # GLM-4.5's MoE layer: the first first_k_dense_replace layers dense, a
+        # sigmoid router with the expert bias saved beside the gate
+        # (mlp.gate.expert_bias), renormalized and scaled top-k, a shared expert.
+        sparse = [int(i >= cfg.first_k_dense_replace) for i in range(cfg.num_hidden_layers)]
+        for i, s in enumerate(sparse):
+            assert (lm + f"layers.{i}.mlp.gate.expert_bias" in keys) == bool(s)
+        assert cfg.norm_topk_prob
+        exp.update(num_moe_experts=cfg.n_routed_experts, moe_router_topk=cfg.num_experts_per_tok,
+                   moe_ffn_hidden_size=cfg.moe_intermediate_size, moe_layer_freq=sparse,
+                   moe_shared_expert_intermediate_size=cfg.moe_intermediate_size * cfg.n_shared_experts,
+                   moe_router_score_function="sigmoid", moe_router_enable_expert_bias=True,
+                   moe_router_dtype="fp32", moe_router_topk_scaling_factor=cfg.routed_scaling_factor,
+                   moe_router_num_groups=cfg.n_group, moe_router_group_topk=cfg.topk_group)
     if cfg.model_type == "nemotron":
         # As Megatron-Bridge's NemotronBridge: relu2 is squared_relu, the MLP has
         # no gate (no gate_proj was written), LayerNorm1P multiplies by (w + 1).
@@ -301,3 +322,34 @@ def test_nemotron_file_saved_before_transformers_5(bridge_run, tiny_checkpoints,
     want = transformers.AutoConfig.from_pretrained(hf).rope_parameters["partial_rotary_factor"]
     assert want == 0.25
     assert bridge_run.config(str(hf))["megatron"]["rotary_percent"] == want
+
+
+def test_sarvam_moe_file_in_sarvams_own_names(bridge_run, tiny_checkpoints, tmp_path):
+    """Sarvam-30B's published file (written for its remote code) names the
+    experts num_experts and num_shared_experts, the q/k/v biases use_qkv_bias,
+    and keeps rope_theta at the top level; transformers reads them through its
+    attribute_map, and so does the conversion."""
+    import json
+    import shutil
+
+    import transformers
+
+    hf = tmp_path / "hf"
+    shutil.copytree(tiny_checkpoints("sarvam-30b").path, hf)
+    cfg = json.loads((hf / "config.json").read_text())
+    rope = cfg.pop("rope_parameters")
+    cfg.update(num_experts=cfg.pop("n_routed_experts"), num_shared_experts=2,
+               use_qkv_bias=cfg.pop("attention_bias"), rope_theta=rope["rope_theta"])
+    cfg.pop("n_shared_experts")
+    (hf / "config.json").write_text(json.dumps(cfg))
+    want = transformers.AutoConfig.from_pretrained(hf)
+    assert want.n_shared_experts == 2 and want.attention_bias is False
+    meg = bridge_run.config(str(hf))["megatron"]
+    assert meg["num_moe_experts"] == want.n_routed_experts
+    assert meg["moe_shared_expert_intermediate_size"] == want.moe_intermediate_size * want.n_shared_experts
+    assert meg["add_qkv_bias"] is False
+    assert meg["rotary_base"] == want.rope_parameters["rope_theta"]
+    # (bridge_run caches its answers by directory: the biased file is another.)
+    biased = tiny_models.write_config_dir(dict(cfg, use_qkv_bias=True), tmp_path / "biased")
+    assert transformers.AutoConfig.from_pretrained(biased).attention_bias is True
+    assert bridge_run.config(str(biased))["megatron"]["add_qkv_bias"] is True

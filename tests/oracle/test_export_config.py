@@ -173,6 +173,11 @@ def test_export_field_matches_source(cases, layer, family_id, field):
         if field == "head_dim" and "head_dim" not in raw:
             pytest.skip("head_dim not in the source config.json")
         want, got = getattr(src, field), getattr(exp, field, None)
+        if field == "architectures":
+            # The class transformers builds: a published name it has no class
+            # for (SarvamMoEForCausalLM) is saved as that class's.
+            want = tiny_models.transformers_architectures({"model_type": src.model_type, "architectures": want})
+            got = tiny_models.transformers_architectures({"model_type": exp.model_type, "architectures": got})
         if field == "dtype":
             want, got = _dtype_name(want), _dtype_name(got)
             if want is None:

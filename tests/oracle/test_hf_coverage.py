@@ -213,7 +213,8 @@ def test_plan_parameter_count_matches_transformers(bridge_run, tiny_checkpoints,
     total = sum(math.prod(t["shape"]) for t in plan["tensors"])
     assert plan["parameters"] == total
     # transformers counts a tied embedding once, as Megatron does; persistent
-    # buffers (DeepSeek's e_score_correction_bias) are stored and converted
-    # but are not parameters.
-    buffers = sum(math.prod(s) for k, s in ckpt.tensors.items() if k.endswith("e_score_correction_bias"))
+    # buffers (DeepSeek's e_score_correction_bias, saved by Sarvam MoE as
+    # mlp.gate.expert_bias) are stored and converted but are not parameters.
+    buffers = sum(math.prod(s) for k, s in ckpt.tensors.items()
+                  if k.endswith(("e_score_correction_bias", "mlp.gate.expert_bias")))
     assert plan["parameters"] == ckpt.num_parameters + buffers

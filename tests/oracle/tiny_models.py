@@ -282,6 +282,20 @@ FAMILIES += [
         tiny={"layer_types": ["sliding_attention", "full_attention"], "mlp_layer_types": ["dense", "sparse"]},
     ),
     Family(
+        "sarvam-30b",
+        "sarvam_moe",
+        "sarvam_moe",
+        "sarvamai__sarvam-30b.json",
+        "GLM-4.5's decoder under Sarvam's names: fused [q; k; v] (attention.query_key_value), per-head q/k norms, "
+        "full rotary, the first layer dense, a sigmoid router with expert bias (mlp.gate.expert_bias) and "
+        "renormalized, scaled top-k beside a shared expert",
+        # SarvamMoEConfig's defaults (the published config is not on this machine).
+        traits={"tie_word_embeddings": False, "n_routed_experts": 128, "num_experts_per_tok": 6,
+                "moe_intermediate_size": 1024, "n_shared_experts": 1, "first_k_dense_replace": 1,
+                "norm_topk_prob": True, "routed_scaling_factor": 2.5, "n_group": 1, "topk_group": 1,
+                "use_qk_norm": True},
+    ),
+    Family(
         "nemotron-4-15b",
         "nemotron",
         "nemotron",
@@ -594,6 +608,22 @@ class TinyCheckpoint:
     def text_config_json(self) -> dict:
         """The language model's fields: a VLM's text_config, else the config."""
         return text_section(self.config_json)
+
+
+def transformers_architectures(cfg: dict) -> list | None:
+    """A config's architectures as transformers builds them: a name that
+    transformers has no class for (Sarvam's SarvamMoEForCausalLM, which
+    Megatron-Bridge registers and the published files carry) is loaded as the
+    causal LM of its model_type (Glm4MoeForCausalLM), the name save_pretrained
+    then writes."""
+    import transformers
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    names = cfg.get("architectures")
+    if names is None:
+        return None
+    own = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(cfg.get("model_type"))
+    return [n if own is None or hasattr(transformers, n) else own for n in names]
 
 
 def text_section(cfg: dict) -> dict:
