@@ -379,6 +379,31 @@ def test_sarvam_moe_configs_it_does_not_convert_are_refused(bridge_run, tiny_che
     _nothing_written(tmp_path / "out")
 
 
+@pytest.mark.parametrize("change,want", [
+    ({"norm_topk_prob": False}, "without norm_topk_prob"),
+    ({"num_experts_per_tok": 1}, "one expert per token"),
+    ({"n_group": 2, "topk_group": 2}, "group routing needs num_experts_per_tok = 2 * topk_group"),
+    ({"rope_interleave": False}, "rope_interleave false"),
+    ({"num_nextn_predict_layers": 1}, "multi-token-prediction layers"),
+    ({"rope_parameters": {"type": "deepseek_yarn", "factor": 40.0, "original_max_position_embeddings": 4096,
+                          "rope_theta": 10000.0}}, "rope scaling other than yarn"),
+    ({"attention_bias": True}, "attention biases"),
+], ids=["unnormalized", "top-1", "group-scoring", "not-interleaved", "mtp", "deepseek-yarn", "bias"])
+def test_sarvam_mla_configs_it_does_not_convert_are_refused(bridge_run, tiny_checkpoints, tmp_path, change, want):
+    """The router must be the one Megatron-Core computes as transformers does;
+    Megatron-Core's MLA rotates interleaved pairs; MTP layers stop; the legacy
+    deepseek_yarn spelling (which SarvamMLAConfig alone rewrites to yarn) and
+    attention biases are refused by the shared DeepSeek fragment."""
+    hf = tmp_path / "hf"
+    shutil.copytree(tiny_checkpoints("sarvam-105b").path, hf)
+    cfg = json.loads((hf / "config.json").read_text())
+    cfg.update(change)
+    (hf / "config.json").write_text(json.dumps(cfg))
+    r = _import(bridge_run, hf, tmp_path / "out")
+    assert r.returncode == 1 and want in r.stderr and "mapping 'sarvam_mla'" in r.stderr, r.stderr
+    _nothing_written(tmp_path / "out")
+
+
 def test_vlm_text_section_wins_over_the_top_level(bridge_run, tiny_checkpoints, tmp_path):
     """A config that keeps a language field at both levels (transformers 4.5x
     saved some so): transformers builds the model from text_config, and so

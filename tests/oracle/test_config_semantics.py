@@ -102,6 +102,15 @@ def _expected(ckpt: tiny_models.TinyCheckpoint) -> dict:
             **_norm(ckpt, full),
             **_embedding_scaling(ckpt, full),
         )
+        if cfg.model_type == "sarvam_mla":
+            # DeepseekV3ForCausalLM's router, whatever the file says: sigmoid
+            # scores in fp32, the expert bias for the choice, renormalized
+            # top-k, groups as transformers scores them; rope on interleaved pairs.
+            for i in range(cfg.num_hidden_layers):
+                assert (f"model.layers.{i}.mlp.gate.e_score_correction_bias" in keys) == (i >= cfg.first_k_dense_replace)
+            assert cfg.norm_topk_prob and cfg.rope_interleave
+            exp.update(moe_router_score_function="sigmoid", moe_router_enable_expert_bias=True,
+                       moe_router_dtype="fp32", moe_router_num_groups=cfg.n_group, moe_router_group_topk=cfg.topk_group)
         return exp
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
     # The attention's real q rows / heads (what the HF module uses).

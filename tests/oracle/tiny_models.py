@@ -296,6 +296,23 @@ FAMILIES += [
                 "use_qk_norm": True},
     ),
     Family(
+        "sarvam-105b",
+        "sarvam_mla",
+        "sarvam_mla",
+        "sarvamai__sarvam-105b.json",
+        "DeepSeek-V3's decoder: MLA without query LoRA, yarn, the first layer dense, a sigmoid router with expert "
+        "bias and renormalized, scaled top-k beside a shared expert",
+        # SarvamMLAConfig's defaults (the published config is not on this
+        # machine) with the yarn of Megatron-Bridge's SarvamMLAModelProvider.
+        traits={"tie_word_embeddings": False, "n_routed_experts": 128, "num_experts_per_tok": 8,
+                "moe_intermediate_size": 2048, "n_shared_experts": 1, "first_k_dense_replace": 1,
+                "q_lora_rank": None, "kv_lora_rank": 512, "qk_nope_head_dim": 128, "qk_rope_head_dim": 64,
+                "v_head_dim": 128, "norm_topk_prob": True, "routed_scaling_factor": 2.5, "rope_theta": 10000.0,
+                "rope_scaling": {"rope_type": "yarn", "factor": 40.0, "original_max_position_embeddings": 4096,
+                                 "beta_fast": 32.0, "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 1.0},
+                "max_position_embeddings": 131072},
+    ),
+    Family(
         "nemotron-4-15b",
         "nemotron",
         "nemotron",
@@ -624,6 +641,16 @@ def transformers_architectures(cfg: dict) -> list | None:
         return None
     own = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(cfg.get("model_type"))
     return [n if own is None or hasattr(transformers, n) else own for n in names]
+
+
+def rope_as_transformers_reads_it(rope):
+    """A rope dict without the legacy key 'type' where 'rope_type' says the
+    same (transformers reads rope_type, else type): DeepSeek's export writes
+    rope_scaling.type, which a transformers 5 file spells rope_type."""
+    if isinstance(rope, dict) and "type" in rope and rope.get("rope_type", rope["type"]) == rope["type"]:
+        rope = dict(rope, rope_type=rope["type"])
+        del rope["type"]
+    return rope
 
 
 def text_section(cfg: dict) -> dict:
