@@ -404,6 +404,36 @@ def test_sarvam_mla_configs_it_does_not_convert_are_refused(bridge_run, tiny_che
     _nothing_written(tmp_path / "out")
 
 
+@pytest.mark.parametrize("change,want", [
+    ({"mlp_layer_types": ["dense", "sparse", "sparse"]}, "mlp_layer_types must name one type per layer"),
+    ({"mlp_layer_types": None, "first_k_dense_replace": 2}, "transformers makes only the first layer dense"),
+    ({"num_experts_per_tok": 1}, "one expert per token"),
+    ({"attention_bias": True}, "with attention_bias or mlp_bias"),
+    ({"mlp_bias": True}, "with attention_bias or mlp_bias"),
+    ({"num_nextn_predict_layers": 1}, "multi-token-prediction layers"),
+    ({"rope_parameters": {"rope_type": "yarn", "factor": 4.0, "rope_theta": 11158840.0}}, "rope_scaling type"),
+], ids=["long-mlp-layer-types", "first-k-dense", "top-1", "attention-bias", "mlp-bias", "mtp", "yarn"])
+def test_hy_v3_configs_it_does_not_convert_are_refused(bridge_run, tiny_checkpoints, tmp_path, change, want):
+    """Dense layers come from mlp_layer_types alone (transformers never reads
+    first_k_dense_replace); Megatron-Core renormalizes a sigmoid top-k only
+    over more than one expert; one Megatron-Core bias flag would give the
+    experts biases transformers' lack; MTP layers (transformers builds none)
+    and unmapped rope scalings stop."""
+    hf = tmp_path / "hf"
+    shutil.copytree(tiny_checkpoints("hy3-preview").path, hf)
+    cfg = json.loads((hf / "config.json").read_text())
+    for key, value in change.items():
+        if value is None:
+            cfg.pop(key)
+        else:
+            cfg[key] = value
+    (hf / "config.json").write_text(json.dumps(cfg))
+    r = _import(bridge_run, hf, tmp_path / "out")
+    # (The rope scaling's refusal is the shared attention fragment's.)
+    assert r.returncode == 1 and want in r.stderr and "mapping 'hy_v3'" in r.stderr, r.stderr
+    _nothing_written(tmp_path / "out")
+
+
 def test_vlm_text_section_wins_over_the_top_level(bridge_run, tiny_checkpoints, tmp_path):
     """A config that keeps a language field at both levels (transformers 4.5x
     saved some so): transformers builds the model from text_config, and so

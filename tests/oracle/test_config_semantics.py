@@ -226,6 +226,20 @@ def _expected(ckpt: tiny_models.TinyCheckpoint) -> dict:
                    moe_router_score_function="sigmoid", moe_router_enable_expert_bias=True,
                    moe_router_dtype="fp32", moe_router_topk_scaling_factor=cfg.routed_scaling_factor,
                    moe_router_num_groups=cfg.n_group, moe_router_group_topk=cfg.topk_group)
+    if cfg.model_type == "hy_v3":
+        # Dense and sparse layers by mlp_layer_types; a sigmoid router in fp32
+        # (the expert bias saved as mlp.expert_bias, for the choice only), the
+        # top k renormalized and scaled, a shared expert; no aux loss.
+        sparse = [int(t == "sparse") for t in cfg.mlp_layer_types]
+        for i, s in enumerate(sparse):
+            assert (lm + f"layers.{i}.mlp.expert_bias" in keys) == bool(s)
+            assert (lm + f"layers.{i}.mlp.router.gate.weight" in keys) == bool(s)
+        exp.update(num_moe_experts=cfg.num_experts, moe_router_topk=cfg.num_experts_per_tok,
+                   moe_ffn_hidden_size=cfg.moe_intermediate_size, moe_layer_freq=sparse,
+                   moe_shared_expert_intermediate_size=cfg.moe_intermediate_size * cfg.num_shared_experts,
+                   moe_router_score_function="sigmoid", moe_router_enable_expert_bias=True,
+                   moe_router_dtype="fp32", moe_router_topk_scaling_factor=cfg.router_scaling_factor,
+                   moe_router_load_balancing_type="none", moe_aux_loss_coeff=0.0)
     if cfg.model_type == "nemotron":
         # As Megatron-Bridge's NemotronBridge: relu2 is squared_relu, the MLP has
         # no gate (no gate_proj was written), LayerNorm1P multiplies by (w + 1).

@@ -214,7 +214,8 @@ def test_plan_parameter_count_matches_transformers(bridge_run, tiny_checkpoints,
     assert plan["parameters"] == total
     # transformers counts a tied embedding once, as Megatron does; persistent
     # buffers (DeepSeek's e_score_correction_bias, saved by Sarvam MoE as
-    # mlp.gate.expert_bias) are stored and converted but are not parameters.
+    # mlp.gate.expert_bias and by HYV3 as mlp.expert_bias) are stored and
+    # converted but are not parameters.
     buffers = sum(math.prod(s) for k, s in ckpt.tensors.items()
-                  if k.endswith(("e_score_correction_bias", "mlp.gate.expert_bias")))
+                  if k.endswith(("e_score_correction_bias", "mlp.gate.expert_bias", "mlp.expert_bias")))
     assert plan["parameters"] == ckpt.num_parameters + buffers

@@ -313,6 +313,19 @@ FAMILIES += [
                 "max_position_embeddings": 131072},
     ),
     Family(
+        "hy3-preview",
+        "hy_v3",
+        "hy_v3",
+        "tencent__Hy3-preview.json",
+        "per-head q/k norms before the rotary, the first layer dense (mlp_layer_types), a sigmoid router in fp32 "
+        "with expert bias and renormalized top-k scaled by router_scaling_factor beside a shared expert, the MoE "
+        "tensors under Hunyuan's names (mlp.router.gate, mlp.expert_bias, mlp.shared_mlp)",
+        # HYV3Config's defaults (the published config is not on this machine).
+        traits={"tie_word_embeddings": False, "num_experts": 192, "num_experts_per_tok": 8,
+                "moe_intermediate_size": 1536, "num_shared_experts": 1, "router_scaling_factor": 2.826},
+        tiny={"mlp_layer_types": ["dense", "sparse"]},
+    ),
+    Family(
         "nemotron-4-15b",
         "nemotron",
         "nemotron",
