@@ -379,9 +379,27 @@ def test_sarvam_moe_configs_it_does_not_convert_are_refused(bridge_run, tiny_che
     _nothing_written(tmp_path / "out")
 
 
+@pytest.mark.parametrize("family,mapping", [("deepseek-v3", "deepseek_v3"), ("glm4.7-flash", "glm4_moe_lite")])
+def test_group_scoring_megatron_core_computes_otherwise_is_refused(bridge_run, tiny_checkpoints, tmp_path, family,
+                                                                   mapping):
+    """DeepSeek's decoder fragment: transformers ranks a group by its top two
+    experts, Megatron-Core by its top num_experts_per_tok / topk_group, so a
+    config where those differ is refused (DeepSeek-V3's 8 / 4 agree)."""
+    hf = tmp_path / "hf"
+    shutil.copytree(tiny_checkpoints(family).path, hf)
+    cfg = json.loads((hf / "config.json").read_text())
+    cfg.update({"n_group": 2, "topk_group": 2, "num_experts_per_tok": 2})
+    (hf / "config.json").write_text(json.dumps(cfg))
+    r = _import(bridge_run, hf, tmp_path / "out")
+    assert r.returncode == 1 and "group routing needs num_experts_per_tok = 2 * topk_group" in r.stderr, r.stderr
+    assert f"mapping '{mapping}'" in r.stderr, r.stderr
+    _nothing_written(tmp_path / "out")
+
+
 @pytest.mark.parametrize("change,want", [
     ({"norm_topk_prob": False}, "without norm_topk_prob"),
-    ({"num_experts_per_tok": 1}, "one expert per token"),
+    # (n_group 1: with groups, the fragment's group-scoring refusal comes first.)
+    ({"num_experts_per_tok": 1, "n_group": 1}, "one expert per token"),
     ({"n_group": 2, "topk_group": 2}, "group routing needs num_experts_per_tok = 2 * topk_group"),
     ({"rope_interleave": False}, "rope_interleave false"),
     ({"num_nextn_predict_layers": 1}, "multi-token-prediction layers"),
