@@ -44,6 +44,10 @@ void injectedDiskFull(uint64_t WriteEnd, const std::string &Path);
 /// The same for a write of \p N bytes at the current offset of \p Fd.
 void injectedDiskFullAppend(int Fd, size_t N, const std::string &Path);
 
+/// Writes all \p N bytes to \p Fd (at \p Offset, or at its current offset
+/// when \p Offset is negative), retrying short writes and EINTR; throws
+/// bridge::Error naming \p Path (a write of nothing is a full disk).
+void writeAll(int Fd, int64_t Offset, const void *Data, uint64_t N, const std::string &Path);
 /// Writes \p N bytes to \p Fd (at \p Offset, or at its current offset when
 /// \p Offset is negative) and returns their CRC-32, taken as they are
 /// written: piece by piece, so the kernel copies each piece while the

@@ -116,6 +116,19 @@ void injectedDiskFullAppend(int Fd, size_t N, const std::string &Path) {
     injectedDiskFull(static_cast<uint64_t>(::lseek(Fd, 0, SEEK_CUR)) + N, Path);
 }
 
+void writeAll(int Fd, int64_t Offset, const void *Data, uint64_t N, const std::string &Path) {
+  const char *P = static_cast<const char *>(Data);
+  for (uint64_t Put = 0; Put < N;) {
+    ssize_t K = Offset < 0 ? ::write(Fd, P + Put, N - Put)
+                           : ::pwrite(Fd, P + Put, N - Put, static_cast<off_t>(Offset + Put));
+    if (K < 0 && errno == EINTR)
+      continue;
+    if (K <= 0)
+      throw Error("error: writing " + Path + " failed: " + std::strerror(K < 0 ? errno : ENOSPC));
+    Put += static_cast<uint64_t>(K);
+  }
+}
+
 uint32_t writeWithCrc(int Fd, int64_t Offset, const uint8_t *Data, uint64_t N, const std::string &Path) {
   static const uint64_t Piece = [] {
     const char *E = std::getenv("BRIDGE_WRITE_PIECE_KIB");
@@ -125,15 +138,7 @@ uint32_t writeWithCrc(int Fd, int64_t Offset, const uint8_t *Data, uint64_t N, c
   for (uint64_t Done = 0; Done < N;) {
     const uint64_t Len = Piece ? std::min(Piece, N - Done) : N - Done;
     Crc = crc32Update(Crc, Data + Done, Len);
-    for (uint64_t Put = 0; Put < Len;) {
-      ssize_t K = Offset < 0 ? ::write(Fd, Data + Done + Put, Len - Put)
-                             : ::pwrite(Fd, Data + Done + Put, Len - Put, static_cast<off_t>(Offset + Done + Put));
-      if (K < 0 && errno == EINTR)
-        continue;
-      if (K <= 0)
-        throw Error("error: writing " + Path + " failed: " + std::strerror(K < 0 ? errno : ENOSPC));
-      Put += static_cast<uint64_t>(K);
-    }
+    writeAll(Fd, Offset < 0 ? Offset : Offset + static_cast<int64_t>(Done), Data + Done, Len, Path);
     Done += Len;
   }
   return Crc;

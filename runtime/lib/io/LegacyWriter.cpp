@@ -62,18 +62,9 @@ LegacyWriter::RankFile &LegacyWriter::file(int T, int P, int E) {
       throw Error("error: cannot write " + F->Path + ": " + std::strerror(errno));
     RankFile *Raw = F.get();
     F->Zip = std::make_unique<TorchSaveWriter>([this, Raw](const void *D, size_t N) {
-      const char *P = static_cast<const char *>(D);
       files::injectedDiskFullAppend(Raw->Fd, N, Raw->Path);
-      while (N) {
-        ssize_t K = ::write(Raw->Fd, P, N);
-        if (K < 0 && errno == EINTR)
-          continue;
-        if (K <= 0)
-          throw Error("error: writing " + Raw->Path + " failed: " + std::strerror(K < 0 ? errno : ENOSPC));
-        P += K;
-        N -= static_cast<size_t>(K);
-        Written += static_cast<uint64_t>(K);
-      }
+      files::writeAll(Raw->Fd, -1, D, N, Raw->Path);
+      Written += N;
     });
     Slot = std::move(F);
   }

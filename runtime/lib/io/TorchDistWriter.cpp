@@ -120,21 +120,9 @@ void TorchDistWriter::stop() {
 
 void TorchDistWriter::run(OutFile &F) {
   std::string Path = Dir + "/" + F.Name;
-  auto WriteTo = [&](int Fd, const std::string &Name, const void *D, size_t N) {
-    const char *P = static_cast<const char *>(D);
-    while (N) {
-      ssize_t K = ::write(Fd, P, N);
-      if (K < 0 && errno == EINTR)
-        continue;
-      if (K <= 0)
-        throw Error("error: writing " + Name + " failed: " + std::strerror(K < 0 ? errno : ENOSPC));
-      P += K;
-      N -= static_cast<size_t>(K);
-    }
-  };
   auto Write = [&](const void *D, size_t N) {
     files::injectedDiskFullAppend(F.Fd, N, Path);
-    WriteTo(F.Fd, Path, D, N);
+    files::writeAll(F.Fd, -1, D, N, Path);
   };
   for (;;) {
     Job J;
@@ -162,7 +150,7 @@ void TorchDistWriter::run(OutFile &F) {
         // whole (one write, so a killed process leaves whole lines).
         std::string Line = J.JournalHead + ",\"file\":\"" + F.Name + "\",\"offset\":" + std::to_string(J.At) +
                            ",\"length\":" + std::to_string(J.Length) + ",\"crc32\":" + std::to_string(*J.Crc) + "}\n";
-        WriteTo(F.JournalFd, Path + ".journal", Line.data(), Line.size());
+        files::writeAll(F.JournalFd, -1, Line.data(), Line.size(), Path + ".journal");
       }
     } catch (...) {
       std::lock_guard<std::mutex> G(Lock);
