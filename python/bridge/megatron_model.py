@@ -442,6 +442,12 @@ def _zero_centered_norms(spec, config, vp_stage):
     for layer in {id(s): s for s in spec.layer_specs}.values():
         layer.submodules.input_layernorm = norm
         layer.submodules.pre_mlp_layernorm = norm
+        # Transformer Engine's norms take zero_centered_gamma from the config,
+        # the per-head q/k norms too (Qwen3-Next).
+        attention = getattr(layer.submodules.self_attention, "submodules", None)
+        for name in ("q_layernorm", "k_layernorm"):
+            if config.qk_layernorm and getattr(attention, name, None) is not None:
+                setattr(attention, name, norm)
     return spec
 
 
@@ -604,6 +610,78 @@ def build_mamba_model(meg: dict, *, parallel: dict | None = None, pre_process: b
                       pre_process=pre_process, post_process=post_process, **kwargs)
 
 
+def _gated_delta_net_cpu_patches():
+    """What megatron-core 0.16.1's GatedDeltaNet needs to build and compute
+    on a CPU without flash-linear-attention (FLA) or causal_conv1d:
+      * it refuses to build without FLA (flag);
+      * the delta rule: its own torch implementation, which it runs in
+        deterministic mode (torch_chunk_gated_delta_rule), in place of FLA's
+        kernel; the convolution: its torch conv1d path (causal_conv1d absent);
+      * FLA's l2norm of queries and keys: x * rsqrt(sum(x^2) + 1e-6), the
+        formula of FLA's kernel and of transformers' torch fallback.
+    Everything else is megatron-core's own code."""
+    if _STATE.get("gdn_patched"):
+        return
+    import torch
+    from megatron.core.ssm import gated_delta_net
+
+    def l2norm(x, dim=-1, eps=1e-6):
+        return x * torch.rsqrt((x * x).sum(dim=dim, keepdim=True) + eps)
+
+    gated_delta_net.HAVE_FLA = True
+    gated_delta_net.l2norm = l2norm
+    gated_delta_net.chunk_gated_delta_rule = gated_delta_net.torch_chunk_gated_delta_rule
+    gated_delta_net.causal_conv1d_fn = None
+    _STATE["gdn_patched"] = True
+
+
+def _gated_delta_net_layers(spec, cfg, vp_stage):
+    """The block spec with each Gated DeltaNet layer's attention replaced by
+    megatron-core's GatedDeltaNet on plain torch modules, as
+    get_transformer_block_with_experimental_attention_variant_spec places it
+    (which asserts Transformer Engine): in_proj a column-parallel linear
+    whose input norm is the layer's, keyed as TE's fused
+    'self_attention.in_proj.layer_norm_weight'; out_norm the config's norm
+    over one value head; out_proj row-parallel."""
+    import copy
+
+    from megatron.core.models.gpt.experimental_attention_variant_module_specs import (
+        get_linear_attention_pattern,
+    )
+    from megatron.core.ssm.gated_delta_net import GatedDeltaNet, GatedDeltaNetSubmodules
+    from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
+    from megatron.core.transformer.spec_utils import ModuleSpec
+    from megatron.core.transformer.transformer_block import (
+        TransformerBlockSubmodules,
+        get_num_layers_to_build,
+    )
+    from megatron.core.transformer.transformer_layer import get_transformer_layer_offset
+
+    _gated_delta_net_cpu_patches()
+    if not isinstance(spec, TransformerBlockSubmodules):
+        spec = TransformerBlockSubmodules(layer_specs=[spec] * get_num_layers_to_build(cfg, vp_stage=vp_stage))
+    pattern = get_linear_attention_pattern(cfg)
+    offset = get_transformer_layer_offset(cfg, vp_stage=vp_stage)
+    layers = list(spec.layer_specs)
+    for j, layer in enumerate(layers):
+        if not pattern[offset + j]:
+            continue
+        layer = copy.copy(layer)
+        layer.submodules = copy.copy(layer.submodules)
+        norm = layer.submodules.input_layernorm
+        layer.submodules.self_attention = ModuleSpec(
+            module=GatedDeltaNet,
+            submodules=GatedDeltaNetSubmodules(in_proj=ColumnParallelLinear, out_norm=norm,
+                                               out_proj=RowParallelLinear))
+        keys = {k: v for k, v in (layer.submodules.sharded_state_dict_keys_map or {}).items()
+                if k != "input_layernorm."}
+        keys["input_layernorm."] = "self_attention.in_proj.layer_norm_"
+        layer.submodules.sharded_state_dict_keys_map = keys
+        layers[j] = layer
+    spec.layer_specs = layers
+    return spec
+
+
 TE_UNAVAILABLE = "use_transformer_engine=True, but transformer_engine does not import here"
 
 
@@ -667,6 +745,15 @@ def build_gpt_model(meg: dict, with_mtp: bool = False, *, parallel: dict | None 
     spec = _apply_layer_choices(spec, r.layer_choices)
     if not te and cfg.layernorm_zero_centered_gamma:
         spec = _zero_centered_norms(spec, cfg, vp_stage)
+    if meg.get("experimental_attention_variant") == "gated_delta_net":
+        if te:
+            from megatron.core.models.gpt.experimental_attention_variant_module_specs import (
+                get_transformer_block_with_experimental_attention_variant_spec,
+            )
+
+            spec = get_transformer_block_with_experimental_attention_variant_spec(cfg, **stage)
+        else:
+            spec = _gated_delta_net_layers(spec, cfg, vp_stage)
     extra = dict(stage)
     if with_mtp:
         from megatron.core.models.gpt.gpt_layer_specs import get_gpt_mtp_block_spec

@@ -40,6 +40,8 @@ def main() -> None:
     p.add_argument("--save")
     p.add_argument("--mismatch")
     p.add_argument("--bucket", type=int, default=4096)
+    p.add_argument("--offsets", default="{}",
+                   help="JSON: HF name -> the value a zero Megatron tensor exports as (norm_offset's -delta)")
     p.add_argument("--params-dtype", default="float32",
                    help="the model's; with bfloat16 the local spec's torch norms stay float32 and no logits are compared")
     p.add_argument("--device", default="cpu", help="cpu (gloo) or cuda (nccl, GPU LOCAL_RANK)")
@@ -193,7 +195,9 @@ def run(a, result: dict) -> None:
         again = {n: t for n, t in bridge.export_hf_weights(model, cpu=True, bucket_size=a.bucket,
                                                              receivers=receivers)}
         result["export_again_count"] = len(again)
-        result["export_again_nonzero"] = sorted(n for n, t in again.items() if t.count_nonzero().item())
+        # A norm kept offset (norm_offset) exports a zero tensor as -delta.
+        offsets = json.loads(a.offsets)
+        result["export_again_nonzero"] = sorted(n for n, t in again.items() if t.ne(offsets.get(n, 0.0)).any().item())
         # Parameters given new storage (`param.data = ...`, as some wrappers
         # do): the kept live model no longer serves; the stream has the new
         # values, none of the old zeros.

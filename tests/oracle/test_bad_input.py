@@ -452,6 +452,54 @@ def test_hy_v3_configs_it_does_not_convert_are_refused(bridge_run, tiny_checkpoi
     _nothing_written(tmp_path / "out")
 
 
+@pytest.mark.parametrize("change,want", [
+    ({"linear_num_value_heads": 3}, "linear_num_value_heads must be a multiple of linear_num_key_heads"),
+    ({"use_sliding_window": True}, "sliding-window attention is not converted"),
+    ({"mlp_only_layers": [1]}, "dense layers (decoder_sparse_step, mlp_only_layers) are not converted"),
+    ({"attention_bias": True}, "attention biases are not converted"),
+    ({"rope_parameters": {"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0,
+                          "partial_rotary_factor": 0.25}}, "this mapping converts no rope scaling"),
+    ({"layer_types": ["linear_attention"] * 3 + ["sliding_attention"]},
+     "layer_types must name linear_attention or full_attention for each layer"),
+], ids=["value-heads", "sliding-window", "dense-layer", "attention-bias", "yarn", "unknown-layer-type"])
+def test_qwen3_next_configs_it_does_not_convert_are_refused(bridge_run, tiny_checkpoints, tmp_path, change, want):
+    """Value heads group under key heads; sliding windows, dense layers,
+    attention biases and rope scaling have no rule; a layer type other than
+    linear or full attention would be read as full attention, so the config
+    must be refused before anything is written."""
+    hf = tmp_path / "hf"
+    shutil.copytree(tiny_checkpoints("qwen3-next-80b-a3b").path, hf)
+    cfg = json.loads((hf / "config.json").read_text())
+    cfg.update(change)
+    (hf / "config.json").write_text(json.dumps(cfg))
+    r = _import(bridge_run, hf, tmp_path / "out")
+    assert r.returncode == 1 and want in r.stderr and "mapping 'qwen3_next'" in r.stderr, r.stderr
+    _nothing_written(tmp_path / "out")
+
+
+def test_qwen3_next_mtp_tensors_are_named_not_dropped(bridge_run, tiny_checkpoints, tmp_path):
+    """The published checkpoints' MTP layer (mtp.*, which no config key
+    describes and transformers drops) is not converted: import stops and
+    names the tensors rather than leaving them behind."""
+    import torch
+    from safetensors.torch import save_file
+
+    from safetensors import safe_open
+
+    hf = tmp_path / "hf"
+    shutil.copytree(tiny_checkpoints("qwen3-next-80b-a3b").path, hf)
+    hidden = json.loads((hf / "config.json").read_text())["hidden_size"]
+    # A second shard, as the published checkpoints have, named by the index.
+    save_file({"mtp.fc.weight": torch.zeros(hidden, 2 * hidden)}, str(hf / "model-mtp.safetensors"))
+    with safe_open(str(hf / "model.safetensors"), "pt") as f:
+        weight_map = {k: "model.safetensors" for k in f.keys()}
+    weight_map["mtp.fc.weight"] = "model-mtp.safetensors"
+    (hf / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    r = _import(bridge_run, hf, tmp_path / "out")
+    assert r.returncode == 1 and "mtp.fc.weight" in r.stderr, r.stderr
+    _nothing_written(tmp_path / "out")
+
+
 def test_vlm_text_section_wins_over_the_top_level(bridge_run, tiny_checkpoints, tmp_path):
     """A config that keeps a language field at both levels (transformers 4.5x
     saved some so): transformers builds the model from text_config, and so

@@ -62,6 +62,10 @@ def _embedding_scaling(ckpt: tiny_models.TinyCheckpoint, full) -> dict:
     return dict(apply_embedding_scaling=True)
 
 
+# Qwen3-Next's decoder: Gated DeltaNet beside output-gated attention.
+GATED_DELTA_NET = ("qwen3_next", "qwen3_5_text", "qwen3_5_moe_text")
+
+
 def _expected(ckpt: tiny_models.TinyCheckpoint) -> dict:
     import transformers
 
@@ -76,7 +80,10 @@ def _expected(ckpt: tiny_models.TinyCheckpoint) -> dict:
     # Sarvam MoE's saved names are its own (attention.dense, query_key_value,
     # query_layernorm): read its attention under them.
     sarvam = cfg.model_type == "sarvam_moe"
-    o_proj = "layers.0.attention.dense.weight" if sarvam else "layers.0.self_attn.o_proj.weight"
+    # The first layer with attention (Qwen3-Next's first layers are linear).
+    layer_types = getattr(cfg, "layer_types", None) or []
+    first = layer_types.index("full_attention") if "linear_attention" in layer_types else 0
+    o_proj = f"layers.{first}.attention.dense.weight" if sarvam else f"layers.{first}.self_attn.o_proj.weight"
     lm = next(k[: -len(o_proj)] for k in keys
               if k.endswith(o_proj) and not k.startswith(("visual.", "vision_tower.")))
     rope = dict(getattr(cfg, "rope_parameters", None) or {})
@@ -114,18 +121,21 @@ def _expected(ckpt: tiny_models.TinyCheckpoint) -> dict:
         return exp
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
     # The attention's real q rows / heads (what the HF module uses).
-    attn = lm + "layers.0.self_attn."
+    attn = lm + f"layers.{first}.self_attn."
     if sarvam:
         attn = lm + "layers.0.attention."
         assert keys[attn + "query_key_value.weight"][0] == (heads + 2 * cfg.num_key_value_heads) * head_dim
     elif attn + "qkv_proj.weight" in keys:  # HF-fused [q; k; v] (Phi-3)
         assert keys[attn + "qkv_proj.weight"][0] == (heads + 2 * cfg.num_key_value_heads) * head_dim
+    elif getattr(cfg, "model_type", None) in GATED_DELTA_NET:
+        # The output gate: q_proj holds a gate row for each query row.
+        assert keys[attn + "q_proj.weight"][0] == 2 * heads * head_dim
     else:
         assert keys[attn + "q_proj.weight"][0] == heads * head_dim
     exp = dict(
         num_layers=cfg.num_hidden_layers,
         hidden_size=cfg.hidden_size,
-        ffn_hidden_size=cfg.intermediate_size,
+        ffn_hidden_size=getattr(cfg, "intermediate_size", None),
         num_attention_heads=heads,
         num_query_groups=cfg.num_key_value_heads,
         kv_channels=head_dim,
@@ -160,7 +170,9 @@ def _expected(ckpt: tiny_models.TinyCheckpoint) -> dict:
         exp["window_attn_skip_freq"] = [int(t == "sliding_attention") for t in cfg.layer_types]
     if attn + "sinks" in keys:
         exp["softmax_type"] = "learnable"
-    if rope.get("mrope_section"):
+    if rope.get("mrope_section") and cfg.model_type not in GATED_DELTA_NET:
+        # (Qwen3.5's language model alone: its text positions are the same on
+        # the three sections, which is the plain rotary.)
         # Qwen2.5-VL: multimodal rotary sections, of the default rotary.
         exp.update(position_embedding_type="mrope", mrope_section=list(rope["mrope_section"]))
     if cfg.model_type == "gemma3_text":
@@ -240,6 +252,38 @@ def _expected(ckpt: tiny_models.TinyCheckpoint) -> dict:
                    moe_router_score_function="sigmoid", moe_router_enable_expert_bias=True,
                    moe_router_dtype="fp32", moe_router_topk_scaling_factor=cfg.router_scaling_factor,
                    moe_router_load_balancing_type="none", moe_aux_loss_coeff=0.0)
+    if cfg.model_type in GATED_DELTA_NET:
+        # As Megatron-Bridge's Qwen3NextBridge and Qwen35Bridge: Gated DeltaNet where
+        # layer_types says linear_attention, with the sizes of the module HF
+        # wrote; zero-centred norms; output-gated attention; every layer MoE
+        # with a sigmoid-gated shared expert, the router in fp32.
+        nk, nv = cfg.linear_num_key_heads, cfg.linear_num_value_heads
+        dk, dv = cfg.linear_key_head_dim, cfg.linear_value_head_dim
+        gdn = lm + "layers.0.linear_attn."
+        if cfg.model_type == "qwen3_next":  # per key head [q | k | v | z] and [b | a]
+            assert keys[gdn + "in_proj_qkvz.weight"][0] == 2 * nk * dk + 2 * nv * dv
+            assert keys[gdn + "in_proj_ba.weight"][0] == 2 * nv
+        else:  # Qwen3.5: [q | k | v], z, b, a
+            assert keys[gdn + "in_proj_qkv.weight"][0] == 2 * nk * dk + nv * dv
+            assert keys[gdn + "in_proj_z.weight"][0] == nv * dv
+            assert keys[gdn + "in_proj_b.weight"][0] == keys[gdn + "in_proj_a.weight"][0] == nv
+        assert keys[gdn + "conv1d.weight"] == (2 * nk * dk + nv * dv, 1, cfg.linear_conv_kernel_dim)
+        exp.update(layernorm_zero_centered_gamma=True, attention_output_gate=True,
+                   experimental_attention_variant="gated_delta_net",
+                   linear_attention_freq=[int(t == "linear_attention") for t in layer_types],
+                   linear_conv_kernel_dim=cfg.linear_conv_kernel_dim, linear_key_head_dim=dk,
+                   linear_value_head_dim=dv, linear_num_key_heads=nk, linear_num_value_heads=nv)
+        if cfg.model_type == "qwen3_5_text":
+            exp.update(num_moe_experts=None, gated_linear_unit=True)
+        else:
+            assert keys[lm + "layers.0.mlp.shared_expert_gate.weight"] == (1, cfg.hidden_size)
+            exp.update(num_moe_experts=cfg.num_experts, moe_router_topk=cfg.num_experts_per_tok,
+                       moe_ffn_hidden_size=cfg.moe_intermediate_size,
+                       moe_shared_expert_intermediate_size=cfg.shared_expert_intermediate_size,
+                       moe_shared_expert_gate=True, moe_router_pre_softmax=not getattr(cfg, "norm_topk_prob", True),
+                       moe_router_dtype="fp32")
+            if not hasattr(cfg, "intermediate_size"):
+                del exp["ffn_hidden_size"]  # no dense MLP (Qwen3.5 MoE): Megatron-Core's default stands
     if cfg.model_type == "nemotron":
         # As Megatron-Bridge's NemotronBridge: relu2 is squared_relu, the MLP has
         # no gate (no gate_proj was written), LayerNorm1P multiplies by (w + 1).

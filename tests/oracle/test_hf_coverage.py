@@ -93,20 +93,23 @@ def test_plan_consumes_every_hf_tensor_exactly_once(
     sliced = {}  # stacked HF tensor read through 'expert' -> expert indices read
     blocks = {}  # HF tensor read through 'rows' -> [(first row, rows)] read
     for t in plan["tensors"]:
-        for src, piece, (first, rows) in zip(t["sources"], t["source_slices"], t["source_rows"]):
+        for src, piece, (first, rows, groups) in zip(t["sources"], t["source_slices"], t["source_rows"]):
             if piece >= 0:
                 sliced.setdefault(src, []).append(piece)
             elif first >= 0:
-                blocks.setdefault(src, []).append((first, rows))
+                blocks.setdefault(src, []).append((first, rows, groups))
             else:
                 uses[src] += 1
     for src, pieces in sliced.items():
         assert sorted(pieces) == list(range(ckpt.tensors[src][0])), f"{src}: experts read {sorted(pieces)}"
         uses[src] += 1
     for src, read in blocks.items():
-        # The row blocks tile the tensor: each row read once.
-        ends = [0] + [first + rows for first, rows in sorted(read)]
-        assert [first for first, _ in sorted(read)] == ends[:-1] and ends[-1] == ckpt.tensors[src][0], (src, read)
+        # The row blocks tile each row group of the tensor: each row read once.
+        groups = {g for _, _, g in read}
+        assert len(groups) == 1, (src, read)
+        ends = [0] + [first + rows for first, rows, _ in sorted(read)]
+        assert [first for first, _, _ in sorted(read)] == ends[:-1], (src, read)
+        assert ends[-1] * groups.pop() == ckpt.tensors[src][0], (src, read)
         uses[src] += 1
     uses.update(tie["copy"] for tie in plan["ties"])
     uses.update(plan["ignored"])
@@ -148,7 +151,7 @@ def test_plan_shapes_compose_from_hf_shapes(
     # Row blocks ('rows') of one HF tensor must add up to its rows.
     block_rows: dict = {}
     for t in plan["tensors"]:
-        for src, (first, _) in zip(t["sources"], t["source_rows"]):
+        for src, (first, *_) in zip(t["sources"], t["source_rows"]):
             if first >= 0 and src in ckpt.tensors:
                 block_rows.setdefault(src, []).append(tuple(t["shape"]))
     for src, shapes in block_rows.items():
@@ -182,6 +185,16 @@ def test_plan_shapes_compose_from_hf_shapes(
                     f"qkv rows are not heads*kv_channels={q_rows} / "
                     f"groups*kv_channels={kv_rows}: {where}"
                 )
+        elif op == "qkv_gated":
+            # Output-gate attention: q_proj holds a gate row for each query row.
+            q, k, v = src
+            if not (q[1:] == k[1:] == v[1:] == shape[1:]) or (q[0], k[0], v[0]) != (2 * q_rows, kv_rows, kv_rows):
+                errors.append(f"qkv_gated rows are not 2*heads*kv_channels / groups*kv_channels: {where}")
+            elif q[0] + k[0] + v[0] != shape[0]:
+                errors.append(f"qkv_gated rows do not add up: {where}")
+        elif op == "norm_offset":
+            if src[0] != shape:
+                errors.append(f"norm_offset shape differs: {where}")
         elif op == "gated_mlp":
             g, u = src
             if g != u:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -164,6 +165,12 @@ LAYOUTS = [
     ("nemotron-h-56b", ["--tp", "2"], 2),
     ("nemotron-h-56b", ["--pp", "2"], 2),
     ("nemotron-3-nano", ["--ep", "2"], 2),
+    # Gated DeltaNet (Qwen3-Next): in_proj and conv1d are one parameter each
+    # that the mapping writes in parts, cut part by part over TP; megatron-
+    # core computes it on CPU with its own torch delta rule, so logits too.
+    ("qwen3-next-80b-a3b", ["--tp", "2"], 2),
+    ("qwen3-next-80b-a3b", ["--ep", "2"], 2),
+    ("qwen3.5-27b", ["--tp", "2"], 2),
     # A VLM (Megatron-Bridge's Qwen25VLModel shape): the GPTModel under
     # language_model, the HF vision tower whole on every TP rank of the first
     # stage. Gemma 3 VL: megatron-core 0.16.1 cannot build Gemma's language
@@ -193,6 +200,18 @@ def _vision_tower_bytes(ckpt: Path) -> int:
 CUDA_LAYOUTS = [("llama3.1-8b", [], 1), ("llama3.2-1b", [], 1), ("qwen3-30b-a3b", [], 1)]
 
 
+def _zero_exports(bridge_run, ckpt) -> str:
+    """JSON: each HF tensor a zero Megatron tensor does not export as zero,
+    and its value: a norm_offset(H, delta) rule's H is the Megatron tensor
+    minus delta (Qwen3-Next's gated norm)."""
+    out = {}
+    for t in bridge_run.plan(str(ckpt.path))["tensors"]:
+        m = re.fullmatch(r"norm_offset\((.+), delta = (.+)\)", t["recipe"])
+        if m:
+            out[m.group(1)] = -float(m.group(2))
+    return json.dumps(out)
+
+
 def _layout_id(f, layout, nproc):
     return f"{f}-{'-'.join(layout).replace('--', '') or 'one'}"
 
@@ -206,7 +225,8 @@ def test_load_and_export_match_the_real_things(bridge_run, bridge_device, prepar
     # torch_dist holds global tensors: one import serves every layout.
     ckpt, exported, mg = prepared(family)
     reports = _job(nproc, tmp_path / "job", "--hf", str(ckpt.path), *layout, "--megatron", str(mg),
-                   "--exported", str(exported), "--bucket", "3000", device=bridge_device)
+                   "--exported", str(exported), "--bucket", "3000", "--offsets", _zero_exports(bridge_run, ckpt),
+                   device=bridge_device)
     for rep in reports:
         # Load: every parameter of every rank as import + dist_checkpointing.load gives it.
         assert rep["compared_to_import"] > 0

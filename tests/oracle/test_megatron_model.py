@@ -18,9 +18,10 @@ import tiny_models
 
 def _layer_kinds(meg: dict) -> list[str]:
     """Each decoder layer's parts, as the converted config describes them:
-    'M' a Mamba mixer, '*' attention, '-' a dense MLP, 'E' experts. A hybrid
-    model's layer is one part (hybrid_override_pattern); a GPT layer is
-    attention and an MLP, experts where moe_layer_freq says so."""
+    'M' a Mamba mixer, '*' attention, 'G' Gated DeltaNet, '-' a dense MLP,
+    'E' experts. A hybrid model's layer is one part (hybrid_override_pattern);
+    a GPT layer is attention (Gated DeltaNet where linear_attention_freq says
+    so) and an MLP, experts where moe_layer_freq says so."""
     if meg.get("hybrid_override_pattern"):
         return list(meg["hybrid_override_pattern"])
     n, freq = meg["num_layers"], meg.get("moe_layer_freq", 1)
@@ -30,7 +31,14 @@ def _layer_kinds(meg: dict) -> list[str]:
         moe = [bool(x) for x in freq]
     else:
         moe = [i % freq == 0 for i in range(n)]
-    return ["*E" if m else "*-" for m in moe]
+    linear = meg.get("linear_attention_freq")
+    if meg.get("experimental_attention_variant") != "gated_delta_net":
+        gdn = [False] * n
+    elif isinstance(linear, list):
+        gdn = [bool(x) for x in linear]
+    else:
+        gdn = [(i + 1) % linear != 0 for i in range(n)]
+    return [("G" if g else "*") + ("E" if m else "-") for g, m in zip(gdn, moe)]
 
 
 def _feature_names(meg: dict) -> tuple[list[str], list[str]]:
@@ -56,6 +64,11 @@ def _feature_names(meg: dict) -> tuple[list[str], list[str]]:
         if "M" in kinds:
             want(True, layer + "mixer.in_proj.weight")
             want(True, layer + "mixer.conv1d.weight")
+        if "G" in kinds:
+            for name in ("in_proj.weight", "conv1d.weight", "A_log", "dt_bias", "out_norm.weight",
+                         "out_proj.weight"):
+                want(True, layer + "self_attention." + name)
+            want(False, layer + "self_attention.linear_qkv.weight")
         if "*" in kinds:
             attn = layer + "self_attention."
             if meg.get("multi_latent_attention"):
@@ -163,13 +176,14 @@ def test_state_dict_matches_plan(bridge_run, tiny_checkpoints, megatron_models, 
         n_kept = sum(math.prod(s) for s in kept.values())
     else:
         n_kept = 0
-    # A hybrid model's torch_dist parts (Mamba in_proj .z .x .B .C .dt,
-    # conv1d .x .B .C) are rows of one module parameter: together they must
-    # be that parameter, in rows.
+    # The torch_dist parts of Mamba (in_proj .z .x .B .C .dt, conv1d .x .B
+    # .C) and Gated DeltaNet (in_proj .query .key .value .z .beta .alpha,
+    # conv1d .query .key .value) are rows of one module parameter: together
+    # they must be that parameter, in rows.
     merged: dict = {}
     for name, shape in expected.items():
         base = name.rsplit(".", 1)[0]
-        if name not in actual and base in actual and "mixer." in name:
+        if name not in actual and base in actual and ("mixer." in name or ".self_attention." in name):
             rows = merged.get(base, (0,) + shape[1:])
             assert rows[1:] == shape[1:], (name, shape, rows)
             merged[base] = (rows[0] + shape[0],) + shape[1:]

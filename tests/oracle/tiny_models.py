@@ -59,6 +59,10 @@ class Family:
     # The transformers auto class that builds the model: a VLM is an
     # image-text-to-text model, its language model under text_config.
     auto_class: str = "AutoModelForCausalLM"
+    # The section of the published file that is this family's config: a
+    # language model published only inside its VLM's config (Qwen3.5's
+    # text_config).
+    published_section: str | None = None
 
     @property
     def vlm(self) -> bool:
@@ -326,6 +330,60 @@ FAMILIES += [
         tiny={"mlp_layer_types": ["dense", "sparse"]},
     ),
     Family(
+        "qwen3-next-80b-a3b",
+        "qwen3_next",
+        "qwen3_next",
+        "Qwen__Qwen3-Next-80B-A3B-Instruct.json",
+        "Gated DeltaNet linear attention (in_proj_qkvz grouped per key head, in_proj_ba, the short convolution, "
+        "A_log, dt_bias, a gated norm that is not zero-centred) beside full attention with an output gate in q_proj, "
+        "per-head q/k norms and a quarter of each head rotary; zero-centred norms; every layer a mixture of experts "
+        "beside a sigmoid-gated shared expert",
+        traits={"tie_word_embeddings": False, "num_experts": 512, "num_experts_per_tok": 10,
+                "moe_intermediate_size": 512, "shared_expert_intermediate_size": 512, "norm_topk_prob": True,
+                "partial_rotary_factor": 0.25},
+        # Four layers (three linear, one full) with tiny, grouped DeltaNet heads:
+        # 2 key heads of 2 value heads each.
+        tiny={"num_hidden_layers": 4,
+              "layer_types": ["linear_attention", "linear_attention", "linear_attention", "full_attention"],
+              "linear_key_head_dim": 8, "linear_value_head_dim": 8, "linear_num_key_heads": 2,
+              "linear_num_value_heads": 4, "shared_expert_intermediate_size": 2 * TINY_MOE_INTERMEDIATE},
+    ),
+    Family(
+        "qwen3.5-27b",
+        "qwen3_5_text",
+        "qwen3_5_text",
+        "Qwen__Qwen3.5-27B.json",
+        "Qwen3.5's dense language model (its VLM's text_config): Qwen3-Next's decoder with the Gated DeltaNet input "
+        "projection in four tensors (in_proj_qkv, in_proj_z, in_proj_b, in_proj_a) and a SwiGLU MLP in every layer",
+        traits={"tie_word_embeddings": False, "partial_rotary_factor": 0.25},
+        # Multimodal rotary sections of the rotary half of the tiny head
+        # (16 x 0.25 / 2 = 2 pairs), in the published 11:11:10 proportion.
+        tiny={"rope_parameters": {"mrope_section": [1, 1, 0]},
+              "num_hidden_layers": 4,
+              "layer_types": ["linear_attention", "linear_attention", "linear_attention", "full_attention"],
+              "linear_key_head_dim": 8, "linear_value_head_dim": 8, "linear_num_key_heads": 2,
+              "linear_num_value_heads": 4},
+        published_section="text_config",
+    ),
+    Family(
+        "qwen3.5-35b-a3b",
+        "qwen3_5_moe_text",
+        "qwen3_5_moe_text",
+        "Qwen__Qwen3.5-35B-A3B.json",
+        "Qwen3.5's MoE language model (its VLM's text_config): Qwen3-Next's decoder and experts with the Gated "
+        "DeltaNet input projection in four tensors",
+        traits={"tie_word_embeddings": False, "num_experts": 256, "num_experts_per_tok": 8,
+                "moe_intermediate_size": 512, "shared_expert_intermediate_size": 512, "partial_rotary_factor": 0.25},
+        # Multimodal rotary sections of the rotary half of the tiny head
+        # (16 x 0.25 / 2 = 2 pairs), in the published 11:11:10 proportion.
+        tiny={"rope_parameters": {"mrope_section": [1, 1, 0]},
+              "num_hidden_layers": 4,
+              "layer_types": ["linear_attention", "linear_attention", "linear_attention", "full_attention"],
+              "linear_key_head_dim": 8, "linear_value_head_dim": 8, "linear_num_key_heads": 2,
+              "linear_num_value_heads": 4, "shared_expert_intermediate_size": 2 * TINY_MOE_INTERMEDIATE},
+        published_section="text_config",
+    ),
+    Family(
         "nemotron-4-15b",
         "nemotron",
         "nemotron",
@@ -476,7 +534,17 @@ def published_config(family: Family) -> dict | None:
     path = SHARED_HF_CONFIGS / family.published
     if not path.is_file():
         return None
-    return json.loads(path.read_text())
+    cfg = json.loads(path.read_text())
+    if family.published_section:
+        section = dict(cfg[family.published_section])
+        assert section.get("model_type", family.model_type) == family.model_type, (family.id, section.get("model_type"))
+        section.setdefault("model_type", family.model_type)
+        # What the whole file says for the language model too.
+        for key in ("tie_word_embeddings",):
+            if key in cfg and key not in section:
+                section[key] = cfg[key]
+        return section
+    return cfg
 
 
 def _shrink(d: dict) -> dict:

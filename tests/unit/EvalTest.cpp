@@ -219,7 +219,7 @@ TEST_CASE("nemotron_h: layers_block_type becomes hybrid_override_pattern and com
   for (const PlannedTensor &PT : P.Tensors)
     if (PT.LocalName.rfind("decoder.layers.0.mixer.in_proj.weight.", 0) == 0) {
       CHECK(PT.sources() == std::vector<std::string>{"backbone.layers.0.mixer.in_proj.weight"});
-      Rows[PT.chain().SourceRows[0].first] = PT.chain().SourceRows[0].second;
+      Rows[PT.chain().SourceRows[0][0]] = PT.chain().SourceRows[0][1];
     }
   // [z | x | B | C | dt]: 128, 128, 32, 32, 8 rows.
   CHECK(Rows == std::map<int64_t, int64_t>{{0, 128}, {128, 128}, {256, 32}, {288, 32}, {320, 8}});

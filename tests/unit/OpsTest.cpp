@@ -201,6 +201,25 @@ TEST_CASE("expert and rows: the slices export assembles tile their source exactl
   CHECK(errorOf([&] {
           forward(Op::RowBlock, Transform::None, {In}, {{"sizes", Json::array({2, 5})}, {"index", 0}}, A.Cfg, "r");
         }).find("add up to 7 rows") != std::string::npos);
+  // Grouped: each of 2 row groups is [a (2 rows) | b (1 row)]; block a is
+  // rows 0, 1, 3, 4 and block b rows 2, 5. Export puts each back through the
+  // slot the forward read, which must tile the tensor again.
+  at::Tensor G = randomOf({6, 3}, at::kBFloat16);
+  Json GSizes = Json::array({2, 1});
+  at::Tensor GA = forward(Op::RowBlock, Transform::None, {G}, {{"sizes", GSizes}, {"index", 0}, {"groups", 2}}, A.Cfg, "t");
+  at::Tensor GB = forward(Op::RowBlock, Transform::None, {G}, {{"sizes", GSizes}, {"index", 1}, {"groups", 2}}, A.Cfg, "t");
+  CHECK(sameBytes(GA, at::cat({G.narrow(0, 0, 2), G.narrow(0, 3, 2)}, 0)));
+  CHECK(sameBytes(GB, at::cat({G.narrow(0, 2, 1), G.narrow(0, 5, 1)}, 0)));
+  at::Tensor Back = at::zeros_like(G);
+  for (auto [I, Block] : {std::pair<int64_t, at::Tensor>{0, GA}, {1, GB}}) {
+    exec::OpParams P{{"sizes", GSizes}, {"index", I}, {"groups", 2}};
+    RowBlockSpec Spec = rowBlock(P, Back, "t");
+    Spec.slot(Back).copy_(Spec.grouped(Block));
+  }
+  CHECK(sameBytes(Back, G));
+  CHECK(errorOf([&] {
+          forward(Op::RowBlock, Transform::None, {G}, {{"sizes", GSizes}, {"index", 0}, {"groups", 3}}, A.Cfg, "r");
+        }).find("repeated 3 times add up to 9 rows") != std::string::npos);
   CHECK(errorOf([&] {
           inverse(Op::SelectExpert, Transform::None, Stack[0], 1, {{"index", 0}}, A.Cfg, {}, "r");
         }).find("put back by export") != std::string::npos);

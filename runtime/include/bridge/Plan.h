@@ -13,6 +13,7 @@
 
 #include "bridge/Config.h"
 
+#include <array>
 #include <functional>
 #include <string>
 #include <string_view>
@@ -30,16 +31,17 @@ struct SourceChain {
   /// 'expert' (one slice of a stacked HF tensor), else -1.
   std::vector<int64_t> SourceSlice;
   /// Parallel to Sources: for a source read through 'rows' (one block of
-  /// consecutive row blocks), the rows it takes (first row, count); else
-  /// (-1, 0). Coverage then requires the blocks read of a tensor to tile it.
-  std::vector<std::pair<int64_t, int64_t>> SourceRows;
+  /// consecutive row blocks), the rows it takes of each of its row groups
+  /// (first row, count, groups); else (-1, 0, 1). Coverage then requires the
+  /// blocks read of a tensor to tile it.
+  std::vector<std::array<int64_t, 3>> SourceRows;
 
   /// Appends a source read whole (the other parallel vectors' defaults).
   void addSource(std::string Name, bool Optional) {
     Sources.push_back(std::move(Name));
     SourceOptional.push_back(Optional);
     SourceSlice.push_back(-1);
-    SourceRows.push_back({-1, 0});
+    SourceRows.push_back({-1, 0, 1});
   }
 };
 

@@ -231,6 +231,18 @@ Json callBuiltin(const std::string &Name, std::vector<Json> &Args, const EvalEnv
     }
     return Out;
   }
+  case Builtin::EveryNth: {
+    // Per-layer flags from an interval (Qwen3-Next's full_attention_interval:
+    // every k-th layer full attention, as transformers builds layer_types).
+    const int64_t N = listLength(Args[0], "every_nth", Where, E);
+    if (!Args[1].is_number_integer() || Args[1].get<int64_t>() <= 0)
+      fail(Where, E, "every_nth() needs a positive interval, not " + show(Args[1]));
+    const int64_t K = Args[1].get<int64_t>();
+    Json Out = Json::array();
+    for (int64_t I = 0; I < N; ++I)
+      Out.push_back(int64_t((I + 1) % K == 0));
+    return Out;
+  }
   case Builtin::Where: {
     if (!Args[0].is_array())
       fail(Where, E, "where() needs a list, not " + show(Args[0]));
@@ -312,6 +324,37 @@ Json callBuiltin(const std::string &Name, std::vector<Json> &Args, const EvalEnv
         return std::string(1, Text[static_cast<size_t>(Layer)]);
       }
     return nullptr;
+  }
+  case Builtin::IsLinearAttentionLayer: {
+    // Megatron-Core's get_linear_attention_pattern: an int N makes every
+    // N-th layer (1-based) full attention and the rest linear; a list gives
+    // 1 for each linear layer. Only the gated_delta_net variant is linear.
+    if (!Env.Fields || !Env.Schema)
+      fail(Where, E, "is_linear_attention_layer() needs the Megatron config");
+    const Json *Variant = nullptr, *Freq = nullptr;
+    for (uint32_t I = 0; I < Env.Schema->Fields.Size; ++I) {
+      std::string N = Env.Schema->Fields[I].Name;
+      if (N == "experimental_attention_variant")
+        Variant = &(*Env.Fields)[I];
+      if (N == "linear_attention_freq")
+        Freq = &(*Env.Fields)[I];
+    }
+    if (!Variant || *Variant != "gated_delta_net")
+      return false;
+    int64_t Layer = Args[0].get<int64_t>();
+    if (!Freq || Freq->is_null())
+      fail(Where, E, "experimental_attention_variant gated_delta_net needs linear_attention_freq");
+    if (Freq->is_number_integer()) {
+      if (Freq->get<int64_t>() <= 0)
+        fail(Where, E, "linear_attention_freq must be positive, not " + show(*Freq));
+      return (Layer + 1) % Freq->get<int64_t>() != 0;
+    }
+    if (Freq->is_array()) {
+      if (Layer < 0 || Layer >= static_cast<int64_t>(Freq->size()))
+        fail(Where, E, "linear_attention_freq has no entry for layer " + std::to_string(Layer));
+      return (*Freq)[Layer] == 1;
+    }
+    fail(Where, E, "linear_attention_freq must be an int or a list, not " + show(*Freq));
   }
   case Builtin::IsMoeLayer: {
     if (!Env.Fields || !Env.Schema)

@@ -59,6 +59,11 @@ bool layersStacked(const SchemaTable &S, const std::vector<Json> &Fields) {
   // A hybrid model's MambaStack keys every layer by its global index.
   if (fieldValue(S, Fields, "is_hybrid_model") == true)
     return false;
+  // TransformerBlock.sharded_state_dict: layers that differ (MoE beside
+  // dense, linear beside full attention) are keyed one by one.
+  const Json &Linear = fieldValue(S, Fields, "linear_attention_freq");
+  if (Linear.is_array() || (Linear.is_number_integer() && Linear.get<int64_t>() > 1))
+    return false;
   if (fieldGetter(S, Fields)("num_moe_experts") < 0)
     return true;
   const Json &Freq = fieldValue(S, Fields, "moe_layer_freq");

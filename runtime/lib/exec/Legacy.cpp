@@ -5,9 +5,11 @@
 #include "bridge/LegacyWriter.h"
 
 #include <ATen/ops/cat.h>
+#include <ATen/ops/empty.h>
 #include <ATen/ops/equal.h>
 #include <ATen/ops/zeros.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <dirent.h>
@@ -44,7 +46,41 @@ LegacyLayout::Place LegacyLayout::place(const PlannedTensor &PT) const {
   Place Where{"", At.Stage, At.ExpertRank};
   for (const PatternPiece &Pc : LocalSpec ? PT.Param->Local : PT.Param->TE)
     Where.Name += Pc.Literal ? std::string(Pc.Literal) : std::to_string(Caps[static_cast<size_t>(Pc.Index.Code[0].A)]);
+  if (auto It = Parts.find(&PT); It != Parts.end()) {
+    Where.Name = partParameter(Where.Name);
+    Where.PartIndex = It->second.Index;
+    Where.PartCount = It->second.Count;
+    Where.PartRowOffset = It->second.RowOffset;
+  }
   return Where;
+}
+
+std::string partParameter(const std::string &Name) {
+  size_t Last = Name.rfind('.');
+  if (Last == std::string::npos || Last == 0)
+    return "";
+  size_t Prev = Name.rfind('.', Last - 1);
+  std::string Next = Name.substr(Prev == std::string::npos ? 0 : Prev + 1, Last - (Prev == std::string::npos ? 0 : Prev + 1));
+  return Next == "weight" || Next == "bias" ? Name.substr(0, Last) : "";
+}
+
+void LegacyLayout::learnParts(const Plan &P) {
+  // Group the parts of each parameter (its global name) in schema order; a
+  // part's rows on a rank are its TP slice (cutFor on a meta tensor).
+  std::map<std::string, std::vector<const PlannedTensor *>> ByParameter;
+  for (const PlannedTensor &PT : P.Tensors)
+    if (std::string Base = partParameter(PT.Name); !Base.empty())
+      ByParameter[Base].push_back(&PT);
+  Parts.clear();
+  for (auto &[Base, Of] : ByParameter) {
+    std::sort(Of.begin(), Of.end(), [](const PlannedTensor *A, const PlannedTensor *B) { return A->Param < B->Param; });
+    int64_t Offset = 0;
+    for (size_t I = 0; I < Of.size(); ++I) {
+      Parts[Of[I]] = {Base, static_cast<int>(I), static_cast<int>(Of.size()), Offset};
+      at::Tensor Meta = at::empty(Of[I]->Shape, at::TensorOptions().device(at::kMeta));
+      Offset += cutFor(*Of[I], Meta, 0).size(0);
+    }
+  }
 }
 
 std::string LegacyLayout::extraState(const std::string &Name) const {

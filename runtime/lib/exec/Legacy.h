@@ -13,6 +13,7 @@
 
 #include "bridge/Config.h"
 #include "bridge/Layout.h"
+#include "bridge/Plan.h"
 #include "bridge/Unpickle.h"
 
 #include <ATen/core/Tensor.h>
@@ -30,11 +31,20 @@ public:
   LegacyLayout(const SchemaTable &S, const std::vector<Json> &Fields, const Layout &L, bool LocalSpec);
 
   struct Place {
-    std::string Name; ///< the local name in its rank files
+    std::string Name; ///< the local name in its rank files (a part's: its parameter's)
     int Stage;
     int ExpertRank; ///< -1: a dense tensor, in every EP rank's file
+    /// A torch_dist part of one module parameter (Mamba's in_proj.weight.z,
+    /// Gated DeltaNet's in_proj.weight.query): in a rank file the parameter
+    /// is whole, each rank's slice of every part end to end in rows, in the
+    /// order the schema declares the parts (as the module allocates it).
+    int PartIndex = -1, PartCount = 0;
+    int64_t PartRowOffset = 0; ///< rows of the parts before it, per rank
   };
   Place place(const PlannedTensor &PT) const;
+  /// Learns which planned tensors are parts of one parameter (call once
+  /// with the plan before place() is asked about parts).
+  void learnParts(const Plan &P);
   /// Each TP rank's local tensor of the global \p X (views where no copy is
   /// needed).
   std::vector<at::Tensor> cut(const PlannedTensor &PT, at::Tensor X) const;
@@ -67,7 +77,18 @@ private:
   const SchemaTable &S;
   const std::vector<Json> &Fields; ///< outlive the layout (the import's config)
   int64_t PaddedVocab;
+  struct PartOf {
+    std::string Parameter;
+    int Index, Count;
+    int64_t RowOffset;
+  };
+  std::map<const PlannedTensor *, PartOf> Parts;
 };
+
+/// The module parameter a torch_dist part is a part of ('….in_proj.weight'
+/// for '….in_proj.weight.z': a name whose next-to-last component is
+/// 'weight' or 'bias'), or "" for a whole parameter.
+std::string partParameter(const std::string &Name);
 
 /// The files of a legacy checkpoint's iteration directory, mapped and read
 /// with the restricted unpickler (tensors borrowed from the mapping).

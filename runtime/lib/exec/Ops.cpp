@@ -154,22 +154,39 @@ DType fromScalarType(at::ScalarType T) {
   throw Error(std::string("error: unsupported tensor type ") + c10::toString(T));
 }
 
-std::pair<int64_t, int64_t> rowBlock(const OpParams &P, const at::Tensor &X, const std::string &Where) {
+RowBlockSpec rowBlock(const OpParams &P, const at::Tensor &X, const std::string &Where) {
   std::vector<int64_t> Sizes = P.at("sizes").get<std::vector<int64_t>>();
-  int64_t Index = paramInt(P, "index", Where), Total = 0, Offset = 0;
+  RowBlockSpec B;
+  int64_t Index = paramInt(P, "index", Where);
+  // Tables compiled before 'groups' existed carry no such parameter.
+  B.Groups = P.count("groups") ? paramInt(P, "groups", Where) : 1;
+  if (B.Groups < 1)
+    fail(Where, "rows: groups must be at least 1, not " + std::to_string(B.Groups));
   for (size_t K = 0; K < Sizes.size(); ++K) {
     if (Sizes[K] < 0)
       fail(Where, "rows: block size " + std::to_string(Sizes[K]) + " is negative");
     if (static_cast<int64_t>(K) < Index)
-      Offset += Sizes[K];
-    Total += Sizes[K];
+      B.Offset += Sizes[K];
+    B.Period += Sizes[K];
   }
   if (Index < 0 || Index >= static_cast<int64_t>(Sizes.size()))
     fail(Where, "rows: block " + std::to_string(Index) + " of " + P.at("sizes").dump() + " does not exist");
-  if (X.dim() < 1 || X.size(0) != Total)
-    fail(Where, "rows: the blocks " + P.at("sizes").dump() + " add up to " + std::to_string(Total) +
-                    " rows, but the tensor is " + shapeText(X.sizes()));
-  return {Offset, Sizes[static_cast<size_t>(Index)]};
+  B.Size = Sizes[static_cast<size_t>(Index)];
+  if (X.dim() < 1 || X.size(0) != B.Groups * B.Period)
+    fail(Where, "rows: the blocks " + P.at("sizes").dump() + (B.Groups > 1 ? " repeated " + std::to_string(B.Groups) + " times" : "") +
+                    " add up to " + std::to_string(B.Groups * B.Period) + " rows, but the tensor is " +
+                    shapeText(X.sizes()));
+  return B;
+}
+
+at::Tensor RowBlockSpec::slot(const at::Tensor &Whole) const {
+  if (Groups == 1)
+    return Whole.narrow(0, Offset, Size);
+  return Whole.view(withLead({Groups, Period}, Whole)).narrow(1, Offset, Size);
+}
+
+at::Tensor RowBlockSpec::grouped(const at::Tensor &Block) const {
+  return Groups == 1 ? Block : Block.reshape(withLead({Groups, Size}, Block));
 }
 
 at::Tensor forward(Op Kind, Transform Custom, const std::vector<at::Tensor> &In, const OpParams &P,
@@ -219,9 +236,13 @@ at::Tensor forward(Op Kind, Transform Custom, const std::vector<at::Tensor> &In,
   }
   case Op::RowBlock: {
     // Block 'index' of consecutive row blocks of the given sizes, which
-    // must tile dim 0 (Mamba's in_proj: [z | x | B | C | dt]).
-    auto [Offset, Size] = rowBlock(P, In[0], Where);
-    return In[0].narrow(0, Offset, Size);
+    // must tile dim 0 (Mamba's in_proj: [z | x | B | C | dt]), or tile
+    // each of 'groups' equal row groups, the block then being its rows of
+    // every group, group after group (Qwen3-Next's in_proj_qkvz: per key
+    // head [q | k | v | z]).
+    RowBlockSpec B = rowBlock(P, In[0], Where);
+    at::Tensor Rows = B.slot(In[0]);
+    return B.Groups == 1 ? Rows : Rows.reshape(withLead({B.Groups * B.Size}, In[0]));
   }
   case Op::Transpose:
     if (In[0].dim() != 2)

@@ -48,9 +48,19 @@ std::vector<at::Tensor> inverse(Op Kind, Transform Custom, const at::Tensor &Out
 /// "[2, 3]": a shape in messages.
 std::string shapeText(at::IntArrayRef Shape);
 
-/// The 'rows' op's block of \p X: (first row, rows), checked against the
-/// sizes, which must add up to X's rows.
-std::pair<int64_t, int64_t> rowBlock(const OpParams &Params, const at::Tensor &X, const std::string &Where);
+/// Where the 'rows' op's block lies: in each of Groups row groups of Period
+/// rows (1 group: the whole tensor), rows [Offset, Offset + Size).
+struct RowBlockSpec {
+  int64_t Groups = 1, Period = 0, Offset = 0, Size = 0;
+  /// The block's rows in \p Whole, a view ([Groups, Size, ...] when grouped).
+  at::Tensor slot(const at::Tensor &Whole) const;
+  /// \p Block (the op's result, [Groups * Size, ...]) shaped as slot() is.
+  at::Tensor grouped(const at::Tensor &Block) const;
+};
+
+/// The 'rows' op's block of \p X, checked against the sizes, which must add
+/// up to X's rows (times the groups).
+RowBlockSpec rowBlock(const OpParams &Params, const at::Tensor &X, const std::string &Where);
 
 /// Whether op \p Kind computes (dequantizes) rather than only moves bytes.
 /// Only such ops run on a CUDA device: moving bytes is faster where the

@@ -19,6 +19,7 @@
 #include "bridge/StrictJson.h"
 #include "bridge/TorchDistWriter.h"
 
+#include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>
 
 #include <algorithm>
@@ -255,6 +256,7 @@ public:
   void begin(const Conversion &C, const std::string &Dir, int, bool) override {
     W.emplace(Dir, Par.TP, Par.PP, Par.EP);
     Target.emplace(C.S, C.Fields, Par, C.LocalSpec);
+    Target->learnParts(C.P);
     Conv = &C;
     this->Dir = Dir;
   }
@@ -265,6 +267,7 @@ public:
     int T, P, E;
     std::string Name;
     at::Tensor Value;
+    int PartIndex = -1, PartCount = 0; ///< a part of the parameter Name (LegacyLayout::Place)
   };
   struct Pieces : Prepared {
     std::vector<Piece> Of;
@@ -280,7 +283,8 @@ public:
       for (int E = 0; E < Par.EP; ++E)
         if (At.ExpertRank < 0 || E == At.ExpertRank)
           for (int T = 0; T < Par.TP; ++T)
-            Out->Of.push_back({T, P, E, N, None ? at::Tensor() : ByRank[static_cast<size_t>(T)]});
+            Out->Of.push_back({T, P, E, N, None ? at::Tensor() : ByRank[static_cast<size_t>(T)],
+                               None ? -1 : At.PartIndex, At.PartCount});
     };
     Put(At.Stage, At.Name, false);
     // With PP > 1 the last stage allocates the tied output layer too.
@@ -305,14 +309,32 @@ public:
           W->addNone(Pc.T, Pc.P, Pc.E, Pc.Name);
         continue;
       }
-      std::vector<int64_t> Shape(Pc.Value.sizes().begin(), Pc.Value.sizes().end());
-      W->addTensor(Pc.T, Pc.P, Pc.E, Pc.Name, exec::fromScalarType(Pc.Value.scalar_type()), Shape,
-                   Pc.Value.data_ptr(), Pc.Value.nbytes());
+      if (Pc.PartIndex < 0) {
+        add(Pc.T, Pc.P, Pc.E, Pc.Name, Pc.Value);
+        continue;
+      }
+      // A part: kept (a copy: the piece's bytes may be the source's) until
+      // every part of its parameter on this rank is in, then written whole.
+      auto &Held = PartsHeld[{Pc.T, Pc.P, Pc.E, Pc.Name}];
+      Held.resize(static_cast<size_t>(Pc.PartCount));
+      Held[static_cast<size_t>(Pc.PartIndex)] = Pc.Value.contiguous().clone();
+      if (std::all_of(Held.begin(), Held.end(), [](const at::Tensor &T) { return T.defined(); })) {
+        add(Pc.T, Pc.P, Pc.E, Pc.Name, at::cat(Held, 0));
+        PartsHeld.erase({Pc.T, Pc.P, Pc.E, Pc.Name});
+      }
     }
     return 1;
   }
 
+  void add(int T, int P, int E, const std::string &Name, const at::Tensor &Value) {
+    std::vector<int64_t> Shape(Value.sizes().begin(), Value.sizes().end());
+    W->addTensor(T, P, E, Name, exec::fromScalarType(Value.scalar_type()), Shape, Value.data_ptr(), Value.nbytes());
+  }
+
   void finishData() override {
+    if (!PartsHeld.empty())
+      throw Error("error: internal: parameter '" + std::get<3>(PartsHeld.begin()->first) +
+                  "' was left with some of its parts unwritten");
     W->finish(Target->args(Conv->S, Conv->Fields));
     files::writeFile(files::join(Dir, "manifest.json"), W->manifest().dump(1) + "\n");
   }
@@ -329,6 +351,7 @@ private:
   const Conversion *Conv = nullptr;
   std::string Dir;
   std::set<std::tuple<int, int, int, std::string>> NonesWritten;
+  std::map<std::tuple<int, int, int, std::string>, std::vector<at::Tensor>> PartsHeld;
 };
 
 } // namespace
@@ -584,21 +607,25 @@ void HFAssembler::stackSlice(const std::string &Name, int64_t Index, const at::T
 void HFAssembler::putRows(const std::string &Name, const exec::OpParams &Params, const at::Tensor &Block,
                           const std::string &Where, const Emit &Out) {
   std::vector<int64_t> Sizes = Params.at("sizes").get<std::vector<int64_t>>();
+  const int64_t Groups = Params.count("groups") ? Params.at("groups").get<int64_t>() : 1;
   auto Make = [&]() -> std::pair<at::Tensor, size_t> {
     std::vector<int64_t> Shape(Block.sizes().begin(), Block.sizes().end());
     if (Shape.empty())
       throw Error(Where + ": error: a row block of '" + Name + "' has no rows");
     Shape[0] = 0;
     for (int64_t S : Sizes)
-      Shape[0] += S;
+      Shape[0] += S * Groups;
     return {at::empty(Shape, Block.options()), Sizes.size()};
   };
-  putPiece(Name, "row block", static_cast<size_t>(Params.at("index").get<int64_t>()), Block, Make,
-           [&](const at::Tensor &Whole) {
-             auto [Offset, Size] = exec::rowBlock(Params, Whole, Where);
-             return Whole.narrow(0, Offset, Size);
-           },
-           Where, Out);
+  // The piece takes the slot's shape ([groups, rows, ...] when grouped).
+  at::Tensor Piece = Block;
+  if (Groups > 1 && Block.dim() >= 1 && Block.size(0) % Groups == 0) {
+    std::vector<int64_t> Shape{Groups, Block.size(0) / Groups};
+    Shape.insert(Shape.end(), Block.sizes().begin() + 1, Block.sizes().end());
+    Piece = Block.reshape(Shape);
+  }
+  putPiece(Name, "row block", static_cast<size_t>(Params.at("index").get<int64_t>()), Piece, Make,
+           [&](const at::Tensor &Whole) { return exec::rowBlock(Params, Whole, Where).slot(Whole); }, Where, Out);
 }
 
 namespace {

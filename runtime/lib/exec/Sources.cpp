@@ -235,6 +235,7 @@ public:
       throw Error("error: " + Iter + "/bridge.json records a layout that does not fit its model: " + SourceProblems[0]);
     Files = std::make_unique<LegacyCheckpoint>(Iter, SourceLayout);
     Where = std::make_unique<LegacyLayout>(C.S, C.Fields, SourceLayout, C.LocalSpec);
+    Where->learnParts(C.P);
     // Coverage before anything is written: every tensor of every rank file
     // is one the plan reads (or the tied output layer's copy), and none is
     // missing.
@@ -280,8 +281,18 @@ public:
     for (int Tp = 0; Tp < Where->layout().TP; ++Tp) {
       const TensorRecord *Rec = Files->find(Tp, At.Stage, E, At.Name);
       auto Options = at::TensorOptions().dtype(exec::toScalarType(Rec->Type));
-      ByRank.push_back(at::from_blob(const_cast<uint8_t *>(Rec->data()), Rec->Shape, Options));
-      R.Views.push_back(ByRank.back().storage().data());
+      at::Tensor Local = at::from_blob(const_cast<uint8_t *>(Rec->data()), Rec->Shape, Options);
+      R.Views.push_back(Local.storage().data());
+      if (At.PartIndex >= 0) {
+        // A part: its rows of the rank's whole parameter.
+        at::Tensor Meta = at::empty(PT.Shape, at::TensorOptions().device(at::kMeta));
+        int64_t Rows = Where->cutFor(PT, Meta, Tp).size(0);
+        if (Local.dim() < 1 || At.PartRowOffset + Rows > Local.size(0))
+          throw Error("error: " + Files->fileOf(Tp, At.Stage, E) + ": '" + At.Name + "' is " +
+                      exec::shapeText(Local.sizes()) + ", too small to hold its part '" + PT.Name + "'");
+        Local = Local.narrow(0, At.PartRowOffset, Rows);
+      }
+      ByRank.push_back(Local);
       R.Bytes += ByRank.back().nbytes();
     }
     at::Tensor Result = Where->join(PT, ByRank, Files->fileOf(0, At.Stage, E));

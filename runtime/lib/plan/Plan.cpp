@@ -100,15 +100,18 @@ SourceChain chainOf(Span<OpNode> Nodes, const EvalEnv &Env, const std::string &W
     }
     // 'rows' straight on an HF tensor reads one row block of it.
     if (N.Kind == Op::RowBlock && SourceOnStack.back() >= 0) {
-      Json Sizes, Index;
-      for (const OpParam &Pm : N.Params)
-        (std::string(Pm.Name) == "sizes" ? Sizes : Index) = evaluate(Pm.Value, Env, Where);
+      Json Sizes, Index, Groups = 1;
+      for (const OpParam &Pm : N.Params) {
+        std::string Name = Pm.Name;
+        (Name == "sizes" ? Sizes : Name == "index" ? Index : Groups) = evaluate(Pm.Value, Env, Where);
+      }
       if (Sizes.is_array() && Index.is_number_integer() && Index.get<int64_t>() >= 0 &&
-          Index.get<size_t>() < Sizes.size()) {
+          Index.get<size_t>() < Sizes.size() && Groups.is_number_integer()) {
         int64_t First = 0;
         for (size_t B = 0; B < Index.get<size_t>(); ++B)
           First += Sizes[B].get<int64_t>();
-        C.SourceRows[SourceOnStack.back()] = {First, Sizes[Index.get<size_t>()].get<int64_t>()};
+        C.SourceRows[SourceOnStack.back()] = {First, Sizes[Index.get<size_t>()].get<int64_t>(),
+                                              Groups.get<int64_t>()};
       }
     }
     // 'expert' straight on an HF tensor reads one slice of it: coverage
@@ -422,7 +425,8 @@ HFCoverage hfCoverage(const Plan &P, const std::vector<std::string> &Names,
   std::map<std::string, std::pair<std::set<int64_t>, const PlannedTensor *>> SlicesRead;
   // One read a row block at a time ('rows'): every block exactly once.
   struct Blocks {
-    std::vector<std::pair<int64_t, int64_t>> Rows; ///< (first row, rows) of each read
+    std::vector<std::pair<int64_t, int64_t>> Rows; ///< (first row, rows) of each read, within a row group
+    int64_t Groups = 1;                            ///< the row groups the blocks repeat in
     const PlannedTensor *By = nullptr;
   };
   std::map<std::string, Blocks> BlocksRead;
@@ -433,10 +437,11 @@ HFCoverage hfCoverage(const Plan &P, const std::vector<std::string> &Names,
       if (C.SourceOptional[K] && !Present(Src))
         continue; // an optional input this checkpoint does not have
       int64_t Slice = C.SourceSlice[K];
-      auto [FirstRow, Rows] = C.SourceRows[K];
+      auto [FirstRow, Rows, Groups] = C.SourceRows[K];
       std::string Read = Slice >= 0      ? Src + " (expert " + std::to_string(Slice) + ")"
                          : FirstRow >= 0 ? Src + " (rows " + std::to_string(FirstRow) + " to " +
-                                               std::to_string(FirstRow + Rows) + ")"
+                                               std::to_string(FirstRow + Rows) +
+                                               (Groups > 1 ? " of each of " + std::to_string(Groups) + " row groups" : "") + ")"
                                          : Src;
       auto [It, New] = ConsumedBy.emplace(Read, PT.LocalName);
       if (!New)
@@ -449,7 +454,12 @@ HFCoverage hfCoverage(const Plan &P, const std::vector<std::string> &Names,
       }
       if (FirstRow >= 0) {
         auto &Entry = BlocksRead[Src];
-        Entry.Rows.push_back(C.SourceRows[K]);
+        if (!Entry.Rows.empty() && Entry.Groups != Groups)
+          throw Error(describe(PT.Rule->Loc) + ": error: the row blocks read of HF tensor '" + Src +
+                      "' are read in " + std::to_string(Groups) + " row groups here and " +
+                      std::to_string(Entry.Groups) + " for '" + Entry.By->LocalName + "'");
+        Entry.Rows.push_back({FirstRow, Rows});
+        Entry.Groups = Groups;
         Entry.By = &PT;
       }
       if (!Present(Src)) {
@@ -487,9 +497,9 @@ HFCoverage hfCoverage(const Plan &P, const std::vector<std::string> &Names,
       Next = First + Rows;
     }
     const std::vector<int64_t> *Shape = Present(Src) ? ShapeOf(Src) : nullptr;
-    if (Shape && (Shape->empty() || (*Shape)[0] != Next))
+    if (Shape && (Shape->empty() || (*Shape)[0] != Next * Entry.Groups))
       throw Error(describe(Entry.By->Rule->Loc) + ": error: the row blocks read of HF tensor '" + Src + "' cover " +
-                  std::to_string(Next) + " rows, but it has " +
+                  std::to_string(Next * Entry.Groups) + " rows, but it has " +
                   (Shape->empty() ? std::string("none") : std::to_string((*Shape)[0])));
     ConsumedBy.emplace(Src, "(by row block)");
   }
