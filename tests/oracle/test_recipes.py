@@ -46,6 +46,38 @@ def test_the_goldens_name_every_recipe(listing):
     assert sorted(listing) == RECIPES
 
 
+def _transformers_parameters(config_path: Path) -> int:
+    """transformers' own count of the full-size model a published config.json
+    describes, built on the meta device (no memory): every parameter, and the
+    router's expert bias, a buffer the checkpoint stores."""
+    import torch
+    import transformers
+
+    d = json.loads(config_path.read_text(), parse_constant=float)
+    d.pop("quantization_config", None)
+    d.pop("auto_map", None)
+    d.pop("transformers_version", None)
+    cfg = transformers.AutoConfig.for_model(d.pop("model_type"), **d)
+    auto = transformers.AutoModelForImageTextToText if "vision_config" in d else transformers.AutoModelForCausalLM
+    with torch.device("meta"):
+        model = auto.from_config(cfg)
+    buffers = sum(b.numel() for n, b in model.named_buffers() if n.endswith(("expert_bias", "e_score_correction_bias")))
+    return sum(p.numel() for p in model.parameters()) + buffers
+
+
+@pytest.mark.parametrize("model", sorted({p.stem for p in MODELS.glob("*.json")}))
+def test_parameter_count_is_transformers_own(listing, model):
+    """bridgec's count from config.json (GQA, MLA, output-gated attention,
+    Gated DeltaNet, Mamba, squared-ReLU MLPs, experts, a VLM's tower; norms
+    and biases left out) is within 0.1% of transformers' model of the same
+    config: the memory estimate starts from it."""
+    ours = {x["parameters"] for x in listing.values() if x["model"].replace("/", "__") == model}
+    assert len(ours) == 1, f"{model}: no recipe, or recipes disagree: {ours}"
+    want = _transformers_parameters(MODELS / f"{model}.json")
+    got = ours.pop()
+    assert abs(got - want) <= 1e-3 * want, f"{model}: bridgec counts {got:,.0f}, transformers {want:,}"
+
+
 def _args(text: str) -> dict[str, str | bool]:
     words = shlex.split("\n".join(l for l in text.splitlines() if not l.startswith("#")).replace("\\\n", " "))
     out: dict[str, str | bool] = {}

@@ -176,15 +176,35 @@ std::string gib(double Bytes) { return llvm::formatv("{0:f1}", Bytes / double(1u
 
 /// Reads what the checks need from an HF config.json. Names differ between
 /// families (num_experts, num_local_experts, n_routed_experts); each fact
-/// takes the first spelling present.
-bool readFacts(const llvm::json::Object &C, ModelFacts &F, std::string &Why) {
-  auto Int = [&](std::initializer_list<const char *> Names, int64_t Default) -> int64_t {
+/// takes the first spelling present. A VLM's language model is its
+/// text_config; its vision tower is counted apart (on the first stage).
+bool readFacts(const llvm::json::Object &Top, ModelFacts &F, std::string &Why) {
+  const llvm::json::Object *Text = Top.getObject("text_config");
+  const llvm::json::Object &C = Text ? *Text : Top;
+  auto IntIn = [](const llvm::json::Object &O, std::initializer_list<const char *> Names, int64_t Default) {
     for (const char *N : Names)
-      if (auto V = C.getInteger(N))
+      if (auto V = O.getInteger(N))
         return *V;
     return Default;
   };
-  F.Layers = Int({"num_hidden_layers", "num_layers"}, 0);
+  auto Int = [&](std::initializer_list<const char *> Names, int64_t Default) { return IntIn(C, Names, Default); };
+  auto Str = [&](const char *Name) -> std::string {
+    if (auto V = C.getString(Name))
+      return V->str();
+    return "";
+  };
+  // Layer kinds, one symbol a layer (Megatron-Core's hybrid pattern):
+  // M Mamba, * attention, - MLP, E experts (a hybrid model's layer is one of
+  // them); G Gated DeltaNet (beside an MLP or experts, as attention is).
+  std::string Kinds = Str("hybrid_override_pattern");
+  if (Kinds.empty())
+    if (const llvm::json::Array *Types = C.getArray("layers_block_type"))
+      for (const llvm::json::Value &T : *Types) {
+        llvm::StringRef K = T.getAsString().getValueOr("");
+        Kinds += K == "mamba" || K == "linear_attention" ? 'M' : K == "attention" || K == "full_attention" ? '*'
+                 : K == "moe" ? 'E' : '-';
+      }
+  F.Layers = Kinds.empty() ? Int({"num_hidden_layers", "num_layers"}, 0) : static_cast<int64_t>(Kinds.size());
   F.Hidden = Int({"hidden_size"}, 0);
   F.Heads = Int({"num_attention_heads"}, 0);
   F.Vocab = Int({"vocab_size"}, 0);
@@ -194,20 +214,35 @@ bool readFacts(const llvm::json::Object &C, ModelFacts &F, std::string &Why) {
   }
   F.QueryGroups = Int({"num_key_value_heads"}, F.Heads);
   F.MaxPositions = Int({"max_position_embeddings"}, 0);
-  F.HeadDim = Int({"head_dim"}, F.Hidden / F.Heads);
+  F.HeadDim = Int({"head_dim", "attention_head_dim"}, F.Hidden / F.Heads);
   F.Ffn = Int({"intermediate_size"}, 4 * F.Hidden);
   F.Experts = Int({"num_experts", "num_local_experts", "n_routed_experts"}, 0);
   F.TopK = Int({"num_experts_per_tok", "moe_topk"}, F.Experts ? 2 : 0);
   F.MoeFfn = Int({"moe_intermediate_size"}, F.Ffn);
-  F.SharedFfn = Int({"shared_expert_intermediate_size"}, 0) + Int({"n_shared_experts"}, 0) * F.MoeFfn;
+  F.SharedFfn = Int({"shared_expert_intermediate_size", "moe_shared_expert_intermediate_size"}, 0) +
+                (C.getInteger("moe_shared_expert_intermediate_size") ? 0 : Int({"n_shared_experts"}, 0) * F.MoeFfn);
   // Absent, the transformers class default decides: tied for Gemma, untied
   // for every other shipped family.
-  llvm::Optional<llvm::StringRef> Type = C.getString("model_type");
+  llvm::Optional<llvm::StringRef> Type = Top.getString("model_type");
   F.Tied = Type && Type->startswith("gemma");
+  if (auto T = Top.getBoolean("tie_word_embeddings"))
+    F.Tied = *T;
   if (auto T = C.getBoolean("tie_word_embeddings"))
     F.Tied = *T;
+  // Gated DeltaNet layers: layer_types, else every full_attention_interval-th
+  // layer full attention (Qwen3-Next, Qwen3.5).
+  bool DeltaNet = C.getInteger("linear_num_value_heads").hasValue();
+  std::vector<bool> Linear(static_cast<size_t>(F.Layers), false);
+  if (DeltaNet) {
+    if (const llvm::json::Array *Types = C.getArray("layer_types"))
+      for (size_t I = 0; I < Types->size() && I < Linear.size(); ++I)
+        Linear[I] = (*Types)[I].getAsString().getValueOr("") == "linear_attention";
+    else
+      for (int64_t I = 0, N = Int({"full_attention_interval"}, 4); I < F.Layers; ++I)
+        Linear[static_cast<size_t>(I)] = (I + 1) % N != 0;
+  }
   // Dense layers of a MoE stack: the first k (DeepSeek, GLM), or those
-  // listed as MLP-only (Qwen).
+  // listed as MLP-only (Qwen); a hybrid model's are its '-' layers.
   F.DenseLayers = F.Experts ? Int({"first_k_dense_replace"}, 0) : F.Layers;
   if (const llvm::json::Array *Only = C.getArray("mlp_only_layers"); Only && F.Experts)
     F.DenseLayers += static_cast<int64_t>(Only->size());
@@ -221,16 +256,72 @@ bool readFacts(const llvm::json::Object &C, ModelFacts &F, std::string &Why) {
     double Q = QLora ? H * double(QLora) + double(QLora) * N * (Nope + Rope) : H * N * (Nope + Rope);
     Attention = Q + H * (double(*KvLora) + Rope) + double(*KvLora) * N * (Nope + V) + N * V * H;
   } else {
-    Attention = H * double(F.Heads * F.HeadDim) + 2 * H * double(F.QueryGroups * F.HeadDim) +
+    // An output gate (Qwen3-Next, Qwen3.5) doubles q_proj.
+    bool Gate = DeltaNet && C.getBoolean("attn_output_gate").getValueOr(true);
+    Attention = H * double(F.Heads * F.HeadDim) * (Gate ? 2 : 1) + 2 * H * double(F.QueryGroups * F.HeadDim) +
                 double(F.Heads * F.HeadDim) * H;
   }
-  // Every shipped family gates its MLP (three matrices).
-  double DenseMlp = 3 * H * double(F.Ffn);
-  double Shared = 3 * H * double(F.SharedFfn) + (F.Experts ? H * double(F.Experts) : 0); // and the router
-  double MoeLayers = double(F.Layers - F.DenseLayers);
-  F.NonExpertPerLayer = Attention + (double(F.DenseLayers) * DenseMlp + MoeLayers * Shared) / double(F.Layers);
-  F.ExpertsPerMoeLayer = F.Experts ? 3 * H * double(F.MoeFfn) * double(F.Experts) : 0;
+  double DeltaNetMixer = 0;
+  if (DeltaNet) {
+    double NK = double(Int({"linear_num_key_heads"}, 16)), NV = double(Int({"linear_num_value_heads"}, 32));
+    double DK = double(Int({"linear_key_head_dim"}, 128)), DV = double(Int({"linear_value_head_dim"}, 128));
+    double Conv = double(Int({"linear_conv_kernel_dim"}, 4));
+    // in_proj [q k v z b a], conv1d over [q k v], A_log and dt_bias, the
+    // gated norm of one value head, out_proj.
+    DeltaNetMixer = H * (2 * NK * DK + 2 * NV * DV + 2 * NV) + (2 * NK * DK + NV * DV) * Conv + 2 * NV + DV +
+                    NV * DV * H;
+  }
+  double Mamba = 0;
+  if (Kinds.find('M') != std::string::npos) {
+    double Heads = double(Int({"mamba_num_heads"}, 2 * F.Hidden / Int({"mamba_head_dim"}, 64)));
+    double Inner = Heads * double(Int({"mamba_head_dim"}, 64));
+    double BC = 2 * double(Int({"n_groups"}, 8) * Int({"ssm_state_size"}, 128));
+    double Conv = double(Int({"conv_kernel"}, 4));
+    // in_proj [z x B C dt], conv1d over [x B C] with its bias, A_log, D,
+    // dt_bias, the gated norm, out_proj.
+    Mamba = H * (2 * Inner + BC + Heads) + (Inner + BC) * (Conv + 1) + 3 * Heads + Inner + Inner * H;
+  }
+  // A gated MLP has three matrices; a squared-ReLU one (Nemotron, Nemotron-H) two.
+  std::string Act = Str("mlp_hidden_act").empty() ? Str("hidden_act") : Str("mlp_hidden_act");
+  double Matrices = Act == "relu2" ? 2 : 3;
+  double DenseMlp = Matrices * H * double(F.Ffn);
+  double Shared = Matrices * H * double(F.SharedFfn) + (F.Experts ? H * double(F.Experts) : 0); // and the router
+  if (C.getInteger("shared_expert_intermediate_size") && DeltaNet)
+    Shared += H; // the shared expert's sigmoid gate
+  F.ExpertsPerMoeLayer = F.Experts ? Matrices * H * double(F.MoeFfn) * double(F.Experts) : 0;
+  double PerLayerSum = 0;
+  int64_t MoeLayers = 0;
+  if (!Kinds.empty()) {
+    for (char K : Kinds) {
+      PerLayerSum += K == 'M' ? Mamba : K == '*' ? Attention : K == '-' ? DenseMlp : K == 'E' ? Shared : 0;
+      MoeLayers += K == 'E';
+    }
+  } else {
+    MoeLayers = F.Layers - F.DenseLayers;
+    for (int64_t I = 0; I < F.Layers; ++I)
+      PerLayerSum += Linear[static_cast<size_t>(I)] ? DeltaNetMixer : Attention;
+    PerLayerSum += double(F.DenseLayers) * DenseMlp + double(MoeLayers) * Shared;
+  }
+  F.DenseLayers = F.Layers - MoeLayers;
+  F.NonExpertPerLayer = PerLayerSum / double(F.Layers);
   F.Embedding = double(F.Vocab) * H;
+  // A VLM's vision tower (kept as the HF module, whole on the first stage):
+  // its blocks' attention and MLP, the patch embedding and the merger into
+  // the language model's width.
+  if (const llvm::json::Object *V = Top.getObject("vision_config")) {
+    double VH = double(IntIn(*V, {"hidden_size", "embed_dim"}, 0));
+    double VI = double(IntIn(*V, {"intermediate_size"}, int64_t(4 * VH)));
+    double Depth = double(IntIn(*V, {"depth", "num_hidden_layers"}, 0));
+    double Patch = double(IntIn(*V, {"patch_size"}, 14)), Channels = double(IntIn(*V, {"in_channels", "num_channels"}, 3));
+    double Temporal = double(IntIn(*V, {"temporal_patch_size"}, 1));
+    double Merge = double(IntIn(*V, {"spatial_merge_size"}, 1));
+    double Out = double(IntIn(*V, {"out_hidden_size"}, F.Hidden));
+    // A SiLU tower's MLP is gated (Qwen2.5-VL), a GELU one (SigLIP) is not.
+    llvm::StringRef Act = V->getString("hidden_act").getValueOr("");
+    double VMatrices = Act == "silu" ? 3 : 2;
+    F.Vision = Depth * (4 * VH * VH + VMatrices * VH * VI) + Channels * Temporal * Patch * Patch * VH +
+               Merge * Merge * VH * (Merge * Merge * VH) + Merge * Merge * VH * Out;
+  }
   return true;
 }
 
@@ -238,7 +329,7 @@ bool readFacts(const llvm::json::Object &C, ModelFacts &F, std::string &Why) {
 
 double ModelFacts::total() const {
   return NonExpertPerLayer * double(Layers) + ExpertsPerMoeLayer * double(Layers - DenseLayers) +
-         Embedding * (Tied ? 1 : 2);
+         Embedding * (Tied ? 1 : 2) + Vision;
 }
 
 std::string Value::json() const {
@@ -564,7 +655,9 @@ private:
     // routed experts split by EP and ETP.
     const double Stage = First ? double(std::max(First, Last)) : std::ceil(double(M.Layers) / double(PP));
     const double MoeShare = double(M.Layers - M.DenseLayers) / double(M.Layers);
-    double DenseParams = (Stage * M.NonExpertPerLayer + M.Embedding * (PP == 1 && !M.Tied ? 2 : 1)) / double(TP);
+    // A VLM's vision tower is the HF module, whole on the first stage.
+    double DenseParams = (Stage * M.NonExpertPerLayer + M.Embedding * (PP == 1 && !M.Tied ? 2 : 1)) / double(TP) +
+                         M.Vision;
     double ExpertParams = Stage * MoeShare * M.ExpertsPerMoeLayer / double(EP * ETP);
     const bool DistOpt = B("distributed_optimizer");
     if (Mode == "peft") {

@@ -132,6 +132,7 @@ struct RecipeInfo {
   int Gpus = 0;
   Layout Par;
   double WeightBytes = 0, ActivationBytes = 0; ///< the estimate per GPU
+  double Parameters = 0;                       ///< the model's, counted from its config
 };
 std::vector<RecipeInfo> listRecipes();
 /// Recipe \p Name as "megatron-bridge-yaml" (a ConfigContainer override) or

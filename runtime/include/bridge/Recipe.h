@@ -14,7 +14,7 @@
 
 namespace bridge {
 
-inline constexpr unsigned kRecipeTableVersion = 1;
+inline constexpr unsigned kRecipeTableVersion = 2;
 
 struct RecipeSettingEntry {
   const char *Key;
@@ -27,6 +27,7 @@ struct RecipeEntry {
   Span<RecipeSettingEntry> Settings;
   const char *ModelConfig; ///< the model's config.json text
   double WeightBytes, ActivationBytes; ///< the estimate per GPU bridgec checked
+  double Parameters;                   ///< the model's, as bridgec counts them from its config
 };
 
 /// Every compiled recipe, in declaration order (defined by the generated

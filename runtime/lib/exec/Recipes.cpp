@@ -99,7 +99,7 @@ std::vector<RecipeInfo> listRecipes() {
   for (const RecipeEntry &R : allRecipes()) {
     Json S = settingsOf(R);
     Out.push_back({R.Name, R.Source, S.at("model").get<std::string>(), S.at("mode").get<std::string>(),
-                   S.at("gpus").get<int>(), layoutOf(S), R.WeightBytes, R.ActivationBytes});
+                   S.at("gpus").get<int>(), layoutOf(S), R.WeightBytes, R.ActivationBytes, R.Parameters});
   }
   return Out;
 }
@@ -234,10 +234,42 @@ std::string showRecipe(const std::string &Name, const std::string &Format, const
       Arg("--rope-scaling-factor", num(M.Value("rope_scaling_factor")));
     }
   }
+  if (M.Value("position_embedding_type") == "rope" && M.Value("rotary_percent").is_number() &&
+      M.Value("rotary_percent").get<double>() != 1.0)
+    Arg("--rotary-percent", num(M.Value("rotary_percent")));
   Arg("--normalization", M.Value("normalization").get<std::string>());
   Arg("--norm-epsilon", num(M.Value("layernorm_epsilon")));
+  auto On = [&](const char *F) { return M.Value(F).is_boolean() && M.Value(F).get<bool>(); };
+  if (On("layernorm_zero_centered_gamma"))
+    Arg("--apply-layernorm-1p");
   if (M.Value("gated_linear_unit").get<bool>() && M.Value("activation_func") == "silu")
     Arg("--swiglu");
+  if (!M.Value("gated_linear_unit").get<bool>() && M.Value("activation_func") == "squared_relu")
+    Arg("--squared-relu");
+  if (On("attention_output_gate"))
+    Arg("--attention-output-gate");
+  // Gated DeltaNet layers (Qwen3-Next): Megatron-LM spells each field with dashes.
+  if (M.Value("experimental_attention_variant").is_string()) {
+    Arg("--experimental-attention-variant", M.Value("experimental_attention_variant").get<std::string>());
+    const Json &Freq = M.Value("linear_attention_freq");
+    Arg("--linear-attention-freq", Freq.is_array() ? "'" + Freq.dump() + "'" : num(Freq)); // a Python list it evaluates
+    for (const char *F : {"linear_conv_kernel_dim", "linear_key_head_dim", "linear_value_head_dim",
+                          "linear_num_key_heads", "linear_num_value_heads"}) {
+      std::string Flag = "--" + std::string(F);
+      std::replace(Flag.begin(), Flag.end(), '_', '-');
+      Arg(Flag, Int(F));
+    }
+  }
+  // A hybrid Mamba model (pretrain_mamba.py's arguments).
+  if (M.Value("hybrid_override_pattern").is_string()) {
+    Arg("--hybrid-override-pattern", M.Value("hybrid_override_pattern").get<std::string>());
+    for (const char *F : {"mamba_state_dim", "mamba_head_dim", "mamba_num_groups", "mamba_num_heads"})
+      if (M.Value(F).is_number_integer()) {
+        std::string Flag = "--" + std::string(F);
+        std::replace(Flag.begin(), Flag.end(), '_', '-');
+        Arg(Flag, Int(F));
+      }
+  }
   if (!M.Value("add_bias_linear").get<bool>())
     Arg("--disable-bias-linear");
   if (M.Value("add_qkv_bias").get<bool>())
@@ -256,7 +288,8 @@ std::string showRecipe(const std::string &Name, const std::string &Format, const
     // Router and layer pattern, where the model sets them: Megatron-LM
     // spells each field's name with dashes.
     for (const char *F : {"moe_router_score_function", "moe_router_num_groups", "moe_router_group_topk",
-                          "moe_router_topk_scaling_factor", "moe_router_load_balancing_type", "moe_aux_loss_coeff"}) {
+                          "moe_router_topk_scaling_factor", "moe_router_load_balancing_type", "moe_aux_loss_coeff",
+                          "moe_router_dtype"}) {
       const Json &V = M.Value(F);
       std::string Flag = "--" + std::string(F);
       std::replace(Flag.begin(), Flag.end(), '_', '-');
@@ -337,6 +370,13 @@ std::string showRecipe(const std::string &Name, const std::string &Format, const
                     " (norms after attention and MLP, logit soft-capping): these arguments describe its layout "
                     "and training, not a model Megatron-LM can build; train it with Megatron-Bridge (--format "
                     "megatron-bridge-yaml)");
+  if (M.Value("hybrid_override_pattern").is_string())
+    Notes.push_back(Model + " is a hybrid Mamba model: run these arguments with Megatron-LM's pretrain_mamba.py, "
+                            "not pretrain_gpt.py");
+  if (M.Value("vision_model").is_string())
+    Notes.push_back(Model + " is a vision-language model: these arguments describe its language model; Megatron-LM "
+                            "builds no HF vision tower, so train it with Megatron-Bridge (--format "
+                            "megatron-bridge-yaml)");
   if (Peft)
     Notes.push_back("Megatron-LM has no LoRA: recipe " + std::string(R.Name) + "'s adapters (dim " + num(S.at("lora_dim")) +
                     ", alpha " + num(S.at("lora_alpha")) +

@@ -440,7 +440,8 @@ int cmdRecipe(const Options &O) {
                      {"gpus", R.Gpus},
                      {"layout", {{"tp", R.Par.TP}, {"pp", R.Par.PP}, {"vpp", R.Par.VPP}, {"ep", R.Par.EP},
                                  {"etp", R.Par.ETP}}},
-                     {"estimate_gib", (R.WeightBytes + R.ActivationBytes) / double(1ull << 30)}});
+                     {"estimate_gib", (R.WeightBytes + R.ActivationBytes) / double(1ull << 30)},
+                     {"parameters", R.Parameters}});
       std::printf("%s\n", J.dump(2).c_str());
       return 0;
     }

@@ -44,6 +44,8 @@ struct ModelFacts {
   /// Parameters: attention and dense MLP or shared experts per layer (on
   /// average), routed experts per MoE layer, embedding (one copy).
   double NonExpertPerLayer = 0, ExpertsPerMoeLayer = 0, Embedding = 0;
+  /// A VLM's vision tower (the HF module, whole on the first stage).
+  double Vision = 0;
   double total() const;
 };
 
