@@ -65,7 +65,7 @@ def _transformers_parameters(config_path: Path) -> int:
     return sum(p.numel() for p in model.parameters()) + buffers
 
 
-@pytest.mark.parametrize("model", sorted({p.stem for p in MODELS.glob("*.json")}))
+@pytest.mark.parametrize("model", sorted({p.stem for p in MODELS.glob("*.json") if not p.stem.endswith(".defaults")}))
 def test_parameter_count_is_transformers_own(listing, model):
     """bridgec's count from config.json (GQA, MLA, output-gated attention,
     Gated DeltaNet, Mamba, squared-ReLU MLPs, experts, a VLM's tower; norms
@@ -76,6 +76,22 @@ def test_parameter_count_is_transformers_own(listing, model):
     want = _transformers_parameters(MODELS / f"{model}.json")
     got = ours.pop()
     assert abs(got - want) <= 1e-3 * want, f"{model}: bridgec counts {got:,.0f}, transformers {want:,}"
+
+
+@pytest.mark.parametrize("defaults", sorted(p.name for p in MODELS.glob("*.defaults.json")))
+def test_class_defaults_beside_a_config_are_transformers_own(defaults):
+    """What bridgec reads for the keys a published config leaves out is what
+    the installed transformers' config class gives (scripts/class_defaults.py
+    rewrites the file when transformers changes its defaults)."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import class_defaults
+
+    written = json.loads((MODELS / defaults).read_text())
+    fresh = class_defaults.class_defaults(MODELS / defaults.replace(".defaults.json", ".json"))
+    written.pop("transformers"), fresh.pop("transformers")
+    assert written == fresh
 
 
 def _args(text: str) -> dict[str, str | bool]:

@@ -319,8 +319,14 @@ bool readFacts(const llvm::json::Object &Top, ModelFacts &F, std::string &Why) {
     // A SiLU tower's MLP is gated (Qwen2.5-VL), a GELU one (SigLIP) is not.
     llvm::StringRef Act = V->getString("hidden_act").getValueOr("");
     double VMatrices = Act == "silu" ? 3 : 2;
-    F.Vision = Depth * (4 * VH * VH + VMatrices * VH * VI) + Channels * Temporal * Patch * Patch * VH +
-               Merge * Merge * VH * (Merge * Merge * VH) + Merge * Merge * VH * Out;
+    // Learned patch positions where the tower has a fixed image size (SigLIP).
+    double Image = double(IntIn(*V, {"image_size"}, 0));
+    double Positions = Image > 0 ? (Image / Patch) * (Image / Patch) * VH : 0;
+    // Into the language model: a merger of Merge x Merge patches (an MLP,
+    // Qwen2.5-VL), else one projection (Gemma 3).
+    double Merger = Merge > 1 ? Merge * Merge * VH * (Merge * Merge * VH) + Merge * Merge * VH * Out : VH * Out;
+    F.Vision = Depth * (4 * VH * VH + VMatrices * VH * VI) + Channels * Temporal * Patch * Patch * VH + Positions +
+               Merger;
   }
   return true;
 }
@@ -550,6 +556,32 @@ private:
       return false;
     }
     const llvm::json::Object *Obj = Json->getAsObject();
+    // A config that leaves sizes to transformers' class defaults (Gemma 3's
+    // text_config) has them beside it, as scripts/class_defaults.py wrote them
+    // from transformers: {"section": <"text_config" or "">, "defaults": {...}};
+    // a key the file gives wins.
+    llvm::json::Value Merged = Obj ? llvm::json::Value(llvm::json::Object(*Obj)) : llvm::json::Value(nullptr);
+    llvm::SmallString<256> DefaultsPath(ModelsDir);
+    llvm::sys::path::append(DefaultsPath, File + ".defaults.json");
+    if (auto DefBuf = llvm::MemoryBuffer::getFile(DefaultsPath); DefBuf && Obj) {
+      llvm::Expected<llvm::json::Value> Def = llvm::json::parse((*DefBuf)->getBuffer());
+      const llvm::json::Object *D = Def ? Def->getAsObject() : nullptr;
+      const llvm::json::Object *Values = D ? D->getObject("defaults") : nullptr;
+      llvm::StringRef Section = D ? D->getString("section").getValueOr("") : "";
+      llvm::json::Object *Into = Merged.getAsObject();
+      if (!Section.empty())
+        Into = Into->getObject(Section);
+      if (!Values || !Into) {
+        Diags.emit(DiagId::ModelConfigUnreadable, At("model"), Model,
+                   DefaultsPath.str().str() + " is not {\"section\": ..., \"defaults\": {...}} for this config" +
+                       (Def ? "" : ": " + llvm::toString(Def.takeError())));
+        return false;
+      }
+      for (const auto &[Key, V] : *Values)
+        Into->try_emplace(Key, V);
+      Read.insert(DefaultsPath.str().str());
+    }
+    Obj = Merged.getAsObject();
     std::string Why;
     if (!Obj || !readFacts(*Obj, Out.Facts, Why)) {
       Diags.emit(DiagId::ModelConfigUnreadable, At("model"), Model, Path.str().str() + ": " + (Obj ? Why : "not an object"));
