@@ -500,6 +500,36 @@ def test_qwen3_next_mtp_tensors_are_named_not_dropped(bridge_run, tiny_checkpoin
     _nothing_written(tmp_path / "out")
 
 
+@pytest.mark.parametrize("change,want", [
+    ({"indexer_types": ["full", "shared"]}, "shared indexer layers"),
+    ({"indexer_types": None, "index_topk_freq": 2}, "shared indexer layers"),
+    ({"indexer_types": None, "index_topk_pattern": "FS"}, "shared indexer layers"),
+    ({"index_head_dim": 64}, "index_n_heads 32, index_head_dim 128 and qk_rope_head_dim 64 only"),
+    ({"q_lora_rank": None}, "without q_lora_rank"),
+    ({"rope_parameters": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 4096,
+                          "rope_theta": 1000000.0}}, "GLM-5 with rope scaling"),
+    ({"norm_topk_prob": False}, "without norm_topk_prob"),
+    ({"num_experts_per_tok": 1, "n_group": 1, "topk_group": 1}, "one expert per token"),
+    ({"n_group": 2, "topk_group": 2}, "group routing needs num_experts_per_tok = 2 * topk_group"),
+    ({"mlp_layer_types": ["dense"]}, "mlp_layer_types must name one type per layer"),
+    ({"mlp_bias": True}, "mlp_bias"),
+], ids=["shared-indexer", "index-topk-freq", "index-topk-pattern", "indexer-sizes", "no-q-lora", "rope-scaling",
+        "unnormalized", "top-1", "group-scoring", "mlp-layer-types", "mlp-bias"])
+def test_glm_moe_dsa_configs_it_does_not_convert_are_refused(bridge_run, tiny_checkpoints, tmp_path, change, want):
+    """Megatron-Core 0.16.1 runs the indexer in every layer (no shared top-k);
+    the indexer's heads are reordered for GLM-5's sizes alone; its query
+    comes from the query LoRA; the router must be the one Megatron-Core
+    computes as transformers does."""
+    hf = tmp_path / "hf"
+    shutil.copytree(tiny_checkpoints("glm5").path, hf)
+    cfg = json.loads((hf / "config.json").read_text())
+    cfg.update(change)
+    (hf / "config.json").write_text(json.dumps(cfg))
+    r = _import(bridge_run, hf, tmp_path / "out")
+    assert r.returncode == 1 and want in r.stderr and "mapping 'glm_moe_dsa'" in r.stderr, r.stderr
+    _nothing_written(tmp_path / "out")
+
+
 def test_vlm_text_section_wins_over_the_top_level(bridge_run, tiny_checkpoints, tmp_path):
     """A config that keeps a language field at both levels (transformers 4.5x
     saved some so): transformers builds the model from text_config, and so

@@ -118,6 +118,22 @@ def _expected(ckpt: tiny_models.TinyCheckpoint) -> dict:
             assert cfg.norm_topk_prob and cfg.rope_interleave
             exp.update(moe_router_score_function="sigmoid", moe_router_enable_expert_bias=True,
                        moe_router_dtype="fp32", moe_router_num_groups=cfg.n_group, moe_router_group_topk=cfg.topk_group)
+        if cfg.model_type == "glm_moe_dsa":
+            # GlmMoeDsaTopkRouter (sigmoid in fp32, the expert bias for the
+            # choice) on the layers mlp_layer_types makes sparse; DeepSeek
+            # Sparse Attention with the indexer's sizes as the HF module has them.
+            sparse = [int(t == "sparse") for t in cfg.mlp_layer_types]
+            for i in range(cfg.num_hidden_layers):
+                assert (f"model.layers.{i}.mlp.gate.e_score_correction_bias" in keys) == bool(sparse[i])
+            idx = "model.layers.0.self_attn.indexer."
+            assert keys[idx + "wq_b.weight"] == (cfg.index_n_heads * cfg.index_head_dim, cfg.q_lora_rank)
+            assert keys[idx + "wk.weight"] == (cfg.index_head_dim, cfg.hidden_size)
+            assert keys[idx + "weights_proj.weight"] == (cfg.index_n_heads, cfg.hidden_size)
+            assert set(cfg.indexer_types) == {"full"}
+            exp.update(moe_layer_freq=sparse, moe_router_score_function="sigmoid", moe_router_enable_expert_bias=True,
+                       moe_router_dtype="fp32", moe_router_num_groups=cfg.n_group, moe_router_group_topk=cfg.topk_group,
+                       experimental_attention_variant="dsa", dsa_indexer_n_heads=cfg.index_n_heads,
+                       dsa_indexer_head_dim=cfg.index_head_dim, dsa_indexer_topk=cfg.index_topk)
         return exp
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
     # The attention's real q rows / heads (what the HF module uses).

@@ -43,7 +43,7 @@ def _recipe_op(tensor: dict) -> str | None:
 def _nested_shape(recipe: str, shapes: dict) -> tuple:
     """The shape a chain of layout ops gives from the HF shapes (independent of
     the runtime): expert drops dim 0, transpose swaps two dims, an interleaved
-    gate/up keeps its shape (rows must pair up)."""
+    gate/up and a transform (@swap_halves) keep their shape (rows must pair up)."""
     recipe = recipe.strip()
     if "(" not in recipe:
         return tuple(shapes[recipe.rstrip("?")])
@@ -68,6 +68,12 @@ def _nested_shape(recipe: str, shapes: dict) -> tuple:
         return (x[1], x[0])
     if op == "gate_up_interleaved":
         assert x[0] % 2 == 0, recipe
+        return x
+    if op == "@":
+        # A registered transform: @swap_halves keeps the shape (halves of dim 0).
+        assert x[0] % 2 == 0, recipe
+        return x
+    if op == "identity":
         return x
     raise AssertionError(f"no shape rule for {op!r} in {recipe}")
 
@@ -211,7 +217,7 @@ def test_plan_shapes_compose_from_hf_shapes(
                 errors.append(f"gate_up rows differ or are odd: {where}")
         elif op == "rows":
             pass  # checked above, all blocks of a tensor together
-        elif op in ("expert", "transpose", "gate_up_interleaved"):
+        elif op in ("expert", "transpose", "gate_up_interleaved", "identity", "@"):
             got = _nested_shape(t["recipe"], ckpt.tensors)
             if got != shape:
                 errors.append(f"{op} chain gives {got}: {where}")

@@ -317,6 +317,19 @@ FAMILIES += [
                 "max_position_embeddings": 131072},
     ),
     Family(
+        "glm5",
+        "glm_moe_dsa",
+        "glm_moe_dsa",
+        "zai-org__GLM-5.json",
+        "DeepSeek-V3's decoder (MLA with query LoRA, the first layers dense, a sigmoid router with expert bias and "
+        "renormalized, scaled top-k beside a shared expert) with DeepSeek Sparse Attention's indexer in every layer "
+        "(wq_b, wk, a LayerNorm k_norm with bias, weights_proj), its rotary half stored first in each head",
+        # GLM-5's own indexer sizes (the mapping reorders each indexer head
+        # as these sizes allow) and a top-k shorter than the test sequences.
+        tiny={"qk_rope_head_dim": 64, "head_dim": 64, "qk_head_dim": 80, "index_n_heads": 32,
+              "index_head_dim": 128, "index_topk": 4},
+    ),
+    Family(
         "hy3-preview",
         "hy_v3",
         "hy_v3",
