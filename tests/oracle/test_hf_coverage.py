@@ -198,9 +198,9 @@ def test_plan_shapes_compose_from_hf_shapes(
                 errors.append(f"qkv_gated rows are not 2*heads*kv_channels / groups*kv_channels: {where}")
             elif q[0] + k[0] + v[0] != shape[0]:
                 errors.append(f"qkv_gated rows do not add up: {where}")
-        elif op == "norm_offset":
+        elif op in ("norm_offset", "roll_rows"):
             if src[0] != shape:
-                errors.append(f"norm_offset shape differs: {where}")
+                errors.append(f"{op} shape differs: {where}")
         elif op == "gated_mlp":
             g, u = src
             if g != u:

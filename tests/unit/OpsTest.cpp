@@ -225,6 +225,24 @@ TEST_CASE("expert and rows: the slices export assembles tile their source exactl
         }).find("put back by export") != std::string::npos);
 }
 
+TEST_CASE("roll_rows: each group's first rows move last, and back") {
+  Attention A(4, 2, 2);
+  // Two heads of 4 rows, rotary part 1 first: [r a b c | r' a' b' c'] ->
+  // [a b c r | a' b' c' r'].
+  at::Tensor X = at::arange(8, at::kFloat).reshape({8, 1}).repeat({1, 3});
+  at::Tensor Got = forward(Op::RollRows, Transform::None, {X}, {{"shift", 1}, {"groups", 2}}, A.Cfg, "t");
+  at::Tensor Rows = at::tensor(std::vector<int64_t>{1, 2, 3, 0, 5, 6, 7, 4});
+  CHECK(sameBytes(Got, X.index_select(0, Rows)));
+  checkRoundTrip(Op::RollRows, {randomOf({8, 3}, at::kBFloat16)}, A.Cfg, {{"shift", 3}, {"groups", 2}});
+  checkRoundTrip(Op::RollRows, {randomOf({6}, at::kBFloat16)}, A.Cfg, {{"shift", 2}, {"groups", 1}});
+  CHECK(errorOf([&] {
+          forward(Op::RollRows, Transform::None, {X}, {{"shift", 1}, {"groups", 3}}, A.Cfg, "r");
+        }).find("has no 3 equal row groups") != std::string::npos);
+  CHECK(errorOf([&] {
+          forward(Op::RollRows, Transform::None, {X}, {{"shift", 5}, {"groups", 2}}, A.Cfg, "r");
+        }).find("shift 5 is outside a group of 4 rows") != std::string::npos);
+}
+
 TEST_CASE("dequantization agrees with its format's definition") {
   Attention A(4, 2, 2);
   // FP8 e4m3 with 128x128 block scales (the last block partial), fp32 product, bf16.

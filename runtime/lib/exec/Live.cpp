@@ -331,6 +331,7 @@ bool LiveModel::movesRows(const PlannedTensor &PT) const {
     case Op::FuseGatedMLP:
     case Op::GateUpConcat:
     case Op::GateUpInterleaved:
+    case Op::RollRows:
     case Op::SelectExpert:
       break;
     default:

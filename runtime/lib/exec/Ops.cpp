@@ -56,6 +56,18 @@ void expectRows(const at::Tensor &T, int64_t Rows, const char *What, const std::
                     " rows (" + Formula + ")");
 }
 
+/// Within each of \p Groups equal row groups of \p X, rows [Shift, end)
+/// then rows [0, Shift).
+at::Tensor rollRows(const at::Tensor &X, int64_t Shift, int64_t Groups, const std::string &Where) {
+  if (Groups < 1 || X.dim() < 1 || X.size(0) % Groups)
+    fail(Where, "roll_rows: " + shapeText(X.sizes()) + " has no " + std::to_string(Groups) + " equal row groups");
+  const int64_t Rows = X.size(0) / Groups;
+  if (Shift < 0 || Shift > Rows)
+    fail(Where, "roll_rows: shift " + std::to_string(Shift) + " is outside a group of " + std::to_string(Rows) + " rows");
+  at::Tensor G = X.reshape(withLead({Groups, Rows}, X));
+  return at::cat({G.narrow(1, Shift, Rows - Shift), G.narrow(1, 0, Shift)}, 1).reshape(X.sizes());
+}
+
 at::Tensor fuseQKV(const at::Tensor &Q, const at::Tensor &K, const at::Tensor &V, const Heads &H,
                    const std::string &Where) {
   std::string Dims = std::to_string(H.NH) + " heads × " + std::to_string(H.D);
@@ -244,6 +256,8 @@ at::Tensor forward(Op Kind, Transform Custom, const std::vector<at::Tensor> &In,
     at::Tensor Rows = B.slot(In[0]);
     return B.Groups == 1 ? Rows : Rows.reshape(withLead({B.Groups * B.Size}, In[0]));
   }
+  case Op::RollRows:
+    return rollRows(In[0], paramInt(P, "shift", Where), paramInt(P, "groups", Where), Where);
   case Op::Transpose:
     if (In[0].dim() != 2)
       fail(Where, "transpose needs a matrix, got " + shapeText(In[0].sizes()));
@@ -382,6 +396,13 @@ std::vector<at::Tensor> inverse(Op Kind, Transform Custom, const at::Tensor &Out
     auto Parts = Out.chunk(2, 0);
     at::Tensor X = at::stack({Parts[0], Parts[1]}, 1);
     return {X.reshape(withLead({Out.size(0)}, Out)).contiguous()};
+  }
+  case Op::RollRows: {
+    // The last shift rows of each group back to its front.
+    int64_t Groups = paramInt(P, "groups", Where), Shift = paramInt(P, "shift", Where);
+    if (Groups < 1 || Out.dim() < 1 || Out.size(0) % Groups)
+      fail(Where, "roll_rows: " + shapeText(Out.sizes()) + " has no " + std::to_string(Groups) + " equal row groups");
+    return {rollRows(Out, Out.size(0) / Groups - Shift, Groups, Where)};
   }
   case Op::Transpose:
     return {Out.t().contiguous()};
