@@ -11,7 +11,9 @@ checked byte for byte by ctest golden-recipes):
 - the micro-batch calculator accepts the global batch for that data-parallel
   size;
 - the Megatron-LM arguments say what the YAML says.
-And the command line: recipe list/show, import --recipe.
+And the command line: recipe list/show, import --recipe. And the numbers
+recipe list gives: the parameter count against transformers' model, the
+training FLOPs per token against Megatron-Bridge 0.6.2's own formula.
 """
 
 from __future__ import annotations
@@ -209,3 +211,142 @@ def test_megatron_core_refuses_what_bridgec_refuses(bridge_run, mcore_classes):
     routed.tc_kwargs.update(tensor_model_parallel_size=3, sequence_parallel=True)
     with pytest.raises(ValueError, match="tensor_model_parallel_size"):
         megatron_oracle.make_transformer_config(routed)
+
+
+# ---- FLOPs per token against Megatron-Bridge's own formula ---------------------
+
+MBRIDGE_SITE = Path("/tmp/mbsite")
+FLOP_UTILS = MBRIDGE_SITE / "megatron" / "bridge" / "training" / "utils" / "flop_utils.py"
+MBRIDGE_WHEEL = ROOT / ".peers" / "whl" / "megatron_bridge-0.6.2-py3-none-any.whl"
+
+# Families Megatron-Bridge 0.6.2's num_floating_point_operations counts
+# otherwise than the model computes, so no agreement is asked of them.
+FLOPS_NOT_COMPARED = {
+    "nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-BF16": (
+        "Megatron-Bridge's hybrid formula (mamba_layer_flops) takes Mamba-2's inner width as 2 x hidden_size "
+        "(5376), while Nemotron 3 Nano's mixer is mamba_num_heads x mamba_head_dim = 64 x 64 = 4096 wide; "
+        "its in_proj (25%), out_proj and scan (31% each) larger than the model's"
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def mbridge_flops():
+    """Megatron-Bridge 0.6.2's num_floating_point_operations, loaded from its
+    own file in the wheel. The package does not import against this
+    machine's transformers and megatron-core, so the few names flop_utils.py
+    imports are stand-ins holding only what the formula calls (the padded
+    vocabulary, the hybrid pattern's layer counts); the formula is theirs."""
+    import importlib.util
+    import sys
+    import types
+    import zipfile
+
+    if not FLOP_UTILS.exists():
+        if not MBRIDGE_WHEEL.exists():
+            pytest.skip(f"no Megatron-Bridge wheel at {MBRIDGE_WHEEL}")
+        zipfile.ZipFile(MBRIDGE_WHEEL).extractall(MBRIDGE_SITE)
+
+    class Symbols:
+        MAMBA, ATTENTION, MLP, MOE, GDN, PIPE = "M", "*", "-", "E", "G", "|"
+
+    def get_hybrid_layer_counts(pattern):
+        return {s: pattern.count(s) for s in "M*-EG"}
+
+    def parse_hybrid_pattern(pattern):
+        return types.SimpleNamespace(main_pattern=pattern, mtp_pattern=None, mtp_num_depths=0)
+
+    def calculate_padded_vocab_size(vocab_size, divisible_by, tp, logging_enabled=True):
+        multiple = divisible_by * tp
+        return (vocab_size + multiple - 1) // multiple * multiple
+
+    class LoRA:  # isinstance() target only
+        pass
+
+    stand_ins = {
+        "megatron.core.models.hybrid": {},
+        "megatron.core.models.hybrid.hybrid_layer_allocation": dict(
+            Symbols=Symbols, get_hybrid_layer_counts=get_hybrid_layer_counts, parse_hybrid_pattern=parse_hybrid_pattern
+        ),
+        "megatron.bridge": {},
+        "megatron.bridge.data": {},
+        "megatron.bridge.data.packing": {},
+        "megatron.bridge.data.packing.algorithms": dict(calculate_avg_seqlen=None),
+        "megatron.bridge.peft": {},
+        "megatron.bridge.peft.lora": dict(LoRA=LoRA),
+        "megatron.bridge.training": {},
+        "megatron.bridge.training.config": dict(ConfigContainer=object),
+        "megatron.bridge.utils": {},
+        "megatron.bridge.utils.vocab_utils": dict(calculate_padded_vocab_size=calculate_padded_vocab_size),
+    }
+    saved = {name: sys.modules.get(name) for name in stand_ins}
+    try:
+        for name, attrs in stand_ins.items():
+            m = types.ModuleType(name)
+            m.__dict__.update(attrs)
+            sys.modules[name] = m
+        spec = importlib.util.spec_from_file_location("mbridge_flop_utils", FLOP_UTILS)
+        flop_utils = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(flop_utils)
+    finally:
+        for name, old in saved.items():
+            if old is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = old
+    return flop_utils.num_floating_point_operations
+
+
+_megatron_configs: dict[str, dict] = {}
+
+
+def _megatron_config(bridge_run, model: str, tmp_path_factory) -> dict:
+    """The model's Megatron config as import computes it from config.json."""
+    if model not in _megatron_configs:
+        stem = model.replace("/", "__")
+        d = tmp_path_factory.mktemp(stem)
+        (d / "config.json").write_text((MODELS / f"{stem}.json").read_text())
+        defaults = MODELS / f"{stem}.defaults.json"
+        if defaults.exists():
+            (d / defaults.name).write_text(defaults.read_text())
+        r = _run(bridge_run, "config", "--hf", str(d), "--json")
+        assert r.returncode == 0, r.stderr
+        _megatron_configs[model] = json.loads(r.stdout)["megatron"]
+    return _megatron_configs[model]
+
+
+def mbridge_flops_per_token(flops, megatron: dict, seq_length: int, tp: int, global_batch: int) -> float:
+    """Megatron-Bridge's FLOPs of one global batch over its tokens."""
+    from types import SimpleNamespace
+
+    model = dict(megatron, seq_length=seq_length, tensor_model_parallel_size=tp)
+    if megatron.get("is_hybrid_model"):
+        model["hybrid_layer_pattern"] = megatron.get("hybrid_override_pattern")
+    cfg = SimpleNamespace(model=SimpleNamespace(**model), peft=None)
+    return flops(cfg, global_batch) / (global_batch * seq_length)
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_flops_per_token_is_megatron_bridges(bridge_run, listing, mbridge_flops, tmp_path_factory, name):
+    """bridgec's training FLOPs per token (recipe list's flops_per_token) are
+    within 2% of Megatron-Bridge 0.6.2's num_floating_point_operations on the
+    same Megatron config (import's, from config.json), seq_length, TP and
+    global batch; the ratio is printed (docs/recipes.md's table)."""
+    import yaml
+
+    info = listing[name]
+    r = _run(bridge_run, "recipe", "show", name, "--format", "megatron-bridge-yaml")
+    assert r.returncode == 0, r.stderr
+    y = yaml.safe_load(r.stdout)
+    theirs = mbridge_flops_per_token(
+        mbridge_flops,
+        _megatron_config(bridge_run, info["model"], tmp_path_factory),
+        y["model"]["seq_length"],
+        y["model"]["tensor_model_parallel_size"],
+        y["train"]["global_batch_size"],
+    )
+    ours = info["flops_per_token"]
+    print(f"{name}: ours {ours / 1e9:.3f} GFLOPs/token, Megatron-Bridge {theirs / 1e9:.3f}, ratio {ours / theirs:.4f}")
+    if info["model"] in FLOPS_NOT_COMPARED:
+        pytest.skip(f"{FLOPS_NOT_COMPARED[info['model']]} (ratio {ours / theirs:.4f})")
+    assert abs(ours / theirs - 1) <= 0.02, f"{name}: ours {ours:.4e}, Megatron-Bridge {theirs:.4e}"

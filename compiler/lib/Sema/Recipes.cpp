@@ -305,6 +305,108 @@ bool readFacts(const llvm::json::Object &Top, ModelFacts &F, std::string &Why) {
   F.DenseLayers = F.Layers - MoeLayers;
   F.NonExpertPerLayer = PerLayerSum / double(F.Layers);
   F.Embedding = double(F.Vocab) * H;
+  // Training FLOPs of one token, counted as Megatron-LM and Megatron-Bridge
+  // count model FLOPs (flop_utils.py): a matrix product costs 2 FLOPs per
+  // weight a token passes through in the forward pass, and forward plus
+  // backward (activation and weight gradients) is 3x the forward. So every
+  // projection counted above as parameters costs 2x its parameters forward:
+  // - attention: the Q (doubled by an output gate), K, V and output
+  //   projections; multi-latent attention: the query LoRA down and up (or the
+  //   plain query projection), the KV LoRA down (with the shared rotary key)
+  //   and up into keys and values, the output projection;
+  // - attention's core: QK^T and softmax(QK^T)V, 2 FLOPs per key a query
+  //   attends to and per head dimension (query-key dims plus value dims; for
+  //   MLA qk_nope + qk_rope and v_head_dim). A causal query sees s/2 keys on
+  //   average (Megatron's count), a sliding window W < s sees
+  //   W - W(W-1)/(2s) (the exact causal average); flopsPerToken adds these;
+  // - a dense MLP: its two (squared ReLU) or three (gated) matrices;
+  // - experts: the top-k routed experts' matrices (not all experts), the
+  //   shared experts, the router (hidden x experts, which Megatron-Bridge
+  //   leaves out) and a shared expert's gate;
+  // - Gated DeltaNet: in_proj, the short convolution (kernel taps per
+  //   channel), out_proj, and the delta-rule recurrence: 4 products of a
+  //   key head dim x value head dim state per value head (read, decay,
+  //   update, query), Megatron-Bridge's count;
+  // - Mamba-2: in_proj, the convolution (left out by Megatron-Bridge),
+  //   out_proj, and the SSD scan as Megatron-Bridge estimates it:
+  //   7 x d_inner x ssm_state_size FLOPs (d_inner = mamba heads x head dim);
+  // - multi-token-prediction layers (DeepSeek-V3, GLM-4.5 train one): a
+  //   layer of the last layer's kind, the 2h -> h projection before it, and
+  //   one more logits layer each;
+  // - the logits layer: hidden x padded vocabulary (flopsPerToken).
+  // Left out: norms, biases, softmax and activations, rotary embeddings,
+  // the embedding lookup, and a VLM's vision tower (its cost depends on the
+  // image patches per sample, not on the text token).
+  {
+    double TopKExperts = F.Experts ? Matrices * H * double(F.MoeFfn) * double(F.TopK) : 0;
+    double Moe = 2 * (Shared + TopKExperts), Dense = 2 * DenseMlp;
+    double AttentionLinear = 2 * Attention;
+    double CoreWidth;
+    if (auto KvLora = C.getInteger("kv_lora_rank"); KvLora && *KvLora)
+      CoreWidth = double(F.Heads) * double(Int({"qk_nope_head_dim"}, 128) + Int({"qk_rope_head_dim"}, 64) +
+                                          Int({"v_head_dim"}, 128));
+    else
+      CoreWidth = 2 * double(F.Heads * F.HeadDim);
+    double DeltaNetFlops = 0;
+    if (DeltaNet)
+      DeltaNetFlops = 2 * DeltaNetMixer + 2 * 4 * double(Int({"linear_num_value_heads"}, 32)) *
+                                              double(Int({"linear_key_head_dim"}, 128)) *
+                                              double(Int({"linear_value_head_dim"}, 128));
+    double MambaFlops = 0;
+    if (Mamba > 0) {
+      double Inner = double(Int({"mamba_num_heads"}, 2 * F.Hidden / Int({"mamba_head_dim"}, 64))) *
+                     double(Int({"mamba_head_dim"}, 64));
+      MambaFlops = 2 * Mamba + 7 * Inner * double(Int({"ssm_state_size"}, 128));
+    }
+    // Sliding windows: layer_types where given (gpt-oss), else every other
+    // layer from the first (Gemma 2), every layer but each
+    // sliding_window_pattern-th (Gemma 3), or every layer (Mistral, Phi-3);
+    // none where use_sliding_window is false (Qwen).
+    int64_t Window = C.getBoolean("use_sliding_window").getValueOr(true) ? Int({"sliding_window"}, 0) : 0;
+    const llvm::json::Array *LayerTypes = C.getArray("layer_types");
+    int64_t Pattern = Int({"sliding_window_pattern", "_sliding_window_pattern"}, 6);
+    auto WindowOf = [&](int64_t I) -> int64_t {
+      if (!Window)
+        return 0;
+      if (LayerTypes && !DeltaNet)
+        return size_t(I) < LayerTypes->size() &&
+                       (*LayerTypes)[size_t(I)].getAsString().getValueOr("") == "sliding_attention"
+                   ? Window
+                   : 0;
+      if (Type && *Type == "gemma2")
+        return I % 2 == 0 ? Window : 0;
+      if (Type && Type->startswith("gemma3"))
+        return (I + 1) % Pattern != 0 ? Window : 0;
+      return Window;
+    };
+    double Fwd = 0;
+    if (!Kinds.empty()) {
+      for (size_t I = 0; I < Kinds.size(); ++I) {
+        char K = Kinds[I];
+        Fwd += K == 'M' ? MambaFlops : K == '*' ? AttentionLinear : K == '-' ? Dense : K == 'E' ? Moe : 0;
+        if (K == '*')
+          F.Cores.push_back({CoreWidth, WindowOf(int64_t(I))});
+      }
+    } else {
+      for (int64_t I = 0; I < F.Layers; ++I) {
+        if (Linear[size_t(I)]) {
+          Fwd += DeltaNetFlops;
+        } else {
+          Fwd += AttentionLinear;
+          F.Cores.push_back({CoreWidth, WindowOf(I)});
+        }
+      }
+      Fwd += double(F.DenseLayers) * Dense + double(MoeLayers) * Moe;
+      F.MtpLayers = Int({"num_nextn_predict_layers"}, 0);
+      bool LastLinear = F.Layers > 0 && Linear[size_t(F.Layers - 1)];
+      for (int64_t M = 0; M < F.MtpLayers; ++M) {
+        Fwd += 2 * 2 * H * H + (LastLinear ? DeltaNetFlops : AttentionLinear) + (MoeLayers ? Moe : Dense);
+        if (!LastLinear)
+          F.Cores.push_back({CoreWidth, WindowOf(F.Layers - 1)});
+      }
+    }
+    F.ForwardLinearFlops = Fwd;
+  }
   // A VLM's vision tower (kept as the HF module, whole on the first stage):
   // its blocks' attention and MLP, the patch embedding and the merger into
   // the language model's width.
@@ -336,6 +438,19 @@ bool readFacts(const llvm::json::Object &Top, ModelFacts &F, std::string &Why) {
 double ModelFacts::total() const {
   return NonExpertPerLayer * double(Layers) + ExpertsPerMoeLayer * double(Layers - DenseLayers) +
          Embedding * (Tied ? 1 : 2) + Vision;
+}
+
+double ModelFacts::flopsPerToken(int64_t SeqLength, int64_t TP) const {
+  double S = double(SeqLength);
+  int64_t Multiple = 128 * std::max<int64_t>(TP, 1);
+  double PaddedVocab = double((Vocab + Multiple - 1) / Multiple * Multiple);
+  double Fwd = ForwardLinearFlops + 2 * double(Hidden) * PaddedVocab * double(1 + MtpLayers);
+  for (const CoreAttention &A : Cores) {
+    double W = double(A.Window);
+    double Context = A.Window > 0 && W < S ? W - W * (W - 1) / (2 * S) : S / 2;
+    Fwd += 2 * A.Width * Context;
+  }
+  return 3 * Fwd;
 }
 
 std::string Value::json() const {
@@ -728,6 +843,7 @@ private:
       InFlight = double(PP) * (1 + double(PP - 1) / double(PP * VPP));
     double Logits = PP == 1 ? 4 * Sq * Mb * double(M.Vocab) / double(TP * CP) : 0; // fp32 logits
     Out.Memory.Activations = PerLayer * Stage * InFlight + Logits;
+    Out.FlopsPerToken = M.flopsPerToken(I("seq_length"), TP);
     const double Budget = double(I("gpu_memory_gib")) * double(1ull << 30);
     if (Out.Memory.total() > Budget) {
       Diags.emit(DiagId::MemoryEstimateTooLarge, At("gpus"), gib(Out.Memory.total()),

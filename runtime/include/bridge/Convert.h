@@ -133,6 +133,7 @@ struct RecipeInfo {
   Layout Par;
   double WeightBytes = 0, ActivationBytes = 0; ///< the estimate per GPU
   double Parameters = 0;                       ///< the model's, counted from its config
+  double FlopsPerToken = 0; ///< training FLOPs of one token, forward and backward, at the recipe's seq_length
 };
 std::vector<RecipeInfo> listRecipes();
 /// Recipe \p Name as "megatron-bridge-yaml" (a ConfigContainer override) or

@@ -14,7 +14,7 @@
 
 namespace bridge {
 
-inline constexpr unsigned kRecipeTableVersion = 2;
+inline constexpr unsigned kRecipeTableVersion = 3;
 
 struct RecipeSettingEntry {
   const char *Key;
@@ -28,6 +28,7 @@ struct RecipeEntry {
   const char *ModelConfig; ///< the model's config.json text
   double WeightBytes, ActivationBytes; ///< the estimate per GPU bridgec checked
   double Parameters;                   ///< the model's, as bridgec counts them from its config
+  double FlopsPerToken;                ///< training FLOPs of one token (forward and backward) at seq_length
 };
 
 /// Every compiled recipe, in declaration order (defined by the generated

@@ -99,7 +99,8 @@ std::vector<RecipeInfo> listRecipes() {
   for (const RecipeEntry &R : allRecipes()) {
     Json S = settingsOf(R);
     Out.push_back({R.Name, R.Source, S.at("model").get<std::string>(), S.at("mode").get<std::string>(),
-                   S.at("gpus").get<int>(), layoutOf(S), R.WeightBytes, R.ActivationBytes, R.Parameters});
+                   S.at("gpus").get<int>(), layoutOf(S), R.WeightBytes, R.ActivationBytes, R.Parameters,
+                   R.FlopsPerToken});
   }
   return Out;
 }

@@ -441,7 +441,8 @@ int cmdRecipe(const Options &O) {
                      {"layout", {{"tp", R.Par.TP}, {"pp", R.Par.PP}, {"vpp", R.Par.VPP}, {"ep", R.Par.EP},
                                  {"etp", R.Par.ETP}}},
                      {"estimate_gib", (R.WeightBytes + R.ActivationBytes) / double(1ull << 30)},
-                     {"parameters", R.Parameters}});
+                     {"parameters", R.Parameters},
+                     {"flops_per_token", R.FlopsPerToken}});
       std::printf("%s\n", J.dump(2).c_str());
       return 0;
     }

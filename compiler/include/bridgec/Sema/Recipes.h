@@ -47,6 +47,21 @@ struct ModelFacts {
   /// A VLM's vision tower (the HF module, whole on the first stage).
   double Vision = 0;
   double total() const;
+  /// Training FLOPs of one token (Recipes.cpp lists the terms): the forward
+  /// FLOPs that do not depend on the sequence length, logits aside (their
+  /// vocabulary is padded by TP); multi-token-prediction layers; and per
+  /// attention layer the width of its score and value products with its
+  /// sliding window (0: full causal attention).
+  double ForwardLinearFlops = 0;
+  int64_t MtpLayers = 0;
+  struct CoreAttention {
+    double Width = 0; ///< heads x (query-key head dim + value head dim)
+    int64_t Window = 0;
+  };
+  std::vector<CoreAttention> Cores;
+  /// Forward and backward FLOPs of one token at \p SeqLength, the vocabulary
+  /// padded to a multiple of 128 x \p TP (Megatron-LM's make_vocab_size_divisible_by).
+  double flopsPerToken(int64_t SeqLength, int64_t TP) const;
 };
 
 /// Bytes per GPU, the terms of the estimate (first pipeline stage, the most
@@ -63,6 +78,7 @@ struct Recipe {
   std::string ModelConfigText;           ///< the config.json, as published
   ModelFacts Facts;
   MemoryEstimate Memory;
+  double FlopsPerToken = 0; ///< Facts.flopsPerToken at the recipe's seq_length and TP
 };
 
 /// Checks every recipe and preset of \p Files (diagnostics to \p Diags) and
