@@ -89,9 +89,17 @@ steps() {
 import json, sys
 text = open(sys.argv[1]).read()
 row = {"label": sys.argv[2], "rc": int(sys.argv[3])}
-for line in text.splitlines():
-    if line.startswith("@@MB_RESULT "):
-        row.update(json.loads(line[len("@@MB_RESULT "):]))
+# peer_mb.sh prints each line twice, the second time cut to 600 characters
+# in its summary: the first whole one counts.
+for tag, key in (("@@MB_RESULT ", None), ("@@TIME ", "time"), ("@@MB_COMPARE ", "compare")):
+    for line in text.splitlines():
+        if line.startswith(tag):
+            try:
+                value = json.loads(line[len(tag):])
+            except json.JSONDecodeError:
+                continue
+            row.update(value) if key is None else row.setdefault(key, value)
+            break
 row["equal_to_ours"] = "every tensor bit-identical" in text
 print(json.dumps(row))
 PY
