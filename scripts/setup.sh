@@ -51,3 +51,17 @@ if [[ -n "$need_pip" ]]; then
 else
   echo "setup: Python packages present"
 fi
+
+# Megatron-Bridge 0.6.2's wheel (pure Python, for Python 3.12): the recipe
+# tests load its FLOPs formula from it (tests/oracle/test_recipes.py). Not
+# installed: its package does not import against this machine's pins.
+MB_WHEEL=build/downloads/megatron_bridge-0.6.2-py3-none-any.whl
+MB_SHA256=bcb7274ab9327167c345aa24b96b95790ce5090df1945d883bdc41065d5649e2
+if [[ -f $MB_WHEEL ]] && echo "$MB_SHA256  $MB_WHEEL" | sha256sum -c --status; then
+  echo "setup: Megatron-Bridge wheel present"
+else
+  echo "setup: downloading Megatron-Bridge 0.6.2's wheel"
+  mkdir -p build/downloads
+  $PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -d build/downloads megatron-bridge==0.6.2
+  echo "$MB_SHA256  $MB_WHEEL" | sha256sum -c --status || { echo "setup: $MB_WHEEL does not match its pinned sha256" >&2; exit 1; }
+fi

@@ -215,9 +215,8 @@ def test_megatron_core_refuses_what_bridgec_refuses(bridge_run, mcore_classes):
 
 # ---- FLOPs per token against Megatron-Bridge's own formula ---------------------
 
-MBRIDGE_SITE = Path("/tmp/mbsite")
-FLOP_UTILS = MBRIDGE_SITE / "megatron" / "bridge" / "training" / "utils" / "flop_utils.py"
-MBRIDGE_WHEEL = ROOT / ".peers" / "whl" / "megatron_bridge-0.6.2-py3-none-any.whl"
+# scripts/setup.sh downloads it (pinned by sha256).
+MBRIDGE_WHEEL = ROOT / "build" / "downloads" / "megatron_bridge-0.6.2-py3-none-any.whl"
 
 # Families Megatron-Bridge 0.6.2's num_floating_point_operations counts
 # otherwise than the model computes, so no agreement is asked of them.
@@ -231,7 +230,7 @@ FLOPS_NOT_COMPARED = {
 
 
 @pytest.fixture(scope="module")
-def mbridge_flops():
+def mbridge_flops(tmp_path_factory):
     """Megatron-Bridge 0.6.2's num_floating_point_operations, loaded from its
     own file in the wheel. The package does not import against this
     machine's transformers and megatron-core, so the few names flop_utils.py
@@ -242,10 +241,11 @@ def mbridge_flops():
     import types
     import zipfile
 
-    if not FLOP_UTILS.exists():
-        if not MBRIDGE_WHEEL.exists():
-            pytest.skip(f"no Megatron-Bridge wheel at {MBRIDGE_WHEEL}")
-        zipfile.ZipFile(MBRIDGE_WHEEL).extractall(MBRIDGE_SITE)
+    assert MBRIDGE_WHEEL.exists(), f"no Megatron-Bridge wheel at {MBRIDGE_WHEEL}: run scripts/setup.sh"
+    site = tmp_path_factory.mktemp("megatron-bridge")
+    with zipfile.ZipFile(MBRIDGE_WHEEL) as wheel:
+        wheel.extract("megatron/bridge/training/utils/flop_utils.py", site)
+    FLOP_UTILS = site / "megatron" / "bridge" / "training" / "utils" / "flop_utils.py"
 
     class Symbols:
         MAMBA, ATTENTION, MLP, MOE, GDN, PIPE = "M", "*", "-", "E", "G", "|"
