@@ -213,7 +213,7 @@ TEST_CASE("expert and rows: the slices export assembles tile their source exactl
   at::Tensor Back = at::zeros_like(G);
   for (auto [I, Block] : {std::pair<int64_t, at::Tensor>{0, GA}, {1, GB}}) {
     exec::OpParams P{{"sizes", GSizes}, {"index", I}, {"groups", 2}};
-    RowBlockSpec Spec = rowBlock(P, Back, "t");
+    RowBlockSpec Spec = rowBlock(P, "t", &Back);
     Spec.slot(Back).copy_(Spec.grouped(Block));
   }
   CHECK(sameBytes(Back, G));

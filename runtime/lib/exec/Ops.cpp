@@ -166,7 +166,7 @@ DType fromScalarType(at::ScalarType T) {
   throw Error(std::string("error: unsupported tensor type ") + c10::toString(T));
 }
 
-RowBlockSpec rowBlock(const OpParams &P, const at::Tensor &X, const std::string &Where) {
+RowBlockSpec rowBlock(const OpParams &P, const std::string &Where, const at::Tensor *X) {
   std::vector<int64_t> Sizes = P.at("sizes").get<std::vector<int64_t>>();
   RowBlockSpec B;
   int64_t Index = paramInt(P, "index", Where);
@@ -184,10 +184,10 @@ RowBlockSpec rowBlock(const OpParams &P, const at::Tensor &X, const std::string 
   if (Index < 0 || Index >= static_cast<int64_t>(Sizes.size()))
     fail(Where, "rows: block " + std::to_string(Index) + " of " + P.at("sizes").dump() + " does not exist");
   B.Size = Sizes[static_cast<size_t>(Index)];
-  if (X.dim() < 1 || X.size(0) != B.Groups * B.Period)
+  if (X && (X->dim() < 1 || X->size(0) != B.Groups * B.Period))
     fail(Where, "rows: the blocks " + P.at("sizes").dump() + (B.Groups > 1 ? " repeated " + std::to_string(B.Groups) + " times" : "") +
                     " add up to " + std::to_string(B.Groups * B.Period) + " rows, but the tensor is " +
-                    shapeText(X.sizes()));
+                    shapeText(X->sizes()));
   return B;
 }
 
@@ -198,7 +198,10 @@ at::Tensor RowBlockSpec::slot(const at::Tensor &Whole) const {
 }
 
 at::Tensor RowBlockSpec::grouped(const at::Tensor &Block) const {
-  return Groups == 1 ? Block : Block.reshape(withLead({Groups, Size}, Block));
+  // A block of another size stays as it is, for the caller to report.
+  if (Groups == 1 || Block.dim() < 1 || Block.size(0) != Groups * Size)
+    return Block;
+  return Block.reshape(withLead({Groups, Size}, Block));
 }
 
 at::Tensor forward(Op Kind, Transform Custom, const std::vector<at::Tensor> &In, const OpParams &P,
@@ -252,7 +255,7 @@ at::Tensor forward(Op Kind, Transform Custom, const std::vector<at::Tensor> &In,
     // each of 'groups' equal row groups, the block then being its rows of
     // every group, group after group (Qwen3-Next's in_proj_qkvz: per key
     // head [q | k | v | z]).
-    RowBlockSpec B = rowBlock(P, In[0], Where);
+    RowBlockSpec B = rowBlock(P, Where, &In[0]);
     at::Tensor Rows = B.slot(In[0]);
     return B.Groups == 1 ? Rows : Rows.reshape(withLead({B.Groups * B.Size}, In[0]));
   }

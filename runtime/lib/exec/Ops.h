@@ -54,13 +54,14 @@ struct RowBlockSpec {
   int64_t Groups = 1, Period = 0, Offset = 0, Size = 0;
   /// The block's rows in \p Whole, a view ([Groups, Size, ...] when grouped).
   at::Tensor slot(const at::Tensor &Whole) const;
-  /// \p Block (the op's result, [Groups * Size, ...]) shaped as slot() is.
+  /// \p Block (the op's result, [Groups * Size, ...]) shaped as slot() is
+  /// (unchanged when it has other rows).
   at::Tensor grouped(const at::Tensor &Block) const;
 };
 
-/// The 'rows' op's block of \p X, checked against the sizes, which must add
-/// up to X's rows (times the groups).
-RowBlockSpec rowBlock(const OpParams &Params, const at::Tensor &X, const std::string &Where);
+/// The 'rows' op's block, from its parameters; with \p X, checked against
+/// it: the sizes times the groups must add up to X's rows.
+RowBlockSpec rowBlock(const OpParams &Params, const std::string &Where, const at::Tensor *X = nullptr);
 
 /// Whether op \p Kind computes (dequantizes) rather than only moves bytes.
 /// Only such ops run on a CUDA device: moving bytes is faster where the

@@ -207,6 +207,12 @@ std::string showRecipe(const std::string &Name, const std::string &Format, const
   // The architecture, as import writes it for this model.
   ModelConfig M = modelConfig(R);
   auto Int = [&](const char *F) { return std::to_string(M.Value(F).get<int64_t>()); };
+  // Megatron-LM spells a config field's flag with dashes.
+  auto FlagOf = [](const char *F) {
+    std::string Flag = "--" + std::string(F);
+    std::replace(Flag.begin(), Flag.end(), '_', '-');
+    return Flag;
+  };
   Arg("--num-layers", Int("num_layers"));
   Arg("--hidden-size", Int("hidden_size"));
   Arg("--ffn-hidden-size", Int("ffn_hidden_size"));
@@ -249,15 +255,14 @@ std::string showRecipe(const std::string &Name, const std::string &Format, const
     Arg("--squared-relu");
   if (On("attention_output_gate"))
     Arg("--attention-output-gate");
-  // Gated DeltaNet layers (Qwen3-Next): Megatron-LM spells each field with dashes.
+  // Gated DeltaNet layers (Qwen3-Next).
   if (M.Value("experimental_attention_variant").is_string()) {
     Arg("--experimental-attention-variant", M.Value("experimental_attention_variant").get<std::string>());
     const Json &Freq = M.Value("linear_attention_freq");
     Arg("--linear-attention-freq", Freq.is_array() ? "'" + Freq.dump() + "'" : num(Freq)); // a Python list it evaluates
     for (const char *F : {"linear_conv_kernel_dim", "linear_key_head_dim", "linear_value_head_dim",
                           "linear_num_key_heads", "linear_num_value_heads"}) {
-      std::string Flag = "--" + std::string(F);
-      std::replace(Flag.begin(), Flag.end(), '_', '-');
+      const std::string Flag = FlagOf(F);
       Arg(Flag, Int(F));
     }
   }
@@ -266,8 +271,7 @@ std::string showRecipe(const std::string &Name, const std::string &Format, const
     Arg("--hybrid-override-pattern", M.Value("hybrid_override_pattern").get<std::string>());
     for (const char *F : {"mamba_state_dim", "mamba_head_dim", "mamba_num_groups", "mamba_num_heads"})
       if (M.Value(F).is_number_integer()) {
-        std::string Flag = "--" + std::string(F);
-        std::replace(Flag.begin(), Flag.end(), '_', '-');
+        const std::string Flag = FlagOf(F);
         Arg(Flag, Int(F));
       }
   }
@@ -286,14 +290,12 @@ std::string showRecipe(const std::string &Name, const std::string &Format, const
     Arg("--moe-ffn-hidden-size", Int("moe_ffn_hidden_size"));
     if (const Json &Sh = M.Value("moe_shared_expert_intermediate_size"); Sh.is_number_integer() && Sh.get<int64_t>())
       Arg("--moe-shared-expert-intermediate-size", Int("moe_shared_expert_intermediate_size"));
-    // Router and layer pattern, where the model sets them: Megatron-LM
-    // spells each field's name with dashes.
+    // Router and layer pattern, where the model sets them.
     for (const char *F : {"moe_router_score_function", "moe_router_num_groups", "moe_router_group_topk",
                           "moe_router_topk_scaling_factor", "moe_router_load_balancing_type", "moe_aux_loss_coeff",
                           "moe_router_dtype"}) {
       const Json &V = M.Value(F);
-      std::string Flag = "--" + std::string(F);
-      std::replace(Flag.begin(), Flag.end(), '_', '-');
+      const std::string Flag = FlagOf(F);
       if (V.is_string())
         Arg(Flag, V.get<std::string>());
       else if (V.is_number() && V.get<double>() != 0)
@@ -301,8 +303,7 @@ std::string showRecipe(const std::string &Name, const std::string &Format, const
     }
     for (const char *F : {"moe_router_pre_softmax", "moe_router_enable_expert_bias", "moe_shared_expert_gate"})
       if (M.Value(F).is_boolean() && M.Value(F).get<bool>()) {
-        std::string Flag = "--" + std::string(F);
-        std::replace(Flag.begin(), Flag.end(), '_', '-');
+        const std::string Flag = FlagOf(F);
         Arg(Flag);
       }
     if (const Json &Freq = M.Value("moe_layer_freq"); Freq.is_array())

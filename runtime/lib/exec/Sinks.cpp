@@ -606,26 +606,18 @@ void HFAssembler::stackSlice(const std::string &Name, int64_t Index, const at::T
 
 void HFAssembler::putRows(const std::string &Name, const exec::OpParams &Params, const at::Tensor &Block,
                           const std::string &Where, const Emit &Out) {
-  std::vector<int64_t> Sizes = Params.at("sizes").get<std::vector<int64_t>>();
-  const int64_t Groups = Params.count("groups") ? Params.at("groups").get<int64_t>() : 1;
+  const exec::RowBlockSpec Spec = exec::rowBlock(Params, Where);
+  const size_t Blocks = Params.at("sizes").size();
   auto Make = [&]() -> std::pair<at::Tensor, size_t> {
     std::vector<int64_t> Shape(Block.sizes().begin(), Block.sizes().end());
     if (Shape.empty())
       throw Error(Where + ": error: a row block of '" + Name + "' has no rows");
-    Shape[0] = 0;
-    for (int64_t S : Sizes)
-      Shape[0] += S * Groups;
-    return {at::empty(Shape, Block.options()), Sizes.size()};
+    Shape[0] = Spec.Groups * Spec.Period;
+    return {at::empty(Shape, Block.options()), Blocks};
   };
   // The piece takes the slot's shape ([groups, rows, ...] when grouped).
-  at::Tensor Piece = Block;
-  if (Groups > 1 && Block.dim() >= 1 && Block.size(0) % Groups == 0) {
-    std::vector<int64_t> Shape{Groups, Block.size(0) / Groups};
-    Shape.insert(Shape.end(), Block.sizes().begin() + 1, Block.sizes().end());
-    Piece = Block.reshape(Shape);
-  }
-  putPiece(Name, "row block", static_cast<size_t>(Params.at("index").get<int64_t>()), Piece, Make,
-           [&](const at::Tensor &Whole) { return exec::rowBlock(Params, Whole, Where).slot(Whole); }, Where, Out);
+  putPiece(Name, "row block", static_cast<size_t>(Params.at("index").get<int64_t>()), Spec.grouped(Block), Make,
+           [&](const at::Tensor &Whole) { return Spec.slot(Whole); }, Where, Out);
 }
 
 namespace {
