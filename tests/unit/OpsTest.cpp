@@ -225,6 +225,23 @@ TEST_CASE("expert and rows: the slices export assembles tile their source exactl
         }).find("put back by export") != std::string::npos);
 }
 
+TEST_CASE("shared: equal inputs read as one, given back to each") {
+  Attention A(4, 2, 2);
+  at::Tensor X = randomOf({3, 5}, at::kBFloat16);
+  CHECK(sameBytes(forward(Op::Shared, Transform::None, {X, X.clone(), X.clone()}, {}, A.Cfg, "t"), X));
+  std::vector<at::Tensor> Back = inverse(Op::Shared, Transform::None, X, 3, {}, A.Cfg, {}, "t");
+  REQUIRE(Back.size() == 3);
+  for (const at::Tensor &B : Back)
+    CHECK(sameBytes(B, X));
+  checkRoundTrip(Op::Shared, {X, X.clone()}, A.Cfg);
+  at::Tensor Y = X.clone();
+  Y.view(-1)[7] += 1;
+  CHECK(errorOf([&] { forward(Op::Shared, Transform::None, {X, Y}, {}, A.Cfg, "s"); })
+            .find("'shared' inputs 1 and 2 differ") != std::string::npos);
+  CHECK(errorOf([&] { forward(Op::Shared, Transform::None, {X, X.narrow(0, 0, 2)}, {}, A.Cfg, "s"); })
+            .find("differ") != std::string::npos);
+}
+
 TEST_CASE("roll_rows: each group's first rows move last, and back") {
   Attention A(4, 2, 2);
   // Two heads of 4 rows, rotary part 1 first: [r a b c | r' a' b' c'] ->

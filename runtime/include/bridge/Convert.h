@@ -54,6 +54,9 @@ struct ImportOptions {
   /// Finish an interrupted import of the same output (`<out>.partial-*`):
   /// its records that still match their CRC-32 are kept, the rest converted.
   bool Resume = false;
+  /// An HF PEFT LoRA adapter of the HF checkpoint, written beside the
+  /// weights in Megatron-Bridge's LoRA layout (docs/lora.md); "": none.
+  std::string AdapterDir;
 };
 
 struct ExportOptions {
@@ -67,6 +70,10 @@ struct ExportOptions {
   /// "fp8-block": the weights the mapping reads through dequant_fp8_block
   /// written as 128x128-block e4m3 with weight_scale_inv; "": as converted.
   std::string Quantize;
+  /// The checkpoint's LoRA adapters (docs/lora.md): written alone as an HF
+  /// PEFT directory, or merged into the weights (W + alpha / dim * B A, in
+  /// fp32 on Device). Neither: the weights alone.
+  bool AdapterOnly = false, MergeAdapters = false;
 };
 
 struct Summary {

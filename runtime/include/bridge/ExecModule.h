@@ -34,7 +34,7 @@ GroupSummary execImportInGroup(ImportOptions O);
 GroupSummary execReshardInGroup(ImportOptions O, const std::string &FromDir);
 Summary execExport(const ExportOptions &O);
 
-constexpr unsigned kExecModuleVersion = 1;
+constexpr unsigned kExecModuleVersion = 2;
 /// The module's file name, looked for beside the bridge-run executable
 /// (BRIDGE_EXEC_MODULE names another path).
 constexpr const char *kExecModuleFile = "libbridge_exec.so";

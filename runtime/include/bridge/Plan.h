@@ -15,6 +15,7 @@
 
 #include <array>
 #include <functional>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -69,13 +70,61 @@ struct PlannedTensor {
   const ParamInfo *Param;         ///< the schema declaration that applies
   std::vector<int64_t> Captures;  ///< values of Param->Captures
   std::vector<int64_t> LoopVars;  ///< values of Rule->Loops
+  /// A LoRA adapter tensor: the index in the plan of the weight it adapts,
+  /// and which of its two matrices it is ('A': linear_in, 'B': linear_out).
+  int64_t AdapterOf = -1;
+  char AdapterMatrix = 0;
 };
+
+/// LoRA adapters on a model (docs/lora.md): Megatron-Bridge's LoRA, one
+/// pair linear_in (A, [Dim, in]) and linear_out (B, [out, Dim]) beside each
+/// adapted linear module, whose output gains (Alpha / Dim) * B A x.
+struct AdapterSpec {
+  int64_t Dim = 0;
+  double Alpha = 0;
+  /// The Megatron modules adapted, by their last name ('linear_qkv',
+  /// 'linear_proj', 'linear_fc1', ...), as Megatron-Bridge's target_modules.
+  std::vector<std::string> Targets;
+};
+
+struct DerivedParams; // the schema declarations adapters get (Adapters.cpp)
 
 struct Plan {
   std::vector<PlannedTensor> Tensors;
   std::vector<std::string> IgnoredPatterns; ///< concrete names that may be absent
   std::vector<std::pair<std::string, std::string>> Ties; ///< HF copy -> HF original
+  /// Adapters added by addAdapters; their tensors' Param and chains point
+  /// into Derived.
+  AdapterSpec Adapters;
+  std::shared_ptr<const DerivedParams> Derived;
 };
+
+/// The Megatron module a weight belongs to when LoRA can adapt it ('linear_qkv'
+/// for '...self_attention.linear_qkv.weight'), else "" (norms, biases, the
+/// embedding, routed experts, weights whose rule does more than move rows).
+std::string adapterModuleOf(const PlannedTensor &PT);
+
+/// The HF tensor that holds HF module \p Module's LoRA matrix \p Matrix
+/// ('A' or 'B'): PEFT's name without its 'base_model.model.' prefix.
+std::string hfAdapterName(const std::string &Module, char Matrix);
+/// The HF module of HF weight \p Weight ('model.layers.0.self_attn.q_proj'
+/// of '....q_proj.weight'), or "" when it is not a '.weight'.
+std::string hfModuleOf(const std::string &Weight);
+
+/// Adds, for every weight of \p P (its alternatives chosen) in a module \p
+/// A targets, its adapter's two tensors: A from the A matrices of the HF
+/// modules the weight is made of (one op 'shared': a fused module holds one
+/// A), B through the weight's own op chain over their B matrices, so an
+/// adapter is split and fused exactly as its weight is. Keys, shapes and
+/// tensor-parallel styles are Megatron-Bridge's (adapterStyle).
+void addAdapters(Plan &P, const AdapterSpec &A);
+
+/// How an adapter matrix is cut over tensor-parallel ranks, from its
+/// weight's style (Megatron-Bridge's ParallelLinearAdapter): beside a
+/// column-parallel weight A splits its rank rows and B follows the weight;
+/// beside a row-parallel one A splits its input columns and B its rows;
+/// beside a weight whole on every rank both split their rows.
+Style adapterStyle(Style Weight, char Matrix);
 
 /// Whether a pattern or a schema key names every tensor under a prefix
 /// ('visual.**', a pass-through module).

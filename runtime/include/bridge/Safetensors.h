@@ -73,8 +73,15 @@ public:
   /// Source file of each tensor, relative to the directory.
   const std::map<std::string, std::string> &fileOf() const { return FileOf; }
   bool sharded() const { return Sharded; }
+  /// Adds a tensor held in memory beside the files (a LoRA adapter's
+  /// matrices as the import reads them, docs/lora.md), kept alive by \p
+  /// Owner; find() and names() then list it, added() tells it apart.
+  void add(TensorView V, std::shared_ptr<const void> Owner);
+  bool added(const std::string &Name) const { return Added.count(Name) != 0; }
 
 private:
+  std::map<std::string, TensorView> Added;
+  std::vector<std::shared_ptr<const void>> Owners;
   std::vector<std::unique_ptr<SafetensorsFile>> Files;
   std::map<std::string, const TensorView *> ByName;
   std::map<std::string, std::string> FileOf;

@@ -7,6 +7,7 @@
 // checkpoint had it in, so a round trip reproduces the source bit for bit.
 //
 //===----------------------------------------------------------------------===//
+#include "Peft.h"
 #include "Pipeline.h"
 
 #include "bridge/Files.h"
@@ -40,7 +41,57 @@ Summary runExport(const ExportOptions &O) {
   Src->open(C);
   PassThroughLister Lister = Src->passThrough();
   C.P = expandPlan(*C.Mapping, C.S, C.Fields, /*UseTENames=*/true, &Lister, Src->hfTensorCount());
+
+  // LoRA adapters (docs/lora.md): planned beside their weights, then
+  // written alone (--adapter-only) or merged into them (--merge-adapters).
+  const bool HasAdapters = Side.contains("adapter");
+  if (O.AdapterOnly && O.MergeAdapters)
+    throw Error("error: --adapter-only and --merge-adapters exclude each other");
+  if ((O.AdapterOnly || O.MergeAdapters) && !HasAdapters)
+    throw Error("error: " + SidePath + " records no LoRA adapters: " + Iter +
+                " was imported without --adapter, so --adapter-only and --merge-adapters have nothing to export");
+  std::unique_ptr<Conversion> Adapters;
+  if (HasAdapters) {
+    Plan Full = C.P;
+    addAdapters(Full, adapterSpecOf(Side["adapter"], SidePath));
+    Adapters = std::make_unique<Conversion>(C.S);
+    Adapters->Mapping = C.Mapping;
+    Adapters->Fields = C.Fields;
+    Adapters->HFConfig = C.HFConfig;
+    Adapters->LocalSpec = C.LocalSpec;
+    Adapters->P.Adapters = Full.Adapters;
+    Adapters->P.Derived = Full.Derived;
+    Adapters->P.Tensors.assign(Full.Tensors.begin() + static_cast<std::ptrdiff_t>(C.P.Tensors.size()),
+                               Full.Tensors.end());
+    Adapters->Keys = groupByKey(Adapters->P, C.S, C.Fields, C.LocalSpec);
+  }
+  if (O.AdapterOnly) {
+    C.P = Adapters->P;
+    C.Keys = Adapters->Keys;
+    Src->checkKeys(C);
+    std::unique_ptr<Sink> Snk = peftSink(C, Side, SidePath, KeyType(C.Keys.at(0).Key));
+    PipelineOptions PO;
+    PO.OutDir = O.OutDir;
+    PO.Inputs = {O.MegatronDir};
+    PO.Overwrite = O.Overwrite;
+    PO.Quiet = O.Quiet;
+    PO.Device = O.Device;
+    PO.Converters = O.Converters;
+    PO.MemoryBudget = O.MemoryBudget;
+    PO.Label = "export";
+    PO.Start = Begin;
+    Summary Sum = runPipeline(*Src, C, *Snk, PO);
+    Sum.TensorsRead = C.Keys.size();
+    Sum.Seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - Begin).count();
+    return Sum;
+  }
   C.Keys = groupByKey(C.P, C.S, C.Fields, C.LocalSpec);
+  if (O.MergeAdapters)
+    Src = mergingSource(std::move(Src), std::move(Adapters), C, O.Device);
+  else if (HasAdapters && !O.Quiet)
+    std::cerr << "bridge-run export: " << Iter
+              << " holds LoRA adapters, which are not in this export: --merge-adapters merges them into the "
+                 "weights, --adapter-only writes them as an HF PEFT adapter\n";
   Src->checkKeys(C);
   if (!O.Quantize.empty()) {
     if (O.Quantize != "fp8-block")

@@ -10,6 +10,7 @@
 // runPipeline.
 //
 //===----------------------------------------------------------------------===//
+#include "Peft.h"
 #include "Pipeline.h"
 #include "Resume.h"
 
@@ -57,6 +58,14 @@ Summary toCheckpoint(const ImportOptions &O, Source &Src, Conversion &C, const c
   Src.open(C);
   PassThroughLister Lister = Src.passThrough();
   C.P = expandPlan(T, S, C.Fields, /*UseTENames=*/true, Lister.List ? &Lister : nullptr, Src.hfTensorCount());
+  // A checkpoint with LoRA adapters is resharded with them.
+  if (!Src.hfSide()) {
+    Json Side = Src.sidecar(C);
+    if (Side.contains("adapter")) {
+      addAdapters(C.P, adapterSpecOf(Side["adapter"], Src.dir() + "/bridge.json"));
+      C.Adapter = Side["adapter"];
+    }
+  }
   // Megatron-LM's legacy files hold each rank's module parameters; a hybrid
   // model's Mamba in_proj and conv1d are stored here in parts that a rank
   // holds interleaved, which this writer does not put together.
@@ -69,6 +78,15 @@ Summary toCheckpoint(const ImportOptions &O, Source &Src, Conversion &C, const c
       throw Error("error: mapping '" + std::string(T.Name) + "' keeps '" + PT.LocalName +
                   "' as the HF module has it; the legacy per-rank format holds GPT models only: use torch_dist");
   Src.check(C);
+  if (C.P.Adapters.Dim > 0) {
+    if (Legacy)
+      throw Error("error: LoRA adapters are written in torch_dist only, not the legacy torch format");
+    // Beside a column-parallel weight A is cut on its rank.
+    if (C.P.Adapters.Dim % O.Par.TP)
+      throw Error("error: the LoRA adapters' rank " + std::to_string(C.P.Adapters.Dim) +
+                  " (Megatron's dim) does not divide over TP=" + std::to_string(O.Par.TP) +
+                  " ranks; Megatron-Bridge cuts A of a column-parallel module on its rank");
+  }
   C.Keys = groupByKey(C.P, S, C.Fields, C.LocalSpec);
 
   // -- the sink and the pipeline ------------------------------------------------------------
@@ -101,8 +119,8 @@ Summary runImport(const ImportOptions &O) {
   try {
     auto Start = std::chrono::steady_clock::now();
     Conversion C(schema());
-    std::unique_ptr<Source> Src = hfSource(O.HFDir, C, O.LocalSpec);
-    return toCheckpoint(O, *Src, C, "import", {O.HFDir, ""}, Start);
+    std::unique_ptr<Source> Src = hfSource(O.HFDir, C, O.LocalSpec, O.AdapterDir);
+    return toCheckpoint(O, *Src, C, "import", {O.HFDir, O.AdapterDir}, Start);
   } catch (const std::exception &X) {
     if (O.Group) // the others stop at their next check
       O.Group->fail(X.what());

@@ -9,6 +9,7 @@
 
 #include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/equal.h>
 #include <ATen/ops/where.h>
 #include <ATen/ops/zeros.h>
 #include <ATen/ops/stack.h>
@@ -261,6 +262,13 @@ at::Tensor forward(Op Kind, Transform Custom, const std::vector<at::Tensor> &In,
   }
   case Op::RollRows:
     return rollRows(In[0], paramInt(P, "shift", Where), paramInt(P, "groups", Where), Where);
+  case Op::Shared:
+    for (size_t I = 1; I < In.size(); ++I)
+      if (In[I].sizes() != In[0].sizes() || In[I].scalar_type() != In[0].scalar_type() ||
+          (!In[0].is_meta() && !at::equal(In[I], In[0])))
+        fail(Where, "'shared' inputs 1 and " + std::to_string(I + 1) + " differ (" + shapeText(In[0].sizes()) +
+                        " and " + shapeText(In[I].sizes()) + "); a fused module holds one copy");
+    return In[0];
   case Op::Transpose:
     if (In[0].dim() != 2)
       fail(Where, "transpose needs a matrix, got " + shapeText(In[0].sizes()));
@@ -407,6 +415,8 @@ std::vector<at::Tensor> inverse(Op Kind, Transform Custom, const at::Tensor &Out
       fail(Where, "roll_rows: " + shapeText(Out.sizes()) + " has no " + std::to_string(Groups) + " equal row groups");
     return {rollRows(Out, Out.size(0) / Groups - Shift, Groups, Where)};
   }
+  case Op::Shared:
+    return std::vector<at::Tensor>(NumInputs, Out);
   case Op::Transpose:
     return {Out.t().contiguous()};
   case Op::Permute: {

@@ -57,6 +57,9 @@ struct Conversion {
   /// written quantized again (e4m3 and their block scales), not as the
   /// dequantized values.
   bool QuantizeFP8Block = false;
+  /// LoRA adapters imported beside the weights: what bridge.json records of
+  /// them (null: none).
+  Json Adapter;
   Plan P;
   std::vector<DistKey> Keys;
 
@@ -125,8 +128,10 @@ public:
   virtual std::vector<const TensorView *> readsOf(const Conversion &, const WorkItem &) const { return {}; }
 };
 
-/// The HF checkpoint in \p Dir; \p LocalSpec: the layer spec to write.
-std::unique_ptr<Source> hfSource(const std::string &Dir, Conversion &C, bool LocalSpec);
+/// The HF checkpoint in \p Dir; \p LocalSpec: the layer spec to write;
+/// \p AdapterDir: an HF PEFT LoRA adapter of it to import too ("": none).
+std::unique_ptr<Source> hfSource(const std::string &Dir, Conversion &C, bool LocalSpec,
+                                 const std::string &AdapterDir = "");
 /// A checkpoint written by import or reshard in \p Dir (torch_dist or
 /// legacy, as its bridge.json says), or a legacy one Megatron-LM saved, whose
 /// model comes from the HF checkpoint or config.json \p HFDir.

@@ -9,6 +9,7 @@
 //
 //===----------------------------------------------------------------------===//
 #include "Legacy.h"
+#include "Peft.h"
 #include "Pipeline.h"
 
 #include "bridge/Files.h"
@@ -79,6 +80,8 @@ Json importSidecar(const Conversion &C, const SafetensorsCheckpoint &Ckpt) {
   Side["hf_sharded"] = Ckpt.sharded();
   Json Tensors = Json::object();
   for (const std::string &N : Ckpt.names()) {
+    if (Ckpt.added(N))
+      continue; // an adapter's matrices: "adapter" below
     const TensorView *V = Ckpt.find(N);
     Tensors[N] = {{"file", Ckpt.fileOf().at(N)}, {"dtype", std::string(safetensorsName(V->Type))}, {"shape", V->Shape}};
   }
@@ -92,6 +95,8 @@ Json importSidecar(const Conversion &C, const SafetensorsCheckpoint &Ckpt) {
   if (!Alternatives.empty())
     Side["alternatives"] = Alternatives;
   Side["layer_spec"] = C.LocalSpec ? "local" : "transformer_engine";
+  if (!C.Adapter.is_null())
+    Side["adapter"] = C.Adapter;
   return Side;
 }
 
@@ -99,7 +104,8 @@ Json importSidecar(const Conversion &C, const SafetensorsCheckpoint &Ckpt) {
 /// An HF checkpoint: safetensors shards (or one file), config.json.
 class HFSource final : public Source {
 public:
-  HFSource(std::string Dir, Conversion &C, bool LocalSpec) : Dir(std::move(Dir)) {
+  HFSource(std::string Dir, Conversion &C, bool LocalSpec, std::string AdapterDir)
+      : Dir(std::move(Dir)), AdapterDir(std::move(AdapterDir)) {
     C.HFConfig = readConfigJson(files::join(this->Dir, "config.json"));
     C.Mapping = &mappingFor(C.HFConfig);
     C.Fields = importConfig(*C.Mapping, C.S, C.HFConfig);
@@ -112,6 +118,8 @@ public:
   PassThroughLister passThrough() const override { return passThroughOf(*Ckpt); }
   uint64_t hfTensorCount() const override { return Ckpt->names().size(); }
   void check(Conversion &C) override {
+    if (!AdapterDir.empty())
+      planPeftImport(AdapterDir, Dir, C, *Ckpt);
     chooseAlternatives(C.P, [&](const std::string &Name) { return Ckpt->find(Name) != nullptr; });
     checkAgainstHF(Dir, C, *Ckpt);
   }
@@ -145,7 +153,7 @@ public:
   }
 
 private:
-  std::string Dir;
+  std::string Dir, AdapterDir;
   std::unique_ptr<SafetensorsCheckpoint> Ckpt;
 };
 
@@ -319,8 +327,9 @@ private:
 
 } // namespace
 
-std::unique_ptr<Source> hfSource(const std::string &Dir, Conversion &C, bool LocalSpec) {
-  return std::make_unique<HFSource>(Dir, C, LocalSpec);
+std::unique_ptr<Source> hfSource(const std::string &Dir, Conversion &C, bool LocalSpec,
+                                 const std::string &AdapterDir) {
+  return std::make_unique<HFSource>(Dir, C, LocalSpec, AdapterDir);
 }
 
 std::unique_ptr<Source> checkpointSource(const std::string &Dir, const std::string &HFDir, Conversion &C) {

@@ -93,8 +93,10 @@ bool looksLikeOutput(const std::string &Dir) {
   if (::lstat(files::join(Dir, "latest_checkpointed_iteration.txt").c_str(), &St) == 0 && S_ISREG(St.st_mode))
     return true;
   std::string Manifest = files::join(Dir, "manifest.json");
+  // An export: an HF checkpoint, or an HF PEFT adapter (--adapter-only).
   if (::lstat(Manifest.c_str(), &St) != 0 || !S_ISREG(St.st_mode) ||
-      ::lstat(files::join(Dir, "config.json").c_str(), &St) != 0)
+      (::lstat(files::join(Dir, "config.json").c_str(), &St) != 0 &&
+       ::lstat(files::join(Dir, "adapter_config.json").c_str(), &St) != 0))
     return false;
   try {
     nlohmann::json M = parseJson<nlohmann::json>(files::readRegularFile(Manifest, files::kMaxSidecarBytes, "manifest"),

@@ -200,6 +200,16 @@ const TensorView *SafetensorsCheckpoint::find(const std::string &Name) const {
   return It == ByName.end() ? nullptr : It->second;
 }
 
+void SafetensorsCheckpoint::add(TensorView V, std::shared_ptr<const void> Owner) {
+  if (ByName.count(V.Name))
+    throw Error("error: internal: tensor '" + V.Name + "' added twice");
+  std::string Name = V.Name, File = V.File;
+  const TensorView &Kept = Added.emplace(Name, std::move(V)).first->second;
+  ByName[Name] = &Kept;
+  FileOf[Name] = File;
+  Owners.push_back(std::move(Owner));
+}
+
 std::vector<std::string> SafetensorsCheckpoint::names() const {
   std::vector<std::string> N;
   for (auto &[K, _] : ByName)

@@ -101,11 +101,12 @@ const char *ProcessesText =
 
 struct Options {
   std::string Command, HF, Out, Megatron, Device = "cpu", Format = "torch_dist", Target, Against, Recipe, Checkpoint,
-      Quantize, Draft;
+      Quantize, Draft, Adapter;
   std::vector<std::string> Rest; ///< words after the command (recipe list/show NAME)
   std::vector<std::string> IgnoreMappings; ///< inspect: mappings treated as absent
   bool FormatGiven = false, LayoutGiven = false;
   bool AsJson = false, LocalNames = false, Overwrite = false, Quiet = false, LocalSpec = false, Resume = false;
+  bool AdapterOnly = false, MergeAdapters = false;
   Layout Par;
   unsigned Writers = 8, Converters = 4;
   uint64_t MemoryBudget = uint64_t(2) << 30;
@@ -219,6 +220,16 @@ const OptionDef kOptions[] = {
          usageError(F + " takes fp8-block");
        O.Quantize = V;
      }},
+    {"--adapter", "DIR", CmdImport, false,
+     "an HF PEFT LoRA adapter of --hf, written beside the\nweights in Megatron-Bridge's LoRA layout (docs/lora.md)",
+     [](Options &O, const std::string &, const std::string &V) { O.Adapter = V; }},
+    {"--adapter-only", nullptr, CmdExport, false,
+     "write the checkpoint's LoRA adapters alone, as an HF\nPEFT directory (adapter_config.json and\n"
+     "adapter_model.safetensors)",
+     [](Options &O, const std::string &, const std::string &) { O.AdapterOnly = true; }},
+    {"--merge-adapters", nullptr, CmdExport, false,
+     "merge the checkpoint's LoRA adapters into the weights\n(W + alpha/dim * B A in fp32, on --device)",
+     [](Options &O, const std::string &, const std::string &) { O.MergeAdapters = true; }},
     {"--local-spec", nullptr, CmdImport | CmdReshard, false,
      "key tensors for a model built with the local layer\nspec (no Transformer Engine); default: TE spec",
      [](Options &O, const std::string &, const std::string &) { O.LocalSpec = true; }},
@@ -733,6 +744,7 @@ int main(int argc, char **argv) {
       Rank = groupEnvironment().Rank;
       IO.Format = O.Format;
       IO.Resume = O.Resume;
+      IO.AdapterDir = O.Adapter;
       GroupSummary G = execImportInGroup(IO);
       if (G.Leader)
         printSummary(G.Size > 1 ? ("import by " + std::to_string(G.Size) + " processes").c_str() : "import",
@@ -772,7 +784,11 @@ int main(int argc, char **argv) {
         usageError("export needs --megatron DIR and --out DIR");
       ExportOptions EO{O.Megatron, O.Out, O.Device, O.Overwrite, O.Quiet, O.Writers, O.MemoryBudget, O.Converters,
                        O.Quantize};
-      printSummary("export", execExport(EO), O.Out);
+      if (O.AdapterOnly && O.MergeAdapters)
+        usageError("--adapter-only and --merge-adapters exclude each other");
+      EO.AdapterOnly = O.AdapterOnly;
+      EO.MergeAdapters = O.MergeAdapters;
+      printSummary(O.AdapterOnly ? "export of the adapters" : "export", execExport(EO), O.Out);
       return 0;
     }
     usageError("unknown command '" + O.Command + "'");

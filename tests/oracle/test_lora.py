@@ -1,0 +1,367 @@
+"""LoRA adapters both ways, against the real peft, transformers and megatron-core.
+
+A tiny model made by transformers gets an HF PEFT LoRA adapter made by peft,
+with random non-zero A and B on its target modules. `bridge-run import --hf
+BASE --adapter DIR` writes it beside the weights in Megatron-Bridge's LoRA
+layout (docs/lora.md); the oracles:
+- megatron-core's GPTModel with the imported weights, and the imported
+  adapters added to its linear layers' outputs as Megatron-Bridge's LoRA does
+  ((alpha / dim) * B A x beside linear_qkv, linear_proj, linear_fc1,
+  linear_fc2), gives the PEFT model's logits;
+- `export --merge-adapters` loads in transformers with the PEFT model's logits;
+- `export --adapter-only` gives back the adapter bit for bit, and
+  peft.PeftModel.from_pretrained loads it (no missing, no unexpected key);
+- bad adapters are refused, naming the tensor or field, with nothing written.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import megatron_oracle
+import tiny_models
+
+peft = pytest.importorskip("peft", reason="peft is pinned in scripts/requirements.txt (scripts/setup.sh)")
+
+# Dense GQA (q, k, v adapted apart: the import stacks their A), HF-fused
+# qkv_proj and gate_up_proj (Phi-3: one A each), qkv biases (Qwen2), a MoE
+# whose attention and shared expert are adapted (Qwen2-MoE), and MLA.
+ALL_LINEAR = {
+    "llama3.1-8b": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "phi3-mini": ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"],
+    "qwen2.5-7b": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "qwen1.5-moe-a2.7b": ["q_proj", "k_proj", "v_proj", "o_proj", "shared_expert.gate_proj",
+                          "shared_expert.up_proj", "shared_expert.down_proj"],
+    # Multi-latent attention (round trips and the merged export; megatron-core
+    # runs no MLA on CPU).
+    "deepseek-v2-lite": ["q_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj"],
+}
+# Families whose HF adapter adapts apart modules Megatron fuses (q, k, v;
+# gate, up): the import stacks their A.
+FUSED_APART = {"llama3.1-8b", "qwen2.5-7b", "qwen1.5-moe-a2.7b"}
+FAMILIES = list(ALL_LINEAR)
+RANK, ALPHA = 4, 8
+LOGITS_ATOL = 1e-5  # fp32 on CPU, as test_import_export
+
+
+def _run(bridge_run, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(bridge_run.path), *args], capture_output=True, text=True)
+
+
+def _peft_model(ckpt, adapter_dir: Path | None = None, targets=None, seed: int = 1, shared_a: bool = False,
+                **config):
+    """The base in fp32 with a LoRA adapter: loaded from adapter_dir, or made
+    on `targets` with random A and B (shared_a: one A for the HF modules a
+    Megatron module fuses, as an adapter Megatron trained has)."""
+    import torch
+    import transformers
+
+    auto = getattr(transformers, ckpt.family.auto_class)
+    base = auto.from_pretrained(str(ckpt.path), dtype=torch.float32).eval()
+    if adapter_dir is not None:
+        return peft.PeftModel.from_pretrained(base, str(adapter_dir)).eval()
+    cfg = peft.LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=targets, lora_dropout=0.0, **config)
+    model = peft.get_peft_model(base, cfg).eval()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        params = dict(model.named_parameters())
+        for name, p in params.items():
+            if "lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+        if shared_a:
+            for name, p in params.items():
+                for first, others in ((".q_proj.", (".k_proj.", ".v_proj.")), (".gate_proj.", (".up_proj.",))):
+                    if "lora_A" in name and first in name:
+                        for o in others:
+                            params[name.replace(first, o)].copy_(p)
+    return model
+
+
+def _logits(model, vocab: int):
+    import torch
+
+    torch.manual_seed(0)
+    tokens = torch.randint(0, vocab, (2, 16))
+    with torch.no_grad():
+        return model(tokens).logits.float(), tokens
+
+
+@pytest.fixture(scope="module")
+def adapters(tmp_path_factory, tiny_checkpoints):
+    """(family, variant) -> (checkpoint, adapter directory), made once."""
+    cache: dict = {}
+
+    def get(family_id: str, variant: str = "all") -> tuple:
+        key = (family_id, variant)
+        if key not in cache:
+            ckpt = tiny_checkpoints(family_id)
+            targets = ALL_LINEAR[family_id] if variant != "qv" else ["q_proj", "v_proj"]
+            model = _peft_model(ckpt, targets=targets, shared_a=variant == "shared")
+            out = tmp_path_factory.mktemp("peft") / f"{family_id}-{variant}"
+            model.save_pretrained(str(out))
+            cache[key] = (ckpt, out)
+        return cache[key]
+
+    return get
+
+
+def _import(bridge_run, ckpt, adapter: Path, out: Path, tp: int = 1, *extra: str) -> Path:
+    r = _run(bridge_run, "import", "--hf", str(ckpt.path), "--adapter", str(adapter), "--out", str(out),
+             "--tp", str(tp), "--quiet", *extra)
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def _tensors(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "adapter_model.safetensors"))
+
+
+def _same_bits(a, b) -> bool:
+    import torch
+
+    return a.dtype == b.dtype and a.shape == b.shape and a.contiguous().view(torch.uint8).equal(
+        b.contiguous().view(torch.uint8))
+
+
+@pytest.mark.parametrize("family_id", FAMILIES)
+@pytest.mark.parametrize("tp", [1, 2])
+def test_adapter_round_trip_is_bit_exact(bridge_run, adapters, tmp_path, family_id, tp):
+    """HF PEFT -> Megatron -> HF PEFT: every tensor bit for bit, the same rank
+    and alpha, and peft loads the export onto the base with the same logits."""
+    ckpt, adapter = adapters(family_id)
+    mg = _import(bridge_run, ckpt, adapter, tmp_path / "mg", tp)
+    out = tmp_path / "peft"
+    r = _run(bridge_run, "export", "--megatron", str(mg), "--adapter-only", "--out", str(out), "--quiet")
+    assert r.returncode == 0, r.stderr
+    src, got = _tensors(adapter), _tensors(out)
+    assert sorted(src) == sorted(got)
+    assert [k for k in src if not _same_bits(src[k], got[k])] == []
+    cfg = json.loads((out / "adapter_config.json").read_text())
+    assert (cfg["r"], cfg["lora_alpha"], cfg["rank_pattern"]) == (RANK, ALPHA, {})
+    vocab = ckpt.text_config_json["vocab_size"]
+    ref, _ = _logits(_peft_model(ckpt, adapter), vocab)
+    back, _ = _logits(_peft_model(ckpt, out), vocab)
+    assert back.equal(ref)
+
+
+def _megatron_logits_with_adapters(bridge_run, ckpt, mg: Path, tokens):
+    """megatron-core's GPTModel (local spec, TP 1) with the imported weights,
+    and the imported adapters added to each adapted linear layer's output,
+    scaled by alpha / dim from bridge.json, as Megatron-Bridge's LoRALinear."""
+    import torch
+    from megatron.core import dist_checkpointing
+    from megatron.core.dist_checkpointing import ShardedTensor
+    from torch.distributed.checkpoint import FileSystemReader
+
+    meg = dict(bridge_run.config(str(ckpt.path))["megatron"], params_dtype="float32", bf16=False, fp16=False)
+    if meg.get("window_size") and meg["window_size"][0] >= tokens.shape[1]:
+        meg["window_size"] = None  # masks nothing here; megatron-core builds it on CUDA (as assert_logits_match)
+    model = megatron_oracle.build_gpt_model(meg).eval()
+    it = mg / "iter_0000000"
+    state = dist_checkpointing.load(model.sharded_state_dict(), str(it))
+    model.load_state_dict({k: v for k, v in state.items() if k in model.state_dict()}, strict=True)
+
+    side = json.loads((it / "bridge.json").read_text())["adapter"]
+    scale = side["alpha"] / side["dim"]
+    metadata = FileSystemReader(str(it)).read_metadata().state_dict_metadata
+    keys = [k for k in metadata if ".adapter.linear_" in k and hasattr(metadata[k], "size")]
+    assert keys, "the import wrote no adapter key"
+    request = {k: ShardedTensor.from_rank_offsets(k, torch.empty(tuple(metadata[k].size)), replica_id=0)
+               for k in keys}
+    loaded = dist_checkpointing.load(request, str(it))
+    stacked = all(k.startswith("decoder.layers.") and not k.split(".")[2].isdigit() for k in keys)
+
+    def matrix(module: str, layer: int, which: str):
+        key = f"decoder.layers.{module}.adapter.linear_{which}.weight"
+        if stacked:
+            return loaded[key][layer]
+        return loaded[f"decoder.layers.{layer}.{module}.adapter.linear_{which}.weight"]
+
+    hooks = []
+    adapted = set()
+    for i, layer in enumerate(model.decoder.layers):
+        for module in ("self_attention.linear_qkv", "self_attention.linear_proj", "mlp.linear_fc1",
+                       "mlp.linear_fc2", "mlp.shared_experts.linear_fc1", "mlp.shared_experts.linear_fc2"):
+            probe = f"decoder.layers.{module}.adapter.linear_in.weight" if stacked else \
+                f"decoder.layers.{i}.{module}.adapter.linear_in.weight"
+            if probe not in loaded:
+                continue
+            adapted.add(module)
+            a, b = matrix(module, i, "in"), matrix(module, i, "out")
+
+            def hook(mod, inputs, output, a=a, b=b):
+                out, bias = output
+                return out + scale * (inputs[0] @ a.t() @ b.t()), bias
+
+            hooks.append(layer.get_submodule(module).register_forward_hook(hook))
+    assert adapted, f"no adapted module among {keys[:4]}"
+    positions = torch.arange(tokens.shape[1]).unsqueeze(0).expand(tokens.shape[0], -1)
+    mask = torch.triu(torch.ones(tokens.shape[1], tokens.shape[1], dtype=torch.bool), 1)[None, None]
+    with torch.no_grad():
+        logits = model(tokens, positions, mask).float()
+    for h in hooks:
+        h.remove()
+    return logits
+
+
+@pytest.mark.parametrize("family_id,variant", [(f, "all") for f in FAMILIES] + [("llama3.1-8b", "qv"),
+                                                                               ("llama3.1-8b", "shared")])
+def test_megatron_core_with_the_imported_adapters_gives_the_peft_logits(bridge_run, adapters, mcore, tmp_path,
+                                                                        family_id, variant):
+    """The PEFT model's logits from megatron-core running the imported
+    weights with the imported adapters (chunks cut for TP 2, loaded at TP 1)."""
+    ckpt, adapter = adapters(family_id, variant)
+    mg = _import(bridge_run, ckpt, adapter, tmp_path / "mg", 2, "--local-spec")
+    ref, tokens = _logits(_peft_model(ckpt, adapter), ckpt.text_config_json["vocab_size"])
+    ours = _megatron_logits_with_adapters(bridge_run, ckpt, mg, tokens)[..., : ref.shape[-1]]
+    diff = (ours - ref).abs().max().item()
+    assert diff <= LOGITS_ATOL, f"max |megatron-core with adapters - PEFT| = {diff}"
+    # The adapters matter: the base alone is far from the PEFT model.
+    model = _peft_model(ckpt, adapter)
+    with model.disable_adapter():
+        base, _ = _logits(model, ckpt.text_config_json["vocab_size"])
+    assert (base - ref).abs().max().item() > 1000 * LOGITS_ATOL
+    side = json.loads((mg / "iter_0000000" / "bridge.json").read_text())["adapter"]
+    # q, k, v adapted apart are stacked (3 blocks); an adapter whose fused
+    # modules share A (Megatron's own) keeps its rank.
+    fused_apart = variant != "shared" and family_id in FUSED_APART
+    assert side["dim"] == (3 * RANK if fused_apart else RANK)
+
+
+@pytest.mark.parametrize("family_id", FAMILIES)
+def test_merged_export_gives_the_peft_logits(bridge_run, adapters, tmp_path, family_id):
+    """export --merge-adapters: the HF checkpoint transformers loads with the
+    PEFT model's logits (W + alpha / r * B A, computed in fp32)."""
+    import torch
+    import transformers
+
+    ckpt, adapter = adapters(family_id)
+    mg = _import(bridge_run, ckpt, adapter, tmp_path / "mg", 2)
+    out = tmp_path / "merged"
+    r = _run(bridge_run, "export", "--megatron", str(mg), "--merge-adapters", "--out", str(out), "--quiet")
+    assert r.returncode == 0, r.stderr
+    # PEFT's own merge in fp32 (merge_and_unload), stored in the base's
+    # dtype as a checkpoint holds it, then run in fp32 as the export is.
+    vocab = ckpt.text_config_json["vocab_size"]
+    from safetensors.torch import load_file
+
+    stored = {}
+    for f in ckpt.path.glob("*.safetensors"):
+        stored.update({k: v.dtype for k, v in load_file(str(f)).items()})
+    reference = _peft_model(ckpt, adapter).merge_and_unload()
+    with torch.no_grad():
+        for name, p in reference.named_parameters():
+            if name in stored:
+                p.copy_(p.to(stored[name]).float())
+    ref, _ = _logits(reference.eval(), vocab)
+    merged = getattr(transformers, ckpt.family.auto_class).from_pretrained(str(out), dtype=torch.float32).eval()
+    got, _ = _logits(merged, vocab)
+    diff = (got - ref).abs().max().item()
+    assert diff <= LOGITS_ATOL, f"max |merged export - PEFT's merge| = {diff}"
+    # Without a flag the export is the base, and says the adapters were left out.
+    r = _run(bridge_run, "export", "--megatron", str(mg), "--out", str(tmp_path / "base"))
+    assert r.returncode == 0 and "holds LoRA adapters, which are not in this export" in r.stderr
+    base, _ = _logits(getattr(transformers, ckpt.family.auto_class).from_pretrained(
+        str(ckpt.path), dtype=torch.float32).eval(), vocab)
+    plain, _ = _logits(getattr(transformers, ckpt.family.auto_class).from_pretrained(
+        str(tmp_path / "base"), dtype=torch.float32).eval(), vocab)
+    assert plain.equal(base)
+
+
+def test_partial_targets_round_trip(bridge_run, adapters, tmp_path):
+    """PEFT's default for Llama adapts q_proj and v_proj only: k_proj's block
+    of linear_qkv is zero in Megatron and left out again on export."""
+    ckpt, adapter = adapters("llama3.1-8b", "qv")
+    mg = _import(bridge_run, ckpt, adapter, tmp_path / "mg", 2)
+    out = tmp_path / "peft"
+    assert _run(bridge_run, "export", "--megatron", str(mg), "--adapter-only", "--out", str(out)).returncode == 0
+    src, got = _tensors(adapter), _tensors(out)
+    assert sorted(src) == sorted(got) and all(_same_bits(src[k], got[k]) for k in src)
+
+
+def test_reshard_keeps_the_adapters(bridge_run, adapters, tmp_path):
+    ckpt, adapter = adapters("llama3.1-8b")
+    mg = _import(bridge_run, ckpt, adapter, tmp_path / "mg", 1)
+    r = _run(bridge_run, "reshard", "--megatron", str(mg), "--out", str(tmp_path / "mg2"), "--tp", "2", "--quiet")
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "peft"
+    r = _run(bridge_run, "export", "--megatron", str(tmp_path / "mg2"), "--adapter-only", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    src, got = _tensors(adapter), _tensors(out)
+    assert sorted(src) == sorted(got) and all(_same_bits(src[k], got[k]) for k in src)
+
+
+def _edited_adapter(adapter: Path, out: Path, config=None, tensors=None) -> Path:
+    """A copy of `adapter` with its config and tensors changed."""
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True)
+    cfg = json.loads((adapter / "adapter_config.json").read_text())
+    (out / "adapter_config.json").write_text(json.dumps(config(cfg) if config else cfg))
+    t = _tensors(adapter)
+    save_file(tensors(t) if tensors else t, str(out / "adapter_model.safetensors"))
+    return out
+
+
+def _renamed(t: dict) -> dict:
+    k = next(k for k in t if ".q_proj.lora_A" in k)
+    t[k.replace("q_proj", "q_projection")] = t.pop(k)
+    return t
+
+
+BAD_ADAPTERS = {
+    "module-the-base-lacks": (None, _renamed, "which the base checkpoint"),
+    "rank-mismatch": (lambda c: dict(c, r=8), None, "a rank other than adapter_config.json's r"),
+    "dora": (lambda c: dict(c, use_dora=True), None, "DoRA adapters are not converted"),
+    "other-peft-type": (lambda c: dict(c, peft_type="LOHA"), None, "only LoRA adapters are converted"),
+    "rslora": (lambda c: dict(c, use_rslora=True), None, "rank-stabilized scaling"),
+    "rank-pattern": (lambda c: dict(c, rank_pattern={"q_proj": 2}), None, "rank_pattern gives modules"),
+    "not-a-lora-tensor": (None, lambda t: dict(t, **{"base_model.model.model.embed_tokens.lora_embedding_A":
+                                                     next(iter(t.values())).clone()}), "is not a LoRA A or B matrix"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_ADAPTERS))
+def test_bad_adapter_is_refused_with_nothing_written(bridge_run, adapters, tmp_path, case):
+    ckpt, adapter = adapters("llama3.1-8b")
+    config, tensors, message = BAD_ADAPTERS[case]
+    bad = _edited_adapter(adapter, tmp_path / "bad", config, tensors)
+    r = _run(bridge_run, "import", "--hf", str(ckpt.path), "--adapter", str(bad), "--out", str(tmp_path / "mg"))
+    assert r.returncode == 1 and message in r.stderr, r.stderr
+    assert not (tmp_path / "mg").exists()
+    assert not list(tmp_path.glob("mg.partial-*"))
+
+
+def test_routed_expert_adapters_are_refused(bridge_run, tiny_checkpoints, tmp_path):
+    """transformers 5 fuses a MoE's routed experts into 3-D parameters, which
+    PEFT adapts through target_parameters: not converted, and said so."""
+    ckpt = tiny_checkpoints("qwen3-30b-a3b")
+    model = _peft_model(ckpt, targets=["q_proj"], target_parameters=["mlp.experts.gate_up_proj"])
+    model.save_pretrained(str(tmp_path / "peft"))
+    r = _run(bridge_run, "import", "--hf", str(ckpt.path), "--adapter", str(tmp_path / "peft"), "--out",
+             str(tmp_path / "mg"))
+    assert r.returncode == 1 and "target_parameters is set" in r.stderr, r.stderr
+    assert not (tmp_path / "mg").exists()
+
+
+def test_rank_must_divide_over_tp(bridge_run, adapters, tmp_path):
+    ckpt, adapter = adapters("phi3-mini")  # rank 4, not stacked
+    r = _run(bridge_run, "import", "--hf", str(ckpt.path), "--adapter", str(adapter), "--out", str(tmp_path / "mg"),
+             "--tp", "8")
+    assert r.returncode == 1
+    assert "does not divide over TP=8" in r.stderr or "does not fit this model" in r.stderr, r.stderr
+
+
+def test_export_flags_need_adapters(bridge_run, tiny_checkpoints, tmp_path):
+    ckpt = tiny_checkpoints("llama3.1-8b")
+    r = _run(bridge_run, "import", "--hf", str(ckpt.path), "--out", str(tmp_path / "mg"), "--quiet")
+    assert r.returncode == 0, r.stderr
+    for flag in ("--adapter-only", "--merge-adapters"):
+        r = _run(bridge_run, "export", "--megatron", str(tmp_path / "mg"), flag, "--out", str(tmp_path / "x"))
+        assert r.returncode == 1 and "records no LoRA adapters" in r.stderr, r.stderr
+        assert not (tmp_path / "x").exists()
