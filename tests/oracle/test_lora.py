@@ -24,7 +24,7 @@ import pytest
 import megatron_oracle
 import tiny_models
 
-peft = pytest.importorskip("peft", reason="peft is pinned in scripts/requirements.txt (scripts/setup.sh)")
+import peft  # noqa: E402  (pinned in scripts/requirements.txt; scripts/setup.sh installs it)
 
 # Dense GQA (q, k, v adapted apart: the import stacks their A), HF-fused
 # qkv_proj and gate_up_proj (Phi-3: one A each), qkv biases (Qwen2), a MoE
