@@ -92,11 +92,16 @@ PYBIND11_MODULE(_C, m) {
   }, "The mapping that serves an HF config (JSON text); raises when none does.");
 
   py::class_<live::HFModel, std::shared_ptr<live::HFModel>>(m, "HFModel")
-      .def(py::init([](const std::string &Dir) {
+      .def(py::init([](const std::string &Dir, std::optional<std::tuple<int64_t, double, std::vector<std::string>>>
+                                                      Adapters) {
              py::gil_scoped_release Free;
-             return std::make_shared<live::HFModel>(Dir);
+             if (!Adapters)
+               return std::make_shared<live::HFModel>(Dir);
+             AdapterSpec A{std::get<0>(*Adapters), std::get<1>(*Adapters), std::get<2>(*Adapters)};
+             return std::make_shared<live::HFModel>(Dir, &A);
            }),
-           py::arg("path"))
+           py::arg("path"), py::arg("adapters") = std::nullopt,
+           "The HF checkpoint; adapters: (dim, alpha, target modules) of the LoRA adapters the model carries.")
       .def_property_readonly("path", &live::HFModel::dir)
       .def_property_readonly("mapping", [](const live::HFModel &M) { return std::string(M.conversion().Mapping->Name); })
       .def("megatron_config", [](const live::HFModel &M) { return M.megatronConfig().dump(); })
@@ -130,7 +135,8 @@ PYBIND11_MODULE(_C, m) {
       .def("unchanged", &live::LiveModel::unchanged)
       .def_property_readonly("bytes_read", &live::LiveModel::bytesRead)
       .def("export", [](live::LiveModel &M, std::optional<PG> TP, std::optional<PG> PP, std::optional<PG> EP,
-                        std::optional<PG> ETP, uint64_t BucketBytes, bool ToCPU, bool Receive) {
+                        std::optional<PG> ETP, uint64_t BucketBytes, bool ToCPU, bool Receive,
+                        const std::string &Adapters) {
              auto S = std::make_unique<Stream>();
              S->TP = adapt(TP);
              S->PP = adapt(PP);
@@ -140,11 +146,17 @@ PYBIND11_MODULE(_C, m) {
              O.BucketBytes = BucketBytes;
              O.ToCPU = ToCPU;
              O.Receive = Receive;
+             if (Adapters == "merged")
+               O.Adapters = live::AdapterExport::Merged;
+             else if (Adapters == "only")
+               O.Adapters = live::AdapterExport::Only;
+             else if (Adapters != "without")
+               throw Error("error: adapters is 'without', 'merged' or 'only', not '" + Adapters + "'");
              S->S = M.exportHF(S->TP.get(), S->PP.get(), S->EP.get(), S->ETP.get(), O);
              return S;
            },
            py::arg("tp"), py::arg("pp"), py::arg("ep"), py::arg("etp"), py::arg("bucket_bytes"), py::arg("cpu"),
-           py::arg("receive"), py::keep_alive<0, 1>());
+           py::arg("receive"), py::arg("adapters") = "without", py::keep_alive<0, 1>());
 
   py::class_<Batch>(m, "ExportBatch")
       .def("__iter__", [](Batch &B) -> Batch & { return B; }, py::return_value_policy::reference_internal)

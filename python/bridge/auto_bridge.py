@@ -137,6 +137,37 @@ def _parallel_state():
     return sizes, ranks, groups
 
 
+def _adapters_of(model, names: list[str]):
+    """(dim, alpha, target modules) of the LoRA adapters the model carries,
+    as Megatron-Bridge's LoRA wraps modules (`<module>.adapter.linear_in`,
+    `.linear_out`; the adapter module's `dim` and `alpha`), or None."""
+    targets, found = set(), set()
+    for name in names:
+        if name.endswith(".adapter.linear_in.weight"):
+            module = name[: -len(".adapter.linear_in.weight")]
+            targets.add(module.rsplit(".", 1)[-1])
+            found.add(module)
+    if not found:
+        return None
+    specs = set()
+    for chunk in _chunks(model):
+        for module in sorted(found):
+            try:
+                adapter = chunk.get_submodule(module + ".adapter")
+            except AttributeError:
+                continue
+            dim, alpha = getattr(adapter, "dim", None), getattr(adapter, "alpha", None)
+            if dim is None or alpha is None:
+                raise BridgeError(f"{module}.adapter has no dim and alpha attributes (Megatron-Bridge's "
+                                  "ParallelLinearAdapter has both): the adapter's scale is unknown")
+            specs.add((int(dim), float(alpha)))
+    if len(specs) != 1:
+        raise BridgeError(f"the model's LoRA adapters have different (dim, alpha): {sorted(specs)}; "
+                          "the live bridge takes one of each, as Megatron-Bridge's LoRA")
+    dim, alpha = specs.pop()
+    return dim, alpha, sorted(targets)
+
+
 class AutoBridge:
     """One HF checkpoint (config and weights, memory-mapped) and its mapping."""
 
@@ -234,7 +265,15 @@ class AutoBridge:
                     continue
                 for n, dtype in held.items():
                     elsewhere.setdefault(n, (stage, getattr(torch, dtype)))
-        hf = self._hf if hf_path is None else _native().HFModel(str(hf_path))
+        adapters = _adapters_of(model, names)
+        if adapters is None:
+            hf = self._hf if hf_path is None else _native().HFModel(str(hf_path))
+        else:
+            try:
+                hf = _native().HFModel(str(hf_path or self._hf.path), adapters=adapters)
+            except ValueError as e:
+                raise BridgeError(str(e)) from None
+        groups = dict(groups, adapters=adapters)
         try:
             live = _native().LiveModel(hf, sizes, ranks, _local_spec(names), tensors, elsewhere)
         except ValueError as e:
@@ -265,7 +304,7 @@ class AutoBridge:
 
     def export_hf_weights(self, model, cpu: bool = False, show_progress: bool = False,
                           bucket_size: int = 256 << 20, receivers: str | int = "all",
-                          **_: Any) -> Iterator[tuple[str, Any]]:
+                          merge_adapter_weights: bool = True, **_: Any) -> Iterator[tuple[str, Any]]:
         """The model as HF tensors, `(hf_name, tensor)` in plan order. Every
         rank of the model must drive the iterator in lockstep: each step runs
         one bucket's collectives (TP, then EP, then PP) from C++. `bucket_size`
@@ -275,11 +314,69 @@ class AutoBridge:
         memory with the parameters: copy what you keep past the next step.
         The model's naming and checks are kept for the next call while it
         holds the same parameters (an RL loop's every step); the bridge then
-        holds references to them until it exports another model."""
+        holds references to them until it exports another model. A model
+        with LoRA adapters (Megatron-Bridge's LoRA, docs/lora.md) exports its
+        weights with the adapters merged in (W + alpha/dim * B A, in fp32), or
+        without them with merge_adapter_weights=False."""
         live, groups = self._live_model(model)
+        adapters = "merged" if groups["adapters"] and merge_adapter_weights else "without"
+        yield from self._stream(live, groups, cpu, bucket_size, receivers, adapters)
+
+    def export_adapter_weights(self, model, cpu: bool = True, show_progress: bool = False,
+                               bucket_size: int = 256 << 20, receivers: str | int = "all",
+                               **_: Any) -> Iterator[tuple[str, Any]]:
+        """The model's LoRA adapters as HF PEFT's matrices, `(name, tensor)`
+        with names `<hf module>.lora_A.weight` / `.lora_B.weight`: each HF
+        module its rows of B and the Megatron module's A (fused modules split
+        as their weights are). Every rank drives it in lockstep, as
+        export_hf_weights."""
+        live, groups = self._live_model(model)
+        if not groups["adapters"]:
+            raise BridgeError("the model has no LoRA adapters (no '<module>.adapter.linear_in.weight')")
+        yield from self._stream(live, groups, cpu, bucket_size, receivers, "only")
+
+    def save_hf_adapter(self, model, out_dir: str | os.PathLike, rank: int = 0, overwrite: bool = False,
+                        bucket_size: int = 256 << 20, **_: Any) -> None:
+        """The model's LoRA adapters written by global rank `rank` as an HF
+        PEFT directory (adapter_config.json, adapter_model.safetensors) that
+        peft.PeftModel.from_pretrained loads onto the HF base. Every rank
+        must call it."""
+        import shutil
+
+        import torch
+        import torch.distributed as dist
+        from safetensors.torch import save_file
+
+        me = dist.get_rank() if dist.is_initialized() else 0
+        # A fused module's A comes once per HF module, as views of one tensor: a copy each.
+        tensors = {f"base_model.model.{n}": t.clone(memory_format=torch.contiguous_format)
+                   for n, t in self.export_adapter_weights(model, cpu=True, bucket_size=bucket_size,
+                                                           receivers=rank)}
+        if me != rank:
+            return
+        dim, alpha, _ = self._live_model(model)[1]["adapters"]
+        out = Path(out_dir)
+        if out.exists():
+            if not (overwrite and (out / "adapter_config.json").exists()):
+                raise BridgeError(f"{out} exists (replaced only with overwrite=True, and only an adapter directory)")
+        partial = out.with_name(out.name + f".partial-{os.getpid()}")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        save_file(tensors, str(partial / "adapter_model.safetensors"), metadata={"format": "pt"})
+        leaves = sorted({n[: -len(".lora_A.weight")].rsplit(".", 1)[-1] for n in tensors if n.endswith(".lora_A.weight")})
+        config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": self.hf_path,
+                  "r": dim, "lora_alpha": alpha, "target_modules": leaves, "lora_dropout": 0.0, "bias": "none",
+                  "fan_in_fan_out": False, "use_rslora": False, "use_dora": False, "rank_pattern": {},
+                  "alpha_pattern": {}, "modules_to_save": None, "inference_mode": True}
+        (partial / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        partial.rename(out)
+
+    def _stream(self, live, groups, cpu, bucket_size, receivers, adapters: str):
         receive = self._receives(receivers)
         stream = live.export(groups["tp"], groups["pp"], groups["ep"], groups["etp"], int(bucket_size),
-                             bool(cpu), receive)
+                             bool(cpu), receive, adapters)
         while True:
             try:
                 batch = stream.next()
@@ -303,7 +400,8 @@ class AutoBridge:
         return rank == int(receivers)
 
     def save_hf_pretrained(self, model, out_dir: str | os.PathLike, rank: int = 0, overwrite: bool = False,
-                           bucket_size: int = 256 << 20, writers: int = 8, **_: Any) -> None:
+                           bucket_size: int = 256 << 20, writers: int = 8, merge_adapter_weights: bool = True,
+                           **_: Any) -> None:
         """The export stream written as an HF checkpoint by global rank `rank`,
         with the runtime's parallel safetensors writers: the source's shard
         files and index, config.json from the config map, manifest.json, the
@@ -314,8 +412,9 @@ class AutoBridge:
 
         me = dist.get_rank() if dist.is_initialized() else 0
         live, groups = self._live_model(model)
+        adapters = "merged" if groups["adapters"] and merge_adapter_weights else "without"
         stream = live.export(groups["tp"], groups["pp"], groups["ep"], groups["etp"], int(bucket_size), True,
-                             me == rank)
+                             me == rank, adapters)
         try:
             if me == rank:
                 stream.save(str(out_dir), bool(overwrite), int(writers))

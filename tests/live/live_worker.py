@@ -45,6 +45,9 @@ def main() -> None:
     p.add_argument("--params-dtype", default="float32",
                    help="the model's; with bfloat16 the local spec's torch norms stay float32 and no logits are compared")
     p.add_argument("--device", default="cpu", help="cpu (gloo) or cuda (nccl, GPU LOCAL_RANK)")
+    p.add_argument("--adapters", help="a torch.save file: {'dim', 'alpha', 'tensors': the global adapter "
+                                      "tensors of an import by torch_dist key}; attached as Megatron-Bridge's "
+                                      "LoRA wraps modules, then saved by save_hf_adapter and save_hf_pretrained")
     p.add_argument("--out", required=True)
     a = p.parse_args()
     if a.device == "cuda":
@@ -94,6 +97,9 @@ def run(a, result: dict) -> None:
 
     bridge.load_hf_weights(model)
     result["load"] = bridge.last_load
+    if a.adapters:
+        _adapters(bridge, model, a, result)
+        return
     result["param_dtypes"] = sorted({str(p.dtype) for m in model for p in m.parameters()})
     result["hf_bytes"] = sum(f.stat().st_size for f in Path(a.hf).glob("*.safetensors"))
 
@@ -208,6 +214,51 @@ def run(a, result: dict) -> None:
                                                                receivers=receivers)}
         result["export_swapped_count"] = len(swapped)
         result["export_swapped_zero"] = sorted(n for n, t in swapped.items() if t.count_nonzero().item() == 0)
+
+
+def _adapters(bridge, model, a, result: dict) -> None:
+    """Megatron-Bridge's LoRA layout, written here from its sources
+    (peft/utils.py ParallelLinearAdapter) rather than from the runtime's:
+    each adapted module gets `adapter.linear_in` / `adapter.linear_out`
+    holding this TP rank's slices, and the adapter's `dim` and `alpha`.
+    Beside a column-parallel module A is cut on its rows (the rank) and B
+    like the weight (fc1: [gate_p; up_p]); beside a row-parallel one A on
+    its columns and B on its rows."""
+    from megatron.core import parallel_state as ps
+
+    spec = torch.load(a.adapters)
+    tp, rank = ps.get_tensor_model_parallel_world_size(), ps.get_tensor_model_parallel_rank()
+    for chunk in model:
+        for layer in chunk.decoder.layers:
+            g = layer.layer_number - 1
+            for module in ("self_attention.linear_qkv", "self_attention.linear_proj", "mlp.linear_fc1",
+                           "mlp.linear_fc2"):
+                key = f"decoder.layers.{module}.adapter.linear_"
+                if key + "in.weight" not in spec["tensors"]:
+                    continue
+                A, B = spec["tensors"][key + "in.weight"][g], spec["tensors"][key + "out.weight"][g]
+                if module.endswith(("linear_proj", "linear_fc2")):
+                    a_, b_ = A.chunk(tp, 1)[rank], B.chunk(tp, 0)[rank]
+                else:
+                    a_ = A.chunk(tp, 0)[rank]
+                    if module.endswith("linear_fc1"):
+                        gate, up = B.chunk(2, 0)
+                        b_ = torch.cat([gate.chunk(tp, 0)[rank], up.chunk(tp, 0)[rank]])
+                    else:
+                        b_ = B.chunk(tp, 0)[rank]
+                adapter = torch.nn.Module()
+                adapter.linear_in = torch.nn.Linear(a_.shape[1], a_.shape[0], bias=False)
+                adapter.linear_out = torch.nn.Linear(b_.shape[1], b_.shape[0], bias=False)
+                with torch.no_grad():
+                    adapter.linear_in.weight.copy_(a_)
+                    adapter.linear_out.weight.copy_(b_)
+                adapter.dim, adapter.alpha = spec["dim"], spec["alpha"]
+                layer.get_submodule(module).adapter = adapter
+    bridge.save_hf_adapter(model, Path(a.out, "adapter"))
+    bridge.save_hf_pretrained(model, Path(a.out, "merged"))
+    got = {n: t.clone() for n, t in bridge.export_hf_weights(model, cpu=True, merge_adapter_weights=False)}
+    result["unmerged_count"] = len(got)
+    result["unmerged_names"] = sorted(got)
 
 
 if __name__ == "__main__":

@@ -128,13 +128,19 @@ def _same_bits(a, b) -> bool:
         b.contiguous().view(torch.uint8))
 
 
-@pytest.mark.parametrize("family_id", FAMILIES)
-@pytest.mark.parametrize("tp", [1, 2])
-def test_adapter_round_trip_is_bit_exact(bridge_run, adapters, tmp_path, family_id, tp):
+# (TP, PP, EP): torch_dist cuts chunks by layout; EP only where there are experts.
+LAYOUTS = [(1, 1, 1), (2, 1, 1), (1, 2, 1), (2, 2, 1)]
+MOE_LAYOUTS = [(1, 1, 2), (2, 1, 2)]
+
+
+@pytest.mark.parametrize("family_id,tp,pp,ep",
+                         [(f, *l) for f in FAMILIES for l in LAYOUTS]
+                         + [("qwen1.5-moe-a2.7b", *l) for l in MOE_LAYOUTS])
+def test_adapter_round_trip_is_bit_exact(bridge_run, adapters, tmp_path, family_id, tp, pp, ep):
     """HF PEFT -> Megatron -> HF PEFT: every tensor bit for bit, the same rank
     and alpha, and peft loads the export onto the base with the same logits."""
     ckpt, adapter = adapters(family_id)
-    mg = _import(bridge_run, ckpt, adapter, tmp_path / "mg", tp)
+    mg = _import(bridge_run, ckpt, adapter, tmp_path / "mg", tp, "--pp", str(pp), "--ep", str(ep))
     out = tmp_path / "peft"
     r = _run(bridge_run, "export", "--megatron", str(mg), "--adapter-only", "--out", str(out), "--quiet")
     assert r.returncode == 0, r.stderr
@@ -365,3 +371,57 @@ def test_export_flags_need_adapters(bridge_run, tiny_checkpoints, tmp_path):
         r = _run(bridge_run, "export", "--megatron", str(tmp_path / "mg"), flag, "--out", str(tmp_path / "x"))
         assert r.returncode == 1 and "records no LoRA adapters" in r.stderr, r.stderr
         assert not (tmp_path / "x").exists()
+
+
+def test_live_bridge_streams_and_merges_the_adapters_of_a_running_model(bridge_run, adapters, mcore, tmp_path):
+    """A Megatron-Core model at TP 2 (gloo, two processes) carrying LoRA
+    adapters as Megatron-Bridge's LoRA wraps its modules (each rank its
+    slices, cut in the worker from Megatron-Bridge's rules): save_hf_adapter
+    gives back the HF PEFT adapter bit for bit, save_hf_pretrained (merged)
+    the bytes of `export --merge-adapters`, and export_hf_weights without
+    merging the base's tensor names."""
+    import torch
+    from megatron.core import dist_checkpointing
+    from megatron.core.dist_checkpointing import ShardedTensor
+    from torch.distributed.checkpoint import FileSystemReader
+
+    import test_live_bridge as live
+
+    live._BUILD[:] = [Path(bridge_run.path).resolve().parents[1]]
+    ckpt, adapter = adapters("llama3.1-8b", "shared")  # Megatron's own adapter: one A per fused module
+    mg = _import(bridge_run, ckpt, adapter, tmp_path / "mg", 2, "--local-spec")
+    it = mg / "iter_0000000"
+    metadata = FileSystemReader(str(it)).read_metadata().state_dict_metadata
+    keys = [k for k in metadata if ".adapter.linear_" in k and hasattr(metadata[k], "size")]
+    request = {k: ShardedTensor.from_rank_offsets(k, torch.empty(tuple(metadata[k].size)), replica_id=0)
+               for k in keys}
+    side = json.loads((it / "bridge.json").read_text())["adapter"]
+    spec = {"dim": side["dim"], "alpha": side["alpha"], "tensors": dist_checkpointing.load(request, str(it))}
+    torch.save(spec, tmp_path / "adapters.pt")
+
+    merged = tmp_path / "merged-cli"
+    r = _run(bridge_run, "export", "--megatron", str(mg), "--merge-adapters", "--out", str(merged), "--quiet")
+    assert r.returncode == 0, r.stderr
+
+    reports = live._job(2, tmp_path / "job", "--hf", str(ckpt.path), "--tp", "2", "--adapters",
+                        str(tmp_path / "adapters.pt"))
+    out = tmp_path / "job"
+    src, got = _tensors(adapter), _tensors(out / "adapter")
+    assert sorted(src) == sorted(got)
+    assert [k for k in src if not _same_bits(src[k], got[k])] == []
+    cfg = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert (cfg["r"], cfg["lora_alpha"]) == (RANK, ALPHA)
+    from safetensors.torch import load_file
+
+    want = {}
+    for f in merged.glob("*.safetensors"):
+        want.update(load_file(str(f)))
+    have = {}
+    for f in (out / "merged").glob("*.safetensors"):
+        have.update(load_file(str(f)))
+    assert sorted(want) == sorted(have)
+    assert [k for k in want if not _same_bits(want[k], have[k])] == []
+    base = {}
+    for f in ckpt.path.glob("*.safetensors"):
+        base.update(load_file(str(f)))
+    assert reports[0]["unmerged_names"] == sorted(base)

@@ -23,6 +23,7 @@
 #include <ATen/ops/arange.h>
 #include <ATen/ops/cat.h>
 #include <ATen/ops/floor_divide.h>
+#include <ATen/ops/matmul.h>
 #include <ATen/ops/nonzero.h>
 #include <ATen/ops/remainder.h>
 #include <ATen/ops/empty.h>
@@ -72,7 +73,7 @@ struct Packing {
 
 // -- the HF checkpoint -----------------------------------------------------------------
 
-HFModel::HFModel(const std::string &Dir) : C(schema()), Dir(Dir) {
+HFModel::HFModel(const std::string &Dir, const AdapterSpec *Adapters) : C(schema()), Dir(Dir) {
   Src = hfSource(Dir, C, /*LocalSpec=*/false);
   Src->open(C);
   PassThroughLister Lister = Src->passThrough();
@@ -82,8 +83,29 @@ HFModel::HFModel(const std::string &Dir) : C(schema()), Dir(Dir) {
   // chain run on meta tensors: a checkpoint that does not fit its mapping
   // fails here, before any model is touched.
   Src->check(C);
+  if (Adapters) {
+    // The adapters' matrices are never read from the checkpoint (a live
+    // model's adapters are its own); export gives them back under the HF
+    // modules' names.
+    addAdapters(C.P, *Adapters);
+    C.Adapter = {{"dim", Adapters->Dim}, {"alpha", Adapters->Alpha}, {"target_modules", Adapters->Targets}};
+  }
   C.Keys = groupByKey(C.P, C.S, C.Fields, C.LocalSpec);
   Side = Src->sidecar(C);
+  for (const PlannedTensor &PT : C.P.Tensors)
+    if (PT.AdapterOf >= 0)
+      for (size_t K = 0; K < PT.chain().Sources.size(); ++K) {
+        if (PT.chain().SourceOptional[K])
+          continue; // a weight's scale, never beside an adapter
+        const std::string &S = PT.chain().Sources[K];
+        const Json &W = Side.at("hf_tensors").at(S.substr(0, S.size() - 14) + ".weight"); // '.lora_A.weight'
+        std::vector<int64_t> WS = W.at("shape").get<std::vector<int64_t>>();
+        std::vector<int64_t> Shape = PT.AdapterMatrix == 'A' ? std::vector<int64_t>{Adapters->Dim, WS[1]}
+                                                             : std::vector<int64_t>{WS[0], Adapters->Dim};
+        // In fp32, as Megatron-Bridge's export_adapter_ckpt gives them (a
+        // bf16 adapter loses nothing).
+        Side["hf_tensors"][S] = {{"file", "adapter_model.safetensors"}, {"dtype", "F32"}, {"shape", Shape}};
+      }
 }
 
 Json HFModel::megatronConfig() const { return configToJson(C.S, C.Fields); }
@@ -427,7 +449,8 @@ void LiveModel::load(uint64_t MemoryBudget) {
     }
   };
   for (Held &H : Mine)
-    Add(H.Planned, H.Param);
+    if (C.P.Tensors[H.Planned].AdapterOf < 0) // a model's adapters are its own, not the checkpoint's
+      Add(H.Planned, H.Param);
   if (TiedCopy.defined())
     Add(*TiedFrom, TiedCopy);
   if (Cuda)
@@ -541,8 +564,38 @@ std::unique_ptr<ExportStream> LiveModel::exportHF(Group *TP, Group *PP, Group *E
 // -- export ----------------------------------------------------------------------------
 
 ExportStream::ExportStream(LiveModel &Model, Group *TPG, Group *PPG, Group *EPG, Group *ETPG, ExportOptions Opts)
-    : M(Model), TP(TPG), PP(PPG), EP(EPG), ETP(ETPG), O(Opts), Slots(Model.exportSlots()),
+    : M(Model), TP(TPG), PP(PPG), EP(EPG), ETP(ETPG), O(Opts), AllSlots(Model.exportSlots()),
       HF(Model.exportAssembler()) {
+  const Conversion &C = M.Model->conversion();
+  if (O.Adapters != AdapterExport::Without && C.P.Adapters.Dim == 0)
+    throw Error("error: the model has no LoRA adapters to " +
+                std::string(O.Adapters == AdapterExport::Merged ? "merge" : "export"));
+  // Slots hold one planned tensor each but for experts, which take no adapter.
+  std::map<size_t, std::vector<const Slot *>> Before; // a weight's slot -> its adapters' slots
+  std::map<size_t, size_t> SlotOfPlanned;
+  for (size_t S = 0; S < AllSlots.size(); ++S)
+    for (size_t Mem : AllSlots[S].Members)
+      SlotOfPlanned[Mem] = S;
+  for (const Slot &Sl : AllSlots) {
+    const PlannedTensor &PT = C.P.Tensors[Sl.Members[0]];
+    if (PT.AdapterOf < 0)
+      continue;
+    if (O.Adapters == AdapterExport::Only)
+      Order.push_back(&Sl);
+    if (O.Adapters == AdapterExport::Merged) {
+      Before[SlotOfPlanned.at(static_cast<size_t>(PT.AdapterOf))].push_back(&Sl);
+      auto &Pair = AdaptersOf[static_cast<size_t>(PT.AdapterOf)];
+      (PT.AdapterMatrix == 'A' ? Pair.first : Pair.second) = Sl.Members[0];
+    }
+  }
+  if (O.Adapters != AdapterExport::Only)
+    for (size_t S = 0; S < AllSlots.size(); ++S) {
+      if (C.P.Tensors[AllSlots[S].Members[0]].AdapterOf >= 0)
+        continue;
+      if (auto It = Before.find(S); It != Before.end())
+        Order.insert(Order.end(), It->second.begin(), It->second.end());
+      Order.push_back(&AllSlots[S]);
+    }
   auto Check = [](Group *G, int Want, const char *What) {
     if (Want > 1 && (!G || G->size() != Want))
       throw Error(std::string("error: the live export needs the model's ") + What + " group of size " +
@@ -617,8 +670,8 @@ void ExportStream::convertSmallAhead() {
   constexpr uint64_t kSmallBytes = uint64_t(1) << 20;
   const Conversion &C = M.Model->conversion();
   std::map<std::pair<at::ScalarType, at::ScalarType>, std::vector<size_t>> Groups; // (model, HF) dtypes -> slots
-  for (size_t S = 0; S < Slots.size(); ++S) {
-    const Slot &Sl = Slots[S];
+  for (size_t S = 0; S < Order.size(); ++S) {
+    const Slot &Sl = slot(S);
     if (Sl.Expert || Sl.Stage != M.At.PP || Sl.Members.size() != 1 || Sl.Bytes > kSmallBytes ||
         !Sl.Local.defined() || M.Cuts->splits(C.P.Tensors[Sl.Members[0]]))
       continue;
@@ -634,11 +687,11 @@ void ExportStream::convertSmallAhead() {
       continue;
     std::vector<at::Tensor> Flat;
     for (size_t S : Members)
-      Flat.push_back(Slots[S].Local.reshape({-1}));
+      Flat.push_back(slot(S).Local.reshape({-1}));
     const at::Tensor All = at::cat(Flat).to(Types.second);
     int64_t Offset = 0;
     for (size_t I = 0; I < Members.size(); ++I) {
-      const Slot &Sl = Slots[Members[I]];
+      const Slot &Sl = slot(Members[I]);
       Converted[Sl.Members[0]] = All.narrow(0, Offset, Flat[I].numel()).view(Sl.Local.sizes());
       Offset += Flat[I].numel();
     }
@@ -648,18 +701,18 @@ void ExportStream::convertSmallAhead() {
 std::optional<std::vector<std::pair<std::string, at::Tensor>>> ExportStream::next() {
   if (Next == 0)
     convertSmallAhead();
-  if (Next >= Slots.size()) {
+  if (Next >= Order.size()) {
     if (O.Receive)
       HF.finish();
     return std::nullopt;
   }
   const Conversion &C = M.Model->conversion();
   const size_t First = Next;
-  const int Stage = Slots[First].Stage;
+  const int Stage = slot(First).Stage;
   uint64_t Bytes = 0;
-  while (Next < Slots.size() && Slots[Next].Stage == Stage &&
-         (Next == First || Bytes + Slots[Next].Bytes <= O.BucketBytes))
-    Bytes += Slots[Next++].Bytes;
+  while (Next < Order.size() && slot(Next).Stage == Stage &&
+         (Next == First || Bytes + slot(Next).Bytes <= O.BucketBytes))
+    Bytes += slot(Next++).Bytes;
   const at::Device Dev = M.ByName.begin()->second.device();
   std::map<size_t, at::Tensor> Global; // planned tensor -> its global value
   uint64_t Held = 0;
@@ -673,7 +726,7 @@ std::optional<std::vector<std::pair<std::string, at::Tensor>>> ExportStream::nex
       std::vector<at::Tensor> Locals;
       Packing P;
       for (size_t S = First; S < Next; ++S) {
-        const Slot &Sl = Slots[S];
+        const Slot &Sl = slot(S);
         if (Sl.Expert != Experts)
           continue;
         size_t Mem = Sl.Members[Sl.Expert ? static_cast<size_t>(M.At.EP) : 0];
@@ -710,9 +763,9 @@ std::optional<std::vector<std::pair<std::string, at::Tensor>>> ExportStream::nex
       std::vector<at::Tensor> Mine;
       Packing P;
       for (size_t S = First; S < Next; ++S)
-        if (Slots[S].Expert) {
+        if (slot(S).Expert) {
           Expert.push_back(S);
-          Mine.push_back(Global.at(Slots[S].Members[static_cast<size_t>(M.At.EP)]));
+          Mine.push_back(Global.at(slot(S).Members[static_cast<size_t>(M.At.EP)]));
           P.add(static_cast<int64_t>(Mine.back().nbytes()));
         }
       if (!Expert.empty()) {
@@ -722,7 +775,7 @@ std::optional<std::vector<std::pair<std::string, at::Tensor>>> ExportStream::nex
         for (size_t I = 0; I < Expert.size(); ++I)
           for (size_t R = 0; R < All.size(); ++R)
             if (static_cast<int>(R) != M.At.EP)
-              Global[Slots[Expert[I]].Members[R]] = P.unpack(All[R], I, Mine[I].sizes(), Mine[I].scalar_type());
+              Global[slot(Expert[I]).Members[R]] = P.unpack(All[R], I, Mine[I].sizes(), Mine[I].scalar_type());
       }
     }
   }
@@ -731,9 +784,9 @@ std::optional<std::vector<std::pair<std::string, at::Tensor>>> ExportStream::nex
     std::vector<size_t> Order;
     Packing P;
     for (size_t S = First; S < Next; ++S)
-      for (size_t Mem : Slots[S].Members) {
+      for (size_t Mem : slot(S).Members) {
         Order.push_back(Mem);
-        P.add(elementsOf(C.P.Tensors[Mem].Shape) * static_cast<int64_t>(c10::elementSize(Slots[S].Type)));
+        P.add(elementsOf(C.P.Tensors[Mem].Shape) * static_cast<int64_t>(c10::elementSize(slot(S).Type)));
       }
     at::Tensor Buf;
     if (M.At.PP == Stage) {
@@ -749,8 +802,8 @@ std::optional<std::vector<std::pair<std::string, at::Tensor>>> ExportStream::nex
     if (M.At.PP != Stage) {
       size_t I = 0;
       for (size_t S = First; S < Next; ++S)
-        for (size_t Mem : Slots[S].Members)
-          Global[Mem] = P.unpack(Buf, I++, C.P.Tensors[Mem].Shape, Slots[S].Type);
+        for (size_t Mem : slot(S).Members)
+          Global[Mem] = P.unpack(Buf, I++, C.P.Tensors[Mem].Shape, slot(S).Type);
     }
   }
   PeakBytes = std::max(PeakBytes, Held);
@@ -763,8 +816,25 @@ std::optional<std::vector<std::pair<std::string, at::Tensor>>> ExportStream::nex
     Out.emplace_back(Name, O.ToCPU ? T.cpu() : T);
   };
   for (size_t S = First; S < Next; ++S)
-    for (size_t Mem : Slots[S].Members) {
-      std::vector<HFPiece> Pieces = M.inverseOf(Mem).run(Global.at(Mem));
+    for (size_t Mem : slot(S).Members) {
+      at::Tensor Value = Global.at(Mem);
+      if (O.Adapters == AdapterExport::Merged) {
+        if (C.P.Tensors[Mem].AdapterOf >= 0) {
+          AdapterValues[Mem] = Value; // its weight's slot comes next
+          continue;
+        }
+        if (auto It = AdaptersOf.find(Mem); It != AdaptersOf.end()) {
+          // W + (alpha / dim) B A in fp32, in the order of PEFT's merge,
+          // back in W's dtype; where the weight is (its GPU).
+          const double Scale = C.P.Adapters.Alpha / static_cast<double>(C.P.Adapters.Dim);
+          at::Tensor A = AdapterValues.at(It->second.first), B = AdapterValues.at(It->second.second);
+          at::Tensor Delta = at::matmul(B.to(Value.device(), at::kFloat), A.to(Value.device(), at::kFloat));
+          Value = Value.to(at::kFloat).add_(Delta.mul_(Scale)).to(Value.scalar_type());
+          AdapterValues.erase(It->second.first);
+          AdapterValues.erase(It->second.second);
+        }
+      }
+      std::vector<HFPiece> Pieces = M.inverseOf(Mem).run(Value);
       HF.put(Pieces, Emit);
     }
   return Out;
@@ -787,8 +857,12 @@ uint64_t ExportStream::save(const std::string &OutDir, bool Overwrite, unsigned 
     std::map<std::string, TensorLayout> Known;
     for (auto &[Name, K] : HF.known())
       Known[Name] = {K.Type, K.Shape};
-    SafetensorsWriter W(Partial, HF.fileOf(), M.Model->sidecar().value("hf_sharded", false), std::move(Known),
-                        Writers);
+    if (O.Adapters == AdapterExport::Only)
+      throw Error("error: save writes an HF checkpoint; an adapter alone is saved by save_hf_adapter");
+    std::map<std::string, std::string> FileOf = HF.fileOf();
+    for (auto It = FileOf.begin(); It != FileOf.end();)
+      It = It->second == "adapter_model.safetensors" ? FileOf.erase(It) : std::next(It); // the adapters' names
+    SafetensorsWriter W(Partial, FileOf, M.Model->sidecar().value("hf_sharded", false), std::move(Known), Writers);
     while (auto Batch = next())
       for (auto &[Name, T] : *Batch) {
         at::Tensor Host = T.contiguous().cpu();

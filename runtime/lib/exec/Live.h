@@ -56,7 +56,9 @@ public:
 /// mapping, Megatron config, plan and mapped tensors.
 class HFModel {
 public:
-  explicit HFModel(const std::string &Dir);
+  /// \p Adapters: the LoRA adapters the live model carries (Megatron-
+  /// Bridge's LoRA), planned beside their weights (docs/lora.md); null: none.
+  explicit HFModel(const std::string &Dir, const AdapterSpec *Adapters = nullptr);
   const Conversion &conversion() const { return C; }
   const std::string &dir() const { return Dir; }
   /// The Megatron-Core config (`bridge-run config`'s "megatron").
@@ -86,9 +88,17 @@ struct Remote {
   at::ScalarType Type = at::kFloat;
 };
 
+/// What an export does with the model's LoRA adapters.
+enum class AdapterExport {
+  Without, ///< the weights alone
+  Merged,  ///< the weights with their adapters merged in: W + alpha/dim * B A, in fp32
+  Only,    ///< the adapters alone, as HF PEFT's lora_A / lora_B per HF module
+};
+
 struct ExportOptions {
   uint64_t BucketBytes = uint64_t(256) << 20;
   bool ToCPU = false;
+  AdapterExport Adapters = AdapterExport::Without;
   /// This rank gets the stream's tensors; a rank that does not still takes
   /// part in every collective.
   bool Receive = true;
@@ -223,7 +233,15 @@ private:
   LiveModel &M;
   Group *TP, *PP, *EP, *ETP;
   ExportOptions O;
-  const std::vector<Slot> &Slots;
+  const std::vector<Slot> &AllSlots;
+  /// The slots this export streams, in order: the weights, the adapters
+  /// (Only), or the weights each after its adapters (Merged).
+  std::vector<const Slot *> Order;
+  const Slot &slot(size_t I) const { return *Order[I]; }
+  /// Merged: the gathered adapter matrices waiting for their weight, by
+  /// planned tensor, and each weight's (A, B) planned tensors.
+  std::map<size_t, at::Tensor> AdapterValues;
+  std::map<size_t, std::pair<size_t, size_t>> AdaptersOf;
   /// Small tensors held whole whose HF dtype is not the model's (a bf16
   /// checkpoint's norms kept in fp32 by the model), converted together by
   /// the first next(): one concatenation and one cast per pair of dtypes
