@@ -257,8 +257,14 @@ def _adapters(bridge, model, a, result: dict) -> None:
     bridge.save_hf_adapter(model, Path(a.out, "adapter"))
     bridge.save_hf_pretrained(model, Path(a.out, "merged"))
     got = {n: t.clone() for n, t in bridge.export_hf_weights(model, cpu=True, merge_adapter_weights=False)}
-    result["unmerged_count"] = len(got)
     result["unmerged_names"] = sorted(got)
+    # Merging left the model's weights as they were: the base streams back.
+    from safetensors.torch import load_file
+
+    base = {}
+    for f in Path(a.hf).glob("*.safetensors"):
+        base.update(load_file(str(f)))
+    result["unmerged_unequal"] = sorted(n for n in got if n in base and not torch.equal(got[n], base[n]))
 
 
 if __name__ == "__main__":

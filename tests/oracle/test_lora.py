@@ -96,6 +96,10 @@ def adapters(tmp_path_factory, tiny_checkpoints):
 
     def get(family_id: str, variant: str = "all") -> tuple:
         key = (family_id, variant)
+        if key not in cache and variant == "experts":
+            ckpt = tiny_checkpoints(family_id)
+            out = tmp_path_factory.mktemp("peft") / f"{family_id}-{variant}"
+            cache[key] = (ckpt, _per_expert_adapter(ckpt, out))
         if key not in cache:
             ckpt = tiny_checkpoints(family_id)
             targets = ALL_LINEAR[family_id] if variant != "qv" else ["q_proj", "v_proj"]
@@ -106,6 +110,31 @@ def adapters(tmp_path_factory, tiny_checkpoints):
         return cache[key]
 
     return get
+
+
+def _per_expert_adapter(ckpt, out: Path) -> Path:
+    """An adapter on every linear module, routed experts included, keyed
+    per expert as PEFT saved them with transformers 4
+    (`mlp.experts.<e>.gate_proj.lora_A.weight`): the form of the MoE adapters
+    published so far. peft 0.22.0 loads it onto transformers 5's fused
+    experts itself (its per-expert LoRA as one block-diagonal adapter)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    gen = torch.Generator().manual_seed(3)
+    tensors = {}
+    for f in sorted(ckpt.path.glob("*.safetensors")):
+        for name, w in load_file(str(f)).items():
+            module = name[: -len(".weight")]
+            if name.endswith(".weight") and w.dim() == 2 and module.rsplit(".", 1)[-1] in ALL_LINEAR["llama3.1-8b"]:
+                tensors[f"base_model.model.{module}.lora_A.weight"] = torch.randn(RANK, w.shape[1], generator=gen) * 0.1
+                tensors[f"base_model.model.{module}.lora_B.weight"] = torch.randn(w.shape[0], RANK, generator=gen) * 0.1
+    out.mkdir(parents=True)
+    save_file(tensors, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
+    (out / "adapter_config.json").write_text(json.dumps({
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": RANK, "lora_alpha": ALPHA, "lora_dropout": 0.0,
+        "bias": "none", "target_modules": ALL_LINEAR["llama3.1-8b"], "base_model_name_or_path": str(ckpt.path)}))
+    return out
 
 
 def _import(bridge_run, ckpt, adapter: Path, out: Path, tp: int = 1, *extra: str) -> Path:
@@ -133,13 +162,13 @@ LAYOUTS = [(1, 1, 1), (2, 1, 1), (1, 2, 1), (2, 2, 1)]
 MOE_LAYOUTS = [(1, 1, 2), (2, 1, 2)]
 
 
-@pytest.mark.parametrize("family_id,tp,pp,ep",
-                         [(f, *l) for f in FAMILIES for l in LAYOUTS]
-                         + [("qwen1.5-moe-a2.7b", *l) for l in MOE_LAYOUTS])
-def test_adapter_round_trip_is_bit_exact(bridge_run, adapters, tmp_path, family_id, tp, pp, ep):
+@pytest.mark.parametrize("family_id,variant,tp,pp,ep",
+                         [(f, "all", *l) for f in FAMILIES for l in LAYOUTS]
+                         + [("qwen1.5-moe-a2.7b", "experts", *l) for l in LAYOUTS + MOE_LAYOUTS])
+def test_adapter_round_trip_is_bit_exact(bridge_run, adapters, tmp_path, family_id, variant, tp, pp, ep):
     """HF PEFT -> Megatron -> HF PEFT: every tensor bit for bit, the same rank
     and alpha, and peft loads the export onto the base with the same logits."""
-    ckpt, adapter = adapters(family_id)
+    ckpt, adapter = adapters(family_id, variant)
     mg = _import(bridge_run, ckpt, adapter, tmp_path / "mg", tp, "--pp", str(pp), "--ep", str(ep))
     out = tmp_path / "peft"
     r = _run(bridge_run, "export", "--megatron", str(mg), "--adapter-only", "--out", str(out), "--quiet")
@@ -180,7 +209,7 @@ def _megatron_logits_with_adapters(bridge_run, ckpt, mg: Path, tokens):
     request = {k: ShardedTensor.from_rank_offsets(k, torch.empty(tuple(metadata[k].size)), replica_id=0)
                for k in keys}
     loaded = dist_checkpointing.load(request, str(it))
-    stacked = all(k.startswith("decoder.layers.") and not k.split(".")[2].isdigit() for k in keys)
+    stacked = all(not k.split(".")[2].isdigit() for k in keys if k.startswith("decoder.layers."))
 
     def matrix(module: str, layer: int, which: str):
         key = f"decoder.layers.{module}.adapter.linear_{which}.weight"
@@ -190,7 +219,29 @@ def _megatron_logits_with_adapters(bridge_run, ckpt, mg: Path, tokens):
 
     hooks = []
     adapted = set()
+
+    def add(module, a, b):
+        def hook(mod, inputs, output, a=a, b=b):
+            out, bias = output
+            return out + scale * (inputs[0] @ a.t() @ b.t()), bias
+
+        hooks.append(module.register_forward_hook(hook))
+
     for i, layer in enumerate(model.decoder.layers):
+        # Routed experts (SequentialMLP's local_experts): one adapter each,
+        # on the expert axis of 'experts.experts' (and the layer axis first
+        # where the layers are stacked).
+        for which in ("linear_fc1", "linear_fc2"):
+            key = (f"decoder.layers.mlp.experts.experts.{which}.adapter.linear_" if stacked else
+                   f"decoder.layers.{i}.mlp.experts.experts.{which}.adapter.linear_")
+            if key + "in.weight" not in loaded:
+                continue
+            adapted.add(f"experts.{which}")
+            a_all, b_all = loaded[key + "in.weight"], loaded[key + "out.weight"]
+            if stacked:
+                a_all, b_all = a_all[i], b_all[i]
+            for e, expert in enumerate(layer.mlp.experts.local_experts):
+                add(getattr(expert, which), a_all[e], b_all[e])
         for module in ("self_attention.linear_qkv", "self_attention.linear_proj", "mlp.linear_fc1",
                        "mlp.linear_fc2", "mlp.shared_experts.linear_fc1", "mlp.shared_experts.linear_fc2"):
             probe = f"decoder.layers.{module}.adapter.linear_in.weight" if stacked else \
@@ -198,13 +249,7 @@ def _megatron_logits_with_adapters(bridge_run, ckpt, mg: Path, tokens):
             if probe not in loaded:
                 continue
             adapted.add(module)
-            a, b = matrix(module, i, "in"), matrix(module, i, "out")
-
-            def hook(mod, inputs, output, a=a, b=b):
-                out, bias = output
-                return out + scale * (inputs[0] @ a.t() @ b.t()), bias
-
-            hooks.append(layer.get_submodule(module).register_forward_hook(hook))
+            add(layer.get_submodule(module), matrix(module, i, "in"), matrix(module, i, "out"))
     assert adapted, f"no adapted module among {keys[:4]}"
     positions = torch.arange(tokens.shape[1]).unsqueeze(0).expand(tokens.shape[0], -1)
     mask = torch.triu(torch.ones(tokens.shape[1], tokens.shape[1], dtype=torch.bool), 1)[None, None]
@@ -216,7 +261,8 @@ def _megatron_logits_with_adapters(bridge_run, ckpt, mg: Path, tokens):
 
 
 @pytest.mark.parametrize("family_id,variant", [(f, "all") for f in FAMILIES] + [("llama3.1-8b", "qv"),
-                                                                               ("llama3.1-8b", "shared")])
+                                                                               ("llama3.1-8b", "shared"),
+                                                                               ("qwen1.5-moe-a2.7b", "experts")])
 def test_megatron_core_with_the_imported_adapters_gives_the_peft_logits(bridge_run, adapters, mcore, tmp_path,
                                                                         family_id, variant):
     """The PEFT model's logits from megatron-core running the imported
@@ -235,18 +281,18 @@ def test_megatron_core_with_the_imported_adapters_gives_the_peft_logits(bridge_r
     side = json.loads((mg / "iter_0000000" / "bridge.json").read_text())["adapter"]
     # q, k, v adapted apart are stacked (3 blocks); an adapter whose fused
     # modules share A (Megatron's own) keeps its rank.
-    fused_apart = variant != "shared" and family_id in FUSED_APART
+    fused_apart = variant not in ("shared",) and family_id in FUSED_APART
     assert side["dim"] == (3 * RANK if fused_apart else RANK)
 
 
-@pytest.mark.parametrize("family_id", FAMILIES)
-def test_merged_export_gives_the_peft_logits(bridge_run, adapters, tmp_path, family_id):
+@pytest.mark.parametrize("family_id,variant", [(f, "all") for f in FAMILIES] + [("qwen1.5-moe-a2.7b", "experts")])
+def test_merged_export_gives_the_peft_logits(bridge_run, adapters, tmp_path, family_id, variant):
     """export --merge-adapters: the HF checkpoint transformers loads with the
     PEFT model's logits (W + alpha / r * B A, computed in fp32)."""
     import torch
     import transformers
 
-    ckpt, adapter = adapters(family_id)
+    ckpt, adapter = adapters(family_id, variant)
     mg = _import(bridge_run, ckpt, adapter, tmp_path / "mg", 2)
     out = tmp_path / "merged"
     r = _run(bridge_run, "export", "--megatron", str(mg), "--merge-adapters", "--out", str(out), "--quiet")
@@ -425,3 +471,4 @@ def test_live_bridge_streams_and_merges_the_adapters_of_a_running_model(bridge_r
     for f in ckpt.path.glob("*.safetensors"):
         base.update(load_file(str(f)))
     assert reports[0]["unmerged_names"] == sorted(base)
+    assert reports[0]["unmerged_unequal"] == []

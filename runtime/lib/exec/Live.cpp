@@ -829,7 +829,10 @@ std::optional<std::vector<std::pair<std::string, at::Tensor>>> ExportStream::nex
           const double Scale = C.P.Adapters.Alpha / static_cast<double>(C.P.Adapters.Dim);
           at::Tensor A = AdapterValues.at(It->second.first), B = AdapterValues.at(It->second.second);
           at::Tensor Delta = at::matmul(B.to(Value.device(), at::kFloat), A.to(Value.device(), at::kFloat));
-          Value = Value.to(at::kFloat).add_(Delta.mul_(Scale)).to(Value.scalar_type());
+          // A copy always: a weight held whole is the parameter itself.
+          Value = Value.to(at::kFloat, /*non_blocking=*/false, /*copy=*/true)
+                      .add_(Delta.mul_(Scale))
+                      .to(Value.scalar_type());
           AdapterValues.erase(It->second.first);
           AdapterValues.erase(It->second.second);
         }

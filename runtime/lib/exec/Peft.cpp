@@ -466,7 +466,8 @@ public:
     const at::Device Dev(Device);
     // (B A) * scale, then added: the order of PEFT's merge_and_unload.
     at::Tensor Delta = at::matmul(B.to(Dev, at::kFloat), A.to(Dev, at::kFloat)).mul_(Scale);
-    at::Tensor Sum = W.to(Dev, at::kFloat).add_(Delta);
+    // A copy always: W may be a view of the mapped (read-only) checkpoint.
+    at::Tensor Sum = W.to(Dev, at::kFloat, /*non_blocking=*/false, /*copy=*/true).add_(Delta);
     return Sum.to(at::kCPU, W.scalar_type()).contiguous();
   }
   uint64_t bytesOf(const Conversion &C, const WorkItem &It) const override { return Inner->bytesOf(C, It); }

@@ -114,8 +114,14 @@ private:
   /// matrix's (adaptable weights end in a literal: no routed experts).
   Span<PatternPiece> pattern(Span<PatternPiece> Base, char Matrix) {
     std::vector<PatternPiece> Pieces(Base.begin(), Base.end());
-    if (!Pieces.empty() && Pieces.back().Literal && endsWith(Pieces.back().Literal, kWeight))
-      Pieces.back().Literal = text(adapterKey(Pieces.back().Literal, Matrix));
+    // The last literal: TE's grouped experts put the expert after it
+    // ('mlp.experts.linear_fc1.weight{e}').
+    for (size_t I = Pieces.size(); I-- > 0;)
+      if (Pieces[I].Literal) {
+        if (endsWith(Pieces[I].Literal, kWeight))
+          Pieces[I].Literal = text(adapterKey(Pieces[I].Literal, Matrix));
+        break;
+      }
     D.Patterns.push_back(std::move(Pieces));
     const std::vector<PatternPiece> &Kept = D.Patterns.back();
     return Span<PatternPiece>{Kept.data(), static_cast<uint32_t>(Kept.size())};
@@ -125,6 +131,14 @@ private:
   std::map<std::pair<const ParamInfo *, char>, const ParamInfo *> Made;
   std::map<uint16_t, Span<OpNode>> Shared;
 };
+
+/// A name pattern with its captures filled in.
+std::string render(Span<PatternPiece> Pattern, const std::vector<int64_t> &Captures) {
+  std::string Out;
+  for (const PatternPiece &Pc : Pattern)
+    Out += Pc.Literal ? std::string(Pc.Literal) : std::to_string(Captures[static_cast<size_t>(Pc.Index.Code[0].A)]);
+  return Out;
+}
 
 /// \p Base with every source read as its HF module's matrix \p Matrix.
 SourceChain renamedChain(const SourceChain &Base, char Matrix) {
@@ -174,7 +188,10 @@ Style adapterStyle(Style Weight, char Matrix) {
 }
 
 std::string adapterModuleOf(const PlannedTensor &PT) {
-  if (PT.PassThrough || PT.Expert || PT.AdapterOf >= 0 || PT.Shape.size() != 2 || !endsWith(PT.LocalName, kWeight))
+  // Routed experts are adapted one by one where the HF checkpoint names
+  // each expert's modules (a stacked HF tensor is read through 'expert',
+  // which is not a row move: PEFT adapts such a parameter as a whole).
+  if (PT.PassThrough || PT.AdapterOf >= 0 || PT.Shape.size() != 2 || !endsWith(PT.LocalName, kWeight))
     return "";
   if (PT.ParallelStyle == Style::Vocab)
     return "";
@@ -209,12 +226,13 @@ void addAdapters(Plan &P, const AdapterSpec &A) {
     for (char Matrix : {'A', 'B'}) {
       const PlannedTensor &Base = P.Tensors[W];
       PlannedTensor T;
-      T.Name = adapterKey(Base.Name, Matrix);
-      T.LocalName = adapterKey(Base.LocalName, Matrix);
-      T.Shape = Matrix == 'A' ? std::vector<int64_t>{A.Dim, Base.Shape[1]} : std::vector<int64_t>{Base.Shape[0], A.Dim};
       T.Param = Make.param(*Base.Param, Matrix);
+      T.LocalName = adapterKey(Base.LocalName, Matrix);
+      // TE's grouped experts end in the expert ('...linear_fc1.weight3').
+      T.Name = endsWith(Base.Name, kWeight) ? adapterKey(Base.Name, Matrix) : render(T.Param->TE, Base.Captures);
+      T.Shape = Matrix == 'A' ? std::vector<int64_t>{A.Dim, Base.Shape[1]} : std::vector<int64_t>{Base.Shape[0], A.Dim};
       T.ParallelStyle = T.Param->ParallelStyle;
-      T.Expert = false;
+      T.Expert = Base.Expert;
       T.Optional = false;
       T.Rule = Base.Rule;
       T.Captures = Base.Captures;
