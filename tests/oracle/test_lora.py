@@ -472,3 +472,96 @@ def test_live_bridge_streams_and_merges_the_adapters_of_a_running_model(bridge_r
         base.update(load_file(str(f)))
     assert reports[0]["unmerged_names"] == sorted(base)
     assert reports[0]["unmerged_unequal"] == []
+
+
+def _run_checkpoint(mg: Path, out: Path, run_config: str) -> Path:
+    """What a Megatron-Bridge LoRA run saves: megatron-core's
+    dist_checkpointing.save of the adapter tensors alone (its PEFT filter
+    keeps '.adapter.' keys), run_config.yaml beside them, the tracker file."""
+    import torch
+    from megatron.core import dist_checkpointing
+    from megatron.core.dist_checkpointing import ShardedTensor
+    from torch.distributed.checkpoint import FileSystemReader
+
+    it = mg / "iter_0000000"
+    metadata = FileSystemReader(str(it)).read_metadata().state_dict_metadata
+    keys = [k for k in metadata if ".adapter.linear_" in k and hasattr(metadata[k], "size")]
+    request = {k: ShardedTensor.from_rank_offsets(k, torch.empty(tuple(metadata[k].size)), replica_id=0)
+               for k in keys}
+    tensors = dist_checkpointing.load(request, str(it))
+    (out / "iter_0000010").mkdir(parents=True)
+    if not torch.cuda.is_available():
+        # megatron-core's save synchronizes CUDA after its host copies
+        # (../shared/reference/megatron-core-on-cpu.md, workaround 6).
+        torch.cuda.synchronize = lambda *a, **k: None
+    dist_checkpointing.save({k: ShardedTensor.from_rank_offsets(k, tensors[k], replica_id=0) for k in keys},
+                            str(out / "iter_0000010"))
+    (out / "iter_0000010" / "run_config.yaml").write_text(run_config)
+    (out / "latest_checkpointed_iteration.txt").write_text("10")
+    return out
+
+
+LORA_RUN_CONFIG = """model:
+  num_layers: 2
+peft:
+  _target_: megatron.bridge.peft.lora.LoRA
+  alpha: {alpha}
+  dim: {dim}
+  dropout: 0.0
+  target_modules:
+  - linear_qkv
+  - linear_proj
+  - linear_fc1
+  - linear_fc2
+checkpoint:
+  save: /somewhere
+"""
+
+
+def test_a_megatron_bridge_lora_run_exports_on_its_base(bridge_run, adapters, mcore, tmp_path):
+    """export --megatron RUN --base BASE: the adapter-only checkpoint of a
+    Megatron-Bridge LoRA run (saved here by megatron-core's own
+    dist_checkpointing) becomes the HF PEFT adapter bit for bit, and the
+    merged export the bytes of merging the same adapters imported beside the
+    weights."""
+    ckpt, adapter = adapters("llama3.1-8b", "shared")
+    mg = _import(bridge_run, ckpt, adapter, tmp_path / "mg", 2)
+    base = tmp_path / "base"
+    r = _run(bridge_run, "import", "--hf", str(ckpt.path), "--out", str(base), "--tp", "2", "--quiet")
+    assert r.returncode == 0, r.stderr
+    run = _run_checkpoint(mg, tmp_path / "run", LORA_RUN_CONFIG.format(alpha=ALPHA, dim=RANK))
+
+    out = tmp_path / "peft"
+    r = _run(bridge_run, "export", "--megatron", str(run), "--base", str(base), "--adapter-only", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    src, got = _tensors(adapter), _tensors(out)
+    assert sorted(src) == sorted(got) and all(_same_bits(src[k], got[k]) for k in src)
+
+    from safetensors.torch import load_file
+
+    def tensors_of(d: Path) -> dict:
+        out = {}
+        for f in d.glob("*.safetensors"):
+            out.update(load_file(str(f)))
+        return out
+
+    for d, args in ((tmp_path / "m1", ["--megatron", str(mg)]),
+                    (tmp_path / "m2", ["--megatron", str(run), "--base", str(base)])):
+        r = _run(bridge_run, "export", *args, "--merge-adapters", "--out", str(d), "--quiet")
+        assert r.returncode == 0, r.stderr
+    want, have = tensors_of(tmp_path / "m1"), tensors_of(tmp_path / "m2")
+    assert sorted(want) == sorted(have) and all(_same_bits(want[k], have[k]) for k in want)
+
+    # A run of another PEFT, or without its run config: refused, nothing written.
+    canonical = _run_checkpoint(mg, tmp_path / "canonical",
+                                LORA_RUN_CONFIG.format(alpha=ALPHA, dim=RANK).replace("lora.LoRA", "canonical_lora.CanonicalLoRA"))
+    r = _run(bridge_run, "export", "--megatron", str(canonical), "--base", str(base), "--adapter-only", "--out",
+             str(tmp_path / "x"))
+    assert r.returncode == 1 and "only Megatron-Bridge's LoRA" in r.stderr, r.stderr
+    (canonical / "iter_0000010" / "run_config.yaml").unlink()
+    r = _run(bridge_run, "export", "--megatron", str(canonical), "--base", str(base), "--adapter-only", "--out",
+             str(tmp_path / "x"))
+    assert r.returncode == 1 and "has no run_config.yaml" in r.stderr, r.stderr
+    r = _run(bridge_run, "export", "--megatron", str(run), "--adapter-only", "--out", str(tmp_path / "x"))
+    assert r.returncode == 1 and "give its base checkpoint with --base" in r.stderr, r.stderr
+    assert not (tmp_path / "x").exists()

@@ -74,6 +74,10 @@ struct ExportOptions {
   /// PEFT directory, or merged into the weights (W + alpha / dim * B A, in
   /// fp32 on Device). Neither: the weights alone.
   bool AdapterOnly = false, MergeAdapters = false;
+  /// The adapters in MegatronDir are a Megatron-Bridge LoRA run's (adapter
+  /// keys alone, rank and alpha in its run_config.yaml) on the base
+  /// checkpoint BaseDir, which import wrote; "": MegatronDir holds both.
+  std::string BaseDir;
 };
 
 struct Summary {

@@ -20,13 +20,23 @@ namespace bridge {
 Summary runExport(const ExportOptions &O) {
   auto Begin = std::chrono::steady_clock::now();
   Conversion C(schema());
-  std::string Iter = iterationDir(O.MegatronDir);
+  // --base: the adapters of a Megatron-Bridge LoRA run (its checkpoints
+  // hold the adapters alone) on the base checkpoint import wrote.
+  const std::string AdapterIter = iterationDir(O.MegatronDir);
+  const std::string Iter = O.BaseDir.empty() ? AdapterIter : iterationDir(O.BaseDir);
+  if (!O.BaseDir.empty() && !O.AdapterOnly && !O.MergeAdapters)
+    throw Error("error: --base takes the adapters of --megatron; give --adapter-only or --merge-adapters");
   std::string SidePath = files::join(Iter, "bridge.json");
   if (!files::exists(SidePath))
     throw Error("error: " + Iter +
                 " has no bridge.json: it was not written by 'bridge-run import', so the HF layout to restore is "
-                "unknown");
+                "unknown" + (O.BaseDir.empty() && (O.AdapterOnly || O.MergeAdapters)
+                                 ? std::string(" (the checkpoint of a Megatron-Bridge LoRA run: give its base "
+                                               "checkpoint with --base)")
+                                 : std::string()));
   Json Side = readSidecar(SidePath);
+  if (!O.BaseDir.empty())
+    Side["adapter"] = peftRunAdapter(AdapterIter);
   if (Side.value("checkpoint_format", "torch_dist") != "torch_dist")
     throw Error("error: " + Iter + " holds the legacy per-rank format; export reads torch_dist: run 'bridge-run "
                 "reshard --megatron " + O.MegatronDir + " --out DIR' first");
@@ -36,9 +46,16 @@ Summary runExport(const ExportOptions &O) {
   if (!Side.contains("hf_tensors"))
     throw Error("error: " + SidePath + ": hf_tensors is missing: the HF layout to restore is unknown");
 
-  std::function<DType(const std::string &)> KeyType;
+  std::function<DType(const std::string &)> KeyType, AdapterKeyType;
   std::unique_ptr<Source> Src = torchDistSource(Iter, C, Side, KeyType);
   Src->open(C);
+  std::unique_ptr<Source> AdapterSrc;
+  if (!O.BaseDir.empty()) {
+    const bool LocalSpec = C.LocalSpec; // the base's layer spec names both
+    AdapterSrc = torchDistSource(AdapterIter, C, Side, AdapterKeyType);
+    AdapterSrc->open(C);
+    C.LocalSpec = LocalSpec;
+  }
   PassThroughLister Lister = Src->passThrough();
   C.P = expandPlan(*C.Mapping, C.S, C.Fields, /*UseTENames=*/true, &Lister, Src->hfTensorCount());
 
@@ -68,11 +85,15 @@ Summary runExport(const ExportOptions &O) {
   if (O.AdapterOnly) {
     C.P = Adapters->P;
     C.Keys = Adapters->Keys;
+    if (AdapterSrc) {
+      Src = std::move(AdapterSrc);
+      KeyType = AdapterKeyType;
+    }
     Src->checkKeys(C);
     std::unique_ptr<Sink> Snk = peftSink(C, Side, SidePath, KeyType(C.Keys.at(0).Key));
     PipelineOptions PO;
     PO.OutDir = O.OutDir;
-    PO.Inputs = {O.MegatronDir};
+    PO.Inputs = {O.MegatronDir, O.BaseDir};
     PO.Overwrite = O.Overwrite;
     PO.Quiet = O.Quiet;
     PO.Device = O.Device;
@@ -87,7 +108,7 @@ Summary runExport(const ExportOptions &O) {
   }
   C.Keys = groupByKey(C.P, C.S, C.Fields, C.LocalSpec);
   if (O.MergeAdapters)
-    Src = mergingSource(std::move(Src), std::move(Adapters), C, O.Device);
+    Src = mergingSource(std::move(Src), std::move(Adapters), C, O.Device, std::move(AdapterSrc));
   else if (HasAdapters && !O.Quiet)
     std::cerr << "bridge-run export: " << Iter
               << " holds LoRA adapters, which are not in this export: --merge-adapters merges them into the "
@@ -111,7 +132,7 @@ Summary runExport(const ExportOptions &O) {
 
   PipelineOptions PO;
   PO.OutDir = O.OutDir;
-  PO.Inputs = {O.MegatronDir};
+  PO.Inputs = {O.MegatronDir, O.BaseDir};
   PO.Overwrite = O.Overwrite;
   PO.Quiet = O.Quiet;
   // Export's inverses only move bytes (a dequantized weight is written as

@@ -25,6 +25,7 @@
 #include "bridge/Files.h"
 #include "bridge/Pickle.h"
 #include "bridge/StrictJson.h"
+#include "bridge/TorchDistReader.h"
 
 #include <ATen/ops/cat.h>
 #include <ATen/ops/equal.h>
@@ -252,6 +253,74 @@ void planPeftImport(const std::string &AdapterDir, const std::string &BaseDir, C
   C.Adapter = Record;
 }
 
+Json peftRunAdapter(const std::string &Iter) {
+  TorchDistCheckpoint Ckpt(Iter);
+  int64_t Dim = 0;
+  std::set<std::string> Targets;
+  const std::string In = ".adapter.linear_in.weight";
+  for (const std::string &Key : Ckpt.tensorKeys()) {
+    if (Key.size() <= In.size() || Key.compare(Key.size() - In.size(), In.size(), In) != 0)
+      continue;
+    const std::vector<int64_t> &Shape = Ckpt.tensor(Key).Shape; // [..., dim, in]
+    std::string Module = Key.substr(0, Key.size() - In.size());
+    Targets.insert(Module.substr(Module.rfind('.') + 1));
+    if (Shape.size() < 2 || (Dim && Shape[Shape.size() - 2] != Dim))
+      throw Error("error: " + Iter + ": '" + Key + "' does not have the rank of the other adapters");
+    Dim = Shape[Shape.size() - 2];
+  }
+  if (Targets.empty())
+    throw Error("error: " + Iter + " holds no LoRA adapter ('<module>.adapter.linear_in.weight')");
+  // Megatron-Bridge writes its run config beside the torch_dist files (or
+  // in the directory above): the PEFT object's fields under 'peft:'.
+  std::string Path = files::join(Iter, "run_config.yaml");
+  if (!files::exists(Path))
+    Path = files::join(Iter, "../run_config.yaml");
+  if (!files::exists(Path))
+    throw Error("error: " + Iter + " has no run_config.yaml (nor its parent): the adapters' alpha is unknown");
+  std::string Text = files::readRegularFile(Path, files::kMaxConfigBytes, "run_config.yaml");
+  std::optional<double> Alpha;
+  std::optional<int64_t> RunDim;
+  std::string Target;
+  bool InPeft = false;
+  size_t At = 0;
+  while (At < Text.size()) {
+    size_t End = Text.find('\n', At);
+    std::string Line = Text.substr(At, End == std::string::npos ? std::string::npos : End - At);
+    At = End == std::string::npos ? Text.size() : End + 1;
+    if (!Line.empty() && Line[0] != ' ' && Line[0] != '#') {
+      InPeft = Line.rfind("peft:", 0) == 0;
+      continue;
+    }
+    if (!InPeft)
+      continue;
+    size_t Colon = Line.find(':');
+    size_t First = Line.find_first_not_of(' ');
+    if (Colon == std::string::npos || First == std::string::npos || First != 2)
+      continue; // a nested value
+    std::string Field = Line.substr(First, Colon - First), Value = Line.substr(Colon + 1);
+    Value.erase(0, Value.find_first_not_of(' '));
+    try {
+      if (Field == "alpha")
+        Alpha = std::stod(Value);
+      else if (Field == "dim")
+        RunDim = std::stoll(Value);
+      else if (Field == "_target_")
+        Target = Value;
+    } catch (const std::exception &) {
+      throw Error("error: " + Path + ": peft." + Field + " is '" + Value + "', not a number");
+    }
+  }
+  if (!Target.empty() && Target.size() >= 5 && Target.compare(Target.size() - 5, 5, ".LoRA") != 0)
+    throw Error("error: " + Path + ": the run's PEFT is " + Target +
+                "; only Megatron-Bridge's LoRA (megatron.bridge.peft.lora.LoRA) is converted");
+  if (!Alpha)
+    throw Error("error: " + Path + " has no peft.alpha: the adapters' scale is unknown");
+  if (RunDim && *RunDim != Dim)
+    throw Error("error: " + Path + ": peft.dim is " + std::to_string(*RunDim) + " but the adapters in " + Iter +
+                " have rank " + std::to_string(Dim) + " (normalize_moe_lora is not converted)");
+  return Json{{"dim", Dim}, {"alpha", *Alpha}, {"target_modules", std::vector<std::string>(Targets.begin(), Targets.end())}};
+}
+
 AdapterSpec adapterSpecOf(const Json &Adapter, const std::string &SidePath) {
   AdapterSpec S;
   try {
@@ -432,8 +501,10 @@ private:
 class MergingSource final : public Source {
 public:
   MergingSource(std::unique_ptr<Source> Inner, std::unique_ptr<Conversion> Adapters, const Conversion &Weights,
-                std::string Device)
-      : Inner(std::move(Inner)), Adapters(std::move(Adapters)), Device(std::move(Device)) {
+                std::string Device, std::unique_ptr<Source> AdapterSource)
+      : Inner(std::move(Inner)), Adapters(std::move(Adapters)), Device(std::move(Device)),
+        Own(std::move(AdapterSource)) {
+    From = Own ? Own.get() : this->Inner.get();
     Scale = this->Adapters->P.Adapters.Alpha / static_cast<double>(this->Adapters->P.Adapters.Dim);
     for (size_t K = 0; K < this->Adapters->Keys.size(); ++K)
       for (size_t M = 0; M < this->Adapters->Keys[K].Members.size(); ++M) {
@@ -445,13 +516,17 @@ public:
   bool hfSide() const override { return false; }
   const std::string &dir() const override { return Inner->dir(); }
   std::string tokenizerDir() const override { return Inner->tokenizerDir(); }
-  void open(const Conversion &C) override { Inner->open(C); }
+  void open(const Conversion &C) override {
+    Inner->open(C);
+    if (Own)
+      Own->open(C);
+  }
   PassThroughLister passThrough() const override { return Inner->passThrough(); }
   uint64_t hfTensorCount() const override { return Inner->hfTensorCount(); }
   void check(Conversion &C) override { Inner->check(C); }
   void checkKeys(const Conversion &C) const override {
     Inner->checkKeys(C);
-    Inner->checkKeys(*Adapters);
+    From->checkKeys(*Adapters);
   }
   Json sidecar(const Conversion &C) const override { return Inner->sidecar(C); }
   at::Tensor global(const Conversion &C, const WorkItem &It, Reading &R) const override {
@@ -459,10 +534,10 @@ public:
     auto Found = ItemsOf.find(static_cast<int64_t>(C.Keys[It.Key].Members[It.Member]));
     if (Found == ItemsOf.end())
       return W;
-    Reading Own; // the adapters' bytes are read, not views handed on
-    at::Tensor A = Inner->global(*Adapters, Found->second.first, Own);
-    at::Tensor B = Inner->global(*Adapters, Found->second.second, Own);
-    R.Bytes += Own.Bytes;
+    Reading Read; // the adapters' bytes are read, not views handed on
+    at::Tensor A = From->global(*Adapters, Found->second.first, Read);
+    at::Tensor B = From->global(*Adapters, Found->second.second, Read);
+    R.Bytes += Read.Bytes;
     const at::Device Dev(Device);
     // (B A) * scale, then added: the order of PEFT's merge_and_unload.
     at::Tensor Delta = at::matmul(B.to(Dev, at::kFloat), A.to(Dev, at::kFloat)).mul_(Scale);
@@ -476,6 +551,8 @@ private:
   std::unique_ptr<Source> Inner;
   std::unique_ptr<Conversion> Adapters;
   std::string Device;
+  std::unique_ptr<Source> Own; ///< the adapters' checkpoint, when not Inner
+  Source *From = nullptr;      ///< where the adapters are read
   double Scale = 0;
   std::map<int64_t, std::pair<WorkItem, WorkItem>> ItemsOf;
 };
@@ -487,8 +564,10 @@ std::unique_ptr<Sink> peftSink(const Conversion &C, const Json &Side, std::strin
 }
 
 std::unique_ptr<Source> mergingSource(std::unique_ptr<Source> Inner, std::unique_ptr<Conversion> Adapters,
-                                      const Conversion &Weights, std::string Device) {
-  return std::make_unique<MergingSource>(std::move(Inner), std::move(Adapters), Weights, std::move(Device));
+                                      const Conversion &Weights, std::string Device,
+                                      std::unique_ptr<Source> AdapterSource) {
+  return std::make_unique<MergingSource>(std::move(Inner), std::move(Adapters), Weights, std::move(Device),
+                                         std::move(AdapterSource));
 }
 
 } // namespace bridge

@@ -27,6 +27,12 @@ void planPeftImport(const std::string &AdapterDir, const std::string &BaseDir, C
 /// \p SidePath naming it in messages.
 AdapterSpec adapterSpecOf(const Json &Adapter, const std::string &SidePath);
 
+/// What bridge.json would record of the adapters of the Megatron-Bridge
+/// LoRA checkpoint in iteration directory \p Iter: dim from its keys'
+/// shapes, the modules from their names, alpha from the run_config.yaml
+/// beside it (its 'peft:' section, a LoRA's).
+Json peftRunAdapter(const std::string &Iter);
+
 /// An HF PEFT directory (adapter_config.json, adapter_model.safetensors)
 /// from \p C's adapter tensors (C.P holds only them), in dtype \p Type;
 /// \p Side is the checkpoint's bridge.json.
@@ -35,8 +41,11 @@ std::unique_ptr<Sink> peftSink(const Conversion &C, const Json &Side, std::strin
 /// \p Inner's weights with their adapters merged in, W + (alpha / dim) B A
 /// computed in fp32 on \p Device and given back in W's dtype; \p Adapters
 /// holds the adapter tensors (their AdapterOf index \p Inner's plan).
+/// \p AdapterSource, when given, holds the adapters (a LoRA run's
+/// checkpoint beside its base).
 std::unique_ptr<Source> mergingSource(std::unique_ptr<Source> Inner, std::unique_ptr<Conversion> Adapters,
-                                      const Conversion &Weights, std::string Device);
+                                      const Conversion &Weights, std::string Device,
+                                      std::unique_ptr<Source> AdapterSource = nullptr);
 
 } // namespace bridge
 

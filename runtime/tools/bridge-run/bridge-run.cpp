@@ -101,7 +101,7 @@ const char *ProcessesText =
 
 struct Options {
   std::string Command, HF, Out, Megatron, Device = "cpu", Format = "torch_dist", Target, Against, Recipe, Checkpoint,
-      Quantize, Draft, Adapter;
+      Quantize, Draft, Adapter, Base;
   std::vector<std::string> Rest; ///< words after the command (recipe list/show NAME)
   std::vector<std::string> IgnoreMappings; ///< inspect: mappings treated as absent
   bool FormatGiven = false, LayoutGiven = false;
@@ -227,6 +227,10 @@ const OptionDef kOptions[] = {
      "write the checkpoint's LoRA adapters alone, as an HF\nPEFT directory (adapter_config.json and\n"
      "adapter_model.safetensors)",
      [](Options &O, const std::string &, const std::string &) { O.AdapterOnly = true; }},
+    {"--base", "DIR", CmdExport, false,
+     "with --adapter-only or --merge-adapters: --megatron is a\nMegatron-Bridge LoRA run's checkpoint (adapters alone)\n"
+     "on this base checkpoint, which import wrote",
+     [](Options &O, const std::string &, const std::string &V) { O.Base = V; }},
     {"--merge-adapters", nullptr, CmdExport, false,
      "merge the checkpoint's LoRA adapters into the weights\n(W + alpha/dim * B A in fp32, on --device)",
      [](Options &O, const std::string &, const std::string &) { O.MergeAdapters = true; }},
@@ -788,6 +792,7 @@ int main(int argc, char **argv) {
         usageError("--adapter-only and --merge-adapters exclude each other");
       EO.AdapterOnly = O.AdapterOnly;
       EO.MergeAdapters = O.MergeAdapters;
+      EO.BaseDir = O.Base;
       printSummary(O.AdapterOnly ? "export of the adapters" : "export", execExport(EO), O.Out);
       return 0;
     }
