@@ -286,16 +286,18 @@ def test_megatron_core_with_the_imported_adapters_gives_the_peft_logits(bridge_r
 
 
 @pytest.mark.parametrize("family_id,variant", [(f, "all") for f in FAMILIES] + [("qwen1.5-moe-a2.7b", "experts")])
-def test_merged_export_gives_the_peft_logits(bridge_run, adapters, tmp_path, family_id, variant):
+def test_merged_export_gives_the_peft_logits(bridge_run, bridge_device, adapters, tmp_path, family_id, variant):
     """export --merge-adapters: the HF checkpoint transformers loads with the
-    PEFT model's logits (W + alpha / r * B A, computed in fp32)."""
+    PEFT model's logits (W + alpha / r * B A, computed in fp32; on the GPU
+    with --bridge-device cuda, ctest label gpu)."""
     import torch
     import transformers
 
     ckpt, adapter = adapters(family_id, variant)
     mg = _import(bridge_run, ckpt, adapter, tmp_path / "mg", 2)
     out = tmp_path / "merged"
-    r = _run(bridge_run, "export", "--megatron", str(mg), "--merge-adapters", "--out", str(out), "--quiet")
+    r = _run(bridge_run, "export", "--megatron", str(mg), "--merge-adapters", "--out", str(out), "--quiet",
+             "--device", bridge_device)
     assert r.returncode == 0, r.stderr
     # PEFT's own merge in fp32 (merge_and_unload), stored in the base's
     # dtype as a checkpoint holds it, then run in fp32 as the export is.

@@ -17,6 +17,8 @@
 #include "bridge/ProcessGroup.h"
 #include "bridge/Registry.h"
 
+#include <cstdio>
+
 namespace bridge {
 namespace {
 
@@ -88,6 +90,16 @@ Summary toCheckpoint(const ImportOptions &O, Source &Src, Conversion &C, const c
                   " ranks; Megatron-Bridge cuts A of a column-parallel module on its rank");
   }
   C.Keys = groupByKey(C.P, S, C.Fields, C.LocalSpec);
+  if (C.P.Adapters.Dim > 0 && !O.Quiet && G.leader()) {
+    // What a LoRA run that resumes from this needs in its peft config.
+    std::string Targets;
+    for (const std::string &T : C.P.Adapters.Targets)
+      Targets += (Targets.empty() ? "" : ", ") + T;
+    const int64_t Blocks = C.Adapter.value("hf_blocks", int64_t{1});
+    std::fprintf(stderr, "bridge-run %s: LoRA adapters on %s: peft.dim %lld, peft.alpha %g%s\n", Command,
+                 Targets.c_str(), static_cast<long long>(C.P.Adapters.Dim), C.P.Adapters.Alpha,
+                 Blocks > 1 ? " (the HF modules Megatron fuses had their own A: stacked, docs/lora.md)" : "");
+  }
 
   // -- the sink and the pipeline ------------------------------------------------------------
   const uint64_t WindowBudget = std::max<uint64_t>(O.MemoryBudget / 4, 1);
