@@ -137,31 +137,35 @@ def _parallel_state():
     return sizes, ranks, groups
 
 
-def _adapters_of(model, names: list[str]):
+def _adapters_of(model, names: list[str], pp_group=None):
     """(dim, alpha, target modules) of the LoRA adapters the model carries,
     as Megatron-Bridge's LoRA wraps modules (`<module>.adapter.linear_in`,
-    `.linear_out`; the adapter module's `dim` and `alpha`), or None."""
-    targets, found = set(), set()
-    for name in names:
-        if name.endswith(".adapter.linear_in.weight"):
-            module = name[: -len(".adapter.linear_in.weight")]
-            targets.add(module.rsplit(".", 1)[-1])
-            found.add(module)
-    if not found:
-        return None
+    `.linear_out`; the adapter module's `dim` and `alpha`), or None. `names`:
+    every stage's parameter names (the targets are the whole model's);
+    `pp_group`: the pipeline group, over which every stage's (dim, alpha)
+    is gathered, so that each builds the same plan."""
+    targets = {n[: -len(".adapter.linear_in.weight")].rsplit(".", 1)[-1]
+               for n in names if n.endswith(".adapter.linear_in.weight")}
     specs = set()
     for chunk in _chunks(model):
-        for module in sorted(found):
-            try:
-                adapter = chunk.get_submodule(module + ".adapter")
-            except AttributeError:
+        for module in chunk.modules():
+            adapter = getattr(module, "adapter", None)
+            if adapter is None or not hasattr(adapter, "linear_in"):
                 continue
             dim, alpha = getattr(adapter, "dim", None), getattr(adapter, "alpha", None)
             if dim is None or alpha is None:
-                raise BridgeError(f"{module}.adapter has no dim and alpha attributes (Megatron-Bridge's "
-                                  "ParallelLinearAdapter has both): the adapter's scale is unknown")
+                raise BridgeError("a LoRA adapter module has no dim and alpha attributes (Megatron-Bridge's "
+                                  "ParallelLinearAdapter has both): the adapters' scale is unknown")
             specs.add((int(dim), float(alpha)))
-    if len(specs) != 1:
+    if pp_group is not None:
+        import torch.distributed as dist
+
+        stages: list = [None] * dist.get_world_size(group=pp_group)
+        dist.all_gather_object(stages, sorted(specs), group=pp_group)
+        specs = {tuple(s) for stage in stages for s in stage}
+    if not targets and not specs:
+        return None
+    if len(specs) != 1 or not targets:
         raise BridgeError(f"the model's LoRA adapters have different (dim, alpha): {sorted(specs)}; "
                           "the live bridge takes one of each, as Megatron-Bridge's LoRA")
     dim, alpha = specs.pop()
@@ -265,7 +269,7 @@ class AutoBridge:
                     continue
                 for n, dtype in held.items():
                     elsewhere.setdefault(n, (stage, getattr(torch, dtype)))
-        adapters = _adapters_of(model, names)
+        adapters = _adapters_of(model, names + list(elsewhere), groups["pp"] if sizes["pp"] > 1 else None)
         if adapters is None:
             hf = self._hf if hf_path is None else _native().HFModel(str(hf_path))
         else:

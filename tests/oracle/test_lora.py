@@ -421,8 +421,10 @@ def test_export_flags_need_adapters(bridge_run, tiny_checkpoints, tmp_path):
         assert not (tmp_path / "x").exists()
 
 
-def test_live_bridge_streams_and_merges_the_adapters_of_a_running_model(bridge_run, adapters, mcore, tmp_path):
-    """A Megatron-Core model at TP 2 (gloo, two processes) carrying LoRA
+@pytest.mark.parametrize("tp,pp", [(2, 1), (1, 2)], ids=["tp2", "pp2"])
+def test_live_bridge_streams_and_merges_the_adapters_of_a_running_model(bridge_run, adapters, mcore, tmp_path,
+                                                                       tp, pp):
+    """A Megatron-Core model at TP 2 or PP 2 (gloo, two processes) carrying LoRA
     adapters as Megatron-Bridge's LoRA wraps its modules (each rank its
     slices, cut in the worker from Megatron-Bridge's rules): save_hf_adapter
     gives back the HF PEFT adapter bit for bit, save_hf_pretrained (merged)
@@ -451,8 +453,8 @@ def test_live_bridge_streams_and_merges_the_adapters_of_a_running_model(bridge_r
     r = _run(bridge_run, "export", "--megatron", str(mg), "--merge-adapters", "--out", str(merged), "--quiet")
     assert r.returncode == 0, r.stderr
 
-    reports = live._job(2, tmp_path / "job", "--hf", str(ckpt.path), "--tp", "2", "--adapters",
-                        str(tmp_path / "adapters.pt"))
+    reports = live._job(2, tmp_path / "job", "--hf", str(ckpt.path), "--tp", str(tp), "--pp", str(pp),
+                        "--adapters", str(tmp_path / "adapters.pt"))
     out = tmp_path / "job"
     src, got = _tensors(adapter), _tensors(out / "adapter")
     assert sorted(src) == sorted(got)

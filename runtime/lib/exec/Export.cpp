@@ -81,6 +81,9 @@ Summary runExport(const ExportOptions &O) {
     Adapters->P.Tensors.assign(Full.Tensors.begin() + static_cast<std::ptrdiff_t>(C.P.Tensors.size()),
                                Full.Tensors.end());
     Adapters->Keys = groupByKey(Adapters->P, C.S, C.Fields, C.LocalSpec);
+    if (Adapters->Keys.empty())
+      throw Error("error: " + SidePath + ": no weight of this model is in the adapters' target modules (" +
+                  Side["adapter"].value("target_modules", Json::array()).dump() + ")");
   }
   if (O.AdapterOnly) {
     C.P = Adapters->P;

@@ -96,7 +96,7 @@ Summary toCheckpoint(const ImportOptions &O, Source &Src, Conversion &C, const c
     for (const std::string &T : C.P.Adapters.Targets)
       Targets += (Targets.empty() ? "" : ", ") + T;
     const int64_t Blocks = C.Adapter.value("hf_blocks", int64_t{1});
-    std::fprintf(stderr, "bridge-run %s: LoRA adapters on %s: peft.dim %lld, peft.alpha %g%s\n", Command,
+    std::fprintf(stderr, "bridge-run %s: LoRA adapters on %s: peft.dim %lld, peft.alpha %.17g%s\n", Command,
                  Targets.c_str(), static_cast<long long>(C.P.Adapters.Dim), C.P.Adapters.Alpha,
                  Blocks > 1 ? " (the HF modules Megatron fuses had their own A: stacked, docs/lora.md)" : "");
   }

@@ -570,7 +570,8 @@ ExportStream::ExportStream(LiveModel &Model, Group *TPG, Group *PPG, Group *EPG,
   if (O.Adapters != AdapterExport::Without && C.P.Adapters.Dim == 0)
     throw Error("error: the model has no LoRA adapters to " +
                 std::string(O.Adapters == AdapterExport::Merged ? "merge" : "export"));
-  // Slots hold one planned tensor each but for experts, which take no adapter.
+  // A slot of experts holds one planned tensor per EP rank, its adapters'
+  // slot the same experts' adapters in the same order.
   std::map<size_t, std::vector<const Slot *>> Before; // a weight's slot -> its adapters' slots
   std::map<size_t, size_t> SlotOfPlanned;
   for (size_t S = 0; S < AllSlots.size(); ++S)
@@ -584,8 +585,11 @@ ExportStream::ExportStream(LiveModel &Model, Group *TPG, Group *PPG, Group *EPG,
       Order.push_back(&Sl);
     if (O.Adapters == AdapterExport::Merged) {
       Before[SlotOfPlanned.at(static_cast<size_t>(PT.AdapterOf))].push_back(&Sl);
-      auto &Pair = AdaptersOf[static_cast<size_t>(PT.AdapterOf)];
-      (PT.AdapterMatrix == 'A' ? Pair.first : Pair.second) = Sl.Members[0];
+      for (size_t Mem : Sl.Members) {
+        const PlannedTensor &Of = C.P.Tensors[Mem];
+        auto &Pair = AdaptersOf[static_cast<size_t>(Of.AdapterOf)];
+        (Of.AdapterMatrix == 'A' ? Pair.first : Pair.second) = Mem;
+      }
     }
   }
   if (O.Adapters != AdapterExport::Only)
@@ -675,6 +679,8 @@ void ExportStream::convertSmallAhead() {
     if (Sl.Expert || Sl.Stage != M.At.PP || Sl.Members.size() != 1 || Sl.Bytes > kSmallBytes ||
         !Sl.Local.defined() || M.Cuts->splits(C.P.Tensors[Sl.Members[0]]))
       continue;
+    if (AdaptersOf.count(Sl.Members[0]) || C.P.Tensors[Sl.Members[0]].AdapterOf >= 0)
+      continue; // merged (or an adapter): in fp32 first, cast once after
     const std::string *Name = M.inverseOf(Sl.Members[0]).wholeSource();
     if (!Name)
       continue;

@@ -266,8 +266,11 @@ at::Tensor forward(Op Kind, Transform Custom, const std::vector<at::Tensor> &In,
     for (size_t I = 1; I < In.size(); ++I)
       if (In[I].sizes() != In[0].sizes() || In[I].scalar_type() != In[0].scalar_type() ||
           (!In[0].is_meta() && !at::equal(In[I], In[0])))
-        fail(Where, "'shared' inputs 1 and " + std::to_string(I + 1) + " differ (" + shapeText(In[0].sizes()) +
-                        " and " + shapeText(In[I].sizes()) + "); a fused module holds one copy");
+        fail(Where, "'shared' inputs 1 and " + std::to_string(I + 1) + " differ (" +
+                        (In[I].sizes() == In[0].sizes() && In[I].scalar_type() == In[0].scalar_type()
+                             ? std::string("in their values")
+                             : shapeText(In[0].sizes()) + " and " + shapeText(In[I].sizes())) +
+                        "); a fused module holds one copy");
     return In[0];
   case Op::Transpose:
     if (In[0].dim() != 2)

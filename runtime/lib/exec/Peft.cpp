@@ -148,7 +148,7 @@ void planPeftImport(const std::string &AdapterDir, const std::string &BaseDir, C
 
   // -- the Megatron weights adapted, and whether their HF modules share an A --------------------
   chooseAlternatives(C.P, [&](const std::string &Name) { return Ckpt.find(Name) != nullptr; });
-  std::set<std::string> Targets;
+  std::set<std::string> Targets, Used;
   std::vector<size_t> Adapted;
   bool Stack = false;
   size_t MostFused = 1;
@@ -172,6 +172,7 @@ void planPeftImport(const std::string &AdapterDir, const std::string &BaseDir, C
     const TensorView *First = nullptr;
     for (const std::string &M : Members) {
       auto It = ByModule.find(M);
+      Used.insert(M);
       if (It == ByModule.end()) {
         Stack |= Members.size() > 1; // a module left out: its block stays zero
         continue;
@@ -182,6 +183,13 @@ void planPeftImport(const std::string &AdapterDir, const std::string &BaseDir, C
       First = It->second.A;
     }
   }
+  // Every adapted module feeds an adapted weight (not a kept pass-through
+  // module, nor one no rule reads).
+  for (auto &[Module, M] : ByModule)
+    if (!Used.count(Module))
+      throw Error("error: " + FilePath + ": module '" + Module +
+                  "' is adapted, but no Megatron weight the mapping makes from it takes an adapter (a module kept as "
+                  "the HF checkpoint has it, such as a vision tower, or one the mapping does not read)");
   // Megatron-Bridge adapts every instance of a target module: the layers the
   // adapter leaves out get zeros (no change to their output).
   for (size_t I = 0; I < C.P.Tensors.size(); ++I)
@@ -310,7 +318,7 @@ Json peftRunAdapter(const std::string &Iter) {
       throw Error("error: " + Path + ": peft." + Field + " is '" + Value + "', not a number");
     }
   }
-  if (!Target.empty() && Target.size() >= 5 && Target.compare(Target.size() - 5, 5, ".LoRA") != 0)
+  if (!Target.empty() && (Target.size() < 5 || Target.compare(Target.size() - 5, 5, ".LoRA") != 0))
     throw Error("error: " + Path + ": the run's PEFT is " + Target +
                 "; only Megatron-Bridge's LoRA (megatron.bridge.peft.lora.LoRA) is converted");
   if (!Alpha)
@@ -445,8 +453,14 @@ public:
       Config["lora_alpha"] = HFAlpha;
     Config["r"] = R;
     Config["peft_type"] = "LORA";
-    if (!Config.contains("target_modules"))
-      Config["target_modules"] = std::vector<std::string>(Leaves.begin(), Leaves.end());
+    // Every module written is a target (training in Megatron may have made a
+    // module the HF adapter left out non-zero: PEFT would ignore it).
+    std::set<std::string> Targets = Leaves;
+    if (Config.contains("target_modules") && Config["target_modules"].is_array())
+      for (const Json &T : Config["target_modules"])
+        if (T.is_string())
+          Targets.insert(T.get<std::string>());
+    Config["target_modules"] = std::vector<std::string>(Targets.begin(), Targets.end());
     Config["rank_pattern"] = RankPattern;
     Config["alpha_pattern"] = AlphaPattern;
     for (auto &[Field, Default] : std::initializer_list<std::pair<const char *, Json>>{
