@@ -56,7 +56,7 @@ struct ImportOptions {
   bool Resume = false;
   /// An HF PEFT LoRA adapter of the HF checkpoint, written beside the
   /// weights in Megatron-Bridge's LoRA layout (docs/lora.md); "": none.
-  std::string AdapterDir;
+  std::string AdapterDir = "";
 };
 
 struct ExportOptions {
@@ -77,7 +77,7 @@ struct ExportOptions {
   /// The adapters in MegatronDir are a Megatron-Bridge LoRA run's (adapter
   /// keys alone, rank and alpha in its run_config.yaml) on the base
   /// checkpoint BaseDir, which import wrote; "": MegatronDir holds both.
-  std::string BaseDir;
+  std::string BaseDir = "";
 };
 
 struct Summary {
